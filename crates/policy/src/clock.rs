@@ -1,0 +1,66 @@
+//! Deadlines: when a level's warning and breach fall, in plain or business seconds.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Calendar, Policy};
+
+/// The two instants that drive a level: remind at `warn_at`, escalate at `due_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadlines {
+    /// When the warning reminder is due (never after `due_at`).
+    pub warn_at: DateTime<Utc>,
+    /// When the level's SLA is breached.
+    pub due_at: DateTime<Utc>,
+}
+
+/// Deadlines of `level` for a stage (or level) that started at `started_at`, with
+/// `paused_seconds` of (business) time spent on hold since then. `calendar` `None` is 24x7
+/// (plain UTC seconds). Returns `None` if the policy has no such level.
+///
+/// This is the one place deadlines are computed: when a stage starts, when it resumes from hold
+/// (with the accumulated pause) and when it escalates (fresh, from the escalation instant).
+/// Negative `paused_seconds` (which no real pause produces) are treated as zero so that a
+/// corrupt row can never pull a deadline before the stage started.
+pub fn schedule(
+    started_at: DateTime<Utc>,
+    paused_seconds: i64,
+    level: u32,
+    policy: &Policy,
+    calendar: Option<&Calendar>,
+) -> Option<Deadlines> {
+    let sla = policy.sla_seconds(level)?;
+    let warn = policy.warn_offset_seconds(level)?;
+    let paused = paused_seconds.max(0);
+    Some(Deadlines {
+        warn_at: advance(started_at, warn.saturating_add(paused), calendar),
+        due_at: advance(started_at, sla.saturating_add(paused), calendar),
+    })
+}
+
+/// Paused time to add when a workflow on hold since `paused_at` resumes at `now` (business
+/// seconds with a calendar, so a weekend on hold does not push a Mon–Fri deadline). Never
+/// negative, even if `now` is before `paused_at`.
+pub fn paused_seconds(
+    paused_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    calendar: Option<&Calendar>,
+) -> i64 {
+    match calendar {
+        Some(calendar) => calendar.business_seconds_between(paused_at, now),
+        None => (now - paused_at).num_seconds().max(0),
+    }
+}
+
+/// `start` plus `seconds` of measured time; saturates at the end of representable time.
+fn advance(start: DateTime<Utc>, seconds: i64, calendar: Option<&Calendar>) -> DateTime<Utc> {
+    if let Some(calendar) = calendar {
+        return calendar.add_business_seconds(start, seconds);
+    }
+    if seconds <= 0 {
+        return start;
+    }
+    TimeDelta::try_seconds(seconds)
+        .and_then(|d| start.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
