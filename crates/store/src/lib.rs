@@ -1,0 +1,380 @@
+//! escalator's storage: one repository over PostgreSQL (production) and SQLite (`escalator
+//! dev`), chosen by the `DATABASE_URL` scheme. Correctness lives in the database: conditional
+//! updates, unique keys, `FOR UPDATE SKIP LOCKED` claims and append-only audit triggers.
+
+pub mod effects;
+pub mod error;
+pub mod logic;
+pub mod model;
+mod pg;
+mod rows;
+pub mod seed;
+mod sqlite;
+pub mod time;
+
+use chrono::{DateTime, Utc};
+use escalator_policy::{Calendar, Policy};
+use uuid::Uuid;
+
+pub use effects::{Applied, BatchEffects, NewAudit, NewNotification, NewOutbox, WorkflowChange};
+pub use error::{Result, StoreError};
+pub use model::*;
+pub use pg::PgStore;
+pub use sqlite::SqliteStore;
+
+/// The embedded PostgreSQL migrations.
+pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+/// The embedded SQLite migrations.
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL: the production source of truth.
+    Postgres,
+    /// SQLite: the embedded single-process default.
+    Sqlite,
+}
+
+/// Connection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `postgres://…` or `sqlite://…`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+impl StoreConfig {
+    /// Settings for `url` with a pool of 10 connections.
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreConfig {
+            url: url.into(),
+            max_connections: 10,
+        }
+    }
+
+    /// The backend the URL selects, or an error naming the URL.
+    pub fn backend(&self) -> Result<Backend> {
+        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if self.url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else {
+            Err(StoreError::UnsupportedUrl(redact(&self.url)))
+        }
+    }
+}
+
+/// The URL with any password replaced, safe for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The repository: every read and write escalator makes, on either backend.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// PostgreSQL.
+    Postgres(PgStore),
+    /// SQLite.
+    Sqlite(SqliteStore),
+}
+
+/// A batch transaction: claim due workflows, then apply their effects, then commit. Dropping it
+/// without committing rolls everything back (and releases the row locks).
+#[derive(Debug)]
+pub enum BatchTx {
+    /// PostgreSQL.
+    Postgres(pg::PgBatch),
+    /// SQLite.
+    Sqlite(sqlite::SqliteBatch),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Store::Postgres($s) => $body,
+            Store::Sqlite($s) => $body,
+        }
+    };
+}
+
+macro_rules! dispatch_tx {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            BatchTx::Postgres($s) => $body,
+            BatchTx::Sqlite($s) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Connects to the database the URL names (creating a SQLite file if missing). Does not
+    /// migrate.
+    pub async fn connect(config: &StoreConfig) -> Result<Store> {
+        Ok(match config.backend()? {
+            Backend::Postgres => Store::Postgres(PgStore::connect(config).await?),
+            Backend::Sqlite => Store::Sqlite(SqliteStore::connect(config).await?),
+        })
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Postgres(_) => Backend::Postgres,
+            Store::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        dispatch!(self, s => s.migrate().await)
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+
+    /// A cheap round trip, for readiness probes.
+    pub async fn ping(&self) -> Result<()> {
+        dispatch!(self, s => s.ping().await)
+    }
+
+    /// Inserts or updates users (by id), in one statement.
+    pub async fn upsert_users(&self, users: &[User]) -> Result<()> {
+        dispatch!(self, s => s.upsert_users(users).await)
+    }
+
+    /// One user.
+    pub async fn get_user(&self, id: &str) -> Result<User> {
+        dispatch!(self, s => s.get_user(id).await)
+    }
+
+    /// Users ordered by id, after `after`.
+    pub async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<User>> {
+        dispatch!(self, s => s.list_users(after, limit).await)
+    }
+
+    /// Creates or replaces a calendar.
+    pub async fn put_calendar(&self, id: &str, calendar: &Calendar) -> Result<()> {
+        dispatch!(self, s => s.put_calendar(id, calendar).await)
+    }
+
+    /// One calendar, validated.
+    pub async fn get_calendar(&self, id: &str) -> Result<Calendar> {
+        dispatch!(self, s => s.get_calendar(id).await)
+    }
+
+    /// Stores `policy` as the next version of policy `id` (1 if new).
+    pub async fn create_policy_version(
+        &self,
+        id: &str,
+        name: &str,
+        policy: &Policy,
+    ) -> Result<PolicyRecord> {
+        dispatch!(self, s => s.create_policy_version(id, name, policy).await)
+    }
+
+    /// One policy version.
+    pub async fn get_policy(&self, id: &str, version: i32) -> Result<PolicyRecord> {
+        dispatch!(self, s => s.get_policy(id, Some(version)).await)
+    }
+
+    /// The newest version of a policy.
+    pub async fn latest_policy(&self, id: &str) -> Result<PolicyRecord> {
+        dispatch!(self, s => s.get_policy(id, None).await)
+    }
+
+    /// The newest version of every policy.
+    pub async fn list_policies(&self) -> Result<Vec<PolicyRecord>> {
+        dispatch!(self, s => s.list_policies().await)
+    }
+
+    /// Opens a workflow on the latest version of its policy. Idempotent on `external_id`: the
+    /// same body returns the existing workflow (`created: false`), a different body is an
+    /// `ExternalIdConflict`.
+    pub async fn create_workflow(&self, new: &NewWorkflow, now: DateTime<Utc>) -> Result<Created> {
+        logic::validate_new(new)?;
+        dispatch!(self, s => s.create_workflow(new, time::micros(now)).await)
+    }
+
+    /// One workflow.
+    pub async fn get_workflow(&self, id: Uuid) -> Result<Workflow> {
+        dispatch!(self, s => s.get_workflow(id).await)
+    }
+
+    /// One workflow by the caller's id.
+    pub async fn get_workflow_by_external_id(&self, external_id: &str) -> Result<Workflow> {
+        dispatch!(self, s => s.get_workflow_by_external_id(external_id).await)
+    }
+
+    /// A page of workflows, oldest first, with cursor pagination on (created_at, id).
+    pub async fn list_workflows(&self, filter: &WorkflowFilter) -> Result<Vec<Workflow>> {
+        dispatch!(self, s => s.list_workflows(filter).await)
+    }
+
+    /// Applies a transition and writes its audit row in the same transaction.
+    pub async fn transition(
+        &self,
+        id: Uuid,
+        transition: &Transition,
+        ctx: &TransitionContext,
+    ) -> Result<Workflow> {
+        let mut ctx = ctx.clone();
+        ctx.now = time::micros(ctx.now);
+        dispatch!(self, s => s.transition(id, transition, &ctx).await)
+    }
+
+    /// A workflow's audit trail, oldest first.
+    pub async fn workflow_audit(&self, id: Uuid) -> Result<Vec<AuditEntry>> {
+        dispatch!(self, s => s.workflow_audit(id).await)
+    }
+
+    /// The global audit log after row `after_id`, oldest first.
+    pub async fn list_audit(&self, after_id: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        dispatch!(self, s => s.list_audit(after_id, limit).await)
+    }
+
+    /// Records a check run. Returns None when the slot already has one (UNIQUE slot: I3).
+    pub async fn create_check_run(&self, run: &NewCheckRun) -> Result<Option<CheckRun>> {
+        dispatch!(self, s => s.create_check_run(run).await)
+    }
+
+    /// One check run.
+    pub async fn get_check_run(&self, id: i64) -> Result<CheckRun> {
+        dispatch!(self, s => s.get_check_run(id).await)
+    }
+
+    /// The newest check runs.
+    pub async fn recent_check_runs(&self, limit: u32) -> Result<Vec<CheckRun>> {
+        dispatch!(self, s => s.recent_check_runs(limit).await)
+    }
+
+    /// Marks a run as planned: `batches` batch jobs will report to it. A run with no batch
+    /// succeeds at once.
+    pub async fn start_check_run(&self, id: i64, batches: i32, now: DateTime<Utc>) -> Result<()> {
+        dispatch!(self, s => s.start_check_run(id, batches, now).await)
+    }
+
+    /// Marks a run failed with a message.
+    pub async fn fail_check_run(&self, id: i64, error: &str, now: DateTime<Utc>) -> Result<()> {
+        dispatch!(self, s => s.fail_check_run(id, error, now).await)
+    }
+
+    /// How many open workflows are due at `as_of` (an index range count).
+    pub async fn count_due(&self, as_of: DateTime<Utc>) -> Result<i64> {
+        dispatch!(self, s => s.count_due(as_of).await)
+    }
+
+    /// The earliest `next_check_at` among open workflows.
+    pub async fn earliest_next_check(&self) -> Result<Option<DateTime<Utc>>> {
+        dispatch!(self, s => s.earliest_next_check().await)
+    }
+
+    /// Open workflows by SLA state as of `as_of`: (ok, warning, breached).
+    pub async fn sla_counts(&self, as_of: DateTime<Utc>) -> Result<(i64, i64, i64)> {
+        dispatch!(self, s => s.sla_counts(as_of).await)
+    }
+
+    /// Starts a batch transaction.
+    pub async fn begin_batch(&self) -> Result<BatchTx> {
+        Ok(match self {
+            Store::Postgres(s) => BatchTx::Postgres(s.begin_batch().await?),
+            Store::Sqlite(s) => BatchTx::Sqlite(s.begin_batch().await?),
+        })
+    }
+
+    /// A recipient's in-app notifications, newest first.
+    pub async fn inbox(
+        &self,
+        recipient: &str,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>> {
+        dispatch!(self, s => s.inbox(recipient, unread_only, limit).await)
+    }
+
+    /// Marks a notification read; false if it was read already.
+    pub async fn mark_notification_read(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
+        dispatch!(self, s => s.mark_notification_read(id, now).await)
+    }
+
+    /// A workflow's in-app notifications.
+    pub async fn workflow_notifications(&self, id: Uuid) -> Result<Vec<Notification>> {
+        dispatch!(self, s => s.workflow_notifications(id).await)
+    }
+
+    /// Outbox rows, optionally of one status, oldest first.
+    pub async fn list_outbox(&self, status: Option<&str>, limit: u32) -> Result<Vec<OutboxEntry>> {
+        dispatch!(self, s => s.list_outbox(status, limit).await)
+    }
+
+    /// Row counts of the main tables, for verification and tests.
+    pub async fn table_counts(&self) -> Result<TableCounts> {
+        dispatch!(self, s => s.table_counts().await)
+    }
+
+    /// Bulk-loads seeded workflows and their `create` audit rows (COPY on PostgreSQL).
+    pub async fn bulk_load(&self, workflows: &[Workflow]) -> Result<()> {
+        dispatch!(self, s => s.bulk_load(workflows).await)
+    }
+}
+
+impl BatchTx {
+    /// Claims up to `limit` open workflows due at `as_of`, oldest deadline first. On PostgreSQL
+    /// the rows stay locked (`FOR UPDATE SKIP LOCKED`) so concurrent batches never see them.
+    pub async fn claim_due(
+        &mut self,
+        as_of: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueWorkflow>> {
+        dispatch_tx!(self, t => t.claim_due(as_of, limit).await)
+    }
+
+    /// Claims one workflow if it is open and due at `as_of` (single-workflow checks).
+    pub async fn claim_one(
+        &mut self,
+        id: Uuid,
+        as_of: DateTime<Utc>,
+    ) -> Result<Option<DueWorkflow>> {
+        dispatch_tx!(self, t => t.claim_one(id, as_of).await)
+    }
+
+    /// Applies a batch's effects set-wise: one UPDATE for all state changes (conditional on
+    /// version and open status), then one multi-row INSERT each for audit rows, notifications
+    /// and outbox rows of the workflows whose change applied, then the check-run counters.
+    pub async fn apply(&mut self, effects: &BatchEffects, now: DateTime<Utc>) -> Result<Applied> {
+        let now = time::micros(now);
+        dispatch_tx!(self, t => t.apply(effects, now).await)
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<()> {
+        dispatch_tx!(self, t => t.commit().await)
+    }
+}
+
+/// Row counts of the main tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableCounts {
+    /// workflows
+    pub workflows: i64,
+    /// audit_logs
+    pub audit_logs: i64,
+    /// notifications
+    pub notifications: i64,
+    /// outbox
+    pub outbox: i64,
+    /// check_runs
+    pub check_runs: i64,
+}

@@ -1,0 +1,323 @@
+//! What a create or a transition does to a workflow, decided once for both backends. The
+//! backends only lock, load and write; the arithmetic lives here.
+
+use chrono::{DateTime, Utc};
+use escalator_policy::{Calendar, CalendarSpec, Policy, PolicySpec, Status};
+use uuid::Uuid;
+
+use crate::effects::NewAudit;
+use crate::error::{Result, StoreError};
+use crate::model::{NewWorkflow, PolicyRecord, Transition, TransitionContext, Workflow};
+
+/// The actor recorded for changes made by the SLA clock.
+pub const SLA_ACTOR: &str = "escalator";
+
+/// Checks the caller-supplied fields of a new workflow, naming the first bad one.
+pub fn validate_new(new: &NewWorkflow) -> Result<()> {
+    let required = [
+        ("external_id", &new.external_id),
+        ("title", &new.title),
+        ("kind", &new.kind),
+        ("stage", &new.stage),
+        ("assignee", &new.assignee),
+        ("initiator", &new.initiator),
+    ];
+    for (field, value) in required {
+        if value.trim().is_empty() {
+            return Err(StoreError::Invalid {
+                field,
+                message: "must not be empty".into(),
+            });
+        }
+    }
+    if new.escalation_target.as_deref() == Some(new.assignee.as_str()) {
+        return Err(StoreError::Invalid {
+            field: "escalation_target",
+            message: "must differ from the assignee".into(),
+        });
+    }
+    if !new.metadata.is_object() {
+        return Err(StoreError::Invalid {
+            field: "metadata",
+            message: "must be a JSON object".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Builds the row and its `create` audit entry for a new workflow.
+pub fn plan_create(
+    new: &NewWorkflow,
+    policy: &PolicyRecord,
+    calendar: Option<&Calendar>,
+    now: DateTime<Utc>,
+) -> Result<(Workflow, NewAudit)> {
+    validate_new(new)?;
+    let started = new.stage_started_at.unwrap_or(now);
+    let deadlines = deadlines_for(&policy.policy, calendar, started, 0, 0)?;
+    let workflow = Workflow {
+        id: Uuid::new_v4(),
+        external_id: new.external_id.clone(),
+        title: new.title.clone(),
+        kind: new.kind.clone(),
+        stage: new.stage.clone(),
+        status: Status::Pending,
+        policy_id: policy.id.clone(),
+        policy_version: policy.version,
+        assignee: new.assignee.clone(),
+        initiator: new.initiator.clone(),
+        escalation_target: new.escalation_target.clone(),
+        escalation_level: 0,
+        cycle: 1,
+        stage_started_at: started,
+        paused_at: None,
+        paused_seconds: 0,
+        warn_at: deadlines.warn_at,
+        due_at: deadlines.due_at,
+        reminded_at: None,
+        escalated_at: None,
+        exhausted_at: None,
+        next_check_at: Some(deadlines.warn_at),
+        metadata: new.metadata.clone(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    let audit = NewAudit {
+        workflow_id: workflow.id,
+        action: "create",
+        reason: "api",
+        actor: new.initiator.clone(),
+        from_assignee: None,
+        to_assignee: Some(workflow.assignee.clone()),
+        level: 0,
+        cycle: 1,
+        policy_version: policy.version,
+        elapsed_seconds: None,
+        check_run_id: None,
+        details: serde_json::json!({ "stage": workflow.stage, "due_at": workflow.due_at }),
+    };
+    Ok((workflow, audit))
+}
+
+/// For an idempotent create: the first field of `new` that differs from the stored workflow.
+pub fn first_difference(new: &NewWorkflow, existing: &Workflow) -> Option<&'static str> {
+    let policy_id = new.policy_id.as_deref().unwrap_or("default");
+    if new.title != existing.title {
+        Some("title")
+    } else if new.kind != existing.kind {
+        Some("kind")
+    } else if new.initiator != existing.initiator {
+        Some("initiator")
+    } else if new.escalation_target != existing.escalation_target {
+        Some("escalation_target")
+    } else if policy_id != existing.policy_id {
+        Some("policy_id")
+    } else if new.metadata != existing.metadata {
+        Some("metadata")
+    } else if existing.cycle == 1 && new.stage != existing.stage {
+        // After the workflow moved on (advance, reassign) the original stage and assignee are
+        // history; only a first-cycle workflow can be compared field by field.
+        Some("stage")
+    } else if existing.cycle == 1
+        && existing.escalation_level == 0
+        && new.assignee != existing.assignee
+    {
+        Some("assignee")
+    } else if new
+        .stage_started_at
+        .is_some_and(|t| existing.cycle == 1 && t != existing.stage_started_at)
+    {
+        Some("stage_started_at")
+    } else {
+        None
+    }
+}
+
+/// Applies a transition to `current`, returning the new row (version + 1) and its audit entry.
+pub fn plan_transition(
+    current: &Workflow,
+    transition: &Transition,
+    ctx: &TransitionContext,
+    policy: &Policy,
+    calendar: Option<&Calendar>,
+) -> Result<(Workflow, NewAudit)> {
+    if let Some(expected) = ctx.expected_version
+        && expected != current.version
+    {
+        return Err(StoreError::VersionConflict {
+            id: current.id,
+            expected,
+            actual: current.version,
+        });
+    }
+    let now = ctx.now;
+    let refuse = || StoreError::InvalidTransition {
+        action: transition.action(),
+        status: current.status.as_str().to_owned(),
+    };
+    let mut next = current.clone();
+    next.version += 1;
+    next.updated_at = now;
+    let mut details = serde_json::Map::new();
+    match transition {
+        Transition::Complete | Transition::Cancel => {
+            if !(current.status.is_open() || current.status == Status::OnHold) {
+                return Err(refuse());
+            }
+            next.status = if *transition == Transition::Complete {
+                Status::Completed
+            } else {
+                Status::Cancelled
+            };
+            next.paused_at = None;
+            next.next_check_at = None;
+        }
+        Transition::Hold => {
+            if !current.status.is_open() {
+                return Err(refuse());
+            }
+            next.status = Status::OnHold;
+            next.paused_at = Some(now);
+            next.next_check_at = None;
+        }
+        Transition::Resume => {
+            let Some(paused_at) = current
+                .paused_at
+                .filter(|_| current.status == Status::OnHold)
+            else {
+                return Err(refuse());
+            };
+            let paused = escalator_policy::paused_seconds(paused_at, now, calendar);
+            next.paused_seconds = current.paused_seconds + paused;
+            next.paused_at = None;
+            next.status = if current.escalation_level > 0 {
+                Status::Escalated
+            } else {
+                Status::Pending
+            };
+            let d = deadlines_for(
+                policy,
+                calendar,
+                current.level_started_at(),
+                current.escalation_level,
+                next.paused_seconds,
+            )?;
+            next.warn_at = d.warn_at;
+            next.due_at = d.due_at;
+            next.next_check_at = open_next_check(&next);
+            details.insert("paused_seconds".into(), paused.into());
+        }
+        Transition::Reassign { to } => {
+            if !(current.status.is_open() || current.status == Status::OnHold) {
+                return Err(refuse());
+            }
+            if to.trim().is_empty() {
+                return Err(StoreError::Invalid {
+                    field: "to",
+                    message: "must not be empty".into(),
+                });
+            }
+            if *to == current.assignee {
+                return Err(StoreError::Invalid {
+                    field: "to",
+                    message: format!("workflow is already assigned to {to}"),
+                });
+            }
+            next.assignee = to.clone();
+        }
+        Transition::Advance { stage, assignee } => {
+            if !current.status.is_open() {
+                return Err(refuse());
+            }
+            if stage.trim().is_empty() {
+                return Err(StoreError::Invalid {
+                    field: "stage",
+                    message: "must not be empty".into(),
+                });
+            }
+            details.insert("from_stage".into(), current.stage.clone().into());
+            next.stage = stage.clone();
+            if let Some(a) = assignee {
+                next.assignee = a.clone();
+            }
+            next.status = Status::Pending;
+            next.cycle += 1;
+            next.escalation_level = 0;
+            next.stage_started_at = now;
+            next.paused_seconds = 0;
+            next.reminded_at = None;
+            next.escalated_at = None;
+            next.exhausted_at = None;
+            let d = deadlines_for(policy, calendar, now, 0, 0)?;
+            next.warn_at = d.warn_at;
+            next.due_at = d.due_at;
+            next.next_check_at = Some(d.warn_at);
+        }
+    }
+    if let Some(c) = &ctx.comment {
+        details.insert("comment".into(), c.clone().into());
+    }
+    details.insert("stage".into(), next.stage.clone().into());
+    let audit = NewAudit {
+        workflow_id: current.id,
+        action: transition.action(),
+        reason: ctx.reason.as_str(),
+        actor: ctx.actor.clone(),
+        from_assignee: Some(current.assignee.clone()),
+        to_assignee: Some(next.assignee.clone()),
+        level: next.escalation_level,
+        cycle: next.cycle,
+        policy_version: current.policy_version,
+        elapsed_seconds: Some((now - current.level_started_at()).num_seconds().max(0)),
+        check_run_id: None,
+        details: serde_json::Value::Object(details),
+    };
+    Ok((next, audit))
+}
+
+/// The next check of an open workflow: its unsent warning, else its deadline, else (chain
+/// exhausted and stopped) never.
+pub fn open_next_check(w: &Workflow) -> Option<DateTime<Utc>> {
+    escalator_policy::next_check_at(&w.snapshot(None))
+}
+
+fn deadlines_for(
+    policy: &Policy,
+    calendar: Option<&Calendar>,
+    started: DateTime<Utc>,
+    level: i32,
+    paused: i64,
+) -> Result<escalator_policy::Deadlines> {
+    let lvl = u32::try_from(level).unwrap_or(0);
+    escalator_policy::schedule(started, paused, lvl, policy, calendar).ok_or(StoreError::Invalid {
+        field: "escalation_level",
+        message: format!("policy has no level {level}"),
+    })
+}
+
+/// Decodes and re-validates a stored policy spec.
+pub fn policy_from_json(id: &str, value: serde_json::Value) -> Result<Policy> {
+    let spec: PolicySpec = serde_json::from_value(value).map_err(|source| StoreError::Json {
+        context: "escalation_policies.spec",
+        source,
+    })?;
+    Policy::new(spec).map_err(|source| StoreError::CorruptDefinition {
+        entity: "policy",
+        id: id.to_owned(),
+        source,
+    })
+}
+
+/// Decodes and re-validates a stored calendar spec.
+pub fn calendar_from_json(id: &str, value: serde_json::Value) -> Result<Calendar> {
+    let spec: CalendarSpec = serde_json::from_value(value).map_err(|source| StoreError::Json {
+        context: "calendars.spec",
+        source,
+    })?;
+    Calendar::new(spec).map_err(|source| StoreError::CorruptDefinition {
+        entity: "calendar",
+        id: id.to_owned(),
+        source,
+    })
+}

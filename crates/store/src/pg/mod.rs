@@ -1,0 +1,220 @@
+//! The PostgreSQL repository: the production source of truth.
+
+mod batch;
+mod bulk;
+mod checks;
+mod rows;
+mod workflows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use escalator_policy::{Calendar, Policy};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+pub use batch::PgBatch;
+
+use crate::error::{Result, StoreError};
+use crate::model::{PolicyRecord, User};
+use crate::{PG_MIGRATOR, StoreConfig};
+
+/// A pool of PostgreSQL connections.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects (lazily verified by the first query's round trip).
+    pub async fn connect(config: &StoreConfig) -> Result<Self> {
+        let options = PgConnectOptions::from_str(&config.url)?.application_name("escalator");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(PgStore { pool })
+    }
+
+    /// Wraps an existing pool (tests).
+    pub fn from_pool(pool: PgPool) -> Self {
+        PgStore { pool }
+    }
+
+    /// The pool, for crates that need raw access (apalis-postgres, verification queries).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) async fn migrate(&self) -> Result<()> {
+        PG_MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn upsert_users(&self, users: &[User]) -> Result<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_value(users).map_err(|source| StoreError::Json {
+            context: "users",
+            source,
+        })?;
+        // Parents first would be needed for the manager FK if it were checked row by row; a
+        // single statement checks it at the end, so any order within the batch works.
+        sqlx::query(
+            "INSERT INTO users (id, display_name, email, phone, slack, manager_id, active)
+             SELECT id, display_name, email, phone, slack, manager_id, active
+             FROM jsonb_to_recordset($1) AS u(id text, display_name text, email text,
+                  phone text, slack text, manager_id text, active boolean)
+             ON CONFLICT (id) DO UPDATE SET display_name = EXCLUDED.display_name,
+                 email = EXCLUDED.email, phone = EXCLUDED.phone, slack = EXCLUDED.slack,
+                 manager_id = EXCLUDED.manager_id, active = EXCLUDED.active, updated_at = now()",
+        )
+        .bind(json)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_user(&self, id: &str) -> Result<User> {
+        let row = sqlx::query(
+            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "user",
+            id: id.to_owned(),
+        })?;
+        rows::user(&row)
+    }
+
+    pub(crate) async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<User>> {
+        let rows = sqlx::query(
+            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users
+             WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit.min(1000)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::user).collect()
+    }
+
+    pub(crate) async fn put_calendar(&self, id: &str, calendar: &Calendar) -> Result<()> {
+        let spec = serde_json::to_value(calendar.spec()).map_err(|source| StoreError::Json {
+            context: "calendar",
+            source,
+        })?;
+        sqlx::query(
+            "INSERT INTO calendars (id, timezone, spec) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET timezone = EXCLUDED.timezone, spec = EXCLUDED.spec,
+                 updated_at = now()",
+        )
+        .bind(id)
+        .bind(&calendar.spec().timezone)
+        .bind(spec)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_calendar(&self, id: &str) -> Result<Calendar> {
+        get_calendar(&self.pool, id).await
+    }
+
+    pub(crate) async fn create_policy_version(
+        &self,
+        id: &str,
+        name: &str,
+        policy: &Policy,
+    ) -> Result<PolicyRecord> {
+        let spec = serde_json::to_value(policy.spec()).map_err(|source| StoreError::Json {
+            context: "policy",
+            source,
+        })?;
+        // Two concurrent creators race for the same version; the primary key makes one fail
+        // instead of both succeeding.
+        let row = sqlx::query(
+            "INSERT INTO escalation_policies (id, version, name, calendar_id, spec)
+             SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4
+             FROM escalation_policies WHERE id = $1
+             RETURNING id, version, name, spec, created_at",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(policy.spec().calendar_id.as_deref())
+        .bind(spec)
+        .fetch_one(&self.pool)
+        .await?;
+        rows::policy(&row)
+    }
+
+    pub(crate) async fn get_policy(&self, id: &str, version: Option<i32>) -> Result<PolicyRecord> {
+        get_policy(&self.pool, id, version).await
+    }
+
+    pub(crate) async fn list_policies(&self) -> Result<Vec<PolicyRecord>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (id) id, version, name, spec, created_at
+             FROM escalation_policies ORDER BY id, version DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::policy).collect()
+    }
+}
+
+/// One policy version (`None` = newest), on any executor (pool or transaction).
+pub(crate) async fn get_policy<'e, E>(
+    exec: E,
+    id: &str,
+    version: Option<i32>,
+) -> Result<PolicyRecord>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let row = sqlx::query(
+        "SELECT id, version, name, spec, created_at FROM escalation_policies
+         WHERE id = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
+    )
+    .bind(id)
+    .bind(version)
+    .fetch_optional(exec)
+    .await?
+    .ok_or_else(|| StoreError::NotFound {
+        entity: "policy",
+        id: match version {
+            Some(v) => format!("{id} v{v}"),
+            None => id.to_owned(),
+        },
+    })?;
+    rows::policy(&row)
+}
+
+/// One calendar, validated.
+pub(crate) async fn get_calendar<'e, E>(exec: E, id: &str) -> Result<Calendar>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let row = sqlx::query("SELECT spec FROM calendars WHERE id = $1")
+        .bind(id)
+        .fetch_optional(exec)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "calendar",
+            id: id.to_owned(),
+        })?;
+    crate::logic::calendar_from_json(id, row.try_get("spec")?)
+}

@@ -1,0 +1,244 @@
+//! The batch transaction on SQLite: the write lock is taken at BEGIN, so a claim and its effects
+//! are atomic and concurrent batches run one after the other, never on the same rows.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Row, Sqlite, Transaction};
+use uuid::Uuid;
+
+use super::workflows::insert_audits;
+use super::{BEGIN_WRITE, SqliteStore, rows};
+use crate::effects::{Applied, BatchEffects};
+use crate::error::{Result, StoreError};
+use crate::model::DueWorkflow;
+use crate::rows::WORKFLOW_COLUMNS;
+use crate::time::{sqlite_opt, sqlite_ts};
+
+/// An open batch transaction.
+#[derive(Debug)]
+pub struct SqliteBatch {
+    tx: Transaction<'static, Sqlite>,
+}
+
+impl SqliteStore {
+    pub(crate) async fn begin_batch(&self) -> Result<SqliteBatch> {
+        Ok(SqliteBatch {
+            tx: self.pool.begin_with(BEGIN_WRITE).await?,
+        })
+    }
+}
+
+fn due(row: &sqlx::sqlite::SqliteRow) -> Result<DueWorkflow> {
+    Ok(DueWorkflow {
+        workflow: rows::workflow(row)?,
+        assignee_manager: row.try_get("assignee_manager")?,
+    })
+}
+
+impl SqliteBatch {
+    pub(crate) async fn claim_due(
+        &mut self,
+        as_of: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueWorkflow>> {
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
+             FROM workflows w LEFT JOIN users u ON u.id = w.assignee
+             WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1
+             ORDER BY w.next_check_at LIMIT ?2"
+        );
+        let rows = sqlx::query(crate::rows::trusted(sql))
+            .bind(sqlite_ts(as_of))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(due).collect()
+    }
+
+    pub(crate) async fn claim_one(
+        &mut self,
+        id: Uuid,
+        as_of: DateTime<Utc>,
+    ) -> Result<Option<DueWorkflow>> {
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
+             FROM workflows w LEFT JOIN users u ON u.id = w.assignee
+             WHERE w.id = ?2 AND w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1"
+        );
+        let row = sqlx::query(crate::rows::trusted(sql))
+            .bind(sqlite_ts(as_of))
+            .bind(id.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(due).transpose()
+    }
+
+    pub(crate) async fn apply(
+        &mut self,
+        effects: &BatchEffects,
+        now: DateTime<Utc>,
+    ) -> Result<Applied> {
+        let changed = self.apply_changes(effects, now).await?;
+        let kept = effects.retain_applied(&changed);
+        let audits = insert_audits(&mut self.tx, &kept.audits, now).await?;
+        let notifications = self.insert_notifications(&kept, now).await?;
+        let outbox = self.insert_outbox(&kept, now).await?;
+        if let Some(run) = kept.check_run_id {
+            let c = kept.counts;
+            sqlx::query(
+                "UPDATE check_runs SET checked = checked + ?2, reminded = reminded + ?3,
+                     escalated = escalated + ?4, failed = failed + ?5,
+                     batches_done = batches_done + 1,
+                     status = CASE WHEN status = 'running' AND batches_done + 1 >= batches
+                                   THEN 'succeeded' ELSE status END,
+                     finished_at = CASE WHEN status = 'running' AND batches_done + 1 >= batches
+                                   THEN ?6 ELSE finished_at END
+                 WHERE id = ?1",
+            )
+            .bind(run)
+            .bind(c.checked)
+            .bind(c.reminded)
+            .bind(c.escalated)
+            .bind(c.failed)
+            .bind(sqlite_ts(now))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(Applied {
+            changed,
+            audits,
+            notifications,
+            outbox,
+            counts: kept.counts,
+        })
+    }
+
+    /// One UPDATE … FROM json_each for every change, conditional on version and open status.
+    async fn apply_changes(
+        &mut self,
+        effects: &BatchEffects,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>> {
+        if effects.changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<serde_json::Value> = effects
+            .changes
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id.to_string(), "expected_version": c.expected_version,
+                    "status": c.status.as_str(), "assignee": c.assignee, "level": c.level,
+                    "warn_at": sqlite_ts(c.warn_at), "due_at": sqlite_ts(c.due_at),
+                    "paused_seconds": c.paused_seconds,
+                    "reminded_at": sqlite_opt(c.reminded_at),
+                    "escalated_at": sqlite_opt(c.escalated_at),
+                    "exhausted_at": sqlite_opt(c.exhausted_at),
+                    "next_check_at": sqlite_opt(c.next_check_at),
+                })
+            })
+            .collect();
+        let done = sqlx::query(
+            "UPDATE workflows SET status = c.status, assignee = c.assignee,
+                 escalation_level = c.level, warn_at = c.warn_at, due_at = c.due_at,
+                 paused_seconds = c.paused_seconds, reminded_at = c.reminded_at,
+                 escalated_at = c.escalated_at, exhausted_at = c.exhausted_at,
+                 next_check_at = c.next_check_at, updated_at = ?2,
+                 version = workflows.version + 1
+             FROM (SELECT value->>'id' AS id, value->>'expected_version' AS expected_version,
+                       value->>'status' AS status, value->>'assignee' AS assignee,
+                       value->>'level' AS level, value->>'warn_at' AS warn_at,
+                       value->>'due_at' AS due_at, value->>'paused_seconds' AS paused_seconds,
+                       value->>'reminded_at' AS reminded_at,
+                       value->>'escalated_at' AS escalated_at,
+                       value->>'exhausted_at' AS exhausted_at,
+                       value->>'next_check_at' AS next_check_at
+                   FROM json_each(?1)) AS c
+             WHERE workflows.id = c.id AND workflows.version = c.expected_version
+               AND workflows.status IN ('pending', 'escalated')
+             RETURNING workflows.id AS id",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(sqlite_ts(now))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        done.iter()
+            .map(|r| {
+                let text: String = r.try_get("id")?;
+                Uuid::parse_str(&text).map_err(|_| StoreError::Decode {
+                    column: "workflows.id",
+                    value: text,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_notifications(
+        &mut self,
+        kept: &BatchEffects,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        if kept.notifications.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<serde_json::Value> = kept
+            .notifications
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "recipient": n.recipient, "workflow_id": n.workflow_id.to_string(),
+                    "kind": n.kind, "role": n.role, "subject": n.subject, "body": n.body,
+                    "dedup_key": n.dedup_key,
+                })
+            })
+            .collect();
+        let done = sqlx::query(
+            "INSERT INTO notifications (recipient, workflow_id, kind, role, subject, body,
+                 dedup_key, created_at)
+             SELECT value->>'recipient', value->>'workflow_id', value->>'kind', value->>'role',
+                 value->>'subject', value->>'body', value->>'dedup_key', ?2
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (dedup_key) DO NOTHING",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(sqlite_ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn insert_outbox(&mut self, kept: &BatchEffects, now: DateTime<Utc>) -> Result<u64> {
+        if kept.outbox.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<serde_json::Value> = kept
+            .outbox
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "channel": o.channel, "recipient": o.recipient,
+                    "workflow_id": o.workflow_id.map(|w| w.to_string()),
+                    "payload": o.payload.to_string(), "idempotency_key": o.idempotency_key,
+                })
+            })
+            .collect();
+        let done = sqlx::query(
+            "INSERT INTO outbox (channel, recipient, workflow_id, check_run_id, payload,
+                 idempotency_key, next_attempt_at, created_at)
+             SELECT value->>'channel', value->>'recipient', value->>'workflow_id', ?2,
+                 value->>'payload', value->>'idempotency_key', ?3, ?3
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(kept.check_run_id)
+        .bind(sqlite_ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! The SQLite repository: the embedded default of `escalator dev`. Every write transaction is
+//! `BEGIN IMMEDIATE`, taking SQLite's single write lock up front: concurrent batches are
+//! serialised, which gives the same "never the same row twice" guarantee as SKIP LOCKED.
+
+mod batch;
+mod bulk;
+mod checks;
+mod rows;
+mod workflows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use escalator_policy::{Calendar, Policy};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+pub use batch::SqliteBatch;
+
+use crate::error::{Result, StoreError};
+use crate::model::{PolicyRecord, User};
+use crate::time::sqlite_ts;
+use crate::{SQLITE_MIGRATOR, StoreConfig};
+
+/// The statement that opens every write transaction.
+pub(crate) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// A pool of connections to one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file in WAL mode with foreign keys on.
+    pub async fn connect(config: &StoreConfig) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(&config.url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The pool, for crates that need raw access (apalis-sqlite, verification queries).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub(crate) async fn migrate(&self) -> Result<()> {
+        SQLITE_MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn upsert_users(&self, users: &[User]) -> Result<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_string(users).map_err(|source| StoreError::Json {
+            context: "users",
+            source,
+        })?;
+        let now = sqlite_ts(chrono::Utc::now());
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        // Foreign keys are checked per row in SQLite; deferring them to COMMIT lets a batch name
+        // managers that appear later in the same batch.
+        sqlx::query("PRAGMA defer_foreign_keys = ON")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO users (id, display_name, email, phone, slack, manager_id, active,
+                 created_at, updated_at)
+             SELECT value->>'id', value->>'display_name', value->>'email', value->>'phone',
+                 value->>'slack', value->>'manager_id', value->>'active', ?2, ?2
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
+                 email = excluded.email, phone = excluded.phone, slack = excluded.slack,
+                 manager_id = excluded.manager_id, active = excluded.active,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(json)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_user(&self, id: &str) -> Result<User> {
+        let row = sqlx::query(
+            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "user",
+            id: id.to_owned(),
+        })?;
+        rows::user(&row)
+    }
+
+    pub(crate) async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<User>> {
+        let rows = sqlx::query(
+            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users
+             WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(after)
+        .bind(i64::from(limit.min(1000)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::user).collect()
+    }
+
+    pub(crate) async fn put_calendar(&self, id: &str, calendar: &Calendar) -> Result<()> {
+        let spec = serde_json::to_string(calendar.spec()).map_err(|source| StoreError::Json {
+            context: "calendar",
+            source,
+        })?;
+        let now = sqlite_ts(chrono::Utc::now());
+        sqlx::query(
+            "INSERT INTO calendars (id, timezone, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (id) DO UPDATE SET timezone = excluded.timezone, spec = excluded.spec,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(id)
+        .bind(&calendar.spec().timezone)
+        .bind(spec)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_calendar(&self, id: &str) -> Result<Calendar> {
+        get_calendar(&self.pool, id).await
+    }
+
+    pub(crate) async fn create_policy_version(
+        &self,
+        id: &str,
+        name: &str,
+        policy: &Policy,
+    ) -> Result<PolicyRecord> {
+        let spec = serde_json::to_string(policy.spec()).map_err(|source| StoreError::Json {
+            context: "policy",
+            source,
+        })?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let row = sqlx::query(
+            "INSERT INTO escalation_policies (id, version, name, calendar_id, spec, created_at)
+             SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4, ?5
+             FROM escalation_policies WHERE id = ?1
+             RETURNING id, version, name, spec, created_at",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(policy.spec().calendar_id.as_deref())
+        .bind(spec)
+        .bind(sqlite_ts(chrono::Utc::now()))
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = rows::policy(&row)?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    pub(crate) async fn get_policy(&self, id: &str, version: Option<i32>) -> Result<PolicyRecord> {
+        get_policy(&self.pool, id, version).await
+    }
+
+    pub(crate) async fn list_policies(&self) -> Result<Vec<PolicyRecord>> {
+        let rows = sqlx::query(
+            "SELECT p.id, p.version, p.name, p.spec, p.created_at FROM escalation_policies p
+             WHERE p.version = (SELECT MAX(version) FROM escalation_policies q WHERE q.id = p.id)
+             ORDER BY p.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::policy).collect()
+    }
+}
+
+/// One policy version (`None` = newest), on any executor.
+pub(crate) async fn get_policy<'e, E>(
+    exec: E,
+    id: &str,
+    version: Option<i32>,
+) -> Result<PolicyRecord>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    let row = sqlx::query(
+        "SELECT id, version, name, spec, created_at FROM escalation_policies
+         WHERE id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+    )
+    .bind(id)
+    .bind(version)
+    .fetch_optional(exec)
+    .await?
+    .ok_or_else(|| StoreError::NotFound {
+        entity: "policy",
+        id: match version {
+            Some(v) => format!("{id} v{v}"),
+            None => id.to_owned(),
+        },
+    })?;
+    rows::policy(&row)
+}
+
+/// One calendar, validated.
+pub(crate) async fn get_calendar<'e, E>(exec: E, id: &str) -> Result<Calendar>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    let row = sqlx::query("SELECT spec FROM calendars WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(exec)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "calendar",
+            id: id.to_owned(),
+        })?;
+    crate::logic::calendar_from_json(id, row.try_get("spec")?)
+}

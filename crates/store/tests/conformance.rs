@@ -1,0 +1,841 @@
+//! The storage conformance suite: every case runs unchanged against PostgreSQL (a fresh
+//! database per test) and SQLite (a fresh file per test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use escalator_policy::{Policy, SlaStatus, Status};
+use escalator_store::seed::{SeedGenerator, SeedPlan};
+use escalator_store::*;
+use escalator_testkit::TestDb;
+use uuid::Uuid;
+
+/// Generates `<name>_on_postgres` and `<name>_on_sqlite` tests from one async fn(&Store).
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = escalator_testkit::TestDb::postgres().await;
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = escalator_testkit::TestDb::sqlite().await;
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrations_install_the_default_policy,
+    create_is_idempotent_on_external_id,
+    create_rejects_bad_input_naming_the_field,
+    new_workflows_get_the_policy_deadlines,
+    transitions_write_audit_rows_and_reschedule,
+    transitions_refuse_stale_versions_and_closed_workflows,
+    advance_starts_a_new_cycle,
+    audit_logs_refuse_update_and_delete,
+    policies_are_versioned_and_immutable,
+    users_and_calendars_round_trip,
+    claim_returns_only_due_open_workflows_oldest_first,
+    effects_apply_set_wise_and_only_once,
+    stale_claims_write_nothing,
+    concurrent_batches_never_share_a_workflow,
+    check_runs_have_one_per_slot_and_count_batches,
+    listing_filters_and_paginates,
+    bulk_load_yields_the_workload_distribution,
+    inbox_lists_and_marks_read,
+);
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap()
+}
+
+fn new_workflow(external_id: &str) -> NewWorkflow {
+    NewWorkflow {
+        external_id: external_id.into(),
+        title: "Laptop purchase".into(),
+        kind: "purchase_request".into(),
+        stage: "Manager Approval".into(),
+        assignee: "alice".into(),
+        initiator: "bob".into(),
+        escalation_target: Some("carol".into()),
+        policy_id: None,
+        stage_started_at: Some(t0()),
+        metadata: serde_json::json!({ "amount": 1200 }),
+    }
+}
+
+fn ctx(now: DateTime<Utc>) -> TransitionContext {
+    TransitionContext {
+        actor: "dave".into(),
+        reason: AuditReason::Api,
+        expected_version: None,
+        comment: None,
+        now,
+    }
+}
+
+async fn create(store: &Store, external_id: &str) -> Workflow {
+    store
+        .create_workflow(&new_workflow(external_id), t0())
+        .await
+        .unwrap()
+        .workflow
+}
+
+/// The effects of reminding `w` at `now`, as the engine will build them.
+fn remind(w: &Workflow, now: DateTime<Utc>, run: Option<i64>) -> BatchEffects {
+    BatchEffects {
+        check_run_id: run,
+        changes: vec![WorkflowChange {
+            id: w.id,
+            expected_version: w.version,
+            status: w.status,
+            assignee: w.assignee.clone(),
+            level: w.escalation_level,
+            warn_at: w.warn_at,
+            due_at: w.due_at,
+            paused_seconds: w.paused_seconds,
+            reminded_at: Some(now),
+            escalated_at: w.escalated_at,
+            exhausted_at: w.exhausted_at,
+            next_check_at: Some(w.due_at),
+        }],
+        audits: vec![NewAudit {
+            workflow_id: w.id,
+            action: "remind",
+            reason: "sla",
+            actor: "escalator".into(),
+            from_assignee: None,
+            to_assignee: Some(w.assignee.clone()),
+            level: w.escalation_level,
+            cycle: w.cycle,
+            policy_version: w.policy_version,
+            elapsed_seconds: Some((now - w.stage_started_at).num_seconds()),
+            check_run_id: run,
+            details: serde_json::json!({}),
+        }],
+        notifications: vec![NewNotification {
+            recipient: w.assignee.clone(),
+            workflow_id: w.id,
+            kind: "reminder",
+            role: "to",
+            subject: format!("Reminder: {}", w.title),
+            body: "due soon".into(),
+            dedup_key: format!(
+                "remind:{}:{}:{}:{}",
+                w.id, w.cycle, w.escalation_level, w.assignee
+            ),
+        }],
+        outbox: vec![NewOutbox {
+            channel: "email",
+            recipient: format!("{}@example.com", w.assignee),
+            workflow_id: Some(w.id),
+            payload: serde_json::json!({ "subject": "Reminder" }),
+            idempotency_key: format!("remind:{}:{}:{}:email", w.id, w.cycle, w.escalation_level),
+        }],
+        counts: BatchCounts {
+            checked: 1,
+            ..BatchCounts::default()
+        },
+    }
+}
+
+async fn migrations_install_the_default_policy(db: &TestDb) {
+    let p = db.store.latest_policy("default").await.unwrap();
+    assert_eq!(p.version, 1);
+    assert_eq!(p.policy, Policy::default_policy());
+    // running the migrations again is a no-op
+    db.store.migrate().await.unwrap();
+    assert_eq!(db.store.list_policies().await.unwrap().len(), 1);
+}
+
+async fn create_is_idempotent_on_external_id(db: &TestDb) {
+    let s = &db.store;
+    let first = s
+        .create_workflow(&new_workflow("PO-1"), t0())
+        .await
+        .unwrap();
+    assert!(first.created);
+    let again = s
+        .create_workflow(&new_workflow("PO-1"), t0() + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.workflow, first.workflow);
+    assert_eq!(
+        s.get_workflow(first.workflow.id).await.unwrap(),
+        first.workflow
+    );
+
+    let mut other = new_workflow("PO-1");
+    other.title = "Something else".into();
+    match s.create_workflow(&other, t0()).await {
+        Err(StoreError::ExternalIdConflict { field, .. }) => assert_eq!(field, "title"),
+        r => panic!("expected a conflict, got {r:?}"),
+    }
+    let audit = s.workflow_audit(first.workflow.id).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, "create");
+    assert_eq!(audit[0].policy_version, 1);
+    assert_eq!(s.table_counts().await.unwrap().workflows, 1);
+}
+
+async fn create_rejects_bad_input_naming_the_field(db: &TestDb) {
+    let mut w = new_workflow("PO-2");
+    w.assignee = " ".into();
+    match db.store.create_workflow(&w, t0()).await {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "assignee"),
+        r => panic!("expected invalid assignee, got {r:?}"),
+    }
+    let mut w = new_workflow("PO-2");
+    w.policy_id = Some("nope".into());
+    assert!(matches!(
+        db.store.create_workflow(&w, t0()).await,
+        Err(StoreError::NotFound {
+            entity: "policy",
+            ..
+        })
+    ));
+    assert_eq!(db.store.table_counts().await.unwrap().workflows, 0);
+}
+
+async fn new_workflows_get_the_policy_deadlines(db: &TestDb) {
+    let w = create(&db.store, "PO-3").await;
+    assert_eq!(w.status, Status::Pending);
+    assert_eq!(w.warn_at, t0() + Duration::hours(22));
+    assert_eq!(w.due_at, t0() + Duration::hours(24));
+    assert_eq!(w.next_check_at, Some(w.warn_at));
+    assert_eq!((w.escalation_level, w.cycle, w.version), (0, 1, 1));
+    assert_eq!(w.metadata, serde_json::json!({ "amount": 1200 }));
+}
+
+async fn transitions_write_audit_rows_and_reschedule(db: &TestDb) {
+    let s = &db.store;
+    let w = create(s, "PO-4").await;
+    let held = s
+        .transition(w.id, &Transition::Hold, &ctx(t0() + Duration::hours(1)))
+        .await
+        .unwrap();
+    assert_eq!(held.status, Status::OnHold);
+    assert_eq!(held.next_check_at, None);
+    let resumed = s
+        .transition(w.id, &Transition::Resume, &ctx(t0() + Duration::hours(3)))
+        .await
+        .unwrap();
+    // two hours on hold do not count
+    assert_eq!(resumed.status, Status::Pending);
+    assert_eq!(resumed.paused_seconds, 7_200);
+    assert_eq!(resumed.due_at, t0() + Duration::hours(26));
+    assert_eq!(resumed.next_check_at, Some(t0() + Duration::hours(24)));
+    let reassigned = s
+        .transition(
+            w.id,
+            &Transition::Reassign { to: "erin".into() },
+            &ctx(t0() + Duration::hours(4)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reassigned.assignee, "erin");
+    assert_eq!(reassigned.due_at, resumed.due_at);
+    let done = s
+        .transition(w.id, &Transition::Complete, &ctx(t0() + Duration::hours(5)))
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.next_check_at, None);
+    assert_eq!(done.version, 5);
+    assert_eq!(s.get_workflow(w.id).await.unwrap(), done);
+
+    let audit = s.workflow_audit(w.id).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["create", "hold", "resume", "reassign", "complete"]
+    );
+    assert_eq!(audit[3].from_assignee.as_deref(), Some("alice"));
+    assert_eq!(audit[3].to_assignee.as_deref(), Some("erin"));
+    assert_eq!(audit[2].details["paused_seconds"], 7_200);
+    assert!(
+        audit[1..]
+            .iter()
+            .all(|a| a.actor == "dave" && a.reason == "api")
+    );
+}
+
+async fn transitions_refuse_stale_versions_and_closed_workflows(db: &TestDb) {
+    let s = &db.store;
+    let w = create(s, "PO-5").await;
+    let mut stale = ctx(t0());
+    stale.expected_version = Some(7);
+    match s.transition(w.id, &Transition::Cancel, &stale).await {
+        Err(StoreError::VersionConflict {
+            expected: 7,
+            actual: 1,
+            ..
+        }) => {}
+        r => panic!("expected a version conflict, got {r:?}"),
+    }
+    let mut fresh = ctx(t0());
+    fresh.expected_version = Some(1);
+    s.transition(w.id, &Transition::Cancel, &fresh)
+        .await
+        .unwrap();
+    match s.transition(w.id, &Transition::Complete, &ctx(t0())).await {
+        Err(StoreError::InvalidTransition {
+            action: "complete",
+            status,
+        }) => {
+            assert_eq!(status, "cancelled")
+        }
+        r => panic!("expected an invalid transition, got {r:?}"),
+    }
+    assert!(matches!(
+        s.transition(w.id, &Transition::Resume, &ctx(t0())).await,
+        Err(StoreError::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        s.transition(Uuid::new_v4(), &Transition::Hold, &ctx(t0()))
+            .await,
+        Err(StoreError::NotFound {
+            entity: "workflow",
+            ..
+        })
+    ));
+    // refused transitions leave no trace
+    assert_eq!(s.workflow_audit(w.id).await.unwrap().len(), 2);
+}
+
+async fn advance_starts_a_new_cycle(db: &TestDb) {
+    let s = &db.store;
+    let w = create(s, "PO-6").await;
+    let later = t0() + Duration::hours(30);
+    let next = s
+        .transition(
+            w.id,
+            &Transition::Advance {
+                stage: "Budget sign-off".into(),
+                assignee: Some("frank".into()),
+            },
+            &ctx(later),
+        )
+        .await
+        .unwrap();
+    assert_eq!((next.cycle, next.escalation_level), (2, 0));
+    assert_eq!(next.stage, "Budget sign-off");
+    assert_eq!(next.assignee, "frank");
+    assert_eq!(next.stage_started_at, later);
+    assert_eq!(next.due_at, later + Duration::hours(24));
+    assert_eq!(next.next_check_at, Some(later + Duration::hours(22)));
+    let audit = s.workflow_audit(w.id).await.unwrap();
+    assert_eq!(audit.last().unwrap().action, "advance");
+    assert_eq!(audit.last().unwrap().cycle, 2);
+    assert_eq!(
+        audit.last().unwrap().details["from_stage"],
+        "Manager Approval"
+    );
+}
+
+async fn audit_logs_refuse_update_and_delete(db: &TestDb) {
+    create(&db.store, "PO-7").await;
+    let statements = [
+        "UPDATE audit_logs SET actor = 'mallory'",
+        "DELETE FROM audit_logs",
+        "UPDATE escalation_policies SET name = 'changed'",
+        "DELETE FROM escalation_policies",
+    ];
+    for sql in statements {
+        let err = match &db.store {
+            Store::Postgres(s) => sqlx::query(sql).execute(s.pool()).await.err(),
+            Store::Sqlite(s) => sqlx::query(sql).execute(s.pool()).await.err(),
+        };
+        let err = err.unwrap_or_else(|| panic!("{sql} was allowed"));
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    if let Store::Postgres(s) = &db.store {
+        let err = sqlx::query("TRUNCATE audit_logs CASCADE")
+            .execute(s.pool())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
+    assert_eq!(db.store.table_counts().await.unwrap().audit_logs, 1);
+    assert_eq!(db.store.list_audit(0, 10).await.unwrap()[0].actor, "bob");
+}
+
+async fn policies_are_versioned_and_immutable(db: &TestDb) {
+    let s = &db.store;
+    let mut spec = Policy::default_policy().spec().clone();
+    spec.sla_seconds = 3_600;
+    spec.warning = escalator_policy::Warning::Percent { percent: 50 };
+    let v2 = s
+        .create_policy_version("default", "Faster", &Policy::new(spec).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(
+        s.get_policy("default", 1).await.unwrap().policy,
+        Policy::default_policy()
+    );
+    assert_eq!(s.latest_policy("default").await.unwrap(), v2);
+    // a new workflow pins the newest version
+    let w = create(s, "PO-8").await;
+    assert_eq!(w.policy_version, 2);
+    assert_eq!(w.due_at, t0() + Duration::hours(1));
+    assert_eq!(w.warn_at, t0() + Duration::minutes(30));
+    let other = s
+        .create_policy_version("vip", "VIP", &Policy::default_policy())
+        .await
+        .unwrap();
+    assert_eq!(other.version, 1);
+    let ids: Vec<(String, i32)> = s
+        .list_policies()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.id, p.version))
+        .collect();
+    assert_eq!(ids, [("default".to_owned(), 2), ("vip".to_owned(), 1)]);
+}
+
+async fn users_and_calendars_round_trip(db: &TestDb) {
+    let s = &db.store;
+    let users = vec![
+        User {
+            id: "emp".into(),
+            display_name: "Employee".into(),
+            email: Some("emp@example.com".into()),
+            phone: None,
+            slack: Some("U1".into()),
+            manager_id: Some("boss".into()),
+            active: true,
+        },
+        User {
+            id: "boss".into(),
+            display_name: "Boss".into(),
+            email: None,
+            phone: Some("+15550100".into()),
+            slack: None,
+            manager_id: None,
+            active: false,
+        },
+    ];
+    s.upsert_users(&users).await.unwrap();
+    assert_eq!(s.get_user("emp").await.unwrap(), users[0]);
+    assert_eq!(
+        s.list_users(None, 10).await.unwrap(),
+        [users[1].clone(), users[0].clone()]
+    );
+    let mut renamed = users[0].clone();
+    renamed.display_name = "Employee 2".into();
+    s.upsert_users(std::slice::from_ref(&renamed))
+        .await
+        .unwrap();
+    assert_eq!(s.get_user("emp").await.unwrap(), renamed);
+    assert!(matches!(
+        s.get_user("ghost").await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let spec: escalator_policy::CalendarSpec = serde_json::from_value(serde_json::json!({
+        "timezone": "Europe/London",
+        "windows": [{ "day": "Mon", "start": "09:00", "end": "17:00" }],
+        "holidays": ["2026-12-25"],
+    }))
+    .unwrap();
+    let cal = escalator_policy::Calendar::new(spec).unwrap();
+    s.put_calendar("uk", &cal).await.unwrap();
+    assert_eq!(s.get_calendar("uk").await.unwrap(), cal);
+}
+
+async fn claim_returns_only_due_open_workflows_oldest_first(db: &TestDb) {
+    let s = &db.store;
+    let a = create(s, "A").await;
+    let mut later = new_workflow("B");
+    later.stage_started_at = Some(t0() + Duration::hours(1));
+    let b = s.create_workflow(&later, t0()).await.unwrap().workflow;
+    let c = create(s, "C").await;
+    s.transition(c.id, &Transition::Hold, &ctx(t0()))
+        .await
+        .unwrap();
+
+    let mut tx = s.begin_batch().await.unwrap();
+    assert!(
+        tx.claim_due(t0() + Duration::hours(21), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = tx.claim_due(t0() + Duration::hours(23), 10).await.unwrap();
+    let ids: Vec<Uuid> = due.iter().map(|d| d.workflow.id).collect();
+    assert_eq!(ids, [a.id, b.id]);
+    assert_eq!(
+        tx.claim_due(t0() + Duration::hours(23), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        tx.claim_one(c.id, t0() + Duration::hours(23))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        tx.claim_one(a.id, t0() + Duration::hours(23))
+            .await
+            .unwrap()
+            .unwrap()
+            .workflow,
+        a
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(s.count_due(t0() + Duration::hours(23)).await.unwrap(), 2);
+    assert_eq!(
+        s.earliest_next_check().await.unwrap(),
+        Some(t0() + Duration::hours(22))
+    );
+}
+
+async fn effects_apply_set_wise_and_only_once(db: &TestDb) {
+    let s = &db.store;
+    s.upsert_users(&escalator_store::seed::users())
+        .await
+        .unwrap();
+    let mut new = new_workflow("D");
+    new.assignee = "u0011".into();
+    let w = s.create_workflow(&new, t0()).await.unwrap().workflow;
+    let now = t0() + Duration::hours(23);
+    let mut tx = s.begin_batch().await.unwrap();
+    let due = tx.claim_due(now, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].assignee_manager.as_deref(), Some("u0001"));
+    let applied = tx.apply(&remind(&w, now, None), now).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(applied.changed, [w.id]);
+    assert_eq!(
+        (applied.audits, applied.notifications, applied.outbox),
+        (1, 1, 1)
+    );
+    assert_eq!(applied.counts.reminded, 1);
+
+    let after = s.get_workflow(w.id).await.unwrap();
+    assert_eq!(after.reminded_at, Some(now));
+    assert_eq!(after.next_check_at, Some(w.due_at));
+    assert_eq!(after.version, 2);
+    // the same claim is no longer due, and replaying the effects writes nothing
+    let mut tx = s.begin_batch().await.unwrap();
+    assert!(tx.claim_due(now, 10).await.unwrap().is_empty());
+    let again = tx.apply(&remind(&w, now, None), now).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(again.changed.is_empty());
+    assert_eq!(
+        (
+            again.audits,
+            again.notifications,
+            again.outbox,
+            again.counts.reminded
+        ),
+        (0, 0, 0, 0)
+    );
+    let counts = s.table_counts().await.unwrap();
+    assert_eq!(
+        (counts.audit_logs, counts.notifications, counts.outbox),
+        (2, 1, 1)
+    );
+    let inbox = s.workflow_notifications(w.id).await.unwrap();
+    assert_eq!(inbox[0].recipient, "u0011");
+    let outbox = s.list_outbox(Some("pending"), 10).await.unwrap();
+    assert_eq!(
+        outbox[0].idempotency_key,
+        format!("remind:{}:1:0:email", w.id)
+    );
+    assert_eq!(outbox[0].payload["subject"], "Reminder");
+}
+
+async fn stale_claims_write_nothing(db: &TestDb) {
+    let s = &db.store;
+    let w = create(s, "E").await;
+    let now = t0() + Duration::hours(23);
+    let mut tx = s.begin_batch().await.unwrap();
+    let due = tx.claim_due(now, 10).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(due.len(), 1);
+    // the workflow is completed through the api after the claim (I4)
+    s.transition(w.id, &Transition::Complete, &ctx(now))
+        .await
+        .unwrap();
+    let mut tx = s.begin_batch().await.unwrap();
+    let applied = tx
+        .apply(&remind(&due[0].workflow, now, None), now)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(applied.changed.is_empty());
+    let counts = s.table_counts().await.unwrap();
+    assert_eq!((counts.notifications, counts.outbox), (0, 0));
+    assert_eq!(
+        s.get_workflow(w.id).await.unwrap().status,
+        Status::Completed
+    );
+}
+
+async fn concurrent_batches_never_share_a_workflow(db: &TestDb) {
+    let s = &db.store;
+    for i in 0..40 {
+        create(s, &format!("F-{i}")).await;
+    }
+    let now = t0() + Duration::hours(23);
+    let run = |store: Store| async move {
+        let mut handled = Vec::new();
+        loop {
+            let mut tx = store.begin_batch().await.unwrap();
+            let due = tx.claim_due(now, 7).await.unwrap();
+            if due.is_empty() {
+                break;
+            }
+            let mut effects = BatchEffects::default();
+            for d in &due {
+                let e = remind(&d.workflow, now, None);
+                effects.changes.extend(e.changes);
+                effects.audits.extend(e.audits);
+            }
+            let applied = tx.apply(&effects, now).await.unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(
+                applied.changed.len(),
+                due.len(),
+                "a claimed row was changed by another batch"
+            );
+            handled.extend(applied.changed);
+        }
+        handled
+    };
+    let (a, b) = tokio::join!(tokio::spawn(run(s.clone())), tokio::spawn(run(s.clone())));
+    let mut all: Vec<Uuid> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    assert_eq!(all.len(), 40);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40, "a workflow was handled twice");
+    assert_eq!(s.table_counts().await.unwrap().audit_logs, 80);
+}
+
+async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
+    let s = &db.store;
+    let slot = t0();
+    let new = NewCheckRun {
+        slot: Some(slot),
+        requested_by: "beat",
+        scope: "all".into(),
+        as_of: slot,
+        dry_run: false,
+        coalesced: 1,
+        now: slot,
+    };
+    let run = s.create_check_run(&new).await.unwrap().unwrap();
+    assert_eq!((run.status.as_str(), run.slot), ("queued", Some(slot)));
+    assert!(
+        s.create_check_run(&new).await.unwrap().is_none(),
+        "a slot ran twice"
+    );
+    let adhoc = NewCheckRun {
+        slot: None,
+        requested_by: "api",
+        ..new.clone()
+    };
+    let a = s.create_check_run(&adhoc).await.unwrap().unwrap();
+    let b = s.create_check_run(&adhoc).await.unwrap().unwrap();
+    assert_ne!(a.id, b.id);
+
+    let w = create(s, "G").await;
+    let now = t0() + Duration::hours(23);
+    s.start_check_run(run.id, 2, now).await.unwrap();
+    assert_eq!(s.get_check_run(run.id).await.unwrap().status, "running");
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(&remind(&w, now, Some(run.id)), now).await.unwrap();
+    tx.commit().await.unwrap();
+    let mid = s.get_check_run(run.id).await.unwrap();
+    assert_eq!(
+        (
+            mid.status.as_str(),
+            mid.batches_done,
+            mid.reminded,
+            mid.checked
+        ),
+        ("running", 1, 1, 1)
+    );
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(
+        &BatchEffects {
+            check_run_id: Some(run.id),
+            ..Default::default()
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let done = s.get_check_run(run.id).await.unwrap();
+    assert_eq!(
+        (done.status.as_str(), done.batches_done, done.finished_at),
+        ("succeeded", 2, Some(now))
+    );
+    assert_eq!(
+        s.list_audit(0, 10).await.unwrap()[1].check_run_id,
+        Some(run.id)
+    );
+
+    s.start_check_run(a.id, 0, now).await.unwrap();
+    assert_eq!(s.get_check_run(a.id).await.unwrap().status, "succeeded");
+    s.fail_check_run(b.id, "boom", now).await.unwrap();
+    let failed = s.get_check_run(b.id).await.unwrap();
+    assert_eq!(
+        (failed.status.as_str(), failed.error.as_deref()),
+        ("failed", Some("boom"))
+    );
+    let recent: Vec<i64> = s
+        .recent_check_runs(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(recent, [b.id, a.id, run.id]);
+}
+
+async fn listing_filters_and_paginates(db: &TestDb) {
+    let s = &db.store;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut n = new_workflow(&format!("H-{i}"));
+        n.stage_started_at = Some(t0() - Duration::hours([0, 10, 23, 30, 40][i as usize]));
+        if i == 4 {
+            n.assignee = "zoe".into();
+        }
+        ids.push(
+            s.create_workflow(&n, t0() + Duration::seconds(i))
+                .await
+                .unwrap()
+                .workflow
+                .id,
+        );
+    }
+    s.transition(ids[0], &Transition::Hold, &ctx(t0()))
+        .await
+        .unwrap();
+    let page = |after, limit| WorkflowFilter {
+        after,
+        limit,
+        ..Default::default()
+    };
+    let first = s.list_workflows(&page(None, 2)).await.unwrap();
+    assert_eq!(first.iter().map(|w| w.id).collect::<Vec<_>>(), ids[..2]);
+    let last = first.last().unwrap();
+    let second = s
+        .list_workflows(&page(Some((last.created_at, last.id)), 10))
+        .await
+        .unwrap();
+    assert_eq!(second.iter().map(|w| w.id).collect::<Vec<_>>(), ids[2..]);
+
+    let by = |f: WorkflowFilter| async move {
+        s.list_workflows(&WorkflowFilter { limit: 100, ..f })
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(
+        by(WorkflowFilter {
+            status: Some(Status::OnHold),
+            ..Default::default()
+        })
+        .await,
+        1
+    );
+    assert_eq!(
+        by(WorkflowFilter {
+            assignee: Some("zoe".into()),
+            ..Default::default()
+        })
+        .await,
+        1
+    );
+    // started 0h (held), 10h, 23h, 30h, 40h ago: one OK, one WARNING, two BREACHED
+    let sla = |st| WorkflowFilter {
+        sla_status: Some((st, t0())),
+        ..Default::default()
+    };
+    assert_eq!(by(sla(SlaStatus::Ok)).await, 1);
+    assert_eq!(by(sla(SlaStatus::Warning)).await, 1);
+    assert_eq!(by(sla(SlaStatus::Breached)).await, 2);
+    assert_eq!(s.sla_counts(t0()).await.unwrap(), (1, 1, 2));
+    assert_eq!(
+        by(WorkflowFilter {
+            due_before: Some(t0()),
+            ..Default::default()
+        })
+        .await,
+        2
+    );
+}
+
+async fn bulk_load_yields_the_workload_distribution(db: &TestDb) {
+    let s = &db.store;
+    let plan = SeedPlan {
+        workflows: 2_000,
+        seed: 7,
+        now: t0(),
+    };
+    s.upsert_users(&escalator_store::seed::users())
+        .await
+        .unwrap();
+    let mut generator = SeedGenerator::new(plan);
+    while generator.remaining() > 0 {
+        s.bulk_load(&generator.next_chunk(700)).await.unwrap();
+    }
+    assert_eq!(s.sla_counts(t0()).await.unwrap(), (1_400, 300, 300));
+    assert_eq!(s.count_due(t0()).await.unwrap(), 600);
+    let counts = s.table_counts().await.unwrap();
+    assert_eq!((counts.workflows, counts.audit_logs), (2_000, 2_000));
+    let w = s
+        .get_workflow_by_external_id("seed-7-0000042")
+        .await
+        .unwrap();
+    assert_eq!(w, SeedGenerator::new(plan).next_chunk(43)[42]);
+    assert_eq!(s.workflow_audit(w.id).await.unwrap()[0].action, "create");
+}
+
+async fn inbox_lists_and_marks_read(db: &TestDb) {
+    let s = &db.store;
+    let w = create(s, "I").await;
+    let now = t0() + Duration::hours(23);
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(&remind(&w, now, None), now).await.unwrap();
+    tx.commit().await.unwrap();
+    let inbox = s.inbox("alice", true, 10).await.unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert!(s.mark_notification_read(inbox[0].id, now).await.unwrap());
+    assert!(
+        !s.mark_notification_read(inbox[0].id, now + Duration::hours(1))
+            .await
+            .unwrap()
+    );
+    assert!(s.inbox("alice", true, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.inbox("alice", false, 10).await.unwrap()[0].read_at,
+        Some(now)
+    );
+    assert!(matches!(
+        s.mark_notification_read(999_999, now).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
