@@ -1,0 +1,41 @@
+# escalator — the single entry point for building, testing and linting. CI runs these targets.
+
+CARGO ?= cargo
+DATABASE_URL ?= sqlite://escalator.db
+
+.PHONY: help build test test-unit lint fmt fmt-check clippy services migrate seed clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## Build the release binary (target/release/escalator)
+	$(CARGO) build --release --locked -p escalator
+
+test: services lint ## Everything CI runs: formatting, clippy, all tests against real PostgreSQL (and Redis)
+	$(CARGO) nextest run --workspace --locked --no-fail-fast
+
+test-unit: ## Only the tests that need no services
+	$(CARGO) nextest run --workspace --locked -E 'not binary(conformance) and not binary(cli)'
+
+lint: fmt-check clippy ## rustfmt check and clippy with warnings as errors
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+services: ## Start PostgreSQL and Redis when they are installed but not running
+	@scripts/services.sh
+
+migrate: ## Migrate $(DATABASE_URL)
+	$(CARGO) run --release --locked -p escalator -- migrate
+
+seed: ## Seed $(DATABASE_URL) with 10,000 workflows (WORKLOAD.md distribution)
+	$(CARGO) run --release --locked -p escalator -- seed --workflows 10000 --seed 7
+
+clean:
+	$(CARGO) clean

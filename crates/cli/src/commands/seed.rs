@@ -1,0 +1,102 @@
+//! `escalator seed`: the WORKLOAD.md data set, bulk-loaded (COPY on PostgreSQL) with progress.
+
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use escalator_store::seed::{SeedGenerator, SeedPlan, users};
+use escalator_store::{StoreError, Workflow};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Workflows per bulk-load transaction.
+const CHUNK: usize = 50_000;
+
+/// Arguments of `escalator seed`.
+#[derive(Debug, clap::Args)]
+pub struct SeedArgs {
+    /// Number of open workflows to create.
+    #[arg(long, default_value_t = 1_000)]
+    workflows: u64,
+    /// RNG seed: the same seed and --now give the same data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Reference time (RFC 3339) the SLA states are computed against; default: now.
+    #[arg(long, value_parser = parse_time)]
+    now: Option<DateTime<Utc>>,
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-25T12:00:00Z: {e}"))
+}
+
+/// Seeds users and workflows.
+pub async fn run(database_url: &str, args: SeedArgs) -> anyhow::Result<()> {
+    let store = super::connect(database_url).await?;
+    match store.latest_policy("default").await {
+        Ok(_) => {}
+        Err(StoreError::NotFound { .. }) => {
+            bail!("the default policy is missing: run `escalator migrate` first")
+        }
+        Err(e) => return Err(e).context("cannot read the schema: has `escalator migrate` run?"),
+    }
+    let plan = SeedPlan {
+        workflows: args.workflows,
+        seed: args.seed,
+        now: args.now.unwrap_or_else(Utc::now),
+    };
+    let first = format!("seed-{}-{:07}", plan.seed, 0);
+    match store.get_workflow_by_external_id(&first).await {
+        Err(StoreError::NotFound { .. }) => {}
+        Ok(_) => bail!(
+            "this database already holds the workflows of --seed {}: use another --seed or a fresh database",
+            plan.seed
+        ),
+        Err(e) => return Err(e.into()),
+    }
+    let started = Instant::now();
+    store
+        .upsert_users(&users())
+        .await
+        .context("seeding users")?;
+
+    let bar = ProgressBar::new(plan.workflows);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} seeding [{bar:40}] {pos}/{len} workflows ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    // Generation (CPU) runs on a blocking thread while the previous chunk is being loaded.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Workflow>>(2);
+    let generator = tokio::task::spawn_blocking(move || {
+        let mut g = SeedGenerator::new(plan);
+        while g.remaining() > 0 {
+            if tx.blocking_send(g.next_chunk(CHUNK)).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(chunk) = rx.recv().await {
+        store
+            .bulk_load(&chunk)
+            .await
+            .context("bulk-loading workflows")?;
+        bar.inc(chunk.len() as u64);
+    }
+    generator.await.context("the generator thread failed")?;
+    bar.finish_and_clear();
+
+    let (ok, warning, breached) = store.sla_counts(plan.now).await?;
+    println!(
+        "seeded {} workflows and {} users in {:.1}s; as of {}: {ok} ok, {warning} warning, {breached} breached",
+        plan.workflows,
+        escalator_store::seed::USER_POOL,
+        started.elapsed().as_secs_f64(),
+        plan.now.to_rfc3339(),
+    );
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The `escalator` binary as users run it: real processes against real databases.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+
+use escalator_testkit::TestDb;
+
+fn escalator(database_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run escalator")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn migrate_then_seed(db: &TestDb) {
+    let out = escalator(&db.url, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "migrate failed: {}",
+        text(&out.stderr)
+    );
+    let args = [
+        "seed",
+        "--workflows",
+        "1000",
+        "--seed",
+        "3",
+        "--now",
+        "2026-11-25T12:00:00Z",
+    ];
+    let out = escalator(&db.url, &args);
+    assert!(out.status.success(), "seed failed: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("seeded 1000 workflows and 1000 users"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("700 ok, 150 warning, 150 breached"),
+        "{stdout}"
+    );
+
+    let counts = db.store.table_counts().await.unwrap();
+    assert_eq!((counts.workflows, counts.audit_logs), (1000, 1000));
+    assert_eq!(db.store.list_users(None, 1000).await.unwrap().len(), 1000);
+
+    // seeding the same data twice is refused, and nothing is written
+    let out = escalator(&db.url, &args);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("already holds the workflows of --seed 3"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(db.store.table_counts().await.unwrap().workflows, 1000);
+}
+
+#[tokio::test]
+async fn migrate_and_seed_on_postgres_give_the_workload_distribution() {
+    migrate_then_seed(&TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn migrate_and_seed_on_sqlite_give_the_workload_distribution() {
+    migrate_then_seed(&TestDb::sqlite().await).await;
+}
+
+#[test]
+fn migrate_creates_a_missing_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    let out = escalator(&format!("sqlite://{}", path.display()), &["migrate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(path.exists());
+}
+
+#[test]
+fn an_unsupported_database_url_is_named_in_the_error() {
+    let out = escalator("mysql://root:secret@localhost/db", &["migrate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+    assert!(stderr.contains("expected postgres://"), "{stderr}");
+    assert!(!stderr.contains("secret"), "password leaked: {stderr}");
+}
+
+#[test]
+fn an_unreachable_database_is_a_clear_error() {
+    let out = escalator("postgres://postgres@127.0.0.1:1/none", &["migrate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot connect to DATABASE_URL"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn seed_before_migrate_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("empty.db").display());
+    let out = escalator(&url, &["seed", "--workflows", "10"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("escalator migrate"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_malformed_time_is_refused_with_the_expected_format() {
+    let out = escalator("sqlite://unused.db", &["seed", "--now", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("RFC 3339"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn help_describes_every_command() {
+    let out = escalator("sqlite://unused.db", &["--help"]);
+    let help = text(&out.stdout);
+    assert!(out.status.success());
+    for cmd in ["migrate", "seed"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+    let out = escalator("sqlite://unused.db", &["seed", "--help"]);
+    assert!(text(&out.stdout).contains("--workflows"));
+}
