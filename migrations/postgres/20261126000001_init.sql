@@ -110,6 +110,14 @@ CREATE TABLE check_runs (
 );
 CREATE INDEX check_runs_created ON check_runs (created_at DESC);
 
+-- Which batches of a run have committed: a batch job that runs twice (at-least-once delivery)
+-- counts towards its run's completion only once.
+CREATE TABLE check_run_batches (
+    check_run_id bigint NOT NULL REFERENCES check_runs (id),
+    batch_index  integer NOT NULL,
+    PRIMARY KEY (check_run_id, batch_index)
+);
+
 CREATE TABLE audit_logs (
     id              bigserial PRIMARY KEY,
     workflow_id     uuid NOT NULL REFERENCES workflows (id),

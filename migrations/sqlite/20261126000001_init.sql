@@ -97,6 +97,14 @@ CREATE TABLE check_runs (
 );
 CREATE INDEX check_runs_created ON check_runs (created_at DESC);
 
+-- Which batches of a run have committed: a batch job that runs twice (at-least-once delivery)
+-- counts towards its run's completion only once.
+CREATE TABLE check_run_batches (
+    check_run_id INTEGER NOT NULL REFERENCES check_runs (id),
+    batch_index  INTEGER NOT NULL,
+    PRIMARY KEY (check_run_id, batch_index)
+);
+
 CREATE TABLE audit_logs (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     workflow_id     TEXT NOT NULL REFERENCES workflows (id),

@@ -106,6 +106,8 @@ pub struct NewOutbox {
 pub struct BatchEffects {
     /// The check run the batch belongs to.
     pub check_run_id: Option<i64>,
+    /// The batch's index within its run: a batch applied twice completes its run only once.
+    pub batch_index: i32,
     /// Workflow state changes.
     pub changes: Vec<WorkflowChange>,
     /// Audit rows.
@@ -155,6 +157,7 @@ impl BatchEffects {
         }
         BatchEffects {
             check_run_id: self.check_run_id,
+            batch_index: self.batch_index,
             changes: Vec::new(),
             audits,
             notifications: self

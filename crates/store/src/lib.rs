@@ -11,6 +11,7 @@ mod rows;
 pub mod seed;
 mod sqlite;
 pub mod time;
+pub mod verify;
 
 use chrono::{DateTime, Utc};
 use escalator_policy::{Calendar, Policy};
@@ -260,9 +261,15 @@ impl Store {
         dispatch!(self, s => s.recent_check_runs(limit).await)
     }
 
-    /// Marks a run as planned: `batches` batch jobs will report to it. A run with no batch
-    /// succeeds at once.
-    pub async fn start_check_run(&self, id: i64, batches: i32, now: DateTime<Utc>) -> Result<()> {
+    /// Marks a queued run as planned: `batches` batch jobs will report to it (a run with no
+    /// batch succeeds at once). A run that was planned already keeps its batch count, so a
+    /// planner job that runs twice cannot change it. Returns the run as it now stands.
+    pub async fn start_check_run(
+        &self,
+        id: i64,
+        batches: i32,
+        now: DateTime<Utc>,
+    ) -> Result<CheckRun> {
         dispatch!(self, s => s.start_check_run(id, batches, now).await)
     }
 
@@ -356,6 +363,11 @@ impl BatchTx {
     pub async fn apply(&mut self, effects: &BatchEffects, now: DateTime<Utc>) -> Result<Applied> {
         let now = time::micros(now);
         dispatch_tx!(self, t => t.apply(effects, now).await)
+    }
+
+    /// The users with these ids (in any order; unknown ids are left out), in one query.
+    pub async fn users(&mut self, ids: &[String]) -> Result<Vec<User>> {
+        dispatch_tx!(self, t => t.users(ids).await)
     }
 
     /// Commits.

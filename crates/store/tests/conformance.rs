@@ -53,6 +53,7 @@ conformance!(
     listing_filters_and_paginates,
     bulk_load_yields_the_workload_distribution,
     inbox_lists_and_marks_read,
+    verify_passes_a_healthy_database_and_names_tampering,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -96,6 +97,7 @@ async fn create(store: &Store, external_id: &str) -> Workflow {
 fn remind(w: &Workflow, now: DateTime<Utc>, run: Option<i64>) -> BatchEffects {
     BatchEffects {
         check_run_id: run,
+        batch_index: 0,
         changes: vec![WorkflowChange {
             id: w.id,
             expected_version: w.version,
@@ -659,8 +661,10 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
 
     let w = create(s, "G").await;
     let now = t0() + Duration::hours(23);
-    s.start_check_run(run.id, 2, now).await.unwrap();
-    assert_eq!(s.get_check_run(run.id).await.unwrap().status, "running");
+    let planned = s.start_check_run(run.id, 2, now).await.unwrap();
+    assert_eq!((planned.status.as_str(), planned.batches), ("running", 2));
+    // a planner that runs twice cannot change the plan
+    assert_eq!(s.start_check_run(run.id, 5, now).await.unwrap().batches, 2);
     let mut tx = s.begin_batch().await.unwrap();
     tx.apply(&remind(&w, now, Some(run.id)), now).await.unwrap();
     tx.commit().await.unwrap();
@@ -674,16 +678,22 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
         ),
         ("running", 1, 1, 1)
     );
+    // batch 0 delivered twice: its effects are refused and it does not complete the run
     let mut tx = s.begin_batch().await.unwrap();
-    tx.apply(
-        &BatchEffects {
-            check_run_id: Some(run.id),
-            ..Default::default()
-        },
-        now,
-    )
-    .await
-    .unwrap();
+    tx.apply(&remind(&w, now, Some(run.id)), now).await.unwrap();
+    tx.commit().await.unwrap();
+    let dup = s.get_check_run(run.id).await.unwrap();
+    assert_eq!(
+        (dup.status.as_str(), dup.batches_done, dup.reminded),
+        ("running", 1, 1)
+    );
+    let last = BatchEffects {
+        check_run_id: Some(run.id),
+        batch_index: 1,
+        ..Default::default()
+    };
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(&last, now).await.unwrap();
     tx.commit().await.unwrap();
     let done = s.get_check_run(run.id).await.unwrap();
     assert_eq!(
@@ -695,8 +705,10 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
         Some(run.id)
     );
 
-    s.start_check_run(a.id, 0, now).await.unwrap();
-    assert_eq!(s.get_check_run(a.id).await.unwrap().status, "succeeded");
+    assert_eq!(
+        s.start_check_run(a.id, 0, now).await.unwrap().status,
+        "succeeded"
+    );
     s.fail_check_run(b.id, "boom", now).await.unwrap();
     let failed = s.get_check_run(b.id).await.unwrap();
     assert_eq!(
@@ -838,4 +850,48 @@ async fn inbox_lists_and_marks_read(db: &TestDb) {
         s.mark_notification_read(999_999, now).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+async fn verify_passes_a_healthy_database_and_names_tampering(db: &TestDb) {
+    let s = &db.store;
+    let w = create(s, "J").await;
+    let other = create(s, "K").await;
+    let now = t0() + Duration::hours(23);
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(&remind(&w, now, None), now).await.unwrap();
+    tx.commit().await.unwrap();
+    s.transition(other.id, &Transition::Complete, &ctx(now))
+        .await
+        .unwrap();
+    assert_eq!(s.verify().await.unwrap(), []);
+
+    // a workflow that claims an escalation the audit log does not have
+    let tamper = "UPDATE workflows SET escalation_level = 1, status = 'escalated' \
+                  WHERE external_id = 'K' OR external_id = 'J'";
+    let reopen = "UPDATE workflows SET status = 'escalated' WHERE external_id = 'K'";
+    match s {
+        Store::Postgres(p) => {
+            sqlx::query(tamper).execute(p.pool()).await.unwrap();
+            sqlx::query(reopen).execute(p.pool()).await.unwrap();
+        }
+        Store::Sqlite(p) => {
+            sqlx::query(tamper).execute(p.pool()).await.unwrap();
+            sqlx::query(reopen).execute(p.pool()).await.unwrap();
+        }
+    }
+    let found = s.verify().await.unwrap();
+    let level: Vec<&str> = found
+        .iter()
+        .filter(|v| v.invariant == "I1")
+        .map(|v| v.subject.as_str())
+        .collect();
+    assert_eq!(level.len(), 2, "{found:?}");
+    assert!(level.contains(&w.id.to_string().as_str()));
+    // J's reminder was for level 0; at level 1 it is marked reminded without one
+    assert!(
+        found
+            .iter()
+            .any(|v| v.invariant == "I2" && v.subject == w.id.to_string()),
+        "{found:?}"
+    );
 }

@@ -87,15 +87,24 @@ impl PgBatch {
         let notifications = self.insert_notifications(&kept, now).await?;
         let outbox = self.insert_outbox(&kept, now).await?;
         if let Some(run) = kept.check_run_id {
+            let first = sqlx::query(
+                "INSERT INTO check_run_batches (check_run_id, batch_index) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(run)
+            .bind(kept.batch_index)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
             let c = kept.counts;
             sqlx::query(
                 "UPDATE check_runs SET checked = checked + $2, reminded = reminded + $3,
                      escalated = escalated + $4, failed = failed + $5,
-                     batches_done = batches_done + 1,
-                     status = CASE WHEN status = 'running' AND batches_done + 1 >= batches
+                     batches_done = batches_done + $6,
+                     status = CASE WHEN status = 'running' AND batches_done + $6 >= batches
                                    THEN 'succeeded' ELSE status END,
-                     finished_at = CASE WHEN status = 'running' AND batches_done + 1 >= batches
-                                   THEN $6 ELSE finished_at END
+                     finished_at = CASE WHEN status = 'running' AND batches_done + $6 >= batches
+                                   THEN $7 ELSE finished_at END
                  WHERE id = $1",
             )
             .bind(run)
@@ -103,6 +112,7 @@ impl PgBatch {
             .bind(c.reminded)
             .bind(c.escalated)
             .bind(c.failed)
+            .bind(i32::from(first == 1))
             .bind(now)
             .execute(&mut *self.tx)
             .await?;
@@ -221,6 +231,17 @@ impl PgBatch {
         .execute(&mut *self.tx)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    pub(crate) async fn users(&mut self, ids: &[String]) -> Result<Vec<crate::model::User>> {
+        let rows = sqlx::query(
+            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users
+             WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(rows::user).collect()
     }
 
     pub(crate) async fn commit(self) -> Result<()> {

@@ -61,22 +61,19 @@ impl PgStore {
         id: i64,
         batches: i32,
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        let done = sqlx::query(
+    ) -> Result<CheckRun> {
+        sqlx::query(
             "UPDATE check_runs SET batches = $2, started_at = COALESCE(started_at, $3),
                  status = CASE WHEN batches_done >= $2 THEN 'succeeded' ELSE 'running' END,
                  finished_at = CASE WHEN batches_done >= $2 THEN $3 ELSE NULL END
-             WHERE id = $1 AND status IN ('queued', 'running')",
+             WHERE id = $1 AND status = 'queued'",
         )
         .bind(id)
         .bind(batches)
         .bind(now)
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            self.get_check_run(id).await?;
-        }
-        Ok(())
+        self.get_check_run(id).await
     }
 
     pub(crate) async fn fail_check_run(

@@ -83,15 +83,24 @@ impl SqliteBatch {
         let notifications = self.insert_notifications(&kept, now).await?;
         let outbox = self.insert_outbox(&kept, now).await?;
         if let Some(run) = kept.check_run_id {
+            let first = sqlx::query(
+                "INSERT INTO check_run_batches (check_run_id, batch_index) VALUES (?1, ?2)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(run)
+            .bind(kept.batch_index)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
             let c = kept.counts;
             sqlx::query(
                 "UPDATE check_runs SET checked = checked + ?2, reminded = reminded + ?3,
                      escalated = escalated + ?4, failed = failed + ?5,
-                     batches_done = batches_done + 1,
-                     status = CASE WHEN status = 'running' AND batches_done + 1 >= batches
+                     batches_done = batches_done + ?6,
+                     status = CASE WHEN status = 'running' AND batches_done + ?6 >= batches
                                    THEN 'succeeded' ELSE status END,
-                     finished_at = CASE WHEN status = 'running' AND batches_done + 1 >= batches
-                                   THEN ?6 ELSE finished_at END
+                     finished_at = CASE WHEN status = 'running' AND batches_done + ?6 >= batches
+                                   THEN ?7 ELSE finished_at END
                  WHERE id = ?1",
             )
             .bind(run)
@@ -99,6 +108,7 @@ impl SqliteBatch {
             .bind(c.reminded)
             .bind(c.escalated)
             .bind(c.failed)
+            .bind(i32::from(first == 1))
             .bind(sqlite_ts(now))
             .execute(&mut *self.tx)
             .await?;
@@ -235,6 +245,21 @@ impl SqliteBatch {
         .execute(&mut *self.tx)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    pub(crate) async fn users(&mut self, ids: &[String]) -> Result<Vec<crate::model::User>> {
+        let ids = serde_json::to_string(ids).map_err(|source| StoreError::Json {
+            context: "user ids",
+            source,
+        })?;
+        let rows = sqlx::query(
+            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users
+             WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(rows::user).collect()
     }
 
     pub(crate) async fn commit(self) -> Result<()> {

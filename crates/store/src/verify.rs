@@ -1,0 +1,144 @@
+//! `escalator verify`: the invariants I1, I2, I4 and I5 checked over the whole database, in
+//! portable SQL that runs unchanged on PostgreSQL and SQLite.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::error::Result;
+use crate::{Store, rows::trusted};
+
+/// One broken promise, with the workflow it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// I1, I2, I4 or I5.
+    pub invariant: &'static str,
+    /// What is wrong, in words.
+    pub rule: &'static str,
+    /// The workflow (or other row) concerned.
+    pub subject: String,
+}
+
+/// At most this many rows are reported per rule.
+const LIMIT: u32 = 100;
+
+/// (invariant, rule, query returning one text column `subject`).
+const RULES: &[(&str, &str, &str)] = &[
+    (
+        "I1",
+        "escalated twice at the same level of one SLA cycle",
+        "SELECT CAST(workflow_id AS TEXT) AS subject FROM audit_logs WHERE action = 'escalate'
+         GROUP BY workflow_id, cycle, level HAVING count(*) > 1",
+    ),
+    (
+        "I1",
+        "escalation level differs from the escalations recorded in this cycle",
+        "SELECT CAST(w.id AS TEXT) AS subject FROM workflows w
+         LEFT JOIN (SELECT workflow_id, cycle, count(*) AS n FROM audit_logs
+                    WHERE action = 'escalate' GROUP BY workflow_id, cycle) e
+           ON e.workflow_id = w.id AND e.cycle = w.cycle
+         WHERE w.escalation_level <> COALESCE(e.n, 0)",
+    ),
+    (
+        "I2",
+        "reminded twice at the same level of one SLA cycle",
+        "SELECT CAST(workflow_id AS TEXT) AS subject FROM audit_logs WHERE action = 'remind'
+         GROUP BY workflow_id, cycle, level HAVING count(*) > 1",
+    ),
+    (
+        "I2",
+        "marked reminded without a reminder in the audit log",
+        "SELECT CAST(w.id AS TEXT) AS subject FROM workflows w
+         WHERE w.reminded_at IS NOT NULL AND NOT EXISTS (
+           SELECT 1 FROM audit_logs a WHERE a.workflow_id = w.id AND a.action = 'remind'
+             AND a.cycle = w.cycle AND a.level = w.escalation_level)",
+    ),
+    (
+        "I4",
+        "reminded or escalated after it was completed or cancelled",
+        "SELECT CAST(a.workflow_id AS TEXT) AS subject FROM audit_logs a
+         JOIN audit_logs c ON c.workflow_id = a.workflow_id AND c.cycle = a.cycle
+           AND c.action IN ('complete', 'cancel') AND a.id > c.id
+         WHERE a.action IN ('remind', 'escalate')",
+    ),
+    (
+        "I4",
+        "closed or held but still scheduled for a check",
+        "SELECT CAST(id AS TEXT) AS subject FROM workflows
+         WHERE status NOT IN ('pending', 'escalated') AND next_check_at IS NOT NULL",
+    ),
+    (
+        "I5",
+        "no create row in the audit log",
+        "SELECT CAST(w.id AS TEXT) AS subject FROM workflows w WHERE NOT EXISTS (
+           SELECT 1 FROM audit_logs a WHERE a.workflow_id = w.id AND a.action = 'create')",
+    ),
+    (
+        "I5",
+        "notification without the audit row of its reminder or escalation",
+        "SELECT CAST(n.id AS TEXT) AS subject FROM notifications n WHERE NOT EXISTS (
+           SELECT 1 FROM audit_logs a WHERE a.workflow_id = n.workflow_id AND a.action =
+             CASE n.kind WHEN 'reminder' THEN 'remind' WHEN 'escalation' THEN 'escalate'
+                         ELSE 'exhausted' END)",
+    ),
+    (
+        "I5",
+        "assignee differs from the last assignment recorded in the audit log",
+        "SELECT CAST(w.id AS TEXT) AS subject FROM workflows w
+         JOIN audit_logs a ON a.id = (SELECT max(x.id) FROM audit_logs x
+                                      WHERE x.workflow_id = w.id AND x.to_assignee IS NOT NULL)
+         WHERE a.to_assignee <> w.assignee",
+    ),
+];
+
+/// The audit log's guard triggers, by backend.
+const PG_TRIGGERS: &str = "SELECT count(*) AS n FROM pg_trigger
+    WHERE tgname IN ('audit_logs_append_only', 'audit_logs_no_truncate') AND NOT tgisinternal";
+const SQLITE_TRIGGERS: &str = "SELECT count(*) AS n FROM sqlite_master
+    WHERE type = 'trigger' AND name IN ('audit_logs_no_update', 'audit_logs_no_delete')";
+
+impl Store {
+    /// Checks every rule; an empty list means the database keeps its promises.
+    pub async fn verify(&self) -> Result<Vec<Violation>> {
+        let mut found = Vec::new();
+        for (invariant, rule, sql) in RULES {
+            let sql = format!("{sql} LIMIT {LIMIT}");
+            let subjects: Vec<String> = match self {
+                Store::Postgres(s) => {
+                    let rows = sqlx::query(trusted(sql)).fetch_all(s.pool()).await?;
+                    rows.iter()
+                        .map(|r| r.try_get("subject"))
+                        .collect::<Result<_, _>>()?
+                }
+                Store::Sqlite(s) => {
+                    let rows = sqlx::query(trusted(sql)).fetch_all(s.pool()).await?;
+                    rows.iter()
+                        .map(|r| r.try_get("subject"))
+                        .collect::<Result<_, _>>()?
+                }
+            };
+            found.extend(subjects.into_iter().map(|subject| Violation {
+                invariant,
+                rule,
+                subject,
+            }));
+        }
+        let triggers: i64 = match self {
+            Store::Postgres(s) => sqlx::query(PG_TRIGGERS)
+                .fetch_one(s.pool())
+                .await?
+                .try_get("n")?,
+            Store::Sqlite(s) => sqlx::query(SQLITE_TRIGGERS)
+                .fetch_one(s.pool())
+                .await?
+                .try_get("n")?,
+        };
+        if triggers < 2 {
+            found.push(Violation {
+                invariant: "I5",
+                rule: "the audit log's append-only triggers are missing",
+                subject: "audit_logs".into(),
+            });
+        }
+        Ok(found)
+    }
+}
