@@ -2,6 +2,7 @@
 //! over to the command. Everything worth testing lives in the libraries.
 
 mod commands;
+mod config;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -36,6 +37,17 @@ enum Command {
     /// Load deterministic demo/benchmark data: a 1,000-user org chart and N open workflows,
     /// exactly 15% in WARNING and 15% BREACHED at --now.
     Seed(commands::seed::SeedArgs),
+    /// Run the worker role: the check planner and the escalation batches, from the queues.
+    Worker,
+    /// Enqueue a job from a script (e.g. `enqueue check --wait`).
+    Enqueue(commands::enqueue::EnqueueArgs),
+    /// Show what a check would do now, writing nothing (`check --dry-run`).
+    Check(commands::check::CheckArgs),
+    /// Check the invariants (one escalation, one reminder, no stale action, complete audit)
+    /// over the whole database; exits 1 listing violations.
+    Verify,
+    /// Queue depths, dead jobs, due workflows and recent check runs.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +67,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Migrate => commands::migrate::run(&cli.database_url).await,
             Command::Seed(args) => commands::seed::run(&cli.database_url, args).await,
+            Command::Worker => commands::worker::run(&cli.database_url).await,
+            Command::Enqueue(args) => commands::enqueue::run(&cli.database_url, args).await,
+            Command::Check(args) => commands::check::run(&cli.database_url, args).await,
+            Command::Verify => commands::verify::run(&cli.database_url).await,
+            Command::Status => commands::status::run(&cli.database_url).await,
         }
     });
     match result {

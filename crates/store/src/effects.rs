@@ -106,8 +106,9 @@ pub struct NewOutbox {
 pub struct BatchEffects {
     /// The check run the batch belongs to.
     pub check_run_id: Option<i64>,
-    /// The batch's index within its run: a batch applied twice completes its run only once.
-    pub batch_index: i32,
+    /// Set on the transaction that finishes batch number `i` of its run: a batch applied twice
+    /// completes its run only once. None for intermediate rounds of a batch.
+    pub batch_index: Option<i32>,
     /// Workflow state changes.
     pub changes: Vec<WorkflowChange>,
     /// Audit rows.
@@ -133,6 +134,8 @@ pub struct Applied {
     pub outbox: u64,
     /// Counts added to the check run.
     pub counts: BatchCounts,
+    /// This batch was the last of its run: the run is now `succeeded`.
+    pub run_completed: bool,
 }
 
 impl BatchEffects {

@@ -97,7 +97,7 @@ async fn create(store: &Store, external_id: &str) -> Workflow {
 fn remind(w: &Workflow, now: DateTime<Utc>, run: Option<i64>) -> BatchEffects {
     BatchEffects {
         check_run_id: run,
-        batch_index: 0,
+        batch_index: Some(0),
         changes: vec![WorkflowChange {
             id: w.id,
             expected_version: w.version,
@@ -680,7 +680,12 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
     );
     // batch 0 delivered twice: its effects are refused and it does not complete the run
     let mut tx = s.begin_batch().await.unwrap();
-    tx.apply(&remind(&w, now, Some(run.id)), now).await.unwrap();
+    assert!(
+        !tx.apply(&remind(&w, now, Some(run.id)), now)
+            .await
+            .unwrap()
+            .run_completed
+    );
     tx.commit().await.unwrap();
     let dup = s.get_check_run(run.id).await.unwrap();
     assert_eq!(
@@ -689,11 +694,11 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
     );
     let last = BatchEffects {
         check_run_id: Some(run.id),
-        batch_index: 1,
+        batch_index: Some(1),
         ..Default::default()
     };
     let mut tx = s.begin_batch().await.unwrap();
-    tx.apply(&last, now).await.unwrap();
+    assert!(tx.apply(&last, now).await.unwrap().run_completed);
     tx.commit().await.unwrap();
     let done = s.get_check_run(run.id).await.unwrap();
     assert_eq!(

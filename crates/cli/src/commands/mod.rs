@@ -1,7 +1,12 @@
 //! One module per subcommand.
 
+pub mod check;
+pub mod enqueue;
 pub mod migrate;
 pub mod seed;
+pub mod status;
+pub mod verify;
+pub mod worker;
 
 use anyhow::Context as _;
 use escalator_store::{Store, StoreConfig, redact};
@@ -13,4 +18,23 @@ pub async fn connect(url: &str) -> anyhow::Result<Store> {
     Store::connect(&config)
         .await
         .with_context(|| format!("cannot connect to DATABASE_URL={}", redact(url)))
+}
+
+/// Connects to the queue backend, with an error that names the variable.
+pub async fn connect_queues(
+    config: &crate::config::QueueConfig,
+) -> anyhow::Result<escalator_jobs::Queues> {
+    escalator_jobs::Queues::connect(
+        &config.url,
+        escalator_jobs::QueueNames::new(&config.namespace),
+    )
+    .await
+    .with_context(|| format!("cannot connect to the queue at {}", redact(&config.url)))
+}
+
+/// Parses an RFC 3339 instant for `--as-of`/`--now`.
+pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-25T12:00:00Z: {e}"))
 }

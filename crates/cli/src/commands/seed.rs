@@ -21,14 +21,8 @@ pub struct SeedArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Reference time (RFC 3339) the SLA states are computed against; default: now.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = super::parse_time)]
     now: Option<DateTime<Utc>>,
-}
-
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-25T12:00:00Z: {e}"))
 }
 
 /// Seeds users and workflows.

@@ -86,18 +86,22 @@ impl PgBatch {
         let audits = insert_audits(&mut self.tx, &kept.audits, now).await?;
         let notifications = self.insert_notifications(&kept, now).await?;
         let outbox = self.insert_outbox(&kept, now).await?;
+        let mut run_completed = false;
         if let Some(run) = kept.check_run_id {
-            let first = sqlx::query(
-                "INSERT INTO check_run_batches (check_run_id, batch_index) VALUES ($1, $2)
+            let first = match kept.batch_index {
+                None => 0,
+                Some(index) => sqlx::query(
+                    "INSERT INTO check_run_batches (check_run_id, batch_index) VALUES ($1, $2)
                  ON CONFLICT DO NOTHING",
-            )
-            .bind(run)
-            .bind(kept.batch_index)
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
+                )
+                .bind(run)
+                .bind(index)
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected(),
+            };
             let c = kept.counts;
-            sqlx::query(
+            let done = sqlx::query(
                 "UPDATE check_runs SET checked = checked + $2, reminded = reminded + $3,
                      escalated = escalated + $4, failed = failed + $5,
                      batches_done = batches_done + $6,
@@ -105,7 +109,8 @@ impl PgBatch {
                                    THEN 'succeeded' ELSE status END,
                      finished_at = CASE WHEN status = 'running' AND batches_done + $6 >= batches
                                    THEN $7 ELSE finished_at END
-                 WHERE id = $1",
+                 WHERE id = $1
+                 RETURNING status = 'succeeded' AND finished_at = $7 AS completed",
             )
             .bind(run)
             .bind(c.checked)
@@ -114,8 +119,14 @@ impl PgBatch {
             .bind(c.failed)
             .bind(i32::from(first == 1))
             .bind(now)
-            .execute(&mut *self.tx)
+            .fetch_optional(&mut *self.tx)
             .await?;
+            run_completed = match done {
+                Some(row) => row
+                    .try_get::<Option<bool>, _>("completed")?
+                    .unwrap_or(false),
+                None => false,
+            };
         }
         Ok(Applied {
             changed,
@@ -123,6 +134,7 @@ impl PgBatch {
             notifications,
             outbox,
             counts: kept.counts,
+            run_completed,
         })
     }
 

@@ -1,0 +1,128 @@
+//! `escalator enqueue check`: record a check run and enqueue its planner job, as the beat
+//! does; with `--wait`, follow it to the end and print its counts.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use escalator_jobs::{CheckWorkflows, Scope};
+use escalator_runtime::config::ProcessEnv;
+use escalator_store::NewCheckRun;
+use uuid::Uuid;
+
+use crate::config::QueueConfig;
+
+/// Arguments of `escalator enqueue`.
+#[derive(Debug, clap::Args)]
+pub struct EnqueueArgs {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum What {
+    /// Enqueue a check of every due workflow (or of one).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Check only this workflow (its uuid, or its external id).
+    #[arg(long)]
+    workflow: Option<String>,
+    /// Evaluate the SLA clock at this instant (RFC 3339); default: now.
+    #[arg(long, value_parser = super::parse_time)]
+    as_of: Option<DateTime<Utc>>,
+    /// Wait for the run to finish and print its counts; exit non-zero if it failed.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds (exit 2).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+/// Runs the subcommand.
+pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
+    let What::Check(args) = args.what;
+    let queue_config = QueueConfig::from_env(&ProcessEnv)?;
+    let store = super::connect(database_url).await?;
+    let scope = match &args.workflow {
+        None => Scope::All,
+        Some(w) => match Uuid::parse_str(w) {
+            Ok(id) => Scope::Workflow(
+                store
+                    .get_workflow(id)
+                    .await
+                    .with_context(|| format!("--workflow {w}"))?
+                    .id,
+            ),
+            Err(_) => Scope::Workflow(
+                store
+                    .get_workflow_by_external_id(w)
+                    .await
+                    .with_context(|| format!("--workflow {w}"))?
+                    .id,
+            ),
+        },
+    };
+    let queues = super::connect_queues(&queue_config).await?;
+    let now = Utc::now();
+    let as_of = args.as_of.unwrap_or(now);
+    let run = store
+        .create_check_run(&NewCheckRun {
+            slot: None,
+            requested_by: "cli",
+            scope: scope.to_string(),
+            as_of,
+            dry_run: false,
+            coalesced: 1,
+            now,
+        })
+        .await?
+        .context("the check run was not created")?;
+    queues
+        .push_check(&CheckWorkflows {
+            check_run_id: run.id,
+            as_of,
+            scope,
+        })
+        .await
+        .context("enqueueing the check")?;
+    if !args.wait {
+        println!(
+            "check_run_id={} as_of={} scope={scope} status=queued",
+            run.id,
+            as_of.to_rfc3339()
+        );
+        return Ok(());
+    }
+    let started = Instant::now();
+    let deadline = Duration::from_secs(args.timeout);
+    loop {
+        let r = store.get_check_run(run.id).await?;
+        if r.status == "succeeded" || r.status == "failed" {
+            println!(
+                "check_run_id={} status={} checked={} reminded={} escalated={} failed={} seconds={:.3}",
+                r.id,
+                r.status,
+                r.checked,
+                r.reminded,
+                r.escalated,
+                r.failed,
+                started.elapsed().as_secs_f64()
+            );
+            if r.status == "failed" {
+                bail!("check run {} failed: {}", r.id, r.error.unwrap_or_default());
+            }
+            return Ok(());
+        }
+        if started.elapsed() > deadline {
+            eprintln!(
+                "error: check run {} still {} after {}s (batches done {}/{}); is a worker running?",
+                r.id, r.status, args.timeout, r.batches_done, r.batches
+            );
+            std::process::exit(2);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,60 @@
+//! `escalator status`: queue depths, dead jobs, due workflows and recent check runs.
+
+use chrono::Utc;
+use escalator_runtime::config::ProcessEnv;
+
+use crate::config::QueueConfig;
+
+/// Prints the status report.
+pub async fn run(database_url: &str) -> anyhow::Result<()> {
+    let store = super::connect(database_url).await?;
+    let queues = super::connect_queues(&QueueConfig::from_env(&ProcessEnv)?).await?;
+    println!("queues ({}):", super::worker::describe(&queues));
+    for q in queues.stats().await? {
+        println!(
+            "  {:<28} pending={:<8} dead={:<6} done={}",
+            q.queue, q.pending, q.dead, q.done
+        );
+    }
+    let dead = queues.dead_jobs(10).await?;
+    if !dead.is_empty() {
+        println!("dead jobs (up to 10 per queue):");
+        for d in dead {
+            let payload: String = d.payload.chars().take(120).collect();
+            println!(
+                "  {} {} {payload} -- {}",
+                d.queue,
+                d.id,
+                d.error.unwrap_or_default()
+            );
+        }
+    }
+    let now = Utc::now();
+    let (ok, warning, breached) = store.sla_counts(now).await?;
+    println!(
+        "workflows: ok={ok} warning={warning} breached={breached} due_now={} next_check={}",
+        store.count_due(now).await?,
+        store
+            .earliest_next_check()
+            .await?
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!("recent check runs:");
+    for r in store.recent_check_runs(10).await? {
+        println!(
+            "  #{:<6} {:<9} {:<8} as_of={} batches={}/{} checked={} reminded={} escalated={} failed={}",
+            r.id,
+            r.status,
+            r.requested_by,
+            r.as_of.to_rfc3339(),
+            r.batches_done,
+            r.batches,
+            r.checked,
+            r.reminded,
+            r.escalated,
+            r.failed
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `escalator worker`: runs the check planner and the escalation batches from the queues.
+
+use anyhow::Context as _;
+use escalator_jobs::{Queues, Stopped};
+use escalator_runtime::config::ProcessEnv;
+use escalator_runtime::serve::Health;
+use escalator_worker::{Engine, PolicyCache};
+
+use crate::config::{QueueConfig, WorkerSettings};
+
+/// Runs until SIGTERM/SIGINT, then drains in-flight jobs.
+pub async fn run(database_url: &str) -> anyhow::Result<()> {
+    let settings = WorkerSettings::from_env(&ProcessEnv)?;
+    let queue_config = QueueConfig::from_env(&ProcessEnv)?;
+    let metrics =
+        escalator_runtime::metrics::install().context("installing the metrics recorder")?;
+    let store = super::connect(database_url).await?;
+    let queues = super::connect_queues(&queue_config).await?;
+    let health =
+        Health::new(settings.worker.poll_interval * 50 + std::time::Duration::from_secs(60));
+    let engine = Engine {
+        store: store.clone(),
+        queues,
+        config: settings.engine,
+        policies: PolicyCache::default(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let mut rx = stop_rx.clone();
+        let addr = settings.metrics_addr;
+        let health = health.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            escalator_runtime::serve::serve(addr, metrics, health, stopped).await
+        })
+    };
+    let signal = async {
+        escalator_runtime::shutdown::signal().await;
+    };
+    let outcome = escalator_worker::run(engine, settings.worker.clone(), health, signal).await;
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, addr = %settings.metrics_addr, "metrics server failed")
+        }
+        Err(e) => tracing::error!(error = %e, "metrics server panicked"),
+        Ok(Ok(())) => {}
+    }
+    store.close().await;
+    match outcome.context("worker stopped")? {
+        Stopped::Drained => tracing::info!("worker stopped: all in-flight jobs finished"),
+        Stopped::GraceExpired => tracing::warn!(
+            "worker stopped: jobs still running after ESCALATOR_SHUTDOWN_TIMEOUT were abandoned \
+             (they will be re-run; their effects are idempotent)"
+        ),
+    }
+    Ok(())
+}
+
+/// Whether the queue backend is embedded (for messages).
+pub fn describe(queues: &Queues) -> &'static str {
+    match queues {
+        Queues::Redis { .. } => "redis",
+        Queues::Sqlite { .. } => "sqlite",
+    }
+}

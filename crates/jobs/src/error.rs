@@ -1,0 +1,38 @@
+//! The error type of the queue layer.
+
+/// Everything enqueueing or inspecting a queue can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// A queue URL that is neither `redis://` nor `sqlite://`.
+    #[error("unsupported queue url {0:?}: expected redis://… or sqlite://…")]
+    UnsupportedUrl(String),
+    /// Redis refused or is unreachable.
+    #[error("redis")]
+    Redis(#[from] redis::RedisError),
+    /// The SQLite queue database failed.
+    #[error("sqlite queue")]
+    Sqlite(#[from] sqlx::Error),
+    /// apalis refused a push or a setup step.
+    #[error("apalis: {0}")]
+    Apalis(String),
+    /// A payload could not be encoded.
+    #[error("encoding a job")]
+    Json(#[from] serde_json::Error),
+    /// Settings that cannot work.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The queue stayed too full to push more without wedging apalis-redis's fetch.
+    #[error("queue {queue} still has {due} jobs due after waiting; workers are not keeping up")]
+    Backlogged {
+        /// The queue.
+        queue: String,
+        /// Jobs due in it.
+        due: u64,
+    },
+}
+
+impl QueueError {
+    pub(crate) fn apalis(e: impl std::fmt::Display) -> Self {
+        QueueError::Apalis(e.to_string())
+    }
+}

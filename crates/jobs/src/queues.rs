@@ -1,0 +1,434 @@
+//! The producer side, shared by beat, api, CLI and the planner: push jobs, read queue depths,
+//! list and retry dead jobs — on apalis-redis (production) or apalis-sqlite (embedded).
+//!
+//! apalis-redis 1.0's fetch script unpacks every due id of a queue at once and fails for good
+//! past about 8,000: pushes here go in chunks of at most [`CHUNK`] and wait while more than
+//! [`MAX_DUE`] jobs are due, so no helper can wedge a queue.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis_redis::ConnectionManager;
+use apalis_sqlite::{SqlitePool, SqliteStorage};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::QueueError;
+use crate::payload::{CheckWorkflows, DeliverNotifications, EscalateBatch, Noop};
+use crate::settings::{QueueNames, WorkerSettings};
+
+/// Jobs per push call.
+pub const CHUNK: usize = 1_000;
+/// Pushing pauses while a Redis queue has more jobs due than this.
+pub const MAX_DUE: u64 = 4_000;
+/// How long a push waits for a backlog to drain before giving up.
+pub const BACKLOG_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Depth of one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Queue name.
+    pub queue: String,
+    /// Waiting to run (including scheduled retries).
+    pub pending: u64,
+    /// Dead: attempts exhausted or malformed; waiting for an operator.
+    pub dead: u64,
+    /// Finished.
+    pub done: u64,
+}
+
+/// A dead job, for `escalator status` and the api.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadJob {
+    /// Queue name.
+    pub queue: String,
+    /// Task id.
+    pub id: String,
+    /// The payload as text.
+    pub payload: String,
+    /// The last error.
+    pub error: Option<String>,
+}
+
+/// Producer handles for every queue of a deployment.
+#[derive(Debug, Clone)]
+pub enum Queues {
+    /// apalis-redis.
+    Redis {
+        /// The shared, reconnecting connection.
+        conn: ConnectionManager,
+        /// Queue names.
+        names: QueueNames,
+    },
+    /// apalis-sqlite, in its own database file.
+    Sqlite {
+        /// The queue database.
+        pool: SqlitePool,
+        /// Queue names.
+        names: QueueNames,
+    },
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Queues {
+    /// Connects to `redis://…` or opens (creating, migrating) `sqlite://…`.
+    pub async fn connect(url: &str, names: QueueNames) -> Result<Queues, QueueError> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            let conn = apalis_redis::connect(url)
+                .await
+                .map_err(QueueError::apalis)?;
+            Ok(Queues::Redis { conn, names })
+        } else if url.starts_with("sqlite:") {
+            let options: apalis_sqlite::SqliteConnectOptions = url
+                .parse()
+                .map_err(|e: sqlx::Error| QueueError::Config(e.to_string()))?;
+            let options = options
+                .create_if_missing(true)
+                .busy_timeout(Duration::from_secs(30));
+            let pool = apalis_sqlite::SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await?;
+            SqliteStorage::<()>::setup(&pool)
+                .await
+                .map_err(QueueError::apalis)?;
+            Ok(Queues::Sqlite { pool, names })
+        } else {
+            Err(QueueError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// The queue names.
+    pub fn names(&self) -> &QueueNames {
+        match self {
+            Queues::Redis { names, .. } | Queues::Sqlite { names, .. } => names,
+        }
+    }
+
+    /// Enqueues a planner job. Keyed by its run, so pushing the same run twice enqueues once.
+    pub async fn push_check(&self, job: &CheckWorkflows) -> Result<(), QueueError> {
+        let key = format!("check:{}", job.check_run_id);
+        let queue = self.names().checks.clone();
+        self.push_keyed(&queue, vec![(key, job.clone())]).await
+    }
+
+    /// Enqueues a run's batch jobs, keyed by (run, index): a planner that runs twice pushes
+    /// each batch once.
+    pub async fn push_batches(&self, jobs: &[EscalateBatch]) -> Result<(), QueueError> {
+        let keyed = jobs
+            .iter()
+            .map(|j| {
+                (
+                    format!("batch:{}:{}", j.check_run_id, j.batch_index),
+                    j.clone(),
+                )
+            })
+            .collect();
+        let queue = self.names().batches.clone();
+        self.push_keyed(&queue, keyed).await
+    }
+
+    /// Enqueues a delivery job.
+    pub async fn push_delivery(&self, job: &DeliverNotifications) -> Result<(), QueueError> {
+        let queue = self.names().deliveries.clone();
+        self.push_plain(&queue, vec![job.clone()]).await
+    }
+
+    /// Enqueues `n` no-op jobs (the queue-overhead benchmark), in bounded chunks.
+    pub async fn push_noops(&self, n: u64) -> Result<(), QueueError> {
+        let queue = self.names().noop.clone();
+        let mut next = 0;
+        while next < n {
+            let end = (next + CHUNK as u64).min(n);
+            self.push_plain(&queue, (next..end).map(|n| Noop { n }).collect())
+                .await?;
+            next = end;
+        }
+        Ok(())
+    }
+
+    async fn push_keyed<T: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static>(
+        &self,
+        queue: &str,
+        jobs: Vec<(String, T)>,
+    ) -> Result<(), QueueError> {
+        for chunk in jobs.chunks(CHUNK) {
+            match self {
+                Queues::Redis { conn, .. } => {
+                    let mut conn = conn.clone();
+                    wait_for_room(&mut conn, queue, chunk.len()).await?;
+                    let config = WorkerSettings::new("producer", queue).redis_config();
+                    let tasks = chunk
+                        .iter()
+                        .map(|(key, job)| {
+                            Ok(TaskBuilder::new(serde_json::to_vec(job)?)
+                                .idempotency_key(key)
+                                .build())
+                        })
+                        .collect::<Result<Vec<_>, QueueError>>()?;
+                    apalis_redis::queries::push_tasks(&mut conn, &config, &tasks)
+                        .await
+                        .map_err(QueueError::apalis)?;
+                }
+                Queues::Sqlite { pool, .. } => {
+                    let config = WorkerSettings::new("producer", queue).sqlite_config();
+                    let mut storage = SqliteStorage::<T>::new(pool).with_config(config);
+                    for (key, job) in chunk {
+                        let task = TaskBuilder::new(job.clone()).idempotency_key(key).build();
+                        storage.push_task(task).await.map_err(QueueError::apalis)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn push_plain<T: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static>(
+        &self,
+        queue: &str,
+        jobs: Vec<T>,
+    ) -> Result<(), QueueError> {
+        for chunk in jobs.chunks(CHUNK) {
+            match self {
+                Queues::Redis { conn, .. } => {
+                    let mut conn = conn.clone();
+                    wait_for_room(&mut conn, queue, chunk.len()).await?;
+                    let config = WorkerSettings::new("producer", queue).redis_config();
+                    let tasks = chunk
+                        .iter()
+                        .map(|job| Ok(TaskBuilder::new(serde_json::to_vec(job)?).build()))
+                        .collect::<Result<Vec<_>, QueueError>>()?;
+                    apalis_redis::queries::push_tasks(&mut conn, &config, &tasks)
+                        .await
+                        .map_err(QueueError::apalis)?;
+                }
+                Queues::Sqlite { pool, .. } => {
+                    let config = WorkerSettings::new("producer", queue).sqlite_config();
+                    let mut storage = SqliteStorage::<T>::new(pool).with_config(config);
+                    storage
+                        .push_bulk(chunk.to_vec())
+                        .await
+                        .map_err(QueueError::apalis)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Depth of every queue.
+    pub async fn stats(&self) -> Result<Vec<QueueStats>, QueueError> {
+        let mut out = Vec::new();
+        for queue in self.names().all() {
+            out.push(match self {
+                Queues::Redis { conn, .. } => redis_stats(&mut conn.clone(), queue).await?,
+                Queues::Sqlite { pool, .. } => sqlite_stats(pool, queue).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` dead jobs of every queue.
+    pub async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+        let mut out = Vec::new();
+        for queue in self.names().all() {
+            match self {
+                Queues::Redis { conn, .. } => {
+                    out.extend(redis_dead(&mut conn.clone(), queue, limit).await?)
+                }
+                Queues::Sqlite { pool, .. } => out.extend(sqlite_dead(pool, queue, limit).await?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts a dead job back in its queue with its attempts reset. False if it was not dead.
+    pub async fn retry_dead(&self, queue: &str, id: &str) -> Result<bool, QueueError> {
+        match self {
+            Queues::Redis { conn, .. } => redis_retry(&mut conn.clone(), queue, id).await,
+            Queues::Sqlite { pool, .. } => {
+                let done = sqlx::query(
+                    "UPDATE Jobs SET status = 'Pending', attempts = 0, run_at = strftime('%s','now'),
+                         lock_by = NULL, lock_at = NULL, done_at = NULL, last_result = NULL
+                     WHERE id = ?1 AND job_type = ?2 AND (status = 'Killed'
+                         OR (status = 'Failed' AND attempts >= max_attempts)
+                         OR (status = 'Running' AND done_at IS NOT NULL))",
+                )
+                .bind(id)
+                .bind(queue)
+                .execute(pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+        }
+    }
+}
+
+/// Waits until `queue` has room for `incoming` more due jobs.
+async fn wait_for_room(
+    conn: &mut ConnectionManager,
+    queue: &str,
+    incoming: usize,
+) -> Result<(), QueueError> {
+    let config = apalis_redis::Config::default().queue(queue);
+    let started = Instant::now();
+    loop {
+        let (due, active): (u64, u64) = redis::pipe()
+            .cmd("ZCOUNT")
+            .arg(config.scheduled_jobs_set())
+            .arg("-inf")
+            .arg(unix_now() + 1)
+            .cmd("LLEN")
+            .arg(config.active_jobs_list())
+            .query_async(conn)
+            .await?;
+        if due + active + incoming as u64 <= MAX_DUE {
+            return Ok(());
+        }
+        if started.elapsed() > BACKLOG_PATIENCE {
+            return Err(QueueError::Backlogged {
+                queue: queue.to_owned(),
+                due: due + active,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn redis_stats(conn: &mut ConnectionManager, queue: &str) -> Result<QueueStats, QueueError> {
+    let c = apalis_redis::Config::default().queue(queue);
+    let (scheduled, active, dead, done): (u64, u64, u64, u64) = redis::pipe()
+        .cmd("ZCARD")
+        .arg(c.scheduled_jobs_set())
+        .cmd("LLEN")
+        .arg(c.active_jobs_list())
+        .cmd("SCARD")
+        .arg(c.dead_jobs_set())
+        .cmd("SCARD")
+        .arg(c.done_jobs_set())
+        .query_async(conn)
+        .await?;
+    Ok(QueueStats {
+        queue: queue.to_owned(),
+        pending: scheduled + active,
+        dead,
+        done,
+    })
+}
+
+async fn redis_dead(
+    conn: &mut ConnectionManager,
+    queue: &str,
+    limit: usize,
+) -> Result<Vec<DeadJob>, QueueError> {
+    let c = apalis_redis::Config::default().queue(queue);
+    let ids: Vec<String> = redis::cmd("SRANDMEMBER")
+        .arg(c.dead_jobs_set())
+        .arg(limit)
+        .query_async(conn)
+        .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let payload: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(c.job_data_hash())
+            .arg(&id)
+            .query_async(conn)
+            .await?;
+        let error: Option<String> = redis::cmd("HGET")
+            .arg(format!("{}:{id}", c.job_meta_hash()))
+            .arg("result")
+            .query_async(conn)
+            .await?;
+        out.push(DeadJob {
+            queue: queue.to_owned(),
+            payload: payload
+                .map(|p| String::from_utf8_lossy(&p).into_owned())
+                .unwrap_or_default(),
+            error,
+            id,
+        });
+    }
+    Ok(out)
+}
+
+/// Moves one dead task back to the scheduled set with attempts reset, atomically.
+const RETRY_DEAD: &str = r#"
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return -1 end
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local meta = KEYS[3] .. ':' .. ARGV[1]
+redis.call('HDEL', meta, 'result', 'done_at', 'locked_at', 'locked_by')
+redis.call('HSET', meta, 'status', 'Pending', 'attempts', 0)
+redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
+return 1
+"#;
+
+async fn redis_retry(
+    conn: &mut ConnectionManager,
+    queue: &str,
+    id: &str,
+) -> Result<bool, QueueError> {
+    let c = apalis_redis::Config::default().queue(queue);
+    let res: i64 = redis::Script::new(RETRY_DEAD)
+        .key(c.dead_jobs_set())
+        .key(c.job_data_hash())
+        .key(c.job_meta_hash())
+        .key(c.scheduled_jobs_set())
+        .arg(id)
+        .arg(unix_now())
+        .invoke_async(conn)
+        .await?;
+    Ok(res == 1)
+}
+
+const SQLITE_STATS: &str = "SELECT
+  COALESCE(SUM(CASE WHEN status IN ('Pending', 'Queued') OR (status = 'Running' AND done_at IS NULL)
+      OR (status = 'Failed' AND attempts < max_attempts) THEN 1 ELSE 0 END), 0),
+  COALESCE(SUM(CASE WHEN status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts)
+      OR (status = 'Running' AND done_at IS NOT NULL) THEN 1 ELSE 0 END), 0),
+  COALESCE(SUM(CASE WHEN status = 'Done' THEN 1 ELSE 0 END), 0)
+FROM Jobs WHERE job_type = ?1";
+
+async fn sqlite_stats(pool: &SqlitePool, queue: &str) -> Result<QueueStats, QueueError> {
+    let (pending, dead, done): (i64, i64, i64) = sqlx::query_as(SQLITE_STATS)
+        .bind(queue)
+        .fetch_one(pool)
+        .await?;
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(QueueStats {
+        queue: queue.to_owned(),
+        pending: n(pending),
+        dead: n(dead),
+        done: n(done),
+    })
+}
+
+async fn sqlite_dead(
+    pool: &SqlitePool,
+    queue: &str,
+    limit: usize,
+) -> Result<Vec<DeadJob>, QueueError> {
+    let rows: Vec<(String, Vec<u8>, Option<String>)> = sqlx::query_as(
+        "SELECT id, job, CAST(last_result AS TEXT) FROM Jobs WHERE job_type = ?1 AND (status = 'Killed'
+             OR (status = 'Failed' AND attempts >= max_attempts)
+             OR (status = 'Running' AND done_at IS NOT NULL))
+         LIMIT ?2",
+    )
+    .bind(queue)
+    .bind(i64::try_from(limit).unwrap_or(100))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, job, error)| DeadJob {
+            queue: queue.to_owned(),
+            id,
+            payload: String::from_utf8_lossy(&job).into_owned(),
+            error,
+        })
+        .collect())
+}

@@ -1,0 +1,162 @@
+//! Typed configuration from environment variables. Every value is parsed once at start-up; a
+//! bad value is an error naming the variable, never a panic later.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration value that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub name: &'static str,
+    /// What it held.
+    pub value: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Where variables come from: the process environment, or a map in tests.
+pub trait Source {
+    /// The value of `name`, if set and not empty.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl<S: std::hash::BuildHasher> Source for std::collections::HashMap<String, String, S> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name).cloned()
+    }
+}
+
+/// Parses `name` with `FromStr`, or returns `default` when unset.
+pub fn parse<T>(src: &dyn Source, name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    match src.get(name) {
+        None => Ok(default),
+        Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError {
+            name,
+            reason: e.to_string(),
+            value,
+        }),
+    }
+}
+
+/// A positive integer within `range`.
+pub fn bounded(
+    src: &dyn Source,
+    name: &'static str,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, ConfigError> {
+    let v: u32 = parse(src, name, default)?;
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError {
+            name,
+            value: v.to_string(),
+            reason: format!("must be between {} and {}", range.start(), range.end()),
+        })
+    }
+}
+
+/// A duration in seconds (fractions allowed), greater than zero.
+pub fn seconds(
+    src: &dyn Source,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(value) = src.get(name) else {
+        return Ok(default);
+    };
+    match value.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(ConfigError {
+            name,
+            value,
+            reason: "expected a number of seconds greater than 0".into(),
+        }),
+    }
+}
+
+/// A socket address such as `0.0.0.0:9100`.
+pub fn addr(
+    src: &dyn Source,
+    name: &'static str,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let value = src.get(name).unwrap_or_else(|| default.to_owned());
+    value.trim().parse().map_err(|_| ConfigError {
+        name,
+        reason: "expected host:port, e.g. 0.0.0.0:9100".into(),
+        value,
+    })
+}
+
+/// A string, or the default.
+pub fn string(src: &dyn Source, name: &'static str, default: &str) -> String {
+    src.get(name).unwrap_or_else(|| default.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn unset_variables_take_their_defaults() {
+        let e = env(&[]);
+        assert_eq!(
+            bounded(&e, "ESCALATOR_BATCH_SIZE", 500, 1..=5000).unwrap(),
+            500
+        );
+        assert_eq!(
+            seconds(&e, "X", Duration::from_secs(3)).unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(addr(&e, "A", "0.0.0.0:9100").unwrap().port(), 9100);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = env(&[
+            ("ESCALATOR_BATCH_SIZE", "lots"),
+            ("T", "-1"),
+            ("A", "nowhere"),
+        ]);
+        let err = bounded(&e, "ESCALATOR_BATCH_SIZE", 500, 1..=5000).unwrap_err();
+        assert!(
+            err.to_string().starts_with("ESCALATOR_BATCH_SIZE=\"lots\""),
+            "{err}"
+        );
+        assert_eq!(
+            seconds(&e, "T", Duration::from_secs(1)).unwrap_err().name,
+            "T"
+        );
+        assert_eq!(addr(&e, "A", "0.0.0.0:1").unwrap_err().name, "A");
+        let e = env(&[("ESCALATOR_BATCH_SIZE", "0")]);
+        let err = bounded(&e, "ESCALATOR_BATCH_SIZE", 500, 1..=5000).unwrap_err();
+        assert!(err.reason.contains("between 1 and 5000"), "{err}");
+    }
+}

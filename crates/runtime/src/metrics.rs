@@ -1,0 +1,138 @@
+//! The Prometheus recorder and every metric escalator exports, with its help text and, for
+//! histograms, explicit buckets (without them the exporter renders summaries, and the alert
+//! rules need `_bucket` series).
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Workflows evaluated by checks.
+pub const CHECKED: &str = "workflow_tasks_checked_total";
+/// Escalations committed.
+pub const ESCALATED: &str = "workflow_tasks_escalated_total";
+/// Reminders committed.
+pub const REMINDED: &str = "workflow_tasks_reminded_total";
+/// Workflows found past their deadline.
+pub const OVER_SLA: &str = "workflow_tasks_over_sla_total";
+/// Failed escalation jobs (or workflows that could not be evaluated).
+pub const FAILURES: &str = "workflow_escalation_failures_total";
+/// Duration of a check run, enqueue to last batch committed.
+pub const DURATION: &str = "workflow_escalation_duration_seconds";
+/// How late escalations happen: escalated_at − due_at.
+pub const LATENCY: &str = "workflow_escalation_latency_seconds";
+/// Open workflows by SLA state.
+pub const OPEN: &str = "workflow_open";
+/// Share of open workflows not breached.
+pub const COMPLIANCE: &str = "workflow_sla_compliance_ratio";
+/// Jobs waiting per queue.
+pub const QUEUE_DEPTH: &str = "escalator_queue_depth";
+/// Jobs that exhausted their attempts.
+pub const DEAD_JOBS: &str = "escalator_dead_jobs";
+/// Outbox rows not yet delivered.
+pub const OUTBOX_PENDING: &str = "escalator_outbox_pending";
+/// Delivery attempts by channel and outcome.
+pub const NOTIFICATIONS: &str = "escalator_notifications_total";
+/// Cron slots that produced no check run in time.
+pub const MISSED_TICKS: &str = "escalator_missed_ticks_total";
+/// Second enqueues of a slot refused.
+pub const DUPLICATE_TICKS: &str = "escalator_duplicate_ticks_suppressed_total";
+/// When the last check run finished.
+pub const LAST_CHECK: &str = "escalator_last_check_timestamp_seconds";
+/// Jobs processed by queue and outcome.
+pub const JOBS: &str = "escalator_jobs_total";
+/// Time a job spent in its handler.
+pub const JOB_DURATION: &str = "escalator_job_duration_seconds";
+
+/// Buckets of check-run durations, seconds: the SlowEscalationJob alert fires above 30 s.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+];
+/// Buckets of escalation latency, seconds: from deadline wake-ups (seconds) to sweeps (15 min).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 86400.0,
+];
+/// Buckets of single-job durations, seconds.
+pub const JOB_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the global recorder with buckets and help texts, returning the handle that
+/// renders the exposition. Call once per process, at start-up.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(DURATION.into()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(LATENCY.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(JOB_DURATION.into()), JOB_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// Registers the help text and unit of every metric.
+pub fn describe() {
+    describe_counter!(CHECKED, "Workflows evaluated by check runs.");
+    describe_counter!(
+        ESCALATED,
+        "Escalations committed (reassigned to the next level)."
+    );
+    describe_counter!(REMINDED, "Warning reminders committed.");
+    describe_counter!(
+        OVER_SLA,
+        "Workflows found past their SLA deadline by a check."
+    );
+    describe_counter!(
+        FAILURES,
+        "Escalation jobs that failed, and workflows that could not be evaluated."
+    );
+    describe_histogram!(
+        DURATION,
+        Unit::Seconds,
+        "Duration of a check run, from enqueue until its last batch committed."
+    );
+    describe_histogram!(
+        LATENCY,
+        Unit::Seconds,
+        "How long after its deadline a workflow was escalated."
+    );
+    describe_gauge!(
+        OPEN,
+        "Open workflows by SLA status (ok, warning, breached)."
+    );
+    describe_gauge!(
+        COMPLIANCE,
+        "Share of open workflows that are not past their deadline."
+    );
+    describe_gauge!(QUEUE_DEPTH, "Jobs waiting in each queue.");
+    describe_gauge!(
+        DEAD_JOBS,
+        "Jobs that exhausted their attempts and wait for an operator."
+    );
+    describe_gauge!(
+        OUTBOX_PENDING,
+        "Notifications in the outbox not yet delivered."
+    );
+    describe_counter!(
+        NOTIFICATIONS,
+        "Notification delivery attempts by channel and outcome."
+    );
+    describe_counter!(
+        MISSED_TICKS,
+        "Scheduled check slots that were missed (and caught up, or skipped)."
+    );
+    describe_counter!(
+        DUPLICATE_TICKS,
+        "Second attempts to run a slot that were refused."
+    );
+    describe_gauge!(
+        LAST_CHECK,
+        "Unix time at which the last check run finished."
+    );
+    describe_counter!(
+        JOBS,
+        "Jobs processed, by queue and outcome (ok, retry, dead)."
+    );
+    describe_histogram!(
+        JOB_DURATION,
+        Unit::Seconds,
+        "Time spent handling one job attempt."
+    );
+}

@@ -1,0 +1,109 @@
+//! The small HTTP server of worker and beat processes: `/metrics` for Prometheus and
+//! `/healthz` for liveness probes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Liveness: the process's main loop touches it; it is healthy while touched recently.
+#[derive(Debug, Clone)]
+pub struct Health {
+    last: Arc<AtomicI64>,
+    max_silence: Duration,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Health {
+    /// Healthy until `max_silence` passes without a [`Health::touch`].
+    pub fn new(max_silence: Duration) -> Self {
+        Health {
+            last: Arc::new(AtomicI64::new(unix_now())),
+            max_silence,
+        }
+    }
+
+    /// Records progress.
+    pub fn touch(&self) {
+        self.last.store(unix_now(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the last progress, and whether that is within bounds.
+    pub fn check(&self) -> (i64, bool) {
+        let silent = unix_now() - self.last.load(Ordering::Relaxed);
+        let limit = i64::try_from(self.max_silence.as_secs()).unwrap_or(i64::MAX);
+        (silent, silent <= limit)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: PrometheusHandle,
+    health: Health,
+}
+
+/// The router: `/metrics` renders `metrics`, `/healthz` reports `health`.
+pub fn router(metrics: PrometheusHandle, health: Health) -> Router {
+    Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(healthz))
+        .with_state(AppState { metrics, health })
+}
+
+async fn render(
+    State(s): State<AppState>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
+    let (silent, ok) = s.health.check();
+    if ok {
+        (StatusCode::OK, format!("ok: last progress {silent}s ago\n"))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stalled: no progress for {silent}s\n"),
+        )
+    }
+}
+
+/// Serves the router on `addr` until `shutdown` resolves; also runs the recorder's upkeep.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: PrometheusHandle,
+    health: Health,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
+    let upkeep = metrics.clone();
+    let upkeep_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let result = axum::serve(listener, router(metrics, health))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    upkeep_task.abort();
+    result
+}

@@ -1,0 +1,152 @@
+//! The apalis handlers: decode the envelope, run the engine under a deadline and panic guard,
+//! classify failures, count outcomes. Garbage is dead-lettered and counted; the worker goes on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{Attempt, BoxDynError, Data};
+use chrono::Utc;
+use escalator_jobs::attempt::{self, Failure};
+use escalator_jobs::{CheckWorkflows, EscalateBatch, Incoming, Noop};
+use escalator_runtime::metrics as m;
+use escalator_runtime::serve::Health;
+
+use crate::engine::{Engine, EngineError};
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct HandlerContext {
+    /// The engine.
+    pub engine: Engine,
+    /// Attempts before a job is dead.
+    pub max_attempts: usize,
+    /// Deadline of one attempt.
+    pub attempt_timeout: Duration,
+    /// Touched on every job, for `/healthz`.
+    pub health: Health,
+}
+
+/// The shared context as apalis injects it.
+pub type Ctx = Arc<HandlerContext>;
+
+fn classify(e: EngineError) -> Failure {
+    if e.is_transient() {
+        Failure::Transient(Box::new(e))
+    } else {
+        Failure::Permanent(Box::new(e))
+    }
+}
+
+fn record(queue: &'static str, started: Instant, outcome: &Result<(), BoxDynError>, last: bool) {
+    let label = match outcome {
+        Ok(()) => "ok",
+        Err(_) if last => "dead",
+        Err(e) if e.downcast_ref::<apalis::prelude::AbortError>().is_some() => "dead",
+        Err(_) => "retry",
+    };
+    metrics::counter!(m::JOBS, "queue" => queue, "outcome" => label).increment(1);
+    metrics::histogram!(m::JOB_DURATION, "queue" => queue).record(started.elapsed().as_secs_f64());
+    if label != "ok" {
+        metrics::counter!(m::FAILURES, "queue" => queue).increment(1);
+    }
+}
+
+fn malformed(queue: &'static str, raw: &str, error: &str) -> Result<(), BoxDynError> {
+    tracing::error!(queue, error, payload = raw, "malformed job dead-lettered");
+    metrics::counter!(m::JOBS, "queue" => queue, "outcome" => "malformed").increment(1);
+    metrics::counter!(m::FAILURES, "queue" => queue).increment(1);
+    Err(attempt::malformed(raw, error))
+}
+
+/// `escalator:checks`: plan a check run.
+pub async fn check_workflows(
+    job: Incoming<CheckWorkflows>,
+    at: Attempt,
+    ctx: Data<Ctx>,
+) -> Result<(), BoxDynError> {
+    ctx.health.touch();
+    let job = match job {
+        Incoming::Job(j) => j,
+        Incoming::Malformed { raw, error } => return malformed("checks", &raw, &error),
+    };
+    let started = Instant::now();
+    let result = attempt::guarded(ctx.attempt_timeout, async {
+        ctx.engine.check_workflows(&job).await.map_err(classify)
+    })
+    .await;
+    let last = attempt::is_last(&at, ctx.max_attempts);
+    let outcome = match result {
+        Ok(planned) => {
+            tracing::debug!(check_run_id = job.check_run_id, ?planned, "check job done");
+            Ok(())
+        }
+        Err(failure) => {
+            let err = attempt::verdict(&at, ctx.max_attempts, failure);
+            tracing::warn!(check_run_id = job.check_run_id, attempt = at.current(), error = %err, "check job failed");
+            if err.downcast_ref::<apalis::prelude::AbortError>().is_some() {
+                // Give the run a final status so that waiters and dashboards see the failure.
+                let msg = format!("planner failed after {} attempt(s): {err}", at.current());
+                if let Err(e) = ctx
+                    .engine
+                    .store
+                    .fail_check_run(job.check_run_id, &msg, Utc::now())
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot mark the check run failed");
+                }
+            }
+            Err(err)
+        }
+    };
+    record("checks", started, &outcome, last);
+    outcome
+}
+
+/// `escalator:batches`: one batch of a run.
+pub async fn escalate_batch(
+    job: Incoming<EscalateBatch>,
+    at: Attempt,
+    ctx: Data<Ctx>,
+) -> Result<(), BoxDynError> {
+    ctx.health.touch();
+    let job = match job {
+        Incoming::Job(j) => j,
+        Incoming::Malformed { raw, error } => return malformed("batches", &raw, &error),
+    };
+    let started = Instant::now();
+    let result = attempt::guarded(ctx.attempt_timeout, async {
+        ctx.engine.escalate_batch(&job).await.map_err(classify)
+    })
+    .await;
+    let last = attempt::is_last(&at, ctx.max_attempts);
+    let outcome = match result {
+        Ok(_) => Ok(()),
+        Err(failure) => {
+            let err = attempt::verdict(&at, ctx.max_attempts, failure);
+            tracing::warn!(
+                check_run_id = job.check_run_id,
+                batch = job.batch_index,
+                attempt = at.current(),
+                error = %err,
+                "batch failed"
+            );
+            // Nothing is lost when a batch dies: its workflows stay due and the next check
+            // claims them again.
+            Err(err)
+        }
+    };
+    record("batches", started, &outcome, last);
+    outcome
+}
+
+/// `escalator:noop`: the queue-overhead benchmark's job.
+pub async fn noop(job: Incoming<Noop>, _at: Attempt, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+    ctx.health.touch();
+    match job {
+        Incoming::Job(_) => {
+            metrics::counter!(m::JOBS, "queue" => "noop", "outcome" => "ok").increment(1);
+            Ok(())
+        }
+        Incoming::Malformed { raw, error } => malformed("noop", &raw, &error),
+    }
+}

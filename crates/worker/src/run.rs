@@ -1,0 +1,118 @@
+//! The worker process: one apalis worker per queue under one monitor, on Redis or on SQLite,
+//! until SIGTERM; then in-flight jobs finish within the grace period.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::Monitor;
+use escalator_jobs::{CheckWorkflows, EscalateBatch, Noop, Queues, Stopped, WorkerSettings};
+use escalator_jobs::{register_redis, register_sqlite, run_supervised};
+
+use crate::engine::Engine;
+use crate::jobs::{self, HandlerContext};
+
+/// Worker process settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    /// Batch jobs handled at once per process (checks and no-ops get the same).
+    pub concurrency: usize,
+    /// Attempts before a job is dead.
+    pub max_attempts: usize,
+    /// Deadline of one attempt.
+    pub attempt_timeout: Duration,
+    /// How long in-flight jobs may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Idle polling period.
+    pub poll_interval: Duration,
+    /// Prefix of worker names (the pod name in Kubernetes).
+    pub name: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 2,
+            max_attempts: 5,
+            attempt_timeout: Duration::from_secs(120),
+            shutdown_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(200),
+            name: "worker".into(),
+        }
+    }
+}
+
+fn settings(config: &WorkerConfig, queue: &str) -> WorkerSettings {
+    let mut s = WorkerSettings::new(&config.name, queue);
+    s.concurrency = config.concurrency.max(1);
+    s.max_attempts = config.max_attempts.max(1);
+    s.attempt_timeout = config.attempt_timeout;
+    s.poll_interval = config.poll_interval;
+    s
+}
+
+/// Runs the checks, batches and no-op workers until `shutdown` resolves.
+pub async fn run(
+    engine: Engine,
+    config: WorkerConfig,
+    health: escalator_runtime::serve::Health,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<Stopped, escalator_jobs::QueueError> {
+    let ctx = Arc::new(HandlerContext {
+        engine: engine.clone(),
+        max_attempts: config.max_attempts.max(1),
+        attempt_timeout: config.attempt_timeout,
+        health,
+    });
+    let names = engine.queues.names().clone();
+    // Few, long planner jobs: fetch one at a time so that another worker can take the next.
+    let mut checks = settings(&config, &names.checks);
+    checks.fetch_batch = 1;
+    let mut batches = settings(&config, &names.batches);
+    batches.fetch_batch = config.concurrency.max(1);
+    let noop = settings(&config, &names.noop);
+    let monitor = Monitor::new();
+    let monitor = match &engine.queues {
+        Queues::Redis { conn, .. } => {
+            let m = register_redis::<CheckWorkflows, _, _, _>(
+                monitor,
+                conn.clone(),
+                &checks,
+                ctx.clone(),
+                jobs::check_workflows,
+            )?;
+            let m = register_redis::<EscalateBatch, _, _, _>(
+                m,
+                conn.clone(),
+                &batches,
+                ctx.clone(),
+                jobs::escalate_batch,
+            )?;
+            register_redis::<Noop, _, _, _>(m, conn.clone(), &noop, ctx.clone(), jobs::noop)?
+        }
+        Queues::Sqlite { pool, .. } => {
+            let m = register_sqlite::<CheckWorkflows, _, _, _>(
+                monitor,
+                pool.clone(),
+                &checks,
+                ctx.clone(),
+                jobs::check_workflows,
+            )?;
+            let m = register_sqlite::<EscalateBatch, _, _, _>(
+                m,
+                pool.clone(),
+                &batches,
+                ctx.clone(),
+                jobs::escalate_batch,
+            )?;
+            register_sqlite::<Noop, _, _, _>(m, pool.clone(), &noop, ctx.clone(), jobs::noop)?
+        }
+    };
+    tracing::info!(
+        concurrency = config.concurrency,
+        max_attempts = config.max_attempts,
+        queues = ?names.all(),
+        "worker started"
+    );
+    run_supervised(monitor, shutdown, config.shutdown_timeout).await
+}
