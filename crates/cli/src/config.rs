@@ -76,6 +76,7 @@ impl WorkerSettings {
                     Duration::from_secs(30),
                 )?,
                 poll_interval: seconds(src, "ESCALATOR_POLL_INTERVAL", Duration::from_millis(200))?,
+                heartbeat: seconds(src, "ESCALATOR_HEARTBEAT_INTERVAL", Duration::from_secs(10))?,
                 name,
             },
             metrics_addr: addr(src, "ESCALATOR_METRICS_ADDR", "0.0.0.0:9100")?,

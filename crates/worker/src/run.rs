@@ -25,6 +25,9 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
     /// Idle polling period.
     pub poll_interval: Duration,
+    /// Liveness heartbeat; a worker silent for three of them is declared dead and its jobs
+    /// are re-run by the others.
+    pub heartbeat: Duration,
     /// Prefix of worker names (the pod name in Kubernetes).
     pub name: String,
 }
@@ -37,6 +40,7 @@ impl Default for WorkerConfig {
             attempt_timeout: Duration::from_secs(120),
             shutdown_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(200),
+            heartbeat: Duration::from_secs(10),
             name: "worker".into(),
         }
     }
@@ -48,6 +52,7 @@ fn settings(config: &WorkerConfig, queue: &str) -> WorkerSettings {
     s.max_attempts = config.max_attempts.max(1);
     s.attempt_timeout = config.attempt_timeout;
     s.poll_interval = config.poll_interval;
+    s.heartbeat = config.heartbeat;
     s
 }
 

@@ -23,6 +23,21 @@ pub struct EnqueueArgs {
 enum What {
     /// Enqueue a check of every due workflow (or of one).
     Check(CheckArgs),
+    /// Enqueue no-op jobs (measures queue overhead; used by `make bench`).
+    Noop(NoopArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NoopArgs {
+    /// How many.
+    #[arg(long, default_value_t = 1_000)]
+    count: u64,
+    /// Wait until the workers have processed them all, and print the time taken.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds (exit 2).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,7 +58,10 @@ struct CheckArgs {
 
 /// Runs the subcommand.
 pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
-    let What::Check(args) = args.what;
+    let args = match args.what {
+        What::Check(a) => a,
+        What::Noop(a) => return noops(a).await,
+    };
     let queue_config = QueueConfig::from_env(&ProcessEnv)?;
     let store = super::connect(database_url).await?;
     let scope = match &args.workflow {
@@ -125,4 +143,50 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Pushes no-op jobs; with --wait, follows the queue until all are done.
+async fn noops(args: NoopArgs) -> anyhow::Result<()> {
+    let queues = super::connect_queues(&QueueConfig::from_env(&ProcessEnv)?).await?;
+    let noop_queue = queues.names().noop.clone();
+    let done_before = done_count(&queues, &noop_queue).await?;
+    let started = Instant::now();
+    queues
+        .push_noops(args.count)
+        .await
+        .context("enqueueing no-op jobs")?;
+    if !args.wait {
+        println!("enqueued {} no-op jobs on {noop_queue}", args.count);
+        return Ok(());
+    }
+    let deadline = Duration::from_secs(args.timeout);
+    loop {
+        let done = done_count(&queues, &noop_queue).await? - done_before;
+        if done >= args.count {
+            println!(
+                "system=escalator noop_jobs={} seconds={:.3}",
+                args.count,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() > deadline {
+            eprintln!(
+                "error: {done} of {} no-op jobs done after {}s; is a worker running?",
+                args.count, args.timeout
+            );
+            std::process::exit(2);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn done_count(queues: &escalator_jobs::Queues, queue: &str) -> anyhow::Result<u64> {
+    Ok(queues
+        .stats()
+        .await?
+        .into_iter()
+        .find(|s| s.queue == queue)
+        .map(|s| s.done)
+        .unwrap_or(0))
 }

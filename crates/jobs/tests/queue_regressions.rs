@@ -1,0 +1,386 @@
+//! Regression tests for the apalis 1.0 workarounds in escalator-jobs, against a real Redis
+//! (one namespace per test) and a real SQLite queue file. They fail, never skip, when Redis
+//! is unreachable.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{Attempt, BoxDynError, Data, Monitor};
+use chrono::Utc;
+use escalator_jobs::attempt::{self, Failure};
+use escalator_jobs::*;
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A namespace of its own, removed when dropped.
+struct Ns {
+    names: QueueNames,
+    prefix: String,
+}
+
+impl Ns {
+    fn new() -> Self {
+        let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
+        Ns {
+            names: QueueNames::new(&prefix),
+            prefix,
+        }
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        if let Ok(client) = redis::Client::open(redis_url())
+            && let Ok(mut c) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query(&mut c)
+                .unwrap_or_default();
+            for k in keys {
+                let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
+            }
+        }
+    }
+}
+
+async fn redis_queues(ns: &Ns) -> Queues {
+    Queues::connect(&redis_url(), ns.names.clone())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Redis is unreachable at {}: {e:?}. Start it (`make services`).",
+                redis_url()
+            )
+        })
+}
+
+#[derive(Default)]
+struct Counters {
+    ok: AtomicUsize,
+    attempts: AtomicUsize,
+    malformed: AtomicUsize,
+    fail: AtomicBool,
+}
+
+type State = Arc<Counters>;
+
+async fn handler(job: Incoming<Noop>, at: Attempt, state: Data<State>) -> Result<(), BoxDynError> {
+    let _job = match job {
+        Incoming::Job(j) => j,
+        Incoming::Malformed { raw, error } => {
+            state.malformed.fetch_add(1, Ordering::SeqCst);
+            return Err(attempt::malformed(&raw, &error));
+        }
+    };
+    state.attempts.fetch_add(1, Ordering::SeqCst);
+    if state.fail.load(Ordering::SeqCst) {
+        return Err(attempt::verdict(
+            &at,
+            3,
+            Failure::Transient("always failing".into()),
+        ));
+    }
+    state.ok.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+fn settings(queue: &str) -> WorkerSettings {
+    let mut s = WorkerSettings::new("test", queue);
+    s.max_attempts = 3;
+    s.backoff_min = Duration::from_millis(10);
+    s.backoff_max = Duration::from_millis(50);
+    s.poll_interval = Duration::from_millis(50);
+    s.fetch_batch = 50;
+    s
+}
+
+/// Runs a noop worker in the background until the returned sender fires.
+fn spawn_worker(
+    queues: &Queues,
+    s: WorkerSettings,
+    state: State,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<Stopped, QueueError>>,
+) {
+    let monitor = match queues {
+        Queues::Redis { conn, .. } => {
+            register_redis::<Noop, _, _, _>(Monitor::new(), conn.clone(), &s, state, handler)
+                .unwrap()
+        }
+        Queues::Sqlite { pool, .. } => {
+            register_sqlite::<Noop, _, _, _>(Monitor::new(), pool.clone(), &s, state, handler)
+                .unwrap()
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_supervised(
+        monitor,
+        async move {
+            let _ = rx.await;
+        },
+        Duration::from_secs(10),
+    ));
+    (tx, task)
+}
+
+async fn wait_until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !f().await {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn noop_stats(queues: &Queues) -> QueueStats {
+    let name = queues.names().noop.clone();
+    queues
+        .stats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.queue == name)
+        .unwrap()
+}
+
+/// Pushes a payload that is not JSON straight into a Redis queue, as a buggy producer would.
+async fn push_garbage(queue: &str) -> String {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let id = format!("garbage-{}", uuid::Uuid::new_v4().simple());
+    let now = Utc::now().timestamp();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{queue}:data"))
+        .arg(&id)
+        .arg("not json at all")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{queue}:meta:{id}"))
+        .arg(&[
+            "attempts",
+            "0",
+            "max_attempts",
+            "25",
+            "status",
+            "Pending",
+            "idempotency_key",
+            "",
+        ])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{queue}:scheduled"))
+        .arg(now)
+        .arg(&id)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_keeps_polling_between_heartbeats() {
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    let state = State::default();
+    let mut s = settings(&ns.names.noop);
+    // Only polling can wake this worker: its heartbeat is far away.
+    s.heartbeat = Duration::from_secs(60);
+    let (stop, task) = spawn_worker(&queues, s, state.clone());
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    queues.push_noops(1).await.unwrap();
+    wait_until(
+        "the job pushed to an idle worker",
+        Duration::from_secs(10),
+        async || state.ok.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), Stopped::Drained);
+}
+
+#[tokio::test]
+async fn pushing_the_same_check_twice_enqueues_it_once() {
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    let job = CheckWorkflows {
+        check_run_id: 42,
+        as_of: Utc::now(),
+        scope: Scope::All,
+    };
+    queues.push_check(&job).await.unwrap();
+    queues.push_check(&job).await.unwrap();
+    let batches: Vec<EscalateBatch> = (0..3)
+        .map(|i| EscalateBatch {
+            check_run_id: 42,
+            as_of: job.as_of,
+            batch_index: i,
+            rounds: 1,
+        })
+        .collect();
+    queues.push_batches(&batches).await.unwrap();
+    queues.push_batches(&batches).await.unwrap();
+    let stats = queues.stats().await.unwrap();
+    assert_eq!(stats[0].pending, 1, "{stats:?}");
+    assert_eq!(stats[1].pending, 3, "{stats:?}");
+    // the key expires (a TTL of 0 would have deleted it at once and deduplicated nothing)
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:checks*idempot*", ns.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "no idempotency key stored");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 3_600, "idempotency key ttl {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_dead_lettered_and_the_worker_goes_on() {
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    let state = State::default();
+    let (stop, task) = spawn_worker(&queues, settings(&ns.names.noop), state.clone());
+    let id = push_garbage(&ns.names.noop).await;
+    queues.push_noops(5).await.unwrap();
+    wait_until(
+        "the jobs after the garbage",
+        Duration::from_secs(20),
+        async || state.ok.load(Ordering::SeqCst) == 5 && noop_stats(&queues).await.dead == 1,
+    )
+    .await;
+    assert_eq!(state.malformed.load(Ordering::SeqCst), 1);
+    let dead = queues.dead_jobs(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].id.as_str(), dead[0].payload.as_str()),
+        (id.as_str(), "not json at all")
+    );
+    assert!(
+        dead[0].error.as_deref().unwrap_or("").contains("malformed"),
+        "{dead:?}"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_is_dead_after_exactly_its_attempts_and_can_be_retried() {
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    let state = State::default();
+    state.fail.store(true, Ordering::SeqCst);
+    let (stop, task) = spawn_worker(&queues, settings(&ns.names.noop), state.clone());
+    queues.push_noops(1).await.unwrap();
+    wait_until("the job to die", Duration::from_secs(30), async || {
+        noop_stats(&queues).await.dead == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // three attempts, not apalis-redis's twenty-five
+    assert_eq!(state.attempts.load(Ordering::SeqCst), 3);
+    state.fail.store(false, Ordering::SeqCst);
+    let dead = queues.dead_jobs(10).await.unwrap();
+    assert!(
+        queues
+            .retry_dead(&dead[0].queue, &dead[0].id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !queues
+            .retry_dead(&dead[0].queue, &dead[0].id)
+            .await
+            .unwrap(),
+        "retried twice"
+    );
+    wait_until("the retried job", Duration::from_secs(20), async || {
+        state.ok.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(noop_stats(&queues).await.dead, 0);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_jobs_pushed_through_the_helpers_are_all_processed() {
+    // apalis-redis 1.0's fetch fails for good once ~8,000 jobs are due at once; the helpers
+    // push in bounded chunks and wait for room.
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    let state = State::default();
+    let (stop, task) = spawn_worker(&queues, settings(&ns.names.noop), state.clone());
+    queues.push_noops(20_000).await.unwrap();
+    wait_until("20,000 jobs", Duration::from_secs(180), async || {
+        noop_stats(&queues).await.done == 20_000
+    })
+    .await;
+    assert_eq!(state.ok.load(Ordering::SeqCst), 20_000);
+    assert_eq!(noop_stats(&queues).await.dead, 0);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_restarted_in_the_same_process_registers_again() {
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    let state = State::default();
+    for round in 1..=2 {
+        let (stop, task) = spawn_worker(&queues, settings(&ns.names.noop), state.clone());
+        queues.push_noops(1).await.unwrap();
+        wait_until("a job", Duration::from_secs(10), async || {
+            state.ok.load(Ordering::SeqCst) == round
+        })
+        .await;
+        stop.send(()).unwrap();
+        assert_eq!(task.await.unwrap().unwrap(), Stopped::Drained);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_queue_runs_the_same_worker_and_dead_letters_the_same_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+    let queues = Queues::connect(&url, QueueNames::default()).await.unwrap();
+    let state = State::default();
+    state.fail.store(true, Ordering::SeqCst);
+    let (stop, task) = spawn_worker(&queues, settings("escalator:noop"), state.clone());
+    queues.push_noops(1).await.unwrap();
+    wait_until("the job to die", Duration::from_secs(30), async || {
+        noop_stats(&queues).await.dead == 1
+    })
+    .await;
+    assert_eq!(state.attempts.load(Ordering::SeqCst), 3);
+    state.fail.store(false, Ordering::SeqCst);
+    queues.push_noops(100).await.unwrap();
+    wait_until("100 jobs", Duration::from_secs(30), async || {
+        state.ok.load(Ordering::SeqCst) == 100
+    })
+    .await;
+    let check = CheckWorkflows {
+        check_run_id: 1,
+        as_of: Utc::now(),
+        scope: Scope::All,
+    };
+    queues.push_check(&check).await.unwrap();
+    queues.push_check(&check).await.unwrap();
+    assert_eq!(queues.stats().await.unwrap()[0].pending, 1);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
