@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATABASE_URL ?= sqlite://escalator.db
 
-.PHONY: help build test test-unit lint fmt fmt-check clippy services migrate seed clean
+.PHONY: help build test test-unit lint fmt fmt-check clippy services migrate seed bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ migrate: ## Migrate $(DATABASE_URL)
 
 seed: ## Seed $(DATABASE_URL) with 10,000 workflows (WORKLOAD.md distribution)
 	$(CARGO) run --release --locked -p escalator -- seed --workflows 10000 --seed 7
+
+bench: ## WORKLOAD.md measurements 1-3 at BENCH_SIZES (default "10000 100000"), median of 3
+	@scripts/bench.sh
 
 clean:
 	$(CARGO) clean

@@ -78,19 +78,18 @@ pub struct EscalateBatch {
     /// Index within the run (0-based): a batch delivered twice completes its run once.
     #[serde(default)]
     pub batch_index: i32,
-    /// Transactions of `batch_size` this job runs one after the other. Above
-    /// [`MAX_FANOUT`] batches a run gives each job several rounds rather than pushing more
-    /// jobs (apalis-redis wedges with thousands of jobs due at once).
-    #[serde(default = "one")]
-    pub rounds: u32,
+    /// The slice of due workflows (by `next_check_at`) this batch owns: `[from, until)`,
+    /// unbounded where absent. Disjoint slices keep concurrent batches off each other's rows.
+    #[serde(default)]
+    pub from: Option<DateTime<Utc>>,
+    /// See `from`.
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
 }
 
-/// Most batch jobs one check run pushes.
+/// Most batch jobs one check run pushes: above it, slices grow instead (apalis-redis wedges
+/// with thousands of jobs due at once).
 pub const MAX_FANOUT: u32 = 1_000;
-
-fn one() -> u32 {
-    1
-}
 
 /// Deliver pending outbox rows whose time has come.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +131,10 @@ mod tests {
         assert_eq!(job.scope, Scope::All);
         let batch: EscalateBatch =
             serde_json::from_str(r#"{"check_run_id":1,"as_of":"2026-11-25T12:00:00Z"}"#).unwrap();
-        assert_eq!((batch.batch_index, batch.rounds), (0, 1));
+        assert_eq!(
+            (batch.batch_index, batch.from, batch.until),
+            (0, None, None)
+        );
         let d: DeliverNotifications = serde_json::from_str("{}").unwrap();
         assert_eq!(d.check_run_id, None);
     }

@@ -45,6 +45,9 @@ where
             .backend(backend)
             .data(state.clone())
             .concurrency(settings.concurrency)
+            // each job on its own task: concurrent jobs use both cores instead of sharing the
+            // worker's single task
+            .parallelize(tokio::spawn)
             .retry(policy.clone())
             .timeout(settings.attempt_timeout + Duration::from_secs(5))
             .catch_panic()
@@ -77,6 +80,9 @@ where
             .backend(backend)
             .data(state.clone())
             .concurrency(settings.concurrency)
+            // each job on its own task: concurrent jobs use both cores instead of sharing the
+            // worker's single task
+            .parallelize(tokio::spawn)
             .retry(policy.clone())
             .timeout(settings.attempt_timeout + Duration::from_secs(5))
             .catch_panic()

@@ -224,7 +224,8 @@ async fn pushing_the_same_check_twice_enqueues_it_once() {
             check_run_id: 42,
             as_of: job.as_of,
             batch_index: i,
-            rounds: 1,
+            from: None,
+            until: None,
         })
         .collect();
     queues.push_batches(&batches).await.unwrap();

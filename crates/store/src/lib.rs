@@ -283,6 +283,20 @@ impl Store {
         dispatch!(self, s => s.count_due(as_of).await)
     }
 
+    /// Cuts the workflows due at `as_of` into consecutive ranges of about `per_range` each (in
+    /// `next_check_at` order), covering all of them. Empty when none is due.
+    pub async fn due_ranges(&self, as_of: DateTime<Utc>, per_range: u32) -> Result<Vec<DueRange>> {
+        let starts = dispatch!(self, s => s.due_range_starts(as_of, per_range.max(1)).await)?;
+        Ok(starts
+            .iter()
+            .enumerate()
+            .map(|(i, from)| DueRange {
+                from: if i == 0 { None } else { Some(*from) },
+                until: starts.get(i + 1).copied(),
+            })
+            .collect())
+    }
+
     /// The earliest `next_check_at` among open workflows.
     pub async fn earliest_next_check(&self) -> Result<Option<DateTime<Utc>>> {
         dispatch!(self, s => s.earliest_next_check().await)
@@ -345,7 +359,17 @@ impl BatchTx {
         as_of: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<DueWorkflow>> {
-        dispatch_tx!(self, t => t.claim_due(as_of, limit).await)
+        self.claim_due_in(as_of, &DueRange::default(), limit).await
+    }
+
+    /// [`BatchTx::claim_due`] restricted to a range of `next_check_at`.
+    pub async fn claim_due_in(
+        &mut self,
+        as_of: DateTime<Utc>,
+        range: &DueRange,
+        limit: u32,
+    ) -> Result<Vec<DueWorkflow>> {
+        dispatch_tx!(self, t => t.claim_due(as_of, range, limit).await)
     }
 
     /// Claims one workflow if it is open and due at `as_of` (single-workflow checks).

@@ -424,3 +424,14 @@ pub struct Created {
     /// false when the external_id existed with the same body.
     pub created: bool,
 }
+
+/// A slice of the due workflows by `next_check_at`: `[from, until)`, unbounded where None.
+/// The planner cuts a check into disjoint ranges so that concurrent batches scan disjoint parts
+/// of the index instead of all re-reading (and skipping) the same rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DueRange {
+    /// Inclusive lower bound.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive upper bound.
+    pub until: Option<DateTime<Utc>>,
+}

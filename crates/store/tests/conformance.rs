@@ -54,6 +54,7 @@ conformance!(
     bulk_load_yields_the_workload_distribution,
     inbox_lists_and_marks_read,
     verify_passes_a_healthy_database_and_names_tampering,
+    due_ranges_cut_the_due_workflows_into_disjoint_slices,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -898,5 +899,37 @@ async fn verify_passes_a_healthy_database_and_names_tampering(db: &TestDb) {
             .iter()
             .any(|v| v.invariant == "I2" && v.subject == w.id.to_string()),
         "{found:?}"
+    );
+}
+
+async fn due_ranges_cut_the_due_workflows_into_disjoint_slices(db: &TestDb) {
+    let s = &db.store;
+    let plan = SeedPlan {
+        workflows: 2_000,
+        seed: 3,
+        now: t0(),
+    };
+    s.bulk_load(&SeedGenerator::new(plan).next_chunk(2_000))
+        .await
+        .unwrap();
+    let ranges = s.due_ranges(t0(), 250).await.unwrap();
+    assert_eq!(ranges.len(), 3, "{ranges:?}");
+    assert_eq!((ranges[0].from, ranges[2].until), (None, None));
+    let mut seen = std::collections::HashSet::new();
+    let mut tx = s.begin_batch().await.unwrap();
+    for r in &ranges {
+        let due = tx.claim_due_in(t0(), r, 10_000).await.unwrap();
+        assert!(due.len() <= 250 && !due.is_empty(), "{}", due.len());
+        for d in due {
+            assert!(seen.insert(d.workflow.id), "a workflow is in two slices");
+        }
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(seen.len(), 600);
+    assert!(
+        s.due_ranges(t0() - Duration::days(10), 250)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

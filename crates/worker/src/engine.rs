@@ -11,7 +11,7 @@ use escalator_jobs::payload::MAX_FANOUT;
 use escalator_jobs::{CheckWorkflows, EscalateBatch, Queues, Scope};
 use escalator_policy::{Calendar, Decision, Policy};
 use escalator_runtime::metrics as m;
-use escalator_store::{Applied, DueWorkflow, Store, StoreError, User};
+use escalator_store::{Applied, DueRange, DueWorkflow, Store, StoreError, User};
 
 use crate::plan::{self, BatchRef, Rules};
 
@@ -45,7 +45,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { batch_size: 500 }
+        EngineConfig { batch_size: 1_000 }
     }
 }
 
@@ -111,14 +111,36 @@ pub struct BatchOutcome {
     pub failures: usize,
 }
 
+impl BatchOutcome {
+    fn absorb(&mut self, other: BatchOutcome) {
+        self.failures += other.failures;
+        let (a, b) = (&mut self.applied, other.applied);
+        a.changed.extend(b.changed);
+        a.audits += b.audits;
+        a.notifications += b.notifications;
+        a.outbox += b.outbox;
+        a.run_completed |= b.run_completed;
+        a.counts.checked += b.counts.checked;
+        a.counts.reminded += b.counts.reminded;
+        a.counts.escalated += b.counts.escalated;
+        a.counts.failed += b.counts.failed;
+    }
+}
+
+/// A slice is drained in at most this many transactions (a guard: a slice holds about one
+/// batch, so it takes one or two).
+const MAX_ROUNDS: usize = 10_000;
+
 impl Engine {
-    /// Plans check run `job.check_run_id`: counts due workflows and pushes one batch job per
-    /// `batch_size` of them. Batches are pushed before the run is marked planned, each with an
-    /// idempotency key, so a planner that crashes half-way and runs again pushes nothing twice
-    /// and loses nothing.
+    /// Plans check run `job.check_run_id`: counts the due workflows, cuts them into disjoint
+    /// slices of about `batch_size` (at most [`MAX_FANOUT`] slices) and pushes one batch job
+    /// per slice. Batches are pushed, keyed by (run, index), before the run is marked
+    /// running: a planner that runs twice pushes nothing twice, and one that crashes half-way
+    /// is simply run again.
     pub async fn check_workflows(&self, job: &CheckWorkflows) -> Result<Planned, EngineError> {
         let run = self.store.get_check_run(job.check_run_id).await?;
-        if matches!(run.status.as_str(), "succeeded" | "failed") {
+        if run.status != "queued" {
+            // Finished, failed, or planned by an earlier delivery of this job.
             return Ok(Planned::AlreadyDone);
         }
         if let Scope::Workflow(id) = job.scope {
@@ -127,7 +149,8 @@ impl Engine {
                 check_run_id: run.id,
                 as_of: job.as_of,
                 batch_index: 0,
-                rounds: 1,
+                from: None,
+                until: None,
             };
             let outcome = self.batch_round(Some(id), &batch, Some(0)).await?;
             if outcome.applied.run_completed {
@@ -135,29 +158,26 @@ impl Engine {
             }
             return Ok(Planned::Inline(Box::new(outcome)));
         }
-        // A planner running for the second time keeps the first plan's batch count.
         let due = self.store.count_due(job.as_of).await?;
         let size = i64::from(self.config.batch_size.max(1));
-        let needed = u32::try_from((due + size - 1) / size).unwrap_or(u32::MAX);
-        let batches = if run.status == "running" {
-            u32::try_from(run.batches).unwrap_or(0)
-        } else {
-            needed.min(MAX_FANOUT)
-        };
-        let rounds = if batches == 0 {
-            1
-        } else {
-            needed.div_ceil(batches).max(1)
-        };
-        let jobs: Vec<EscalateBatch> = (0..batches)
-            .map(|i| EscalateBatch {
+        let fanout = i64::from(MAX_FANOUT);
+        let per_slice = size.max((due + fanout - 1) / fanout);
+        let slices = self
+            .store
+            .due_ranges(job.as_of, u32::try_from(per_slice).unwrap_or(u32::MAX))
+            .await?;
+        let jobs: Vec<EscalateBatch> = slices
+            .iter()
+            .enumerate()
+            .map(|(i, r)| EscalateBatch {
                 check_run_id: run.id,
                 as_of: job.as_of,
                 batch_index: i32::try_from(i).unwrap_or(i32::MAX),
-                rounds,
+                from: r.from,
+                until: r.until,
             })
             .collect();
-        let batches = i32::try_from(batches).unwrap_or(i32::MAX);
+        let batches = i32::try_from(jobs.len()).unwrap_or(i32::MAX);
         self.queues.push_batches(&jobs).await?;
         let run = self
             .store
@@ -170,46 +190,28 @@ impl Engine {
         Ok(Planned::FannedOut { due, batches })
     }
 
-    /// Runs one batch job: up to `rounds` transactions, each claiming `batch_size` due
-    /// workflows (SKIP LOCKED), deciding with the SLA clock and applying every effect
-    /// set-wise. The transaction that ends the job records the batch as done. A duplicate job
-    /// finds nothing due.
+    /// Runs one batch job: transactions of up to `batch_size` due workflows of its slice —
+    /// claim (SKIP LOCKED), decide with the SLA clock, apply every effect set-wise — until the
+    /// slice is drained. A duplicate job finds its slice empty.
     pub async fn escalate_batch(&self, job: &EscalateBatch) -> Result<BatchOutcome, EngineError> {
-        let rounds = job.rounds.max(1);
         let mut total = BatchOutcome {
             applied: Applied::default(),
             failures: 0,
         };
-        for round in 1..=rounds {
-            // Rounds after the first stop early when the previous one found the queue of due
-            // workflows drained; the last transaction always carries the batch's completion.
-            let finishing = round == rounds;
-            let outcome = self
-                .batch_round(None, job, finishing.then_some(job.batch_index))
-                .await?;
+        for _ in 0..MAX_ROUNDS {
+            let outcome = self.batch_round(None, job, None).await?;
             let claimed = outcome.applied.counts.checked;
-            total.failures += outcome.failures;
-            total.applied.changed.extend(outcome.applied.changed);
-            total.applied.audits += outcome.applied.audits;
-            total.applied.notifications += outcome.applied.notifications;
-            total.applied.outbox += outcome.applied.outbox;
-            total.applied.run_completed |= outcome.applied.run_completed;
-            let c = &mut total.applied.counts;
-            c.checked += outcome.applied.counts.checked;
-            c.reminded += outcome.applied.counts.reminded;
-            c.escalated += outcome.applied.counts.escalated;
-            c.failed += outcome.applied.counts.failed;
-            if finishing {
-                break;
-            }
+            total.absorb(outcome);
             if i64::from(claimed) < i64::from(self.config.batch_size) {
-                // Drained: finish the batch with an empty transaction that records completion.
-                let done = self.batch_round(None, job, Some(job.batch_index)).await?;
-                total.applied.run_completed |= done.applied.run_completed;
-                total.applied.counts.checked += done.applied.counts.checked;
                 break;
             }
         }
+        // A transaction of its own marks the batch done, after every effect of the slice has
+        // committed: a run is never reported finished while a batch is still writing.
+        let done = self
+            .batch_round(Some(uuid::Uuid::nil()), job, Some(job.batch_index))
+            .await?;
+        total.absorb(done);
         Ok(total)
     }
 
@@ -221,9 +223,18 @@ impl Engine {
     ) -> Result<BatchOutcome, EngineError> {
         let started = Instant::now();
         let mut tx = self.store.begin_batch().await?;
+        let range = DueRange {
+            from: job.from,
+            until: job.until,
+        };
         let due: Vec<DueWorkflow> = match only {
+            // the nil id claims nothing: a transaction that only records completion
+            Some(id) if id.is_nil() => Vec::new(),
             Some(id) => tx.claim_one(id, job.as_of).await?.into_iter().collect(),
-            None => tx.claim_due(job.as_of, self.config.batch_size).await?,
+            None => {
+                tx.claim_due_in(job.as_of, &range, self.config.batch_size)
+                    .await?
+            }
         };
         let (policies, calendars) = self.rules_for(&due).await;
         let decisions = plan::decide(
@@ -258,7 +269,9 @@ impl Engine {
             },
             job.as_of,
         );
+        let claimed_at = started.elapsed();
         let applied = tx.apply(&planned.effects, Utc::now()).await?;
+        let applied_at = started.elapsed();
         tx.commit().await?;
 
         // Metrics count what was committed, so that they reconcile with the audit log (I6).
@@ -289,7 +302,9 @@ impl Engine {
             claimed = due.len(),
             escalated = c.escalated,
             reminded = c.reminded,
-            ms = started.elapsed().as_millis() as u64,
+            claim_ms = claimed_at.as_millis() as u64,
+            apply_ms = (applied_at - claimed_at).as_millis() as u64,
+            commit_ms = (started.elapsed() - applied_at).as_millis() as u64,
             "batch committed"
         );
         Ok(BatchOutcome {

@@ -288,8 +288,9 @@ impl<'w> Effect<'w> {
         });
     }
 
-    /// One in-app notification per recipient, and one email per recipient who has an address
-    /// and is active. `repeat` makes the keys unique per repetition (AfterLast::Repeat).
+    /// One in-app notification per recipient, and one email message (to the first
+    /// recipient, cc the others) to every active recipient with an address. `repeat` makes
+    /// the keys unique per repetition (AfterLast::Repeat).
     fn notify(
         &mut self,
         users: &HashMap<String, User>,
@@ -303,35 +304,52 @@ impl<'w> Effect<'w> {
             .map(|t| format!(":{}", t.timestamp()))
             .unwrap_or_default();
         let base = format!("{}:{}:{}:{}", kind.action(), w.id, w.cycle, level);
+        let mut to = Vec::new();
+        let mut cc = Vec::new();
+        let mut email: Option<message::Message> = None;
         for (user_id, role) in recipients {
             let user = users.get(*user_id);
             if user.is_some_and(|u| !u.active) {
                 continue;
             }
             let msg = message::render(w, &kind, *role, user, users);
+            if let Some(address) = user.and_then(|u| u.email.as_deref()) {
+                match role {
+                    Role::To => to.push(address.to_owned()),
+                    Role::Cc => cc.push(address.to_owned()),
+                }
+                if *role == Role::To || email.is_none() {
+                    email.get_or_insert_with(|| msg.clone());
+                }
+            }
             self.notifications.push(NewNotification {
                 recipient: (*user_id).to_owned(),
                 workflow_id: w.id,
                 kind: kind.notification_kind(),
                 role: role.as_str(),
-                subject: msg.subject.clone(),
-                body: msg.body.clone(),
+                subject: msg.subject,
+                body: msg.body,
                 dedup_key: format!("{base}:{user_id}{suffix}"),
             });
-            if let Some(email) = user.and_then(|u| u.email.as_deref()) {
-                self.outbox.push(NewOutbox {
-                    channel: "email",
-                    recipient: email.to_owned(),
-                    workflow_id: Some(w.id),
-                    payload: serde_json::json!({
-                        "to": email, "user_id": user_id, "role": role.as_str(),
-                        "subject": msg.subject, "body": msg.body,
-                        "kind": kind.notification_kind(), "workflow_id": w.id,
-                        "check_run_id": self.check_run_id,
-                    }),
-                    idempotency_key: format!("{base}:email:{user_id}{suffix}"),
-                });
-            }
         }
+        if to.is_empty() {
+            // the direct recipient has no address: the first copied one gets the message
+            if cc.is_empty() {
+                return;
+            }
+            to.push(cc.remove(0));
+        }
+        let Some(msg) = email else { return };
+        self.outbox.push(NewOutbox {
+            channel: "email",
+            recipient: to[0].clone(),
+            workflow_id: Some(w.id),
+            payload: serde_json::json!({
+                "to": to, "cc": cc, "subject": msg.subject, "body": msg.body,
+                "kind": kind.notification_kind(), "workflow_id": w.id,
+                "check_run_id": self.check_run_id,
+            }),
+            idempotency_key: format!("{base}:email{suffix}"),
+        });
     }
 }

@@ -10,7 +10,7 @@ use super::workflows::insert_audits;
 use super::{PgStore, rows};
 use crate::effects::{Applied, BatchEffects};
 use crate::error::Result;
-use crate::model::DueWorkflow;
+use crate::model::{DueRange, DueWorkflow};
 use crate::rows::WORKFLOW_COLUMNS;
 
 /// An open batch transaction.
@@ -38,20 +38,25 @@ impl PgBatch {
     pub(crate) async fn claim_due(
         &mut self,
         as_of: DateTime<Utc>,
+        range: &DueRange,
         limit: u32,
     ) -> Result<Vec<DueWorkflow>> {
-        // The predicate matches the partial index workflows_due exactly, so this is an index
-        // range scan over the due rows only.
+        // The predicate matches the partial index workflows_due, so this is an index range scan
+        // over the due rows of the range only.
         let sql = format!(
             "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
              FROM workflows w LEFT JOIN users u ON u.id = w.assignee
              WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
+               AND w.next_check_at >= COALESCE($3, '-infinity'::timestamptz)
+               AND w.next_check_at < COALESCE($4, 'infinity'::timestamptz)
              ORDER BY w.next_check_at LIMIT $2
              FOR UPDATE OF w SKIP LOCKED"
         );
         let rows = sqlx::query(crate::rows::trusted(sql))
             .bind(as_of)
             .bind(i64::from(limit))
+            .bind(range.from)
+            .bind(range.until)
             .fetch_all(&mut *self.tx)
             .await?;
         rows.iter().map(due).collect()
@@ -139,43 +144,44 @@ impl PgBatch {
     }
 
     /// One UPDATE for every change; only rows still at the claimed version and still open are
-    /// written (I4). Returns the ids written.
+    /// written (I4). Returns the ids written. Rows travel as typed arrays (UNNEST): no
+    /// per-row statements and no JSON to parse.
     async fn apply_changes(
         &mut self,
         effects: &BatchEffects,
         now: DateTime<Utc>,
     ) -> Result<Vec<Uuid>> {
-        if effects.changes.is_empty() {
+        let c = &effects.changes;
+        if c.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<serde_json::Value> = effects
-            .changes
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "id": c.id, "expected_version": c.expected_version,
-                    "status": c.status.as_str(), "assignee": c.assignee, "level": c.level,
-                    "warn_at": c.warn_at, "due_at": c.due_at, "paused_seconds": c.paused_seconds,
-                    "reminded_at": c.reminded_at, "escalated_at": c.escalated_at,
-                    "exhausted_at": c.exhausted_at, "next_check_at": c.next_check_at,
-                })
-            })
-            .collect();
         let done = sqlx::query(
             "UPDATE workflows w SET status = c.status, assignee = c.assignee,
                  escalation_level = c.level, warn_at = c.warn_at, due_at = c.due_at,
                  paused_seconds = c.paused_seconds, reminded_at = c.reminded_at,
                  escalated_at = c.escalated_at, exhausted_at = c.exhausted_at,
-                 next_check_at = c.next_check_at, updated_at = $2, version = w.version + 1
-             FROM jsonb_to_recordset($1) AS c(id uuid, expected_version int, status text,
-                 assignee text, level int, warn_at timestamptz, due_at timestamptz,
-                 paused_seconds bigint, reminded_at timestamptz, escalated_at timestamptz,
-                 exhausted_at timestamptz, next_check_at timestamptz)
+                 next_check_at = c.next_check_at, updated_at = $13, version = w.version + 1
+             FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[],
+                 $6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::timestamptz[],
+                 $10::timestamptz[], $11::timestamptz[], $12::timestamptz[])
+               AS c(id, expected_version, status, assignee, level, warn_at, due_at,
+                    paused_seconds, reminded_at, escalated_at, exhausted_at, next_check_at)
              WHERE w.id = c.id AND w.version = c.expected_version
                AND w.status IN ('pending', 'escalated')
              RETURNING w.id",
         )
-        .bind(serde_json::Value::Array(rows))
+        .bind(c.iter().map(|x| x.id).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.expected_version).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.assignee.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.level).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.warn_at).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.due_at).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.paused_seconds).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.reminded_at).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.escalated_at).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.exhausted_at).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.next_check_at).collect::<Vec<_>>())
         .bind(now)
         .fetch_all(&mut *self.tx)
         .await?;
@@ -187,28 +193,25 @@ impl PgBatch {
         kept: &BatchEffects,
         now: DateTime<Utc>,
     ) -> Result<u64> {
-        if kept.notifications.is_empty() {
+        let n = &kept.notifications;
+        if n.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<serde_json::Value> = kept
-            .notifications
-            .iter()
-            .map(|n| {
-                serde_json::json!({
-                    "recipient": n.recipient, "workflow_id": n.workflow_id, "kind": n.kind,
-                    "role": n.role, "subject": n.subject, "body": n.body, "dedup_key": n.dedup_key,
-                })
-            })
-            .collect();
         let done = sqlx::query(
             "INSERT INTO notifications (recipient, workflow_id, kind, role, subject, body,
                  dedup_key, created_at)
-             SELECT recipient, workflow_id, kind, role, subject, body, dedup_key, $2
-             FROM jsonb_to_recordset($1) AS n(recipient text, workflow_id uuid, kind text,
-                 role text, subject text, body text, dedup_key text)
+             SELECT recipient, workflow_id, kind, role, subject, body, dedup_key, $8
+             FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                 $7::text[]) AS n(recipient, workflow_id, kind, role, subject, body, dedup_key)
              ON CONFLICT (dedup_key) DO NOTHING",
         )
-        .bind(serde_json::Value::Array(rows))
+        .bind(n.iter().map(|x| x.recipient.as_str()).collect::<Vec<_>>())
+        .bind(n.iter().map(|x| x.workflow_id).collect::<Vec<_>>())
+        .bind(n.iter().map(|x| x.kind).collect::<Vec<_>>())
+        .bind(n.iter().map(|x| x.role).collect::<Vec<_>>())
+        .bind(n.iter().map(|x| x.subject.as_str()).collect::<Vec<_>>())
+        .bind(n.iter().map(|x| x.body.as_str()).collect::<Vec<_>>())
+        .bind(n.iter().map(|x| x.dedup_key.as_str()).collect::<Vec<_>>())
         .bind(now)
         .execute(&mut *self.tx)
         .await?;
@@ -216,28 +219,27 @@ impl PgBatch {
     }
 
     async fn insert_outbox(&mut self, kept: &BatchEffects, now: DateTime<Utc>) -> Result<u64> {
-        if kept.outbox.is_empty() {
+        let o = &kept.outbox;
+        if o.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<serde_json::Value> = kept
-            .outbox
-            .iter()
-            .map(|o| {
-                serde_json::json!({
-                    "channel": o.channel, "recipient": o.recipient, "workflow_id": o.workflow_id,
-                    "payload": o.payload, "idempotency_key": o.idempotency_key,
-                })
-            })
-            .collect();
         let done = sqlx::query(
             "INSERT INTO outbox (channel, recipient, workflow_id, check_run_id, payload,
                  idempotency_key, next_attempt_at, created_at)
-             SELECT channel, recipient, workflow_id, $2, payload, idempotency_key, $3, $3
-             FROM jsonb_to_recordset($1) AS o(channel text, recipient text, workflow_id uuid,
-                 payload jsonb, idempotency_key text)
+             SELECT channel, recipient, workflow_id, $6, payload, idempotency_key, $7, $7
+             FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::jsonb[], $5::text[])
+               AS o(channel, recipient, workflow_id, payload, idempotency_key)
              ON CONFLICT (idempotency_key) DO NOTHING",
         )
-        .bind(serde_json::Value::Array(rows))
+        .bind(o.iter().map(|x| x.channel).collect::<Vec<_>>())
+        .bind(o.iter().map(|x| x.recipient.as_str()).collect::<Vec<_>>())
+        .bind(o.iter().map(|x| x.workflow_id).collect::<Vec<_>>())
+        .bind(o.iter().map(|x| &x.payload).collect::<Vec<_>>())
+        .bind(
+            o.iter()
+                .map(|x| x.idempotency_key.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(kept.check_run_id)
         .bind(now)
         .execute(&mut *self.tx)

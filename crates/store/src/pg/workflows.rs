@@ -261,37 +261,46 @@ async fn insert_workflow(conn: &mut PgConnection, w: &Workflow) -> Result<bool> 
     Ok(done.rows_affected() == 1)
 }
 
-/// Inserts audit rows in one statement.
+/// Inserts audit rows in one statement (typed arrays through UNNEST).
 pub(crate) async fn insert_audits(
     conn: &mut PgConnection,
     audits: &[NewAudit],
     now: DateTime<Utc>,
 ) -> Result<u64> {
-    if audits.is_empty() {
+    let a = audits;
+    if a.is_empty() {
         return Ok(0);
     }
-    let rows: Vec<serde_json::Value> = audits
-        .iter()
-        .map(|a| {
-            serde_json::json!({
-                "workflow_id": a.workflow_id, "action": a.action, "reason": a.reason,
-                "actor": a.actor, "from_assignee": a.from_assignee, "to_assignee": a.to_assignee,
-                "level": a.level, "cycle": a.cycle, "policy_version": a.policy_version,
-                "elapsed_seconds": a.elapsed_seconds, "check_run_id": a.check_run_id,
-                "details": a.details,
-            })
-        })
-        .collect();
     let done = sqlx::query(
         "INSERT INTO audit_logs (workflow_id, action, reason, actor, from_assignee, to_assignee,
              level, cycle, policy_version, elapsed_seconds, check_run_id, details, created_at)
          SELECT workflow_id, action, reason, actor, from_assignee, to_assignee, level, cycle,
-             policy_version, elapsed_seconds, check_run_id, details, $2
-         FROM jsonb_to_recordset($1) AS a(workflow_id uuid, action text, reason text, actor text,
-             from_assignee text, to_assignee text, level int, cycle int, policy_version int,
-             elapsed_seconds bigint, check_run_id bigint, details jsonb)",
+             policy_version, elapsed_seconds, check_run_id, details, $13
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+             $7::int[], $8::int[], $9::int[], $10::bigint[], $11::bigint[], $12::jsonb[])
+           AS a(workflow_id, action, reason, actor, from_assignee, to_assignee, level, cycle,
+                policy_version, elapsed_seconds, check_run_id, details)",
     )
-    .bind(serde_json::Value::Array(rows))
+    .bind(a.iter().map(|x| x.workflow_id).collect::<Vec<_>>())
+    .bind(a.iter().map(|x| x.action).collect::<Vec<_>>())
+    .bind(a.iter().map(|x| x.reason).collect::<Vec<_>>())
+    .bind(a.iter().map(|x| x.actor.as_str()).collect::<Vec<_>>())
+    .bind(
+        a.iter()
+            .map(|x| x.from_assignee.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        a.iter()
+            .map(|x| x.to_assignee.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(a.iter().map(|x| x.level).collect::<Vec<_>>())
+    .bind(a.iter().map(|x| x.cycle).collect::<Vec<_>>())
+    .bind(a.iter().map(|x| x.policy_version).collect::<Vec<_>>())
+    .bind(a.iter().map(|x| x.elapsed_seconds).collect::<Vec<_>>())
+    .bind(a.iter().map(|x| x.check_run_id).collect::<Vec<_>>())
+    .bind(a.iter().map(|x| &x.details).collect::<Vec<_>>())
     .bind(now)
     .execute(conn)
     .await?;

@@ -9,7 +9,7 @@ use super::workflows::insert_audits;
 use super::{BEGIN_WRITE, SqliteStore, rows};
 use crate::effects::{Applied, BatchEffects};
 use crate::error::{Result, StoreError};
-use crate::model::DueWorkflow;
+use crate::model::{DueRange, DueWorkflow};
 use crate::rows::WORKFLOW_COLUMNS;
 use crate::time::{sqlite_opt, sqlite_ts};
 
@@ -38,17 +38,21 @@ impl SqliteBatch {
     pub(crate) async fn claim_due(
         &mut self,
         as_of: DateTime<Utc>,
+        range: &DueRange,
         limit: u32,
     ) -> Result<Vec<DueWorkflow>> {
         let sql = format!(
             "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
              FROM workflows w LEFT JOIN users u ON u.id = w.assignee
              WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1
+               AND w.next_check_at >= COALESCE(?3, '') AND w.next_check_at < COALESCE(?4, '~')
              ORDER BY w.next_check_at LIMIT ?2"
         );
         let rows = sqlx::query(crate::rows::trusted(sql))
             .bind(sqlite_ts(as_of))
             .bind(i64::from(limit))
+            .bind(sqlite_opt(range.from))
+            .bind(sqlite_opt(range.until))
             .fetch_all(&mut *self.tx)
             .await?;
         rows.iter().map(due).collect()

@@ -105,6 +105,29 @@ impl SqliteStore {
         Ok(row.try_get("n")?)
     }
 
+    pub(crate) async fn due_range_starts(
+        &self,
+        as_of: DateTime<Utc>,
+        per_range: u32,
+    ) -> Result<Vec<DateTime<Utc>>> {
+        let rows = sqlx::query(
+            "SELECT t FROM (
+                 SELECT next_check_at AS t, row_number() OVER (ORDER BY next_check_at) AS n
+                 FROM workflows WHERE status IN ('pending', 'escalated') AND next_check_at <= ?1)
+             WHERE (n - 1) % ?2 = 0 ORDER BY t",
+        )
+        .bind(sqlite_ts(as_of))
+        .bind(i64::from(per_range))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut starts: Vec<DateTime<Utc>> = rows
+            .iter()
+            .map(|r| r.try_get("t"))
+            .collect::<Result<_, _>>()?;
+        starts.dedup();
+        Ok(starts)
+    }
+
     pub(crate) async fn earliest_next_check(&self) -> Result<Option<DateTime<Utc>>> {
         let row = sqlx::query(
             "SELECT min(next_check_at) AS t FROM workflows WHERE status IN ('pending', 'escalated')",

@@ -1,0 +1,475 @@
+//! End-to-end: real `escalator` processes against real PostgreSQL and Redis — seed, worker,
+//! `enqueue check --wait`, `verify` — including duplicate checks, two workers, a worker killed
+//! mid-run and garbage on every queue.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use escalator_store::Store;
+use escalator_testkit::TestDb;
+
+const SEED_TIME: &str = "2026-11-25T12:00:00Z";
+
+/// One test's world: a fresh database and its own Redis namespace.
+struct World {
+    db: TestDb,
+    namespace: String,
+    extra_env: Vec<(String, String)>,
+}
+
+impl World {
+    async fn new() -> World {
+        World {
+            db: TestDb::postgres().await,
+            namespace: format!("e2e-{}", uuid::Uuid::new_v4().simple()),
+            extra_env: Vec::new(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_escalator"));
+        c.args(args)
+            .env("DATABASE_URL", &self.db.url)
+            .env("ESCALATOR_QUEUE_NAMESPACE", &self.namespace)
+            .env("ESCALATOR_POLL_INTERVAL", "0.05")
+            .env_remove("RUST_LOG");
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("run escalator");
+        assert!(
+            out.status.success(),
+            "escalator {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn seed(&self, n: u32) {
+        self.run(&[
+            "seed",
+            "--workflows",
+            &n.to_string(),
+            "--seed",
+            "7",
+            "--now",
+            SEED_TIME,
+        ]);
+    }
+
+    fn worker(&self, metrics_port: u16) -> Child {
+        self.command(&["worker"])
+            .env(
+                "ESCALATOR_METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a worker")
+    }
+
+    /// Runs `enqueue check --wait` and returns (reminded, escalated) from its output.
+    fn check(&self) -> (i64, i64) {
+        let out = self.run(&[
+            "enqueue",
+            "check",
+            "--as-of",
+            SEED_TIME,
+            "--wait",
+            "--timeout",
+            "120",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (field(&text, "reminded"), field(&text, "escalated"))
+    }
+
+    fn verify(&self) {
+        let out = self.run(&["verify"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("verify: ok"));
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
+            && let Ok(mut c) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.namespace))
+                .query(&mut c)
+                .unwrap_or_default();
+            for k in keys {
+                let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
+            }
+        }
+    }
+}
+
+fn field(text: &str, name: &str) -> i64 {
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {text:?}"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn stop(mut child: Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "worker did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn rows(store: &Store, sql: &'static str) -> i64 {
+    match store {
+        Store::Postgres(s) => sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(s.pool())
+            .await
+            .unwrap(),
+        Store::Sqlite(s) => sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(s.pool())
+            .await
+            .unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_escalates_and_reminds_exactly_once() {
+    let w = World::new().await;
+    w.seed(10_000);
+    let worker = w.worker(free_port());
+    assert_eq!(w.check(), (1_500, 1_500));
+    let s = &w.db.store;
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM audit_logs WHERE action = 'escalate'"
+        )
+        .await,
+        1_500
+    );
+    assert_eq!(
+        rows(s, "SELECT count(*) FROM audit_logs WHERE action = 'remind'").await,
+        1_500
+    );
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM workflows WHERE status = 'escalated' AND escalation_level = 1"
+        )
+        .await,
+        1_500
+    );
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM workflows WHERE assignee = escalation_target"
+        )
+        .await,
+        1_500
+    );
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM workflows WHERE reminded_at IS NOT NULL"
+        )
+        .await,
+        1_500
+    );
+    // escalation: new assignee, cc previous assignee and initiator; reminder: the assignee
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM notifications WHERE kind = 'escalation'"
+        )
+        .await,
+        4_500
+    );
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM notifications WHERE kind = 'escalation' AND role = 'to'"
+        )
+        .await,
+        1_500
+    );
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM notifications WHERE kind = 'reminder'"
+        )
+        .await,
+        1_500
+    );
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM outbox WHERE channel = 'email' AND status = 'pending'"
+        )
+        .await,
+        3_000
+    );
+    // one email per escalation: to the new assignee, cc the previous assignee and initiator
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM outbox WHERE jsonb_array_length(payload->'cc') = 2 \
+             AND payload->>'kind' = 'escalation'"
+        )
+        .await,
+        1_500
+    );
+    let before = s.table_counts().await.unwrap();
+
+    // a second check of the same instant finds nothing and writes nothing
+    assert_eq!(w.check(), (0, 0));
+    let after = s.table_counts().await.unwrap();
+    assert_eq!(
+        (after.audit_logs, after.notifications, after.outbox),
+        (before.audit_logs, before.notifications, before.outbox)
+    );
+    w.verify();
+    assert!(stop(worker).success(), "worker exited non-zero on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_checks_at_once_on_two_workers_add_up_to_the_same_totals() {
+    let mut w = World::new().await;
+    w.extra_env
+        .push(("ESCALATOR_BATCH_SIZE".into(), "100".into()));
+    w.seed(10_000);
+    let a = w.worker(free_port());
+    let b = w.worker(free_port());
+    let runs: Vec<i64> = (0..4)
+        .map(|_| {
+            let out = w.run(&["enqueue", "check", "--as-of", SEED_TIME]);
+            field(&String::from_utf8_lossy(&out.stdout), "check_run_id")
+        })
+        .collect();
+    let s = &w.db.store;
+    let started = Instant::now();
+    let mut totals = (0, 0);
+    for id in &runs {
+        loop {
+            let r = s.get_check_run(*id).await.unwrap();
+            if r.status == "succeeded" {
+                totals.0 += i64::from(r.reminded);
+                totals.1 += i64::from(r.escalated);
+                break;
+            }
+            assert_ne!(r.status, "failed", "{r:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "runs did not finish: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(totals, (1_500, 1_500));
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM audit_logs WHERE action IN ('escalate', 'remind')"
+        )
+        .await,
+        3_000
+    );
+    assert_eq!(rows(s, "SELECT count(*) FROM notifications").await, 6_000);
+    w.verify();
+    assert!(stop(a).success());
+    assert!(stop(b).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_nothing_and_doubles_nothing() {
+    let mut w = World::new().await;
+    // small batches and a short heartbeat: many transactions to kill in, quick orphan recovery
+    w.extra_env
+        .push(("ESCALATOR_BATCH_SIZE".into(), "50".into()));
+    w.extra_env
+        .push(("ESCALATOR_HEARTBEAT_INTERVAL".into(), "1".into()));
+    w.extra_env
+        .push(("ESCALATOR_WORKER_CONCURRENCY".into(), "1".into()));
+    w.seed(40_000);
+    let mut victim = w.worker(free_port());
+    let out = w.run(&["enqueue", "check", "--as-of", SEED_TIME]);
+    let id = field(&String::from_utf8_lossy(&out.stdout), "check_run_id");
+    let s = &w.db.store;
+    let started = Instant::now();
+    loop {
+        let r = s.get_check_run(id).await.unwrap();
+        if r.batches > 0 && r.batches_done >= r.batches / 4 {
+            assert!(
+                r.batches_done < r.batches,
+                "the run finished before the kill: {r:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "run did not progress: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+    let killed_at = Instant::now();
+    let rescuer = w.worker(free_port());
+    loop {
+        let r = s.get_check_run(id).await.unwrap();
+        if r.status == "succeeded" {
+            assert_eq!((r.reminded, r.escalated), (6_000, 6_000), "{r:?}");
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(120),
+            "orphaned work not recovered: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "orphaned work completed {:.1}s after SIGKILL",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM audit_logs WHERE action = 'escalate'"
+        )
+        .await,
+        6_000
+    );
+    assert_eq!(
+        rows(s, "SELECT count(*) FROM audit_logs WHERE action = 'remind'").await,
+        6_000
+    );
+    assert_eq!(rows(s, "SELECT count(*) FROM outbox").await, 12_000);
+    assert_eq!(w.check(), (0, 0));
+    w.verify();
+    assert!(stop(rescuer).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_every_queue_is_dead_lettered_counted_and_survived() {
+    let w = World::new().await;
+    w.seed(1_000);
+    let port = free_port();
+    let worker = w.worker(port);
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for queue in ["checks", "batches", "noop"] {
+        let q = format!("{}:{queue}", w.namespace);
+        let id = format!("garbage-{queue}");
+        let now = chrono::Utc::now().timestamp();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{q}:data"))
+            .arg(&id)
+            .arg("{\"truncated\": ")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{q}:meta:{id}"))
+            .arg(&[
+                "attempts",
+                "0",
+                "max_attempts",
+                "25",
+                "status",
+                "Pending",
+                "idempotency_key",
+                "",
+            ])
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("ZADD")
+            .arg(format!("{q}:scheduled"))
+            .arg(now)
+            .arg(&id)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // the worker keeps going: a real check still completes
+    assert_eq!(w.check(), (150, 150));
+    let started = Instant::now();
+    loop {
+        let out = w.run(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let dead: usize = text.lines().filter(|l| l.contains("dead=1")).count();
+        if dead == 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "garbage not dead-lettered: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest_metrics(port).await;
+    for queue in ["checks", "batches", "noop"] {
+        let line = format!("escalator_jobs_total{{queue=\"{queue}\",outcome=\"malformed\"}} 1");
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("workflow_tasks_escalated_total 150"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("workflow_escalation_duration_seconds_bucket"),
+        "histograms need buckets"
+    );
+    w.verify();
+    assert!(stop(worker).success());
+}
+
+/// Reads a worker's /metrics with a bare HTTP/1.0 request.
+async fn reqwest_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test]
+async fn verify_and_status_work_on_an_empty_database_without_a_worker() {
+    let w = World::new().await;
+    w.verify();
+    let out = w.run(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("due_now=0"), "{text}");
+    assert!(text.contains(&format!("{}:checks", w.namespace)), "{text}");
+}
