@@ -75,7 +75,7 @@ impl WorkerSettings {
                     "ESCALATOR_SHUTDOWN_TIMEOUT",
                     Duration::from_secs(30),
                 )?,
-                poll_interval: seconds(src, "ESCALATOR_POLL_INTERVAL", Duration::from_millis(200))?,
+                poll_interval: seconds(src, "ESCALATOR_POLL_INTERVAL", Duration::from_millis(25))?,
                 heartbeat: seconds(src, "ESCALATOR_HEARTBEAT_INTERVAL", Duration::from_secs(10))?,
                 name,
             },

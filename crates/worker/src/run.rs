@@ -39,7 +39,7 @@ impl Default for WorkerConfig {
             max_attempts: 5,
             attempt_timeout: Duration::from_secs(120),
             shutdown_timeout: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(25),
             heartbeat: Duration::from_secs(10),
             name: "worker".into(),
         }

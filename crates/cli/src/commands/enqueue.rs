@@ -120,8 +120,14 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     loop {
         let r = store.get_check_run(run.id).await?;
         if r.status == "succeeded" || r.status == "failed" {
+            // seconds: enqueue -> finished as the database recorded them (the benchmark's
+            // definition); waited: what this process observed, polling included
+            let seconds = r
+                .finished_at
+                .map(|f| (f - r.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6)
+                .unwrap_or(0.0);
             println!(
-                "check_run_id={} status={} checked={} reminded={} escalated={} failed={} seconds={:.3}",
+                "check_run_id={} status={} checked={} reminded={} escalated={} failed={} seconds={seconds:.3} waited={:.3}",
                 r.id,
                 r.status,
                 r.checked,
