@@ -185,6 +185,15 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_pending ON outbox (next_attempt_at) WHERE status IN ('pending', 'failed');
 CREATE INDEX outbox_workflow ON outbox (workflow_id);
 
+-- The beat's leader lease. `epoch` is the fencing token: it grows on every takeover, and a
+-- check run is only recorded by the holder of the current epoch while its lease is unexpired.
+CREATE TABLE beat_leases (
+    name       text PRIMARY KEY,
+    holder     text NOT NULL,
+    epoch      bigint NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
 -- The seed's default policy: SLA 24h, warning 2h before, one level to the escalation target
 -- (the workflow's escalation_target, else the assignee's manager).
 INSERT INTO escalation_policies (id, version, name, calendar_id, spec) VALUES (

@@ -165,6 +165,15 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_pending ON outbox (next_attempt_at) WHERE status IN ('pending', 'failed');
 CREATE INDEX outbox_workflow ON outbox (workflow_id);
 
+-- The beat's leader lease. `epoch` is the fencing token: it grows on every takeover, and a
+-- check run is only recorded by the holder of the current epoch while its lease is unexpired.
+CREATE TABLE beat_leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    epoch      INTEGER NOT NULL,
+    expires_at TEXT NOT NULL
+);
+
 INSERT INTO escalation_policies (id, version, name, calendar_id, spec) VALUES (
     'default', 1, 'Default: 24h SLA, reminder 2h before, escalate once', NULL,
     '{"sla_seconds": 86400, "warning": {"kind": "before", "seconds": 7200},

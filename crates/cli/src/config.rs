@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use escalator_beat::{BeatConfig, Schedule};
 use escalator_runtime::config::{ConfigError, Source, addr, bounded, seconds, string};
 use escalator_worker::{EngineConfig, WorkerConfig};
 
@@ -80,6 +81,59 @@ impl WorkerSettings {
                 name,
             },
             metrics_addr: addr(src, "ESCALATOR_METRICS_ADDR", "0.0.0.0:9100")?,
+        })
+    }
+}
+
+/// Settings of the beat role.
+#[derive(Debug, Clone)]
+pub struct BeatSettings {
+    /// Scheduler settings.
+    pub beat: BeatConfig,
+    /// Where `/metrics` and `/healthz` listen.
+    pub metrics_addr: std::net::SocketAddr,
+}
+
+impl BeatSettings {
+    /// From the environment.
+    pub fn from_env(src: &dyn Source) -> Result<Self, ConfigError> {
+        let expr = string(src, "ESCALATOR_SCHEDULE", "0 */15 * * * *");
+        let tz = string(src, "ESCALATOR_TIMEZONE", "UTC");
+        let schedule = Schedule::parse(&expr, &tz).map_err(|e| {
+            let name = if matches!(e, escalator_beat::ScheduleError::Timezone(_)) {
+                "ESCALATOR_TIMEZONE"
+            } else {
+                "ESCALATOR_SCHEDULE"
+            };
+            ConfigError {
+                name,
+                value: if name == "ESCALATOR_TIMEZONE" {
+                    tz.clone()
+                } else {
+                    expr.clone()
+                },
+                reason: e.to_string(),
+            }
+        })?;
+        let holder = format!(
+            "{}-{}-{}",
+            string(src, "HOSTNAME", "beat"),
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        Ok(BeatSettings {
+            beat: BeatConfig {
+                schedule,
+                catchup: seconds(src, "ESCALATOR_CATCHUP", Duration::from_secs(3_600))?,
+                lease_ttl: seconds(src, "ESCALATOR_LEASE_TTL", Duration::from_secs(15))?,
+                deadline_recheck: seconds(
+                    src,
+                    "ESCALATOR_DEADLINE_RECHECK",
+                    Duration::from_secs(5),
+                )?,
+                holder,
+            },
+            metrics_addr: addr(src, "ESCALATOR_METRICS_ADDR", "0.0.0.0:9101")?,
         })
     }
 }

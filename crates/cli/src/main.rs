@@ -39,6 +39,9 @@ enum Command {
     Seed(commands::seed::SeedArgs),
     /// Run the worker role: the check planner and the escalation batches, from the queues.
     Worker,
+    /// Run the beat role: enqueue checks on the cron schedule and at deadlines (a second beat
+    /// stands by and takes over when the leader stops).
+    Beat,
     /// Enqueue a job from a script (e.g. `enqueue check --wait`).
     Enqueue(commands::enqueue::EnqueueArgs),
     /// Show what a check would do now, writing nothing (`check --dry-run`).
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             Command::Migrate => commands::migrate::run(&cli.database_url).await,
             Command::Seed(args) => commands::seed::run(&cli.database_url, args).await,
             Command::Worker => commands::worker::run(&cli.database_url).await,
+            Command::Beat => commands::beat::run(&cli.database_url).await,
             Command::Enqueue(args) => commands::enqueue::run(&cli.database_url, args).await,
             Command::Check(args) => commands::check::run(&cli.database_url, args).await,
             Command::Verify => commands::verify::run(&cli.database_url).await,

@@ -37,6 +37,10 @@ pub const MISSED_TICKS: &str = "escalator_missed_ticks_total";
 pub const DUPLICATE_TICKS: &str = "escalator_duplicate_ticks_suppressed_total";
 /// When the last check run finished.
 pub const LAST_CHECK: &str = "escalator_last_check_timestamp_seconds";
+/// 1 while this beat holds the lease.
+pub const BEAT_LEADER: &str = "escalator_beat_leader";
+/// When this beat last enqueued a check.
+pub const BEAT_LAST_ENQUEUE: &str = "escalator_beat_last_enqueue_timestamp_seconds";
 /// Jobs processed by queue and outcome.
 pub const JOBS: &str = "escalator_jobs_total";
 /// Time a job spent in its handler.

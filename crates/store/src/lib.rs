@@ -4,6 +4,7 @@
 
 pub mod effects;
 pub mod error;
+pub mod lease;
 pub mod logic;
 pub mod model;
 mod pg;
@@ -19,6 +20,7 @@ use uuid::Uuid;
 
 pub use effects::{Applied, BatchEffects, NewAudit, NewNotification, NewOutbox, WorkflowChange};
 pub use error::{Result, StoreError};
+pub use lease::{Fenced, Lease};
 pub use model::*;
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;

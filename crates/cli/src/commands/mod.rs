@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod beat;
 pub mod check;
 pub mod enqueue;
 pub mod migrate;

@@ -6,6 +6,11 @@ mod batch;
 mod bulk;
 mod checks;
 mod rows;
+
+/// Maps a `check_runs` row (for the lease module).
+pub(crate) fn check_run_row(row: &sqlx::sqlite::SqliteRow) -> Result<crate::model::CheckRun> {
+    rows::check_run(row)
+}
 mod workflows;
 
 use std::str::FromStr;

@@ -1,0 +1,255 @@
+//! The beat process: a fenced singleton. It holds the database lease, records one check run
+//! per cron slot (coalescing slots missed while no beat ran), wakes up at the earliest
+//! workflow deadline to enqueue a deadline check, and stays idle but ready while another beat
+//! leads.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use escalator_jobs::{CheckWorkflows, Queues, Scope};
+use escalator_runtime::metrics as m;
+use escalator_runtime::serve::Health;
+use escalator_store::{Fenced, Lease, NewCheckRun, Store};
+
+use crate::plan::plan_slots;
+use crate::schedule::Schedule;
+
+/// Beat settings.
+#[derive(Debug, Clone)]
+pub struct BeatConfig {
+    /// The cron schedule.
+    pub schedule: Schedule,
+    /// Missed slots younger than this are run (coalesced) when a beat starts.
+    pub catchup: Duration,
+    /// Lease period: a standby takes over within it when the leader stops renewing.
+    pub lease_ttl: Duration,
+    /// The earliest deadline is re-read at least this often (new workflows, transitions).
+    pub deadline_recheck: Duration,
+    /// This process's identity in the lease.
+    pub holder: String,
+}
+
+/// What can stop the beat.
+#[derive(Debug, thiserror::Error)]
+pub enum BeatError {
+    /// The database failed.
+    #[error("store")]
+    Store(#[from] escalator_store::StoreError),
+    /// The queue failed.
+    #[error("queue")]
+    Queue(#[from] escalator_jobs::QueueError),
+}
+
+/// The lease's name: one beat leads per database.
+pub const LEASE: &str = "beat";
+
+/// One beat.
+#[derive(Debug)]
+pub struct Beat {
+    store: Store,
+    queues: Queues,
+    config: BeatConfig,
+    health: Health,
+    lease: Option<Lease>,
+    renewed: std::time::Instant,
+    /// The latest slot with a run, once leading.
+    last_slot: Option<DateTime<Utc>>,
+    /// The deadline check in flight, so that one is not enqueued per wake-up.
+    deadline_run: Option<i64>,
+}
+
+impl Beat {
+    /// A beat that is not leading yet.
+    pub fn new(store: Store, queues: Queues, config: BeatConfig, health: Health) -> Self {
+        Beat {
+            store,
+            queues,
+            config,
+            health,
+            lease: None,
+            renewed: std::time::Instant::now(),
+            last_slot: None,
+            deadline_run: None,
+        }
+    }
+
+    /// Runs until `shutdown` resolves, then releases the lease so that a standby takes over
+    /// at once. Database and queue errors are logged and retried: the beat never dies of them.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), BeatError> {
+        tokio::pin!(shutdown);
+        tracing::info!(
+            schedule = self.config.schedule.expr(),
+            timezone = %self.config.schedule.timezone(),
+            holder = %self.config.holder,
+            "beat started"
+        );
+        loop {
+            let pause = match self.step(Utc::now()).await {
+                Ok(pause) => pause,
+                Err(e) => {
+                    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "beat step failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        if let Some(lease) = self.lease.take() {
+            if let Err(e) = self.store.release_lease(&lease).await {
+                tracing::warn!(error = %e, "could not release the lease; it expires by itself");
+            }
+            metrics::gauge!(m::BEAT_LEADER).set(0.0);
+        }
+        tracing::info!("beat stopped");
+        Ok(())
+    }
+
+    /// One pass: hold the lease, enqueue what is due, and say how long to sleep.
+    pub async fn step(&mut self, now: DateTime<Utc>) -> Result<Duration, BeatError> {
+        let idle = self.config.lease_ttl / 3;
+        if !self.lead().await? {
+            self.health.touch();
+            return Ok(idle);
+        }
+        // scheduled slots
+        let plan = plan_slots(
+            &self.config.schedule,
+            self.last_slot,
+            now,
+            chrono::Duration::from_std(self.config.catchup).unwrap_or(chrono::Duration::hours(1)),
+        );
+        if plan.missed > 0 {
+            metrics::counter!(m::MISSED_TICKS).increment(plan.missed);
+            tracing::warn!(
+                missed = plan.missed,
+                "scheduled slots missed (coalesced or older than the catch-up window)"
+            );
+        }
+        if let Some((slot, coalesced)) = plan.run {
+            self.enqueue(Some(slot), "beat", coalesced, now).await?;
+            self.last_slot = Some(slot);
+        }
+        // deadlines
+        if let Some(id) = self.deadline_run {
+            let run = self.store.get_check_run(id).await?;
+            if matches!(run.status.as_str(), "succeeded" | "failed") {
+                self.deadline_run = None;
+            }
+        }
+        let earliest = self.store.earliest_next_check().await?;
+        if self.deadline_run.is_none() && earliest.is_some_and(|t| t <= now) {
+            self.deadline_run = self.enqueue(None, "deadline", 1, now).await?;
+        }
+        // sleep until the next slot, the next deadline or the next re-read, whichever first
+        let mut wake =
+            now + chrono::Duration::from_std(self.config.deadline_recheck).unwrap_or_default();
+        if let Some(next) = self
+            .config
+            .schedule
+            .next_after(self.last_slot.unwrap_or(now).max(now))
+        {
+            wake = wake.min(next);
+        }
+        if self.deadline_run.is_some() {
+            wake = wake.min(now + chrono::Duration::milliseconds(100));
+        } else if let Some(t) = earliest.filter(|t| *t > now) {
+            wake = wake.min(t);
+        }
+        let until_wake = (wake - now).to_std().unwrap_or_default();
+        Ok(until_wake.min(idle).max(Duration::from_millis(10)))
+    }
+
+    /// Acquires or renews the lease; false while another beat leads.
+    async fn lead(&mut self) -> Result<bool, BeatError> {
+        let ttl = self.config.lease_ttl;
+        if let Some(lease) = &self.lease {
+            if self.renewed.elapsed() < ttl / 3 {
+                return Ok(true);
+            }
+            if self.store.renew_lease(lease, ttl).await? {
+                self.renewed = std::time::Instant::now();
+                return Ok(true);
+            }
+            tracing::warn!(epoch = lease.epoch, "lease lost: another beat leads now");
+            self.lease = None;
+            metrics::gauge!(m::BEAT_LEADER).set(0.0);
+        }
+        match self
+            .store
+            .acquire_lease(LEASE, &self.config.holder, ttl)
+            .await?
+        {
+            Some(lease) => {
+                tracing::info!(
+                    epoch = lease.epoch,
+                    "leading: this beat enqueues the checks"
+                );
+                self.renewed = std::time::Instant::now();
+                self.lease = Some(lease);
+                self.last_slot = self.store.last_scheduled_slot().await?;
+                self.deadline_run = None;
+                metrics::gauge!(m::BEAT_LEADER).set(1.0);
+                self.health.touch();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Records a check run under the lease and enqueues it. Returns the run id, if recorded.
+    async fn enqueue(
+        &mut self,
+        slot: Option<DateTime<Utc>>,
+        requested_by: &'static str,
+        coalesced: i32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, BeatError> {
+        let Some(lease) = &self.lease else {
+            return Ok(None);
+        };
+        let new = NewCheckRun {
+            slot,
+            requested_by,
+            scope: Scope::All.to_string(),
+            as_of: now,
+            dry_run: false,
+            coalesced,
+            now,
+        };
+        match self.store.create_check_run_fenced(&new, lease).await? {
+            Fenced::Created(run) => {
+                self.queues
+                    .push_check(&CheckWorkflows {
+                        check_run_id: run.id,
+                        as_of: now,
+                        scope: Scope::All,
+                    })
+                    .await?;
+                metrics::gauge!(m::BEAT_LAST_ENQUEUE).set(now.timestamp() as f64);
+                self.health.touch();
+                tracing::info!(
+                    check_run_id = run.id,
+                    ?slot,
+                    requested_by,
+                    coalesced,
+                    "check enqueued"
+                );
+                Ok(Some(run.id))
+            }
+            Fenced::DuplicateSlot => {
+                metrics::counter!(m::DUPLICATE_TICKS).increment(1);
+                tracing::info!(?slot, "slot already has a run; not enqueued again");
+                Ok(None)
+            }
+            Fenced::NotLeader => {
+                tracing::warn!("lease lost before enqueueing; standing down");
+                self.lease = None;
+                metrics::gauge!(m::BEAT_LEADER).set(0.0);
+                Ok(None)
+            }
+        }
+    }
+}

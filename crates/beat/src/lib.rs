@@ -1,0 +1,10 @@
+//! escalator's scheduler: a fenced singleton that enqueues checks on a cron schedule, catches
+//! up on slots missed while no beat ran, and wakes up at workflow deadlines.
+
+pub mod beat;
+pub mod plan;
+pub mod schedule;
+
+pub use beat::{Beat, BeatConfig, BeatError, LEASE};
+pub use plan::{SlotPlan, plan_slots};
+pub use schedule::{Schedule, ScheduleError};

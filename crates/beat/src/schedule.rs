@@ -1,0 +1,225 @@
+//! The cron schedule in a time zone, DST-safe: every local wall-clock slot maps to exactly one
+//! instant. A slot that does not exist (the spring-forward gap) runs at the end of the gap; a
+//! slot that exists twice (fall-back) runs at its first occurrence. So a daily `0 30 2 * * *`
+//! in America/New_York runs once on both transition days.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// A schedule that cannot be used, naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// Not a cron expression with a seconds field.
+    #[error(
+        "ESCALATOR_SCHEDULE={expr:?}: {reason} (expected six or seven fields with seconds first, e.g. \"0 */15 * * * *\")"
+    )]
+    Cron {
+        /// The expression.
+        expr: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// Not an IANA zone.
+    #[error("ESCALATOR_TIMEZONE={0:?}: not an IANA time zone such as UTC or Europe/London")]
+    Timezone(String),
+    /// Never fires.
+    #[error("ESCALATOR_SCHEDULE={0:?}: the schedule never fires")]
+    Never(String),
+}
+
+/// Most candidate slots examined per lookup (a guard against pathological expressions).
+const MAX_CANDIDATES: usize = 100_000;
+
+/// A parsed cron schedule in a zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    expr: String,
+    cron: cron::Schedule,
+    tz: Tz,
+}
+
+impl Schedule {
+    /// Parses `expr` (seconds first) evaluated in the IANA zone `tz`.
+    pub fn parse(expr: &str, tz: &str) -> Result<Self, ScheduleError> {
+        let cron = cron::Schedule::from_str(expr.trim()).map_err(|e| ScheduleError::Cron {
+            expr: expr.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let tz: Tz = tz
+            .trim()
+            .parse()
+            .map_err(|_| ScheduleError::Timezone(tz.to_owned()))?;
+        let schedule = Schedule {
+            expr: expr.trim().to_owned(),
+            cron,
+            tz,
+        };
+        if schedule.next_after(Utc::now()).is_none() {
+            return Err(ScheduleError::Never(expr.to_owned()));
+        }
+        Ok(schedule)
+    }
+
+    /// The expression.
+    pub fn expr(&self) -> &str {
+        &self.expr
+    }
+
+    /// The zone.
+    pub fn timezone(&self) -> Tz {
+        self.tz
+    }
+
+    /// The first slot strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Walk the wall-clock slots after `t`'s local time, map each to its instant, and take
+        // the first one after `t`. A slot before that local time cannot map after `t`: repeated
+        // times map to their first occurrence and skipped ones to the end of their gap.
+        let start = t.with_timezone(&self.tz).naive_local();
+        let naive_start = Utc.from_utc_datetime(&start);
+        self.cron
+            .after(&naive_start)
+            .take(MAX_CANDIDATES)
+            .map(|n| self.instant(n.naive_utc()))
+            .find(|i| *i > t)
+    }
+
+    /// The slots in `(after, until]`, at most `limit` of them (the latest ones are kept).
+    pub fn slots_between(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> (Vec<DateTime<Utc>>, u64) {
+        let mut slots = std::collections::VecDeque::new();
+        let mut total = 0u64;
+        let mut t = after;
+        while let Some(next) = self.next_after(t) {
+            if next > until {
+                break;
+            }
+            total += 1;
+            slots.push_back(next);
+            if slots.len() > limit {
+                slots.pop_front();
+            }
+            t = next;
+        }
+        (slots.into(), total)
+    }
+
+    /// The instant of a local wall-clock time: the earliest if it repeats, the end of the gap
+    /// if it does not exist.
+    fn instant(&self, local: NaiveDateTime) -> DateTime<Utc> {
+        match self.tz.from_local_datetime(&local) {
+            LocalResult::Single(d) | LocalResult::Ambiguous(d, _) => d.with_timezone(&Utc),
+            LocalResult::None => {
+                // Gaps are at most a few hours and a whole number of minutes.
+                (1..=24 * 60)
+                    .map(|m| local + Duration::minutes(m))
+                    .find_map(|later| match self.tz.from_local_datetime(&later) {
+                        // the first wall-clock minute that exists: the end of the gap
+                        LocalResult::Single(d) | LocalResult::Ambiguous(d, _) => {
+                            Some(d.with_timezone(&Utc))
+                        }
+                        LocalResult::None => None,
+                    })
+                    .unwrap_or_else(|| local.and_utc())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_default_schedule_fires_every_quarter_hour() {
+        let s = Schedule::parse("0 */15 * * * *", "UTC").unwrap();
+        assert_eq!(
+            s.next_after(utc("2026-11-25T12:07:00Z")),
+            Some(utc("2026-11-25T12:15:00Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-11-25T12:15:00Z")),
+            Some(utc("2026-11-25T12:30:00Z"))
+        );
+        let (slots, total) =
+            s.slots_between(utc("2026-11-25T12:00:00Z"), utc("2026-11-25T13:00:00Z"), 10);
+        assert_eq!(total, 4);
+        assert_eq!(slots.last(), Some(&utc("2026-11-25T13:00:00Z")));
+    }
+
+    #[test]
+    fn a_daily_slot_runs_once_on_both_new_york_transition_days() {
+        let s = Schedule::parse("0 30 2 * * *", "America/New_York").unwrap();
+        // 2026-03-08: 02:00 EST jumps to 03:00 EDT; 02:30 does not exist and runs at 03:00 EDT
+        // (07:00Z). 2026-11-01: 02:00 EDT falls back to 01:00 EST; 02:30 EST happens once (07:30Z).
+        let (march, n) =
+            s.slots_between(utc("2026-03-06T12:00:00Z"), utc("2026-03-10T12:00:00Z"), 10);
+        assert_eq!(n, 4);
+        assert_eq!(
+            march,
+            [
+                utc("2026-03-07T07:30:00Z"),
+                utc("2026-03-08T07:00:00Z"),
+                utc("2026-03-09T06:30:00Z"),
+                utc("2026-03-10T06:30:00Z"),
+            ]
+        );
+        let (november, n) =
+            s.slots_between(utc("2026-10-30T12:00:00Z"), utc("2026-11-03T12:00:00Z"), 10);
+        assert_eq!(n, 4);
+        assert_eq!(
+            november,
+            [
+                utc("2026-10-31T06:30:00Z"),
+                utc("2026-11-01T07:30:00Z"),
+                utc("2026-11-02T07:30:00Z"),
+                utc("2026-11-03T07:30:00Z"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_slot_in_the_repeated_hour_runs_once() {
+        // 01:30 happens twice on 2026-11-01 in New York (05:30Z EDT, 06:30Z EST): once only
+        let s = Schedule::parse("0 30 1 * * *", "America/New_York").unwrap();
+        let (slots, n) =
+            s.slots_between(utc("2026-10-31T12:00:00Z"), utc("2026-11-01T12:00:00Z"), 10);
+        assert_eq!((n, slots), (1, vec![utc("2026-11-01T05:30:00Z")]));
+    }
+
+    #[test]
+    fn bad_expressions_and_zones_name_the_variable() {
+        let e = Schedule::parse("every 15 minutes", "UTC")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("ESCALATOR_SCHEDULE="), "{e}");
+        let e = Schedule::parse("0 */15 * * * *", "Mars/Olympus")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("ESCALATOR_TIMEZONE="), "{e}");
+        assert!(matches!(
+            Schedule::parse("0 0 0 1 1 * 2001", "UTC"),
+            Err(ScheduleError::Never(_))
+        ));
+    }
+
+    #[test]
+    fn long_outages_keep_only_the_latest_slots_but_count_them_all() {
+        let s = Schedule::parse("* * * * * *", "UTC").unwrap();
+        let (slots, total) =
+            s.slots_between(utc("2026-11-25T12:00:00Z"), utc("2026-11-25T12:10:00Z"), 5);
+        assert_eq!(total, 600);
+        assert_eq!(slots.len(), 5);
+        assert_eq!(slots[4], utc("2026-11-25T12:10:00Z"));
+    }
+}

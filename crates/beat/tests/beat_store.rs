@@ -1,0 +1,193 @@
+//! The beat against real PostgreSQL and Redis, driven by an injected clock: catch-up,
+//! coalescing, standby and fencing, deadline wake-ups.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use escalator_beat::{Beat, BeatConfig, Schedule};
+use escalator_jobs::{QueueNames, Queues};
+use escalator_runtime::serve::Health;
+use escalator_store::{NewWorkflow, Store};
+use escalator_testkit::TestDb;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+async fn queues(ns: &str) -> Queues {
+    Queues::connect("redis://127.0.0.1:6379", QueueNames::new(ns))
+        .await
+        .expect("Redis is unreachable at 127.0.0.1:6379: start it (`make services`)")
+}
+
+fn config(holder: &str, catchup: Duration, lease: Duration) -> BeatConfig {
+    BeatConfig {
+        schedule: Schedule::parse("0 */15 * * * *", "UTC").unwrap(),
+        catchup,
+        lease_ttl: lease,
+        deadline_recheck: Duration::from_secs(5),
+        holder: holder.into(),
+    }
+}
+
+async fn scheduled(store: &Store) -> Vec<(DateTime<Utc>, i32)> {
+    let mut runs: Vec<_> = store
+        .recent_check_runs(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.slot.map(|s| (s, r.coalesced)))
+        .collect();
+    runs.sort();
+    runs
+}
+
+fn ns() -> String {
+    format!("beat-{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn slots_missed_while_down_run_once_coalesced() {
+    let db = TestDb::postgres().await;
+    let q = queues(&ns()).await;
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    beat.step(utc("2026-11-25T12:00:00.500Z")).await.unwrap();
+    beat.step(utc("2026-11-25T12:07:00Z")).await.unwrap();
+    assert_eq!(
+        scheduled(&db.store).await,
+        [(utc("2026-11-25T12:00:00Z"), 1)]
+    );
+    drop(beat);
+
+    // the beat was down from 12:07 to 12:52; a new one catches up once
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("b", Duration::from_secs(3_600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    // the old lease is still held by "a": wait for it to be given up
+    db.store
+        .release_lease(
+            &db.store
+                .acquire_lease("beat", "a", Duration::from_secs(30))
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    beat.step(utc("2026-11-25T12:52:00Z")).await.unwrap();
+    beat.step(utc("2026-11-25T12:53:00Z")).await.unwrap();
+    assert_eq!(
+        scheduled(&db.store).await,
+        [
+            (utc("2026-11-25T12:00:00Z"), 1),
+            (utc("2026-11-25T12:45:00Z"), 3)
+        ]
+    );
+    // and then it is punctual again
+    beat.step(utc("2026-11-25T13:00:01Z")).await.unwrap();
+    assert_eq!(
+        scheduled(&db.store).await.last(),
+        Some(&(utc("2026-11-25T13:00:00Z"), 1))
+    );
+    // every recorded run was enqueued
+    let stats = q.stats().await.unwrap();
+    assert_eq!(stats[0].pending, 3);
+}
+
+#[tokio::test]
+async fn a_standby_beat_enqueues_nothing_and_a_zombie_leader_is_fenced_off() {
+    let db = TestDb::postgres().await;
+    let q = queues(&ns()).await;
+    let lease = Duration::from_secs(1);
+    let mut a = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(600), lease),
+        Health::new(Duration::from_secs(60)),
+    );
+    let mut b = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("b", Duration::from_secs(600), lease),
+        Health::new(Duration::from_secs(60)),
+    );
+    a.step(utc("2026-11-25T12:00:01Z")).await.unwrap();
+    b.step(utc("2026-11-25T12:00:01Z")).await.unwrap();
+    b.step(utc("2026-11-25T12:15:01Z")).await.unwrap();
+    assert_eq!(scheduled(&db.store).await.len(), 1, "the standby enqueued");
+
+    // a freezes past its lease; b takes over and runs the next slot
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    b.step(utc("2026-11-25T12:15:02Z")).await.unwrap();
+    assert_eq!(scheduled(&db.store).await.len(), 2);
+    // a wakes up believing it leads: its renewal fails and it records nothing
+    a.step(utc("2026-11-25T12:30:01Z")).await.unwrap();
+    assert_eq!(scheduled(&db.store).await.len(), 2, "the zombie enqueued");
+    b.step(utc("2026-11-25T12:30:02Z")).await.unwrap();
+    let runs = scheduled(&db.store).await;
+    assert_eq!(
+        runs.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [
+            utc("2026-11-25T12:00:00Z"),
+            utc("2026-11-25T12:15:00Z"),
+            utc("2026-11-25T12:30:00Z")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_passed_deadline_wakes_the_beat_between_slots() {
+    let db = TestDb::postgres().await;
+    let q = queues(&ns()).await;
+    let now = Utc::now();
+    db.store
+        .create_workflow(
+            &NewWorkflow {
+                external_id: "D-1".into(),
+                title: "Deadline".into(),
+                kind: "k".into(),
+                stage: "s".into(),
+                assignee: "a".into(),
+                initiator: "b".into(),
+                escalation_target: Some("c".into()),
+                policy_id: None,
+                // the warning (22 h) has just passed
+                stage_started_at: Some(
+                    now - chrono::Duration::hours(22) - chrono::Duration::seconds(1),
+                ),
+                metadata: serde_json::json!({}),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(1), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    let pause = beat.step(now).await.unwrap();
+    let runs = db.store.recent_check_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        (runs[0].requested_by.as_str(), runs[0].slot),
+        ("deadline", None)
+    );
+    // while that check is in flight it polls it instead of enqueueing another
+    assert!(pause <= Duration::from_millis(100), "{pause:?}");
+    beat.step(now + chrono::Duration::milliseconds(200))
+        .await
+        .unwrap();
+    assert_eq!(db.store.recent_check_runs(10).await.unwrap().len(), 1);
+}

@@ -1,0 +1,185 @@
+//! Helpers shared by the end-to-end tests: a world of one fresh database and one Redis
+//! namespace, and the `escalator` binary run as a real process in it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use escalator_store::Store;
+use escalator_testkit::TestDb;
+
+pub const SEED_TIME: &str = "2026-11-25T12:00:00Z";
+
+/// One test's world: a fresh database and its own Redis namespace.
+pub struct World {
+    pub db: TestDb,
+    pub namespace: String,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl World {
+    pub async fn new() -> World {
+        World {
+            db: TestDb::postgres().await,
+            namespace: format!("e2e-{}", uuid::Uuid::new_v4().simple()),
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_escalator"));
+        c.args(args)
+            .env("DATABASE_URL", &self.db.url)
+            .env("ESCALATOR_QUEUE_NAMESPACE", &self.namespace)
+            .env("ESCALATOR_POLL_INTERVAL", "0.05")
+            .env_remove("RUST_LOG");
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("run escalator");
+        assert!(
+            out.status.success(),
+            "escalator {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn seed(&self, n: u32) {
+        self.run(&[
+            "seed",
+            "--workflows",
+            &n.to_string(),
+            "--seed",
+            "7",
+            "--now",
+            SEED_TIME,
+        ]);
+    }
+
+    pub fn beat(&self, metrics_port: u16) -> Child {
+        self.command(&["beat"])
+            .env(
+                "ESCALATOR_METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a beat")
+    }
+
+    pub fn worker(&self, metrics_port: u16) -> Child {
+        self.command(&["worker"])
+            .env(
+                "ESCALATOR_METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a worker")
+    }
+
+    /// Runs `enqueue check --wait` and returns (reminded, escalated) from its output.
+    pub fn check(&self) -> (i64, i64) {
+        let out = self.run(&[
+            "enqueue",
+            "check",
+            "--as-of",
+            SEED_TIME,
+            "--wait",
+            "--timeout",
+            "120",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (field(&text, "reminded"), field(&text, "escalated"))
+    }
+
+    pub fn verify(&self) {
+        let out = self.run(&["verify"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("verify: ok"));
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
+            && let Ok(mut c) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.namespace))
+                .query(&mut c)
+                .unwrap_or_default();
+            for k in keys {
+                let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
+            }
+        }
+    }
+}
+
+pub fn field(text: &str, name: &str) -> i64 {
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {text:?}"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn stop(mut child: Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "worker did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub async fn rows(store: &Store, sql: &'static str) -> i64 {
+    match store {
+        Store::Postgres(s) => sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(s.pool())
+            .await
+            .unwrap(),
+        Store::Sqlite(s) => sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(s.pool())
+            .await
+            .unwrap(),
+    }
+}
+
+/// Reads a worker's /metrics with a bare HTTP/1.0 request.
+pub async fn reqwest_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
