@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make bench: WORKLOAD.md measurements 1-3 (tick, idle sweep, queue overhead) against the real
+# make bench: WORKLOAD.md measurements 1-4 (tick, idle sweep, queue overhead, deadline
+# latency) against the real
 # pipeline — release binary, PostgreSQL, Redis, apalis workers. Each size runs 3 times on its
 # own database (created and dropped here) and its own Redis namespace; raw runs are printed
 # as comments, then the median line per measurement.
@@ -90,3 +91,35 @@ for run in $(seq 1 "$RUNS"); do
   cleanup
 done
 echo "system=escalator noop_jobs=20000 seconds=$(printf '%s\n' "${noops[@]}" | median)"
+
+# 4. deadline latency: 1,000 workflows due over the next 60 s, beat on the default 15-minute
+# cron; lateness = escalation committed (audit row) - deadline.
+p50s=(); p99s=()
+for run in $(seq 1 "$RUNS"); do
+  db="escalator_bench_$$_$RANDOM"; ns="bench-$$-$RANDOM"
+  psql "$ADMIN_URL" -qc "CREATE DATABASE $db" >/dev/null
+  export DATABASE_URL="$BASE/$db" ESCALATOR_QUEUE_NAMESPACE="$ns"
+  export ESCALATOR_METRICS_ADDR="127.0.0.1:$((20000 + RANDOM % 20000))"
+  "$BIN" migrate 2>/dev/null
+  "$BIN" seed --workflows 1000 --seed 7 --due-within 60 >/dev/null 2>&1
+  "$BIN" worker 2>/tmp/escalator-bench-worker.log &
+  worker_pid=$!
+  ESCALATOR_METRICS_ADDR="127.0.0.1:$((20000 + RANDOM % 20000))" "$BIN" beat 2>/tmp/escalator-bench-beat.log &
+  beat_pid=$!
+  for _ in $(seq 1 90); do
+    n=$(psql "$DATABASE_URL" -Atc "SELECT count(*) FROM audit_logs WHERE action = 'escalate'")
+    [ "$n" = 1000 ] && break
+    sleep 1
+  done
+  kill -TERM "$beat_pid"; wait "$beat_pid" 2>/dev/null || true
+  [ "$n" = 1000 ] || { echo "only $n of 1000 deadlines escalated" >&2; exit 1; }
+  read -r p50 p99 < <(psql "$DATABASE_URL" -Atc "SELECT
+      round(percentile_cont(0.5) WITHIN GROUP (ORDER BY l)::numeric, 3),
+      round(percentile_cont(0.99) WITHIN GROUP (ORDER BY l)::numeric, 3)
+    FROM (SELECT extract(epoch FROM created_at - (details->>'missed_due_at')::timestamptz) AS l
+          FROM audit_logs WHERE action = 'escalate') t" | tr '|' ' ')
+  echo "# run $run: system=escalator latency_p50_seconds=$p50 latency_p99_seconds=$p99"
+  p50s+=("$p50"); p99s+=("$p99")
+  cleanup
+done
+echo "system=escalator latency_p50_seconds=$(printf '%s\n' "${p50s[@]}" | median) latency_p99_seconds=$(printf '%s\n' "${p99s[@]}" | median)"

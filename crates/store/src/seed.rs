@@ -24,6 +24,9 @@ pub struct SeedPlan {
     pub seed: u64,
     /// Reference time the SLA states are computed against.
     pub now: DateTime<Utc>,
+    /// Instead of the WORKLOAD distribution: every deadline falls uniformly within this many
+    /// seconds after `now` (the deadline-latency benchmark).
+    pub due_within: Option<u64>,
 }
 
 /// SLA state a seeded workflow is generated in.
@@ -106,10 +109,18 @@ impl SeedGenerator {
     }
 
     fn workflow(&mut self, i: usize) -> Workflow {
-        let elapsed_ms = match self.bands[i] {
-            Band::Ok => self.rng.random_range(0..22 * HOUR_MS),
-            Band::Warning => self.rng.random_range(22 * HOUR_MS..24 * HOUR_MS),
-            Band::Breached => self.rng.random_range(24 * HOUR_MS..72 * HOUR_MS),
+        let elapsed_ms = match (self.plan.due_within, self.bands[i]) {
+            (Some(secs), _) => {
+                let window = i64::try_from(secs.max(1))
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000);
+                24 * HOUR_MS - self.rng.random_range(1..=window)
+            }
+            (None, band) => match band {
+                Band::Ok => self.rng.random_range(0..22 * HOUR_MS),
+                Band::Warning => self.rng.random_range(22 * HOUR_MS..24 * HOUR_MS),
+                Band::Breached => self.rng.random_range(24 * HOUR_MS..72 * HOUR_MS),
+            },
         };
         // three different users: assignee, initiator, escalation target
         let assignee = self.rng.random_range(0..USER_POOL);
@@ -177,6 +188,7 @@ mod tests {
             workflows: n,
             seed: 7,
             now: Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap(),
+            due_within: None,
         }
     }
 
@@ -221,6 +233,20 @@ mod tests {
         })
         .next_chunk(1_000);
         assert_ne!(whole[0].id, other[0].id);
+    }
+
+    #[test]
+    fn deadlines_can_be_spread_over_the_next_seconds() {
+        let p = SeedPlan {
+            due_within: Some(60),
+            ..plan(1_000)
+        };
+        let all = SeedGenerator::new(p).next_chunk(1_000);
+        assert!(
+            all.iter()
+                .all(|w| w.due_at > p.now && w.due_at <= p.now + Duration::seconds(60))
+        );
+        assert!(all.iter().any(|w| w.due_at > p.now + Duration::seconds(50)));
     }
 
     #[test]

@@ -812,6 +812,7 @@ async fn bulk_load_yields_the_workload_distribution(db: &TestDb) {
         workflows: 2_000,
         seed: 7,
         now: t0(),
+        due_within: None,
     };
     s.upsert_users(&escalator_store::seed::users())
         .await
@@ -908,6 +909,7 @@ async fn due_ranges_cut_the_due_workflows_into_disjoint_slices(db: &TestDb) {
         workflows: 2_000,
         seed: 3,
         now: t0(),
+        due_within: None,
     };
     s.bulk_load(&SeedGenerator::new(plan).next_chunk(2_000))
         .await

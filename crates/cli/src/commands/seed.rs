@@ -23,6 +23,10 @@ pub struct SeedArgs {
     /// Reference time (RFC 3339) the SLA states are computed against; default: now.
     #[arg(long, value_parser = super::parse_time)]
     now: Option<DateTime<Utc>>,
+    /// Instead of the WORKLOAD distribution, spread every deadline uniformly over the next
+    /// SECS seconds after --now (the deadline-latency benchmark).
+    #[arg(long, value_name = "SECS")]
+    due_within: Option<u64>,
 }
 
 /// Seeds users and workflows.
@@ -39,6 +43,7 @@ pub async fn run(database_url: &str, args: SeedArgs) -> anyhow::Result<()> {
         workflows: args.workflows,
         seed: args.seed,
         now: args.now.unwrap_or_else(Utc::now),
+        due_within: args.due_within,
     };
     let first = format!("seed-{}-{:07}", plan.seed, 0);
     match store.get_workflow_by_external_id(&first).await {
