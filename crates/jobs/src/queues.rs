@@ -115,7 +115,7 @@ impl Queues {
     pub async fn push_check(&self, job: &CheckWorkflows) -> Result<(), QueueError> {
         let key = format!("check:{}", job.check_run_id);
         let queue = self.names().checks.clone();
-        self.push_keyed(&queue, vec![(key, job.clone())]).await
+        self.push(&queue, vec![(Some(key), job.clone())]).await
     }
 
     /// Enqueues a run's batch jobs, keyed by (run, index): a planner that runs twice pushes
@@ -125,19 +125,19 @@ impl Queues {
             .iter()
             .map(|j| {
                 (
-                    format!("batch:{}:{}", j.check_run_id, j.batch_index),
+                    Some(format!("batch:{}:{}", j.check_run_id, j.batch_index)),
                     j.clone(),
                 )
             })
             .collect();
         let queue = self.names().batches.clone();
-        self.push_keyed(&queue, keyed).await
+        self.push(&queue, keyed).await
     }
 
     /// Enqueues a delivery job.
     pub async fn push_delivery(&self, job: &DeliverNotifications) -> Result<(), QueueError> {
         let queue = self.names().deliveries.clone();
-        self.push_plain(&queue, vec![job.clone()]).await
+        self.push(&queue, vec![(None, job.clone())]).await
     }
 
     /// Enqueues `n` no-op jobs (the queue-overhead benchmark), in bounded chunks.
@@ -146,18 +146,18 @@ impl Queues {
         let mut next = 0;
         while next < n {
             let end = (next + CHUNK as u64).min(n);
-            self.push_plain(&queue, (next..end).map(|n| Noop { n }).collect())
+            self.push(&queue, (next..end).map(|n| (None, Noop { n })).collect())
                 .await?;
             next = end;
         }
         Ok(())
     }
 
-    async fn push_keyed<T: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static>(
-        &self,
-        queue: &str,
-        jobs: Vec<(String, T)>,
-    ) -> Result<(), QueueError> {
+    /// Pushes jobs in bounded chunks, each with its idempotency key if it has one.
+    async fn push<T>(&self, queue: &str, jobs: Vec<(Option<String>, T)>) -> Result<(), QueueError>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static,
+    {
         for chunk in jobs.chunks(CHUNK) {
             match self {
                 Queues::Redis { conn, .. } => {
@@ -167,9 +167,11 @@ impl Queues {
                     let tasks = chunk
                         .iter()
                         .map(|(key, job)| {
-                            Ok(TaskBuilder::new(serde_json::to_vec(job)?)
-                                .idempotency_key(key)
-                                .build())
+                            let builder = TaskBuilder::new(serde_json::to_vec(job)?);
+                            Ok(match key {
+                                Some(k) => builder.idempotency_key(k).build(),
+                                None => builder.build(),
+                            })
                         })
                         .collect::<Result<Vec<_>, QueueError>>()?;
                     apalis_redis::queries::push_tasks(&mut conn, &config, &tasks)
@@ -180,41 +182,13 @@ impl Queues {
                     let config = WorkerSettings::new("producer", queue).sqlite_config();
                     let mut storage = SqliteStorage::<T>::new(pool).with_config(config);
                     for (key, job) in chunk {
-                        let task = TaskBuilder::new(job.clone()).idempotency_key(key).build();
+                        let builder = TaskBuilder::new(job.clone());
+                        let task = match key {
+                            Some(k) => builder.idempotency_key(k).build(),
+                            None => builder.build(),
+                        };
                         storage.push_task(task).await.map_err(QueueError::apalis)?;
                     }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn push_plain<T: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static>(
-        &self,
-        queue: &str,
-        jobs: Vec<T>,
-    ) -> Result<(), QueueError> {
-        for chunk in jobs.chunks(CHUNK) {
-            match self {
-                Queues::Redis { conn, .. } => {
-                    let mut conn = conn.clone();
-                    wait_for_room(&mut conn, queue, chunk.len()).await?;
-                    let config = WorkerSettings::new("producer", queue).redis_config();
-                    let tasks = chunk
-                        .iter()
-                        .map(|job| Ok(TaskBuilder::new(serde_json::to_vec(job)?).build()))
-                        .collect::<Result<Vec<_>, QueueError>>()?;
-                    apalis_redis::queries::push_tasks(&mut conn, &config, &tasks)
-                        .await
-                        .map_err(QueueError::apalis)?;
-                }
-                Queues::Sqlite { pool, .. } => {
-                    let config = WorkerSettings::new("producer", queue).sqlite_config();
-                    let mut storage = SqliteStorage::<T>::new(pool).with_config(config);
-                    storage
-                        .push_bulk(chunk.to_vec())
-                        .await
-                        .map_err(QueueError::apalis)?;
                 }
             }
         }

@@ -237,18 +237,7 @@ impl Engine {
             }
         };
         let (policies, calendars) = self.rules_for(&due).await;
-        let decisions = plan::decide(
-            &due,
-            |w| {
-                let policy = policies.get(&(w.policy_id.clone(), w.policy_version))?;
-                let calendar = match &policy.spec().calendar_id {
-                    Some(c) => Some(calendars.get(c)?),
-                    None => None,
-                };
-                Some(Rules { policy, calendar })
-            },
-            job.as_of,
-        );
+        let decisions = decide_all(&due, &policies, &calendars, job.as_of);
         let ids = plan::recipients_needed(&due, &decisions);
         let users: HashMap<String, User> = if ids.is_empty() {
             HashMap::new()
@@ -361,18 +350,7 @@ impl Engine {
         let due = tx.claim_due(as_of, limit).await?;
         drop(tx);
         let (policies, calendars) = self.rules_for(&due).await;
-        let decisions = plan::decide(
-            &due,
-            |w| {
-                let policy = policies.get(&(w.policy_id.clone(), w.policy_version))?;
-                let calendar = match &policy.spec().calendar_id {
-                    Some(c) => Some(calendars.get(c)?),
-                    None => None,
-                };
-                Some(Rules { policy, calendar })
-            },
-            as_of,
-        );
+        let decisions = decide_all(&due, &policies, &calendars, as_of);
         let items = due
             .into_iter()
             .zip(decisions)
@@ -380,6 +358,27 @@ impl Engine {
             .collect();
         Ok(DryRun { total_due, items })
     }
+}
+
+/// Evaluates every claimed workflow with its pinned policy and calendar.
+fn decide_all(
+    due: &[DueWorkflow],
+    policies: &HashMap<PolicyKey, Arc<Policy>>,
+    calendars: &HashMap<String, Calendar>,
+    as_of: DateTime<Utc>,
+) -> Vec<Option<Decision>> {
+    plan::decide(
+        due,
+        |w| {
+            let policy = policies.get(&(w.policy_id.clone(), w.policy_version))?;
+            let calendar = match &policy.spec().calendar_id {
+                Some(c) => Some(calendars.get(c)?),
+                None => None,
+            };
+            Some(Rules { policy, calendar })
+        },
+        as_of,
+    )
 }
 
 /// A dry run's findings.
