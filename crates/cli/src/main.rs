@@ -39,6 +39,8 @@ enum Command {
     Seed(commands::seed::SeedArgs),
     /// Run the worker role: the check planner and the escalation batches, from the queues.
     Worker,
+    /// The whole system in one process on SQLite: the newcomer's first command.
+    Dev(commands::dev::DevArgs),
     /// Run the beat role: enqueue checks on the cron schedule and at deadlines (a second beat
     /// stands by and takes over when the leader stops).
     Beat,
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
             Command::Seed(args) => commands::seed::run(&cli.database_url, args).await,
             Command::Worker => commands::worker::run(&cli.database_url).await,
             Command::Beat => commands::beat::run(&cli.database_url).await,
+            Command::Dev(args) => commands::dev::run(args).await,
             Command::Enqueue(args) => commands::enqueue::run(&cli.database_url, args).await,
             Command::Check(args) => commands::check::run(&cli.database_url, args).await,
             Command::Verify => commands::verify::run(&cli.database_url).await,

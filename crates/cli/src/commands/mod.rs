@@ -2,6 +2,7 @@
 
 pub mod beat;
 pub mod check;
+pub mod dev;
 pub mod enqueue;
 pub mod migrate;
 pub mod seed;

@@ -1,0 +1,221 @@
+//! `escalator dev`: the whole system in one process on SQLite — worker, beat (and the api) on
+//! the same code paths as production, with the queues in a second SQLite file. `--demo` loads
+//! a small org chart and a policy with SLAs of seconds, so that a reminder and an escalation
+//! happen within about a minute.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use escalator_beat::{Beat, BeatConfig, Schedule};
+use escalator_jobs::{QueueNames, Queues};
+use escalator_policy::{AfterLast, LevelSpec, Policy, PolicySpec, Target, Warning};
+use escalator_runtime::serve::Health;
+use escalator_store::{NewWorkflow, Store, StoreConfig, StoreError, User};
+use escalator_worker::{Engine, EngineConfig, PolicyCache, WorkerConfig};
+
+/// Arguments of `escalator dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Load a demo org chart and workflows with SLAs of seconds.
+    #[arg(long)]
+    demo: bool,
+    /// The SQLite database file (the queues go next to it, in `<file>.queue`).
+    #[arg(long, default_value = "escalator-dev.db")]
+    db: PathBuf,
+    /// Port of the api.
+    #[arg(long, default_value_t = 5000)]
+    port: u16,
+}
+
+/// Runs until Ctrl-C.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let url = format!("sqlite://{}", args.db.display());
+    let mut config = StoreConfig::new(url.clone());
+    config.max_connections = 8;
+    let store = Store::connect(&config)
+        .await
+        .with_context(|| format!("opening {}", args.db.display()))?;
+    store
+        .migrate()
+        .await
+        .context("migrating the dev database")?;
+    let queue_file = format!("{}.queue", args.db.display());
+    let queues = Queues::connect(&format!("sqlite://{queue_file}"), QueueNames::default())
+        .await
+        .with_context(|| format!("opening the queue database {queue_file}"))?;
+    if args.demo {
+        demo(&store).await.context("loading the demo data")?;
+    }
+    let metrics =
+        escalator_runtime::metrics::install().context("installing the metrics recorder")?;
+    let health = Health::new(Duration::from_secs(300));
+    let engine = Engine {
+        store: store.clone(),
+        queues: queues.clone(),
+        config: EngineConfig::default(),
+        policies: PolicyCache::default(),
+    };
+    let worker_config = WorkerConfig {
+        name: "dev".into(),
+        ..WorkerConfig::default()
+    };
+    let beat_config = BeatConfig {
+        schedule: Schedule::parse("0 */15 * * * *", "UTC")?,
+        catchup: Duration::from_secs(3_600),
+        lease_ttl: Duration::from_secs(15),
+        deadline_recheck: Duration::from_secs(2),
+        holder: format!("dev-{}", std::process::id()),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let worker = tokio::spawn(escalator_worker::run(
+        engine,
+        worker_config,
+        health.clone(),
+        stopped(),
+    ));
+    let beat = tokio::spawn(
+        Beat::new(store.clone(), queues.clone(), beat_config, health.clone()).run(stopped()),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
+    let api = tokio::spawn(escalator_runtime::serve::serve(
+        addr,
+        metrics,
+        health,
+        stopped(),
+    ));
+    banner(&store, args.port, args.demo).await;
+    escalator_runtime::shutdown::signal().await;
+    let _ = stop_tx.send(true);
+    let (w, b, a) = tokio::join!(worker, beat, api);
+    match w {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "worker stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "worker panicked"),
+    }
+    if let Ok(Err(e)) = b {
+        tracing::error!(error = %e, "beat stopped with an error");
+    }
+    if let Ok(Err(e)) = a {
+        tracing::error!(error = %e, "http server stopped with an error");
+    }
+    store.close().await;
+    println!(
+        "stopped; your data is in {} (run `escalator dev` again to resume)",
+        args.db.display()
+    );
+    Ok(())
+}
+
+/// The demo: an org chart, a policy with SLAs of seconds, three workflows starting now.
+async fn demo(store: &Store) -> anyhow::Result<()> {
+    let user = |id: &str, name: &str, manager: Option<&str>| User {
+        id: id.into(),
+        display_name: name.into(),
+        email: Some(format!("{id}@demo.escalator.dev")),
+        phone: None,
+        slack: None,
+        manager_id: manager.map(Into::into),
+        active: true,
+    };
+    store
+        .upsert_users(&[
+            user("carol", "Carol (department head)", None),
+            user("bob", "Bob (manager)", Some("carol")),
+            user("alice", "Alice", Some("bob")),
+            user("erin", "Erin", Some("bob")),
+            user("dave", "Dave", Some("bob")),
+        ])
+        .await?;
+    // 60 s to act, a reminder 30 s before; then the manager gets 60 s; then the department head.
+    let spec = PolicySpec {
+        sla_seconds: 60,
+        warning: Warning::Before { seconds: 30 },
+        levels: vec![
+            LevelSpec {
+                target: Target::Manager,
+                sla_seconds: 60,
+            },
+            LevelSpec {
+                target: Target::Manager,
+                sla_seconds: 120,
+            },
+        ],
+        after_last: AfterLast::Stop,
+        calendar_id: None,
+    };
+    let policy = Policy::new(spec)?;
+    match store.latest_policy("demo").await {
+        Ok(p) if p.policy == policy => {}
+        Ok(_) | Err(StoreError::NotFound { .. }) => {
+            store
+                .create_policy_version("demo", "Demo: 60 s SLA, reminder at 30 s", &policy)
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let now = Utc::now();
+    let stamp = now.format("%H%M%S");
+    for (n, (title, assignee, initiator)) in [
+        ("Laptop purchase", "alice", "dave"),
+        ("Conference travel", "erin", "alice"),
+        ("Budget sign-off Q3", "bob", "erin"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        store
+            .create_workflow(
+                &NewWorkflow {
+                    external_id: format!("demo-{stamp}-{n}"),
+                    title: title.into(),
+                    kind: "approval".into(),
+                    stage: "Manager Approval".into(),
+                    assignee: assignee.into(),
+                    initiator: initiator.into(),
+                    escalation_target: None,
+                    policy_id: Some("demo".into()),
+                    stage_started_at: Some(now),
+                    metadata: serde_json::json!({ "demo": true }),
+                },
+                now,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+async fn banner(store: &Store, port: u16, demo: bool) {
+    let base = format!("http://127.0.0.1:{port}");
+    println!();
+    println!("escalator dev is running (Ctrl-C to stop)");
+    println!("  metrics     {base}/metrics");
+    println!("  health      {base}/healthz");
+    if demo {
+        if let Ok(list) = store
+            .list_workflows(&escalator_store::WorkflowFilter {
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+        {
+            for w in list.iter().rev().take(1) {
+                println!(
+                    "  workflow    \"{}\" assigned to {} — due {}",
+                    w.title,
+                    w.assignee,
+                    w.due_at.format("%H:%M:%S")
+                );
+            }
+        }
+        println!("  watch: a reminder in ~30 s, an escalation to the manager in ~60 s");
+    }
+    println!();
+}
