@@ -183,10 +183,10 @@ impl Engine {
             .store
             .start_check_run(run.id, batches, Utc::now())
             .await?;
+        tracing::info!(check_run_id = run.id, due, batches, as_of = %job.as_of, "check planned");
         if run.status == "succeeded" {
             record_run_finished(&self.store, run.id).await;
         }
-        tracing::info!(check_run_id = run.id, due, batches, as_of = %job.as_of, "check planned");
         Ok(Planned::FannedOut { due, batches })
     }
 
