@@ -1,0 +1,236 @@
+//! Bearer-token authentication for `/api/v1`: named tokens with a read or admin scope. Reads
+//! (GET, HEAD) need any token, everything else an admin token; with no token configured the
+//! api is open (the CLI refuses to expose such an api beyond loopback).
+
+use std::fmt;
+use std::str::FromStr;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// GET and HEAD only.
+    Read,
+    /// Everything.
+    Admin,
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "read" => Ok(Scope::Read),
+            "admin" => Ok(Scope::Admin),
+            other => Err(format!("scope {other:?}: expected read or admin")),
+        }
+    }
+}
+
+/// One configured token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Who uses it; recorded as the actor of the changes it makes.
+    pub name: String,
+    /// The secret.
+    pub secret: String,
+    /// What it may do.
+    pub scope: Scope,
+}
+
+// Hand-written so the secret never reaches a log line.
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("secret", &"***")
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Tokens shorter than this are refused: they could be guessed.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The configured tokens; empty means authentication is off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tokens(Vec<ApiToken>);
+
+impl Tokens {
+    /// No authentication.
+    pub fn none() -> Self {
+        Tokens(Vec::new())
+    }
+
+    /// These tokens.
+    pub fn new(tokens: Vec<ApiToken>) -> Self {
+        Tokens(tokens)
+    }
+
+    /// Whether authentication is off.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Parses `name:secret:scope` entries separated by commas (the secret may contain `:`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut tokens: Vec<ApiToken> = Vec::new();
+        for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let shape = || "expected name:token:scope entries, e.g. ci:s3cr3t-of-16+chars:admin";
+            let (name, rest) = entry.split_once(':').ok_or_else(shape)?;
+            let (secret, scope) = rest.rsplit_once(':').ok_or_else(shape)?;
+            let scope: Scope = scope.parse()?;
+            if name.is_empty() {
+                return Err("a token has an empty name".into());
+            }
+            if secret.chars().count() < MIN_SECRET_LEN {
+                return Err(format!(
+                    "the token of {name:?} is shorter than {MIN_SECRET_LEN} characters"
+                ));
+            }
+            if tokens.iter().any(|t| t.name == name || t.secret == secret) {
+                return Err(format!("{name:?} is configured twice (name or token)"));
+            }
+            tokens.push(ApiToken {
+                name: name.to_owned(),
+                secret: secret.to_owned(),
+                scope,
+            });
+        }
+        Ok(Tokens(tokens))
+    }
+
+    /// The token matching `presented`, compared in constant time against every token.
+    fn find(&self, presented: &str) -> Option<&ApiToken> {
+        let mut found = None;
+        for t in &self.0 {
+            if constant_time_eq(t.secret.as_bytes(), presented.as_bytes()) {
+                found = Some(t);
+            }
+        }
+        found
+    }
+}
+
+/// Equality whose time does not depend on where the inputs differ (only on their lengths).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Who made the request: the token's name, or "api" when authentication is off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(pub String);
+
+fn unauthorized(message: &str) -> Response {
+    let mut res = ApiError::client(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        .with_field("Authorization")
+        .into_response();
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
+}
+
+/// Middleware: checks the bearer token against the scope the method needs and records the
+/// [`Actor`] in the request extensions.
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if state.tokens.is_empty() {
+        req.extensions_mut().insert(Actor("api".into()));
+        return next.run(req).await;
+    }
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return unauthorized("missing Authorization: Bearer <token>");
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = presented.and_then(|p| state.tokens.find(p)) else {
+        return unauthorized("invalid bearer token");
+    };
+    let needed = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        Scope::Read
+    } else {
+        Scope::Admin
+    };
+    if token.scope < needed {
+        return ApiError::client(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token {:?} has read scope; this request needs admin",
+                token.name
+            ),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(Actor(token.name.clone()));
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_names_secrets_and_scopes() {
+        let t = Tokens::parse("ci:0123456789abcdef:admin, grafana:ab:cd:0123456789abcdef:read")
+            .unwrap();
+        assert_eq!(t.0.len(), 2);
+        assert_eq!(t.0[1].secret, "ab:cd:0123456789abcdef");
+        assert_eq!(t.0[1].scope, Scope::Read);
+        assert_eq!(
+            t.find("0123456789abcdef").map(|t| t.name.as_str()),
+            Some("ci")
+        );
+        assert!(t.find("0123456789abcdeX").is_none());
+        assert!(Tokens::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_token_lists_are_refused_with_a_reason() {
+        assert!(
+            Tokens::parse("ci")
+                .unwrap_err()
+                .contains("name:token:scope")
+        );
+        assert!(
+            Tokens::parse("ci:short:admin")
+                .unwrap_err()
+                .contains("shorter")
+        );
+        assert!(
+            Tokens::parse("ci:0123456789abcdef:root")
+                .unwrap_err()
+                .contains("scope")
+        );
+        assert!(
+            Tokens::parse("a:0123456789abcdef:read,a:fedcba9876543210:admin")
+                .unwrap_err()
+                .contains("twice")
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let t = Tokens::parse("ci:0123456789abcdef:admin").unwrap();
+        assert!(!format!("{t:?}").contains("0123456789abcdef"));
+    }
+}

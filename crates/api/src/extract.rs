@@ -1,0 +1,217 @@
+//! Request parsing at the boundary: JSON bodies, query strings and path ids become typed values
+//! or a 4xx in our JSON error shape that names the field — never axum's plain-text rejections.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ApiResult};
+
+/// A JSON request body that must be present.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+/// A JSON request body that may be absent (an empty body means `T::default()`).
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub T);
+
+/// The query string, parsed into `T` (absent means empty).
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+/// Reads the body within the body limit, refusing non-JSON content types.
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> ApiResult<Bytes> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::client(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected Content-Type: application/json, got {essence:?}"),
+            )
+            .with_field("Content-Type"));
+        }
+    }
+    Bytes::from_request(req, state).await.map_err(|r| {
+        let status = r.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::client(
+                status,
+                "payload_too_large",
+                format!("request body larger than {} bytes", crate::BODY_LIMIT),
+            )
+        } else {
+            ApiError::client(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+        }
+    })
+}
+
+/// The name between the first pair of backticks of a serde message ("unknown field `x`").
+fn quoted_name(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// The field a serde error is about: its path (which ends with the key of an unknown field),
+/// plus the key of a missing field (reported at its parent's path).
+fn field_of(path: &str, message: &str) -> Option<String> {
+    let path = if path == "." { "" } else { path };
+    let key = if message.starts_with("missing field") {
+        quoted_name(message)
+    } else {
+        None
+    };
+    match (path, key) {
+        ("", None) => None,
+        ("", Some(k)) => Some(k.to_owned()),
+        (p, None) => Some(p.to_owned()),
+        (p, Some(k)) => Some(format!("{p}.{k}")),
+    }
+}
+
+/// Parses a JSON document into `T`, mapping syntax errors to 400 and shape errors (unknown
+/// or missing fields, wrong types) to 422 naming the field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed: Result<T, (String, serde_json::Error)> =
+        match serde_path_to_error::deserialize(&mut de) {
+            // Trailing characters after the document are a syntax error too.
+            Ok(v) => de.end().map(|()| v).map_err(|e| (String::new(), e)),
+            Err(e) => Err((e.path().to_string(), e.into_inner())),
+        };
+    parsed.map_err(|(path, inner)| match inner.classify() {
+        serde_json::error::Category::Data => {
+            let message = inner.to_string();
+            ApiError::Client {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid",
+                field: field_of(&path, &message),
+                message,
+            }
+        }
+        _ => ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("malformed JSON: {inner}"),
+        ),
+    })
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::client(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "the request body is empty; expected a JSON object",
+            ));
+        }
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        parse_json(&bytes).map(OptionalJsonBody)
+    }
+}
+
+/// Parses a query string into `T`, naming the parameter at fault.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> ApiResult<T> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let err = ApiError::client(StatusCode::BAD_REQUEST, "bad_query", message.clone());
+        match field_of(&path, &message) {
+            Some(f) => err.with_field(f),
+            None => err,
+        }
+    })
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parse_query(parts.uri.query().unwrap_or_default()).map(QueryParams)
+    }
+}
+
+/// Parses a workflow id from the path: 400 naming `id` when it is not a UUID.
+pub fn workflow_id(raw: &str) -> ApiResult<uuid::Uuid> {
+    uuid::Uuid::parse_str(raw)
+        .map_err(|_| ApiError::bad_request("id", format!("{raw:?} is not a workflow id (a UUID)")))
+}
+
+/// Parses a numeric id (check runs, notifications) from the path: 400 naming `id` otherwise.
+pub fn numeric_id(raw: &str) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::bad_request("id", format!("{raw:?} is not a positive integer")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        title: String,
+        n: Option<i32>,
+    }
+
+    fn field(e: ApiError) -> (StatusCode, Option<String>) {
+        match e {
+            ApiError::Client { status, field, .. } => (status, field),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<Body>(br#"{"title":"x","colour":1}"#).unwrap_err();
+        assert_eq!(
+            field(e),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("colour".into()))
+        );
+        let e = parse_json::<Body>(br#"{"n":1}"#).unwrap_err();
+        assert_eq!(
+            field(e),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("title".into()))
+        );
+        let e = parse_json::<Body>(br#"{"title":"x","n":"two"}"#).unwrap_err();
+        assert_eq!(
+            field(e),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("n".into()))
+        );
+        let e = parse_json::<Body>(br#"{"title":"#).unwrap_err();
+        assert_eq!(field(e).0, StatusCode::BAD_REQUEST);
+        let e = parse_json::<Body>(br#"{"title":"x"} trailing"#).unwrap_err();
+        assert_eq!(field(e).0, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn query_errors_name_the_parameter() {
+        let e = parse_query::<Body>("title=x&n=lots").unwrap_err();
+        assert_eq!(field(e), (StatusCode::BAD_REQUEST, Some("n".into())));
+        let e = parse_query::<Body>("title=x&bogus=1").unwrap_err();
+        assert_eq!(field(e), (StatusCode::BAD_REQUEST, Some("bogus".into())));
+    }
+}

@@ -1,0 +1,135 @@
+//! escalator's HTTP API (DESIGN §8): workflows and their transitions, the audit log, the
+//! in-app inbox, ad-hoc checks, health probes and the fleet-wide Prometheus endpoint, behind
+//! optional bearer tokens. [`router`] is the whole api; the binary only binds and serves it.
+
+pub mod auth;
+pub mod checks;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod metrics;
+pub mod notifications;
+pub mod workflows;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use escalator_jobs::Queues;
+use escalator_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use auth::{Actor, ApiToken, Scope, Tokens};
+pub use error::{ApiError, ApiResult};
+
+/// Request bodies larger than this are refused with 413: every body the api takes is small.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Requests running longer than this are answered 408 and abandoned.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler needs. Cheap to clone: each field is a handle.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// The job queues (checks are enqueued, depths read for readiness and metrics).
+    pub queues: Queues,
+    /// The accepted bearer tokens; empty means no authentication.
+    pub tokens: Tokens,
+    /// This process's metrics registry; None leaves the metrics endpoints answering 503
+    /// (the recorder is process-global, so only the binary may install it).
+    pub metrics: Option<PrometheusHandle>,
+    /// The last time the fleet-wide gauges were read, shared by all scrapes.
+    fleet: Arc<metrics::FleetCache>,
+}
+
+impl AppState {
+    /// The state of an api over these dependencies.
+    pub fn new(
+        store: Store,
+        queues: Queues,
+        tokens: Tokens,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        AppState {
+            store,
+            queues,
+            tokens,
+            metrics,
+            fleet: Arc::new(metrics::FleetCache::default()),
+        }
+    }
+}
+
+/// The whole api. `/healthz`, `/readyz` and the metrics endpoints are open; every other
+/// `/api/v1` route goes through [`auth::require_token`].
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/workflows", post(workflows::create).get(workflows::list))
+        .route("/workflows/{id}", get(workflows::get))
+        .route("/workflows/{id}/audit", get(workflows::audit))
+        .route("/workflows/{id}/{action}", post(workflows::transition))
+        .route("/audit", get(workflows::audit_log))
+        .route("/notifications", get(notifications::list))
+        .route("/notifications/{id}/read", post(notifications::mark_read))
+        .route("/checks", post(checks::create))
+        .route("/checks/{id}", get(checks::get))
+        // route_layer covers only the routes above: the metrics route below stays open so
+        // Prometheus needs no token.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .route("/metrics/prometheus", get(metrics::render));
+    Router::new()
+        .nest("/api/v1", v1)
+        .route("/metrics", get(metrics::render))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    REQUEST_TIMEOUT,
+                )),
+        )
+}
+
+/// The span of one request, carrying the request id so every log line of it can be found.
+fn request_span<B>(req: &Request<B>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+}
+
+async fn not_found() -> Response {
+    error::error_response(StatusCode::NOT_FOUND, "not_found", "no such route", None)
+}
+
+async fn method_not_allowed() -> Response {
+    error::error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+        None,
+    )
+}

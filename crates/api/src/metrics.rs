@@ -1,0 +1,116 @@
+//! `/metrics` and `/api/v1/metrics/prometheus`: this process's registry plus the fleet-wide
+//! gauges read from the database and the queues. The reads are cached for [`FLEET_TTL`] so
+//! several replicas scraped every 30 s cost a handful of index counts per interval.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use escalator_runtime::metrics::{
+    COMPLIANCE, DEAD_JOBS, LAST_CHECK, OPEN, OUTBOX_PENDING, QUEUE_DEPTH,
+};
+
+use crate::AppState;
+use crate::error::error_response;
+
+/// How long fleet-wide gauges are reused before being read again.
+pub const FLEET_TTL: Duration = Duration::from_secs(5);
+
+/// How many recent check runs are searched for the last finished one.
+const RECENT_RUNS: u32 = 20;
+
+/// When the fleet-wide gauges were last read. The lock also makes concurrent scrapes wait
+/// for one refresh instead of each querying the database.
+#[derive(Debug, Default)]
+pub struct FleetCache {
+    last: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// The SLA compliance ratio: open workflows not breached over all open ones (1 when none is
+/// open, so an idle system does not alert).
+pub fn compliance_ratio(ok: i64, warning: i64, breached: i64) -> f64 {
+    let open = ok + warning + breached;
+    if open <= 0 {
+        1.0
+    } else {
+        (ok + warning) as f64 / open as f64
+    }
+}
+
+/// Reads the fleet-wide numbers into gauges unless they are fresher than [`FLEET_TTL`]. A
+/// failed read leaves its gauges at their previous values and is logged; the scrape still
+/// answers with everything else.
+async fn refresh_fleet(s: &AppState) {
+    let mut last = s.fleet.last.lock().await;
+    if last.is_some_and(|t| t.elapsed() < FLEET_TTL) {
+        return;
+    }
+    match s.store.sla_counts(Utc::now()).await {
+        Ok((ok, warning, breached)) => {
+            metrics::gauge!(OPEN, "sla_status" => "ok").set(ok as f64);
+            metrics::gauge!(OPEN, "sla_status" => "warning").set(warning as f64);
+            metrics::gauge!(OPEN, "sla_status" => "breached").set(breached as f64);
+            metrics::gauge!(COMPLIANCE).set(compliance_ratio(ok, warning, breached));
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count open workflows"),
+    }
+    match s.queues.stats().await {
+        Ok(stats) => {
+            let mut dead = 0;
+            for q in stats {
+                metrics::gauge!(QUEUE_DEPTH, "queue" => q.queue.clone()).set(q.pending as f64);
+                dead += q.dead;
+            }
+            metrics::gauge!(DEAD_JOBS).set(dead as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read queue depths"),
+    }
+    match s.store.outbox_pending().await {
+        Ok(n) => metrics::gauge!(OUTBOX_PENDING).set(n as f64),
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count the outbox"),
+    }
+    match s.store.recent_check_runs(RECENT_RUNS).await {
+        Ok(runs) => {
+            if let Some(t) = runs.iter().filter_map(|r| r.finished_at).max() {
+                metrics::gauge!(LAST_CHECK).set(t.timestamp_micros() as f64 / 1e6);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read recent check runs"),
+    }
+    *last = Some(Instant::now());
+}
+
+/// `GET /metrics` and `GET /api/v1/metrics/prometheus`: the Prometheus text exposition.
+pub async fn render(State(s): State<AppState>) -> Response {
+    let Some(handle) = s.metrics.clone() else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_disabled",
+            "this process has no metrics recorder",
+            None,
+        );
+    };
+    refresh_fleet(&s).await;
+    // Upkeep drains histogram buffers; scrapes are frequent enough to drive it.
+    handle.run_upkeep();
+    let mut res = (StatusCode::OK, handle.render()).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compliance_ratio;
+
+    #[test]
+    fn compliance_is_the_share_not_breached_and_one_when_idle() {
+        assert_eq!(compliance_ratio(0, 0, 0), 1.0);
+        assert_eq!(compliance_ratio(6, 2, 2), 0.8);
+        assert_eq!(compliance_ratio(0, 0, 3), 0.0);
+    }
+}

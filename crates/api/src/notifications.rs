@@ -1,0 +1,66 @@
+//! `/api/v1/notifications`: a recipient's in-app inbox, and marking a notification read.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::Utc;
+use escalator_store::Notification;
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{QueryParams, numeric_id};
+use crate::workflows::{MAX_LIMIT, page_limit};
+
+/// The query of `GET /api/v1/notifications`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxQuery {
+    /// The user whose inbox to read (required).
+    pub recipient: Option<String>,
+    /// Only notifications not yet read.
+    #[serde(default)]
+    pub unread: bool,
+    /// How many, newest first: 1 to 1000 (default 50).
+    pub limit: Option<u32>,
+}
+
+/// An inbox page.
+#[derive(Debug, Serialize)]
+pub struct Inbox {
+    /// Newest first.
+    pub items: Vec<Notification>,
+}
+
+/// `GET /api/v1/notifications?recipient=&unread=&limit=`.
+pub async fn list(
+    State(s): State<AppState>,
+    QueryParams(q): QueryParams<InboxQuery>,
+) -> ApiResult<Json<Inbox>> {
+    let recipient = q
+        .recipient
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("recipient", "recipient is required"))?;
+    let limit = page_limit(q.limit, MAX_LIMIT)?;
+    Ok(Json(Inbox {
+        items: s.store.inbox(&recipient, q.unread, limit).await?,
+    }))
+}
+
+/// The answer to marking a notification read.
+#[derive(Debug, Serialize)]
+pub struct MarkedRead {
+    /// The notification.
+    pub id: i64,
+    /// False when it had been read before (the call is idempotent).
+    pub newly_read: bool,
+}
+
+/// `POST /api/v1/notifications/{id}/read`: idempotent; 404 for an unknown id.
+pub async fn mark_read(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MarkedRead>> {
+    let id = numeric_id(&id)?;
+    let newly_read = s.store.mark_notification_read(id, Utc::now()).await?;
+    Ok(Json(MarkedRead { id, newly_read }))
+}

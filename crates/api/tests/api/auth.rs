@@ -1,0 +1,126 @@
+//! Bearer tokens: read and admin scopes on /api/v1; health and metrics stay open.
+
+use axum::http::{Method, StatusCode};
+use escalator_api::Tokens;
+
+use crate::helpers::*;
+
+const ADMIN: &str = "Bearer admin-secret-0123456789";
+const READ: &str = "Bearer read-secret-0123456789";
+
+async fn spawn_secured() -> TestApi {
+    let tokens =
+        Tokens::parse("deployer:admin-secret-0123456789:admin,grafana:read-secret-0123456789:read")
+            .unwrap();
+    spawn_api_with(tokens).await
+}
+
+fn body() -> Option<Vec<u8>> {
+    Some(workflow_body("A-1").to_string().into_bytes())
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_401() {
+    let api = spawn_secured().await;
+    let res = api.get("/api/v1/workflows").await;
+    let (code, field) = res.error(StatusCode::UNAUTHORIZED);
+    assert_eq!(code, "unauthorized");
+    assert_eq!(field.as_deref(), Some("Authorization"));
+    assert_eq!(res.headers["www-authenticate"], "Bearer");
+    for bad in [
+        "Bearer wrong-secret-0123456789",
+        "Basic abc",
+        "admin-secret-0123456789",
+    ] {
+        api.send(
+            Method::GET,
+            "/api/v1/workflows",
+            None,
+            &[("authorization", bad)],
+        )
+        .await
+        .error(StatusCode::UNAUTHORIZED);
+    }
+    api.send(Method::POST, "/api/v1/workflows", body(), &[])
+        .await
+        .error(StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_read_token_reads_but_cannot_write() {
+    let api = spawn_secured().await;
+    let res = api
+        .send(
+            Method::GET,
+            "/api/v1/workflows",
+            None,
+            &[("authorization", READ)],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let res = api
+        .send(
+            Method::POST,
+            "/api/v1/workflows",
+            body(),
+            &[("authorization", READ)],
+        )
+        .await;
+    assert_eq!(res.error(StatusCode::FORBIDDEN).0, "forbidden");
+    api.send(
+        Method::POST,
+        "/api/v1/checks",
+        None,
+        &[("authorization", READ)],
+    )
+    .await
+    .error(StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn an_admin_token_writes_and_is_recorded_as_the_actor() {
+    let api = spawn_secured().await;
+    let res = api
+        .send(
+            Method::POST,
+            "/api/v1/workflows",
+            body(),
+            &[("authorization", ADMIN)],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    let id = res.json()["id"].as_str().unwrap().to_owned();
+    let res = api
+        .send(
+            Method::POST,
+            &format!("/api/v1/workflows/{id}/hold"),
+            None,
+            &[("authorization", ADMIN)],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let audit = api
+        .send(
+            Method::GET,
+            &format!("/api/v1/workflows/{id}/audit"),
+            None,
+            &[("authorization", READ)],
+        )
+        .await
+        .json();
+    assert_eq!(audit["items"][1]["actor"], "deployer");
+}
+
+#[tokio::test]
+async fn health_and_metrics_need_no_token() {
+    let api = spawn_secured().await;
+    for uri in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/metrics/prometheus",
+    ] {
+        let res = api.get(uri).await;
+        assert_eq!(res.status, StatusCode::OK, "{uri}: {}", res.text());
+    }
+}

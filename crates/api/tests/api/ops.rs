@@ -1,0 +1,112 @@
+//! Health probes, metrics and the in-app inbox.
+
+use axum::http::StatusCode;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_when_the_dependencies_do() {
+    let api = spawn_api().await;
+    let res = api.get("/healthz").await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.json()["status"], "ok");
+    let res = api.get("/readyz").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["checks"]["database"], "ok");
+    assert_eq!(res.json()["checks"]["queue"], "ok");
+    assert!(res.headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_the_database_when_it_is_gone() {
+    let api = spawn_api().await;
+    api.db.store.close().await;
+    let res = api.get("/readyz").await;
+    let (code, field) = res.error(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code, "not_ready");
+    assert_eq!(field.as_deref(), Some("database"));
+    assert_eq!(res.json()["checks"]["queue"], "ok");
+}
+
+#[tokio::test]
+async fn metrics_include_the_fleet_wide_gauges() {
+    let api = spawn_api().await;
+    api.create("M-1").await;
+    api.create("M-2").await;
+    let res = api.get("/api/v1/metrics/prometheus").await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(
+        res.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = res.text();
+    for needle in [
+        "workflow_open{sla_status=\"ok\"} 2",
+        "workflow_open{sla_status=\"breached\"} 0",
+        "workflow_sla_compliance_ratio 1",
+        "escalator_queue_depth{queue=",
+        "escalator_dead_jobs 0",
+        "escalator_outbox_pending 0",
+        "# HELP workflow_open ",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    assert_eq!(api.get("/metrics").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_inbox_lists_a_recipients_notifications_and_marks_them_read() {
+    let api = spawn_api().await;
+    let w = api.create("N-1").await;
+    let id: uuid::Uuid = w["id"].as_str().unwrap().parse().unwrap();
+    remind(&api.db.store, id).await;
+
+    let inbox = api
+        .get("/api/v1/notifications?recipient=alice&unread=true")
+        .await
+        .json();
+    let items = inbox["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["kind"], "reminder");
+    let nid = items[0]["id"].as_i64().unwrap();
+
+    let res = api
+        .post(
+            &format!("/api/v1/notifications/{nid}/read"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["newly_read"], true);
+    let again = api
+        .post(
+            &format!("/api/v1/notifications/{nid}/read"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(again.json()["newly_read"], false);
+    let unread = api
+        .get("/api/v1/notifications?recipient=alice&unread=true")
+        .await
+        .json();
+    assert!(unread["items"].as_array().unwrap().is_empty());
+    let all = api
+        .get("/api/v1/notifications?recipient=alice")
+        .await
+        .json();
+    assert_eq!(all["items"].as_array().unwrap().len(), 1);
+
+    api.post("/api/v1/notifications/999999/read", serde_json::json!({}))
+        .await
+        .error(StatusCode::NOT_FOUND);
+    let (_, field) = api
+        .get("/api/v1/notifications")
+        .await
+        .error(StatusCode::BAD_REQUEST);
+    assert_eq!(field.as_deref(), Some("recipient"));
+    // the outbox row of the reminder shows up in the metrics
+    let text = api.get("/metrics").await.text();
+    assert!(text.contains("escalator_outbox_pending 1"), "{text}");
+}

@@ -1,0 +1,316 @@
+//! Workflows: create, get, list, transitions, audit — and bad input.
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn create_is_201_then_200_for_the_same_body_and_409_for_a_different_one() {
+    let api = spawn_api().await;
+    let first = api.post("/api/v1/workflows", workflow_body("PR-1")).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let w = first.json();
+    assert_eq!(w["status"], "pending");
+    assert_eq!(w["version"], 1);
+    assert_eq!(w["sla_status"], "ok");
+    assert_eq!(first.headers["etag"], "\"1\"");
+
+    let again = api.post("/api/v1/workflows", workflow_body("PR-1")).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["id"], w["id"]);
+
+    let mut different = workflow_body("PR-1");
+    different["title"] = json!("Desk purchase");
+    let res = api.post("/api/v1/workflows", different).await;
+    let (code, field) = res.error(StatusCode::CONFLICT);
+    assert_eq!(code, "external_id_conflict");
+    assert_eq!(field.as_deref(), Some("title"));
+}
+
+#[tokio::test]
+async fn bad_bodies_are_4xx_json_errors_naming_the_problem() {
+    let api = spawn_api().await;
+    let mut body = workflow_body("PR-2");
+    body["colour"] = json!("red");
+    let (_, field) = api
+        .post("/api/v1/workflows", body)
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("colour"));
+
+    let mut body = workflow_body("PR-2");
+    body.as_object_mut().unwrap().remove("assignee");
+    let (_, field) = api
+        .post("/api/v1/workflows", body)
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("assignee"));
+
+    let mut body = workflow_body("PR-2");
+    body["title"] = json!(42);
+    let (_, field) = api
+        .post("/api/v1/workflows", body)
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("title"));
+
+    let res = api
+        .send(
+            Method::POST,
+            "/api/v1/workflows",
+            Some(b"{\"external_id\": ".to_vec()),
+            &[],
+        )
+        .await;
+    assert_eq!(res.error(StatusCode::BAD_REQUEST).0, "malformed_json");
+
+    let res = api.send(Method::POST, "/api/v1/workflows", None, &[]).await;
+    assert_eq!(res.error(StatusCode::BAD_REQUEST).0, "malformed_json");
+
+    let res = api
+        .send(
+            Method::POST,
+            "/api/v1/workflows",
+            Some(b"external_id=x".to_vec()),
+            &[("content-type", "application/x-www-form-urlencoded")],
+        )
+        .await;
+    res.error(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let mut body = workflow_body("PR-2");
+    body["metadata"] = json!({ "blob": "x".repeat(70 * 1024) });
+    let (code, _) = api
+        .post("/api/v1/workflows", body)
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(code, "payload_too_large");
+
+    // the store's own validation answers 422 with its field
+    let mut body = workflow_body("PR-2");
+    body["title"] = json!("");
+    let res = api.post("/api/v1/workflows", body).await;
+    assert_eq!(
+        res.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        res.text()
+    );
+    assert_eq!(res.json()["error"]["field"], "title");
+}
+
+#[tokio::test]
+async fn get_is_404_for_an_unknown_id_and_400_for_a_malformed_one() {
+    let api = spawn_api().await;
+    let w = api.create("PR-3").await;
+    let res = api
+        .get(&format!("/api/v1/workflows/{}", w["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.json()["external_id"], "PR-3");
+
+    let unknown = uuid::Uuid::new_v4();
+    let (code, _) = api
+        .get(&format!("/api/v1/workflows/{unknown}"))
+        .await
+        .error(StatusCode::NOT_FOUND);
+    assert_eq!(code, "not_found");
+    let (_, field) = api
+        .get("/api/v1/workflows/not-a-uuid")
+        .await
+        .error(StatusCode::BAD_REQUEST);
+    assert_eq!(field.as_deref(), Some("id"));
+    api.get(&format!("/api/v1/workflows/{unknown}/audit"))
+        .await
+        .error(StatusCode::NOT_FOUND);
+    api.get("/api/v1/nowhere")
+        .await
+        .error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn transitions_check_versions_and_status_and_are_audited() {
+    let api = spawn_api().await;
+    let w = api.create("PR-4").await;
+    let id = w["id"].as_str().unwrap();
+
+    // a stale If-Match is refused with 412 and changes nothing
+    let res = api
+        .send(
+            Method::POST,
+            &format!("/api/v1/workflows/{id}/hold"),
+            None,
+            &[("if-match", "\"7\"")],
+        )
+        .await;
+    let (code, _) = res.error(StatusCode::PRECONDITION_FAILED);
+    assert_eq!(code, "version_conflict");
+
+    let res = api
+        .send(
+            Method::POST,
+            &format!("/api/v1/workflows/{id}/hold"),
+            None,
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["status"], "on_hold");
+    assert_eq!(res.headers["etag"], "\"2\"");
+
+    let res = api
+        .post(
+            &format!("/api/v1/workflows/{id}/resume"),
+            json!({ "expected_version": 2, "comment": "back from leave" }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+
+    let res = api
+        .post(
+            &format!("/api/v1/workflows/{id}/reassign"),
+            json!({ "to": "carol" }),
+        )
+        .await;
+    assert_eq!(res.json()["assignee"], "carol");
+    let (_, field) = api
+        .post(&format!("/api/v1/workflows/{id}/reassign"), json!({}))
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("to"));
+    let (_, field) = api
+        .post(
+            &format!("/api/v1/workflows/{id}/complete"),
+            json!({ "to": "x" }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("to"));
+
+    let res = api
+        .post(
+            &format!("/api/v1/workflows/{id}/advance"),
+            json!({ "stage": "Finance Approval", "assignee": "dave" }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["stage"], "Finance Approval");
+
+    let res = api
+        .send(
+            Method::POST,
+            &format!("/api/v1/workflows/{id}/complete"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["sla_status"], serde_json::Value::Null);
+    let (code, _) = api
+        .post(&format!("/api/v1/workflows/{id}/complete"), json!({}))
+        .await
+        .error(StatusCode::CONFLICT);
+    assert_eq!(code, "invalid_transition");
+    api.post(&format!("/api/v1/workflows/{id}/explode"), json!({}))
+        .await
+        .error(StatusCode::NOT_FOUND);
+
+    let audit = api
+        .get(&format!("/api/v1/workflows/{id}/audit"))
+        .await
+        .json();
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "create", "hold", "resume", "reassign", "advance", "complete"
+        ]
+    );
+    assert_eq!(audit["items"][1]["reason"], "api");
+    assert_eq!(audit["items"][1]["actor"], "api");
+    assert_eq!(audit["items"][2]["details"]["comment"], "back from leave");
+
+    let page = api.get("/api/v1/audit?limit=4").await.json();
+    assert_eq!(page["items"].as_array().unwrap().len(), 4);
+    let after = page["next_after"].as_i64().unwrap();
+    let rest = api
+        .get(&format!("/api/v1/audit?after={after}"))
+        .await
+        .json();
+    assert_eq!(rest["items"].as_array().unwrap().len(), 2);
+    assert!(rest.get("next_after").is_none());
+}
+
+#[tokio::test]
+async fn lists_filter_by_status_and_page_with_a_cursor() {
+    let api = spawn_api().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(api.create(&format!("L-{n}")).await["id"].clone());
+    }
+    let held = ids[1].as_str().unwrap();
+    let res = api
+        .post(&format!("/api/v1/workflows/{held}/hold"), json!({}))
+        .await;
+    assert_eq!(res.status, StatusCode::OK);
+
+    let on_hold = api.get("/api/v1/workflows?status=on_hold").await.json();
+    assert_eq!(on_hold["items"].as_array().unwrap().len(), 1);
+    assert_eq!(on_hold["items"][0]["id"], ids[1]);
+    assert_eq!(on_hold["next_cursor"], serde_json::Value::Null);
+
+    let mut seen = Vec::new();
+    let mut uri = "/api/v1/workflows?status=pending&limit=2".to_owned();
+    loop {
+        let page = api.get(&uri).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+        let page = page.json();
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["id"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => uri = format!("/api/v1/workflows?status=pending&limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    let expected: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(seen, expected);
+
+    let ok = api
+        .get("/api/v1/workflows?sla_status=ok&assignee=alice")
+        .await
+        .json();
+    assert_eq!(ok["items"].as_array().unwrap().len(), 4);
+    let due = api
+        .get("/api/v1/workflows?due_before=2000-01-01T00:00:00Z")
+        .await
+        .json();
+    assert!(due["items"].as_array().unwrap().is_empty());
+
+    for (query, field) in [
+        ("status=lost", "status"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("cursor=garbage", "cursor"),
+        ("colour=red", "colour"),
+        ("due_before=yesterday", "due_before"),
+    ] {
+        let res = api.get(&format!("/api/v1/workflows?{query}")).await;
+        let (_, f) = res.error(StatusCode::BAD_REQUEST);
+        assert_eq!(f.as_deref(), Some(field), "{query}");
+    }
+}
