@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATABASE_URL ?= sqlite://escalator.db
 
-.PHONY: help build test test-unit lint fmt fmt-check clippy services migrate seed bench clean
+.PHONY: help build test test-unit lint fmt fmt-check clippy services migrate seed bench clean validate-deploy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,3 +42,6 @@ bench: ## WORKLOAD.md measurements 1-3 at BENCH_SIZES (default "10000 100000"), 
 
 clean:
 	$(CARGO) clean
+
+validate-deploy: ## Validate deploy/, docker-compose.yml and the alert rules offline (installs promtool, amtool, linters)
+	@scripts/validate-deploy.sh

@@ -1,0 +1,463 @@
+"""Structural checks for escalator's deployment files, run by scripts/validate-deploy.sh.
+
+Schema validators (promtool, amtool, kubernetes-validate, compose, hadolint) check that each
+file is well-formed; these checks pin what escalator itself needs of them: every alert tested
+and documented, the PrometheusRule identical to alerts.yml, replica counts, grace periods,
+probes, security contexts, the KEDA trigger, compose start order, and the Grafana dashboard's
+structure and queries. Each failure is printed; the exit status is 1 if any.
+
+Needs only PyYAML (installed with yamllint in the tools venv).
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ERRORS = []
+
+
+def fail(msg):
+    ERRORS.append(msg)
+    print(f"   error: {msg}", file=sys.stderr)
+
+
+def ok(msg):
+    print(f"   ok: {msg}")
+
+
+def finish():
+    sys.exit(1 if ERRORS else 0)
+
+
+def load_yaml(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def load_all(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def alerts_of(rules_doc):
+    return [r for g in rules_doc["groups"] for r in g["rules"] if "alert" in r]
+
+
+def anchor(heading):
+    """GitHub's anchor for a markdown heading."""
+    a = heading.strip().lower()
+    a = re.sub(r"[^\w\- ]", "", a)
+    return a.replace(" ", "-")
+
+
+# --- Prometheus / Alertmanager ------------------------------------------------------------
+
+
+def alert_coverage(rules_path, tests_path, doc_path):
+    alerts = alerts_of(load_yaml(rules_path))
+    tests = load_yaml(tests_path)["tests"]
+    fires, quiet = set(), set()
+    for t in tests:
+        for case in t.get("alert_rule_test", []):
+            (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
+    doc = Path(doc_path).read_text() if Path(doc_path).exists() else ""
+    anchors = {anchor(m) for m in re.findall(r"^#+\s+(.*)$", doc, re.M)}
+    for a in alerts:
+        name = a["alert"]
+        if name not in fires:
+            fail(f"{name}: no test case where it fires")
+        if name not in quiet:
+            fail(f"{name}: no test case where it stays quiet")
+        want = f"docs/operations.md#{name.lower()}"
+        if a.get("annotations", {}).get("runbook") != want:
+            fail(f"{name}: annotation runbook should be {want}")
+        if name.lower() not in anchors:
+            fail(f"{name}: no runbook heading '{name}' in {doc_path}")
+        for key in ("summary", "description"):
+            if not a.get("annotations", {}).get(key):
+                fail(f"{name}: annotation {key} missing")
+    if not ERRORS:
+        ok(f"{len(alerts)} alerts, each with firing and quiet tests and a runbook section")
+
+
+def alert_severities(rules_path):
+    for a in alerts_of(load_yaml(rules_path)):
+        sev = a.get("labels", {}).get("severity")
+        if sev not in ("critical", "warning", "info"):
+            fail(f"{a['alert']}: severity {sev!r} is not critical|warning|info")
+        if a.get("labels", {}).get("service") != "escalator":
+            fail(f"{a['alert']}: label service=escalator missing (inhibit rules match on it)")
+    if not ERRORS:
+        ok("every alert has a routable severity")
+
+
+def rules_sync(rules_path, rendered_path, out_path):
+    groups = load_yaml(rules_path)["groups"]
+    rules = [d for d in load_all(rendered_path) if d.get("kind") == "PrometheusRule"]
+    if len(rules) != 1:
+        fail(f"expected one PrometheusRule in the kustomize output, found {len(rules)}")
+        return
+    spec_groups = rules[0].get("spec", {}).get("groups")
+    if spec_groups != groups:
+        fail(
+            "PrometheusRule spec.groups differs from deploy/prometheus/alerts.yml: run "
+            "python3 deploy/validate/checks.py write-prometheusrule "
+            "deploy/prometheus/alerts.yml deploy/k8s/base/prometheusrule.yaml"
+        )
+    with open(out_path, "w") as f:
+        yaml.safe_dump({"groups": spec_groups or []}, f, sort_keys=False)
+    if not ERRORS:
+        ok(f"PrometheusRule carries the {len(groups)} groups of alerts.yml")
+
+
+# --- Kubernetes ---------------------------------------------------------------------------
+
+
+def env_value(objs, name):
+    for o in objs:
+        if o["kind"] == "ConfigMap":
+            v = (o.get("data") or {}).get(name)
+            if v is not None:
+                return v
+    return None
+
+
+def k8s_invariants(rendered_path):
+    objs = load_all(rendered_path)
+    by = {}
+    for o in objs:
+        by.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
+
+    def get(kind, name):
+        o = by.get(kind, {}).get(name)
+        if o is None:
+            fail(f"{kind}/{name} missing")
+        return o
+
+    deps = by.get("Deployment", {})
+    want_replicas = {"escalator-api": 3, "escalator-worker": 5, "escalator-beat": 1}
+    for name, n in want_replicas.items():
+        d = get("Deployment", name)
+        if d and d["spec"].get("replicas") != n:
+            fail(f"Deployment/{name}: replicas {d['spec'].get('replicas')!r}, want {n}")
+    beat = deps.get("escalator-beat")
+    if beat and beat["spec"].get("strategy", {}).get("type") != "Recreate":
+        fail("Deployment/escalator-beat: strategy must be Recreate (one leader at a time)")
+
+    # every workload: non-root, read-only root fs, no privilege escalation, requests+limits
+    workloads = [
+        o for o in objs if o["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet")
+    ]
+    for w in workloads:
+        pod = w["spec"]["template"]["spec"]
+        wid = f"{w['kind']}/{w['metadata']['name']}"
+        psc = pod.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True:
+            fail(f"{wid}: pod securityContext.runAsNonRoot must be true")
+        if pod.get("automountServiceAccountToken") is not False:
+            fail(f"{wid}: automountServiceAccountToken should be false")
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            cid = f"{wid} container {c['name']}"
+            sc = c.get("securityContext", {})
+            if sc.get("readOnlyRootFilesystem") is not True:
+                fail(f"{cid}: readOnlyRootFilesystem must be true")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                fail(f"{cid}: allowPrivilegeEscalation must be false")
+            if "ALL" not in (sc.get("capabilities", {}).get("drop") or []):
+                fail(f"{cid}: capabilities.drop must include ALL")
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                for r in ("cpu", "memory") if kind == "requests" else ("memory",):
+                    if r not in (res.get(kind) or {}):
+                        fail(f"{cid}: resources.{kind}.{r} missing")
+
+    # escalator containers: probes and ports
+    def container(dep, name):
+        d = deps.get(dep)
+        if not d:
+            return None
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == name:
+                return c
+        fail(f"Deployment/{dep}: no container {name}")
+        return None
+
+    api = container("escalator-api", "api")
+    if api:
+        if api.get("args") != ["api"]:
+            fail(f"api container args {api.get('args')!r}, want ['api']")
+        ports = {p["containerPort"] for p in api.get("ports", [])}
+        if 5000 not in ports:
+            fail("api container does not expose port 5000")
+        if api.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+            fail("api livenessProbe must GET /healthz")
+        if api.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+            fail("api readinessProbe must GET /readyz")
+    for dep, cname, port in (("escalator-worker", "worker", 9100), ("escalator-beat", "beat", 9101)):
+        c = container(dep, cname)
+        if not c:
+            continue
+        if c.get("args") != [cname]:
+            fail(f"{cname} container args {c.get('args')!r}, want [{cname!r}]")
+        if port not in {p["containerPort"] for p in c.get("ports", [])}:
+            fail(f"{cname} container does not expose metrics port {port}")
+        if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+            fail(f"{cname} livenessProbe must GET /healthz")
+
+    # graceful shutdown: the pod must outlive ESCALATOR_SHUTDOWN_TIMEOUT
+    shutdown = env_value(objs, "ESCALATOR_SHUTDOWN_TIMEOUT")
+    worker = deps.get("escalator-worker")
+    if shutdown is None:
+        fail("ConfigMap does not set ESCALATOR_SHUTDOWN_TIMEOUT")
+    elif worker:
+        grace = worker["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        if not grace > float(shutdown):
+            fail(
+                f"Deployment/escalator-worker: terminationGracePeriodSeconds {grace} must "
+                f"exceed ESCALATOR_SHUTDOWN_TIMEOUT {shutdown}"
+            )
+
+    # env sources exist
+    for w in workloads:
+        for c in w["spec"]["template"]["spec"]["containers"]:
+            for src in c.get("envFrom", []):
+                for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                    if key in src and src[key]["name"] not in by.get(kind, {}):
+                        fail(f"{w['metadata']['name']}: envFrom {kind}/{src[key]['name']} missing")
+
+    # selectors: Services and PDBs select existing pods
+    pod_labels = [
+        (w["metadata"]["name"], w["spec"]["template"]["metadata"].get("labels", {}))
+        for w in workloads
+    ]
+
+    def selects(sel):
+        return [n for n, lab in pod_labels if sel and all(lab.get(k) == v for k, v in sel.items())]
+
+    for s in by.get("Service", {}).values():
+        if not selects(s["spec"].get("selector")):
+            fail(f"Service/{s['metadata']['name']}: selector matches no pod template")
+    pdb_targets = set()
+    for p in by.get("PodDisruptionBudget", {}).values():
+        hit = selects(p["spec"]["selector"].get("matchLabels"))
+        if not hit:
+            fail(f"PodDisruptionBudget/{p['metadata']['name']}: selector matches no pod template")
+        pdb_targets.update(hit)
+    for name in ("escalator-api", "escalator-worker"):
+        if name not in pdb_targets:
+            fail(f"Deployment/{name}: no PodDisruptionBudget")
+
+    # migrate Job
+    job = get("Job", "escalator-migrate")
+    if job:
+        args = job["spec"]["template"]["spec"]["containers"][0].get("args")
+        if args != ["migrate"]:
+            fail(f"Job/escalator-migrate args {args!r}, want ['migrate']")
+
+    # KEDA: scale the worker on escalator_queue_depth through Prometheus
+    so = get("ScaledObject", "escalator-worker")
+    if so:
+        spec = so["spec"]
+        ref = spec.get("scaleTargetRef", {})
+        if ref.get("name") != "escalator-worker" or ref.get("kind", "Deployment") != "Deployment":
+            fail(f"ScaledObject: scaleTargetRef {ref!r} is not Deployment/escalator-worker")
+        for k in ("minReplicaCount", "maxReplicaCount"):
+            if not isinstance(spec.get(k), int):
+                fail(f"ScaledObject: {k} must be an integer")
+        trig = spec.get("triggers", [])
+        if not trig or trig[0].get("type") != "prometheus":
+            fail("ScaledObject: first trigger must be type prometheus")
+        else:
+            md = trig[0].get("metadata", {})
+            for k, v in md.items():
+                if not isinstance(v, str):
+                    fail(f"ScaledObject trigger metadata {k}: {v!r} must be a string")
+            for k in ("serverAddress", "query", "threshold"):
+                if k not in md:
+                    fail(f"ScaledObject trigger metadata {k} missing")
+            if "escalator_queue_depth" not in md.get("query", ""):
+                fail("ScaledObject query must use escalator_queue_depth")
+
+    # monitoring CRDs
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        if not by.get(kind):
+            fail(f"no {kind}")
+    if not by.get("PodMonitor") and not by.get("ServiceMonitor"):
+        fail("no PodMonitor/ServiceMonitor")
+
+    # Redis with Sentinel: master + 2 replicas
+    redis = get("StatefulSet", "redis")
+    if redis and redis["spec"].get("replicas") != 3:
+        fail("StatefulSet/redis: want 3 pods (master + 2 replicas), each with a sentinel")
+    if redis:
+        names = {c["name"] for c in redis["spec"]["template"]["spec"]["containers"]}
+        if not {"redis", "sentinel"} <= names:
+            fail(f"StatefulSet/redis: containers {sorted(names)}, want redis and sentinel")
+
+    if not by.get("NetworkPolicy"):
+        fail("no NetworkPolicy")
+
+    if not ERRORS:
+        ok(f"{len(objs)} objects satisfy escalator's invariants")
+
+
+# --- compose ------------------------------------------------------------------------------
+
+
+def compose_invariants(json_path):
+    c = json.load(open(json_path))
+    svcs = c.get("services", {})
+    want = {"postgres", "redis", "migrate", "api", "worker", "beat", "prometheus",
+            "alertmanager", "grafana", "mailpit"}
+    missing = want - set(svcs)
+    if missing:
+        fail(f"compose services missing: {sorted(missing)}")
+    for name in ("api", "worker", "beat"):
+        s = svcs.get(name, {})
+        dep = s.get("depends_on", {}).get("migrate", {})
+        if dep.get("condition") != "service_completed_successfully":
+            fail(f"{name}: must depend on migrate with condition service_completed_successfully")
+        cmd = s.get("command") or []
+        if cmd[:1] != [name]:
+            fail(f"{name}: command {cmd!r} should start with {name!r}")
+    if "container_name" in svcs.get("worker", {}):
+        fail("worker: container_name prevents --scale")
+    if svcs.get("worker", {}).get("ports"):
+        fail("worker: published ports prevent --scale")
+    if svcs.get("migrate", {}).get("command", [])[:1] != ["migrate"]:
+        fail("migrate: command should be ['migrate']")
+    prom = svcs.get("prometheus", {})
+    if not any(str(v.get("source", "")).endswith("deploy/prometheus") for v in prom.get("volumes", [])):
+        fail("prometheus: deploy/prometheus is not mounted")
+    if not ERRORS:
+        ok(f"{len(svcs)} services: start order, scalable worker, mounts")
+
+
+# --- Grafana ------------------------------------------------------------------------------
+
+PANEL_TYPES = {"timeseries", "stat", "gauge", "bargauge", "table", "text", "heatmap", "row"}
+# Grafana's macros, replaced by representative durations before promtool parses the query
+MACROS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+
+def dashboard_exprs(dash):
+    for p in dash.get("panels", []):
+        for t in p.get("targets", []):
+            if "expr" in t:
+                yield p, t
+
+
+def grafana(root, out_path):
+    root = Path(root)
+    ds_files = list((root / "provisioning" / "datasources").glob("*.yml"))
+    db_files = list((root / "provisioning" / "dashboards").glob("*.yml"))
+    if not ds_files or not db_files:
+        fail("grafana provisioning needs datasources/*.yml and dashboards/*.yml")
+        return
+    uids = set()
+    for f in ds_files:
+        d = load_yaml(f)
+        if d.get("apiVersion") != 1:
+            fail(f"{f}: apiVersion must be 1")
+        for ds in d.get("datasources", []):
+            if not ds.get("uid") or ds.get("type") != "prometheus" or not ds.get("url"):
+                fail(f"{f}: datasource {ds.get('name')} needs uid, type prometheus and url")
+            uids.add(ds.get("uid"))
+    for f in db_files:
+        d = load_yaml(f)
+        for prov in d.get("providers", []):
+            if prov.get("type") != "file" or not prov.get("options", {}).get("path"):
+                fail(f"{f}: provider {prov.get('name')} needs type file and options.path")
+    dashboards = list((root / "dashboards").glob("*.json"))
+    if not dashboards:
+        fail("no dashboard JSON in deploy/grafana/dashboards")
+    rules = []
+    for f in dashboards:
+        dash = json.load(open(f))
+        for k in ("uid", "title", "panels", "schemaVersion"):
+            if k not in dash:
+                fail(f"{f.name}: {k} missing")
+        ids = set()
+        for p in dash.get("panels", []):
+            pid = p.get("id")
+            if not isinstance(pid, int) or pid in ids:
+                fail(f"{f.name}: panel {p.get('title')!r} needs a unique integer id")
+            ids.add(pid)
+            if p.get("type") not in PANEL_TYPES:
+                fail(f"{f.name}: panel {pid} type {p.get('type')!r} unknown")
+            gp = p.get("gridPos", {})
+            if not all(isinstance(gp.get(k), int) for k in ("h", "w", "x", "y")):
+                fail(f"{f.name}: panel {pid} gridPos h/w/x/y must be integers")
+            elif gp["x"] + gp["w"] > 24:
+                fail(f"{f.name}: panel {pid} is wider than the 24-column grid")
+            if p.get("type") == "row":
+                continue
+            if not p.get("title"):
+                fail(f"{f.name}: panel {pid} has no title")
+            ds = p.get("datasource", {})
+            if ds.get("uid") not in uids:
+                fail(f"{f.name}: panel {pid} datasource uid {ds.get('uid')!r} is not provisioned")
+            if p.get("type") != "text" and not p.get("targets"):
+                fail(f"{f.name}: panel {pid} has no queries")
+        for p, t in dashboard_exprs(dash):
+            expr = t["expr"]
+            for m, v in MACROS.items():
+                expr = expr.replace(m, v)
+            if "$" in expr:
+                fail(f"{f.name}: panel {p['id']} query uses an unknown variable: {t['expr']}")
+            rules.append({"record": f"dashboard:panel_{p['id']}_{t.get('refId', 'A')}", "expr": expr})
+    with open(out_path, "w") as out:
+        yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}, out, sort_keys=False)
+    if not ERRORS:
+        ok(f"{len(dashboards)} dashboard(s), {len(rules)} queries written to {out_path}")
+
+
+def write_prometheusrule(rules_path, out_path):
+    """Regenerates the PrometheusRule from alerts.yml (the check rules-sync compares them)."""
+    groups = load_yaml(rules_path)["groups"]
+    doc = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "escalator", "labels": {"app.kubernetes.io/name": "escalator"}},
+        "spec": {"groups": groups},
+    }
+    with open(out_path, "w") as f:
+        f.write(
+            "# GENERATED from deploy/prometheus/alerts.yml: keep spec.groups identical\n"
+            "# (scripts/validate-deploy.sh fails otherwise). Regenerate with\n"
+            "#   python3 deploy/validate/checks.py write-prometheusrule \\\n"
+            "#     deploy/prometheus/alerts.yml deploy/k8s/base/prometheusrule.yaml\n"
+        )
+        yaml.safe_dump(doc, f, sort_keys=False, width=100)
+    ok(f"wrote {out_path}")
+
+
+def dashboard_queries(dash_path):
+    """Prints one query per line (macros replaced), for `promtool query instant`."""
+    dash = json.load(open(dash_path))
+    for p, t in dashboard_exprs(dash):
+        expr = t["expr"]
+        for m, v in MACROS.items():
+            expr = expr.replace(m, v)
+        print(f"{p['id']}\t{p['title']}\t{' '.join(expr.split())}")
+
+
+COMMANDS = {
+    "alert-coverage": alert_coverage,
+    "alert-severities": alert_severities,
+    "rules-sync": rules_sync,
+    "k8s-invariants": k8s_invariants,
+    "compose-invariants": compose_invariants,
+    "grafana": grafana,
+    "dashboard-queries": dashboard_queries,
+    "write-prometheusrule": write_prometheusrule,
+}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: checks.py {{{'|'.join(COMMANDS)}}} ARGS...")
+    COMMANDS[sys.argv[1]](*sys.argv[2:])
+    finish()
