@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use escalator_api::Tokens;
 use escalator_beat::{BeatConfig, Schedule};
 use escalator_runtime::config::{ConfigError, Source, addr, bounded, seconds, string};
 use escalator_worker::{EngineConfig, WorkerConfig};
@@ -138,6 +139,60 @@ impl BeatSettings {
     }
 }
 
+/// Settings of the api role.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Where the api listens.
+    pub addr: std::net::SocketAddr,
+    /// Accepted bearer tokens; empty means no authentication.
+    pub tokens: Tokens,
+    /// Serve without tokens on a non-loopback address anyway.
+    pub insecure: bool,
+}
+
+impl ApiSettings {
+    /// From the environment. Refuses an api without tokens on a non-loopback address unless
+    /// `ESCALATOR_API_INSECURE=1`: an open api on the network lets anyone close workflows.
+    pub fn from_env(src: &dyn Source) -> Result<Self, ConfigError> {
+        let addr = addr(src, "ESCALATOR_API_ADDR", "0.0.0.0:5000")?;
+        let tokens = match src.get("ESCALATOR_API_TOKENS") {
+            None => Tokens::none(),
+            Some(value) => Tokens::parse(&value).map_err(|reason| ConfigError {
+                name: "ESCALATOR_API_TOKENS",
+                // the value holds secrets: never echo it
+                value: "***".into(),
+                reason,
+            })?,
+        };
+        let insecure = match src.get("ESCALATOR_API_INSECURE").as_deref().map(str::trim) {
+            None | Some("0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "ESCALATOR_API_INSECURE",
+                    value: other.to_owned(),
+                    reason: "expected 1 or 0".into(),
+                });
+            }
+        };
+        if tokens.is_empty() && !insecure && !addr.ip().is_loopback() {
+            return Err(ConfigError {
+                name: "ESCALATOR_API_ADDR",
+                value: addr.to_string(),
+                reason: "no ESCALATOR_API_TOKENS configured: refusing to serve an \
+                         unauthenticated api beyond loopback; set ESCALATOR_API_TOKENS, bind \
+                         127.0.0.1, or set ESCALATOR_API_INSECURE=1"
+                    .into(),
+            });
+        }
+        Ok(ApiSettings {
+            addr,
+            tokens,
+            insecure,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +226,38 @@ mod tests {
         let e =
             WorkerSettings::from_env(&env(&[("ESCALATOR_SHUTDOWN_TIMEOUT", "soon")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_SHUTDOWN_TIMEOUT");
+    }
+
+    #[test]
+    fn an_api_without_tokens_stays_on_loopback_unless_told_otherwise() {
+        let e = ApiSettings::from_env(&env(&[])).unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_API_ADDR");
+        assert!(e.reason.contains("ESCALATOR_API_TOKENS"), "{e}");
+        assert!(e.reason.contains("ESCALATOR_API_INSECURE=1"), "{e}");
+        let local = ApiSettings::from_env(&env(&[("ESCALATOR_API_ADDR", "127.0.0.1:5000")]));
+        assert!(local.unwrap().tokens.is_empty());
+        let open = ApiSettings::from_env(&env(&[("ESCALATOR_API_INSECURE", "1")])).unwrap();
+        assert_eq!(open.addr.port(), 5000);
+        let secured = ApiSettings::from_env(&env(&[(
+            "ESCALATOR_API_TOKENS",
+            "ci:0123456789abcdef:admin",
+        )]))
+        .unwrap();
+        assert!(!secured.tokens.is_empty());
+    }
+
+    #[test]
+    fn bad_api_settings_name_the_variable_and_hide_the_tokens() {
+        let e = ApiSettings::from_env(&env(&[(
+            "ESCALATOR_API_TOKENS",
+            "ci:0123456789abcdef:root",
+        )]))
+        .unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_API_TOKENS");
+        assert!(!e.to_string().contains("0123456789abcdef"), "{e}");
+        let e = ApiSettings::from_env(&env(&[("ESCALATOR_API_INSECURE", "yes")])).unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_API_INSECURE");
+        let e = ApiSettings::from_env(&env(&[("ESCALATOR_API_ADDR", "port 5000")])).unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_API_ADDR");
     }
 }

@@ -41,6 +41,8 @@ enum Command {
     Worker,
     /// The whole system in one process on SQLite: the newcomer's first command.
     Dev(commands::dev::DevArgs),
+    /// Serve the HTTP api (DESIGN §8) on ESCALATOR_API_ADDR (default 0.0.0.0:5000).
+    Api,
     /// Run the beat role: enqueue checks on the cron schedule and at deadlines (a second beat
     /// stands by and takes over when the leader stops).
     Beat,
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
             Command::Seed(args) => commands::seed::run(&cli.database_url, args).await,
             Command::Worker => commands::worker::run(&cli.database_url).await,
             Command::Beat => commands::beat::run(&cli.database_url).await,
+            Command::Api => commands::api::run(&cli.database_url).await,
             Command::Dev(args) => commands::dev::run(args).await,
             Command::Enqueue(args) => commands::enqueue::run(&cli.database_url, args).await,
             Command::Check(args) => commands::check::run(&cli.database_url, args).await,

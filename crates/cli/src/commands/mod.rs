@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod api;
 pub mod beat;
 pub mod check;
 pub mod dev;

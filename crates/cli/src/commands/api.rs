@@ -1,0 +1,39 @@
+//! `escalator api`: serves the HTTP api until SIGTERM/SIGINT, then lets in-flight requests
+//! finish.
+
+use anyhow::Context as _;
+use escalator_api::AppState;
+use escalator_runtime::config::ProcessEnv;
+
+use crate::config::{ApiSettings, QueueConfig};
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(database_url: &str) -> anyhow::Result<()> {
+    // Configuration first: a refused setting must fail before any connection is made.
+    let settings = ApiSettings::from_env(&ProcessEnv)?;
+    let queue_config = QueueConfig::from_env(&ProcessEnv)?;
+    let metrics =
+        escalator_runtime::metrics::install().context("installing the metrics recorder")?;
+    let store = super::connect(database_url).await?;
+    let queues = super::connect_queues(&queue_config).await?;
+    let authenticated = !settings.tokens.is_empty();
+    let state = AppState::new(store.clone(), queues, settings.tokens, Some(metrics));
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on ESCALATOR_API_ADDR={}", settings.addr))?;
+    if settings.insecure && !authenticated && !settings.addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %settings.addr,
+            "serving WITHOUT authentication beyond loopback (ESCALATOR_API_INSECURE=1)"
+        );
+    }
+    tracing::info!(addr = %settings.addr, authenticated, "api listening on http://{}", settings.addr);
+    let served = axum::serve(listener, escalator_api::router(state))
+        .with_graceful_shutdown(escalator_runtime::shutdown::signal())
+        .await
+        .context("serving the api");
+    store.close().await;
+    served?;
+    tracing::info!("api stopped");
+    Ok(())
+}

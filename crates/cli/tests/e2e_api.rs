@@ -1,0 +1,91 @@
+//! `escalator api` as operators run it: a real process on a real port, stopped by SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+
+use common::*;
+
+const TOKEN: &str = "e2e-admin-secret-0123456789";
+
+/// One HTTP/1.0 request; returns the status line's code and the whole response.
+async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_workflows_and_metrics_and_stops_on_sigterm() {
+    let world = World::new().await;
+    world.run(&["migrate"]);
+    let port = free_port();
+    let child = world
+        .command(&["api"])
+        .env("ESCALATOR_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("ESCALATOR_API_TOKENS", format!("e2e:{TOKEN}:admin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the api did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, res) = http(port, "GET", "/readyz", None).await;
+    assert_eq!(code, 200, "{res}");
+    let body = r#"{"external_id":"E2E-1","title":"t","kind":"k","stage":"s","assignee":"alice","initiator":"bob"}"#;
+    let (code, res) = http(port, "POST", "/api/v1/workflows", Some(body)).await;
+    assert_eq!(code, 201, "{res}");
+    assert!(res.to_ascii_lowercase().contains("x-request-id"), "{res}");
+    let (code, res) = http(port, "GET", "/metrics", None).await;
+    assert_eq!(code, 200, "{res}");
+    assert!(res.contains("workflow_open{sla_status=\"ok\"} 1"), "{res}");
+    assert!(stop(child).success());
+}
+
+#[test]
+fn an_unauthenticated_api_beyond_loopback_is_refused_naming_both_variables() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("api")
+        .env("ESCALATOR_API_ADDR", "0.0.0.0:5999")
+        .env_remove("ESCALATOR_API_TOKENS")
+        .env_remove("ESCALATOR_API_INSECURE")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ESCALATOR_API_TOKENS"), "{stderr}");
+    assert!(stderr.contains("ESCALATOR_API_INSECURE=1"), "{stderr}");
+}
