@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use escalator_jobs::{CheckWorkflows, Queues, Scope};
+use escalator_jobs::{CheckWorkflows, DeliverNotifications, Queues, Scope};
 use escalator_runtime::metrics as m;
 use escalator_runtime::serve::Health;
 use escalator_store::{Fenced, Lease, NewCheckRun, Store};
@@ -57,7 +57,12 @@ pub struct Beat {
     last_slot: Option<DateTime<Utc>>,
     /// The deadline check in flight, so that one is not enqueued per wake-up.
     deadline_run: Option<i64>,
+    /// When the outbox was last swept for deliveries whose job was lost.
+    swept: Option<std::time::Instant>,
 }
+
+/// How often the leader looks for due deliveries that no job is coming for.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 impl Beat {
     /// A beat that is not leading yet.
@@ -71,6 +76,7 @@ impl Beat {
             renewed: std::time::Instant::now(),
             last_slot: None,
             deadline_run: None,
+            swept: None,
         }
     }
 
@@ -143,6 +149,10 @@ impl Beat {
         if self.deadline_run.is_none() && earliest.is_some_and(|t| t <= now) {
             self.deadline_run = self.enqueue(None, "deadline", 1, now).await?;
         }
+        if self.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+            self.swept = Some(std::time::Instant::now());
+            self.sweep_outbox(now).await?;
+        }
         // sleep until the next slot, the next deadline or the next re-read, whichever first
         let mut wake =
             now + chrono::Duration::from_std(self.config.deadline_recheck).unwrap_or_default();
@@ -160,6 +170,31 @@ impl Beat {
         }
         let until_wake = (wake - now).to_std().unwrap_or_default();
         Ok(until_wake.min(idle).max(Duration::from_millis(10)))
+    }
+
+    /// Enqueues a delivery job when deliveries are due and none is queued: a lost delivery job
+    /// (or a retry whose time has come) only waits for the next sweep.
+    async fn sweep_outbox(&mut self, now: DateTime<Utc>) -> Result<(), BeatError> {
+        let (waiting, due) = self.store.outbox_backlog(now).await?;
+        metrics::gauge!(m::OUTBOX_PENDING).set(waiting as f64);
+        if due == 0 {
+            return Ok(());
+        }
+        let deliveries = self.queues.names().deliveries.clone();
+        let queued = self
+            .queues
+            .stats()
+            .await?
+            .into_iter()
+            .find(|q| q.queue == deliveries)
+            .map_or(0, |q| q.pending);
+        if queued == 0 {
+            self.queues
+                .push_delivery(&DeliverNotifications::default())
+                .await?;
+            tracing::debug!(due, "outbox sweep enqueued a delivery job");
+        }
+        Ok(())
     }
 
     /// Acquires or renews the lease; false while another beat leads.

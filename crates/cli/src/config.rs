@@ -86,6 +86,90 @@ impl WorkerSettings {
     }
 }
 
+/// Where email goes: an SMTP relay, a folder of `.eml` files, or nowhere yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmailConfig {
+    /// `ESCALATOR_SMTP_URL`.
+    Smtp {
+        /// smtp://host:port, smtps://…, with optional credentials.
+        url: String,
+        /// From address.
+        from: String,
+    },
+    /// `ESCALATOR_EMAIL_DIR`: one .eml per message.
+    Files {
+        /// The folder.
+        dir: std::path::PathBuf,
+        /// From address.
+        from: String,
+    },
+    /// Not configured: deliveries wait in the outbox.
+    None,
+}
+
+/// Settings of notification delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverySettings {
+    /// The email sender.
+    pub email: EmailConfig,
+    /// Attempts before a delivery is dead.
+    pub max_attempts: i32,
+}
+
+impl DeliverySettings {
+    /// From the environment.
+    pub fn from_env(src: &dyn Source) -> Result<Self, ConfigError> {
+        let from = string(
+            src,
+            "ESCALATOR_EMAIL_FROM",
+            "escalator <escalator@localhost>",
+        );
+        let email = match (
+            src.get("ESCALATOR_SMTP_URL"),
+            src.get("ESCALATOR_EMAIL_DIR"),
+        ) {
+            (Some(url), _) => {
+                if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                    return Err(ConfigError {
+                        name: "ESCALATOR_SMTP_URL",
+                        value: url,
+                        reason: "expected smtp://host:port or smtps://host:port".into(),
+                    });
+                }
+                EmailConfig::Smtp { url, from }
+            }
+            (None, Some(dir)) => EmailConfig::Files {
+                dir: dir.into(),
+                from,
+            },
+            (None, None) => EmailConfig::None,
+        };
+        let max_attempts = bounded(src, "ESCALATOR_DELIVERY_MAX_ATTEMPTS", 8, 1..=50)?;
+        Ok(DeliverySettings {
+            email,
+            max_attempts: i32::try_from(max_attempts).unwrap_or(8),
+        })
+    }
+
+    /// The deliverer, or None when no sender is configured.
+    pub fn deliverer(
+        &self,
+        store: &escalator_store::Store,
+    ) -> anyhow::Result<Option<escalator_notify::Deliverer>> {
+        let mailer = match &self.email {
+            EmailConfig::Smtp { url, from } => escalator_notify::Mailer::smtp(url, from)?,
+            EmailConfig::Files { dir, from } => escalator_notify::Mailer::files(dir.clone(), from)?,
+            EmailConfig::None => return Ok(None),
+        };
+        Ok(Some(escalator_notify::Deliverer {
+            store: store.clone(),
+            mailer: Some(mailer),
+            max_attempts: self.max_attempts,
+            lease: Duration::from_secs(120),
+        }))
+    }
+}
+
 /// Settings of the beat role.
 #[derive(Debug, Clone)]
 pub struct BeatSettings {

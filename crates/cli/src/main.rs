@@ -55,6 +55,8 @@ enum Command {
     Verify,
     /// Queue depths, dead jobs, due workflows and recent check runs.
     Status,
+    /// Deliveries in the outbox: list (`--dead`) and retry.
+    Outbox(commands::outbox::OutboxArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
             Command::Check(args) => commands::check::run(&cli.database_url, args).await,
             Command::Verify => commands::verify::run(&cli.database_url).await,
             Command::Status => commands::status::run(&cli.database_url).await,
+            Command::Outbox(args) => commands::outbox::run(&cli.database_url, args).await,
         }
     });
     match result {

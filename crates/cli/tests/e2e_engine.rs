@@ -310,3 +310,77 @@ async fn verify_and_status_work_on_an_empty_database_without_a_worker() {
     assert!(text.contains("due_now=0"), "{text}");
     assert!(text.contains(&format!("{}:checks", w.namespace)), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checks_email_is_delivered_once_through_smtp() {
+    let (port, received) = escalator_testkit::smtp::smtp_sink(None).await;
+    let mut w = World::new().await;
+    w.extra_env.push((
+        "ESCALATOR_SMTP_URL".into(),
+        format!("smtp://127.0.0.1:{port}"),
+    ));
+    w.seed(1_000);
+    let worker = w.worker(free_port());
+    assert_eq!(w.check(), (150, 150));
+    // one message per reminder and per escalation
+    let started = Instant::now();
+    while received.lock().unwrap().len() < 300 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {} emails",
+            received.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = &w.db.store;
+    let started = Instant::now();
+    while rows(s, "SELECT count(*) FROM outbox WHERE status = 'sent'").await < 300 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "outbox rows not marked sent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // a second check and more time: nothing is sent twice
+    assert_eq!(w.check(), (0, 0));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(received.lock().unwrap().len(), 300);
+    let escalation = received
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|m| m.contains("Subject: Escalated to you"))
+        .cloned()
+        .expect("an escalation email");
+    assert!(escalation.contains("Cc: "), "{escalation}");
+    w.verify();
+    assert!(stop(worker).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_scenario_also_holds_on_sqlite() {
+    let w = World::sqlite().await;
+    w.seed(10_000);
+    let worker = w.worker(free_port());
+    assert_eq!(w.check(), (1_500, 1_500));
+    let s = &w.db.store;
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM audit_logs WHERE action = 'escalate'"
+        )
+        .await,
+        1_500
+    );
+    assert_eq!(rows(s, "SELECT count(*) FROM notifications").await, 6_000);
+    assert_eq!(rows(s, "SELECT count(*) FROM outbox").await, 3_000);
+    let before = s.table_counts().await.unwrap();
+    assert_eq!(w.check(), (0, 0));
+    let after = s.table_counts().await.unwrap();
+    assert_eq!(
+        (after.audit_logs, after.notifications, after.outbox),
+        (before.audit_logs, before.notifications, before.outbox)
+    );
+    w.verify();
+    assert!(stop(worker).success());
+}

@@ -4,6 +4,8 @@
 // Fixtures run only inside tests, where a panic with a message is the right way to fail.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod smtp;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use escalator_store::{Store, StoreConfig};

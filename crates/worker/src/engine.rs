@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use escalator_jobs::payload::MAX_FANOUT;
-use escalator_jobs::{CheckWorkflows, EscalateBatch, Queues, Scope};
+use escalator_jobs::{CheckWorkflows, DeliverNotifications, EscalateBatch, Queues, Scope};
 use escalator_policy::{Calendar, Decision, Policy};
 use escalator_runtime::metrics as m;
 use escalator_store::{Applied, DueRange, DueWorkflow, Store, StoreError, User};
@@ -212,6 +212,15 @@ impl Engine {
             .batch_round(Some(uuid::Uuid::nil()), job, Some(job.batch_index))
             .await?;
         total.absorb(done);
+        if total.applied.outbox > 0 {
+            // A lost push only delays delivery: the outbox sweep enqueues one later.
+            let deliver = DeliverNotifications {
+                check_run_id: Some(job.check_run_id),
+            };
+            if let Err(e) = self.queues.push_delivery(&deliver).await {
+                tracing::warn!(error = %e, "could not enqueue delivery; the sweep will");
+            }
+        }
         Ok(total)
     }
 

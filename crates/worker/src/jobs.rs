@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use apalis::prelude::{Attempt, BoxDynError, Data};
 use chrono::Utc;
 use escalator_jobs::attempt::{self, Failure};
-use escalator_jobs::{CheckWorkflows, EscalateBatch, Incoming, Noop};
+use escalator_jobs::{CheckWorkflows, DeliverNotifications, EscalateBatch, Incoming, Noop};
 use escalator_runtime::metrics as m;
 use escalator_runtime::serve::Health;
 
@@ -24,6 +24,8 @@ pub struct HandlerContext {
     pub attempt_timeout: Duration,
     /// Touched on every job, for `/healthz`.
     pub health: Health,
+    /// Sends the outbox; None when no email sender is configured.
+    pub deliverer: Option<escalator_notify::Deliverer>,
 }
 
 /// The shared context as apalis injects it.
@@ -149,4 +151,45 @@ pub async fn noop(job: Incoming<Noop>, _at: Attempt, ctx: Data<Ctx>) -> Result<(
         }
         Incoming::Malformed { raw, error } => malformed("noop", &raw, &error),
     }
+}
+
+/// `escalator:deliveries`: drain the outbox. Safe to run any number of times at once: rows are
+/// claimed under a lease, and each outcome is recorded per row.
+pub async fn deliver_notifications(
+    job: Incoming<DeliverNotifications>,
+    at: Attempt,
+    ctx: Data<Ctx>,
+) -> Result<(), BoxDynError> {
+    ctx.health.touch();
+    if let Incoming::Malformed { raw, error } = job {
+        return malformed("deliveries", &raw, &error);
+    }
+    let Some(deliverer) = ctx.deliverer.clone() else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let result = attempt::guarded(ctx.attempt_timeout, async move {
+        deliverer
+            .drain(50, 40)
+            .await
+            .map_err(|e| classify(EngineError::Store(e)))
+    })
+    .await;
+    let last = attempt::is_last(&at, ctx.max_attempts);
+    let outcome = match result {
+        Ok(report) => {
+            if report.sent + report.retried + report.dead > 0 {
+                tracing::info!(
+                    sent = report.sent,
+                    retried = report.retried,
+                    dead = report.dead,
+                    "outbox drained"
+                );
+            }
+            Ok(())
+        }
+        Err(failure) => Err(attempt::verdict(&at, ctx.max_attempts, failure)),
+    };
+    record("deliveries", started, &outcome, last);
+    outcome
 }

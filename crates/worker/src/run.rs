@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::Monitor;
-use escalator_jobs::{CheckWorkflows, EscalateBatch, Noop, Queues, Stopped, WorkerSettings};
+use escalator_jobs::{
+    CheckWorkflows, DeliverNotifications, EscalateBatch, Noop, Queues, Stopped, WorkerSettings,
+};
 use escalator_jobs::{register_redis, register_sqlite, run_supervised};
 
 use crate::engine::Engine;
@@ -60,14 +62,17 @@ fn settings(config: &WorkerConfig, queue: &str) -> WorkerSettings {
 pub async fn run(
     engine: Engine,
     config: WorkerConfig,
+    deliverer: Option<escalator_notify::Deliverer>,
     health: escalator_runtime::serve::Health,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Stopped, escalator_jobs::QueueError> {
+    let delivering = deliverer.is_some();
     let ctx = Arc::new(HandlerContext {
         engine: engine.clone(),
         max_attempts: config.max_attempts.max(1),
         attempt_timeout: config.attempt_timeout,
         health,
+        deliverer,
     });
     let names = engine.queues.names().clone();
     // Few, long planner jobs: fetch one at a time so that another worker can take the next.
@@ -76,6 +81,8 @@ pub async fn run(
     let mut batches = settings(&config, &names.batches);
     batches.fetch_batch = config.concurrency.max(1);
     let noop = settings(&config, &names.noop);
+    let mut deliveries = settings(&config, &names.deliveries);
+    deliveries.fetch_batch = 1;
     let monitor = Monitor::new();
     let monitor = match &engine.queues {
         Queues::Redis { conn, .. } => {
@@ -93,7 +100,19 @@ pub async fn run(
                 ctx.clone(),
                 jobs::escalate_batch,
             )?;
-            register_redis::<Noop, _, _, _>(m, conn.clone(), &noop, ctx.clone(), jobs::noop)?
+            let m =
+                register_redis::<Noop, _, _, _>(m, conn.clone(), &noop, ctx.clone(), jobs::noop)?;
+            if delivering {
+                register_redis::<DeliverNotifications, _, _, _>(
+                    m,
+                    conn.clone(),
+                    &deliveries,
+                    ctx.clone(),
+                    jobs::deliver_notifications,
+                )?
+            } else {
+                m
+            }
         }
         Queues::Sqlite { pool, .. } => {
             let m = register_sqlite::<CheckWorkflows, _, _, _>(
@@ -110,9 +129,26 @@ pub async fn run(
                 ctx.clone(),
                 jobs::escalate_batch,
             )?;
-            register_sqlite::<Noop, _, _, _>(m, pool.clone(), &noop, ctx.clone(), jobs::noop)?
+            let m =
+                register_sqlite::<Noop, _, _, _>(m, pool.clone(), &noop, ctx.clone(), jobs::noop)?;
+            if delivering {
+                register_sqlite::<DeliverNotifications, _, _, _>(
+                    m,
+                    pool.clone(),
+                    &deliveries,
+                    ctx.clone(),
+                    jobs::deliver_notifications,
+                )?
+            } else {
+                m
+            }
         }
     };
+    if !delivering {
+        tracing::warn!(
+            "no email sender configured (ESCALATOR_SMTP_URL): notifications stay in the outbox"
+        );
+    }
     tracing::info!(
         concurrency = config.concurrency,
         max_attempts = config.max_attempts,

@@ -75,9 +75,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    // email goes to a folder next to the database unless SMTP is configured
+    let mut delivery =
+        crate::config::DeliverySettings::from_env(&escalator_runtime::config::ProcessEnv)?;
+    let mail_dir = PathBuf::from(format!("{}.mail", args.db.display()));
+    if delivery.email == crate::config::EmailConfig::None {
+        delivery.email = crate::config::EmailConfig::Files {
+            dir: mail_dir.clone(),
+            from: "escalator dev <escalator@localhost>".into(),
+        };
+    }
+    let deliverer = delivery.deliverer(&store)?;
     let worker = tokio::spawn(escalator_worker::run(
         engine,
         worker_config,
+        deliverer,
         health.clone(),
         stopped(),
     ));
@@ -92,6 +104,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         stopped(),
     ));
     banner(&store, args.port, args.demo).await;
+    if matches!(delivery.email, crate::config::EmailConfig::Files { .. }) {
+        println!(
+            "  email       one .eml per message in {}/",
+            mail_dir.display()
+        );
+        println!();
+    }
     escalator_runtime::shutdown::signal().await;
     let _ = stop_tx.send(true);
     let (w, b, a) = tokio::join!(worker, beat, api);

@@ -6,6 +6,7 @@ pub mod check;
 pub mod dev;
 pub mod enqueue;
 pub mod migrate;
+pub mod outbox;
 pub mod seed;
 pub mod status;
 pub mod verify;

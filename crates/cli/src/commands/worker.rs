@@ -11,11 +11,13 @@ use crate::config::{QueueConfig, WorkerSettings};
 /// Runs until SIGTERM/SIGINT, then drains in-flight jobs.
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let settings = WorkerSettings::from_env(&ProcessEnv)?;
+    let delivery = crate::config::DeliverySettings::from_env(&ProcessEnv)?;
     let queue_config = QueueConfig::from_env(&ProcessEnv)?;
     let metrics =
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
     let store = super::connect(database_url).await?;
     let queues = super::connect_queues(&queue_config).await?;
+    let deliverer = delivery.deliverer(&store)?;
     let health =
         Health::new(settings.worker.poll_interval * 50 + std::time::Duration::from_secs(60));
     let engine = Engine {
@@ -39,7 +41,8 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let signal = async {
         escalator_runtime::shutdown::signal().await;
     };
-    let outcome = escalator_worker::run(engine, settings.worker.clone(), health, signal).await;
+    let outcome =
+        escalator_worker::run(engine, settings.worker.clone(), deliverer, health, signal).await;
     let _ = stop_tx.send(true);
     match server.await {
         Ok(Err(e)) => {

@@ -20,6 +20,17 @@ pub struct World {
 }
 
 impl World {
+    /// The same world on the embedded backends: a SQLite database and a SQLite queue file.
+    pub async fn sqlite() -> World {
+        let db = TestDb::sqlite().await;
+        let queue = db.url.replace("escalator.db", "queue.db");
+        World {
+            db,
+            namespace: format!("e2e-{}", uuid::Uuid::new_v4().simple()),
+            extra_env: vec![("ESCALATOR_QUEUE_URL".into(), queue)],
+        }
+    }
+
     pub async fn new() -> World {
         World {
             db: TestDb::postgres().await,

@@ -5,6 +5,11 @@ mod bulk;
 mod checks;
 mod rows;
 
+/// Maps an `outbox` row (for the delivery module).
+pub(crate) fn outbox_row(row: &sqlx::postgres::PgRow) -> Result<crate::model::OutboxEntry> {
+    rows::outbox(row)
+}
+
 /// Maps a `check_runs` row (for the lease module).
 pub(crate) fn check_run_row(row: &sqlx::postgres::PgRow) -> Result<crate::model::CheckRun> {
     rows::check_run(row)

@@ -1,0 +1,73 @@
+//! `escalator outbox`: see and retry deliveries — the dead ones above all.
+
+use anyhow::bail;
+use chrono::Utc;
+
+/// Arguments of `escalator outbox`.
+#[derive(Debug, clap::Args)]
+pub struct OutboxArgs {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum What {
+    /// List deliveries (pending by default).
+    List {
+        /// Only dead deliveries (attempts exhausted or refused for good).
+        #[arg(long)]
+        dead: bool,
+        /// Most rows to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Put a dead delivery (or all of them) back in line, attempts reset.
+    Retry {
+        /// The outbox row id.
+        id: Option<i64>,
+        /// Every dead delivery.
+        #[arg(long, conflicts_with = "id")]
+        all_dead: bool,
+    },
+}
+
+/// Runs the subcommand.
+pub async fn run(database_url: &str, args: OutboxArgs) -> anyhow::Result<()> {
+    let store = super::connect(database_url).await?;
+    match args.what {
+        What::List { dead, limit } => {
+            let status = if dead { "dead" } else { "pending" };
+            let rows = store.list_outbox(Some(status), limit).await?;
+            for r in &rows {
+                println!(
+                    "#{:<8} {:<6} {:<30} attempts={} next={} {}",
+                    r.id,
+                    r.channel,
+                    r.recipient,
+                    r.attempts,
+                    r.next_attempt_at.to_rfc3339(),
+                    r.last_error.as_deref().unwrap_or("")
+                );
+            }
+            let (waiting, due) = store.outbox_backlog(Utc::now()).await?;
+            println!(
+                "{} {status} shown; {waiting} waiting to be sent, {due} due now",
+                rows.len()
+            );
+        }
+        What::Retry { id, all_dead } => {
+            if id.is_none() && !all_dead {
+                bail!("give an outbox id, or --all-dead");
+            }
+            let n = store.retry_dead_deliveries(id, Utc::now()).await?;
+            if n == 0 && id.is_some() {
+                bail!(
+                    "outbox row {} is not dead (or does not exist)",
+                    id.unwrap_or_default()
+                );
+            }
+            println!("{n} delivery(ies) queued again");
+        }
+    }
+    Ok(())
+}

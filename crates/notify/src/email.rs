@@ -1,0 +1,209 @@
+//! Email: over SMTP (any relay, SES's SMTP interface included) with lettre, or — in dev mode —
+//! into a folder, one `.eml` file per message.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use escalator_store::OutboxEntry;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Message};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use crate::NotifyError;
+
+/// Where email goes.
+#[derive(Debug, Clone)]
+pub enum Mailer {
+    /// An SMTP relay.
+    Smtp {
+        /// The transport (pooled connections).
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        /// The From address.
+        from: Mailbox,
+    },
+    /// A folder of `.eml` files (dev mode).
+    Files {
+        /// The transport.
+        transport: AsyncFileTransport<Tokio1Executor>,
+        /// The folder.
+        dir: PathBuf,
+        /// The From address.
+        from: Mailbox,
+    },
+}
+
+impl Mailer {
+    /// An SMTP mailer for `smtp://host:port` (plain), `smtps://…` (TLS) or
+    /// `smtp://…?tls=required` (STARTTLS), with optional `user:password@`.
+    pub fn smtp(url: &str, from: &str) -> Result<Mailer, NotifyError> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+            .map_err(|e| NotifyError::Config(format!("ESCALATOR_SMTP_URL: {e}")))?
+            .timeout(Some(Duration::from_secs(20)))
+            .build();
+        Ok(Mailer::Smtp {
+            transport,
+            from: parse_from(from)?,
+        })
+    }
+
+    /// A mailer writing one `.eml` per message into `dir` (created if missing).
+    pub fn files(dir: PathBuf, from: &str) -> Result<Mailer, NotifyError> {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            NotifyError::Config(format!(
+                "cannot create the mail folder {}: {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(Mailer::Files {
+            transport: AsyncFileTransport::<Tokio1Executor>::new(&dir),
+            dir,
+            from: parse_from(from)?,
+        })
+    }
+
+    /// Sends the email described by an outbox row.
+    pub async fn send(&self, entry: &OutboxEntry) -> Result<(), NotifyError> {
+        let from = match self {
+            Mailer::Smtp { from, .. } | Mailer::Files { from, .. } => from.clone(),
+        };
+        let message = build(entry, from)?;
+        match self {
+            Mailer::Smtp { transport, .. } => match transport.send(message).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_permanent() => Err(NotifyError::Permanent(format!("SMTP: {e}"))),
+                Err(e) => Err(NotifyError::Transient(format!("SMTP: {e}"))),
+            },
+            Mailer::Files { transport, dir, .. } => {
+                transport.send(message).await.map(|_| ()).map_err(|e| {
+                    NotifyError::Transient(format!("writing to {}: {e}", dir.display()))
+                })
+            }
+        }
+    }
+}
+
+fn parse_from(from: &str) -> Result<Mailbox, NotifyError> {
+    from.parse()
+        .map_err(|e| NotifyError::Config(format!("ESCALATOR_EMAIL_FROM={from:?}: {e}")))
+}
+
+/// The message of an outbox row: `payload` holds `to`, `cc`, `subject`, `body`. Invalid
+/// addresses are permanent failures; header injection is impossible (lettre encodes headers,
+/// and line breaks in the subject are removed before).
+pub fn build(entry: &OutboxEntry, from: Mailbox) -> Result<Message, NotifyError> {
+    let p = &entry.payload;
+    let list = |key: &str| -> Vec<String> {
+        match &p[key] {
+            serde_json::Value::Array(items) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            serde_json::Value::String(s) => vec![s.clone()],
+            _ => Vec::new(),
+        }
+    };
+    let to = list("to");
+    if to.is_empty() {
+        return Err(NotifyError::Permanent("no recipient in the payload".into()));
+    }
+    let subject = p["subject"]
+        .as_str()
+        .unwrap_or("escalator notification")
+        .replace(['\r', '\n'], " ");
+    let body = p["body"].as_str().unwrap_or_default().to_owned();
+    let mut builder = Message::builder()
+        .from(from)
+        .subject(subject)
+        // the idempotency key as Message-ID: a resend after a crash is recognisably the same
+        .message_id(Some(format!(
+            "<{}@escalator>",
+            sanitize(&entry.idempotency_key)
+        )));
+    for address in &to {
+        builder = builder.to(mailbox(address)?);
+    }
+    for address in list("cc") {
+        builder = builder.cc(mailbox(&address)?);
+    }
+    builder
+        .header(ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| NotifyError::Permanent(format!("cannot build the message: {e}")))
+}
+
+fn mailbox(address: &str) -> Result<Mailbox, NotifyError> {
+    address
+        .parse()
+        .map_err(|e| NotifyError::Permanent(format!("invalid address {address:?}: {e}")))
+}
+
+fn sanitize(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(payload: serde_json::Value) -> OutboxEntry {
+        OutboxEntry {
+            id: 1,
+            channel: "email".into(),
+            recipient: "a@example.com".into(),
+            workflow_id: None,
+            check_run_id: None,
+            payload,
+            idempotency_key: "escalate:1:1:1:email".into(),
+            status: "pending".into(),
+            attempts: 1,
+            next_attempt_at: chrono::Utc::now(),
+            last_error: None,
+            sent_at: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn messages_carry_to_cc_subject_and_the_idempotency_key() {
+        let e = entry(serde_json::json!({
+            "to": ["boss@example.com"], "cc": ["a@example.com", "b@example.com"],
+            "subject": "Escalated:\r\nBcc: evil@example.com", "body": "hello"
+        }));
+        let text = String::from_utf8(
+            build(&e, "escalator@example.com".parse().unwrap())
+                .unwrap()
+                .formatted(),
+        )
+        .unwrap();
+        assert!(text.contains("To: boss@example.com"), "{text}");
+        assert!(text.contains("Cc: a@example.com, b@example.com"), "{text}");
+        assert!(
+            text.contains("Message-ID: <escalate.1.1.1.email@escalator>"),
+            "{text}"
+        );
+        assert!(!text.contains("\r\nBcc:"), "header injection: {text}");
+    }
+
+    #[test]
+    fn invalid_addresses_and_missing_recipients_are_permanent() {
+        let bad =
+            entry(serde_json::json!({ "to": ["not an address"], "subject": "s", "body": "b" }));
+        assert!(matches!(
+            build(&bad, "e@example.com".parse().unwrap()),
+            Err(NotifyError::Permanent(_))
+        ));
+        let none = entry(serde_json::json!({ "subject": "s" }));
+        assert!(matches!(
+            build(&none, "e@example.com".parse().unwrap()),
+            Err(NotifyError::Permanent(_))
+        ));
+    }
+}

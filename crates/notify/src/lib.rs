@@ -1,0 +1,23 @@
+//! escalator's notification delivery: senders per channel, and the loop that drains the
+//! outbox — each row sent once per idempotency key, failures retried with backoff, permanent
+//! ones dead and visible.
+
+pub mod deliver;
+pub mod email;
+
+pub use deliver::{Deliverer, DeliveryReport, retry_delay};
+pub use email::Mailer;
+
+/// How a delivery failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    /// Worth retrying: timeouts, connection failures, 4xx-temporary and 5xx from providers.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying cannot help: invalid address, rejected message.
+    #[error("permanent: {0}")]
+    Permanent(String),
+    /// A sender is misconfigured.
+    #[error("{0}")]
+    Config(String),
+}

@@ -1,0 +1,166 @@
+//! Delivery through a real SMTP conversation: a local SMTP sink (a test server speaking the
+//! protocol, as a mail relay would) and real PostgreSQL and SQLite outboxes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use chrono::Utc;
+use escalator_notify::{Deliverer, Mailer};
+use escalator_store::{BatchEffects, NewOutbox, Store};
+use escalator_testkit::TestDb;
+use escalator_testkit::smtp::smtp_sink;
+use tokio::net::TcpListener;
+
+/// Writes `n` email outbox rows the way a batch does.
+async fn outbox(store: &Store, n: usize, to: &str) {
+    let effects = BatchEffects {
+        outbox: (0..n)
+            .map(|i| NewOutbox {
+                channel: "email",
+                recipient: to.into(),
+                workflow_id: None,
+                payload: serde_json::json!({
+                    "to": [to], "cc": ["cc@example.com"], "subject": format!("Escalated #{i}"),
+                    "body": "It is overdue."
+                }),
+                idempotency_key: format!("escalate:{i}:1:1:email"),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut tx = store.begin_batch().await.unwrap();
+    tx.apply(&effects, Utc::now()).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn deliverer(store: &Store, port: u16) -> Deliverer {
+    Deliverer {
+        store: store.clone(),
+        mailer: Some(
+            Mailer::smtp(
+                &format!("smtp://127.0.0.1:{port}"),
+                "escalator <e@example.com>",
+            )
+            .unwrap(),
+        ),
+        max_attempts: 3,
+        lease: Duration::from_secs(60),
+    }
+}
+
+async fn statuses(store: &Store) -> Vec<String> {
+    store
+        .list_outbox(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.status)
+        .collect()
+}
+
+async fn every_message_is_sent_once(db: TestDb) {
+    let (port, received) = smtp_sink(None).await;
+    outbox(&db.store, 3, "boss@example.com").await;
+    let d = deliverer(&db.store, port);
+    let report = d.drain(2, 10).await.unwrap();
+    assert_eq!((report.sent, report.retried, report.dead), (3, 0, 0));
+    assert_eq!(statuses(&db.store).await, ["sent", "sent", "sent"]);
+    assert_eq!(received.lock().unwrap().len(), 3);
+    // a second drain finds nothing to send
+    assert_eq!(d.drain(10, 10).await.unwrap().sent, 0);
+    assert_eq!(received.lock().unwrap().len(), 3);
+    let first = received.lock().unwrap()[0].clone();
+    assert!(first.contains("Subject: Escalated #0"), "{first}");
+    assert!(first.contains("Cc: cc@example.com"), "{first}");
+    assert!(
+        first.contains("Message-ID: <escalate.0.1.1.email@escalator>"),
+        "{first}"
+    );
+    assert_eq!(db.store.outbox_backlog(Utc::now()).await.unwrap(), (0, 0));
+}
+
+#[tokio::test]
+async fn every_message_is_sent_once_on_postgres() {
+    every_message_is_sent_once(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn every_message_is_sent_once_on_sqlite() {
+    every_message_is_sent_once(TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn a_temporary_refusal_is_retried_later_and_a_permanent_one_is_dead() {
+    let db = TestDb::postgres().await;
+    outbox(&db.store, 1, "boss@example.com").await;
+    let (port, _) = smtp_sink(Some("451 4.3.0 try again later\r\n")).await;
+    let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.retried, report.dead), (0, 1, 0));
+    let row = &db.store.list_outbox(None, 10).await.unwrap()[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("failed", 1));
+    assert!(
+        row.next_attempt_at > Utc::now() + chrono::Duration::seconds(10),
+        "no backoff: {row:?}"
+    );
+    assert!(
+        row.last_error.as_deref().unwrap_or("").contains("451"),
+        "{row:?}"
+    );
+    // not due yet: nothing is claimed
+    assert_eq!(
+        deliverer(&db.store, port).drain(10, 10).await.unwrap(),
+        Default::default()
+    );
+
+    let db = TestDb::postgres().await;
+    outbox(&db.store, 1, "nobody@example.com").await;
+    let (port, _) = smtp_sink(Some("550 5.1.1 no such user\r\n")).await;
+    let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!(report.dead, 1);
+    assert_eq!(statuses(&db.store).await, ["dead"]);
+    // an operator can put it back in line
+    assert_eq!(
+        db.store
+            .retry_dead_deliveries(None, Utc::now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(statuses(&db.store).await, ["pending"]);
+}
+
+#[tokio::test]
+async fn an_unreachable_relay_is_a_transient_failure() {
+    let db = TestDb::postgres().await;
+    outbox(&db.store, 1, "boss@example.com").await;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!(report.retried, 1);
+    assert_eq!(statuses(&db.store).await, ["failed"]);
+}
+
+#[tokio::test]
+async fn dev_mode_writes_one_eml_per_message() {
+    let db = TestDb::sqlite().await;
+    outbox(&db.store, 2, "boss@example.com").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Deliverer {
+        store: db.store.clone(),
+        mailer: Some(Mailer::files(dir.path().join("mail"), "dev <e@localhost>").unwrap()),
+        max_attempts: 3,
+        lease: Duration::from_secs(60),
+    };
+    assert_eq!(d.drain(10, 10).await.unwrap().sent, 2);
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("mail"))
+        .unwrap()
+        .collect();
+    assert_eq!(files.len(), 2);
+    let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert!(text.contains("To: boss@example.com"), "{text}");
+}

@@ -1,0 +1,196 @@
+//! The outbox's delivery side: claim due rows with a lease (so a crashed sender's rows come
+//! back), then record each outcome — sent, retry later with backoff, or dead.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use crate::error::Result;
+use crate::model::OutboxEntry;
+use crate::rows::{OUTBOX_COLUMNS, trusted};
+use crate::time::sqlite_ts;
+use crate::{Store, pg, sqlite};
+
+/// What happened to one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The provider accepted it.
+    Sent,
+    /// A transient failure: try again at `retry_at`.
+    Retry {
+        /// Why it failed.
+        error: String,
+        /// When to try again.
+        retry_at: DateTime<Utc>,
+    },
+    /// A permanent failure, or the last attempt: give up (visible and retryable by hand).
+    Dead {
+        /// Why.
+        error: String,
+    },
+}
+
+fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60))
+}
+
+impl Store {
+    /// Claims up to `limit` deliveries that are due at `now`: each gets `attempts + 1` and is
+    /// hidden from other senders until `now + lease`. A sender that dies mid-send loses
+    /// nothing: its rows are due again when the lease runs out.
+    pub async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>> {
+        let until = lease_until(now, lease);
+        let sql = format!(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = {p3}
+             WHERE id IN (SELECT id FROM outbox
+                          WHERE status IN ('pending', 'failed') AND next_attempt_at <= {p1}
+                          ORDER BY next_attempt_at LIMIT {p2} {lock})
+             RETURNING {OUTBOX_COLUMNS}",
+            p1 = if matches!(self, Store::Postgres(_)) {
+                "$1"
+            } else {
+                "?1"
+            },
+            p2 = if matches!(self, Store::Postgres(_)) {
+                "$2"
+            } else {
+                "?2"
+            },
+            p3 = if matches!(self, Store::Postgres(_)) {
+                "$3"
+            } else {
+                "?3"
+            },
+            lock = if matches!(self, Store::Postgres(_)) {
+                "FOR UPDATE SKIP LOCKED"
+            } else {
+                ""
+            },
+        );
+        match self {
+            Store::Postgres(s) => {
+                let rows = sqlx::query(trusted(sql))
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .bind(until)
+                    .fetch_all(s.pool())
+                    .await?;
+                rows.iter().map(pg::outbox_row).collect()
+            }
+            Store::Sqlite(s) => {
+                let mut tx = s.pool().begin_with(sqlite::BEGIN_WRITE).await?;
+                let rows = sqlx::query(trusted(sql))
+                    .bind(sqlite_ts(now))
+                    .bind(i64::from(limit))
+                    .bind(sqlite_ts(until))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows.iter().map(sqlite::outbox_row).collect()
+            }
+        }
+    }
+
+    /// Records the outcome of an attempt on a claimed row.
+    pub async fn record_delivery(
+        &self,
+        id: i64,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let (status, error, next, sent) = match outcome {
+            DeliveryOutcome::Sent => ("sent", None, now, Some(now)),
+            DeliveryOutcome::Retry { error, retry_at } => {
+                ("failed", Some(error.as_str()), *retry_at, None)
+            }
+            DeliveryOutcome::Dead { error } => ("dead", Some(error.as_str()), now, None),
+        };
+        match self {
+            Store::Postgres(s) => {
+                sqlx::query(
+                    "UPDATE outbox SET status = $2, last_error = $3, next_attempt_at = $4,
+                         sent_at = COALESCE($5, sent_at) WHERE id = $1",
+                )
+                .bind(id)
+                .bind(status)
+                .bind(error)
+                .bind(next)
+                .bind(sent)
+                .execute(s.pool())
+                .await?;
+            }
+            Store::Sqlite(s) => {
+                sqlx::query(
+                    "UPDATE outbox SET status = ?2, last_error = ?3, next_attempt_at = ?4,
+                         sent_at = COALESCE(?5, sent_at) WHERE id = ?1",
+                )
+                .bind(id)
+                .bind(status)
+                .bind(error)
+                .bind(sqlite_ts(next))
+                .bind(sent.map(sqlite_ts))
+                .execute(s.pool())
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts dead deliveries back in line (`escalator outbox retry`). Returns how many.
+    pub async fn retry_dead_deliveries(&self, id: Option<i64>, now: DateTime<Utc>) -> Result<u64> {
+        let done = match self {
+            Store::Postgres(s) => sqlx::query(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2
+                 WHERE status = 'dead' AND ($1::bigint IS NULL OR id = $1)",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(s.pool())
+            .await?
+            .rows_affected(),
+            Store::Sqlite(s) => sqlx::query(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2
+                 WHERE status = 'dead' AND (?1 IS NULL OR id = ?1)",
+            )
+            .bind(id)
+            .bind(sqlite_ts(now))
+            .execute(s.pool())
+            .await?
+            .rows_affected(),
+        };
+        Ok(done)
+    }
+
+    /// Deliveries not yet sent (pending or failed-and-retrying), and how many are due at `now`.
+    pub async fn outbox_backlog(&self, now: DateTime<Utc>) -> Result<(i64, i64)> {
+        Ok(match self {
+            Store::Postgres(s) => {
+                let row = sqlx::query(
+                    "SELECT count(*) AS waiting,
+                            count(*) FILTER (WHERE next_attempt_at <= $1) AS due
+                     FROM outbox WHERE status IN ('pending', 'failed')",
+                )
+                .bind(now)
+                .fetch_one(s.pool())
+                .await?;
+                (row.try_get("waiting")?, row.try_get("due")?)
+            }
+            Store::Sqlite(s) => {
+                let row = sqlx::query(
+                    "SELECT count(*) AS waiting, coalesce(sum(next_attempt_at <= ?1), 0) AS due
+                     FROM outbox WHERE status IN ('pending', 'failed')",
+                )
+                .bind(sqlite_ts(now))
+                .fetch_one(s.pool())
+                .await?;
+                (row.try_get("waiting")?, row.try_get("due")?)
+            }
+        })
+    }
+}
