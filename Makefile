@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATABASE_URL ?= sqlite://escalator.db
 
-.PHONY: help build test test-unit lint fmt fmt-check clippy services migrate seed bench clean validate-deploy
+.PHONY: help build test test-unit lint fmt fmt-check clippy services migrate seed bench clean validate-deploy validate-deploy-live
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,3 +45,7 @@ clean:
 
 validate-deploy: ## Validate deploy/, docker-compose.yml and the alert rules offline (installs promtool, amtool, linters)
 	@scripts/validate-deploy.sh
+
+validate-deploy-live: services ## A real Prometheus scrapes a running api, worker and beat; every dashboard query must return data
+	$(CARGO) build --locked -p escalator
+	@scripts/validate-deploy.sh --live

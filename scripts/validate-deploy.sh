@@ -126,13 +126,19 @@ check() {
 live_check() {
   local bin=${ESCALATOR_BIN:-target/debug/escalator}
   [ -x "$bin" ] || die "no escalator binary at $bin (cargo build -p escalator)"
-  "$bin" api --help >/dev/null 2>&1 || die "$bin has no api command yet"
-  local pg=${LIVE_PG_URL:-postgres://postgres@127.0.0.1:5432}
-  local redis=${REDIS_URL:-redis://127.0.0.1:6379}
-  local db=escalator_live_$$ ns=live$$
-  local api=127.0.0.1:${LIVE_API_PORT:-15000} wm=127.0.0.1:${LIVE_WORKER_PORT:-19100}
-  local bm=127.0.0.1:${LIVE_BEAT_PORT:-19101} prom=127.0.0.1:${LIVE_PROM_PORT:-19090}
-  local pids=()
+  if ! "$bin" api --help >/dev/null 2>&1; then
+    # until `escalator api` is on main there is nothing to scrape; say so loudly
+    [ "${LIVE_REQUIRED:-0}" = 1 ] && die "$bin has no api command"
+    log "live: SKIPPED — $bin has no 'api' command yet"
+    return 0
+  fi
+  # globals, not locals: the EXIT trap that cleans up runs after this function returned
+  pg=${LIVE_PG_URL:-postgres://postgres@127.0.0.1:5432}
+  redis=${REDIS_URL:-redis://127.0.0.1:6379}
+  db=escalator_live_$$ ns=live$$
+  api=127.0.0.1:${LIVE_API_PORT:-15000} wm=127.0.0.1:${LIVE_WORKER_PORT:-19100}
+  bm=127.0.0.1:${LIVE_BEAT_PORT:-19101} prom=127.0.0.1:${LIVE_PROM_PORT:-19090}
+  pids=()
   cleanup_live() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
@@ -142,12 +148,19 @@ live_check() {
   }
   trap cleanup_live EXIT
 
+  local a
+  for a in "$api" "$wm" "$bm" "$prom"; do
+    if (exec 3<>"/dev/tcp/${a%:*}/${a##*:}") 2>/dev/null; then die "$a is already in use (set LIVE_*_PORT)"; fi
+  done
   log "live: database $db, queues $ns:*"
   psql "$pg/postgres" -qc "CREATE DATABASE $db" || die "cannot create database on $pg"
   export DATABASE_URL=$pg/$db REDIS_URL=$redis ESCALATOR_QUEUE_NAMESPACE=$ns
   export ESCALATOR_SCHEDULE='*/5 * * * * *' ESCALATOR_LOG_FORMAT=text RUST_LOG=warn
   "$bin" migrate >"$WORK/migrate.log" 2>&1 || { cat "$WORK/migrate.log"; die "migrate failed"; }
-  "$bin" seed --workflows 2000 --seed 7 >"$WORK/seed.log" 2>&1 || { cat "$WORK/seed.log"; die "seed failed"; }
+  # deadlines spread over the next 90 s: the beat's deadline wake-ups keep escalating while
+  # Prometheus scrapes, so counters move and histograms get observations inside the windows
+  "$bin" seed --workflows 2000 --seed 7 --due-within 90 >"$WORK/seed.log" 2>&1 ||
+    { cat "$WORK/seed.log"; die "seed failed"; }
   ESCALATOR_METRICS_ADDR=$wm "$bin" worker >"$WORK/worker.log" 2>&1 &
   pids+=($!)
   ESCALATOR_METRICS_ADDR=$bm "$bin" beat >"$WORK/beat.log" 2>&1 &
@@ -176,6 +189,9 @@ CONF
     sleep 1
   done
   curl -fsS "http://$api/readyz" >/dev/null || { tail -20 "$WORK/api.log"; die "api not ready"; }
+  for i in "${!pids[@]}"; do
+    kill -0 "${pids[$i]}" 2>/dev/null || { tail -20 "$WORK"/*.log; die "a live process exited early"; }
+  done
   log "live: one check run, waited for"
   "$bin" enqueue check --wait --timeout 120 || { tail -20 "$WORK/worker.log"; die "check run failed"; }
 
@@ -184,35 +200,43 @@ CONF
   local ep
   for ep in "http://$api/api/v1/metrics/prometheus" "http://$wm/metrics" "http://$bm/metrics"; do
     curl -fsS "$ep" >"$WORK/exposition.txt" || { echo "   $ep: unreachable"; rc=1; continue; }
-    if promtool check metrics <"$WORK/exposition.txt" >"$WORK/lint.txt" 2>&1; then
-      echo "   ok: $ep ($(grep -vc '^#' "$WORK/exposition.txt") samples)"
-    else
-      echo "   FAILED: $ep"; sed 's/^/      /' "$WORK/lint.txt"; rc=1
-    fi
+    promtool check metrics <"$WORK/exposition.txt" >"$WORK/lint.txt" 2>&1
+    case $? in
+      0) echo "   ok: $ep ($(grep -vc '^#' "$WORK/exposition.txt") samples)" ;;
+      3) # lint findings (e.g. a metric without help text): reported, not fatal
+        echo "   ok, with lint warnings: $ep ($(grep -vc '^#' "$WORK/exposition.txt") samples)"
+        sed 's/^/      warning: /' "$WORK/lint.txt" ;;
+      *) echo "   FAILED: $ep"; sed 's/^/      /' "$WORK/lint.txt"; rc=1 ;;
+    esac
   done
 
   log "live: Prometheus loaded the alert rules"
-  local rules
-  rules=$(curl -fsS "http://$prom/api/v1/rules" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for g in d["data"]["groups"] for r in g["rules"] if r.get("health")=="ok"))')
-  local want
+  local rules want
   want=$(grep -c '^      - alert:' deploy/prometheus/alerts.yml)
-  echo "   $rules of $want rules loaded and healthy"
+  for i in $(seq 30); do
+    rules=$(curl -fsS "http://$prom/api/v1/rules" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for g in d["data"]["groups"] for r in g["rules"] if r.get("health")=="ok"))')
+    [ "$rules" = "$want" ] && break
+    sleep 1
+  done
+  echo "   $rules of $want alert rules loaded and evaluated without error"
   [ "$rules" = "$want" ] || rc=1
 
   log "live: every dashboard query returns data"
   "$PY" "$CHECKS" dashboard-queries deploy/grafana/dashboards/escalator.json >"$WORK/queries.tsv"
-  local deadline=$((SECONDS + ${LIVE_WAIT:-90})) id title expr out
+  # data = at least one sample that is a number (a quantile over no observations is NaN)
+  local deadline=$((SECONDS + ${LIVE_WAIT:-120})) id title expr out
   while IFS=$'\t' read -r id title expr; do
     local got=0
     while :; do
-      out=$(promtool query instant "http://$prom" "$expr" 2>&1 </dev/null) && [ -n "$out" ] && got=1 && break
+      out=$(promtool query instant "http://$prom" "$expr" 2>&1 </dev/null) &&
+        grep -q ' => ' <<<"$out" && grep -v ' => NaN ' <<<"$out" | grep -q ' => ' && got=1 && break
       [ $SECONDS -ge $deadline ] && break
       sleep 2
     done
     if [ $got = 1 ]; then
       printf '   ok   panel %-2s %-45s %s\n' "$id" "$title" "$(head -1 <<<"$out" | cut -c1-90)"
     else
-      printf '   EMPTY panel %-2s %-45s %s\n' "$id" "$title" "$expr"; rc=1
+      printf '   NO DATA panel %-2s %-45s %s => %s\n' "$id" "$title" "$expr" "$(head -1 <<<"$out")"; rc=1
     fi
   done <"$WORK/queries.tsv"
 
