@@ -96,13 +96,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let beat = tokio::spawn(
         Beat::new(store.clone(), queues.clone(), beat_config, health.clone()).run(stopped()),
     );
+    // the api on loopback only, without tokens: the embedded mode is for one person's machine
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
-    let api = tokio::spawn(escalator_runtime::serve::serve(
-        addr,
-        metrics,
-        health,
-        stopped(),
-    ));
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (is another escalator dev running? try --port)")
+    })?;
+    let state = escalator_api::AppState::new(
+        store.clone(),
+        queues.clone(),
+        escalator_api::Tokens::none(),
+        Some(metrics),
+    );
+    let api = tokio::spawn(async move {
+        axum::serve(listener, escalator_api::router(state))
+            .with_graceful_shutdown(stopped())
+            .await
+    });
     banner(&store, args.port, args.demo).await;
     if matches!(delivery.email, crate::config::EmailConfig::Files { .. }) {
         println!(
@@ -215,24 +224,26 @@ async fn banner(store: &Store, port: u16, demo: bool) {
     let base = format!("http://127.0.0.1:{port}");
     println!();
     println!("escalator dev is running (Ctrl-C to stop)");
+    println!("  workflows   {base}/api/v1/workflows");
     println!("  metrics     {base}/metrics");
     println!("  health      {base}/healthz");
     if demo {
-        if let Ok(list) = store
-            .list_workflows(&escalator_store::WorkflowFilter {
-                limit: 3,
-                ..Default::default()
-            })
-            .await
+        let filter = escalator_store::WorkflowFilter {
+            status: Some(escalator_policy::Status::Pending),
+            limit: 1000,
+            ..Default::default()
+        };
+        if let Ok(list) = store.list_workflows(&filter).await
+            && let Some(w) = list.iter().rev().find(|w| w.title == "Laptop purchase")
         {
-            for w in list.iter().rev().take(1) {
-                println!(
-                    "  workflow    \"{}\" assigned to {} — due {}",
-                    w.title,
-                    w.assignee,
-                    w.due_at.format("%H:%M:%S")
-                );
-            }
+            println!("  audit trail {base}/api/v1/workflows/{}/audit", w.id);
+            println!("  bob's inbox {base}/api/v1/notifications?recipient=bob");
+            println!(
+                "  \"{}\" is assigned to {}, due {}",
+                w.title,
+                w.assignee,
+                w.due_at.format("%H:%M:%S UTC")
+            );
         }
         println!("  watch: a reminder in ~30 s, an escalation to the manager in ~60 s");
     }

@@ -1,0 +1,130 @@
+//! End-to-end: the newcomer's first command. `escalator dev --demo` on a fresh SQLite file
+//! shows an escalated workflow with its audit trail and inbox notifications through the api
+//! within 90 s, mails into a folder, stops cleanly on Ctrl-C and resumes with the same data.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::*;
+
+fn dev(db: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args([
+            "dev",
+            "--demo",
+            "--db",
+            &db.display().to_string(),
+            "--port",
+            &port.to_string(),
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("ESCALATOR_SMTP_URL")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start escalator dev")
+}
+
+fn interrupt(mut child: Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "dev did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn json(port: u16, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(port, path).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_demo_escalates_within_ninety_seconds_and_resumes_after_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dev.db");
+    let port = free_port();
+    let started = Instant::now();
+    let child = dev(&db, port);
+    let escalated = loop {
+        let (status, body) = http_get(port, "/api/v1/workflows?status=escalated").await;
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if let Some(first) = v["items"].as_array().and_then(|a| a.first()) {
+                break first.clone();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "nothing escalated within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let id = escalated["id"].as_str().unwrap().to_owned();
+    assert_eq!(escalated["escalation_level"], 1);
+
+    let audit = json(port, &format!("/api/v1/workflows/{id}/audit")).await;
+    let actions: Vec<String> = audit["items"]
+        .as_array()
+        .or(audit.as_array())
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["create", "remind", "escalate"], "{audit}");
+
+    let assignee = escalated["assignee"].as_str().unwrap().to_owned();
+    let inbox = json(port, &format!("/api/v1/notifications?recipient={assignee}")).await;
+    let items = inbox["items"]
+        .as_array()
+        .or(inbox.as_array())
+        .unwrap()
+        .clone();
+    assert!(items.iter().any(|n| n["kind"] == "escalation"), "{inbox}");
+
+    // email went to the folder next to the database
+    let mail = dir.path().join("dev.db.mail");
+    let waited = Instant::now();
+    while std::fs::read_dir(&mail).map(|d| d.count()).unwrap_or(0) < 2 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "no .eml in {}",
+            mail.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(interrupt(child).success(), "dev exited non-zero on Ctrl-C");
+
+    // a restart resumes with the same data
+    let child = dev(&db, port);
+    let waited = Instant::now();
+    loop {
+        let (status, body) = http_get(port, &format!("/api/v1/workflows/{id}")).await;
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["id"], serde_json::Value::String(id.clone()));
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "restart did not serve the workflow"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(interrupt(child).success());
+}
