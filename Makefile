@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATABASE_URL ?= sqlite://escalator.db
 
-.PHONY: help build test test-unit lint fmt fmt-check clippy services migrate seed bench clean validate-deploy validate-deploy-live
+.PHONY: help dev build test test-unit lint fmt fmt-check clippy services migrate seed bench clean validate-deploy validate-deploy-live
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ clippy:
 
 services: ## Start PostgreSQL and Redis when they are installed but not running
 	@scripts/services.sh
+
+dev: ## escalator dev --demo: the whole system in one process on SQLite
+	$(CARGO) run --release --locked -p escalator -- dev --demo
 
 migrate: ## Migrate $(DATABASE_URL)
 	$(CARGO) run --release --locked -p escalator -- migrate
