@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Validates every deployment and observability file offline (issue 8):
 #   Prometheus rules, rule unit tests and config (promtool), Alertmanager config and routing
-#   tests (amtool), the Kubernetes manifests (kustomize + kubernetes-validate --strict, plus
-#   escalator's own invariants), docker-compose.yml (the real compose binary), the Dockerfile
-#   (hadolint), the Grafana dashboard (structure, and every query parsed by promtool), and
-#   yamllint over all of it.
+#   tests (amtool), the Kubernetes manifests (kustomize + kubernetes-validate --strict, the
+#   custom resources against their CRD schemas and TypeScript types, escalator's own
+#   invariants, the Redis Sentinel HAProxy config and configure script), docker-compose.yml
+#   (the real compose binary), the Dockerfile (hadolint), the Grafana dashboard (structure,
+#   and every query parsed by promtool), and yamllint over all of it.
 #
-# Installs what is missing: promtool/amtool from Debian (apt-get), the Python tools into a
-# private venv at $ESCALATOR_TOOLS_DIR (default ~/.cache/escalator-deploy-tools), versions
-# pinned below. Runs every check, prints a summary and exits 1 if any failed.
+# Installs what is missing: promtool, amtool and haproxy from Debian (apt-get), the Python
+# tools into a venv and the npm tools under $ESCALATOR_TOOLS_DIR (default
+# ~/.cache/escalator-deploy-tools), versions pinned below. Runs every check, prints a summary
+# and exits 1 if any failed (2 if a tool cannot be installed).
 #
 # Usage: scripts/validate-deploy.sh [--no-install] [--live]
 #   --live  instead of the static checks: run a real api, worker and beat (ESCALATOR_BIN,
 #           default target/debug/escalator) against PostgreSQL and Redis on loopback, have the
 #           Debian Prometheus scrape them with alerts.yml loaded, and assert that every
-#           dashboard query returns data (`promtool query instant`). Needs PostgreSQL
+#           dashboard query returns data (`promtool query instant`), and that Alertmanager
+#           delivers a critical and a warning alert to local PagerDuty/Slack/SMTP sinks by the
+#           real routing. Needs PostgreSQL
 #           ($LIVE_PG_URL, default postgres://postgres@127.0.0.1:5432) and Redis ($REDIS_URL).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -63,10 +67,10 @@ ensure_apt_tools() {
   [ "$(id -u)" = 0 ] || sudo=sudo
   log "installing ${APT_PACKAGES[*]} (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -q
+  $sudo apt-get update -q || die "apt-get update failed"
   # --no-install-recommends: otherwise it pulls node-exporter; the image's policy-rc.d keeps
   # the daemons from starting
-  $sudo apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
+  $sudo apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}" || die "apt-get install failed"
 }
 
 ensure_python_tools() {
