@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{OptionalJsonBody, numeric_id};
 
 /// The body of `POST /api/v1/checks`; empty means "check every due workflow now".
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCheck {
     /// Check only this workflow.
@@ -27,7 +27,7 @@ pub struct CreateCheck {
 }
 
 /// The answer to `POST /api/v1/checks`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CheckQueued {
     /// Follow it at `GET /api/v1/checks/{check_run_id}`.
     pub check_run_id: i64,
@@ -39,6 +39,13 @@ pub struct CheckQueued {
     pub as_of: DateTime<Utc>,
 }
 
+#[utoipa::path(post, path = "/api/v1/checks", tag = "checks",
+    request_body(content = Option<CreateCheck>, description = "optional: empty checks every due workflow now"),
+    responses(
+        (status = 202, description = "recorded and queued", body = CheckQueued),
+        (status = 422, description = "unknown workflow_id, or dry_run", body = ErrorBody),
+        (status = 503, description = "the queue is unavailable", body = ErrorBody),
+    ))]
 /// `POST /api/v1/checks`: records a run and enqueues its planner job → 202.
 pub async fn create(
     State(s): State<AppState>,
@@ -107,6 +114,13 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/checks/{id}", tag = "checks",
+    params(("id" = i64, Path, description = "check run id")),
+    responses(
+        (status = 200, description = "the run with its status and counts", body = CheckRun),
+        (status = 400, description = "not a positive integer", body = ErrorBody),
+        (status = 404, description = "unknown id", body = ErrorBody),
+    ))]
 /// `GET /api/v1/checks/{id}`: the run with its status and counts.
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<CheckRun>> {
     let id = numeric_id(&id)?;

@@ -126,6 +126,24 @@ impl From<QueueError> for ApiError {
     }
 }
 
+/// The error body every non-2xx answer carries (the OpenAPI schema of [`Body`]).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `not_found`, `invalid`, `version_conflict`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The body key, query parameter, path segment or header at fault, when there is one.
+    pub field: Option<String>,
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: Detail<'a>,

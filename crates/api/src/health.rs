@@ -9,16 +9,24 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::error::ErrorBody;
 
 /// How long a readiness probe waits for each dependency.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "the process answers", body = Object)))]
 /// `GET /healthz`: 200 while the process answers. The api has no background loop whose
 /// progress could stall, so answering is the liveness signal.
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "database and queue reachable", body = Object),
+        (status = 503, description = "a dependency failed; error.field names it", body = ErrorBody),
+    ))]
 /// `GET /readyz`: 200 when the database and the queue answer within [`PROBE_TIMEOUT`], else
 /// 503 with the JSON error naming the dependency that failed.
 pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {

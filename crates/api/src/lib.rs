@@ -9,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod notifications;
+pub mod openapi;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -70,8 +71,8 @@ impl AppState {
     }
 }
 
-/// The whole api. `/healthz`, `/readyz` and the metrics endpoints are open; every other
-/// `/api/v1` route goes through [`auth::require_token`].
+/// The whole api. `/healthz`, `/readyz`, the metrics endpoints and the OpenAPI document are
+/// open; every other `/api/v1` route goes through [`auth::require_token`].
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/workflows", post(workflows::create).get(workflows::list))
@@ -83,13 +84,14 @@ pub fn router(state: AppState) -> Router {
         .route("/notifications/{id}/read", post(notifications::mark_read))
         .route("/checks", post(checks::create))
         .route("/checks/{id}", get(checks::get))
-        // route_layer covers only the routes above: the metrics route below stays open so
-        // Prometheus needs no token.
+        // route_layer covers only the routes above: metrics and the OpenAPI document stay
+        // open so Prometheus and API explorers need no token.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ))
-        .route("/metrics/prometheus", get(metrics::render));
+        .route("/metrics/prometheus", get(metrics::render))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", v1)
         .route("/metrics", get(metrics::render))

@@ -13,7 +13,7 @@ use escalator_runtime::metrics::{
 };
 
 use crate::AppState;
-use crate::error::error_response;
+use crate::error::{ErrorBody, error_response};
 
 /// How long fleet-wide gauges are reused before being read again.
 pub const FLEET_TTL: Duration = Duration::from_secs(5);
@@ -82,6 +82,11 @@ async fn refresh_fleet(s: &AppState) {
     *last = Some(Instant::now());
 }
 
+#[utoipa::path(get, path = "/api/v1/metrics/prometheus", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition (also at /metrics)", content_type = "text/plain", body = String),
+        (status = 503, description = "no metrics recorder in this process", body = ErrorBody),
+    ))]
 /// `GET /metrics` and `GET /api/v1/metrics/prometheus`: the Prometheus text exposition.
 pub async fn render(State(s): State<AppState>) -> Response {
     let Some(handle) = s.metrics.clone() else {

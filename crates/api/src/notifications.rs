@@ -7,12 +7,13 @@ use escalator_store::Notification;
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{QueryParams, numeric_id};
 use crate::workflows::{MAX_LIMIT, page_limit};
 
 /// The query of `GET /api/v1/notifications`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InboxQuery {
     /// The user whose inbox to read (required).
@@ -25,12 +26,18 @@ pub struct InboxQuery {
 }
 
 /// An inbox page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Inbox {
     /// Newest first.
     pub items: Vec<Notification>,
 }
 
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "inbox",
+    params(InboxQuery),
+    responses(
+        (status = 200, description = "newest first", body = Inbox),
+        (status = 400, description = "recipient missing or bad parameter", body = ErrorBody),
+    ))]
 /// `GET /api/v1/notifications?recipient=&unread=&limit=`.
 pub async fn list(
     State(s): State<AppState>,
@@ -47,7 +54,7 @@ pub async fn list(
 }
 
 /// The answer to marking a notification read.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MarkedRead {
     /// The notification.
     pub id: i64,
@@ -55,6 +62,13 @@ pub struct MarkedRead {
     pub newly_read: bool,
 }
 
+#[utoipa::path(post, path = "/api/v1/notifications/{id}/read", tag = "inbox",
+    params(("id" = i64, Path, description = "notification id")),
+    responses(
+        (status = 200, description = "read (idempotent)", body = MarkedRead),
+        (status = 400, description = "not a positive integer", body = ErrorBody),
+        (status = 404, description = "unknown id", body = ErrorBody),
+    ))]
 /// `POST /api/v1/notifications/{id}/read`: idempotent; 404 for an unknown id.
 pub async fn mark_read(
     State(s): State<AppState>,

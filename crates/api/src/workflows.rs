@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Actor;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{JsonBody, OptionalJsonBody, QueryParams, workflow_id};
 
 /// Largest page of a list.
@@ -27,7 +27,7 @@ pub const MAX_LIMIT: u32 = 1000;
 pub const DEFAULT_LIMIT: u32 = 50;
 
 /// The body of `POST /api/v1/workflows`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkflow {
     /// The caller's id; creating twice with the same body is a no-op.
@@ -53,11 +53,12 @@ pub struct CreateWorkflow {
     pub stage_started_at: Option<DateTime<Utc>>,
     /// Caller's data, kept as is; None = `{}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 
 /// A workflow as the api shows it: the row plus its SLA state now (None when not open).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkflowView {
     /// The row.
     #[serde(flatten)]
@@ -89,6 +90,14 @@ fn workflow_response(status: StatusCode, w: Workflow) -> Response {
     res
 }
 
+#[utoipa::path(post, path = "/api/v1/workflows", tag = "workflows",
+    request_body = CreateWorkflow,
+    responses(
+        (status = 201, description = "created", body = WorkflowView),
+        (status = 200, description = "the same body was created before: the existing workflow", body = WorkflowView),
+        (status = 409, description = "external_id exists with a different body", body = ErrorBody),
+        (status = 422, description = "invalid field", body = ErrorBody),
+    ))]
 /// `POST /api/v1/workflows`: 201 when created, 200 when the same body was created before,
 /// 409 naming the first differing field otherwise.
 pub async fn create(
@@ -116,6 +125,13 @@ pub async fn create(
     Ok(workflow_response(status, created.workflow))
 }
 
+#[utoipa::path(get, path = "/api/v1/workflows/{id}", tag = "workflows",
+    params(("id" = Uuid, Path, description = "workflow id")),
+    responses(
+        (status = 200, description = "the workflow; ETag is its version", body = WorkflowView),
+        (status = 400, description = "not a UUID", body = ErrorBody),
+        (status = 404, description = "unknown id", body = ErrorBody),
+    ))]
 /// `GET /api/v1/workflows/{id}`.
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = workflow_id(&id)?;
@@ -126,7 +142,8 @@ pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult
 }
 
 /// The query of `GET /api/v1/workflows`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this status.
@@ -143,11 +160,11 @@ pub struct ListQuery {
     pub limit: Option<u32>,
 }
 
-/// A page of a list.
-#[derive(Debug, Serialize)]
-pub struct Page<T> {
+/// A page of workflows.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkflowPage {
     /// The items, oldest first.
-    pub items: Vec<T>,
+    pub items: Vec<WorkflowView>,
     /// Pass as `cursor` to get the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
@@ -180,11 +197,17 @@ pub fn page_limit(limit: Option<u32>, max: u32) -> ApiResult<u32> {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/workflows", tag = "workflows",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "a page, oldest first", body = WorkflowPage),
+        (status = 400, description = "bad query parameter", body = ErrorBody),
+    ))]
 /// `GET /api/v1/workflows`: filtered, oldest first, cursor-paginated.
 pub async fn list(
     State(s): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
-) -> ApiResult<Json<Page<WorkflowView>>> {
+) -> ApiResult<Json<WorkflowPage>> {
     let limit = page_limit(q.limit, MAX_LIMIT)?;
     let now = Utc::now();
     // One row more than asked tells whether another page exists (the store caps at 1000,
@@ -206,7 +229,7 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(Page {
+    Ok(Json(WorkflowPage {
         items: items
             .into_iter()
             .map(|w| WorkflowView::new(w, now))
@@ -217,7 +240,7 @@ pub async fn list(
 
 /// The body of `POST /api/v1/workflows/{id}/{action}`; every field is optional, and the
 /// action-specific ones are refused on other actions.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransitionBody {
     /// Refuse with 412 unless the workflow is at this version (or use `If-Match`).
@@ -291,6 +314,20 @@ pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<i32>> {
     s.parse().map(Some).map_err(|_| bad())
 }
 
+#[utoipa::path(post, path = "/api/v1/workflows/{id}/{action}", tag = "workflows",
+    params(
+        ("id" = Uuid, Path, description = "workflow id"),
+        ("action" = String, Path, description = "complete, cancel, hold, resume, reassign or advance"),
+        ("If-Match" = Option<String>, Header, description = "the version the change applies to, e.g. \"3\""),
+    ),
+    request_body(content = Option<TransitionBody>, description = "optional"),
+    responses(
+        (status = 200, description = "the workflow after the change", body = WorkflowView),
+        (status = 404, description = "unknown workflow or action", body = ErrorBody),
+        (status = 409, description = "not allowed from the current status", body = ErrorBody),
+        (status = 412, description = "the workflow is not at the expected version", body = ErrorBody),
+        (status = 422, description = "a field missing or not applicable to the action", body = ErrorBody),
+    ))]
 /// `POST /api/v1/workflows/{id}/{complete|cancel|hold|resume|reassign|advance}`.
 pub async fn transition(
     State(s): State<AppState>,
@@ -322,7 +359,7 @@ pub async fn transition(
 }
 
 /// Audit rows.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     /// Oldest first.
     pub items: Vec<AuditEntry>,
@@ -331,6 +368,12 @@ pub struct AuditPage {
     pub next_after: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/workflows/{id}/audit", tag = "audit",
+    params(("id" = Uuid, Path, description = "workflow id")),
+    responses(
+        (status = 200, description = "the trail, oldest first", body = AuditPage),
+        (status = 404, description = "unknown workflow", body = ErrorBody),
+    ))]
 /// `GET /api/v1/workflows/{id}/audit`: the workflow's whole trail, oldest first.
 pub async fn audit(
     State(s): State<AppState>,
@@ -346,7 +389,8 @@ pub async fn audit(
 }
 
 /// The query of `GET /api/v1/audit`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only rows after this id (`next_after` of the previous page).
@@ -355,6 +399,12 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "a page of the global log, oldest first", body = AuditPage),
+        (status = 400, description = "bad query parameter", body = ErrorBody),
+    ))]
 /// `GET /api/v1/audit`: the global log, oldest first, paged by row id.
 pub async fn audit_log(
     State(s): State<AppState>,

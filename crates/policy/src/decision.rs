@@ -10,6 +10,7 @@ use crate::{AfterLast, Calendar, Deadlines, Policy, PolicyError, Target, schedul
 
 /// Lifecycle state of a workflow (`workflows.status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Waiting on the original assignee (level 0).
@@ -78,6 +79,7 @@ impl FromStr for Status {
 
 /// Where a workflow stands against its current level's deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SlaStatus {
     /// Before `warn_at`.

@@ -66,6 +66,7 @@ pub struct NewWorkflow {
 
 /// A workflow row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Workflow {
     /// Our id.
     pub id: Uuid,
@@ -241,6 +242,7 @@ impl AuditReason {
 
 /// One audit row (append-only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Sequence number.
     pub id: i64,
@@ -274,6 +276,7 @@ pub struct AuditEntry {
 
 /// A check run: one execution of the planner over the due workflows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckRun {
     /// Id carried by the jobs.
     pub id: i64,
@@ -347,6 +350,7 @@ pub struct BatchCounts {
 
 /// An in-app notification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Notification {
     /// Id.
     pub id: i64,

@@ -110,3 +110,45 @@ async fn the_inbox_lists_a_recipients_notifications_and_marks_them_read() {
     let text = api.get("/metrics").await.text();
     assert!(text.contains("escalator_outbox_pending 1"), "{text}");
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let api = spawn_api().await;
+    let res = api.get("/api/v1/openapi.json").await;
+    assert_eq!(res.status, StatusCode::OK);
+    let doc = res.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let expected = [
+        ("/api/v1/workflows", "post"),
+        ("/api/v1/workflows", "get"),
+        ("/api/v1/workflows/{id}", "get"),
+        ("/api/v1/workflows/{id}/{action}", "post"),
+        ("/api/v1/workflows/{id}/audit", "get"),
+        ("/api/v1/audit", "get"),
+        ("/api/v1/notifications", "get"),
+        ("/api/v1/notifications/{id}/read", "post"),
+        ("/api/v1/checks", "post"),
+        ("/api/v1/checks/{id}", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/api/v1/metrics/prometheus", "get"),
+    ];
+    for (path, method) in expected {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from the document"
+        );
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "WorkflowView",
+        "Workflow",
+        "CheckRun",
+        "ErrorBody",
+        "CreateWorkflow",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name} missing");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}

@@ -1,0 +1,58 @@
+//! The OpenAPI 3.1 document of the api, generated from the handlers' annotations and served at
+//! `/api/v1/openapi.json`, so clients and fuzzers (schemathesis) read the same contract the
+//! router implements.
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{checks, error, health, metrics, notifications, workflows};
+
+/// The document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "escalator",
+        description = "Workflow SLA reminders and escalations. Errors are \
+            {\"error\": {\"code\", \"message\", \"field\"}}; with tokens configured, /api/v1 \
+            needs `Authorization: Bearer <token>` (read scope for GET, admin for the rest)."
+    ),
+    paths(
+        workflows::create,
+        workflows::list,
+        workflows::get,
+        workflows::transition,
+        workflows::audit,
+        workflows::audit_log,
+        notifications::list,
+        notifications::mark_read,
+        checks::create,
+        checks::get,
+        health::healthz,
+        health::readyz,
+        metrics::render,
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+/// Declares the bearer scheme the `security` requirement refers to.
+#[derive(Debug)]
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// `GET /api/v1/openapi.json`.
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
