@@ -323,6 +323,8 @@ def compose_invariants(json_path):
         cmd = s.get("command") or []
         if cmd[:1] != [name]:
             fail(f"{name}: command {cmd!r} should start with {name!r}")
+    if not svcs.get("worker", {}).get("environment", {}).get("ESCALATOR_SMTP_URL", "").startswith("smtp://mailpit:"):
+        fail("worker: ESCALATOR_SMTP_URL should default to the mailpit catcher")
     if "container_name" in svcs.get("worker", {}):
         fail("worker: container_name prevents --scale")
     if svcs.get("worker", {}).get("ports"):
