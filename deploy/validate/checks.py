@@ -433,8 +433,18 @@ def write_prometheusrule(rules_path, out_path):
             "#   python3 deploy/validate/checks.py write-prometheusrule \\\n"
             "#     deploy/prometheus/alerts.yml deploy/k8s/base/prometheusrule.yaml\n"
         )
-        yaml.safe_dump(doc, f, sort_keys=False, width=100)
+        yaml.dump(doc, f, Dumper=BlockDumper, sort_keys=False, width=100)
     ok(f"wrote {out_path}")
+
+
+class BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (PromQL spread over lines) as literal blocks."""
+
+
+BlockDumper.add_representer(
+    str,
+    lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|" if "\n" in v else None),
+)
 
 
 def dashboard_queries(dash_path):
