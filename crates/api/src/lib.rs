@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
@@ -24,8 +25,8 @@ use escalator_jobs::Queues;
 use escalator_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{Actor, ApiToken, Scope, Tokens};
@@ -106,11 +107,49 @@ pub fn router(state: AppState) -> Router {
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    REQUEST_TIMEOUT,
-                )),
+                .layer(CatchPanicLayer::custom(on_panic))
+                .layer(HandleErrorLayer::new(on_layer_error))
+                .timeout(REQUEST_TIMEOUT),
         )
+}
+
+/// A handler that panicked: 500 in our error shape (the panic is a bug, logged with its
+/// message) instead of a dropped connection.
+fn on_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "handler panicked");
+    error::error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; the server log has the details",
+        None,
+    )
+}
+
+/// Errors of the middleware stack itself: the request timeout becomes a 408 in our shape.
+async fn on_layer_error(err: tower::BoxError) -> Response {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        return error::error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            &format!(
+                "the request took longer than {} s and was abandoned",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+            None,
+        );
+    }
+    tracing::error!(error = %err, "middleware failed");
+    error::error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; the server log has the details",
+        None,
+    )
 }
 
 /// The span of one request, carrying the request id so every log line of it can be found.
@@ -134,4 +173,29 @@ async fn method_not_allowed() -> Response {
         "this route does not accept that method",
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn json(res: Response) -> (StatusCode, serde_json::Value) {
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn timeouts_and_panics_answer_in_the_error_shape() {
+        let elapsed: tower::BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        let (status, body) = json(on_layer_error(elapsed).await).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(body["error"]["code"], "timeout");
+        let (status, body) = json(on_panic(Box::new("boom"))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "internal");
+        assert!(!body.to_string().contains("boom"));
+    }
 }

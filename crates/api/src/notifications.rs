@@ -22,6 +22,7 @@ pub struct InboxQuery {
     #[serde(default)]
     pub unread: bool,
     /// How many, newest first: 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

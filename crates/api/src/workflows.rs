@@ -157,6 +157,7 @@ pub struct ListQuery {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -266,40 +267,74 @@ fn refuse_extra(action: &str, field: &'static str, present: bool) -> ApiResult<(
     }
 }
 
-/// The transition an action and body ask for; 404 for an unknown action.
-fn transition_of(action: &str, b: &TransitionBody) -> ApiResult<Transition> {
+/// The transitions `POST /api/v1/workflows/{id}/{action}` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Stop the clock for good: the stage was approved or finished.
+    Complete,
+    /// Stop the clock for good: abandoned.
+    Cancel,
+    /// Pause the clock.
+    Hold,
+    /// Restart a held clock.
+    Resume,
+    /// Hand the workflow to `to`; the deadlines stay.
+    Reassign,
+    /// Move to `stage` (and optionally `assignee`): a new SLA cycle.
+    Advance,
+}
+
+impl Action {
+    /// The action a path segment names; 404 naming the known ones otherwise.
+    pub fn parse(s: &str) -> ApiResult<Action> {
+        Ok(match s {
+            "complete" => Action::Complete,
+            "cancel" => Action::Cancel,
+            "hold" => Action::Hold,
+            "resume" => Action::Resume,
+            "reassign" => Action::Reassign,
+            "advance" => Action::Advance,
+            other => {
+                return Err(ApiError::client(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!(
+                        "no action {other:?}: expected complete, cancel, hold, resume, reassign or advance"
+                    ),
+                )
+                .with_field("action"));
+            }
+        })
+    }
+}
+
+/// The transition an action and body ask for, refusing fields that belong to other actions.
+fn transition_of(action: Action, b: &TransitionBody) -> ApiResult<Transition> {
+    let name = format!("{action:?}").to_lowercase();
     let required = |v: &Option<String>, field: &'static str| {
         v.clone()
-            .ok_or_else(|| ApiError::invalid(field, format!("{action} needs {field}")))
+            .ok_or_else(|| ApiError::invalid(field, format!("{name} needs {field}")))
     };
-    if action != "reassign" {
-        refuse_extra(action, "to", b.to.is_some())?;
+    if action != Action::Reassign {
+        refuse_extra(&name, "to", b.to.is_some())?;
     }
-    if action != "advance" {
-        refuse_extra(action, "stage", b.stage.is_some())?;
-        refuse_extra(action, "assignee", b.assignee.is_some())?;
+    if action != Action::Advance {
+        refuse_extra(&name, "stage", b.stage.is_some())?;
+        refuse_extra(&name, "assignee", b.assignee.is_some())?;
     }
     Ok(match action {
-        "complete" => Transition::Complete,
-        "cancel" => Transition::Cancel,
-        "hold" => Transition::Hold,
-        "resume" => Transition::Resume,
-        "reassign" => Transition::Reassign {
+        Action::Complete => Transition::Complete,
+        Action::Cancel => Transition::Cancel,
+        Action::Hold => Transition::Hold,
+        Action::Resume => Transition::Resume,
+        Action::Reassign => Transition::Reassign {
             to: required(&b.to, "to")?,
         },
-        "advance" => Transition::Advance {
+        Action::Advance => Transition::Advance {
             stage: required(&b.stage, "stage")?,
             assignee: b.assignee.clone(),
         },
-        other => {
-            return Err(ApiError::client(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "no action {other:?}: expected complete, cancel, hold, resume, reassign or advance"
-                ),
-            ));
-        }
     })
 }
 
@@ -317,7 +352,7 @@ pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<i32>> {
 #[utoipa::path(post, path = "/api/v1/workflows/{id}/{action}", tag = "workflows",
     params(
         ("id" = Uuid, Path, description = "workflow id"),
-        ("action" = String, Path, description = "complete, cancel, hold, resume, reassign or advance"),
+        ("action" = Action, Path, description = "the transition"),
         ("If-Match" = Option<String>, Header, description = "the version the change applies to, e.g. \"3\""),
     ),
     request_body(content = Option<TransitionBody>, description = "optional"),
@@ -337,7 +372,7 @@ pub async fn transition(
     OptionalJsonBody(body): OptionalJsonBody<TransitionBody>,
 ) -> ApiResult<Response> {
     let id = workflow_id(&id)?;
-    let transition = transition_of(&action, &body)?;
+    let transition = transition_of(Action::parse(&action)?, &body)?;
     let expected_version = match (if_match(&headers)?, body.expected_version) {
         (Some(h), Some(b)) if h != b => {
             return Err(ApiError::bad_request(
@@ -396,6 +431,7 @@ pub struct AuditQuery {
     /// Only rows after this id (`next_after` of the previous page).
     pub after: Option<i64>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -449,9 +485,9 @@ mod tests {
             to: Some("x".into()),
             ..TransitionBody::default()
         };
-        assert!(transition_of("complete", &b).is_err());
-        assert!(transition_of("reassign", &b).is_ok());
-        assert!(transition_of("advance", &TransitionBody::default()).is_err());
-        assert!(transition_of("explode", &TransitionBody::default()).is_err());
+        assert!(transition_of(Action::Complete, &b).is_err());
+        assert!(transition_of(Action::Reassign, &b).is_ok());
+        assert!(transition_of(Action::Advance, &TransitionBody::default()).is_err());
+        assert!(Action::parse("explode").is_err());
     }
 }

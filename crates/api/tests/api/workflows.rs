@@ -126,6 +126,9 @@ async fn get_is_404_for_an_unknown_id_and_400_for_a_malformed_one() {
     api.get("/api/v1/nowhere")
         .await
         .error(StatusCode::NOT_FOUND);
+    api.get("/api/v1/checks")
+        .await
+        .error(StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[tokio::test]
@@ -211,9 +214,14 @@ async fn transitions_check_versions_and_status_and_are_audited() {
         .await
         .error(StatusCode::CONFLICT);
     assert_eq!(code, "invalid_transition");
-    api.post(&format!("/api/v1/workflows/{id}/explode"), json!({}))
+    let (_, field) = api
+        .post(
+            &format!("/api/v1/workflows/{id}/explode"),
+            json!({ "to": "x" }),
+        )
         .await
         .error(StatusCode::NOT_FOUND);
+    assert_eq!(field.as_deref(), Some("action"));
 
     let audit = api
         .get(&format!("/api/v1/workflows/{id}/audit"))
