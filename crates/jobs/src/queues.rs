@@ -95,9 +95,20 @@ impl Queues {
                 .max_connections(4)
                 .connect_with(options)
                 .await?;
-            SqliteStorage::<()>::setup(&pool)
-                .await
-                .map_err(QueueError::apalis)?;
+            // Two processes opening a fresh queue file at once (a worker and `escalator enqueue`)
+            // race on apalis-sqlite's migrations; the loser retries once the winner is done.
+            let mut attempt = 0;
+            loop {
+                match SqliteStorage::<()>::setup(&pool).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 5 => {
+                        attempt += 1;
+                        tracing::debug!(error = %e, attempt, "queue setup raced; retrying");
+                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    }
+                    Err(e) => return Err(QueueError::apalis(e)),
+                }
+            }
             Ok(Queues::Sqlite { pool, names })
         } else {
             Err(QueueError::UnsupportedUrl(url.to_owned()))

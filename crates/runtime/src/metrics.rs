@@ -73,6 +73,14 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 
 /// Registers the help text and unit of every metric.
 pub fn describe() {
+    describe_gauge!(
+        BEAT_LEADER,
+        "1 while this beat process holds the leader lease, else 0."
+    );
+    describe_gauge!(
+        BEAT_LAST_ENQUEUE,
+        "Unix time at which this beat last enqueued a check."
+    );
     describe_counter!(CHECKED, "Workflows evaluated by check runs.");
     describe_counter!(
         ESCALATED,

@@ -88,6 +88,8 @@ impl World {
     }
 
     pub fn worker(&self, metrics_port: u16) -> Child {
+        // the queue store exists before the worker races a producer to create it
+        self.run(&["status"]);
         self.command(&["worker"])
             .env(
                 "ESCALATOR_METRICS_ADDR",
