@@ -55,6 +55,8 @@ enum Command {
     Verify,
     /// Queue depths, dead jobs, due workflows and recent check runs.
     Status,
+    /// Dead jobs: list and retry.
+    Jobs(commands::jobs::JobsArgs),
     /// Deliveries in the outbox: list (`--dead`) and retry.
     Outbox(commands::outbox::OutboxArgs),
 }
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
             Command::Verify => commands::verify::run(&cli.database_url).await,
             Command::Status => commands::status::run(&cli.database_url).await,
             Command::Outbox(args) => commands::outbox::run(&cli.database_url, args).await,
+            Command::Jobs(args) => commands::jobs::run(args).await,
         }
     });
     match result {

@@ -293,6 +293,11 @@ async fn garbage_on_every_queue_is_dead_lettered_counted_and_survived() {
         metrics.contains("workflow_tasks_escalated_total 150"),
         "{metrics}"
     );
+    // dead jobs can be listed and put back (garbage dies again, and is counted again)
+    let out = w.run(&["jobs", "dead"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 dead job(s)"));
+    let out = w.run(&["jobs", "retry", "--all-dead"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 job(s) back in their queue"));
     assert!(
         metrics.contains("workflow_escalation_duration_seconds_bucket"),
         "histograms need buckets"

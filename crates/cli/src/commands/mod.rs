@@ -5,6 +5,7 @@ pub mod beat;
 pub mod check;
 pub mod dev;
 pub mod enqueue;
+pub mod jobs;
 pub mod migrate;
 pub mod outbox;
 pub mod seed;
