@@ -137,3 +137,57 @@ fn help_describes_every_command() {
     let out = escalator("sqlite://unused.db", &["seed", "--help"]);
     assert!(text(&out.stdout).contains("--workflows"));
 }
+
+#[test]
+fn a_redis_that_may_evict_jobs_is_refused_at_start_up() {
+    // a private Redis with an evicting policy: the shared one must stay as it is
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args([
+            "--maxmemory-policy",
+            "allkeys-lru",
+            "--dir",
+            &dir.path().display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/services.sh)");
+    let url = format!("redis://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let out = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+            .args(["jobs", "dead"])
+            .env("REDIS_URL", &url)
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        if !stderr.contains("Connection refused") || started.elapsed().as_secs() > 10 {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("maxmemory-policy is \"allkeys-lru\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("noeviction"), "{stderr}");
+}

@@ -80,9 +80,10 @@ impl Queues {
     /// Connects to `redis://…` or opens (creating, migrating) `sqlite://…`.
     pub async fn connect(url: &str, names: QueueNames) -> Result<Queues, QueueError> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
-            let conn = apalis_redis::connect(url)
+            let mut conn = apalis_redis::connect(url)
                 .await
                 .map_err(QueueError::apalis)?;
+            refuse_evicting_redis(&mut conn).await?;
             Ok(Queues::Redis { conn, names })
         } else if url.starts_with("sqlite:") {
             let options: apalis_sqlite::SqliteConnectOptions = url
@@ -250,6 +251,31 @@ impl Queues {
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
+        }
+    }
+}
+
+/// Refuses a Redis that may evict keys under memory pressure: apalis keeps jobs, their data and
+/// idempotency keys as ordinary keys, and an evicted one is a silently lost or doubled job.
+/// (Servers that forbid CONFIG — some managed offerings — are trusted as configured.)
+async fn refuse_evicting_redis(conn: &mut ConnectionManager) -> Result<(), QueueError> {
+    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    match reply {
+        Ok(kv) => match kv.get(1) {
+            Some(policy) if policy != "noeviction" => Err(QueueError::Config(format!(
+                "Redis maxmemory-policy is {policy:?}: it may evict queued jobs. Set \
+                 `maxmemory-policy noeviction` (CONFIG SET maxmemory-policy noeviction, or in \
+                 redis.conf) for the escalator queues"
+            ))),
+            _ => Ok(()),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read Redis maxmemory-policy; assuming noeviction");
+            Ok(())
         }
     }
 }
