@@ -224,7 +224,7 @@ async fn banner(store: &Store, port: u16, demo: bool) {
     let base = format!("http://127.0.0.1:{port}");
     println!();
     println!("escalator dev is running (Ctrl-C to stop)");
-    println!("  workflows   {base}/api/v1/workflows");
+    println!("  api         {base}/api/v1/workflows  (OpenAPI: {base}/api/v1/openapi.json)");
     println!("  metrics     {base}/metrics");
     println!("  health      {base}/healthz");
     if demo {
@@ -237,7 +237,8 @@ async fn banner(store: &Store, port: u16, demo: bool) {
             && let Some(w) = list.iter().rev().find(|w| w.title == "Laptop purchase")
         {
             println!("  audit trail {base}/api/v1/workflows/{}/audit", w.id);
-            println!("  bob's inbox {base}/api/v1/notifications?recipient=bob");
+            println!("  manager     {base}/api/v1/notifications?recipient=bob");
+            println!("  dept. head  {base}/api/v1/notifications?recipient=carol");
             println!(
                 "  \"{}\" is assigned to {}, due {}",
                 w.title,
@@ -245,7 +246,10 @@ async fn banner(store: &Store, port: u16, demo: bool) {
                 w.due_at.format("%H:%M:%S UTC")
             );
         }
-        println!("  watch: a reminder in ~30 s, an escalation to the manager in ~60 s");
+        println!(
+            "  watch: a reminder in ~30 s, an escalation to the manager in ~60 s, to the \
+             department head in ~2 min"
+        );
     }
     println!();
 }
