@@ -1,7 +1,7 @@
 //! `/api/v1/checks`: enqueue an ad-hoc check run (all due workflows, or one) and follow it.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use escalator_jobs::{CheckWorkflows, Scope};
@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{OptionalJsonBody, numeric_id};
+use crate::extract::{OptionalJsonBody, PathParams, numeric_id};
 
 /// The body of `POST /api/v1/checks`; empty means "check every due workflow now".
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -122,7 +122,10 @@ pub async fn create(
         (status = 404, description = "unknown id", body = ErrorBody),
     ))]
 /// `GET /api/v1/checks/{id}`: the run with its status and counts.
-pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<CheckRun>> {
+pub async fn get(
+    State(s): State<AppState>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<CheckRun>> {
     let id = numeric_id(&id)?;
     Ok(Json(s.store.get_check_run(id).await?))
 }

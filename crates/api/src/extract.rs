@@ -151,6 +151,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     }
 }
 
+/// Path parameters; a malformed path (e.g. invalid percent-encoding) is a 400 in our shape.
+#[derive(Debug)]
+pub struct PathParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(PathParams(v)),
+            // A 5xx rejection means the route and the extractor disagree: a bug, not input.
+            Err(r) if r.status().is_server_error() => Err(ApiError::Internal(r.body_text().into())),
+            Err(r) => Err(ApiError::bad_request("path", r.body_text())),
+        }
+    }
+}
+
 /// Parses a workflow id from the path: 400 naming `id` when it is not a UUID.
 pub fn workflow_id(raw: &str) -> ApiResult<uuid::Uuid> {
     uuid::Uuid::parse_str(raw)

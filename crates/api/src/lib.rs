@@ -1,12 +1,14 @@
 //! escalator's HTTP API (DESIGN §8): workflows and their transitions, the audit log, the
-//! in-app inbox, ad-hoc checks, health probes and the fleet-wide Prometheus endpoint, behind
-//! optional bearer tokens. [`router`] is the whole api; the binary only binds and serves it.
+//! in-app inbox, ad-hoc checks, dead jobs, health probes and the fleet-wide Prometheus
+//! endpoint, behind optional bearer tokens. [`router`] is the whole api; the binary only binds
+//! and serves it.
 
 pub mod auth;
 pub mod checks;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod jobs;
 pub mod metrics;
 pub mod notifications;
 pub mod openapi;
@@ -85,6 +87,8 @@ pub fn router(state: AppState) -> Router {
         .route("/notifications/{id}/read", post(notifications::mark_read))
         .route("/checks", post(checks::create))
         .route("/checks/{id}", get(checks::get))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{queue}/{id}/retry", post(jobs::retry))
         // route_layer covers only the routes above: metrics and the OpenAPI document stay
         // open so Prometheus and API explorers need no token.
         .route_layer(axum::middleware::from_fn_with_state(

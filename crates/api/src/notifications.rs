@@ -1,14 +1,14 @@
 //! `/api/v1/notifications`: a recipient's in-app inbox, and marking a notification read.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use chrono::Utc;
 use escalator_store::Notification;
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{QueryParams, numeric_id};
+use crate::extract::{PathParams, QueryParams, numeric_id};
 use crate::workflows::{MAX_LIMIT, page_limit};
 
 /// The query of `GET /api/v1/notifications`.
@@ -73,7 +73,7 @@ pub struct MarkedRead {
 /// `POST /api/v1/notifications/{id}/read`: idempotent; 404 for an unknown id.
 pub async fn mark_read(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<MarkedRead>> {
     let id = numeric_id(&id)?;
     let newly_read = s.store.mark_notification_read(id, Utc::now()).await?;

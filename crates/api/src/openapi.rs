@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{checks, error, health, metrics, notifications, workflows};
+use crate::{checks, error, health, jobs, metrics, notifications, workflows};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -28,6 +28,8 @@ use crate::{checks, error, health, metrics, notifications, workflows};
         notifications::mark_read,
         checks::create,
         checks::get,
+        jobs::list,
+        jobs::retry,
         health::healthz,
         health::readyz,
         metrics::render,

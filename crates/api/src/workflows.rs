@@ -3,7 +3,7 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Actor;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{JsonBody, OptionalJsonBody, QueryParams, workflow_id};
+use crate::extract::{JsonBody, OptionalJsonBody, PathParams, QueryParams, workflow_id};
 
 /// Largest page of a list.
 pub const MAX_LIMIT: u32 = 1000;
@@ -133,7 +133,10 @@ pub async fn create(
         (status = 404, description = "unknown id", body = ErrorBody),
     ))]
 /// `GET /api/v1/workflows/{id}`.
-pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn get(
+    State(s): State<AppState>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Response> {
     let id = workflow_id(&id)?;
     Ok(workflow_response(
         StatusCode::OK,
@@ -366,7 +369,7 @@ pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<i32>> {
 /// `POST /api/v1/workflows/{id}/{complete|cancel|hold|resume|reassign|advance}`.
 pub async fn transition(
     State(s): State<AppState>,
-    Path((id, action)): Path<(String, String)>,
+    PathParams((id, action)): PathParams<(String, String)>,
     Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     OptionalJsonBody(body): OptionalJsonBody<TransitionBody>,
@@ -412,7 +415,7 @@ pub struct AuditPage {
 /// `GET /api/v1/workflows/{id}/audit`: the workflow's whole trail, oldest first.
 pub async fn audit(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<AuditPage>> {
     let id = workflow_id(&id)?;
     // 404 for an unknown workflow rather than an empty trail.

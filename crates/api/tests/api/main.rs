@@ -6,5 +6,6 @@
 mod auth;
 mod checks;
 mod helpers;
+mod jobs;
 mod ops;
 mod workflows;

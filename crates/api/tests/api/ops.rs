@@ -33,6 +33,24 @@ async fn metrics_include_the_fleet_wide_gauges() {
     let api = spawn_api().await;
     api.create("M-1").await;
     api.create("M-2").await;
+    // a run with no batch finishes when planned: its finish time is the last check
+    let now = chrono::Utc::now();
+    let run = api
+        .db
+        .store
+        .create_check_run(&escalator_store::NewCheckRun {
+            slot: None,
+            requested_by: "api",
+            scope: "all".into(),
+            as_of: now,
+            dry_run: false,
+            coalesced: 1,
+            now,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    api.db.store.start_check_run(run.id, 0, now).await.unwrap();
     let res = api.get("/api/v1/metrics/prometheus").await;
     assert_eq!(res.status, StatusCode::OK);
     assert!(
@@ -49,6 +67,7 @@ async fn metrics_include_the_fleet_wide_gauges() {
         "escalator_queue_depth{queue=",
         "escalator_dead_jobs 0",
         "escalator_outbox_pending 0",
+        "escalator_last_check_timestamp_seconds 1",
         "# HELP workflow_open ",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
@@ -130,6 +149,8 @@ async fn the_openapi_document_describes_every_route() {
         ("/api/v1/notifications/{id}/read", "post"),
         ("/api/v1/checks", "post"),
         ("/api/v1/checks/{id}", "get"),
+        ("/api/v1/jobs", "get"),
+        ("/api/v1/jobs/{queue}/{id}/retry", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/api/v1/metrics/prometheus", "get"),

@@ -120,6 +120,11 @@ async fn get_is_404_for_an_unknown_id_and_400_for_a_malformed_one() {
         .await
         .error(StatusCode::BAD_REQUEST);
     assert_eq!(field.as_deref(), Some("id"));
+    let (_, field) = api
+        .get("/api/v1/workflows/%FF%FE")
+        .await
+        .error(StatusCode::BAD_REQUEST);
+    assert_eq!(field.as_deref(), Some("path"));
     api.get(&format!("/api/v1/workflows/{unknown}/audit"))
         .await
         .error(StatusCode::NOT_FOUND);
