@@ -3,6 +3,7 @@
 //! endpoint, behind optional bearer tokens. [`router`] is the whole api; the binary only binds
 //! and serves it.
 
+pub mod audit;
 pub mod auth;
 pub mod checks;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod notifications;
 pub mod openapi;
+pub mod transitions;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -80,9 +82,9 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/workflows", post(workflows::create).get(workflows::list))
         .route("/workflows/{id}", get(workflows::get))
-        .route("/workflows/{id}/audit", get(workflows::audit))
-        .route("/workflows/{id}/{action}", post(workflows::transition))
-        .route("/audit", get(workflows::audit_log))
+        .route("/workflows/{id}/audit", get(audit::workflow_trail))
+        .route("/workflows/{id}/{action}", post(transitions::transition))
+        .route("/audit", get(audit::log))
         .route("/notifications", get(notifications::list))
         .route("/notifications/{id}/read", post(notifications::mark_read))
         .route("/checks", post(checks::create))

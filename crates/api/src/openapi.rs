@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{checks, error, health, jobs, metrics, notifications, workflows};
+use crate::{audit, checks, error, health, jobs, metrics, notifications, transitions, workflows};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -21,9 +21,9 @@ use crate::{checks, error, health, jobs, metrics, notifications, workflows};
         workflows::create,
         workflows::list,
         workflows::get,
-        workflows::transition,
-        workflows::audit,
-        workflows::audit_log,
+        transitions::transition,
+        audit::workflow_trail,
+        audit::log,
         notifications::list,
         notifications::mark_read,
         checks::create,
