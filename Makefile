@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATABASE_URL ?= sqlite://escalator.db
 
-.PHONY: help dev build test test-unit lint fmt fmt-check clippy services migrate seed bench clean validate-deploy validate-deploy-live
+.PHONY: help dev build test test-faults test-unit lint fmt fmt-check clippy services migrate seed bench clean validate-deploy validate-deploy-live
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -12,10 +12,13 @@ build: ## Build the release binary (target/release/escalator)
 	$(CARGO) build --release --locked -p escalator
 
 test: services lint ## Everything CI runs: formatting, clippy, all tests against real PostgreSQL (and Redis)
-	$(CARGO) nextest run --workspace --locked --no-fail-fast
+	$(CARGO) nextest run --workspace --locked --no-fail-fast -E 'not binary(faults)'
+
+test-faults: services ## The fault-injection suite (docs/reliability.md): restarts, kills, outages; asserts the invariants
+	$(CARGO) nextest run --locked --no-fail-fast -p escalator -E 'binary(faults)' --no-capture
 
 test-unit: ## Only the tests that need no services
-	$(CARGO) nextest run --workspace --locked -E 'not binary(conformance) and not binary(cli)'
+	$(CARGO) nextest run --workspace --locked -E 'not binary(conformance) and not binary(cli) and not binary(faults)'
 
 lint: fmt-check clippy ## rustfmt check and clippy with warnings as errors
 

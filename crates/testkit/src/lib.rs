@@ -4,6 +4,7 @@
 // Fixtures run only inside tests, where a panic with a message is the right way to fail.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod services;
 pub mod smtp;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -46,7 +47,13 @@ impl TestDb {
     /// A fresh PostgreSQL database. Panics with instructions when the server is unreachable:
     /// an integration test must fail, not skip.
     pub async fn postgres() -> TestDb {
-        let admin = admin_url();
+        TestDb::postgres_at(&admin_url()).await
+    }
+
+    /// A fresh database on the server of `admin` (e.g. a private cluster a fault test
+    /// restarts), dropped with the value like [`TestDb::postgres`]'s.
+    pub async fn postgres_at(admin: &str) -> TestDb {
+        let admin = admin.to_owned();
         let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
             panic!(
                 "PostgreSQL is unreachable at {}: {e}. Start it (`make services`) or set \

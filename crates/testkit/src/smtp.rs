@@ -6,9 +6,24 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+/// The MAIL FROM rejection of a [`switchable_smtp_sink`]: `None` accepts.
+pub type Switch = Arc<Mutex<Option<&'static str>>>;
+
 /// Starts a sink on a free port: (port, messages received). With `reject`, MAIL FROM gets that
 /// reply (e.g. `"451 4.3.0 later\r\n"`).
 pub async fn smtp_sink(reject: Option<&'static str>) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let (port, received, _) = switchable_smtp_sink(reject).await;
+    (port, received)
+}
+
+/// Like [`smtp_sink`], with a switch: (port, messages received, the current MAIL FROM
+/// rejection). Setting the switch to `None` makes the same sink accept from the next command
+/// on — a provider that recovers.
+pub async fn switchable_smtp_sink(
+    reject: Option<&'static str>,
+) -> (u16, Arc<Mutex<Vec<String>>>, Switch) {
+    let switch = Arc::new(Mutex::new(reject));
+    let reject = switch.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -19,6 +34,7 @@ pub async fn smtp_sink(reject: Option<&'static str>) -> (u16, Arc<Mutex<Vec<Stri
                 return;
             };
             let store = store.clone();
+            let reject = reject.clone();
             tokio::spawn(async move {
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
@@ -42,7 +58,7 @@ pub async fn smtp_sink(reject: Option<&'static str>) -> (u16, Arc<Mutex<Vec<Stri
                         .to_ascii_uppercase();
                     let reply: &[u8] = match verb.as_str() {
                         "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
-                        "MAIL" => match reject {
+                        "MAIL" => match rejecting(&reject) {
                             Some(code) => code.as_bytes(),
                             None => b"250 2.1.0 ok\r\n",
                         },
@@ -63,5 +79,9 @@ pub async fn smtp_sink(reject: Option<&'static str>) -> (u16, Arc<Mutex<Vec<Stri
             });
         }
     });
-    (port, received)
+    (port, received, switch)
+}
+
+fn rejecting(switch: &Mutex<Option<&'static str>>) -> Option<&'static str> {
+    *switch.lock().unwrap()
 }
