@@ -1,7 +1,7 @@
 //! escalator's HTTP API (DESIGN §8): workflows and their transitions, the audit log, the
-//! in-app inbox, ad-hoc checks, dead jobs, health probes and the fleet-wide Prometheus
-//! endpoint, behind optional bearer tokens. [`router`] is the whole api; the binary only binds
-//! and serves it.
+//! in-app inbox, ad-hoc checks, dead jobs, policies, calendars and users, health probes and
+//! the fleet-wide Prometheus endpoint, behind optional bearer tokens. [`router`] is the whole
+//! api; the binary only binds and serves it.
 
 pub mod audit;
 pub mod auth;
@@ -13,7 +13,9 @@ pub mod jobs;
 pub mod metrics;
 pub mod notifications;
 pub mod openapi;
+pub mod policies;
 pub mod transitions;
+pub mod users;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -90,6 +92,17 @@ pub fn router(state: AppState) -> Router {
         .route("/checks", post(checks::create))
         .route("/checks/{id}", get(checks::get))
         .route("/jobs", get(jobs::list))
+        .route(
+            "/policies",
+            get(policies::list).post(policies::create_version),
+        )
+        .route("/policies/{id}", get(policies::get))
+        .route(
+            "/calendars/{id}",
+            get(policies::get_calendar).put(policies::put_calendar),
+        )
+        .route("/users", get(users::list))
+        .route("/users/{id}", get(users::get).put(users::put))
         .route("/jobs/{queue}/{id}/retry", post(jobs::retry))
         // route_layer covers only the routes above: metrics and the OpenAPI document stay
         // open so Prometheus and API explorers need no token.

@@ -6,7 +6,10 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{audit, checks, error, health, jobs, metrics, notifications, transitions, workflows};
+use crate::{
+    audit, checks, error, health, jobs, metrics, notifications, policies, transitions, users,
+    workflows,
+};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -30,6 +33,14 @@ use crate::{audit, checks, error, health, jobs, metrics, notifications, transiti
         checks::get,
         jobs::list,
         jobs::retry,
+        policies::list,
+        policies::get,
+        policies::create_version,
+        policies::get_calendar,
+        policies::put_calendar,
+        users::list,
+        users::get,
+        users::put,
         health::healthz,
         health::readyz,
         metrics::render,

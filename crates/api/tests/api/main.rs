@@ -5,6 +5,7 @@
 
 mod auth;
 mod checks;
+mod definitions;
 mod helpers;
 mod jobs;
 mod ops;

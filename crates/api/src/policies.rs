@@ -1,0 +1,199 @@
+//! `/api/v1/policies` and `/api/v1/calendars`: versioned escalation policies and business-hours
+//! calendars, validated by escalator-policy with the offending field named in a 422.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use escalator_policy::{Calendar, CalendarSpec, Policy, PolicyError, PolicySpec};
+use escalator_store::{PolicyRecord, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{JsonBody, PathParams, QueryParams};
+
+/// A validation failure of a spec: 422 naming the field under `prefix` (`spec.levels[0]...`).
+fn invalid_spec(prefix: &str, e: PolicyError) -> ApiError {
+    ApiError::invalid(format!("{prefix}.{}", e.field), e.message)
+}
+
+/// 422 naming `field` when the calendar `id` does not exist.
+async fn require_calendar(s: &AppState, id: &str, field: &str) -> ApiResult<()> {
+    match s.store.get_calendar(id).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::NotFound { .. }) => Err(ApiError::invalid(
+            field,
+            format!("calendar {id:?} not found"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A stored policy version.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PolicyView {
+    /// Policy id (stable across versions).
+    pub id: String,
+    /// Version number, 1 for the first.
+    pub version: i32,
+    /// Human-readable name.
+    pub name: String,
+    /// The validated spec.
+    #[schema(value_type = Object)]
+    pub spec: PolicySpec,
+    /// When this version was created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<PolicyRecord> for PolicyView {
+    fn from(r: PolicyRecord) -> Self {
+        PolicyView {
+            spec: r.policy.spec().clone(),
+            id: r.id,
+            version: r.version,
+            name: r.name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// The newest version of every policy.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Policies {
+    /// By id.
+    pub items: Vec<PolicyView>,
+}
+
+#[utoipa::path(get, path = "/api/v1/policies", tag = "policies",
+    responses((status = 200, description = "the newest version of every policy", body = Policies)))]
+/// `GET /api/v1/policies`.
+pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Policies>> {
+    let items = s.store.list_policies().await?;
+    Ok(Json(Policies {
+        items: items.into_iter().map(PolicyView::from).collect(),
+    }))
+}
+
+/// The query of `GET /api/v1/policies/{id}`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct VersionQuery {
+    /// This version instead of the newest.
+    #[param(minimum = 1)]
+    pub version: Option<i32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/policies/{id}", tag = "policies",
+    params(("id" = String, Path, description = "policy id"), VersionQuery),
+    responses(
+        (status = 200, description = "the policy version", body = PolicyView),
+        (status = 404, description = "unknown policy or version", body = ErrorBody),
+    ))]
+/// `GET /api/v1/policies/{id}?version=`.
+pub async fn get(
+    State(s): State<AppState>,
+    PathParams(id): PathParams<String>,
+    QueryParams(q): QueryParams<VersionQuery>,
+) -> ApiResult<Json<PolicyView>> {
+    let record = match q.version {
+        Some(v) => s.store.get_policy(&id, v).await?,
+        None => s.store.latest_policy(&id).await?,
+    };
+    Ok(Json(record.into()))
+}
+
+/// The body of `POST /api/v1/policies`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPolicyVersion {
+    /// Policy id; a new id starts at version 1, an existing one gets its next version.
+    pub id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// The escalation policy: `sla_seconds`, `warning`, `levels`, `after_last`, `calendar_id`.
+    #[schema(value_type = Object)]
+    pub spec: PolicySpec,
+}
+
+#[utoipa::path(post, path = "/api/v1/policies", tag = "policies",
+    request_body = NewPolicyVersion,
+    responses(
+        (status = 201, description = "the new version (running workflows keep theirs)", body = PolicyView),
+        (status = 422, description = "invalid spec; field names the value", body = ErrorBody),
+    ))]
+/// `POST /api/v1/policies`: stores the next version of a policy. Versions are immutable;
+/// workflows stay on the version they were created with.
+pub async fn create_version(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<NewPolicyVersion>,
+) -> ApiResult<(StatusCode, Json<PolicyView>)> {
+    if body.id.trim().is_empty() {
+        return Err(ApiError::invalid("id", "must not be empty"));
+    }
+    if body.name.trim().is_empty() {
+        return Err(ApiError::invalid("name", "must not be empty"));
+    }
+    if let Some(calendar) = &body.spec.calendar_id {
+        require_calendar(&s, calendar, "spec.calendar_id").await?;
+    }
+    let policy = Policy::new(body.spec).map_err(|e| invalid_spec("spec", e))?;
+    let record = s
+        .store
+        .create_policy_version(&body.id, &body.name, &policy)
+        .await?;
+    Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+/// A calendar.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CalendarView {
+    /// Calendar id, referenced by policies' `calendar_id`.
+    pub id: String,
+    /// `timezone`, `windows`, `holidays`.
+    #[schema(value_type = Object)]
+    pub spec: CalendarSpec,
+}
+
+#[utoipa::path(get, path = "/api/v1/calendars/{id}", tag = "calendars",
+    params(("id" = String, Path, description = "calendar id")),
+    responses(
+        (status = 200, description = "the calendar", body = CalendarView),
+        (status = 404, description = "unknown calendar", body = ErrorBody),
+    ))]
+/// `GET /api/v1/calendars/{id}`.
+pub async fn get_calendar(
+    State(s): State<AppState>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<CalendarView>> {
+    let calendar = s.store.get_calendar(&id).await?;
+    Ok(Json(CalendarView {
+        spec: calendar.spec().clone(),
+        id,
+    }))
+}
+
+#[utoipa::path(put, path = "/api/v1/calendars/{id}", tag = "calendars",
+    params(("id" = String, Path, description = "calendar id")),
+    request_body(content = Object, description = "`timezone` (IANA), `windows` [{day, start, end}], `holidays` [date]"),
+    responses(
+        (status = 200, description = "created or replaced", body = CalendarView),
+        (status = 422, description = "invalid calendar (e.g. unknown timezone); field names the value", body = ErrorBody),
+    ))]
+/// `PUT /api/v1/calendars/{id}`: creates or replaces a calendar.
+pub async fn put_calendar(
+    State(s): State<AppState>,
+    PathParams(id): PathParams<String>,
+    JsonBody(spec): JsonBody<CalendarSpec>,
+) -> ApiResult<Json<CalendarView>> {
+    if id.trim().is_empty() {
+        return Err(ApiError::bad_request("id", "must not be empty"));
+    }
+    let calendar = Calendar::new(spec).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    s.store.put_calendar(&id, &calendar).await?;
+    Ok(Json(CalendarView {
+        spec: calendar.spec().clone(),
+        id,
+    }))
+}

@@ -1,0 +1,190 @@
+//! `/api/v1/users`: the org chart escalations walk (`manager_id`), listed, read and upserted
+//! one at a time with the manager chain kept acyclic.
+
+use axum::Json;
+use axum::extract::State;
+use escalator_store::{StoreError, User};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::workflows::{MAX_LIMIT, page_limit};
+
+/// Longest manager chain walked when checking for a cycle; deeper charts are refused.
+const MAX_CHAIN: usize = 64;
+
+/// A user as the api shows and takes it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    /// Stable id, referenced by workflows and policies.
+    pub id: String,
+    /// Name shown in messages.
+    pub display_name: String,
+    /// Email address, if the user takes email.
+    pub email: Option<String>,
+    /// Phone number, if any.
+    pub phone: Option<String>,
+    /// Slack member id or handle, if any.
+    pub slack: Option<String>,
+    /// Who "manager" targets escalate to.
+    pub manager_id: Option<String>,
+    /// Inactive users receive nothing.
+    pub active: bool,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        UserView {
+            id: u.id,
+            display_name: u.display_name,
+            email: u.email,
+            phone: u.phone,
+            slack: u.slack,
+            manager_id: u.manager_id,
+            active: u.active,
+        }
+    }
+}
+
+/// The query of `GET /api/v1/users`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct UsersQuery {
+    /// Only users with an id after this one (`next_after` of the previous page).
+    pub after: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// A page of users, by id.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Users {
+    /// Ordered by id.
+    pub items: Vec<UserView>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+    params(UsersQuery),
+    responses(
+        (status = 200, description = "a page of users by id", body = Users),
+        (status = 400, description = "bad query parameter", body = ErrorBody),
+    ))]
+/// `GET /api/v1/users?after=&limit=`.
+pub async fn list(
+    State(s): State<AppState>,
+    QueryParams(q): QueryParams<UsersQuery>,
+) -> ApiResult<Json<Users>> {
+    let limit = page_limit(q.limit, MAX_LIMIT)?;
+    let users = s.store.list_users(q.after.as_deref(), limit).await?;
+    let next_after = (users.len() == limit as usize)
+        .then(|| users.last().map(|u| u.id.clone()))
+        .flatten();
+    Ok(Json(Users {
+        items: users.into_iter().map(UserView::from).collect(),
+        next_after,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "user id")),
+    responses(
+        (status = 200, description = "the user", body = UserView),
+        (status = 404, description = "unknown user", body = ErrorBody),
+    ))]
+/// `GET /api/v1/users/{id}`.
+pub async fn get(
+    State(s): State<AppState>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<UserView>> {
+    Ok(Json(s.store.get_user(&id).await?.into()))
+}
+
+/// The body of `PUT /api/v1/users/{id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutUser {
+    /// Name shown in messages.
+    pub display_name: String,
+    /// Email address.
+    pub email: Option<String>,
+    /// Phone number.
+    pub phone: Option<String>,
+    /// Slack member id or handle.
+    pub slack: Option<String>,
+    /// An existing user; the chain of managers must not lead back to this user.
+    pub manager_id: Option<String>,
+    /// Default true.
+    pub active: Option<bool>,
+}
+
+/// Refuses a manager that does not exist or whose chain reaches `id` (a cycle would make
+/// "escalate to the manager" go round for ever).
+async fn check_manager(s: &AppState, id: &str, manager: &str) -> ApiResult<()> {
+    let mut current = manager.to_owned();
+    for _ in 0..MAX_CHAIN {
+        if current == id {
+            return Err(ApiError::invalid(
+                "manager_id",
+                format!("{manager:?} reports to {id:?}: the manager chain would be circular"),
+            ));
+        }
+        let user = match s.store.get_user(&current).await {
+            Ok(u) => u,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::invalid(
+                    "manager_id",
+                    format!("user {current:?} not found"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match user.manager_id {
+            Some(next) => current = next,
+            None => return Ok(()),
+        }
+    }
+    Err(ApiError::invalid(
+        "manager_id",
+        format!("the manager chain above {manager:?} is deeper than {MAX_CHAIN}"),
+    ))
+}
+
+#[utoipa::path(put, path = "/api/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "user id")),
+    request_body = PutUser,
+    responses(
+        (status = 200, description = "created or replaced", body = UserView),
+        (status = 422, description = "invalid field, unknown or circular manager", body = ErrorBody),
+    ))]
+/// `PUT /api/v1/users/{id}`: creates or replaces a user.
+pub async fn put(
+    State(s): State<AppState>,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody<PutUser>,
+) -> ApiResult<Json<UserView>> {
+    if id.trim().is_empty() {
+        return Err(ApiError::bad_request("id", "must not be empty"));
+    }
+    if body.display_name.trim().is_empty() {
+        return Err(ApiError::invalid("display_name", "must not be empty"));
+    }
+    if let Some(manager) = &body.manager_id {
+        check_manager(&s, &id, manager).await?;
+    }
+    let user = User {
+        id,
+        display_name: body.display_name,
+        email: body.email,
+        phone: body.phone,
+        slack: body.slack,
+        manager_id: body.manager_id,
+        active: body.active.unwrap_or(true),
+    };
+    s.store.upsert_users(std::slice::from_ref(&user)).await?;
+    Ok(Json(user.into()))
+}

@@ -1,0 +1,158 @@
+//! Policies, calendars and users: validated with the offending field named, never a 500.
+
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn put(api: &TestApi, uri: &str, body: Value) -> Resp {
+    api.send(Method::PUT, uri, Some(body.to_string().into_bytes()), &[])
+        .await
+}
+
+#[tokio::test]
+async fn users_are_upserted_and_circular_or_unknown_managers_refused() {
+    let api = spawn_api().await;
+    let res = put(
+        &api,
+        "/api/v1/users/boss",
+        json!({ "display_name": "Boss" }),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["active"], true);
+    let res = put(
+        &api,
+        "/api/v1/users/alice",
+        json!({ "display_name": "Alice", "email": "alice@example.com", "manager_id": "boss" }),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+
+    let (_, field) = put(
+        &api,
+        "/api/v1/users/boss",
+        json!({ "display_name": "Boss", "manager_id": "alice" }),
+    )
+    .await
+    .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("manager_id"));
+    let (_, field) = put(
+        &api,
+        "/api/v1/users/bob",
+        json!({ "display_name": "Bob", "manager_id": "ghost" }),
+    )
+    .await
+    .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("manager_id"));
+    let (_, field) = put(
+        &api,
+        "/api/v1/users/bob",
+        json!({ "display_name": "Bob", "boss": "x" }),
+    )
+    .await
+    .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("boss"));
+
+    let page = api.get("/api/v1/users?limit=1").await.json();
+    assert_eq!(page["items"][0]["id"], "alice");
+    assert_eq!(page["next_after"], "alice");
+    let rest = api.get("/api/v1/users?after=alice").await.json();
+    assert_eq!(rest["items"][0]["id"], "boss");
+    assert_eq!(rest["next_after"], Value::Null);
+    assert_eq!(
+        api.get("/api/v1/users/alice").await.json()["manager_id"],
+        "boss"
+    );
+    api.get("/api/v1/users/nobody")
+        .await
+        .error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn calendars_are_validated_naming_the_field() {
+    let api = spawn_api().await;
+    let spec = json!({
+        "timezone": "Europe/London",
+        "windows": [{ "day": "Mon", "start": "09:00", "end": "17:00" }],
+        "holidays": ["2026-12-25"],
+    });
+    let res = put(&api, "/api/v1/calendars/uk", spec.clone()).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let got = api.get("/api/v1/calendars/uk").await.json();
+    assert_eq!(got["spec"]["timezone"], "Europe/London");
+
+    let mut bad = spec.clone();
+    bad["timezone"] = json!("Mars/Olympus");
+    let (_, field) = put(&api, "/api/v1/calendars/uk", bad)
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("timezone"));
+    let mut bad = spec;
+    bad["windows"][0]["end"] = json!("25:00");
+    let (_, field) = put(&api, "/api/v1/calendars/uk", bad)
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(field.unwrap().starts_with("windows[0]"));
+    api.get("/api/v1/calendars/nowhere")
+        .await
+        .error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn policies_get_new_versions_and_bad_specs_name_the_field() {
+    let api = spawn_api().await;
+    let all = api.get("/api/v1/policies").await.json();
+    let default = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "default")
+        .unwrap()
+        .clone();
+    let spec = default["spec"].clone();
+
+    let body = json!({ "id": "fast", "name": "Fast lane", "spec": spec });
+    let res = api.post("/api/v1/policies", body.clone()).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    assert_eq!(res.json()["version"], 1);
+    let res = api.post("/api/v1/policies", body).await;
+    assert_eq!(res.json()["version"], 2);
+    let v1 = api.get("/api/v1/policies/fast?version=1").await;
+    assert_eq!(v1.status, StatusCode::OK);
+    assert_eq!(api.get("/api/v1/policies/fast").await.json()["version"], 2);
+    api.get("/api/v1/policies/none")
+        .await
+        .error(StatusCode::NOT_FOUND);
+
+    let mut bad = spec.clone();
+    bad["sla_seconds"] = json!(-5);
+    let (_, field) = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "bad", "name": "Bad", "spec": bad }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("spec.sla_seconds"));
+    let mut bad = spec.clone();
+    bad["calendar_id"] = json!("nowhere");
+    let (_, field) = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "bad", "name": "Bad", "spec": bad }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("spec.calendar_id"));
+    let mut bad = spec;
+    bad["escalate_to"] = json!("ceo");
+    let (_, field) = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "bad", "name": "Bad", "spec": bad }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("spec.escalate_to"));
+}
