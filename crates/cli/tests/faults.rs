@@ -545,3 +545,79 @@ async fn f9_jobs_exceeding_their_timeout_never_apply_twice() {
     assert_exact(&w, 20_000).await;
     assert!(worker.stop().success());
 }
+
+/// F4 (process level; the clock-injected version is beat_store.rs's
+/// `slots_missed_while_down_run_once_coalesced`): the only beat SIGKILLed for 5 s of a
+/// one-second schedule, then started again. The missed slots run once, coalesced into one
+/// catch-up run; no slot runs twice and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f4_a_beat_down_across_several_slots_runs_them_once_coalesced() {
+    let mut w = World::new().await;
+    w.extra_env
+        .push(("ESCALATOR_SCHEDULE".into(), "* * * * * *".into()));
+    w.extra_env.push(("ESCALATOR_CATCHUP".into(), "60".into()));
+    w.extra_env.push(("ESCALATOR_LEASE_TTL".into(), "2".into()));
+    let mut beat = w.beat(free_port());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    beat.kill().unwrap(); // SIGKILL: its lease is left to expire
+    beat.wait().unwrap();
+    let before = beat_slots(&w).await;
+    assert!(before.len() >= 2, "the beat did not run: {before:?}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let restarted = Instant::now();
+    let beat = w.beat(free_port());
+    let caught_up = loop {
+        let runs = beat_slots(&w).await;
+        if let Some(r) = runs.iter().find(|r| r.1 > 1) {
+            break *r;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "no coalesced catch-up run: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "F4: the restarted beat ran the missed slots as one run (slot {}, coalesced {}) {:.1}s after it started",
+        caught_up.0,
+        caught_up.1,
+        seconds(restarted)
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(stop(beat).success());
+    let runs = beat_slots(&w).await;
+    assert!(
+        caught_up.1 >= 5,
+        "5 s down should miss at least 5 slots: {runs:?}"
+    );
+    assert_eq!(
+        runs.iter().filter(|r| r.1 > 1).count(),
+        1,
+        "one coalesced run: {runs:?}"
+    );
+    for pair in runs.windows(2) {
+        assert!(pair[1].0 > pair[0].0, "a slot ran twice: {pair:?}");
+    }
+    let covered: i64 = runs.iter().map(|r| i64::from(r.1)).sum();
+    let (first, last) = (runs[0].0, runs.last().unwrap().0);
+    assert_eq!(
+        covered,
+        (last - first).num_seconds() + 1,
+        "a slot was lost: {runs:?}"
+    );
+    w.verify();
+}
+
+/// (slot, coalesced) of every scheduled run, in slot order.
+async fn beat_slots(w: &World) -> Vec<(chrono::DateTime<chrono::Utc>, i32)> {
+    let mut out: Vec<_> =
+        w.db.store
+            .recent_check_runs(1_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.slot.map(|s| (s, r.coalesced)))
+            .collect();
+    out.sort();
+    out
+}
