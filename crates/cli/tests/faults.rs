@@ -495,40 +495,50 @@ async fn f8_an_email_provider_failing_then_recovering_delivers_everything_once()
     assert!(worker.stop().success());
 }
 
-/// F9: every attempt of a big batch exceeds ESCALATOR_JOB_TIMEOUT; after a restart with the
-/// normal timeout the next sweep completes the work: nothing applied twice.
+/// F9: batches of 1,000 with ESCALATOR_JOB_TIMEOUT=0.25 s and 3 attempts: some attempts commit
+/// and some run out of time (retried, then dead); after a restart with the normal timeout the
+/// next sweep completes the work: nothing applied twice, nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f9_jobs_exceeding_their_timeout_never_apply_twice() {
     let mut w = World::new().await;
     w.extra_env
-        .push(("ESCALATOR_BATCH_SIZE".into(), "5000".into()));
+        .push(("ESCALATOR_BATCH_SIZE".into(), "1000".into()));
     w.extra_env
         .push(("ESCALATOR_MAX_ATTEMPTS".into(), "3".into()));
     w.extra_env
-        .push(("ESCALATOR_JOB_TIMEOUT".into(), "0.2".into()));
+        .push(("ESCALATOR_JOB_TIMEOUT".into(), "0.25".into()));
     w.seed(20_000);
     let mut worker = Supervised::start(&w);
     let id = enqueue_check(&w).await;
-    // let every attempt time out, then stop
+    // wait until every batch of the run has committed or died (out of attempts), then stop:
+    // nothing of this run is left in flight to race the next sweep
     let started = Instant::now();
-    loop {
+    let dead = loop {
         let out = w.run(&["jobs", "dead"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !text.contains("0 dead job") && text.contains("dead job") {
-            eprintln!("F9: {}", text.lines().next().unwrap_or(""));
-            break;
-        }
+        let dead = text.lines().filter(|l| l.contains(":batches ")).count();
         let r = w.db.store.get_check_run(id).await.unwrap();
         if r.status == "succeeded" || r.status == "failed" {
-            eprintln!("F9: the timed-out run ended {}: {r:?}", r.status);
-            break;
+            eprintln!("F9: the run with short timeouts ended {}: {r:?}", r.status);
+            break dead;
+        }
+        if r.batches > 0 && i64::from(r.batches_done) + dead as i64 == i64::from(r.batches) {
+            eprintln!(
+                "F9: {} batches committed, {dead} dead after timing out on every attempt",
+                r.batches_done
+            );
+            break dead;
         }
         assert!(
             started.elapsed() < Duration::from_secs(90),
-            "no attempt ran out: {text} {r:?}"
+            "the run neither finished nor died: {text} {r:?}"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        dead > 0,
+        "no attempt ran out of time: make the batches bigger"
+    );
     worker.ensure(&w);
     assert!(worker.stop().success());
     let partial = count(
@@ -536,12 +546,24 @@ async fn f9_jobs_exceeding_their_timeout_never_apply_twice() {
         "SELECT count(*) FROM audit_logs WHERE action = 'escalate'",
     )
     .await;
-    eprintln!("F9: {partial} escalations committed by attempts that timed out");
+    let reminded_before = count(
+        &w.db.store,
+        "SELECT count(*) FROM audit_logs WHERE action = 'remind'",
+    )
+    .await;
+    eprintln!(
+        "F9: {partial} escalations and {reminded_before} reminders committed while attempts \
+         timed out (first dead job after {:.1}s)",
+        seconds(started)
+    );
     w.extra_env.retain(|(k, _)| k != "ESCALATOR_JOB_TIMEOUT");
     let mut worker = Supervised::start(&w);
     let (reminded, escalated) = sweep(&w, &mut worker).await;
     eprintln!("F9: with the normal timeout the next sweep found ({reminded}, {escalated})");
-    assert_eq!(escalated + partial, 3_000);
+    assert_eq!(
+        (reminded + reminded_before, escalated + partial),
+        (3_000, 3_000)
+    );
     assert_exact(&w, 20_000).await;
     assert!(worker.stop().success());
 }
