@@ -21,9 +21,10 @@ mod common;
 
 use common::*;
 
-/// A worker kept running the way a supervisor would: started again whenever it exits.
+/// A worker kept running the way a supervisor would: started again whenever it exits. Killed
+/// if the test fails before stopping it.
 struct Supervised {
-    child: Child,
+    child: Option<Child>,
     restarts: u32,
 }
 
@@ -42,22 +43,32 @@ fn spawn_worker(w: &World) -> Child {
 impl Supervised {
     fn start(w: &World) -> Supervised {
         Supervised {
-            child: spawn_worker(w),
+            child: Some(spawn_worker(w)),
             restarts: 0,
         }
     }
 
     /// Restarts the worker if it has exited.
     fn ensure(&mut self, w: &World) {
-        if let Some(status) = self.child.try_wait().unwrap() {
+        let child = self.child.as_mut().expect("a running worker");
+        if let Some(status) = child.try_wait().unwrap() {
             eprintln!("worker exited ({status}); the supervisor restarts it");
-            self.child = spawn_worker(w);
+            self.child = Some(spawn_worker(w));
             self.restarts += 1;
         }
     }
 
-    fn stop(self) -> ExitStatus {
-        stop(self.child)
+    fn stop(mut self) -> ExitStatus {
+        stop(self.child.take().expect("a running worker"))
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
