@@ -26,13 +26,18 @@ use common::*;
 struct Supervised {
     child: Option<Child>,
     restarts: u32,
+    metrics_port: u16,
 }
 
 fn spawn_worker(w: &World) -> Child {
+    spawn_worker_on(w, free_port())
+}
+
+fn spawn_worker_on(w: &World, metrics_port: u16) -> Child {
     w.command(&["worker"])
         .env(
             "ESCALATOR_METRICS_ADDR",
-            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{metrics_port}"),
         )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -42,9 +47,11 @@ fn spawn_worker(w: &World) -> Child {
 
 impl Supervised {
     fn start(w: &World) -> Supervised {
+        let metrics_port = free_port();
         Supervised {
-            child: Some(spawn_worker(w)),
+            child: Some(spawn_worker_on(w, metrics_port)),
             restarts: 0,
+            metrics_port,
         }
     }
 
@@ -53,7 +60,7 @@ impl Supervised {
         let child = self.child.as_mut().expect("a running worker");
         if let Some(status) = child.try_wait().unwrap() {
             eprintln!("worker exited ({status}); the supervisor restarts it");
-            self.child = Some(spawn_worker(w));
+            self.child = Some(spawn_worker_on(w, self.metrics_port));
             self.restarts += 1;
         }
     }
@@ -359,6 +366,17 @@ async fn f6_postgres_restarted_mid_run_jobs_retry_and_nothing_is_partial() {
     );
     let (reminded, escalated) = sweep(&w, &mut worker).await;
     eprintln!("F6: interrupted run {first:?}, final sweep found ({reminded}, {escalated})");
+    // the outage was absorbed by retries: no job died
+    let metrics = reqwest_metrics(worker.metrics_port).await;
+    let jobs: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("escalator_jobs_total"))
+        .collect();
+    eprintln!("F6: {}", jobs.join(" | "));
+    assert!(
+        !jobs.iter().any(|l| l.contains("outcome=\"dead\"")),
+        "{jobs:?}"
+    );
     assert_exact(&w, 20_000).await;
     assert!(worker.stop().success());
     drop(w);
