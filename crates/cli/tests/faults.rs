@@ -672,3 +672,73 @@ async fn beat_slots(w: &World) -> Vec<(chrono::DateTime<chrono::Utc>, i32)> {
     out.sort();
     out
 }
+
+fn rss_kib(pid: u32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `make soak` (not in CI): SOAK_MINUTES (default 30) of 100 checks over 200,000 workflows,
+/// 1,000 new ones arriving before each; the worker's RSS and the database connections stay
+/// flat, every check finds exactly the newcomers' share, and the totals are exact at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "make soak: runs for SOAK_MINUTES (30)"]
+async fn soak_a_hundred_checks_keep_memory_and_connections_flat() {
+    let minutes: u64 = std::env::var("SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(30);
+    let w = World::new().await;
+    w.seed(200_000);
+    let mut worker = Supervised::start(&w);
+    let started = Instant::now();
+    let period = Duration::from_secs(minutes * 60) / 100;
+    let mut samples: Vec<(i64, i64)> = Vec::new();
+    for i in 0..100u32 {
+        let slot = started + period * i;
+        tokio::time::sleep_until(slot.into()).await;
+        if i > 0 {
+            let seed = (100 + i).to_string();
+            w.run(&[
+                "seed",
+                "--workflows",
+                "1000",
+                "--seed",
+                &seed,
+                "--now",
+                SEED_TIME,
+            ]);
+        }
+        let found = sweep(&w, &mut worker).await;
+        let expected = if i == 0 { 30_000 } else { 150 };
+        assert_eq!(found, (expected, expected), "check {i}");
+        let pid = worker.child.as_ref().unwrap().id();
+        let conns = count(
+            &w.db.store,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()",
+        )
+        .await;
+        samples.push((rss_kib(pid), conns));
+        eprintln!(
+            "soak: check {i} at {:.0}s: worker RSS {} KiB, {conns} connections",
+            started.elapsed().as_secs_f64(),
+            samples[samples.len() - 1].0
+        );
+    }
+    assert_eq!(worker.restarts, 0, "the worker died during the soak");
+    let early = samples[5..15].iter().map(|s| s.0).max().unwrap();
+    let late = samples[90..].iter().map(|s| s.0).max().unwrap();
+    assert!(
+        late <= early + early / 2 + 20_480,
+        "worker RSS grew from {early} KiB to {late} KiB"
+    );
+    let early = samples[5..15].iter().map(|s| s.1).max().unwrap();
+    let late = samples[90..].iter().map(|s| s.1).max().unwrap();
+    assert!(late <= early + 2, "connections grew from {early} to {late}");
+    assert_exact(&w, 200_000 + 99 * 1_000).await;
+    assert!(worker.stop().success());
+}
