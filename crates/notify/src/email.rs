@@ -20,6 +20,9 @@ pub enum Mailer {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         /// The From address.
         from: Mailbox,
+        /// Longest wait for one message, end to end: lettre's own timeout covers the TCP
+        /// connect only, and a relay that accepts and then never answers would hang a sender.
+        deadline: Duration,
     },
     /// A folder of `.eml` files (dev mode).
     Files {
@@ -36,13 +39,23 @@ impl Mailer {
     /// An SMTP mailer for `smtp://host:port` (plain), `smtps://…` (TLS) or
     /// `smtp://…?tls=required` (STARTTLS), with optional `user:password@`.
     pub fn smtp(url: &str, from: &str) -> Result<Mailer, NotifyError> {
+        Mailer::smtp_with_deadline(url, from, Duration::from_secs(30))
+    }
+
+    /// [`Mailer::smtp`] with the end-to-end deadline of one message.
+    pub fn smtp_with_deadline(
+        url: &str,
+        from: &str,
+        deadline: Duration,
+    ) -> Result<Mailer, NotifyError> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
             .map_err(|e| NotifyError::Config(format!("ESCALATOR_SMTP_URL: {e}")))?
-            .timeout(Some(Duration::from_secs(20)))
+            .timeout(Some(deadline))
             .build();
         Ok(Mailer::Smtp {
             transport,
             from: parse_from(from)?,
+            deadline,
         })
     }
 
@@ -68,10 +81,18 @@ impl Mailer {
         };
         let message = build(entry, from)?;
         match self {
-            Mailer::Smtp { transport, .. } => match transport.send(message).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.is_permanent() => Err(NotifyError::Permanent(format!("SMTP: {e}"))),
-                Err(e) => Err(NotifyError::Transient(format!("SMTP: {e}"))),
+            Mailer::Smtp {
+                transport,
+                deadline,
+                ..
+            } => match tokio::time::timeout(*deadline, transport.send(message)).await {
+                Err(_) => Err(NotifyError::Transient(format!(
+                    "SMTP: no answer within {} s",
+                    deadline.as_secs_f64()
+                ))),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) if e.is_permanent() => Err(NotifyError::Permanent(format!("SMTP: {e}"))),
+                Ok(Err(e)) => Err(NotifyError::Transient(format!("SMTP: {e}"))),
             },
             Mailer::Files { transport, dir, .. } => {
                 transport.send(message).await.map(|_| ()).map_err(|e| {

@@ -164,3 +164,46 @@ async fn dev_mode_writes_one_eml_per_message() {
     let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
     assert!(text.contains("To: boss@example.com"), "{text}");
 }
+
+#[tokio::test]
+async fn a_relay_that_accepts_and_never_answers_is_timed_out_and_retried() {
+    let db = TestDb::postgres().await;
+    outbox(&db.store, 2, "boss@example.com").await;
+    // accepts connections and says nothing, ever
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let d = Deliverer {
+        store: db.store.clone(),
+        mailer: Some(
+            Mailer::smtp_with_deadline(
+                &format!("smtp://127.0.0.1:{port}"),
+                "e <e@example.com>",
+                Duration::from_secs(1),
+            )
+            .unwrap(),
+        ),
+        max_attempts: 3,
+        lease: Duration::from_secs(60),
+    };
+    let started = std::time::Instant::now();
+    let report = tokio::time::timeout(Duration::from_secs(20), d.drain(10, 10))
+        .await
+        .expect("the sender hung on a silent relay")
+        .unwrap();
+    assert_eq!(report.retried, 2);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let rows = db.store.list_outbox(None, 10).await.unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "failed"
+                && r.last_error.as_deref().unwrap_or("").contains("no answer")),
+        "{rows:?}"
+    );
+    held.abort();
+}
