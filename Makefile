@@ -15,7 +15,16 @@ test: services lint ## Everything CI runs: formatting, clippy, all tests against
 	$(CARGO) nextest run --workspace --locked --no-fail-fast -E 'not binary(faults)'
 
 test-faults: services ## The fault-injection suite (docs/reliability.md): restarts, kills, outages; asserts the invariants
-	$(CARGO) nextest run --locked --no-fail-fast -p escalator -E 'binary(faults)' --no-capture
+	$(CARGO) nextest run --locked --no-fail-fast --workspace --no-capture -E '$(FAULTS)'
+
+# F1-F11: the faults binary plus the scenarios that live with their own suites (docs/reliability.md)
+FAULTS = binary(faults) | test(a_worker_killed_mid_run_loses_nothing_and_doubles_nothing) \
+	| test(two_beats_on_a_one_second_schedule_fire_every_slot_exactly_once) \
+	| test(a_leader_frozen_past_its_lease_is_replaced_and_never_doubles_a_slot) \
+	| test(slots_missed_while_down_run_once_coalesced) \
+	| test(a_redis_that_may_evict_jobs_is_refused_at_start_up) | test(stale_claims_write_nothing) \
+	| test(garbage_on_every_queue_is_dead_lettered_counted_and_survived) \
+	| test(a_relay_that_accepts_and_never_answers_is_timed_out_and_retried)
 
 soak: services ## Not in CI: SOAK_MINUTES (30) of 100 checks over 200,000 workflows; RSS and connections stay flat
 	SOAK_MINUTES=$${SOAK_MINUTES:-30} $(CARGO) test --locked -p escalator --test faults -- --ignored --nocapture soak_
