@@ -18,7 +18,7 @@ test-faults: services ## The fault-injection suite (docs/reliability.md): restar
 	$(CARGO) nextest run --locked --no-fail-fast --workspace --no-capture -E '$(FAULTS)'
 
 # F1-F11: the faults binary plus the scenarios that live with their own suites (docs/reliability.md)
-FAULTS = binary(faults) | test(a_worker_killed_mid_run_loses_nothing_and_doubles_nothing) \
+FAULTS = (binary(faults) & not test(/^soak_/)) | test(a_worker_killed_mid_run_loses_nothing_and_doubles_nothing) \
 	| test(two_beats_on_a_one_second_schedule_fire_every_slot_exactly_once) \
 	| test(a_leader_frozen_past_its_lease_is_replaced_and_never_doubles_a_slot) \
 	| test(slots_missed_while_down_run_once_coalesced) \
@@ -27,7 +27,7 @@ FAULTS = binary(faults) | test(a_worker_killed_mid_run_loses_nothing_and_doubles
 	| test(a_relay_that_accepts_and_never_answers_is_timed_out_and_retried)
 
 soak: services ## Not in CI: SOAK_MINUTES (30) of 100 checks over 200,000 workflows; RSS and connections stay flat
-	SOAK_MINUTES=$${SOAK_MINUTES:-30} $(CARGO) test --locked -p escalator --test faults -- --ignored --nocapture soak_
+	SOAK_MINUTES=$${SOAK_MINUTES:-30} $(CARGO) nextest run --locked -p escalator --profile soak --no-capture -E 'binary(faults) & test(/^soak_/)'
 
 test-unit: ## Only the tests that need no services
 	$(CARGO) nextest run --workspace --locked -E 'not binary(conformance) and not binary(cli) and not binary(faults)'

@@ -67,8 +67,8 @@ async fn refresh_fleet(s: &AppState) {
         }
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read queue depths"),
     }
-    match s.store.outbox_pending().await {
-        Ok(n) => metrics::gauge!(OUTBOX_PENDING).set(n as f64),
+    match s.store.outbox_backlog(chrono::Utc::now()).await {
+        Ok((waiting, _due)) => metrics::gauge!(OUTBOX_PENDING).set(waiting as f64),
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count the outbox"),
     }
     match s.store.recent_check_runs(RECENT_RUNS).await {

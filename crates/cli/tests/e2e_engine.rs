@@ -232,41 +232,10 @@ async fn garbage_on_every_queue_is_dead_lettered_counted_and_survived() {
     w.seed(1_000);
     let port = free_port();
     let worker = w.worker(port);
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
     for queue in ["checks", "batches", "noop"] {
         let q = format!("{}:{queue}", w.namespace);
-        let id = format!("garbage-{queue}");
-        let now = chrono::Utc::now().timestamp();
-        let _: () = redis::cmd("HSET")
-            .arg(format!("{q}:data"))
-            .arg(&id)
-            .arg("{\"truncated\": ")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let _: () = redis::cmd("HSET")
-            .arg(format!("{q}:meta:{id}"))
-            .arg(&[
-                "attempts",
-                "0",
-                "max_attempts",
-                "25",
-                "status",
-                "Pending",
-                "idempotency_key",
-                "",
-            ])
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let _: () = redis::cmd("ZADD")
-            .arg(format!("{q}:scheduled"))
-            .arg(now)
-            .arg(&id)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        escalator_testkit::raw_queue::push_raw("redis://127.0.0.1:6379", &q, "{\"truncated\": ")
+            .await;
     }
     // the worker keeps going: a real check still completes
     assert_eq!(w.check(), (150, 150));

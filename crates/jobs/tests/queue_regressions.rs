@@ -151,40 +151,7 @@ async fn noop_stats(queues: &Queues) -> QueueStats {
 
 /// Pushes a payload that is not JSON straight into a Redis queue, as a buggy producer would.
 async fn push_garbage(queue: &str) -> String {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let id = format!("garbage-{}", uuid::Uuid::new_v4().simple());
-    let now = Utc::now().timestamp();
-    let _: () = redis::cmd("HSET")
-        .arg(format!("{queue}:data"))
-        .arg(&id)
-        .arg("not json at all")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(format!("{queue}:meta:{id}"))
-        .arg(&[
-            "attempts",
-            "0",
-            "max_attempts",
-            "25",
-            "status",
-            "Pending",
-            "idempotency_key",
-            "",
-        ])
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("ZADD")
-        .arg(format!("{queue}:scheduled"))
-        .arg(now)
-        .arg(&id)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    id
+    escalator_testkit::raw_queue::push_raw(&redis_url(), queue, "not json at all").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

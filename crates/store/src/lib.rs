@@ -344,12 +344,6 @@ impl Store {
         dispatch!(self, s => s.list_outbox(status, limit).await)
     }
 
-    /// Outbox rows not yet delivered: pending, or failed and waiting for a retry (the
-    /// `escalator_outbox_pending` gauge).
-    pub async fn outbox_pending(&self) -> Result<i64> {
-        dispatch!(self, s => s.outbox_pending().await)
-    }
-
     /// Row counts of the main tables, for verification and tests.
     pub async fn table_counts(&self) -> Result<TableCounts> {
         dispatch!(self, s => s.table_counts().await)

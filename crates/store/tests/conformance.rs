@@ -55,7 +55,7 @@ conformance!(
     inbox_lists_and_marks_read,
     verify_passes_a_healthy_database_and_names_tampering,
     due_ranges_cut_the_due_workflows_into_disjoint_slices,
-    outbox_pending_counts_undelivered_rows,
+    outbox_backlog_counts_undelivered_rows,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -937,9 +937,9 @@ async fn due_ranges_cut_the_due_workflows_into_disjoint_slices(db: &TestDb) {
     );
 }
 
-async fn outbox_pending_counts_undelivered_rows(db: &TestDb) {
+async fn outbox_backlog_counts_undelivered_rows(db: &TestDb) {
     let s = &db.store;
-    assert_eq!(s.outbox_pending().await.unwrap(), 0);
+    assert_eq!(s.outbox_backlog(t0()).await.unwrap(), (0, 0));
     let a = create(s, "OP-1").await;
     let b = create(s, "OP-2").await;
     let now = t0() + Duration::hours(23);
@@ -947,5 +947,10 @@ async fn outbox_pending_counts_undelivered_rows(db: &TestDb) {
     tx.apply(&remind(&a, now, None), now).await.unwrap();
     tx.apply(&remind(&b, now, None), now).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(s.outbox_pending().await.unwrap(), 2);
+    // both waiting; due from the instant they were written
+    assert_eq!(
+        s.outbox_backlog(now - Duration::seconds(1)).await.unwrap(),
+        (2, 0)
+    );
+    assert_eq!(s.outbox_backlog(now).await.unwrap(), (2, 2));
 }

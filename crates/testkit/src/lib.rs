@@ -4,6 +4,7 @@
 // Fixtures run only inside tests, where a panic with a message is the right way to fail.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod raw_queue;
 pub mod services;
 pub mod smtp;
 

@@ -223,15 +223,6 @@ impl SqliteStore {
         rows.iter().map(rows::outbox).collect()
     }
 
-    pub(crate) async fn outbox_pending(&self) -> Result<i64> {
-        // Spelled like the partial index `outbox_pending` so the count reads only the index.
-        let row =
-            sqlx::query("SELECT count(*) AS n FROM outbox WHERE status IN ('pending', 'failed')")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(row.try_get("n")?)
-    }
-
     pub(crate) async fn table_counts(&self) -> Result<TableCounts> {
         let row = sqlx::query(
             "SELECT (SELECT count(*) FROM workflows) AS workflows,
