@@ -114,9 +114,78 @@ pub struct DeliverySettings {
     pub email: EmailConfig,
     /// Attempts before a delivery is dead.
     pub max_attempts: i32,
+    /// The HTTP providers: email API, SMS, Slack, webhooks.
+    pub http: escalator_notify::HttpConfig,
+}
+
+/// A URL setting: http(s) only.
+fn url(src: &dyn Source, name: &'static str) -> Result<Option<String>, ConfigError> {
+    match src.get(name) {
+        None => Ok(None),
+        Some(v) if v.starts_with("http://") || v.starts_with("https://") => Ok(Some(v)),
+        Some(v) => Err(ConfigError {
+            name,
+            value: v,
+            reason: "expected an http:// or https:// URL".into(),
+        }),
+    }
+}
+
+/// A setting that must be present because `because` is set. Secrets are not echoed.
+fn required(src: &dyn Source, name: &'static str, because: &str) -> Result<String, ConfigError> {
+    match src.get(name) {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ConfigError {
+            name,
+            value: String::new(),
+            reason: format!("required when {because} is set"),
+        }),
+    }
 }
 
 impl DeliverySettings {
+    /// The HTTP providers from `ESCALATOR_SENDGRID_*`, `ESCALATOR_TWILIO_*`,
+    /// `ESCALATOR_SLACK_WEBHOOK_URL`, `ESCALATOR_WEBHOOK_*`, `ESCALATOR_PROVIDER_TIMEOUT` and
+    /// `ESCALATOR_PROVIDER_RATE_LIMIT`.
+    fn http_from_env(
+        src: &dyn Source,
+        from: &str,
+    ) -> Result<escalator_notify::HttpConfig, ConfigError> {
+        let sendgrid = match url(src, "ESCALATOR_SENDGRID_URL")? {
+            Some(url) => Some(escalator_notify::SendGridConfig {
+                url,
+                key: required(src, "ESCALATOR_SENDGRID_KEY", "ESCALATOR_SENDGRID_URL")?,
+                from: from.to_owned(),
+            }),
+            None => None,
+        };
+        let twilio = match url(src, "ESCALATOR_TWILIO_URL")? {
+            Some(url) => Some(escalator_notify::TwilioConfig {
+                url,
+                sid: required(src, "ESCALATOR_TWILIO_SID", "ESCALATOR_TWILIO_URL")?,
+                token: required(src, "ESCALATOR_TWILIO_TOKEN", "ESCALATOR_TWILIO_URL")?,
+                from: required(src, "ESCALATOR_TWILIO_FROM", "ESCALATOR_TWILIO_URL")?,
+            }),
+            None => None,
+        };
+        let webhook = match url(src, "ESCALATOR_WEBHOOK_URL")? {
+            Some(url) => Some(escalator_notify::WebhookConfig {
+                url,
+                secret: required(src, "ESCALATOR_WEBHOOK_SECRET", "ESCALATOR_WEBHOOK_URL")?,
+                source: string(src, "ESCALATOR_WEBHOOK_SOURCE", "escalator"),
+            }),
+            None => None,
+        };
+        Ok(escalator_notify::HttpConfig {
+            timeout: seconds(src, "ESCALATOR_PROVIDER_TIMEOUT", Duration::from_secs(10))?,
+            rate_per_second: bounded(src, "ESCALATOR_PROVIDER_RATE_LIMIT", 20, 1..=10_000)?,
+            sendgrid,
+            twilio,
+            slack_webhook_url: url(src, "ESCALATOR_SLACK_WEBHOOK_URL")?,
+            webhook,
+        })
+    }
+
     /// From the environment.
     pub fn from_env(src: &dyn Source) -> Result<Self, ConfigError> {
         let from = string(
@@ -136,18 +205,32 @@ impl DeliverySettings {
                         reason: "expected smtp://host:port or smtps://host:port".into(),
                     });
                 }
-                EmailConfig::Smtp { url, from }
+                EmailConfig::Smtp {
+                    url,
+                    from: from.clone(),
+                }
             }
             (None, Some(dir)) => EmailConfig::Files {
                 dir: dir.into(),
-                from,
+                from: from.clone(),
             },
             (None, None) => EmailConfig::None,
         };
         let max_attempts = bounded(src, "ESCALATOR_DELIVERY_MAX_ATTEMPTS", 8, 1..=50)?;
+        let http = Self::http_from_env(src, &from)?;
+        if let (EmailConfig::Smtp { url, .. }, Some(_)) = (&email, &http.sendgrid) {
+            return Err(ConfigError {
+                name: "ESCALATOR_SENDGRID_URL",
+                value: url.clone(),
+                reason: "email goes either over SMTP (ESCALATOR_SMTP_URL) or over an HTTP API \
+                         (ESCALATOR_SENDGRID_URL): set one"
+                    .into(),
+            });
+        }
         Ok(DeliverySettings {
             email,
             max_attempts: i32::try_from(max_attempts).unwrap_or(8),
+            http,
         })
     }
 
@@ -157,13 +240,24 @@ impl DeliverySettings {
         store: &escalator_store::Store,
     ) -> anyhow::Result<Option<escalator_notify::Deliverer>> {
         let mailer = match &self.email {
-            EmailConfig::Smtp { url, from } => escalator_notify::Mailer::smtp(url, from)?,
-            EmailConfig::Files { dir, from } => escalator_notify::Mailer::files(dir.clone(), from)?,
-            EmailConfig::None => return Ok(None),
+            EmailConfig::Smtp { url, from } => Some(escalator_notify::Mailer::smtp(url, from)?),
+            EmailConfig::Files { dir, from } => {
+                Some(escalator_notify::Mailer::files(dir.clone(), from)?)
+            }
+            EmailConfig::None => None,
         };
+        let http = if self.http.any() {
+            Some(escalator_notify::HttpChannels::new(self.http.clone())?)
+        } else {
+            None
+        };
+        if mailer.is_none() && http.is_none() {
+            return Ok(None);
+        }
         Ok(Some(escalator_notify::Deliverer {
             store: store.clone(),
-            mailer: Some(mailer),
+            mailer,
+            http,
             max_attempts: self.max_attempts,
             lease: Duration::from_secs(120),
         }))
@@ -298,6 +392,46 @@ mod tests {
         assert_eq!(w.engine.batch_size, 1_000);
         assert_eq!(w.worker.concurrency, 2);
         assert_eq!(w.metrics_addr.port(), 9100);
+    }
+
+    #[test]
+    fn http_providers_need_their_keys_and_name_the_missing_one() {
+        let none = DeliverySettings::from_env(&env(&[])).unwrap();
+        assert!(!none.http.any());
+        let e =
+            DeliverySettings::from_env(&env(&[("ESCALATOR_SENDGRID_URL", "http://127.0.0.1:1")]))
+                .unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_SENDGRID_KEY");
+        let e = DeliverySettings::from_env(&env(&[
+            ("ESCALATOR_TWILIO_URL", "http://127.0.0.1:1"),
+            ("ESCALATOR_TWILIO_SID", "AC1"),
+            ("ESCALATOR_TWILIO_TOKEN", "t"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_TWILIO_FROM");
+        let e =
+            DeliverySettings::from_env(&env(&[("ESCALATOR_WEBHOOK_URL", "ftp://x")])).unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_WEBHOOK_URL");
+        let e = DeliverySettings::from_env(&env(&[
+            ("ESCALATOR_SMTP_URL", "smtp://127.0.0.1:25"),
+            ("ESCALATOR_SENDGRID_URL", "http://127.0.0.1:1"),
+            ("ESCALATOR_SENDGRID_KEY", "k"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_SENDGRID_URL");
+        let ok = DeliverySettings::from_env(&env(&[
+            (
+                "ESCALATOR_SLACK_WEBHOOK_URL",
+                "https://hooks.example.com/T/B/x",
+            ),
+            ("ESCALATOR_WEBHOOK_URL", "https://example.com/hook"),
+            ("ESCALATOR_WEBHOOK_SECRET", "s3cret"),
+            ("ESCALATOR_PROVIDER_RATE_LIMIT", "5"),
+        ]))
+        .unwrap();
+        assert!(ok.http.any());
+        assert_eq!(ok.http.rate_per_second, 5);
+        assert_eq!(ok.http.webhook.unwrap().source, "escalator");
     }
 
     #[test]

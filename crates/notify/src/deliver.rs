@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use escalator_runtime::metrics as m;
 use escalator_store::{DeliveryOutcome, OutboxEntry, Store, StoreError};
 
-use crate::{Mailer, NotifyError};
+use crate::{HttpChannels, Mailer, NotifyError};
 
 /// The wait before attempt `attempts + 1`: 30 s doubling per attempt up to 1 h, scaled by a
 /// jitter factor in [0.5, 1.5) so that a provider outage does not end in a thundering herd.
@@ -33,8 +33,11 @@ pub struct DeliveryReport {
 pub struct Deliverer {
     /// The source of truth.
     pub store: Store,
-    /// Email sender, if email is configured.
+    /// Email sender over SMTP (or into files), if configured; it takes precedence over an
+    /// HTTP email API.
     pub mailer: Option<Mailer>,
+    /// The HTTP providers (email API, SMS, Slack, webhooks), if any is configured.
+    pub http: Option<HttpChannels>,
     /// Attempts before a delivery is dead.
     pub max_attempts: i32,
     /// How long a claimed row stays hidden from other senders.
@@ -48,11 +51,22 @@ impl Deliverer {
         per_round: u32,
         max_rounds: u32,
     ) -> Result<DeliveryReport, StoreError> {
+        self.drain_as_of(Utc::now(), per_round, max_rounds).await
+    }
+
+    /// [`Deliverer::drain`] of the rows due at `as_of` (tests move time forward with it to
+    /// make a retry due without waiting for its backoff).
+    pub async fn drain_as_of(
+        &self,
+        as_of: DateTime<Utc>,
+        per_round: u32,
+        max_rounds: u32,
+    ) -> Result<DeliveryReport, StoreError> {
         let mut report = DeliveryReport::default();
         for _ in 0..max_rounds {
             let claimed = self
                 .store
-                .claim_deliveries(Utc::now(), self.lease, per_round)
+                .claim_deliveries(as_of, self.lease, per_round)
                 .await?;
             if claimed.is_empty() {
                 break;
@@ -99,17 +113,7 @@ impl Deliverer {
     }
 
     async fn attempt(&self, entry: &OutboxEntry) -> DeliveryOutcome {
-        let result = match entry.channel.as_str() {
-            "email" => match &self.mailer {
-                Some(mailer) => mailer.send(entry).await,
-                None => Err(NotifyError::Transient(
-                    "email is not configured (ESCALATOR_SMTP_URL)".into(),
-                )),
-            },
-            other => Err(NotifyError::Permanent(format!(
-                "no sender for channel {other:?} yet"
-            ))),
-        };
+        let result = self.send(entry).await;
         match result {
             Ok(()) => DeliveryOutcome::Sent,
             Err(NotifyError::Transient(error)) | Err(NotifyError::Config(error))
@@ -123,9 +127,42 @@ impl Deliverer {
                             .unwrap_or(chrono::Duration::seconds(30)),
                 }
             }
+            Err(NotifyError::Throttled { error, after }) if entry.attempts < self.max_attempts => {
+                // the provider's Retry-After, but never sooner than our own backoff's floor
+                let wait = after.max(retry_delay(entry.attempts, 0.5));
+                DeliveryOutcome::Retry {
+                    error,
+                    retry_at: Utc::now()
+                        + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(30)),
+                }
+            }
             Err(e) => DeliveryOutcome::Dead {
                 error: e.to_string(),
             },
+        }
+    }
+
+    /// Sends one row through its channel's sender.
+    async fn send(&self, entry: &OutboxEntry) -> Result<(), NotifyError> {
+        let http = |what: &str, var: &str| {
+            NotifyError::Config(format!("{what} is not configured ({var})"))
+        };
+        match (entry.channel.as_str(), &self.mailer, &self.http) {
+            ("email", Some(mailer), _) => mailer.send(entry).await,
+            ("email", None, Some(h)) if h.has_email() => h.send_email(entry).await,
+            ("email", None, _) => Err(http(
+                "email",
+                "ESCALATOR_SMTP_URL or ESCALATOR_SENDGRID_URL",
+            )),
+            ("sms", _, Some(h)) => h.send_sms(entry).await,
+            ("slack", _, Some(h)) => h.send_slack(entry).await,
+            ("webhook" | "event", _, Some(h)) => h.send_webhook(entry).await,
+            ("sms", _, None) => Err(http("SMS", "ESCALATOR_TWILIO_URL")),
+            ("slack", _, None) => Err(http("Slack", "ESCALATOR_SLACK_WEBHOOK_URL")),
+            ("webhook" | "event", _, None) => Err(http("webhooks", "ESCALATOR_WEBHOOK_URL")),
+            (other, _, _) => Err(NotifyError::Permanent(format!(
+                "no sender for channel {other:?}"
+            ))),
         }
     }
 }

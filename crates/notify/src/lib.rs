@@ -4,9 +4,11 @@
 
 pub mod deliver;
 pub mod email;
+pub mod http;
 
 pub use deliver::{Deliverer, DeliveryReport, retry_delay};
 pub use email::Mailer;
+pub use http::{HttpChannels, HttpConfig, SendGridConfig, TwilioConfig, WebhookConfig};
 
 /// How a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,6 +16,14 @@ pub enum NotifyError {
     /// Worth retrying: timeouts, connection failures, 4xx-temporary and 5xx from providers.
     #[error("transient: {0}")]
     Transient(String),
+    /// Transient, and the provider said when to come back (HTTP 429/503 with Retry-After).
+    #[error("transient: {error} (retry after {} s)", after.as_secs())]
+    Throttled {
+        /// What the provider answered.
+        error: String,
+        /// Its Retry-After.
+        after: std::time::Duration,
+    },
     /// Retrying cannot help: invalid address, rejected message.
     #[error("permanent: {0}")]
     Permanent(String),

@@ -44,6 +44,7 @@ fn deliverer(store: &Store, port: u16) -> Deliverer {
             )
             .unwrap(),
         ),
+        http: None,
         max_attempts: 3,
         lease: Duration::from_secs(60),
     }
@@ -153,6 +154,7 @@ async fn dev_mode_writes_one_eml_per_message() {
     let d = Deliverer {
         store: db.store.clone(),
         mailer: Some(Mailer::files(dir.path().join("mail"), "dev <e@localhost>").unwrap()),
+        http: None,
         max_attempts: 3,
         lease: Duration::from_secs(60),
     };
@@ -188,6 +190,7 @@ async fn a_relay_that_accepts_and_never_answers_is_timed_out_and_retried() {
             )
             .unwrap(),
         ),
+        http: None,
         max_attempts: 3,
         lease: Duration::from_secs(60),
     };

@@ -1,0 +1,421 @@
+//! The HTTP channels: email over a SendGrid-style API, SMS over a Twilio-style API, Slack
+//! incoming webhooks and generic webhooks carrying a signed CloudEvents-shaped event. Each
+//! provider has its own rate limit; every request has a deadline; the outbox row's
+//! idempotency key travels as the `Idempotency-Key` header (and as the event's `id`).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use escalator_store::OutboxEntry;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use hmac::{Hmac, KeyInit, Mac};
+use lettre::message::Mailbox;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::NotifyError;
+
+/// The header carrying the webhook signature: `sha256=<hex HMAC-SHA256>`.
+pub const SIGNATURE_HEADER: &str = "X-Escalator-Signature";
+/// The header carrying the Unix timestamp that the signature covers.
+pub const TIMESTAMP_HEADER: &str = "X-Escalator-Timestamp";
+/// The header carrying the outbox row's idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+/// A SendGrid-style email API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendGridConfig {
+    /// Base URL; the message is POSTed to `{url}/v3/mail/send`.
+    pub url: String,
+    /// API key, sent as a bearer token.
+    pub key: String,
+    /// The From address (`ESCALATOR_EMAIL_FROM`).
+    pub from: String,
+}
+
+/// A Twilio-style SMS API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwilioConfig {
+    /// Base URL; messages are POSTed to `{url}/2010-04-01/Accounts/{sid}/Messages.json`.
+    pub url: String,
+    /// Account SID (basic-auth user).
+    pub sid: String,
+    /// Auth token (basic-auth password).
+    pub token: String,
+    /// The sending number.
+    pub from: String,
+}
+
+/// Generic webhooks: every delivery on the `webhook` channel is POSTed here as a CloudEvent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// Where events go.
+    pub url: String,
+    /// The HMAC-SHA256 key receivers verify the signature with.
+    pub secret: String,
+    /// The CloudEvents `source` attribute.
+    pub source: String,
+}
+
+/// Settings of the HTTP channels; a channel whose provider is None is not configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Longest wait for one request, end to end.
+    pub timeout: Duration,
+    /// Requests per second allowed to each provider.
+    pub rate_per_second: u32,
+    /// Email over HTTP.
+    pub sendgrid: Option<SendGridConfig>,
+    /// SMS.
+    pub twilio: Option<TwilioConfig>,
+    /// The Slack incoming webhook for users whose `slack` is a member id rather than a
+    /// webhook URL of their own.
+    pub slack_webhook_url: Option<String>,
+    /// Generic signed webhooks.
+    pub webhook: Option<WebhookConfig>,
+}
+
+impl HttpConfig {
+    /// True when any HTTP provider is configured.
+    pub fn any(&self) -> bool {
+        self.sendgrid.is_some()
+            || self.twilio.is_some()
+            || self.slack_webhook_url.is_some()
+            || self.webhook.is_some()
+    }
+}
+
+/// The HTTP senders, sharing one connection pool.
+#[derive(Debug, Clone)]
+pub struct HttpChannels {
+    client: reqwest::Client,
+    config: HttpConfig,
+    from: Option<Mailbox>,
+    limits: Arc<Limits>,
+}
+
+#[derive(Debug)]
+struct Limits {
+    sendgrid: DefaultDirectRateLimiter,
+    twilio: DefaultDirectRateLimiter,
+    slack: DefaultDirectRateLimiter,
+    webhook: DefaultDirectRateLimiter,
+}
+
+impl HttpChannels {
+    /// Builds the client; fails on an unusable setting, naming it.
+    pub fn new(config: HttpConfig) -> Result<HttpChannels, NotifyError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .user_agent(concat!("escalator/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| NotifyError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let from = match &config.sendgrid {
+            Some(s) => Some(s.from.parse::<Mailbox>().map_err(|e| {
+                NotifyError::Config(format!("ESCALATOR_EMAIL_FROM={:?}: {e}", s.from))
+            })?),
+            None => None,
+        };
+        let rate = NonZeroU32::new(config.rate_per_second).ok_or_else(|| {
+            NotifyError::Config("ESCALATOR_PROVIDER_RATE_LIMIT must be at least 1".into())
+        })?;
+        let quota = Quota::per_second(rate);
+        let limits = Arc::new(Limits {
+            sendgrid: RateLimiter::direct(quota),
+            twilio: RateLimiter::direct(quota),
+            slack: RateLimiter::direct(quota),
+            webhook: RateLimiter::direct(quota),
+        });
+        Ok(HttpChannels {
+            client,
+            config,
+            from,
+            limits,
+        })
+    }
+
+    /// True when email goes over the HTTP API.
+    pub fn has_email(&self) -> bool {
+        self.config.sendgrid.is_some()
+    }
+
+    /// Sends an outbox row of channel `email` over the SendGrid-style API.
+    pub async fn send_email(&self, entry: &OutboxEntry) -> Result<(), NotifyError> {
+        let (Some(cfg), Some(from)) = (&self.config.sendgrid, &self.from) else {
+            return Err(NotifyError::Config(
+                "email over HTTP is not configured (ESCALATOR_SENDGRID_URL)".into(),
+            ));
+        };
+        let p = &entry.payload;
+        let to = addresses(&p["to"]);
+        if to.is_empty() {
+            return Err(NotifyError::Permanent("no recipient in the payload".into()));
+        }
+        let cc = addresses(&p["cc"]);
+        let mut personalization =
+            json!({ "to": to.iter().map(|a| json!({ "email": a })).collect::<Vec<_>>() });
+        if !cc.is_empty() {
+            personalization["cc"] = cc.iter().map(|a| json!({ "email": a })).collect();
+        }
+        let mut content = vec![json!({ "type": "text/plain", "value": text(&p["body"]) })];
+        if let Some(html) = p["html"].as_str() {
+            content.push(json!({ "type": "text/html", "value": html }));
+        }
+        let mut sender = json!({ "email": from.email.to_string() });
+        if let Some(name) = &from.name {
+            sender["name"] = json!(name);
+        }
+        let body = json!({
+            "personalizations": [personalization],
+            "from": sender,
+            "subject": header_safe(&text(&p["subject"])),
+            "content": content,
+        });
+        self.limits.sendgrid.until_ready().await;
+        let request = self
+            .client
+            .post(join(&cfg.url, "/v3/mail/send"))
+            .bearer_auth(&cfg.key)
+            .header(IDEMPOTENCY_HEADER, &entry.idempotency_key)
+            .json(&body);
+        classify("SendGrid", request.send().await).await
+    }
+
+    /// Sends an outbox row of channel `sms` over the Twilio-style API.
+    pub async fn send_sms(&self, entry: &OutboxEntry) -> Result<(), NotifyError> {
+        let Some(cfg) = &self.config.twilio else {
+            return Err(NotifyError::Config(
+                "SMS is not configured (ESCALATOR_TWILIO_URL)".into(),
+            ));
+        };
+        let to = entry.payload["to"].as_str().unwrap_or(&entry.recipient);
+        if to.trim().is_empty() {
+            return Err(NotifyError::Permanent(
+                "no phone number in the payload".into(),
+            ));
+        }
+        let body = text(&entry.payload["body"]);
+        self.limits.twilio.until_ready().await;
+        let url = join(
+            &cfg.url,
+            &format!("/2010-04-01/Accounts/{}/Messages.json", cfg.sid),
+        );
+        let request = self
+            .client
+            .post(url)
+            .basic_auth(&cfg.sid, Some(&cfg.token))
+            .header(IDEMPOTENCY_HEADER, &entry.idempotency_key)
+            .form(&[
+                ("To", to),
+                ("From", cfg.from.as_str()),
+                ("Body", body.as_str()),
+            ]);
+        classify("Twilio", request.send().await).await
+    }
+
+    /// Sends an outbox row of channel `slack`: to the user's own incoming webhook when their
+    /// `slack` is a URL, else to the configured webhook, mentioning them.
+    pub async fn send_slack(&self, entry: &OutboxEntry) -> Result<(), NotifyError> {
+        let to = entry.payload["to"].as_str().unwrap_or(&entry.recipient);
+        let mut message = text(&entry.payload["text"]);
+        let url = if to.starts_with("https://") || to.starts_with("http://") {
+            to.to_owned()
+        } else {
+            let Some(url) = &self.config.slack_webhook_url else {
+                return Err(NotifyError::Config(
+                    "Slack is not configured (ESCALATOR_SLACK_WEBHOOK_URL)".into(),
+                ));
+            };
+            if !to.is_empty() {
+                message = format!("<@{to}> {message}");
+            }
+            url.clone()
+        };
+        self.limits.slack.until_ready().await;
+        let request = self
+            .client
+            .post(url)
+            .header(IDEMPOTENCY_HEADER, &entry.idempotency_key)
+            .json(&json!({ "text": message }));
+        classify("Slack", request.send().await).await
+    }
+
+    /// Sends an outbox row of channel `webhook` (or `event`) as a signed CloudEvent.
+    pub async fn send_webhook(&self, entry: &OutboxEntry) -> Result<(), NotifyError> {
+        let Some(cfg) = &self.config.webhook else {
+            return Err(NotifyError::Config(
+                "webhooks are not configured (ESCALATOR_WEBHOOK_URL)".into(),
+            ));
+        };
+        let body = serde_json::to_vec(&cloud_event(entry, &cfg.source))
+            .map_err(|e| NotifyError::Permanent(format!("cannot encode the event: {e}")))?;
+        let timestamp = chrono::Utc::now().timestamp().to_string();
+        let signature = sign(&cfg.secret, &timestamp, &body)?;
+        self.limits.webhook.until_ready().await;
+        let request = self
+            .client
+            .post(&cfg.url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/cloudevents+json",
+            )
+            .header(IDEMPOTENCY_HEADER, &entry.idempotency_key)
+            .header(TIMESTAMP_HEADER, &timestamp)
+            .header(SIGNATURE_HEADER, format!("sha256={signature}"))
+            .body(body);
+        classify("webhook", request.send().await).await
+    }
+}
+
+/// The CloudEvents-shaped envelope of an outbox row: `id` is the idempotency key, so a
+/// receiver can drop a redelivery.
+pub fn cloud_event(entry: &OutboxEntry, source: &str) -> Value {
+    let kind = entry.payload["kind"].as_str().unwrap_or("notification");
+    json!({
+        "specversion": "1.0",
+        "id": entry.idempotency_key,
+        "source": source,
+        "type": format!("dev.escalator.{kind}"),
+        "subject": entry.workflow_id,
+        "time": entry.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "datacontenttype": "application/json",
+        "data": entry.payload,
+    })
+}
+
+/// Hex HMAC-SHA256 over `{timestamp}.{body}` — the timestamp is signed too, so a captured
+/// request cannot be replayed later with a fresh one.
+pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> Result<String, NotifyError> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .map_err(|e| NotifyError::Config(format!("ESCALATOR_WEBHOOK_SECRET: {e}")))?;
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    Ok(hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Longest Retry-After honoured; beyond it the normal backoff applies.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
+
+/// Transient: no answer in time, no connection, 408, 429, 5xx (with Retry-After when the
+/// provider gave one in seconds). Permanent: any other 4xx. 1xx/3xx count as transient.
+async fn classify(
+    provider: &str,
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(), NotifyError> {
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return Err(NotifyError::Transient(format!(
+                "{provider}: no answer in time"
+            )));
+        }
+        Err(e) if e.is_builder() => {
+            return Err(NotifyError::Permanent(format!(
+                "{provider}: cannot build the request: {e}"
+            )));
+        }
+        Err(e) => {
+            return Err(NotifyError::Transient(format!(
+                "{provider}: {e}{}",
+                source_chain(&e)
+            )));
+        }
+    };
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .filter(|d| *d <= MAX_RETRY_AFTER);
+    // the body says why; a provider's error text is short, and the request deadline bounds it
+    let detail: String = response
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    let error = format!("{provider}: HTTP {status}: {detail}");
+    if status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+        || !status.is_client_error()
+    {
+        match retry_after {
+            Some(after) => Err(NotifyError::Throttled { error, after }),
+            None => Err(NotifyError::Transient(error)),
+        }
+    } else {
+        Err(NotifyError::Permanent(error))
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+fn join(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim_end_matches('/'))
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+/// Header values never carry line breaks.
+pub fn header_safe(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+fn addresses(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Value::String(s) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_cover_the_timestamp_and_the_body() {
+        let a = sign("k", "1700000000", b"{}").unwrap();
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, sign("k", "1700000001", b"{}").unwrap());
+        assert_ne!(a, sign("k", "1700000000", b"{ }").unwrap());
+        assert_ne!(a, sign("other", "1700000000", b"{}").unwrap());
+        // RFC 4231 test case 2, to pin the algorithm: HMAC-SHA256("Jefe", "what do ya want for nothing?")
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(mac.finalize().into_bytes()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn subjects_lose_their_line_breaks() {
+        assert_eq!(header_safe("a\r\nBcc: x\ny"), "a  Bcc: x y");
+    }
+}

@@ -1,0 +1,423 @@
+//! Delivery over the HTTP channels against local mock servers (wiremock) and a real
+//! PostgreSQL outbox: classification of provider answers, retries, signatures, rate limits,
+//! and exactly one send when two senders drain the same rows at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use escalator_notify::http::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use escalator_notify::{
+    Deliverer, HttpChannels, HttpConfig, Mailer, SendGridConfig, TwilioConfig, WebhookConfig,
+};
+use escalator_store::{BatchEffects, NewOutbox, OutboxEntry, Store};
+use escalator_testkit::TestDb;
+use escalator_testkit::smtp::smtp_sink;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Writes outbox rows the way a batch does.
+async fn outbox(store: &Store, rows: Vec<NewOutbox>) {
+    let effects = BatchEffects {
+        outbox: rows,
+        ..Default::default()
+    };
+    let mut tx = store.begin_batch().await.unwrap();
+    tx.apply(&effects, Utc::now()).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn email(i: usize) -> NewOutbox {
+    NewOutbox {
+        channel: "email",
+        recipient: "boss@example.com".into(),
+        workflow_id: None,
+        payload: serde_json::json!({
+            "to": ["boss@example.com"], "cc": ["cc@example.com"],
+            "subject": format!("Escalated #{i}"), "body": "It is overdue.",
+            "html": "<p>It is overdue.</p>", "kind": "escalation",
+        }),
+        idempotency_key: format!("escalate:{i}:1:1:email"),
+    }
+}
+
+fn row(channel: &'static str, i: usize, payload: serde_json::Value) -> NewOutbox {
+    NewOutbox {
+        channel,
+        recipient: payload["to"].as_str().unwrap_or("someone").into(),
+        workflow_id: None,
+        payload,
+        idempotency_key: format!("escalate:{i}:1:1:{channel}"),
+    }
+}
+
+fn config(uri: &str) -> HttpConfig {
+    HttpConfig {
+        timeout: Duration::from_secs(5),
+        rate_per_second: 1_000,
+        sendgrid: Some(SendGridConfig {
+            url: uri.into(),
+            key: "SG.key".into(),
+            from: "escalator <escalator@example.com>".into(),
+        }),
+        twilio: Some(TwilioConfig {
+            url: uri.into(),
+            sid: "AC123".into(),
+            token: "secret-token".into(),
+            from: "+15550001111".into(),
+        }),
+        slack_webhook_url: Some(format!("{uri}/slack/shared")),
+        webhook: Some(WebhookConfig {
+            url: format!("{uri}/hooks/escalator"),
+            secret: "whsec-test".into(),
+            source: "escalator-test".into(),
+        }),
+    }
+}
+
+fn deliverer(store: &Store, config: HttpConfig) -> Deliverer {
+    Deliverer {
+        store: store.clone(),
+        mailer: None,
+        http: Some(HttpChannels::new(config).unwrap()),
+        max_attempts: 8,
+        lease: Duration::from_secs(60),
+    }
+}
+
+async fn rows(store: &Store) -> Vec<OutboxEntry> {
+    let mut rows = store.list_outbox(None, 1_000).await.unwrap();
+    rows.sort_by_key(|r| r.id);
+    rows
+}
+
+/// Far enough ahead that any backoff has run out.
+fn later(hours: i64) -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::hours(hours)
+}
+
+#[tokio::test]
+async fn a_provider_failing_three_times_then_accepting_delivers_exactly_once() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/mail/send"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("try later"))
+        .up_to_n_times(3)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v3/mail/send"))
+        .respond_with(ResponseTemplate::new(202))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    outbox(&db.store, vec![email(0)]).await;
+    let d = deliverer(&db.store, config(&server.uri()));
+
+    let mut totals = (0, 0, 0);
+    for round in 0..6 {
+        let r = d.drain_as_of(later(2 * round), 10, 10).await.unwrap();
+        totals = (totals.0 + r.sent, totals.1 + r.retried, totals.2 + r.dead);
+    }
+    assert_eq!(totals, (1, 3, 0), "(sent, retried, dead)");
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 4, "three 503s and one 202, nothing after");
+    let row = &rows(&db.store).await[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("sent", 4));
+    for r in &requests {
+        assert_eq!(r.headers["Idempotency-Key"], "escalate:0:1:1:email");
+        assert_eq!(r.headers["Authorization"], "Bearer SG.key");
+    }
+    let body: serde_json::Value = requests[3].body_json().unwrap();
+    assert_eq!(
+        body["personalizations"][0]["to"][0]["email"],
+        "boss@example.com"
+    );
+    assert_eq!(
+        body["personalizations"][0]["cc"][0]["email"],
+        "cc@example.com"
+    );
+    assert_eq!(body["from"]["email"], "escalator@example.com");
+    assert_eq!(body["subject"], "Escalated #0");
+    assert_eq!(body["content"][1]["type"], "text/html");
+}
+
+#[tokio::test]
+async fn a_rejected_request_is_dead_at_once() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/2010-04-01/Accounts/AC123/Messages.json"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("invalid To number"))
+        .mount(&server)
+        .await;
+    let sms = row(
+        "sms",
+        1,
+        serde_json::json!({ "to": "+1555000222", "body": "Escalated to you" }),
+    );
+    outbox(&db.store, vec![sms]).await;
+    let d = deliverer(&db.store, config(&server.uri()));
+    let r = d.drain(10, 10).await.unwrap();
+    assert_eq!((r.sent, r.retried, r.dead), (0, 0, 1));
+    let row = &rows(&db.store).await[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("dead", 1));
+    let error = row.last_error.as_deref().unwrap();
+    assert!(
+        error.contains("400") && error.contains("invalid To number"),
+        "{error}"
+    );
+    // dead stays dead: later drains do not touch it
+    assert_eq!(d.drain_as_of(later(5), 10, 10).await.unwrap().dead, 0);
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let form: Vec<(String, String)> = form_urlencoded::parse(&requests[0].body)
+        .into_owned()
+        .collect();
+    assert!(
+        form.contains(&("To".into(), "+1555000222".into())),
+        "{form:?}"
+    );
+    assert!(
+        form.contains(&("From".into(), "+15550001111".into())),
+        "{form:?}"
+    );
+    assert!(
+        form.contains(&("Body".into(), "Escalated to you".into())),
+        "{form:?}"
+    );
+    let auth = requests[0].headers["Authorization"].to_str().unwrap();
+    assert!(auth.starts_with("Basic "), "{auth}");
+}
+
+#[tokio::test]
+async fn a_provider_that_does_not_answer_in_time_is_retried() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(10)))
+        .mount(&server)
+        .await;
+    let slack = row(
+        "slack",
+        2,
+        serde_json::json!({ "to": "U42", "text": "Escalated to you" }),
+    );
+    outbox(&db.store, vec![slack]).await;
+    let mut cfg = config(&server.uri());
+    cfg.timeout = Duration::from_millis(500);
+    let d = deliverer(&db.store, cfg);
+    let started = Instant::now();
+    let r = d.drain(10, 10).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "not timed out");
+    assert_eq!((r.sent, r.retried, r.dead), (0, 1, 0));
+    let row = &rows(&db.store).await[0];
+    assert_eq!(row.status, "failed");
+    assert!(row.next_attempt_at > Utc::now(), "backoff: {row:?}");
+    let error = row.last_error.as_deref().unwrap();
+    assert!(error.contains("no answer in time"), "{error}");
+
+    // the provider recovers: the retry is delivered
+    server.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/slack/shared"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .mount(&server)
+        .await;
+    assert_eq!(d.drain_as_of(later(2), 10, 10).await.unwrap().sent, 1);
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let body: serde_json::Value = requests[0].body_json().unwrap();
+    assert_eq!(body["text"], "<@U42> Escalated to you");
+}
+
+#[tokio::test]
+async fn too_many_requests_is_retried_no_sooner_than_retry_after() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "600"))
+        .mount(&server)
+        .await;
+    outbox(&db.store, vec![email(3)]).await;
+    let r = deliverer(&db.store, config(&server.uri()))
+        .drain(10, 10)
+        .await
+        .unwrap();
+    assert_eq!(r.retried, 1);
+    let row = &rows(&db.store).await[0];
+    assert_eq!(row.status, "failed");
+    assert!(
+        row.next_attempt_at >= Utc::now() + chrono::Duration::seconds(590),
+        "Retry-After ignored: {row:?}"
+    );
+}
+
+#[tokio::test]
+async fn webhook_events_are_cloudevents_signed_with_hmac_sha256() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hooks/escalator"))
+        .and(header("content-type", "application/cloudevents+json"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let event = row(
+        "webhook",
+        4,
+        serde_json::json!({
+            "to": "boss", "kind": "escalation", "subject": "Escalated: \"Buy <chairs>\"",
+            "workflow_id": "0b6f1f0e-0000-4000-8000-000000000000",
+        }),
+    );
+    outbox(&db.store, vec![event]).await;
+    let d = deliverer(&db.store, config(&server.uri()));
+    assert_eq!(d.drain(10, 10).await.unwrap().sent, 1);
+    let requests = server.received_requests().await.unwrap();
+    let request = &requests[0];
+    let timestamp = request.headers[TIMESTAMP_HEADER].to_str().unwrap();
+    let signature = request.headers[SIGNATURE_HEADER].to_str().unwrap();
+    // what a receiver does: recompute HMAC-SHA256(secret, "{timestamp}.{body}")
+    let expected = format!(
+        "sha256={}",
+        sign("whsec-test", timestamp, &request.body).unwrap()
+    );
+    assert_eq!(signature, expected);
+    assert_ne!(
+        signature,
+        format!(
+            "sha256={}",
+            sign("wrong", timestamp, &request.body).unwrap()
+        )
+    );
+    let age = Utc::now().timestamp() - timestamp.parse::<i64>().unwrap();
+    assert!((0..60).contains(&age), "timestamp {timestamp}");
+    let body: serde_json::Value = request.body_json().unwrap();
+    assert_eq!(body["specversion"], "1.0");
+    assert_eq!(body["id"], "escalate:4:1:1:webhook");
+    assert_eq!(body["source"], "escalator-test");
+    assert_eq!(body["type"], "dev.escalator.escalation");
+    assert_eq!(body["data"]["subject"], "Escalated: \"Buy <chairs>\"");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(body["time"].as_str().unwrap()).is_ok(),
+        "{body}"
+    );
+    assert_eq!(request.headers["Idempotency-Key"], "escalate:4:1:1:webhook");
+}
+
+#[tokio::test]
+async fn slack_goes_to_a_users_own_webhook_when_they_have_one() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/slack/own"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let own = format!("{}/slack/own", server.uri());
+    outbox(
+        &db.store,
+        vec![row(
+            "slack",
+            5,
+            serde_json::json!({ "to": own, "text": "Escalated to you" }),
+        )],
+    )
+    .await;
+    let d = deliverer(&db.store, config(&server.uri()));
+    assert_eq!(d.drain(10, 10).await.unwrap().sent, 1);
+    let body: serde_json::Value = server.received_requests().await.unwrap()[0]
+        .body_json()
+        .unwrap();
+    assert_eq!(body, serde_json::json!({ "text": "Escalated to you" }));
+}
+
+#[tokio::test]
+async fn each_provider_is_held_to_its_rate_limit() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let rows: Vec<_> = (0..5)
+        .map(|i| {
+            row(
+                "slack",
+                10 + i,
+                serde_json::json!({ "to": "U1", "text": format!("#{i}") }),
+            )
+        })
+        .collect();
+    outbox(&db.store, rows).await;
+    let mut cfg = config(&server.uri());
+    cfg.rate_per_second = 2;
+    let d = deliverer(&db.store, cfg);
+    let started = Instant::now();
+    assert_eq!(d.drain(10, 10).await.unwrap().sent, 5);
+    // a burst of 2, then one every 500 ms
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_400),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn two_senders_draining_the_same_rows_at_once_send_each_once_over_http() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/mail/send"))
+        .respond_with(ResponseTemplate::new(202).set_delay(Duration::from_millis(10)))
+        .mount(&server)
+        .await;
+    outbox(&db.store, (0..60).map(email).collect()).await;
+    let a = deliverer(&db.store, config(&server.uri()));
+    let b = deliverer(&db.store, config(&server.uri()));
+    let (ra, rb) = tokio::join!(a.drain(5, 100), b.drain(5, 100));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.sent + rb.sent, 60);
+    assert!(ra.sent > 0 && rb.sent > 0, "both took part: {ra:?} {rb:?}");
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 60);
+    let keys: HashSet<_> = requests
+        .iter()
+        .map(|r| r.headers["Idempotency-Key"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 60, "a message was sent twice");
+    assert!(rows(&db.store).await.iter().all(|r| r.status == "sent"));
+}
+
+#[tokio::test]
+async fn two_senders_draining_the_same_rows_at_once_send_each_once_over_smtp() {
+    let db = TestDb::postgres().await;
+    let (port, received) = smtp_sink(None).await;
+    outbox(&db.store, (0..40).map(email).collect()).await;
+    let smtp = |store: &Store| Deliverer {
+        store: store.clone(),
+        mailer: Some(
+            Mailer::smtp(&format!("smtp://127.0.0.1:{port}"), "e <e@example.com>").unwrap(),
+        ),
+        http: None,
+        max_attempts: 3,
+        lease: Duration::from_secs(60),
+    };
+    let (a, b) = (smtp(&db.store), smtp(&db.store));
+    let (ra, rb) = tokio::join!(a.drain(3, 100), b.drain(3, 100));
+    assert_eq!(ra.unwrap().sent + rb.unwrap().sent, 40);
+    let messages = received.lock().unwrap().clone();
+    assert_eq!(messages.len(), 40);
+    let ids: HashSet<_> = messages
+        .iter()
+        .filter_map(|m| m.lines().find(|l| l.starts_with("Message-ID:")))
+        .collect();
+    assert_eq!(ids.len(), 40, "a message was sent twice");
+}
