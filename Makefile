@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATABASE_URL ?= sqlite://escalator.db
 
-.PHONY: help dev build test test-faults soak test-unit lint fmt fmt-check clippy services migrate seed bench clean validate-deploy validate-deploy-live
+.PHONY: help dev build test test-faults soak fuzz-api test-unit lint fmt fmt-check clippy services migrate seed bench clean validate-deploy validate-deploy-live
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ clean:
 
 validate-deploy: ## Validate deploy/, docker-compose.yml and the alert rules offline (installs promtool, amtool, linters)
 	@scripts/validate-deploy.sh
+
+fuzz-api: services ## schemathesis against a live api from its own OpenAPI document, and promtool check metrics (installs both)
+	@scripts/fuzz-api.sh
 
 validate-deploy-live: services ## A real Prometheus scrapes a running api, worker and beat; every dashboard query must return data
 	$(CARGO) build --locked -p escalator

@@ -1,11 +1,16 @@
-//! `/api/v1/checks`: enqueue an ad-hoc check run (all due workflows, or one) and follow it.
+//! `/api/v1/checks`: enqueue an ad-hoc check run (all due workflows, or one) and follow it,
+//! or preview one (`dry_run`): the decisions a check would take, computed in the request and
+//! written nowhere.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use escalator_jobs::{CheckWorkflows, Scope};
+use escalator_policy::Decision;
 use escalator_store::{CheckRun, NewCheckRun, StoreError};
+use escalator_worker::{Engine, EngineConfig, EngineError, PolicyCache};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -21,10 +26,66 @@ pub struct CreateCheck {
     pub workflow_id: Option<Uuid>,
     /// Evaluate the SLA clock at this instant (default: now).
     pub as_of: Option<DateTime<Utc>>,
-    /// Report only. Not supported by the engine's queued checks yet.
+    /// Preview only: answer 200 with the decisions a check would take, write nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Dry runs only: evaluate at most this many due workflows (1–10,000; default 1,000).
+    pub limit: Option<u32>,
 }
+
+/// The most workflows a dry run evaluates in one request.
+pub const DRY_RUN_MAX: u32 = 10_000;
+
+/// What a check would do: the answer to `POST /api/v1/checks` with `dry_run: true`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DryRunReport {
+    /// The evaluation instant.
+    pub as_of: DateTime<Utc>,
+    /// "all" or "workflow:<uuid>".
+    pub scope: String,
+    /// Workflows due at `as_of`.
+    pub due: i64,
+    /// How many of them were evaluated (at most `limit`).
+    pub evaluated: u64,
+    /// Reminders that would be sent.
+    pub remind: u64,
+    /// Escalations that would happen.
+    pub escalate: u64,
+    /// Workflows at the end of their chain that would be marked so.
+    pub exhausted: u64,
+    /// Renotifications of exhausted workflows.
+    pub renotify: u64,
+    /// Due workflows with nothing to do yet.
+    pub nothing: u64,
+    /// Workflows whose policy or calendar cannot be read.
+    pub unreadable: u64,
+    /// The workflows that would change (at most 100), earliest deadline first.
+    pub items: Vec<DryRunItem>,
+}
+
+/// One workflow a check would change.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DryRunItem {
+    /// The workflow.
+    pub workflow_id: Uuid,
+    /// Its external id.
+    pub external_id: String,
+    /// Its title.
+    pub title: String,
+    /// remind, escalate, exhausted, renotify or unreadable.
+    pub action: String,
+    /// The current assignee.
+    pub assignee: String,
+    /// Who it would go to (escalations).
+    pub target: Option<String>,
+    /// The level after the action.
+    pub level: Option<u32>,
+    /// The current deadline.
+    pub due_at: DateTime<Utc>,
+}
+
+/// The most items a dry-run report lists.
+const DRY_RUN_ITEMS: usize = 100;
 
 /// The answer to `POST /api/v1/checks`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -43,36 +104,136 @@ pub struct CheckQueued {
     request_body(content = Option<CreateCheck>, description = "optional: empty checks every due workflow now"),
     responses(
         (status = 202, description = "recorded and queued", body = CheckQueued),
-        (status = 422, description = "unknown workflow_id, or dry_run", body = ErrorBody),
+        (status = 200, description = "dry_run: what the check would do; nothing was written", body = DryRunReport),
+        (status = 422, description = "unknown workflow_id, limit out of range, or limit without dry_run", body = ErrorBody),
         (status = 503, description = "the queue is unavailable", body = ErrorBody),
     ))]
-/// `POST /api/v1/checks`: records a run and enqueues its planner job → 202.
+/// `POST /api/v1/checks`: records a run and enqueues its planner job → 202; with `dry_run`,
+/// evaluates the due workflows in the request and answers 200 with the report.
 pub async fn create(
     State(s): State<AppState>,
     OptionalJsonBody(body): OptionalJsonBody<CreateCheck>,
-) -> ApiResult<(StatusCode, Json<CheckQueued>)> {
-    if body.dry_run {
-        // The queued engine has no report-only mode; the CLI's does, without a queue.
-        return Err(ApiError::invalid(
-            "dry_run",
-            "dry runs are not available through the api yet; use `escalator check --dry-run`",
-        ));
-    }
-    let scope = match body.workflow_id {
-        None => Scope::All,
-        Some(id) => match s.store.get_workflow(id).await {
-            Ok(w) => Scope::Workflow(w.id),
-            Err(StoreError::NotFound { .. }) => {
-                return Err(ApiError::invalid(
-                    "workflow_id",
-                    format!("workflow {id} not found"),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        },
-    };
+) -> ApiResult<Response> {
+    let scope = resolve_scope(&s, body.workflow_id).await?;
     let now = Utc::now();
     let as_of = body.as_of.unwrap_or(now);
+    if body.dry_run {
+        let limit = body.limit.unwrap_or(1_000);
+        if !(1..=DRY_RUN_MAX).contains(&limit) {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("must be between 1 and {DRY_RUN_MAX}"),
+            ));
+        }
+        return Ok(Json(dry_run(&s, scope, as_of, limit).await?).into_response());
+    }
+    if body.limit.is_some() {
+        return Err(ApiError::invalid(
+            "limit",
+            "only a dry run takes a limit: a real check covers every due workflow",
+        ));
+    }
+    Ok(enqueue(&s, scope, as_of, now).await?.into_response())
+}
+
+/// The scope of a check; an unknown workflow is the caller's error.
+async fn resolve_scope(s: &AppState, workflow_id: Option<Uuid>) -> ApiResult<Scope> {
+    match workflow_id {
+        None => Ok(Scope::All),
+        Some(id) => match s.store.get_workflow(id).await {
+            Ok(w) => Ok(Scope::Workflow(w.id)),
+            Err(StoreError::NotFound { .. }) => Err(ApiError::invalid(
+                "workflow_id",
+                format!("workflow {id} not found"),
+            )),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// What a check of `scope` at `as_of` would do, writing nothing (the console's preview too).
+pub async fn dry_run(
+    s: &AppState,
+    scope: Scope,
+    as_of: DateTime<Utc>,
+    limit: u32,
+) -> ApiResult<DryRunReport> {
+    let engine = Engine {
+        store: s.store.clone(),
+        queues: s.queues.clone(),
+        config: EngineConfig::default(),
+        policies: PolicyCache::default(),
+    };
+    let found = engine
+        .dry_run(scope, as_of, limit)
+        .await
+        .map_err(|e| match e {
+            EngineError::Store(e) => ApiError::from(e),
+            other => ApiError::Internal(Box::new(other)),
+        })?;
+    let mut report = DryRunReport {
+        as_of,
+        scope: scope.to_string(),
+        due: found.total_due,
+        evaluated: found.items.len() as u64,
+        remind: 0,
+        escalate: 0,
+        exhausted: 0,
+        renotify: 0,
+        nothing: 0,
+        unreadable: 0,
+        items: Vec::new(),
+    };
+    for (w, decision) in found.items {
+        let (action, target, level) = match decision {
+            None => {
+                report.unreadable += 1;
+                ("unreadable", None, None)
+            }
+            Some(Decision::Nothing) => {
+                report.nothing += 1;
+                continue;
+            }
+            Some(Decision::Remind { level }) => {
+                report.remind += 1;
+                ("remind", None, Some(level))
+            }
+            Some(Decision::Escalate { level, target, .. }) => {
+                report.escalate += 1;
+                ("escalate", Some(target), Some(level))
+            }
+            Some(Decision::Exhausted { level, .. }) => {
+                report.exhausted += 1;
+                ("exhausted", None, Some(level))
+            }
+            Some(Decision::Renotify { level, .. }) => {
+                report.renotify += 1;
+                ("renotify", None, Some(level))
+            }
+        };
+        if report.items.len() < DRY_RUN_ITEMS {
+            report.items.push(DryRunItem {
+                workflow_id: w.id,
+                external_id: w.external_id,
+                title: w.title,
+                action: action.into(),
+                assignee: w.assignee,
+                target,
+                level,
+                due_at: w.due_at,
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// Records a run and pushes its planner job.
+pub async fn enqueue(
+    s: &AppState,
+    scope: Scope,
+    as_of: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> ApiResult<(StatusCode, Json<CheckQueued>)> {
     let run = s
         .store
         .create_check_run(&NewCheckRun {

@@ -41,7 +41,8 @@ pub use error::{ApiError, ApiResult};
 /// Request bodies larger than this are refused with 413: every body the api takes is small.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// Requests running longer than this are answered 408 and abandoned.
+/// Requests running longer than this are answered 408 and abandoned, unless
+/// [`AppState::with_request_timeout`] (`ESCALATOR_API_TIMEOUT`) says otherwise.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every handler needs. Cheap to clone: each field is a handle.
@@ -58,6 +59,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The last time the fleet-wide gauges were read, shared by all scrapes.
     fleet: Arc<metrics::FleetCache>,
+    /// Requests running longer are answered 408 and abandoned.
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -74,13 +77,28 @@ impl AppState {
             tokens,
             metrics,
             fleet: Arc::new(metrics::FleetCache::default()),
+            request_timeout: REQUEST_TIMEOUT,
         }
+    }
+
+    /// The same state with another request timeout.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
     }
 }
 
-/// The whole api. `/healthz`, `/readyz`, the metrics endpoints and the OpenAPI document are
-/// open; every other `/api/v1` route goes through [`auth::require_token`].
+/// The whole api. `/healthz`, `/readyz`, the metrics endpoints, the OpenAPI document and its
+/// interactive explorer at `/docs` are open; every other `/api/v1` route goes through
+/// [`auth::require_token`].
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] with `extra` routes merged in, behind the same middleware (request ids, body
+/// limit, timeout, panic handler) but no token check of their own.
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+    let timeout = state.request_timeout;
     let v1 = Router::new()
         .route("/workflows", post(workflows::create).get(workflows::list))
         .route("/workflows/{id}", get(workflows::get))
@@ -114,6 +132,8 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", v1)
+        .merge(openapi::explorer())
+        .merge(extra)
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -127,8 +147,10 @@ pub fn router(state: AppState) -> Router {
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(CatchPanicLayer::custom(on_panic))
-                .layer(HandleErrorLayer::new(on_layer_error))
-                .timeout(REQUEST_TIMEOUT),
+                .layer(HandleErrorLayer::new(move |err| {
+                    on_layer_error(err, timeout)
+                }))
+                .timeout(timeout),
         )
 }
 
@@ -150,14 +172,14 @@ fn on_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 /// Errors of the middleware stack itself: the request timeout becomes a 408 in our shape.
-async fn on_layer_error(err: tower::BoxError) -> Response {
+async fn on_layer_error(err: tower::BoxError, timeout: Duration) -> Response {
     if err.is::<tower::timeout::error::Elapsed>() {
         return error::error_response(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",
             &format!(
                 "the request took longer than {} s and was abandoned",
-                REQUEST_TIMEOUT.as_secs()
+                timeout.as_secs_f64()
             ),
             None,
         );
@@ -209,7 +231,7 @@ mod tests {
     #[tokio::test]
     async fn timeouts_and_panics_answer_in_the_error_shape() {
         let elapsed: tower::BoxError = Box::new(tower::timeout::error::Elapsed::new());
-        let (status, body) = json(on_layer_error(elapsed).await).await;
+        let (status, body) = json(on_layer_error(elapsed, REQUEST_TIMEOUT).await).await;
         assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
         assert_eq!(body["error"]["code"], "timeout");
         let (status, body) = json(on_panic(Box::new("boom"))).await;

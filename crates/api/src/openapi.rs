@@ -65,6 +65,16 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Swagger UI at `/docs`, reading `/api/v1/openapi.json`. Its assets are compiled into the
+/// binary, so the explorer works on a machine without internet access.
+pub fn explorer<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .config(
+            utoipa_swagger_ui::Config::new(["/api/v1/openapi.json"]).persist_authorization(true),
+        )
+        .into()
+}
+
 /// `GET /api/v1/openapi.json`.
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

@@ -326,6 +326,8 @@ pub struct ApiSettings {
     pub tokens: Tokens,
     /// Serve without tokens on a non-loopback address anyway.
     pub insecure: bool,
+    /// Requests running longer are answered 408 (`ESCALATOR_API_TIMEOUT`, seconds).
+    pub timeout: Duration,
 }
 
 impl ApiSettings {
@@ -363,10 +365,12 @@ impl ApiSettings {
                     .into(),
             });
         }
+        let timeout = seconds(src, "ESCALATOR_API_TIMEOUT", escalator_api::REQUEST_TIMEOUT)?;
         Ok(ApiSettings {
             addr,
             tokens,
             insecure,
+            timeout,
         })
     }
 }
@@ -477,5 +481,18 @@ mod tests {
         assert_eq!(e.name, "ESCALATOR_API_INSECURE");
         let e = ApiSettings::from_env(&env(&[("ESCALATOR_API_ADDR", "port 5000")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_API_ADDR");
+        assert_eq!(open.timeout, Duration::from_secs(30));
+        let quick = ApiSettings::from_env(&env(&[
+            ("ESCALATOR_API_ADDR", "127.0.0.1:5000"),
+            ("ESCALATOR_API_TIMEOUT", "2.5"),
+        ]))
+        .unwrap();
+        assert_eq!(quick.timeout, Duration::from_millis(2_500));
+        let e = ApiSettings::from_env(&env(&[
+            ("ESCALATOR_API_ADDR", "127.0.0.1:5000"),
+            ("ESCALATOR_API_TIMEOUT", "soon"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_API_TIMEOUT");
     }
 }

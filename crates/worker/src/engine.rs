@@ -271,6 +271,7 @@ impl Engine {
         let applied = tx.apply(&planned.effects, Utc::now()).await?;
         let applied_at = started.elapsed();
         tx.commit().await?;
+        escalator_runtime::failpoint::hit("batch-committed");
 
         // Metrics count what was committed, so that they reconcile with the audit log (I6).
         let c = applied.counts;
@@ -351,13 +352,27 @@ impl Engine {
         (policies, calendars)
     }
 
-    /// What a check at `as_of` would do, writing nothing: evaluates up to `limit` due workflows
-    /// in a transaction that is rolled back.
-    pub async fn dry_run(&self, as_of: DateTime<Utc>, limit: u32) -> Result<DryRun, EngineError> {
-        let total_due = self.store.count_due(as_of).await?;
+    /// What a check of `scope` at `as_of` would do, writing nothing: evaluates up to `limit`
+    /// due workflows in a transaction that is rolled back.
+    pub async fn dry_run(
+        &self,
+        scope: Scope,
+        as_of: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<DryRun, EngineError> {
         let mut tx = self.store.begin_batch().await?;
-        let due = tx.claim_due(as_of, limit).await?;
-        drop(tx);
+        let (total_due, due) = match scope {
+            Scope::All => {
+                let due = tx.claim_due(as_of, limit).await?;
+                drop(tx);
+                (self.store.count_due(as_of).await?, due)
+            }
+            Scope::Workflow(id) => {
+                let due: Vec<DueWorkflow> = tx.claim_one(id, as_of).await?.into_iter().collect();
+                drop(tx);
+                (due.len() as i64, due)
+            }
+        };
         let (policies, calendars) = self.rules_for(&due).await;
         let decisions = decide_all(&due, &policies, &calendars, as_of);
         let items = due

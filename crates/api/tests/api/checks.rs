@@ -55,7 +55,25 @@ async fn a_check_of_one_workflow_is_scoped_to_it() {
 async fn bad_check_requests_are_refused_naming_the_field() {
     let api = spawn_api().await;
     let (_, field) = api
-        .post("/api/v1/checks", json!({ "dry_run": true }))
+        .post("/api/v1/checks", json!({ "dry_run": true, "limit": 0 }))
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("limit"));
+    let (_, field) = api
+        .post(
+            "/api/v1/checks",
+            json!({ "dry_run": true, "limit": 10_001 }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("limit"));
+    let (_, field) = api
+        .post("/api/v1/checks", json!({ "limit": 5 }))
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("limit"));
+    let (_, field) = api
+        .post("/api/v1/checks", json!({ "dry_run": "yes" }))
         .await
         .error(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(field.as_deref(), Some("dry_run"));
@@ -89,4 +107,78 @@ async fn bad_check_requests_are_refused_naming_the_field() {
         .await
         .error(StatusCode::BAD_REQUEST);
     assert_eq!(field.as_deref(), Some("id"));
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_what_a_check_would_do_and_writes_nothing() {
+    let api = spawn_api().await;
+    let a = api.create("D-1").await;
+    let b = api.create("D-2").await;
+    // b was created last: at its warning instant both are in their warning window
+    let warn_at = b["warn_at"].as_str().unwrap().to_owned();
+    let due_at: chrono::DateTime<chrono::Utc> = a["due_at"].as_str().unwrap().parse().unwrap();
+    let audit_before = api.get("/api/v1/audit").await.json()["items"]
+        .as_array()
+        .unwrap()
+        .len();
+
+    // at the warning instant both are due for their reminder
+    let res = api
+        .post(
+            "/api/v1/checks",
+            json!({ "dry_run": true, "as_of": warn_at }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let report = res.json();
+    assert_eq!(report["scope"], "all");
+    assert_eq!(report["due"], 2);
+    assert_eq!(report["evaluated"], 2);
+    assert_eq!(report["remind"], 2);
+    assert_eq!(report["escalate"], 0);
+    let items = report["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(
+        items
+            .iter()
+            .all(|i| i["action"] == "remind" && i["assignee"] == "alice")
+    );
+
+    // one workflow, past its deadline, with a limit
+    let late = (due_at + chrono::Duration::hours(1)).to_rfc3339();
+    let res = api
+        .post(
+            "/api/v1/checks",
+            json!({ "dry_run": true, "as_of": late, "workflow_id": b["id"], "limit": 1 }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let report = res.json();
+    assert_eq!(
+        report["scope"],
+        format!("workflow:{}", b["id"].as_str().unwrap())
+    );
+    assert_eq!(report["evaluated"], 1);
+    let items = report["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["workflow_id"], b["id"]);
+    assert_ne!(items[0]["action"], "remind", "{report}");
+
+    // nothing was written or queued: same versions, same audit, no run, empty queues
+    for w in [&a, &b] {
+        let now = api
+            .get(&format!("/api/v1/workflows/{}", w["id"].as_str().unwrap()))
+            .await
+            .json();
+        assert_eq!(now["version"], w["version"]);
+        assert!(now["reminded_at"].is_null());
+    }
+    let audit_after = api.get("/api/v1/audit").await.json()["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(audit_after, audit_before);
+    assert!(api.db.store.recent_check_runs(10).await.unwrap().is_empty());
+    let stats = api.queues.stats().await.unwrap();
+    assert!(stats.iter().all(|s| s.pending == 0));
 }

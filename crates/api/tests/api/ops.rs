@@ -179,3 +179,73 @@ async fn the_openapi_document_describes_every_route() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test]
+async fn the_interactive_docs_are_served_from_the_binary_without_a_token() {
+    let api =
+        spawn_api_with(escalator_api::Tokens::parse("ops:0123456789abcdef:admin").unwrap()).await;
+    let res = api.get("/docs").await;
+    assert!(res.status.is_redirection(), "{}", res.status);
+    assert_eq!(res.headers["location"], "/docs/");
+    let page = api.get("/docs/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().contains("swagger-ui"), "{}", page.text());
+    // the page's script and stylesheet are served here, not fetched from a CDN
+    assert!(!page.text().contains("https://"), "{}", page.text());
+    for asset in ["/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"] {
+        let res = api.get(asset).await;
+        assert_eq!(res.status, StatusCode::OK, "{asset}");
+        assert!(res.body.len() > 10_000, "{asset}: {} bytes", res.body.len());
+    }
+    // the explorer reads the api's own document
+    let init = api.get("/docs/swagger-initializer.js").await;
+    assert_eq!(init.status, StatusCode::OK);
+    assert!(
+        init.text().contains("/api/v1/openapi.json"),
+        "{}",
+        init.text()
+    );
+    assert_eq!(api.get("/docs/nope.js").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_configured_timeout_is_answered_408() {
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+    let api = spawn_api().await;
+    // the api's own middleware around a deliberately slow route: the stack's timeout is the
+    // state's, not the compiled-in default
+    let state = escalator_api::AppState::new(
+        api.db.store.clone(),
+        api.queues.clone(),
+        escalator_api::Tokens::none(),
+        None,
+    )
+    .with_request_timeout(std::time::Duration::from_millis(200));
+    let slow = axum::Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            "late"
+        }),
+    );
+    let app = escalator_api::router_with(state, slow);
+    let res = app
+        .oneshot(
+            axum::http::Request::get("/slow")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "timeout");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("0.2 s"),
+        "{body}"
+    );
+}

@@ -42,7 +42,9 @@ pub async fn run(database_url: &str, args: CheckArgs) -> anyhow::Result<()> {
         policies: PolicyCache::default(),
     };
     let as_of = args.as_of.unwrap_or_else(Utc::now);
-    let report = engine.dry_run(as_of, args.limit).await;
+    let report = engine
+        .dry_run(escalator_jobs::Scope::All, as_of, args.limit)
+        .await;
     let _ = std::fs::remove_file(&dir);
     let report = report?;
     let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
