@@ -108,7 +108,7 @@ impl Tokens {
     }
 
     /// The token matching `presented`, compared in constant time against every token.
-    fn find(&self, presented: &str) -> Option<&ApiToken> {
+    pub(crate) fn find(&self, presented: &str) -> Option<&ApiToken> {
         let mut found = None;
         for t in &self.0 {
             if constant_time_eq(t.secret.as_bytes(), presented.as_bytes()) {

@@ -15,6 +15,7 @@ pub mod notifications;
 pub mod openapi;
 pub mod policies;
 pub mod transitions;
+pub mod ui;
 pub mod users;
 pub mod workflows;
 
@@ -132,6 +133,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", v1)
+        .nest("/ui", ui::router(&state))
         .merge(openapi::explorer())
         .merge(extra)
         .route("/metrics", get(metrics::render))

@@ -2,6 +2,7 @@
 //! dev`), chosen by the `DATABASE_URL` scheme. Correctness lives in the database: conditional
 //! updates, unique keys, `FOR UPDATE SKIP LOCKED` claims and append-only audit triggers.
 
+pub mod console;
 pub mod delivery;
 pub mod effects;
 pub mod error;
@@ -19,6 +20,7 @@ use chrono::{DateTime, Utc};
 use escalator_policy::{Calendar, Policy};
 use uuid::Uuid;
 
+pub use console::{BeatLeaseState, WorkflowSearch};
 pub use delivery::DeliveryOutcome;
 pub use effects::{Applied, BatchEffects, NewAudit, NewNotification, NewOutbox, WorkflowChange};
 pub use error::{Result, StoreError};

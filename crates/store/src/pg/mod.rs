@@ -10,6 +10,11 @@ pub(crate) fn outbox_row(row: &sqlx::postgres::PgRow) -> Result<crate::model::Ou
     rows::outbox(row)
 }
 
+/// Maps a `workflows` row selected with `WORKFLOW_COLUMNS` (for the console module).
+pub(crate) fn workflow_row(row: &sqlx::postgres::PgRow) -> Result<crate::model::Workflow> {
+    rows::workflow(row)
+}
+
 /// Maps a `check_runs` row (for the lease module).
 pub(crate) fn check_run_row(row: &sqlx::postgres::PgRow) -> Result<crate::model::CheckRun> {
     rows::check_run(row)

@@ -12,6 +12,11 @@ pub(crate) fn outbox_row(row: &sqlx::sqlite::SqliteRow) -> Result<crate::model::
     rows::outbox(row)
 }
 
+/// Maps a `workflows` row selected with `WORKFLOW_COLUMNS` (for the console module).
+pub(crate) fn workflow_row(row: &sqlx::sqlite::SqliteRow) -> Result<crate::model::Workflow> {
+    rows::workflow(row)
+}
+
 /// Maps a `check_runs` row (for the lease module).
 pub(crate) fn check_run_row(row: &sqlx::sqlite::SqliteRow) -> Result<crate::model::CheckRun> {
     rows::check_run(row)

@@ -1,0 +1,171 @@
+//! The web console at `/ui` (issue #10): server-rendered pages over the same store and queue
+//! calls as the api — overview, workflows, inbox, queues and checks — with the api's tokens
+//! kept in a cookie, CSRF-checked forms and POST-redirect-GET actions. No JavaScript.
+
+pub mod checks;
+pub mod inbox;
+pub mod layout;
+pub mod overview;
+pub mod queues;
+pub mod session;
+pub mod workflows;
+
+use std::sync::Arc;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use maud::html;
+
+use crate::AppState;
+use crate::error::ApiError;
+use layout::{Nav, page};
+
+/// The console's routes, to be nested at `/ui`. Pages need a session (a token cookie when
+/// tokens are configured); actions also need an admin token; every POST a CSRF token.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let admin = Router::new()
+        .route("/workflows/{id}/{action}", post(workflows::act))
+        .route("/inbox/{id}/read", post(inbox::mark_read))
+        .route("/queues/{queue}/{id}/retry", post(queues::retry_job))
+        .route("/outbox/{id}/retry", post(queues::retry_delivery))
+        .route("/checks", post(checks::run))
+        .route_layer(axum::middleware::from_fn(session::require_admin));
+    let pages = Router::new()
+        .route("/", get(overview::show))
+        .route("/workflows", get(workflows::list))
+        .route("/workflows/{id}", get(workflows::show))
+        .route("/inbox", get(inbox::show))
+        .route("/queues", get(queues::show))
+        .route("/checks", get(checks::show))
+        .route("/checks/{id}", get(checks::show_run))
+        .route("/logout", post(session::logout));
+    Router::new()
+        .merge(admin)
+        .merge(pages)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::require_session,
+        ))
+        .route("/login", get(session::login_form).post(session::login))
+        .fallback(not_found)
+        .layer(Extension(Arc::new(session::Keys::new())))
+}
+
+/// A submitted form (or query string): its fields in order.
+#[derive(Debug, Clone, Default)]
+pub struct FormData(Vec<(String, String)>);
+
+impl FormData {
+    /// Parses `application/x-www-form-urlencoded` bytes (invalid UTF-8 is replaced).
+    pub fn parse(bytes: &[u8]) -> FormData {
+        FormData(
+            form_urlencoded::parse(bytes)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// Parses a query string.
+    pub fn parse_str(s: &str) -> FormData {
+        FormData::parse(s.as_bytes())
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first non-blank value of `name`, trimmed.
+    pub fn filled(&self, name: &str) -> Option<&str> {
+        self.get(name).map(str::trim).filter(|v| !v.is_empty())
+    }
+}
+
+/// A console page that could not be shown: an HTML error page with the status and a safe
+/// message (5xx are logged with their cause and shown generically, as in the api).
+#[derive(Debug)]
+pub struct UiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl UiError {
+    /// An error page with this status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> UiError {
+        UiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A 400 about a parameter.
+    pub fn bad_request(message: impl Into<String>) -> UiError {
+        UiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<ApiError> for UiError {
+    fn from(e: ApiError) -> Self {
+        let status = e.status();
+        let message = match &e {
+            ApiError::Client { message, .. } => message.clone(),
+            ApiError::Unavailable { what, source } => {
+                tracing::warn!(error = %source, "console: {what} unavailable");
+                format!("the {what} is unavailable; try again shortly")
+            }
+            ApiError::Internal(source) => {
+                tracing::error!(error = %source, "console page failed");
+                "internal error; the server log has the details".into()
+            }
+        };
+        UiError { status, message }
+    }
+}
+
+impl From<escalator_store::StoreError> for UiError {
+    fn from(e: escalator_store::StoreError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl From<escalator_jobs::QueueError> for UiError {
+    fn from(e: escalator_jobs::QueueError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error").to_owned();
+        let body = html! {
+            h1 { (self.status.as_u16()) " " (title) }
+            p.error role="alert" { (self.message) }
+            p { a href="/ui" { "Back to the overview" } }
+        };
+        let mut res = (self.status, page(&title, Nav::None, None, None, body)).into_response();
+        res.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        res
+    }
+}
+
+/// What a console handler answers.
+pub type UiResult<T = Response> = Result<T, UiError>;
+
+/// POST-redirect-GET: back to `to` with a one-line note shown on the next page.
+pub fn done(to: &str, note: &str) -> Response {
+    let sep = if to.contains('?') { '&' } else { '?' };
+    let query = serde_urlencoded::to_string([("note", note)]).unwrap_or_default();
+    Redirect::to(&format!("{to}{sep}{query}")).into_response()
+}
+
+async fn not_found() -> UiError {
+    UiError::new(StatusCode::NOT_FOUND, "no such page")
+}

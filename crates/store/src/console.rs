@@ -1,0 +1,271 @@
+//! The reads the web console needs beyond the api's: a searchable workflow list, the
+//! workflows about to breach, audit activity since an instant, a workflow's outbox rows and the
+//! beat's lease. Every query is bounded by a LIMIT or an index range.
+
+use chrono::{DateTime, Utc};
+use escalator_policy::{SlaStatus, Status};
+use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::model::{OutboxEntry, Workflow};
+use crate::rows::{OUTBOX_COLUMNS, WORKFLOW_COLUMNS, trusted};
+use crate::time::sqlite_ts;
+use crate::{Store, pg, sqlite};
+
+/// The console's workflow list query: all filters optional, combined with AND; newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkflowSearch {
+    /// Case-insensitive substring of the title, the external id or the assignee.
+    pub text: Option<String>,
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only open workflows in this SLA state as of the instant given.
+    pub sla_status: Option<(SlaStatus, DateTime<Utc>)>,
+    /// Cursor: only workflows created before this (created_at, id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    /// Page size (capped at 1000).
+    pub limit: u32,
+}
+
+/// The beat's leader lease as stored: who holds it and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BeatLeaseState {
+    /// The lease's name.
+    pub name: String,
+    /// The holder's id.
+    pub holder: String,
+    /// The fencing token; grows on every takeover.
+    pub epoch: i64,
+    /// The lease is the holder's until then; a live beat renews it well before.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The text search's needle: trimmed, lowercased, None when empty.
+fn needle(text: &Option<String>) -> Option<String> {
+    text.as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+}
+
+impl Store {
+    /// A page of workflows matching `search`, newest first (cursor on (created_at, id)).
+    pub async fn search_workflows(&self, search: &WorkflowSearch) -> Result<Vec<Workflow>> {
+        let limit = i64::from(search.limit.clamp(1, 1000));
+        let text = needle(&search.text);
+        match self {
+            Store::Postgres(s) => {
+                let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE true"
+                ));
+                if let Some(t) = text {
+                    // strpos, not LIKE: the user's % and _ are plain characters.
+                    q.push(" AND (strpos(lower(w.title), ")
+                        .push_bind(t.clone())
+                        .push(") > 0 OR strpos(lower(w.external_id), ")
+                        .push_bind(t.clone())
+                        .push(") > 0 OR strpos(lower(w.assignee), ")
+                        .push_bind(t)
+                        .push(") > 0)");
+                }
+                if let Some(st) = search.status {
+                    q.push(" AND w.status = ").push_bind(st.as_str());
+                }
+                if let Some((sla, at)) = search.sla_status {
+                    q.push(" AND w.status IN ('pending', 'escalated')");
+                    match sla {
+                        SlaStatus::Ok => q.push(" AND w.warn_at > ").push_bind(at),
+                        SlaStatus::Warning => q
+                            .push(" AND w.warn_at <= ")
+                            .push_bind(at)
+                            .push(" AND w.due_at > ")
+                            .push_bind(at),
+                        SlaStatus::Breached => q.push(" AND w.due_at <= ").push_bind(at),
+                    };
+                }
+                if let Some((created, id)) = search.before {
+                    q.push(" AND (w.created_at, w.id) < (")
+                        .push_bind(created)
+                        .push(", ")
+                        .push_bind(id)
+                        .push(")");
+                }
+                q.push(" ORDER BY w.created_at DESC, w.id DESC LIMIT ")
+                    .push_bind(limit);
+                let rows = q.build().fetch_all(s.pool()).await?;
+                rows.iter().map(pg::workflow_row).collect()
+            }
+            Store::Sqlite(s) => {
+                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE 1"
+                ));
+                if let Some(t) = text {
+                    q.push(" AND (instr(lower(w.title), ")
+                        .push_bind(t.clone())
+                        .push(") > 0 OR instr(lower(w.external_id), ")
+                        .push_bind(t.clone())
+                        .push(") > 0 OR instr(lower(w.assignee), ")
+                        .push_bind(t)
+                        .push(") > 0)");
+                }
+                if let Some(st) = search.status {
+                    q.push(" AND w.status = ").push_bind(st.as_str());
+                }
+                if let Some((sla, at)) = search.sla_status {
+                    let at = sqlite_ts(at);
+                    q.push(" AND w.status IN ('pending', 'escalated')");
+                    match sla {
+                        SlaStatus::Ok => q.push(" AND w.warn_at > ").push_bind(at),
+                        SlaStatus::Warning => q
+                            .push(" AND w.warn_at <= ")
+                            .push_bind(at.clone())
+                            .push(" AND w.due_at > ")
+                            .push_bind(at),
+                        SlaStatus::Breached => q.push(" AND w.due_at <= ").push_bind(at),
+                    };
+                }
+                if let Some((created, id)) = search.before {
+                    q.push(" AND (w.created_at, w.id) < (")
+                        .push_bind(sqlite_ts(created))
+                        .push(", ")
+                        .push_bind(id.to_string())
+                        .push(")");
+                }
+                q.push(" ORDER BY w.created_at DESC, w.id DESC LIMIT ")
+                    .push_bind(limit);
+                let rows = q.build().fetch_all(s.pool()).await?;
+                rows.iter().map(sqlite::workflow_row).collect()
+            }
+        }
+    }
+
+    /// Open workflows that are not breached at `now` but will be by `until`, soonest first.
+    pub async fn breaching_soon(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Workflow>> {
+        let limit = i64::from(limit.clamp(1, 1000));
+        let sql = |p: [&str; 3]| {
+            trusted(format!(
+                "SELECT {WORKFLOW_COLUMNS} FROM workflows w
+                 WHERE w.status IN ('pending', 'escalated') AND w.due_at > {} AND w.due_at <= {}
+                 ORDER BY w.due_at, w.id LIMIT {}",
+                p[0], p[1], p[2]
+            ))
+        };
+        match self {
+            Store::Postgres(s) => {
+                let rows = sqlx::query(sql(["$1", "$2", "$3"]))
+                    .bind(now)
+                    .bind(until)
+                    .bind(limit)
+                    .fetch_all(s.pool())
+                    .await?;
+                rows.iter().map(pg::workflow_row).collect()
+            }
+            Store::Sqlite(s) => {
+                let rows = sqlx::query(sql(["?1", "?2", "?3"]))
+                    .bind(sqlite_ts(now))
+                    .bind(sqlite_ts(until))
+                    .bind(limit)
+                    .fetch_all(s.pool())
+                    .await?;
+                rows.iter().map(sqlite::workflow_row).collect()
+            }
+        }
+    }
+
+    /// How many audit rows of each action were written at or after `since`, by action name.
+    pub async fn audit_actions_since(&self, since: DateTime<Utc>) -> Result<Vec<(String, i64)>> {
+        let rows = match self {
+            Store::Postgres(s) => sqlx::query(
+                "SELECT action, count(*) AS n FROM audit_logs WHERE created_at >= $1
+                     GROUP BY action ORDER BY action",
+            )
+            .bind(since)
+            .fetch_all(s.pool())
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("action")?, r.try_get("n")?)))
+            .collect::<Result<Vec<_>>>()?,
+            Store::Sqlite(s) => sqlx::query(
+                "SELECT action, count(*) AS n FROM audit_logs WHERE created_at >= ?1
+                     GROUP BY action ORDER BY action",
+            )
+            .bind(sqlite_ts(since))
+            .fetch_all(s.pool())
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("action")?, r.try_get("n")?)))
+            .collect::<Result<Vec<_>>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// A workflow's outbox rows (every channel and status), oldest first.
+    pub async fn workflow_outbox(&self, id: Uuid) -> Result<Vec<OutboxEntry>> {
+        let sql = |p: &str| {
+            trusted(format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE workflow_id = {p} ORDER BY id LIMIT 1000"
+            ))
+        };
+        match self {
+            Store::Postgres(s) => sqlx::query(sql("$1"))
+                .bind(id)
+                .fetch_all(s.pool())
+                .await?
+                .iter()
+                .map(pg::outbox_row)
+                .collect(),
+            Store::Sqlite(s) => sqlx::query(sql("?1"))
+                .bind(id.to_string())
+                .fetch_all(s.pool())
+                .await?
+                .iter()
+                .map(sqlite::outbox_row)
+                .collect(),
+        }
+    }
+
+    /// The beat leases as stored (at most one per beat schedule).
+    pub async fn beat_leases(&self) -> Result<Vec<BeatLeaseState>> {
+        let sql = "SELECT name, holder, epoch, expires_at FROM beat_leases ORDER BY name LIMIT 100";
+        let map = |name, holder, epoch, expires_at| BeatLeaseState {
+            name,
+            holder,
+            epoch,
+            expires_at,
+        };
+        match self {
+            Store::Postgres(s) => sqlx::query(sql)
+                .fetch_all(s.pool())
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(map(
+                        r.try_get("name")?,
+                        r.try_get("holder")?,
+                        r.try_get("epoch")?,
+                        r.try_get("expires_at")?,
+                    ))
+                })
+                .collect(),
+            Store::Sqlite(s) => sqlx::query(sql)
+                .fetch_all(s.pool())
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(map(
+                        r.try_get("name")?,
+                        r.try_get("holder")?,
+                        r.try_get("epoch")?,
+                        r.try_get("expires_at")?,
+                    ))
+                })
+                .collect(),
+        }
+    }
+}
