@@ -4,6 +4,7 @@
 
 use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
@@ -45,8 +46,9 @@ use crate::{
         health::readyz,
         metrics::render,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
-    modifiers(&BearerAuth),
+    // Enums used only as path or query parameters are not collected on their own.
+    components(schemas(error::ErrorBody, error::ErrorDetail, transitions::Action, jobs::JobStatus)),
+    modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
 )]
 pub struct ApiDoc;
@@ -62,6 +64,69 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+/// Adds the answers every operation can give to each one that does not document them itself:
+/// the router's own refusals (malformed request, timeout), the token check on `/api/v1` and
+/// the body checks on operations that take one — so that a client (or schemathesis) finds
+/// every status the api can send in the document.
+#[derive(Debug)]
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let open = !path.starts_with("/api/v1/")
+                || path == "/api/v1/metrics/prometheus"
+                || path == "/api/v1/openapi.json";
+            for (reads, op) in [
+                (true, item.get.as_mut()),
+                (false, item.post.as_mut()),
+                (false, item.put.as_mut()),
+                (false, item.delete.as_mut()),
+                (false, item.patch.as_mut()),
+            ] {
+                let Some(op) = op else { continue };
+                let has_body = op.request_body.is_some();
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, description: &str| {
+                    responses.entry(code.to_owned()).or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                                )
+                                .build(),
+                        )
+                    });
+                };
+                add(
+                    "400",
+                    "malformed request: a path or query parameter of the wrong type or range",
+                );
+                add(
+                    "408",
+                    "the request ran longer than ESCALATOR_API_TIMEOUT and was abandoned",
+                );
+                if !open {
+                    add("401", "no bearer token, or an unknown one");
+                    if !reads {
+                        add("403", "a read-scoped token cannot change anything");
+                    }
+                }
+                if has_body {
+                    add("413", "the body is larger than 64 KiB");
+                    add("415", "the body is not application/json");
+                    add(
+                        "422",
+                        "a field is missing, unknown, of the wrong type or invalid (named in `field`)",
+                    );
+                }
+            }
+        }
     }
 }
 
