@@ -16,7 +16,8 @@ use crate::{Store, pg, sqlite};
 /// The console's workflow list query: all filters optional, combined with AND; newest first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WorkflowSearch {
-    /// Case-insensitive substring of the title, the external id or the assignee.
+    /// The external id or the assignee exactly, or a case-insensitive substring of the title
+    /// of one of the newest [`TITLE_SEARCH_WINDOW`] workflows.
     pub text: Option<String>,
     /// Only this status.
     pub status: Option<Status>,
@@ -27,6 +28,12 @@ pub struct WorkflowSearch {
     /// Page size (capped at 1000).
     pub limit: u32,
 }
+
+/// How many of the newest workflows a title search reads. A substring search cannot use a
+/// btree index, and a trigram index would double the cost of the engine's workflow updates
+/// (measured: docs/benchmarks.md, console); external ids and assignees are matched exactly,
+/// through their indexes, across all workflows.
+pub const TITLE_SEARCH_WINDOW: u32 = 20_000;
 
 /// The beat's leader lease as stored: who holds it and until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,12 +48,12 @@ pub struct BeatLeaseState {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The text search's needle: trimmed, lowercased, None when empty.
-fn needle(text: &Option<String>) -> Option<String> {
+/// The text search's needles: (trimmed, trimmed and lowercased); None when empty.
+fn needle(text: &Option<String>) -> Option<(String, String)> {
     text.as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(str::to_lowercase)
+        .map(|t| (t.to_owned(), t.to_lowercase()))
 }
 
 impl Store {
@@ -59,14 +66,18 @@ impl Store {
                 let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
                     "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE true"
                 ));
-                if let Some(t) = text {
+                if let Some((exact, lower)) = text {
                     // strpos, not LIKE: the user's % and _ are plain characters.
-                    q.push(" AND (strpos(lower(w.title), ")
-                        .push_bind(t.clone())
-                        .push(") > 0 OR strpos(lower(w.external_id), ")
-                        .push_bind(t.clone())
-                        .push(") > 0 OR strpos(lower(w.assignee), ")
-                        .push_bind(t)
+                    q.push(" AND w.id IN (SELECT id FROM workflows WHERE external_id = ")
+                        .push_bind(exact.clone())
+                        .push(" UNION SELECT id FROM workflows WHERE assignee = ")
+                        .push_bind(exact)
+                        .push(format!(
+                            " UNION SELECT id FROM (SELECT id, title FROM workflows \
+                             ORDER BY created_at DESC, id DESC LIMIT {TITLE_SEARCH_WINDOW}) r \
+                             WHERE strpos(lower(r.title), "
+                        ))
+                        .push_bind(lower)
                         .push(") > 0)");
                 }
                 if let Some(st) = search.status {
@@ -100,13 +111,17 @@ impl Store {
                 let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
                     "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE 1"
                 ));
-                if let Some(t) = text {
-                    q.push(" AND (instr(lower(w.title), ")
-                        .push_bind(t.clone())
-                        .push(") > 0 OR instr(lower(w.external_id), ")
-                        .push_bind(t.clone())
-                        .push(") > 0 OR instr(lower(w.assignee), ")
-                        .push_bind(t)
+                if let Some((exact, lower)) = text {
+                    q.push(" AND w.id IN (SELECT id FROM workflows WHERE external_id = ")
+                        .push_bind(exact.clone())
+                        .push(" UNION SELECT id FROM workflows WHERE assignee = ")
+                        .push_bind(exact)
+                        .push(format!(
+                            " UNION SELECT id FROM (SELECT id, title FROM workflows \
+                             ORDER BY created_at DESC, id DESC LIMIT {TITLE_SEARCH_WINDOW}) r \
+                             WHERE instr(lower(r.title), "
+                        ))
+                        .push_bind(lower)
                         .push(") > 0)");
                 }
                 if let Some(st) = search.status {
@@ -178,24 +193,32 @@ impl Store {
         }
     }
 
-    /// How many audit rows of each action were written at or after `since`, by action name.
-    pub async fn audit_actions_since(&self, since: DateTime<Utc>) -> Result<Vec<(String, i64)>> {
+    /// How many audit rows of each of `actions` were written at or after `since`, by action
+    /// name (actions without rows are left out). One index range per action.
+    pub async fn audit_actions_since(
+        &self,
+        since: DateTime<Utc>,
+        actions: &[&str],
+    ) -> Result<Vec<(String, i64)>> {
         let rows = match self {
             Store::Postgres(s) => sqlx::query(
-                "SELECT action, count(*) AS n FROM audit_logs WHERE created_at >= $1
-                     GROUP BY action ORDER BY action",
+                "SELECT action, count(*) AS n FROM audit_logs
+                 WHERE action = ANY($2) AND created_at >= $1 GROUP BY action ORDER BY action",
             )
             .bind(since)
+            .bind(actions.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
             .fetch_all(s.pool())
             .await?
             .iter()
             .map(|r| Ok((r.try_get("action")?, r.try_get("n")?)))
             .collect::<Result<Vec<_>>>()?,
             Store::Sqlite(s) => sqlx::query(
-                "SELECT action, count(*) AS n FROM audit_logs WHERE created_at >= ?1
-                     GROUP BY action ORDER BY action",
+                "SELECT action, count(*) AS n FROM audit_logs
+                 WHERE action IN (SELECT value FROM json_each(?2)) AND created_at >= ?1
+                 GROUP BY action ORDER BY action",
             )
             .bind(sqlite_ts(since))
+            .bind(serde_json::to_string(actions).unwrap_or_else(|_| "[]".into()))
             .fetch_all(s.pool())
             .await?
             .iter()

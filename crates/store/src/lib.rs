@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use escalator_policy::{Calendar, Policy};
 use uuid::Uuid;
 
-pub use console::{BeatLeaseState, WorkflowSearch};
+pub use console::{BeatLeaseState, TITLE_SEARCH_WINDOW, WorkflowSearch};
 pub use delivery::DeliveryOutcome;
 pub use effects::{Applied, BatchEffects, NewAudit, NewNotification, NewOutbox, WorkflowChange};
 pub use error::{Result, StoreError};

@@ -95,15 +95,22 @@ async fn search_matches_text_status_and_sla_newest_first(db: &TestDb) {
         ids(s.search_workflows(&q(Some(" laptop "))).await.unwrap()),
         [c.id, a.id]
     );
-    // by external id and assignee, case-insensitively; % and _ are plain characters
+    // external ids and assignees exactly, titles by substring; % and _ are plain characters
     assert_eq!(
-        ids(s.search_workflows(&q(Some("ext-1"))).await.unwrap()),
+        ids(s.search_workflows(&q(Some("EXT-1"))).await.unwrap()),
         [b.id]
     );
+    assert!(
+        s.search_workflows(&q(Some("EXT-")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
-        ids(s.search_workflows(&q(Some("bob"))).await.unwrap()),
+        ids(s.search_workflows(&q(Some("Bob"))).await.unwrap()),
         [d.id, b.id]
     );
+    assert!(s.search_workflows(&q(Some("bo"))).await.unwrap().is_empty());
     assert_eq!(
         ids(s.search_workflows(&q(Some("100%"))).await.unwrap()),
         [b.id]
@@ -274,16 +281,28 @@ async fn audit_activity_and_outbox_rows_are_read_back(db: &TestDb) {
     tx.apply(&effects, now).await.unwrap();
     tx.commit().await.unwrap();
 
+    let hour_ago = t0() - Duration::hours(1);
     let all = s
-        .audit_actions_since(t0() - Duration::hours(1))
+        .audit_actions_since(hour_ago, &["create", "remind", "escalate"])
         .await
         .unwrap();
     assert_eq!(all, [("create".to_owned(), 2), ("remind".to_owned(), 1)]);
+    let sla = s
+        .audit_actions_since(hour_ago, &["remind", "escalate"])
+        .await
+        .unwrap();
+    assert_eq!(sla, [("remind".to_owned(), 1)]);
     let recent = s
-        .audit_actions_since(t0() + Duration::minutes(1))
+        .audit_actions_since(t0() + Duration::minutes(1), &["create", "remind"])
         .await
         .unwrap();
     assert_eq!(recent, [("remind".to_owned(), 1)]);
+    assert!(
+        s.audit_actions_since(hour_ago, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let rows = s.workflow_outbox(w.id).await.unwrap();
     let to: Vec<_> = rows

@@ -68,7 +68,8 @@ pub async fn show(
     let (counts, soon, activity, runs, leases, queues) = tokio::join!(
         s.store.sla_counts(now),
         s.store.breaching_soon(now, now + Duration::hours(1), SOON),
-        s.store.audit_actions_since(now - Duration::hours(24)),
+        s.store
+            .audit_actions_since(now - Duration::hours(24), &["escalate", "remind"]),
         s.store.recent_check_runs(RUNS),
         s.store.beat_leases(),
         s.queues.stats(),

@@ -8,7 +8,9 @@ use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use chrono::Utc;
 use escalator_policy::{SlaStatus, Status};
-use escalator_store::{AuditReason, Transition, TransitionContext, Workflow, WorkflowSearch};
+use escalator_store::{
+    AuditReason, TITLE_SEARCH_WINDOW, Transition, TransitionContext, Workflow, WorkflowSearch,
+};
 use maud::{Markup, html};
 use uuid::Uuid;
 
@@ -98,7 +100,7 @@ pub async fn list(
     let body = html! {
         h1 { "Workflows" }
         form.bar method="get" action="/ui/workflows" {
-            label { "search" input type="search" name="q" value=(keep("q")) placeholder="title, external id, assignee"; }
+            label { "search" input type="search" name="q" value=(keep("q")) placeholder="external id, assignee or title words"; }
             label { "status" select name="status" {
                 option value="" { "any" }
                 @for st in ["pending", "escalated", "on_hold", "completed", "cancelled"] {
@@ -112,6 +114,10 @@ pub async fn list(
                 }
             } }
             button type="submit" { "Filter" }
+        }
+        @if query.filled("q").is_some() {
+            p.muted { "External ids and assignees match exactly; titles match by substring among the newest "
+                (TITLE_SEARCH_WINDOW) " workflows." }
         }
         div.scroll { table {
             thead { tr { th { "workflow" } th { "status" } th { "SLA" } th { "assignee" } th.hide-sm { "stage" } th { "due" } } }
