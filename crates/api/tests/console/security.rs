@@ -256,3 +256,35 @@ async fn a_script_in_a_title_renders_as_text() {
     assert!(page.html.contains("&lt;img src=x onerror=alert(1)&gt;"));
     assert!(!page.html.contains("<b>"));
 }
+
+#[tokio::test]
+async fn pages_are_not_cached_framed_or_allowed_to_run_scripts() {
+    let c = console(tokens()).await;
+    for (path, cookie) in [
+        ("/ui", Some(cookie_of(ADMIN))),
+        ("/ui/login", None),
+        ("/ui/nowhere", Some(cookie_of(READER))),
+    ] {
+        let mut req = axum::http::Request::get(path);
+        if let Some(cookie) = &cookie {
+            req = req.header("cookie", cookie);
+        }
+        let res = tower::ServiceExt::oneshot(
+            c.router.clone(),
+            req.body(axum::body::Body::empty()).unwrap(),
+        )
+        .await
+        .unwrap();
+        let h = res.headers();
+        assert_eq!(h["cache-control"], "no-store", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
+        assert!(!csp.contains("script-src"), "no script may run: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with("text/html"),
+            "{path}"
+        );
+    }
+}
