@@ -425,6 +425,109 @@ async fn f2_a_worker_killed_at_twenty_random_moments_loses_and_doubles_nothing()
 
 /// F8: the SMTP provider answers 451 (try later) to every message, then recovers. Every
 /// message is delivered exactly once.
+/// F1b: a worker dies (failpoint `batch-committed`: abort, as a SIGKILL) right after its first
+/// batch transaction commits — before the job is acknowledged and before it pushes the delivery
+/// job for the outbox rows it just wrote. Another worker retries the orphaned job (which finds
+/// its work done and applies nothing), finishes the run, and every committed row is delivered
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1b_a_worker_killed_between_a_batch_commit_and_its_delivery_loses_and_doubles_nothing() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let (port, received) = escalator_testkit::smtp::smtp_sink(None).await;
+    let mut w = World::new().await;
+    small_batches(&mut w);
+    w.extra_env.push((
+        "ESCALATOR_SMTP_URL".into(),
+        format!("smtp://127.0.0.1:{port}"),
+    ));
+    w.seed(2_000);
+    w.run(&["status"]);
+    let mut victim = w
+        .command(&["worker"])
+        .env(
+            "ESCALATOR_METRICS_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("ESCALATOR_FAILPOINT", "batch-committed:1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = enqueue_check(&w).await;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = victim.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the failpoint was never reached"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let killed_at = Instant::now();
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "aborted at the failpoint: {status}"
+    );
+    // the state the crash left: one batch committed, its rows written, nothing delivered
+    let s = &w.db.store;
+    let run = s.get_check_run(id).await.unwrap();
+    assert_eq!(run.status, "running", "{run:?}");
+    let written = count(s, "SELECT count(*) FROM outbox").await;
+    let audited = count(s, "SELECT count(*) FROM audit_logs WHERE actor = 'escalator'").await;
+    assert!(
+        written > 0,
+        "the first batch wrote no outbox rows ({audited} audit rows): {run:?}"
+    );
+    assert_eq!(
+        count(s, "SELECT count(*) FROM outbox WHERE status = 'sent'").await,
+        0
+    );
+    assert!(received.lock().unwrap().is_empty());
+    eprintln!("F1b: aborted after the first commit: {written} outbox rows written, none sent");
+
+    let mut rescuer = Supervised::start(&w);
+    assert_eq!(
+        await_run(&w, &mut rescuer, id, Duration::from_secs(120)).await,
+        (300, 300)
+    );
+    eprintln!(
+        "F1b: the run finished {:.1}s after the crash",
+        seconds(killed_at)
+    );
+    while count(s, "SELECT count(*) FROM outbox WHERE status = 'sent'").await < 600 {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(120),
+            "only {} of 600 messages sent",
+            received.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "F1b: every message delivered {:.1}s after the crash ({} rows needed more than one attempt)",
+        seconds(killed_at),
+        count(s, "SELECT count(*) FROM outbox WHERE attempts > 1").await
+    );
+    assert_eq!(sweep(&w, &mut rescuer).await, (0, 0));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let messages = received.lock().unwrap().clone();
+    assert_eq!(messages.len(), 600, "one message per outbox row");
+    let mut ids: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 600, "no message sent twice");
+    assert_exact(&w, 2_000).await;
+    assert!(rescuer.stop().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f8_an_email_provider_failing_then_recovering_delivers_everything_once() {
     let (port, received, switch) =
