@@ -99,19 +99,23 @@ fn cookie_secret(req: &Request) -> Option<String> {
 }
 
 /// A page on another origin posting here: refused even before the CSRF token is looked at.
+/// The origin must name the host the request was sent to (`Host`, or `X-Forwarded-Host` when a
+/// reverse proxy rewrote it). A request without `Origin` (old browsers, scripts) is left to
+/// the CSRF token.
 fn foreign_origin(req: &Request) -> bool {
-    let (Some(origin), Some(host)) = (
+    let header = |name| {
         req.headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok()),
-        req.headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok()),
-    ) else {
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let Some(origin) = header(header::ORIGIN) else {
         return false;
     };
     let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    origin_host != host
+    let forwarded = header(header::HeaderName::from_static("x-forwarded-host"))
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    ![header(header::HOST), forwarded].contains(&Some(origin_host))
 }
 
 fn forbidden(message: &str) -> Response {

@@ -204,6 +204,22 @@ async fn an_open_console_still_wants_csrf_tokens_and_refuses_other_origins() {
         .post(&hold, None, &[("csrf", &csrf), ("version", "1")])
         .await;
     assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
+    // behind a reverse proxy that rewrote Host, X-Forwarded-Host names the public origin
+    let req = axum::http::Request::post(format!("/ui/workflows/{}/resume", w.id))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "https://escalator.example")
+        .header("host", "127.0.0.1:5000")
+        .header("x-forwarded-host", "escalator.example")
+        .body(axum::body::Body::from(format!("csrf={csrf}&version=2")))
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(c.router.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        c.db.store.get_workflow(w.id).await.unwrap().status,
+        Status::Pending
+    );
     // the login form is not offered when there is nothing to log in with
     assert_eq!(
         c.get("/ui/login", None).await.location.as_deref(),
