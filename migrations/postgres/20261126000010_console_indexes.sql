@@ -1,6 +1,6 @@
 -- The web console's reads (issue #10), each measured at 100,000 workflows (docs/benchmarks.md,
 -- "Console"). No trigram index for title search: it would double the cost of the engine's
--- workflow updates; the console searches titles among the newest 20,000 workflows instead.
+-- workflow updates; the console searches titles among the newest 10,000 workflows instead.
 
 -- Newest-first pages of the workflow list: read from the end of this index instead of sorting
 -- the whole table.

@@ -33,7 +33,7 @@ pub struct WorkflowSearch {
 /// btree index, and a trigram index would double the cost of the engine's workflow updates
 /// (measured: docs/benchmarks.md, console); external ids and assignees are matched exactly,
 /// through their indexes, across all workflows.
-pub const TITLE_SEARCH_WINDOW: u32 = 20_000;
+pub const TITLE_SEARCH_WINDOW: u32 = 10_000;
 
 /// The beat's leader lease as stored: who holds it and until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,97 +58,119 @@ fn needle(text: &Option<String>) -> Option<(String, String)> {
 
 impl Store {
     /// A page of workflows matching `search`, newest first (cursor on (created_at, id)).
+    ///
+    /// With a text, the page is the newest of three index-driven candidate lists, each already
+    /// filtered and limited: the external id (unique index), the assignee (its index), and the
+    /// titles among the newest [`TITLE_SEARCH_WINDOW`] workflows (read newest first, stopping
+    /// at the page size).
     pub async fn search_workflows(&self, search: &WorkflowSearch) -> Result<Vec<Workflow>> {
         let limit = i64::from(search.limit.clamp(1, 1000));
-        let text = needle(&search.text);
+        let order = " ORDER BY w.created_at DESC, w.id DESC LIMIT ";
         match self {
             Store::Postgres(s) => {
+                let filters = |q: &mut QueryBuilder<Postgres>| {
+                    if let Some(st) = search.status {
+                        q.push(" AND w.status = ").push_bind(st.as_str());
+                    }
+                    if let Some((sla, at)) = search.sla_status {
+                        q.push(" AND w.status IN ('pending', 'escalated')");
+                        match sla {
+                            SlaStatus::Ok => q.push(" AND w.warn_at > ").push_bind(at),
+                            SlaStatus::Warning => q
+                                .push(" AND w.warn_at <= ")
+                                .push_bind(at)
+                                .push(" AND w.due_at > ")
+                                .push_bind(at),
+                            SlaStatus::Breached => q.push(" AND w.due_at <= ").push_bind(at),
+                        };
+                    }
+                    if let Some((created, id)) = search.before {
+                        q.push(" AND (w.created_at, w.id) < (")
+                            .push_bind(created)
+                            .push(", ")
+                            .push_bind(id)
+                            .push(")");
+                    }
+                };
                 let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
                     "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE true"
                 ));
-                if let Some((exact, lower)) = text {
+                if let Some((exact, lower)) = needle(&search.text) {
+                    // ARRAY(...) runs once; the outer query then fetches by primary key.
+                    q.push(" AND w.id = ANY(ARRAY(SELECT id FROM (SELECT w.id FROM workflows w WHERE w.external_id = ")
+                        .push_bind(exact.clone());
+                    filters(&mut q);
+                    q.push(") e UNION ALL SELECT id FROM (SELECT w.id FROM workflows w WHERE w.assignee = ")
+                        .push_bind(exact);
+                    filters(&mut q);
+                    q.push(order).push_bind(limit);
                     // strpos, not LIKE: the user's % and _ are plain characters.
-                    q.push(" AND w.id IN (SELECT id FROM workflows WHERE external_id = ")
-                        .push_bind(exact.clone())
-                        .push(" UNION SELECT id FROM workflows WHERE assignee = ")
-                        .push_bind(exact)
-                        .push(format!(
-                            " UNION SELECT id FROM (SELECT id, title FROM workflows \
-                             ORDER BY created_at DESC, id DESC LIMIT {TITLE_SEARCH_WINDOW}) r \
-                             WHERE strpos(lower(r.title), "
-                        ))
-                        .push_bind(lower)
-                        .push(") > 0)");
+                    q.push(format!(
+                        ") a UNION ALL SELECT id FROM (SELECT w.id FROM (SELECT * FROM workflows \
+                         ORDER BY created_at DESC, id DESC LIMIT {TITLE_SEARCH_WINDOW}) w \
+                         WHERE strpos(lower(w.title), "
+                    ))
+                    .push_bind(lower)
+                    .push(") > 0");
+                    filters(&mut q);
+                    q.push(order).push_bind(limit).push(") t))");
+                } else {
+                    filters(&mut q);
                 }
-                if let Some(st) = search.status {
-                    q.push(" AND w.status = ").push_bind(st.as_str());
-                }
-                if let Some((sla, at)) = search.sla_status {
-                    q.push(" AND w.status IN ('pending', 'escalated')");
-                    match sla {
-                        SlaStatus::Ok => q.push(" AND w.warn_at > ").push_bind(at),
-                        SlaStatus::Warning => q
-                            .push(" AND w.warn_at <= ")
-                            .push_bind(at)
-                            .push(" AND w.due_at > ")
-                            .push_bind(at),
-                        SlaStatus::Breached => q.push(" AND w.due_at <= ").push_bind(at),
-                    };
-                }
-                if let Some((created, id)) = search.before {
-                    q.push(" AND (w.created_at, w.id) < (")
-                        .push_bind(created)
-                        .push(", ")
-                        .push_bind(id)
-                        .push(")");
-                }
-                q.push(" ORDER BY w.created_at DESC, w.id DESC LIMIT ")
-                    .push_bind(limit);
+                q.push(order).push_bind(limit);
                 let rows = q.build().fetch_all(s.pool()).await?;
                 rows.iter().map(pg::workflow_row).collect()
             }
             Store::Sqlite(s) => {
+                let filters = |q: &mut QueryBuilder<Sqlite>| {
+                    if let Some(st) = search.status {
+                        q.push(" AND w.status = ").push_bind(st.as_str());
+                    }
+                    if let Some((sla, at)) = search.sla_status {
+                        let at = sqlite_ts(at);
+                        q.push(" AND w.status IN ('pending', 'escalated')");
+                        match sla {
+                            SlaStatus::Ok => q.push(" AND w.warn_at > ").push_bind(at),
+                            SlaStatus::Warning => q
+                                .push(" AND w.warn_at <= ")
+                                .push_bind(at.clone())
+                                .push(" AND w.due_at > ")
+                                .push_bind(at),
+                            SlaStatus::Breached => q.push(" AND w.due_at <= ").push_bind(at),
+                        };
+                    }
+                    if let Some((created, id)) = search.before {
+                        q.push(" AND (w.created_at, w.id) < (")
+                            .push_bind(sqlite_ts(created))
+                            .push(", ")
+                            .push_bind(id.to_string())
+                            .push(")");
+                    }
+                };
                 let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
                     "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE 1"
                 ));
-                if let Some((exact, lower)) = text {
-                    q.push(" AND w.id IN (SELECT id FROM workflows WHERE external_id = ")
-                        .push_bind(exact.clone())
-                        .push(" UNION SELECT id FROM workflows WHERE assignee = ")
-                        .push_bind(exact)
-                        .push(format!(
-                            " UNION SELECT id FROM (SELECT id, title FROM workflows \
-                             ORDER BY created_at DESC, id DESC LIMIT {TITLE_SEARCH_WINDOW}) r \
-                             WHERE instr(lower(r.title), "
-                        ))
-                        .push_bind(lower)
-                        .push(") > 0)");
+                if let Some((exact, lower)) = needle(&search.text) {
+                    q.push(" AND w.id IN (SELECT id FROM (SELECT w.id FROM workflows w WHERE w.external_id = ")
+                        .push_bind(exact.clone());
+                    filters(&mut q);
+                    q.push(") e UNION ALL SELECT id FROM (SELECT w.id FROM workflows w WHERE w.assignee = ")
+                        .push_bind(exact);
+                    filters(&mut q);
+                    q.push(order).push_bind(limit);
+                    q.push(format!(
+                        ") a UNION ALL SELECT id FROM (SELECT w.id FROM (SELECT * FROM workflows \
+                         ORDER BY created_at DESC, id DESC LIMIT {TITLE_SEARCH_WINDOW}) w \
+                         WHERE instr(lower(w.title), "
+                    ))
+                    .push_bind(lower)
+                    .push(") > 0");
+                    filters(&mut q);
+                    q.push(order).push_bind(limit).push(") t)");
+                } else {
+                    filters(&mut q);
                 }
-                if let Some(st) = search.status {
-                    q.push(" AND w.status = ").push_bind(st.as_str());
-                }
-                if let Some((sla, at)) = search.sla_status {
-                    let at = sqlite_ts(at);
-                    q.push(" AND w.status IN ('pending', 'escalated')");
-                    match sla {
-                        SlaStatus::Ok => q.push(" AND w.warn_at > ").push_bind(at),
-                        SlaStatus::Warning => q
-                            .push(" AND w.warn_at <= ")
-                            .push_bind(at.clone())
-                            .push(" AND w.due_at > ")
-                            .push_bind(at),
-                        SlaStatus::Breached => q.push(" AND w.due_at <= ").push_bind(at),
-                    };
-                }
-                if let Some((created, id)) = search.before {
-                    q.push(" AND (w.created_at, w.id) < (")
-                        .push_bind(sqlite_ts(created))
-                        .push(", ")
-                        .push_bind(id.to_string())
-                        .push(")");
-                }
-                q.push(" ORDER BY w.created_at DESC, w.id DESC LIMIT ")
-                    .push_bind(limit);
+                q.push(order).push_bind(limit);
                 let rows = q.build().fetch_all(s.pool()).await?;
                 rows.iter().map(sqlite::workflow_row).collect()
             }

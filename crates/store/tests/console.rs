@@ -171,6 +171,45 @@ async fn search_matches_text_status_and_sla_newest_first(db: &TestDb) {
         [c.id]
     );
 
+    // text and filters together: every candidate list is filtered and paged
+    let combined = |text: &str, status, before| WorkflowSearch {
+        text: Some(text.to_owned()),
+        status,
+        before,
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(s
+            .search_workflows(&combined("Bob", Some(Status::OnHold), None))
+            .await
+            .unwrap()),
+        [d.id]
+    );
+    assert_eq!(
+        ids(s
+            .search_workflows(&combined("laptop", None, Some((c.created_at, c.id))))
+            .await
+            .unwrap()),
+        [a.id]
+    );
+    assert!(
+        s.search_workflows(&combined(
+            "EXT-1",
+            Some(Status::Pending),
+            Some((a.created_at, a.id))
+        ))
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    let one = WorkflowSearch {
+        text: Some("Bob".into()),
+        limit: 1,
+        ..Default::default()
+    };
+    assert_eq!(ids(s.search_workflows(&one).await.unwrap()), [d.id]);
+
     let first = s
         .search_workflows(&WorkflowSearch {
             limit: 2,
