@@ -184,6 +184,7 @@ pub async fn put(
         slack: body.slack,
         manager_id: body.manager_id,
         active: body.active.unwrap_or(true),
+        channels: None,
     };
     s.store.upsert_users(std::slice::from_ref(&user)).await?;
     Ok(Json(user.into()))

@@ -116,6 +116,11 @@ pub struct DeliverySettings {
     pub max_attempts: i32,
     /// The HTTP providers: email API, SMS, Slack, webhooks.
     pub http: escalator_notify::HttpConfig,
+    /// `ESCALATOR_TEMPLATES_DIR`: files overriding built-in message templates.
+    pub templates_dir: Option<std::path::PathBuf>,
+    /// `ESCALATOR_DIGEST_THRESHOLD`: more escalations than this to one person on one channel
+    /// in one check run become one digest (0: never).
+    pub digest_threshold: u32,
 }
 
 /// A URL setting: http(s) only.
@@ -231,6 +236,21 @@ impl DeliverySettings {
             email,
             max_attempts: i32::try_from(max_attempts).unwrap_or(8),
             http,
+            templates_dir: src.get("ESCALATOR_TEMPLATES_DIR").map(Into::into),
+            digest_threshold: bounded(src, "ESCALATOR_DIGEST_THRESHOLD", 5, 0..=1_000_000)?,
+        })
+    }
+
+    /// The templates (built in, or overridden from `ESCALATOR_TEMPLATES_DIR`) and the digest
+    /// threshold; the error names the variable and the bad file.
+    pub fn message_settings(&self) -> anyhow::Result<escalator_worker::message::MessageSettings> {
+        let templates = match &self.templates_dir {
+            Some(dir) => escalator_notify::Templates::from_dir(dir)?,
+            None => escalator_notify::Templates::builtin(),
+        };
+        Ok(escalator_worker::message::MessageSettings {
+            templates,
+            digest_threshold: self.digest_threshold,
         })
     }
 
@@ -239,6 +259,7 @@ impl DeliverySettings {
         &self,
         store: &escalator_store::Store,
     ) -> anyhow::Result<Option<escalator_notify::Deliverer>> {
+        let templates = self.message_settings()?.templates;
         let mailer = match &self.email {
             EmailConfig::Smtp { url, from } => Some(escalator_notify::Mailer::smtp(url, from)?),
             EmailConfig::Files { dir, from } => {
@@ -258,6 +279,7 @@ impl DeliverySettings {
             store: store.clone(),
             mailer,
             http,
+            templates: templates.clone(),
             max_attempts: self.max_attempts,
             lease: Duration::from_secs(120),
         }))

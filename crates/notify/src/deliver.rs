@@ -7,8 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use escalator_runtime::metrics as m;
 use escalator_store::{DeliveryOutcome, OutboxEntry, Store, StoreError};
+use futures_util::StreamExt as _;
 
-use crate::{HttpChannels, Mailer, NotifyError};
+use crate::{HttpChannels, Mailer, NotifyError, Templates};
 
 /// The wait before attempt `attempts + 1`: 30 s doubling per attempt up to 1 h, scaled by a
 /// jitter factor in [0.5, 1.5) so that a provider outage does not end in a thundering herd.
@@ -16,6 +17,13 @@ pub fn retry_delay(attempts: i32, jitter: f64) -> Duration {
     let base = 30.0 * 2f64.powi(attempts.clamp(1, 16) - 1);
     Duration::from_secs_f64(base.min(3_600.0) * jitter.clamp(0.5, 1.5))
 }
+
+/// How long a delivery waits for its run's digest decision before a sender makes it anyway
+/// (a run whose last batch was lost finishes only when the batch is re-derived).
+pub const HOLD_LIMIT: Duration = Duration::from_secs(3_600);
+
+/// Messages in flight at once within one drain.
+pub const PARALLEL_SENDS: usize = 8;
 
 /// What one drain did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,6 +34,9 @@ pub struct DeliveryReport {
     pub retried: u32,
     /// Given up.
     pub dead: u32,
+    /// Stopped at `max_rounds` with rows possibly left: the caller should go on (a delivery
+    /// job enqueues a follow-up rather than wait for the sweep).
+    pub more: bool,
 }
 
 /// Sends the outbox.
@@ -38,6 +49,8 @@ pub struct Deliverer {
     pub mailer: Option<Mailer>,
     /// The HTTP providers (email API, SMS, Slack, webhooks), if any is configured.
     pub http: Option<HttpChannels>,
+    /// Renders digests (their text is written at delivery, from the items they list).
+    pub templates: Templates,
     /// Attempts before a delivery is dead.
     pub max_attempts: i32,
     /// How long a claimed row stays hidden from other senders.
@@ -63,7 +76,12 @@ impl Deliverer {
         max_rounds: u32,
     ) -> Result<DeliveryReport, StoreError> {
         let mut report = DeliveryReport::default();
-        for _ in 0..max_rounds {
+        // digests of runs that will not decide them themselves (failed, or stuck)
+        let released = self.store.release_stale_held(as_of, HOLD_LIMIT).await?;
+        if released > 0 {
+            tracing::info!(released, "released held deliveries of unfinished runs");
+        }
+        for round in 0..max_rounds {
             let claimed = self
                 .store
                 .claim_deliveries(as_of, self.lease, per_round)
@@ -71,8 +89,19 @@ impl Deliverer {
             if claimed.is_empty() {
                 break;
             }
-            for entry in &claimed {
-                let outcome = self.attempt(entry).await;
+            // sends of one round run side by side (each row is its own claim); outcomes are
+            // recorded as they come
+            let count = claimed.len();
+            let mut sends = futures_util::stream::iter(claimed.into_iter().map(|entry| {
+                // owned parts: the future must not borrow across the stream (Send bounds)
+                let this = self.clone();
+                async move {
+                    let outcome = this.attempt(&entry).await;
+                    (entry, outcome)
+                }
+            }))
+            .buffer_unordered(PARALLEL_SENDS);
+            while let Some((entry, outcome)) = sends.next().await {
                 let label = match &outcome {
                     DeliveryOutcome::Sent => {
                         report.sent += 1;
@@ -105,9 +134,10 @@ impl Deliverer {
                     .record_delivery(entry.id, &outcome, Utc::now())
                     .await?;
             }
-            if claimed.len() < per_round as usize {
+            if count < per_round as usize {
                 break;
             }
+            report.more = round + 1 == max_rounds;
         }
         Ok(report)
     }
@@ -142,8 +172,35 @@ impl Deliverer {
         }
     }
 
+    /// A digest row with its text rendered for its channel; other rows as they are.
+    pub fn expand(&self, entry: &OutboxEntry) -> Result<Option<OutboxEntry>, NotifyError> {
+        let p = &entry.payload;
+        if p["kind"] != "digest" || p.get("subject").is_some() {
+            return Ok(None);
+        }
+        let mut ctx = p.clone();
+        if ctx["greeting"].as_str().is_none_or(str::is_empty) {
+            ctx["greeting"] = serde_json::json!("Hello");
+        }
+        let t = &self.templates;
+        let mut out = entry.clone();
+        let q = &mut out.payload;
+        q["subject"] = t.render("digest", "subject.txt", &ctx)?.into();
+        match entry.channel.as_str() {
+            "sms" => q["body"] = t.render("digest", "sms.txt", &ctx)?.into(),
+            "slack" => q["text"] = t.render("digest", "slack.txt", &ctx)?.into(),
+            _ => {
+                q["body"] = t.render("digest", "body.txt", &ctx)?.into();
+                q["html"] = t.render("digest", "body.html", &ctx)?.into();
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Sends one row through its channel's sender.
     async fn send(&self, entry: &OutboxEntry) -> Result<(), NotifyError> {
+        let expanded = self.expand(entry)?;
+        let entry = expanded.as_ref().unwrap_or(entry);
         let http = |what: &str, var: &str| {
             NotifyError::Config(format!("{what} is not configured ({var})"))
         };

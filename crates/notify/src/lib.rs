@@ -5,10 +5,12 @@
 pub mod deliver;
 pub mod email;
 pub mod http;
+pub mod template;
 
 pub use deliver::{Deliverer, DeliveryReport, retry_delay};
 pub use email::Mailer;
 pub use http::{HttpChannels, HttpConfig, SendGridConfig, TwilioConfig, WebhookConfig};
+pub use template::Templates;
 
 /// How a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -82,6 +82,7 @@ fn deliverer(store: &Store, config: HttpConfig) -> Deliverer {
         store: store.clone(),
         mailer: None,
         http: Some(HttpChannels::new(config).unwrap()),
+        templates: Default::default(),
         max_attempts: 8,
         lease: Duration::from_secs(60),
     }
@@ -407,6 +408,7 @@ async fn two_senders_draining_the_same_rows_at_once_send_each_once_over_smtp() {
             Mailer::smtp(&format!("smtp://127.0.0.1:{port}"), "e <e@example.com>").unwrap(),
         ),
         http: None,
+        templates: Default::default(),
         max_attempts: 3,
         lease: Duration::from_secs(60),
     };

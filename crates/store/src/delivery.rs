@@ -142,6 +142,48 @@ impl Store {
         Ok(())
     }
 
+    /// Releases held deliveries whose run will not release them itself: its run finished
+    /// without them (it failed) or they have waited longer than `stale_after` (a run stuck
+    /// behind a lost batch). Each run is released in a transaction of its own. Returns the
+    /// outbox rows written.
+    pub async fn release_stale_held(
+        &self,
+        now: DateTime<Utc>,
+        stale_after: Duration,
+    ) -> Result<u64> {
+        let before =
+            now - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::hours(1));
+        let runs: Vec<i64> = match self {
+            Store::Postgres(s) => {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT h.check_run_id FROM outbox_held h
+                 JOIN check_runs r ON r.id = h.check_run_id
+                 WHERE r.status IN ('succeeded', 'failed') OR h.created_at < $1",
+                )
+                .bind(before)
+                .fetch_all(s.pool())
+                .await?
+            }
+            Store::Sqlite(s) => {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT h.check_run_id FROM outbox_held h
+                 JOIN check_runs r ON r.id = h.check_run_id
+                 WHERE r.status IN ('succeeded', 'failed') OR h.created_at < ?1",
+                )
+                .bind(sqlite_ts(before))
+                .fetch_all(s.pool())
+                .await?
+            }
+        };
+        let mut written = 0;
+        for run in runs {
+            let mut tx = self.begin_batch().await?;
+            written += tx.release_held(run, now).await?;
+            tx.commit().await?;
+        }
+        Ok(written)
+    }
+
     /// Puts dead deliveries back in line (`escalator outbox retry`). Returns how many.
     pub async fn retry_dead_deliveries(&self, id: Option<i64>, now: DateTime<Utc>) -> Result<u64> {
         let done = match self {

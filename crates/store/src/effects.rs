@@ -100,6 +100,61 @@ pub struct NewOutbox {
     pub idempotency_key: String,
 }
 
+/// A delivery held back until its check run finishes: at that point each (run, group) is
+/// either released as its individual rows or replaced by one digest (see [`crate::digest`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldOutbox {
+    /// `"{user id}:{channel}"`: the unit of a digest.
+    pub group_key: String,
+    /// More than this many items in the group make a digest.
+    pub threshold: u32,
+    /// The row it becomes when not digested (its key is the held item's unique key).
+    pub outbox: NewOutbox,
+}
+
+impl NewOutbox {
+    /// This delivery, to be held for its run's digest decision: more than `threshold` held
+    /// deliveries of one run to `user` on this channel become one digest. The mark travels
+    /// in the payload (`"hold"`) and is removed before the row is written; without a check
+    /// run the row is written at once.
+    pub fn held_for_digest(mut self, user: &str, threshold: u32) -> NewOutbox {
+        self.payload["hold"] = serde_json::json!({
+            "group": format!("{user}:{}", self.channel), "threshold": threshold,
+        });
+        self
+    }
+}
+
+/// Splits the rows marked by [`NewOutbox::held_for_digest`] off `outbox` (their mark
+/// removed). Without a run there is nothing to wait for: they stay in `outbox`.
+pub(crate) fn split_held(
+    outbox: &[NewOutbox],
+    run: Option<i64>,
+) -> (Vec<NewOutbox>, Vec<HeldOutbox>) {
+    let mut direct = Vec::new();
+    let mut held = Vec::new();
+    for o in outbox {
+        let mut o = o.clone();
+        let hold = o
+            .payload
+            .as_object_mut()
+            .and_then(|m| m.remove("hold"))
+            .filter(|_| run.is_some());
+        match hold {
+            Some(h) => held.push(HeldOutbox {
+                group_key: h["group"].as_str().unwrap_or_default().to_owned(),
+                threshold: h["threshold"]
+                    .as_u64()
+                    .and_then(|t| u32::try_from(t).ok())
+                    .unwrap_or(u32::MAX),
+                outbox: o,
+            }),
+            None => direct.push(o),
+        }
+    }
+    (direct, held)
+}
+
 /// Everything one batch writes. Rows that belong to a workflow whose change was refused (it
 /// moved on since the claim) are dropped with it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -130,8 +185,10 @@ pub struct Applied {
     pub audits: u64,
     /// Notifications written.
     pub notifications: u64,
-    /// Outbox rows written.
+    /// Outbox rows written (including those a finishing run released from hold).
     pub outbox: u64,
+    /// Deliveries held for the run's digest decision.
+    pub held: u64,
     /// Counts added to the check run.
     pub counts: BatchCounts,
     /// This batch was the last of its run: the run is now `succeeded`.

@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod delivery;
+pub mod digest;
 pub mod effects;
 pub mod error;
 pub mod lease;
@@ -22,7 +23,9 @@ use uuid::Uuid;
 
 pub use console::{BeatLeaseState, TITLE_SEARCH_WINDOW, WorkflowSearch};
 pub use delivery::DeliveryOutcome;
-pub use effects::{Applied, BatchEffects, NewAudit, NewNotification, NewOutbox, WorkflowChange};
+pub use effects::{
+    Applied, BatchEffects, HeldOutbox, NewAudit, NewNotification, NewOutbox, WorkflowChange,
+};
 pub use error::{Result, StoreError};
 pub use lease::{Fenced, Lease};
 pub use model::*;
@@ -159,6 +162,14 @@ impl Store {
 
     /// Inserts or updates users (by id), in one statement.
     pub async fn upsert_users(&self, users: &[User]) -> Result<()> {
+        for u in users {
+            if let Some(channels) = &u.channels {
+                logic::validate_channels(channels).map_err(|message| StoreError::Invalid {
+                    field: "channels",
+                    message: format!("user {}: {message}", u.id),
+                })?;
+            }
+        }
         dispatch!(self, s => s.upsert_users(users).await)
     }
 
@@ -398,6 +409,13 @@ impl BatchTx {
     /// The users with these ids (in any order; unknown ids are left out), in one query.
     pub async fn users(&mut self, ids: &[String]) -> Result<Vec<User>> {
         dispatch_tx!(self, t => t.users(ids).await)
+    }
+
+    /// Decides the digests of run `run` now: its held deliveries become outbox rows (or
+    /// digests). Returns the outbox rows written.
+    pub async fn release_held(&mut self, run: i64, now: DateTime<Utc>) -> Result<u64> {
+        let now = time::micros(now);
+        dispatch_tx!(self, t => t.release_held(run, now).await)
     }
 
     /// Commits.

@@ -12,6 +12,31 @@ use crate::model::{NewWorkflow, PolicyRecord, Transition, TransitionContext, Wor
 /// The actor recorded for changes made by the SLA clock.
 pub const SLA_ACTOR: &str = "escalator";
 
+/// The delivery channels a user may choose besides in-app.
+pub const CHANNELS: [&str; 4] = ["email", "sms", "slack", "webhook"];
+
+/// `users.channels` as stored (a JSON array, NULL for the default); unreadable text counts as
+/// the default rather than failing every batch that needs this user.
+pub fn channels_from_text(text: Option<String>) -> Option<Vec<String>> {
+    serde_json::from_str(text.as_deref()?).ok()
+}
+
+/// Checks a channel list: known names, no duplicates. The error names the bad entry.
+pub fn validate_channels(channels: &[String]) -> std::result::Result<(), String> {
+    for (i, c) in channels.iter().enumerate() {
+        if !CHANNELS.contains(&c.as_str()) {
+            return Err(format!(
+                "unknown channel {c:?}: expected one of {}",
+                CHANNELS.join(", ")
+            ));
+        }
+        if channels[..i].contains(c) {
+            return Err(format!("channel {c:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the caller-supplied fields of a new workflow, naming the first bad one.
 pub fn validate_new(new: &NewWorkflow) -> Result<()> {
     let required = [

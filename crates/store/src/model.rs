@@ -22,6 +22,10 @@ pub struct User {
     pub manager_id: Option<String>,
     /// Inactive users receive nothing.
     pub active: bool,
+    /// Channels besides in-app that this user is reached on ("email", "sms", "slack",
+    /// "webhook"); None means the default, email only. Writing None keeps what is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
 }
 
 /// A stored, immutable policy version.

@@ -67,6 +67,7 @@ macro_rules! row_mappers {
                 slack: row.try_get("slack")?,
                 manager_id: row.try_get("manager_id")?,
                 active: row.try_get("active")?,
+                channels: crate::logic::channels_from_text(row.try_get("channels")?),
             })
         }
 

@@ -56,6 +56,7 @@ pub fn users() -> Vec<User> {
             slack: None,
             manager_id: (i > 0).then(|| user_id((i - 1) / 10)),
             active: true,
+            channels: None,
         })
         .collect()
 }

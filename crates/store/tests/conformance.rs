@@ -422,6 +422,7 @@ async fn users_and_calendars_round_trip(db: &TestDb) {
             slack: Some("U1".into()),
             manager_id: Some("boss".into()),
             active: true,
+            channels: Some(vec!["email".into(), "slack".into()]),
         },
         User {
             id: "boss".into(),
@@ -431,6 +432,7 @@ async fn users_and_calendars_round_trip(db: &TestDb) {
             slack: None,
             manager_id: None,
             active: false,
+            channels: None,
         },
     ];
     s.upsert_users(&users).await.unwrap();
@@ -445,6 +447,19 @@ async fn users_and_calendars_round_trip(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(s.get_user("emp").await.unwrap(), renamed);
+    // writing no channel list keeps the stored one; a bad list is refused, naming the field
+    let mut without = renamed.clone();
+    without.channels = None;
+    s.upsert_users(std::slice::from_ref(&without))
+        .await
+        .unwrap();
+    assert_eq!(s.get_user("emp").await.unwrap(), renamed);
+    without.channels = Some(vec!["email".into(), "pager".into()]);
+    let e = s.upsert_users(&[without]).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Invalid { field: "channels", message } if message.contains("pager")),
+        "{e}"
+    );
     assert!(matches!(
         s.get_user("ghost").await,
         Err(StoreError::NotFound { .. })

@@ -186,6 +186,13 @@ pub async fn deliver_notifications(
                     "outbox drained"
                 );
             }
+            if report.more {
+                // a large run's outbox outlasts one job: the next job goes on at once
+                let next = DeliverNotifications { check_run_id: None };
+                if let Err(e) = ctx.engine.queues.push_delivery(&next).await {
+                    tracing::warn!(error = %e, "could not enqueue more delivery; the sweep will");
+                }
+            }
             Ok(())
         }
         Err(failure) => Err(attempt::verdict(&at, ctx.max_attempts, failure)),

@@ -1,8 +1,10 @@
-//! The words of reminders and escalations. Plain text: in-app rows and email bodies are
-//! rendered by their channels, which escape as their medium needs.
+//! The words of reminders and escalations, from the templates (`escalator_notify::Templates`,
+//! built in or from `ESCALATOR_TEMPLATES_DIR`), and the process-wide message settings.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
+use escalator_notify::Templates;
 use escalator_store::{User, Workflow};
 
 /// What a message is about.
@@ -20,6 +22,16 @@ pub enum Kind<'a> {
 }
 
 impl Kind<'_> {
+    /// The template set used for a recipient in `role`.
+    pub fn template(&self, role: Role) -> &'static str {
+        match (self, role) {
+            (Kind::Reminder, _) => "reminder",
+            (Kind::Escalation { .. }, Role::To) => "escalation_to",
+            (Kind::Escalation { .. }, Role::Cc) => "escalation_cc",
+            (Kind::Exhausted, _) => "exhausted",
+        }
+    }
+
     /// The action name used in keys (matches the audit action).
     pub fn action(&self) -> &'static str {
         match self {
@@ -58,10 +70,50 @@ impl Role {
     }
 }
 
-/// A rendered message.
+/// How messages are written: the templates, and when escalations to one person become a
+/// digest.
+#[derive(Debug, Clone)]
+pub struct MessageSettings {
+    /// The templates.
+    pub templates: Templates,
+    /// More escalations than this to one person on one channel in one check run become one
+    /// digest; 0 turns digests off.
+    pub digest_threshold: u32,
+}
+
+impl Default for MessageSettings {
+    fn default() -> Self {
+        MessageSettings {
+            templates: Templates::builtin(),
+            digest_threshold: 5,
+        }
+    }
+}
+
+/// Process-wide: set once at start-up ([`configure`]) from the configuration, so that the
+/// engine, which the api and the CLI also build, needs no new constructor argument.
+static SETTINGS: RwLock<Option<Arc<MessageSettings>>> = RwLock::new(None);
+
+/// Installs the message settings of this process (at start-up).
+pub fn configure(settings: MessageSettings) {
+    if let Ok(mut s) = SETTINGS.write() {
+        *s = Some(Arc::new(settings));
+    }
+}
+
+/// The settings in force: those installed by [`configure`], else the defaults.
+pub fn settings() -> Arc<MessageSettings> {
+    SETTINGS
+        .read()
+        .ok()
+        .and_then(|s| s.clone())
+        .unwrap_or_else(|| Arc::new(MessageSettings::default()))
+}
+
+/// A rendered message (the parts every recipient gets; the others are rendered on demand).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    /// One line.
+    /// One line, without line breaks.
     pub subject: String,
     /// Plain text.
     pub body: String,
@@ -71,7 +123,77 @@ fn name<'a>(id: &'a str, users: &'a HashMap<String, User>) -> &'a str {
     users.get(id).map(|u| u.display_name.as_str()).unwrap_or(id)
 }
 
-/// The message `recipient` gets about `w`.
+/// What one recipient is told about one workflow.
+#[derive(Debug)]
+pub struct Renderer<'t> {
+    templates: &'t Templates,
+    template: &'static str,
+    ctx: serde_json::Value,
+}
+
+impl<'t> Renderer<'t> {
+    /// The message `recipient` (in `role`) gets about `w`.
+    pub fn new(
+        templates: &'t Templates,
+        w: &Workflow,
+        kind: &Kind<'_>,
+        role: Role,
+        recipient: Option<&User>,
+        users: &HashMap<String, User>,
+    ) -> Renderer<'t> {
+        let new = match kind {
+            Kind::Escalation { target } => name(target, users),
+            _ => name(&w.assignee, users),
+        };
+        let ctx = serde_json::json!({
+            "title": w.title, "stage": w.stage, "kind": kind.notification_kind(),
+            "due": w.due_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            "greeting": recipient.map(|u| u.display_name.as_str()).unwrap_or("Hello"),
+            "previous": name(&w.assignee, users), "new": new,
+            "assignee": name(&w.assignee, users), "workflow_id": w.id,
+        });
+        Renderer {
+            templates,
+            template: kind.template(role),
+            ctx,
+        }
+    }
+
+    /// The greeting used (for digests written later).
+    pub fn greeting(&self) -> &str {
+        self.ctx["greeting"].as_str().unwrap_or("Hello")
+    }
+
+    /// One part (`subject.txt`, `body.txt`, `body.html`, `sms.txt`, `slack.txt`). A template
+    /// that fails to render falls back to the built-in one, so a bad override never stops a
+    /// batch (it is logged).
+    pub fn part(&self, part: &str) -> String {
+        match self.templates.render(self.template, part, &self.ctx) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(error = %e, "template failed; using the built-in one");
+                Templates::builtin()
+                    .render(self.template, part, &self.ctx)
+                    .unwrap_or_else(|_| {
+                        self.ctx["title"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .replace(['\r', '\n'], " ")
+                    })
+            }
+        }
+    }
+
+    /// Subject and plain-text body.
+    pub fn message(&self) -> Message {
+        Message {
+            subject: self.part("subject.txt"),
+            body: self.part("body.txt"),
+        }
+    }
+}
+
+/// The message `recipient` gets about `w`, with the built-in templates.
 pub fn render(
     w: &Workflow,
     kind: &Kind<'_>,
@@ -79,47 +201,5 @@ pub fn render(
     recipient: Option<&User>,
     users: &HashMap<String, User>,
 ) -> Message {
-    let title = w.title.replace(['\r', '\n'], " ");
-    let greeting = recipient
-        .map(|u| u.display_name.as_str())
-        .unwrap_or("Hello");
-    let due = w.due_at.format("%Y-%m-%d %H:%M UTC");
-    match (kind, role) {
-        (Kind::Reminder, _) => Message {
-            subject: format!("Reminder: \"{title}\" is due {due}"),
-            body: format!(
-                "{greeting},\n\n\"{title}\" ({stage}) is waiting for you and is due {due}. \
-                 If it is not handled by then it will be escalated.\n",
-                stage = w.stage
-            ),
-        },
-        (Kind::Escalation { .. }, Role::To) => Message {
-            subject: format!("Escalated to you: \"{title}\" missed its deadline"),
-            body: format!(
-                "{greeting},\n\n\"{title}\" ({stage}) was assigned to {previous} and was due \
-                 {due}. It has been escalated to you.\n",
-                stage = w.stage,
-                previous = name(&w.assignee, users),
-            ),
-        },
-        (Kind::Escalation { target }, Role::Cc) => Message {
-            subject: format!("Escalated: \"{title}\" went to {}", name(target, users)),
-            body: format!(
-                "{greeting},\n\n\"{title}\" ({stage}) missed its deadline of {due} and has been \
-                 escalated from {previous} to {new}.\n",
-                stage = w.stage,
-                previous = name(&w.assignee, users),
-                new = name(target, users),
-            ),
-        },
-        (Kind::Exhausted, _) => Message {
-            subject: format!("Still overdue: \"{title}\""),
-            body: format!(
-                "{greeting},\n\n\"{title}\" ({stage}), assigned to {assignee}, is still overdue \
-                 (due {due}) after its last escalation level.\n",
-                stage = w.stage,
-                assignee = name(&w.assignee, users),
-            ),
-        },
-    }
+    Renderer::new(&settings().templates, w, kind, role, recipient, users).message()
 }

@@ -12,7 +12,7 @@ use escalator_store::{
 };
 use uuid::Uuid;
 
-use crate::message::{self, Kind, Role};
+use crate::message::{self, Kind, MessageSettings, Renderer, Role};
 
 /// How long a workflow that cannot be evaluated (its policy is unreadable) is set aside, so
 /// that it does not starve the due workflows behind it.
@@ -88,12 +88,25 @@ pub fn decide<'a>(
 }
 
 /// Builds the batch's rows from its decisions. `users` holds (at least) the recipients.
+/// Messages follow the process's [`message::settings`].
 pub fn build(
     due: &[DueWorkflow],
     decisions: &[Option<Decision>],
     users: &HashMap<String, User>,
     batch: BatchRef,
     as_of: DateTime<Utc>,
+) -> Planned {
+    build_with(due, decisions, users, batch, as_of, &message::settings())
+}
+
+/// [`build`] with explicit message settings.
+pub fn build_with(
+    due: &[DueWorkflow],
+    decisions: &[Option<Decision>],
+    users: &HashMap<String, User>,
+    batch: BatchRef,
+    as_of: DateTime<Utc>,
+    settings: &MessageSettings,
 ) -> Planned {
     let mut out = Planned::default();
     out.effects.check_run_id = batch.check_run_id;
@@ -111,7 +124,7 @@ pub fn build(
                 .push(reschedule(w, Some(as_of + SET_ASIDE)));
             continue;
         };
-        let mut e = Effect::new(w, batch.check_run_id, as_of);
+        let mut e = Effect::new(w, batch.check_run_id, as_of, settings);
         match decision {
             Decision::Nothing => {
                 let next = escalator_store::logic::open_next_check(w);
@@ -246,17 +259,24 @@ struct Effect<'w> {
     w: &'w Workflow,
     check_run_id: Option<i64>,
     as_of: DateTime<Utc>,
+    settings: &'w MessageSettings,
     audits: Vec<NewAudit>,
     notifications: Vec<NewNotification>,
     outbox: Vec<NewOutbox>,
 }
 
 impl<'w> Effect<'w> {
-    fn new(w: &'w Workflow, check_run_id: Option<i64>, as_of: DateTime<Utc>) -> Self {
+    fn new(
+        w: &'w Workflow,
+        check_run_id: Option<i64>,
+        as_of: DateTime<Utc>,
+        settings: &'w MessageSettings,
+    ) -> Self {
         Effect {
             w,
             check_run_id,
             as_of,
+            settings,
             audits: Vec::new(),
             notifications: Vec::new(),
             outbox: Vec::new(),
@@ -288,9 +308,12 @@ impl<'w> Effect<'w> {
         });
     }
 
-    /// One in-app notification per recipient, and one email message (to the first
-    /// recipient, cc the others) to every active recipient with an address. `repeat` makes
-    /// the keys unique per repetition (AfterLast::Repeat).
+    /// One in-app notification per active recipient; one email message (to the first
+    /// recipient, cc the others) to those who take email; one SMS, Slack or webhook message
+    /// to each who takes those and has the address. Inactive recipients get nothing and are
+    /// named in the decision's audit row. Escalation messages to the new assignee within a
+    /// check run are held for the run's digest decision. `repeat` makes the keys unique per
+    /// repetition (AfterLast::Repeat).
     fn notify(
         &mut self,
         users: &HashMap<String, User>,
@@ -300,27 +323,101 @@ impl<'w> Effect<'w> {
         repeat: Option<DateTime<Utc>>,
     ) {
         let w = self.w;
+        let templates = &self.settings.templates;
         let suffix = repeat
             .map(|t| format!(":{}", t.timestamp()))
             .unwrap_or_default();
         let base = format!("{}:{}:{}:{}", kind.action(), w.id, w.cycle, level);
+        // digests gather escalations to one person within one run
+        let threshold = match (kind, self.check_run_id, self.settings.digest_threshold) {
+            (Kind::Escalation { .. }, Some(_), t) if t > 0 => Some(t),
+            _ => None,
+        };
+        let hold = |o: NewOutbox, user: &str, role: Role| match threshold {
+            Some(t) if role == Role::To => o.held_for_digest(user, t),
+            _ => o,
+        };
+        let common = serde_json::json!({
+            "kind": kind.notification_kind(), "workflow_id": w.id, "title": w.title,
+            "due_at": w.due_at, "level": level, "check_run_id": self.check_run_id,
+        });
+        let with = |extra: serde_json::Value| {
+            let mut p = common.clone();
+            if let (Some(p), serde_json::Value::Object(extra)) = (p.as_object_mut(), extra) {
+                p.extend(extra);
+            }
+            p
+        };
         let mut to = Vec::new();
         let mut cc = Vec::new();
-        let mut email: Option<message::Message> = None;
+        let mut email: Option<(message::Message, String, &str, Role)> = None;
+        let mut skipped = Vec::new();
         for (user_id, role) in recipients {
             let user = users.get(*user_id);
             if user.is_some_and(|u| !u.active) {
+                skipped.push(*user_id);
                 continue;
             }
-            let msg = message::render(w, &kind, *role, user, users);
-            if let Some(address) = user.and_then(|u| u.email.as_deref()) {
+            let r = Renderer::new(templates, w, &kind, *role, user, users);
+            let msg = r.message();
+            let channels = user.map(channels_of).unwrap_or_default();
+            if let Some(address) = user
+                .and_then(|u| u.email.as_deref())
+                .filter(|_| channels.contains(&"email"))
+            {
                 match role {
                     Role::To => to.push(address.to_owned()),
                     Role::Cc => cc.push(address.to_owned()),
                 }
                 if *role == Role::To || email.is_none() {
-                    email.get_or_insert_with(|| msg.clone());
+                    email = Some((msg.clone(), r.part("body.html"), *user_id, *role));
                 }
+            }
+            let personal = |channel: &str| format!("{base}:{user_id}:{channel}{suffix}");
+            if let Some(phone) = user
+                .and_then(|u| u.phone.as_deref())
+                .filter(|_| channels.contains(&"sms"))
+            {
+                let o = NewOutbox {
+                    channel: "sms",
+                    recipient: phone.to_owned(),
+                    workflow_id: Some(w.id),
+                    payload: with(serde_json::json!({
+                        "to": phone, "body": r.part("sms.txt"), "subject": msg.subject,
+                        "greeting": r.greeting(),
+                    })),
+                    idempotency_key: personal("sms"),
+                };
+                self.outbox.push(hold(o, user_id, *role));
+            }
+            if let Some(slack) = user
+                .and_then(|u| u.slack.as_deref())
+                .filter(|_| channels.contains(&"slack"))
+            {
+                let o = NewOutbox {
+                    channel: "slack",
+                    recipient: slack.to_owned(),
+                    workflow_id: Some(w.id),
+                    payload: with(serde_json::json!({
+                        "to": slack, "text": r.part("slack.txt"), "subject": msg.subject,
+                        "greeting": r.greeting(),
+                    })),
+                    idempotency_key: personal("slack"),
+                };
+                self.outbox.push(hold(o, user_id, *role));
+            }
+            if channels.contains(&"webhook") {
+                let o = NewOutbox {
+                    channel: "webhook",
+                    recipient: (*user_id).to_owned(),
+                    workflow_id: Some(w.id),
+                    payload: with(serde_json::json!({
+                        "to": user_id, "role": role.as_str(), "subject": msg.subject,
+                        "body": msg.body, "assignee": w.assignee, "greeting": r.greeting(),
+                    })),
+                    idempotency_key: personal("webhook"),
+                };
+                self.outbox.push(hold(o, user_id, *role));
             }
             self.notifications.push(NewNotification {
                 recipient: (*user_id).to_owned(),
@@ -332,24 +429,296 @@ impl<'w> Effect<'w> {
                 dedup_key: format!("{base}:{user_id}{suffix}"),
             });
         }
+        if !skipped.is_empty()
+            && let Some(audit) = self.audits.last_mut()
+            && audit.details.is_object()
+        {
+            audit.details["skipped_inactive"] = serde_json::json!(skipped);
+        }
         if to.is_empty() {
-            // the direct recipient has no address: the first copied one gets the message
+            // the direct recipient takes no email: the first copied one gets the message
             if cc.is_empty() {
                 return;
             }
             to.push(cc.remove(0));
         }
-        let Some(msg) = email else { return };
-        self.outbox.push(NewOutbox {
+        let Some((msg, html, user_id, role)) = email else {
+            return;
+        };
+        let o = NewOutbox {
             channel: "email",
             recipient: to[0].clone(),
             workflow_id: Some(w.id),
-            payload: serde_json::json!({
-                "to": to, "cc": cc, "subject": msg.subject, "body": msg.body,
-                "kind": kind.notification_kind(), "workflow_id": w.id,
-                "check_run_id": self.check_run_id,
-            }),
+            payload: with(serde_json::json!({
+                "to": to, "cc": cc, "subject": msg.subject, "body": msg.body, "html": html,
+                "greeting": users.get(user_id).map(|u| u.display_name.as_str()),
+            })),
             idempotency_key: format!("{base}:email{suffix}"),
-        });
+        };
+        self.outbox.push(hold(o, user_id, role));
+    }
+}
+
+/// The channels besides in-app that `user` is reached on: their choice, else email.
+fn channels_of(user: &User) -> Vec<&str> {
+    match &user.channels {
+        Some(c) => c.iter().map(String::as_str).collect(),
+        None => vec!["email"],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use escalator_policy::Deadlines;
+
+    fn t0() -> DateTime<Utc> {
+        "2026-11-25T12:00:00Z".parse().unwrap()
+    }
+
+    fn workflow(n: u128, assignee: &str, initiator: &str, title: &str) -> DueWorkflow {
+        let w: Workflow = serde_json::from_value(serde_json::json!({
+            "id": Uuid::from_u128(n), "external_id": format!("ext-{n}"), "title": title,
+            "kind": "purchase", "stage": "approval", "status": "pending",
+            "policy_id": "default", "policy_version": 1, "assignee": assignee,
+            "initiator": initiator, "escalation_target": null, "escalation_level": 0,
+            "cycle": 1, "stage_started_at": t0() - Duration::hours(25), "paused_at": null,
+            "paused_seconds": 0, "warn_at": t0() - Duration::hours(3),
+            "due_at": t0() - Duration::hours(1), "reminded_at": null, "escalated_at": null,
+            "exhausted_at": null, "next_check_at": t0() - Duration::hours(1), "metadata": {},
+            "created_at": t0() - Duration::hours(25), "updated_at": t0(), "version": 1,
+        }))
+        .unwrap();
+        DueWorkflow {
+            workflow: w,
+            assignee_manager: None,
+        }
+    }
+
+    fn user(id: &str, channels: Option<&[&str]>) -> (String, User) {
+        (
+            id.to_owned(),
+            User {
+                id: id.into(),
+                display_name: format!("Name of {id}"),
+                email: Some(format!("{id}@example.com")),
+                phone: Some(format!("+1555{}", id.len())),
+                slack: Some(format!("U-{id}")),
+                manager_id: None,
+                active: true,
+                channels: channels.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
+            },
+        )
+    }
+
+    fn escalate(to: &str) -> Option<Decision> {
+        Some(Decision::Escalate {
+            level: 1,
+            target: to.into(),
+            deadlines: Deadlines {
+                warn_at: t0() + Duration::hours(22),
+                due_at: t0() + Duration::hours(24),
+            },
+        })
+    }
+
+    fn run() -> BatchRef {
+        BatchRef {
+            check_run_id: Some(7),
+            batch_index: None,
+        }
+    }
+
+    fn settings(threshold: u32) -> MessageSettings {
+        MessageSettings {
+            templates: escalator_notify::Templates::builtin(),
+            digest_threshold: threshold,
+        }
+    }
+
+    #[test]
+    fn an_escalation_goes_to_the_new_assignee_copying_the_previous_one_and_the_initiator() {
+        let due = [workflow(1, "mgr", "emp", "Buy chairs")];
+        let users: HashMap<_, _> = [user("mgr", None), user("emp", None), user("head", None)]
+            .into_iter()
+            .collect();
+        let p = build_with(&due, &[escalate("head")], &users, run(), t0(), &settings(0));
+        let n: Vec<_> = p
+            .effects
+            .notifications
+            .iter()
+            .map(|n| (n.recipient.as_str(), n.role))
+            .collect();
+        assert_eq!(n, [("head", "to"), ("mgr", "cc"), ("emp", "cc")]);
+        assert_eq!(
+            p.effects.outbox.len(),
+            1,
+            "one email, email being the default"
+        );
+        let email = &p.effects.outbox[0];
+        assert_eq!(email.payload["to"], serde_json::json!(["head@example.com"]));
+        assert_eq!(
+            email.payload["cc"],
+            serde_json::json!(["mgr@example.com", "emp@example.com"])
+        );
+        assert!(email.payload.get("hold").is_none(), "digests are off");
+        assert!(
+            email.payload["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("Escalated to you: \"Buy chairs\"")
+        );
+        assert!(email.payload["html"].as_str().unwrap().contains("<p>"));
+    }
+
+    #[test]
+    fn recipients_are_deduplicated_and_inactive_ones_skipped_with_an_audit_note() {
+        // the initiator is the new assignee; the previous assignee has left
+        let due = [workflow(2, "gone", "head", "Hire")];
+        let (id, mut gone) = user("gone", None);
+        gone.active = false;
+        let users: HashMap<_, _> = [user("head", None), (id, gone)].into_iter().collect();
+        let p = build_with(&due, &[escalate("head")], &users, run(), t0(), &settings(0));
+        let n: Vec<_> = p
+            .effects
+            .notifications
+            .iter()
+            .map(|n| n.recipient.as_str())
+            .collect();
+        assert_eq!(n, ["head"]);
+        assert_eq!(
+            p.effects.outbox[0].payload["cc"],
+            serde_json::json!([]),
+            "{:?}",
+            p.effects.outbox[0]
+        );
+        let audit = &p.effects.audits[0];
+        assert_eq!(audit.action, "escalate");
+        assert_eq!(
+            audit.details["skipped_inactive"],
+            serde_json::json!(["gone"])
+        );
+    }
+
+    #[test]
+    fn each_user_gets_the_channels_they_chose_where_they_have_an_address() {
+        let due = [workflow(3, "mgr", "emp", "Buy <desks>")];
+        let (id, mut mgr) = user("mgr", Some(&["sms"]));
+        mgr.phone = None; // chose SMS but has no number: nothing for SMS
+        let users: HashMap<_, _> = [
+            user("head", Some(&["sms", "slack", "webhook"])),
+            (id, mgr),
+            user("emp", Some(&["email", "slack"])),
+        ]
+        .into_iter()
+        .collect();
+        let p = build_with(&due, &[escalate("head")], &users, run(), t0(), &settings(0));
+        let mut rows: Vec<_> = p
+            .effects
+            .outbox
+            .iter()
+            .map(|o| (o.channel, o.recipient.as_str(), o.idempotency_key.as_str()))
+            .collect();
+        rows.sort();
+        let w = Uuid::from_u128(3);
+        assert_eq!(
+            rows,
+            [
+                // head takes no email: the copied initiator gets the message as its addressee
+                (
+                    "email",
+                    "emp@example.com",
+                    &*format!("escalate:{w}:1:1:email")
+                ),
+                ("slack", "U-emp", &*format!("escalate:{w}:1:1:emp:slack")),
+                ("slack", "U-head", &*format!("escalate:{w}:1:1:head:slack")),
+                ("sms", "+15554", &*format!("escalate:{w}:1:1:head:sms")),
+                (
+                    "webhook",
+                    "head",
+                    &*format!("escalate:{w}:1:1:head:webhook")
+                ),
+            ]
+        );
+        let sms = p
+            .effects
+            .outbox
+            .iter()
+            .find(|o| o.channel == "sms")
+            .unwrap();
+        assert!(
+            sms.payload["body"]
+                .as_str()
+                .unwrap()
+                .contains("Buy <desks>"),
+            "{sms:?}"
+        );
+        // in-app is always written
+        assert_eq!(p.effects.notifications.len(), 3);
+    }
+
+    #[test]
+    fn escalations_to_the_new_assignee_in_a_run_are_held_for_the_digest() {
+        let due = [workflow(4, "mgr", "emp", "A")];
+        let users: HashMap<_, _> = [
+            user("head", Some(&["email", "slack"])),
+            user("mgr", Some(&["slack"])),
+            user("emp", None),
+        ]
+        .into_iter()
+        .collect();
+        let p = build_with(&due, &[escalate("head")], &users, run(), t0(), &settings(5));
+        let held: Vec<_> = p
+            .effects
+            .outbox
+            .iter()
+            .filter(|o| o.payload.get("hold").is_some())
+            .map(|o| (o.channel, o.payload["hold"]["group"].as_str().unwrap()))
+            .collect();
+        assert_eq!(held, [("slack", "head:slack"), ("email", "head:email")]);
+        // a copy to the previous assignee is not a digest candidate
+        let mgr = p
+            .effects
+            .outbox
+            .iter()
+            .find(|o| o.recipient == "U-mgr")
+            .unwrap();
+        assert!(mgr.payload.get("hold").is_none());
+        // without a check run (an api-triggered single check has one too, but the store
+        // writes held rows at once when there is none) nothing is marked
+        let solo = BatchRef {
+            check_run_id: None,
+            batch_index: None,
+        };
+        let p = build_with(&due, &[escalate("head")], &users, solo, t0(), &settings(5));
+        assert!(
+            p.effects
+                .outbox
+                .iter()
+                .all(|o| o.payload.get("hold").is_none())
+        );
+    }
+
+    #[test]
+    fn a_reminder_goes_to_the_assignee_only() {
+        let due = [workflow(5, "mgr", "emp", "R")];
+        let users: HashMap<_, _> = [user("mgr", None), user("emp", None)].into_iter().collect();
+        let p = build_with(
+            &due,
+            &[Some(Decision::Remind { level: 0 })],
+            &users,
+            run(),
+            t0(),
+            &settings(5),
+        );
+        assert_eq!(p.effects.notifications.len(), 1);
+        assert_eq!(p.effects.notifications[0].recipient, "mgr");
+        assert_eq!(p.effects.outbox.len(), 1);
+        assert!(
+            p.effects.outbox[0].payload.get("hold").is_none(),
+            "reminders are not digested"
+        );
     }
 }

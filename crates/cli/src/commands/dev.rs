@@ -85,6 +85,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             from: "escalator dev <escalator@localhost>".into(),
         };
     }
+    escalator_worker::message::configure(delivery.message_settings()?);
     let deliverer = delivery.deliverer(&store)?;
     let worker = tokio::spawn(escalator_worker::run(
         engine,
@@ -152,6 +153,7 @@ async fn demo(store: &Store) -> anyhow::Result<()> {
         slack: None,
         manager_id: manager.map(Into::into),
         active: true,
+        channels: None,
     };
     store
         .upsert_users(&[

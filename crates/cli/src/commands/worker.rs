@@ -17,6 +17,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
     let store = super::connect(database_url).await?;
     let queues = super::connect_queues(&queue_config).await?;
+    escalator_worker::message::configure(delivery.message_settings()?);
     let deliverer = delivery.deliverer(&store)?;
     let health =
         Health::new(settings.worker.poll_interval * 50 + std::time::Duration::from_secs(60));

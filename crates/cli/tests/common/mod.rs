@@ -45,6 +45,9 @@ impl World {
             .env("DATABASE_URL", &self.db.url)
             .env("ESCALATOR_QUEUE_NAMESPACE", &self.namespace)
             .env("ESCALATOR_POLL_INTERVAL", "0.05")
+            // the engine and fault suites count one email per escalation; digests (on by
+            // default) are tested in e2e_notify, which sets its threshold through extra_env
+            .env("ESCALATOR_DIGEST_THRESHOLD", "0")
             .env_remove("RUST_LOG");
         for (k, v) in &self.extra_env {
             c.env(k, v);

@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use super::workflows::insert_audits;
 use super::{PgStore, rows};
-use crate::effects::{Applied, BatchEffects};
+use crate::digest::{self, HeldRow};
+use crate::effects::{Applied, BatchEffects, HeldOutbox, split_held};
 use crate::error::Result;
 use crate::model::{DueRange, DueWorkflow};
 use crate::rows::WORKFLOW_COLUMNS;
@@ -87,10 +88,13 @@ impl PgBatch {
         now: DateTime<Utc>,
     ) -> Result<Applied> {
         let changed = self.apply_changes(effects, now).await?;
-        let kept = effects.retain_applied(&changed);
+        let mut kept = effects.retain_applied(&changed);
+        let (direct, held) = split_held(&kept.outbox, kept.check_run_id);
+        kept.outbox = direct;
         let audits = insert_audits(&mut self.tx, &kept.audits, now).await?;
         let notifications = self.insert_notifications(&kept, now).await?;
-        let outbox = self.insert_outbox(&kept, now).await?;
+        let mut outbox = self.insert_outbox(&kept, now).await?;
+        let held = self.insert_held(kept.check_run_id, &held, now).await?;
         let mut run_completed = false;
         if let Some(run) = kept.check_run_id {
             let first = match kept.batch_index {
@@ -133,11 +137,16 @@ impl PgBatch {
                 None => false,
             };
         }
+        if run_completed && let Some(run) = kept.check_run_id {
+            // the run's finishing transaction decides its digests, exactly once
+            outbox += self.release_held(run, now).await?;
+        }
         Ok(Applied {
             changed,
             audits,
             notifications,
             outbox,
+            held,
             counts: kept.counts,
             run_completed,
         })
@@ -247,9 +256,82 @@ impl PgBatch {
         Ok(done.rows_affected())
     }
 
+    /// Holds deliveries for the run's digest decision; without a run they go straight out.
+    async fn insert_held(
+        &mut self,
+        run: Option<i64>,
+        h: &[HeldOutbox],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let Some(run) = run.filter(|_| !h.is_empty()) else {
+            return Ok(0);
+        };
+        let done = sqlx::query(
+            "INSERT INTO outbox_held (check_run_id, group_key, threshold, item, idempotency_key,
+                 created_at)
+             SELECT $1, g, t, i, k, $6
+             FROM UNNEST($2::text[], $3::int[], $4::jsonb[], $5::text[]) AS h(g, t, i, k)
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(run)
+        .bind(h.iter().map(|x| x.group_key.as_str()).collect::<Vec<_>>())
+        .bind(
+            h.iter()
+                .map(|x| i32::try_from(x.threshold).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            h.iter()
+                .map(|x| digest::item_json(&x.outbox))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            h.iter()
+                .map(|x| x.outbox.idempotency_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Takes the run's held deliveries out (DELETE … RETURNING: a concurrent release waits on
+    /// the row locks and then finds nothing) and writes what they become. Returns the outbox
+    /// rows written.
+    pub(crate) async fn release_held(&mut self, run: i64, now: DateTime<Utc>) -> Result<u64> {
+        let rows = sqlx::query(
+            "DELETE FROM outbox_held WHERE check_run_id = $1
+             RETURNING id, group_key, threshold, item",
+        )
+        .bind(run)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let held = rows
+            .iter()
+            .map(|r| {
+                Ok(HeldRow {
+                    id: r.try_get("id")?,
+                    group_key: r.try_get("group_key")?,
+                    threshold: r.try_get("threshold")?,
+                    item: r.try_get("item")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = BatchEffects {
+            check_run_id: Some(run),
+            outbox: digest::coalesce(run, &held, now)?,
+            ..Default::default()
+        };
+        self.insert_outbox(&out, now).await
+    }
+
     pub(crate) async fn users(&mut self, ids: &[String]) -> Result<Vec<crate::model::User>> {
         let rows = sqlx::query(
-            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users
+            "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users
              WHERE id = ANY($1)",
         )
         .bind(ids)

@@ -87,13 +87,15 @@ impl PgStore {
         // Parents first would be needed for the manager FK if it were checked row by row; a
         // single statement checks it at the end, so any order within the batch works.
         sqlx::query(
-            "INSERT INTO users (id, display_name, email, phone, slack, manager_id, active)
-             SELECT id, display_name, email, phone, slack, manager_id, active
+            "INSERT INTO users (id, display_name, email, phone, slack, manager_id, active,
+                 channels)
+             SELECT id, display_name, email, phone, slack, manager_id, active, channels::text
              FROM jsonb_to_recordset($1) AS u(id text, display_name text, email text,
-                  phone text, slack text, manager_id text, active boolean)
+                  phone text, slack text, manager_id text, active boolean, channels jsonb)
              ON CONFLICT (id) DO UPDATE SET display_name = EXCLUDED.display_name,
                  email = EXCLUDED.email, phone = EXCLUDED.phone, slack = EXCLUDED.slack,
-                 manager_id = EXCLUDED.manager_id, active = EXCLUDED.active, updated_at = now()",
+                 manager_id = EXCLUDED.manager_id, active = EXCLUDED.active,
+                 channels = COALESCE(EXCLUDED.channels, users.channels), updated_at = now()",
         )
         .bind(json)
         .execute(&self.pool)
@@ -103,7 +105,7 @@ impl PgStore {
 
     pub(crate) async fn get_user(&self, id: &str) -> Result<User> {
         let row = sqlx::query(
-            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users WHERE id = $1",
+            "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -117,7 +119,7 @@ impl PgStore {
 
     pub(crate) async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<User>> {
         let rows = sqlx::query(
-            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users
+            "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users
              WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after)

@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use super::workflows::insert_audits;
 use super::{BEGIN_WRITE, SqliteStore, rows};
-use crate::effects::{Applied, BatchEffects};
+use crate::digest::{self, HeldRow};
+use crate::effects::{Applied, BatchEffects, HeldOutbox, split_held};
 use crate::error::{Result, StoreError};
 use crate::model::{DueRange, DueWorkflow};
 use crate::rows::WORKFLOW_COLUMNS;
@@ -82,10 +83,13 @@ impl SqliteBatch {
         now: DateTime<Utc>,
     ) -> Result<Applied> {
         let changed = self.apply_changes(effects, now).await?;
-        let kept = effects.retain_applied(&changed);
+        let mut kept = effects.retain_applied(&changed);
+        let (direct, held) = split_held(&kept.outbox, kept.check_run_id);
+        kept.outbox = direct;
         let audits = insert_audits(&mut self.tx, &kept.audits, now).await?;
         let notifications = self.insert_notifications(&kept, now).await?;
-        let outbox = self.insert_outbox(&kept, now).await?;
+        let mut outbox = self.insert_outbox(&kept, now).await?;
+        let held = self.insert_held(kept.check_run_id, &held, now).await?;
         let mut run_completed = false;
         if let Some(run) = kept.check_run_id {
             let first = match kept.batch_index {
@@ -128,11 +132,16 @@ impl SqliteBatch {
                 None => false,
             };
         }
+        if run_completed && let Some(run) = kept.check_run_id {
+            // the run's finishing transaction decides its digests, exactly once
+            outbox += self.release_held(run, now).await?;
+        }
         Ok(Applied {
             changed,
             audits,
             notifications,
             outbox,
+            held,
             counts: kept.counts,
             run_completed,
         })
@@ -263,13 +272,85 @@ impl SqliteBatch {
         Ok(done.rows_affected())
     }
 
+    /// Holds deliveries for the run's digest decision; without a run they go straight out.
+    async fn insert_held(
+        &mut self,
+        run: Option<i64>,
+        held: &[HeldOutbox],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let Some(run) = run.filter(|_| !held.is_empty()) else {
+            return Ok(0);
+        };
+        let rows: Vec<serde_json::Value> = held
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "group_key": h.group_key, "threshold": h.threshold,
+                    "item": digest::item_json(&h.outbox).to_string(),
+                    "idempotency_key": h.outbox.idempotency_key,
+                })
+            })
+            .collect();
+        let done = sqlx::query(
+            "INSERT INTO outbox_held (check_run_id, group_key, threshold, item, idempotency_key,
+                 created_at)
+             SELECT ?1, value->>'group_key', value->>'threshold', value->>'item',
+                 value->>'idempotency_key', ?3
+             FROM json_each(?2) WHERE true
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(run)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(sqlite_ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Takes the run's held deliveries out and writes what they become (the write lock taken
+    /// at BEGIN serialises releases). Returns the outbox rows written.
+    pub(crate) async fn release_held(&mut self, run: i64, now: DateTime<Utc>) -> Result<u64> {
+        let rows = sqlx::query(
+            "DELETE FROM outbox_held WHERE check_run_id = ?1
+             RETURNING id, group_key, threshold, item",
+        )
+        .bind(run)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let held = rows
+            .iter()
+            .map(|r| {
+                let text: String = r.try_get("item")?;
+                Ok(HeldRow {
+                    id: r.try_get("id")?,
+                    group_key: r.try_get("group_key")?,
+                    threshold: r.try_get("threshold")?,
+                    item: serde_json::from_str(&text).map_err(|source| StoreError::Json {
+                        context: "outbox_held.item",
+                        source,
+                    })?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = BatchEffects {
+            check_run_id: Some(run),
+            outbox: digest::coalesce(run, &held, now)?,
+            ..Default::default()
+        };
+        self.insert_outbox(&out, now).await
+    }
+
     pub(crate) async fn users(&mut self, ids: &[String]) -> Result<Vec<crate::model::User>> {
         let ids = serde_json::to_string(ids).map_err(|source| StoreError::Json {
             context: "user ids",
             source,
         })?;
         let rows = sqlx::query(
-            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users
+            "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users
              WHERE id IN (SELECT value FROM json_each(?1))",
         )
         .bind(ids)

@@ -99,13 +99,16 @@ impl SqliteStore {
             .await?;
         sqlx::query(
             "INSERT INTO users (id, display_name, email, phone, slack, manager_id, active,
-                 created_at, updated_at)
+                 channels, created_at, updated_at)
              SELECT value->>'id', value->>'display_name', value->>'email', value->>'phone',
-                 value->>'slack', value->>'manager_id', value->>'active', ?2, ?2
+                 value->>'slack', value->>'manager_id', value->>'active',
+                 CASE WHEN json_type(value->'channels') = 'array' THEN value->'channels' END,
+                 ?2, ?2
              FROM json_each(?1) WHERE true
              ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
                  email = excluded.email, phone = excluded.phone, slack = excluded.slack,
                  manager_id = excluded.manager_id, active = excluded.active,
+                 channels = COALESCE(excluded.channels, users.channels),
                  updated_at = excluded.updated_at",
         )
         .bind(json)
@@ -118,7 +121,7 @@ impl SqliteStore {
 
     pub(crate) async fn get_user(&self, id: &str) -> Result<User> {
         let row = sqlx::query(
-            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users WHERE id = ?1",
+            "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users WHERE id = ?1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -132,7 +135,7 @@ impl SqliteStore {
 
     pub(crate) async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<User>> {
         let rows = sqlx::query(
-            "SELECT id, display_name, email, phone, slack, manager_id, active FROM users
+            "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users
              WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2",
         )
         .bind(after)

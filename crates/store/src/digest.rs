@@ -1,0 +1,230 @@
+//! Digests: when a check run finishes, each (run, user, channel) group of held deliveries
+//! becomes either its individual outbox rows or — with more items than its threshold — one
+//! digest row listing them. Pure: the backends fetch-and-delete the held rows and insert what
+//! this returns, in one transaction, so a group is decided exactly once.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::effects::NewOutbox;
+use crate::error::{Result, StoreError};
+
+/// A held delivery as stored in `outbox_held`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldRow {
+    /// Its id (the order items were held in).
+    pub id: i64,
+    /// `"{user id}:{channel}"`.
+    pub group_key: String,
+    /// More than this many items make a digest.
+    pub threshold: i32,
+    /// `{channel, recipient, workflow_id, payload, idempotency_key}`.
+    pub item: Value,
+}
+
+/// The stored form of a held delivery's outbox row.
+pub fn item_json(o: &NewOutbox) -> Value {
+    json!({
+        "channel": o.channel, "recipient": o.recipient, "workflow_id": o.workflow_id,
+        "payload": o.payload, "idempotency_key": o.idempotency_key,
+    })
+}
+
+fn channel(name: &str) -> Result<&'static str> {
+    ["email", "sms", "slack", "webhook", "event"]
+        .into_iter()
+        .find(|c| *c == name)
+        .ok_or_else(|| StoreError::Invalid {
+            field: "outbox_held.item.channel",
+            message: format!("unknown channel {name:?}"),
+        })
+}
+
+fn outbox_from(item: &Value) -> Result<NewOutbox> {
+    let text = |k: &str| item[k].as_str().unwrap_or_default().to_owned();
+    Ok(NewOutbox {
+        channel: channel(item["channel"].as_str().unwrap_or_default())?,
+        recipient: text("recipient"),
+        workflow_id: item["workflow_id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok()),
+        payload: item["payload"].clone(),
+        idempotency_key: text("idempotency_key"),
+    })
+}
+
+/// What the held rows of run `run` become. Groups keep the order their first item was held
+/// in. A digest's key names the run, the group and its first held id: retried or repeated
+/// coalescing of the same rows yields the same key (the outbox's UNIQUE key then drops the
+/// repeat), while items held after a group was already decided (a stuck run released early)
+/// form a new digest instead of being lost.
+pub fn coalesce(run: i64, rows: &[HeldRow], now: DateTime<Utc>) -> Result<Vec<NewOutbox>> {
+    let mut groups: BTreeMap<i64, (&str, i32, Vec<&HeldRow>)> = BTreeMap::new();
+    let mut first: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut sorted: Vec<&HeldRow> = rows.iter().collect();
+    sorted.sort_by_key(|r| r.id);
+    for r in sorted {
+        let head = *first.entry(r.group_key.as_str()).or_insert(r.id);
+        let g = groups
+            .entry(head)
+            .or_insert((r.group_key.as_str(), r.threshold, Vec::new()));
+        g.1 = g.1.max(r.threshold);
+        g.2.push(r);
+    }
+    let mut out = Vec::new();
+    for (head, (group, threshold, items)) in groups {
+        let outboxes = items
+            .iter()
+            .map(|r| outbox_from(&r.item))
+            .collect::<Result<Vec<_>>>()?;
+        if i64::try_from(items.len()).unwrap_or(i64::MAX) <= i64::from(threshold) {
+            out.extend(outboxes);
+            continue;
+        }
+        out.push(digest(run, group, head, &outboxes, now));
+        // people copied on a digested email still get their own copy of each message
+        for o in outboxes.iter().filter(|o| o.channel == "email") {
+            let cc = &o.payload["cc"];
+            let Some(first_cc) = cc
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            let mut payload = o.payload.clone();
+            payload["to"] = cc.clone();
+            payload["cc"] = json!([]);
+            out.push(NewOutbox {
+                channel: o.channel,
+                recipient: first_cc.to_owned(),
+                workflow_id: o.workflow_id,
+                payload,
+                idempotency_key: format!("{}:cc", o.idempotency_key),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One row standing for `items`: addressed like the first one (its direct recipient only),
+/// listing each item's workflow, title and subject. Its text is rendered at delivery.
+fn digest(run: i64, group: &str, head: i64, items: &[NewOutbox], now: DateTime<Utc>) -> NewOutbox {
+    let first = &items[0];
+    let to = match &first.payload["to"] {
+        Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+        other => other.clone(),
+    };
+    let to = if first.channel == "email" {
+        json!([to])
+    } else {
+        to
+    };
+    let listed: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            json!({
+                "workflow_id": o.workflow_id, "kind": o.payload["kind"],
+                "title": o.payload["title"], "subject": o.payload["subject"],
+                "due_at": o.payload["due_at"],
+            })
+        })
+        .collect();
+    NewOutbox {
+        channel: first.channel,
+        recipient: first.recipient.clone(),
+        workflow_id: None,
+        payload: json!({
+            "kind": "digest", "to": to, "cc": [], "user": group.split(':').next(),
+            "greeting": first.payload["greeting"], "check_run_id": run,
+            "count": items.len(), "items": listed, "created_at": now,
+        }),
+        idempotency_key: format!("digest:{run}:{group}:{head}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(id: i64, user: &str, channel: &str, threshold: i32) -> HeldRow {
+        let o = NewOutbox {
+            channel: super::channel(channel).unwrap(),
+            recipient: format!("{user}@example.com"),
+            workflow_id: Some(Uuid::from_u128(id as u128)),
+            payload: json!({
+                "to": [format!("{user}@example.com")], "cc": ["prev@example.com"],
+                "subject": format!("Escalated #{id}"), "title": format!("W{id}"),
+                "kind": "escalation",
+            }),
+            idempotency_key: format!("escalate:{id}:1:1:{channel}"),
+        };
+        HeldRow {
+            id,
+            group_key: format!("{user}:{channel}"),
+            threshold,
+            item: item_json(&o),
+        }
+    }
+
+    #[test]
+    fn groups_over_the_threshold_become_one_digest_and_copies_keep_theirs() {
+        let mut rows: Vec<HeldRow> = (1..=6).map(|i| held(i, "head", "email", 5)).collect();
+        rows.push(held(7, "other", "email", 5));
+        let out = coalesce(9, &rows, Utc::now()).unwrap();
+        let digests: Vec<_> = out
+            .iter()
+            .filter(|o| o.payload["kind"] == "digest")
+            .collect();
+        assert_eq!(digests.len(), 1);
+        let d = digests[0];
+        assert_eq!(d.idempotency_key, "digest:9:head:email:1");
+        assert_eq!(d.payload["count"], 6);
+        assert_eq!(d.payload["to"], json!(["head@example.com"]));
+        assert_eq!(d.payload["items"][5]["title"], "W6");
+        // six copies for the cc'd previous assignee, and the other user's own message
+        let copies = out
+            .iter()
+            .filter(|o| o.idempotency_key.ends_with(":cc"))
+            .count();
+        assert_eq!(copies, 6);
+        assert!(
+            out.iter()
+                .any(|o| o.idempotency_key == "escalate:7:1:1:email")
+        );
+        assert_eq!(out.len(), 1 + 6 + 1);
+    }
+
+    #[test]
+    fn groups_at_the_threshold_are_released_as_they_are() {
+        let rows: Vec<HeldRow> = (1..=5).map(|i| held(i, "head", "sms", 5)).collect();
+        let out = coalesce(9, &rows, Utc::now()).unwrap();
+        assert_eq!(out.len(), 5);
+        assert!(out.iter().all(|o| o.payload["kind"] == "escalation"));
+        // the same rows coalesced again give the same keys
+        let again = coalesce(9, &rows, Utc::now()).unwrap();
+        let keys = |v: &[NewOutbox]| {
+            v.iter()
+                .map(|o| o.idempotency_key.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&out), keys(&again));
+    }
+
+    #[test]
+    fn channels_are_separate_groups() {
+        let mut rows: Vec<HeldRow> = (1..=3).map(|i| held(i, "head", "email", 2)).collect();
+        rows.extend((4..=6).map(|i| held(i, "head", "slack", 2)));
+        let out = coalesce(1, &rows, Utc::now()).unwrap();
+        let digests: Vec<_> = out
+            .iter()
+            .filter(|o| o.payload["kind"] == "digest")
+            .collect();
+        assert_eq!(digests.len(), 2);
+        assert_eq!(digests[1].channel, "slack");
+        assert_eq!(digests[1].payload["to"], "head@example.com");
+    }
+}
