@@ -423,3 +423,62 @@ async fn two_senders_draining_the_same_rows_at_once_send_each_once_over_smtp() {
         .collect();
     assert_eq!(ids.len(), 40, "a message was sent twice");
 }
+
+#[tokio::test]
+async fn digests_are_written_out_at_delivery_with_user_text_escaped_in_html() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let items = serde_json::json!([
+        { "title": "Buy <script>x</script>", "subject": "s1" },
+        { "title": "Hire & train", "subject": "s2" },
+    ]);
+    let digest = |channel: &'static str, to: serde_json::Value| NewOutbox {
+        channel,
+        recipient: "head".into(),
+        workflow_id: None,
+        payload: serde_json::json!({
+            "kind": "digest", "to": to, "cc": [], "count": 2, "items": items,
+            "greeting": "Head",
+        }),
+        idempotency_key: format!("digest:1:head:{channel}:1"),
+    };
+    outbox(
+        &db.store,
+        vec![
+            digest("email", serde_json::json!(["head@example.com"])),
+            digest("slack", serde_json::json!("U-head")),
+        ],
+    )
+    .await;
+    let d = deliverer(&db.store, config(&server.uri()));
+    assert_eq!(d.drain(10, 10).await.unwrap().sent, 2);
+    let requests = server.received_requests().await.unwrap();
+    let email: serde_json::Value = requests
+        .iter()
+        .find(|r| r.url.path() == "/v3/mail/send")
+        .unwrap()
+        .body_json()
+        .unwrap();
+    assert_eq!(email["subject"], "2 workflows were escalated to you");
+    let text = email["content"][0]["value"].as_str().unwrap();
+    assert!(text.contains("- Buy <script>x</script>"), "{text}");
+    let html = email["content"][1]["value"].as_str().unwrap();
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(html.contains("Hire &amp; train"), "{html}");
+    let slack: serde_json::Value = requests
+        .iter()
+        .find(|r| r.url.path() == "/slack/shared")
+        .unwrap()
+        .body_json()
+        .unwrap();
+    let text = slack["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("<@U-head> 2 workflows were escalated to you"),
+        "{text}"
+    );
+    assert!(text.contains("• Hire & train"), "{text}");
+}

@@ -1,0 +1,176 @@
+//! Held deliveries and digests on both backends: a run's held rows are decided exactly once,
+//! by the transaction that finishes the run, or — for a run that never finishes — by the
+//! stale release.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{DateTime, Duration, Utc};
+use escalator_store::*;
+use escalator_testkit::TestDb;
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&escalator_testkit::TestDb::postgres().await).await;
+                }
+            )*
+        }
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&escalator_testkit::TestDb::sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    held_rows_become_one_digest_when_their_run_finishes,
+    held_rows_of_a_run_that_never_finishes_are_released_once_they_are_stale,
+);
+
+fn now() -> DateTime<Utc> {
+    "2026-11-25T12:00:00Z".parse().unwrap()
+}
+
+fn email(key: &str, to: &str) -> NewOutbox {
+    NewOutbox {
+        channel: "email",
+        recipient: to.into(),
+        workflow_id: None,
+        payload: serde_json::json!({
+            "to": [to], "cc": [], "subject": format!("Escalated {key}"), "title": key,
+            "kind": "escalation",
+        }),
+        idempotency_key: format!("escalate:{key}:email"),
+    }
+}
+
+async fn run(s: &Store, batches: i32) -> i64 {
+    let new = NewCheckRun {
+        slot: None,
+        requested_by: "cli",
+        scope: "all".into(),
+        as_of: now(),
+        dry_run: false,
+        coalesced: 1,
+        now: now(),
+    };
+    let run = s.create_check_run(&new).await.unwrap().unwrap();
+    s.start_check_run(run.id, batches, now()).await.unwrap();
+    run.id
+}
+
+async fn apply(s: &Store, run: i64, index: i32, outbox: Vec<NewOutbox>) -> Applied {
+    let effects = BatchEffects {
+        check_run_id: Some(run),
+        batch_index: Some(index),
+        outbox,
+        ..Default::default()
+    };
+    let mut tx = s.begin_batch().await.unwrap();
+    let applied = tx.apply(&effects, now()).await.unwrap();
+    tx.commit().await.unwrap();
+    applied
+}
+
+async fn keys(s: &Store) -> Vec<String> {
+    let mut k: Vec<String> = s
+        .list_outbox(None, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.idempotency_key)
+        .collect();
+    k.sort();
+    k
+}
+
+async fn held_rows_become_one_digest_when_their_run_finishes(db: &TestDb) {
+    let s = &db.store;
+    let id = run(s, 2).await;
+    // batch 0: four escalations to the head are held; a reminder goes out at once
+    let mut rows: Vec<NewOutbox> = (0..4)
+        .map(|i| email(&format!("h{i}"), "head@example.com").held_for_digest("head", 5))
+        .collect();
+    rows.push(email("direct", "mgr@example.com"));
+    let a = apply(s, id, 0, rows).await;
+    assert_eq!((a.outbox, a.held, a.run_completed), (1, 4, false));
+    assert_eq!(keys(s).await, ["escalate:direct:email"]);
+    // batch 1 finishes the run: 7 for the head (> 5) make one digest; 1 for solo goes as is
+    let mut rows: Vec<NewOutbox> = (4..7)
+        .map(|i| email(&format!("h{i}"), "head@example.com").held_for_digest("head", 5))
+        .collect();
+    rows.push(email("solo", "solo@example.com").held_for_digest("solo", 5));
+    let b = apply(s, id, 1, rows).await;
+    assert!(b.run_completed);
+    assert_eq!(
+        (b.held, b.outbox),
+        (4, 2),
+        "released: the digest and solo's row"
+    );
+    let digest_key = keys(s)
+        .await
+        .into_iter()
+        .find(|k| k.starts_with("digest:"))
+        .unwrap();
+    assert!(
+        digest_key.starts_with(&format!("digest:{id}:head:email:")),
+        "{digest_key}"
+    );
+    assert_eq!(keys(s).await.len(), 3);
+    let digest = s
+        .list_outbox(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|o| o.idempotency_key == digest_key)
+        .unwrap();
+    assert_eq!(digest.payload["count"], 7);
+    assert_eq!(
+        digest.payload["to"],
+        serde_json::json!(["head@example.com"])
+    );
+    assert_eq!(digest.payload["items"][6]["title"], "h6");
+    assert!(digest.payload.get("hold").is_none());
+    assert_eq!(digest.check_run_id, Some(id));
+    // nothing is left to release, now or later
+    assert_eq!(
+        s.release_stale_held(
+            now() + Duration::hours(5),
+            std::time::Duration::from_secs(60)
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    assert_eq!(keys(s).await.len(), 3);
+}
+
+async fn held_rows_of_a_run_that_never_finishes_are_released_once_they_are_stale(db: &TestDb) {
+    let s = &db.store;
+    let id = run(s, 2).await;
+    let rows: Vec<NewOutbox> = (0..2)
+        .map(|i| email(&format!("s{i}"), "head@example.com").held_for_digest("head", 5))
+        .collect();
+    apply(s, id, 0, rows).await;
+    let hour = std::time::Duration::from_secs(3_600);
+    // the run may still finish: nothing is released yet
+    assert_eq!(s.release_stale_held(now(), hour).await.unwrap(), 0);
+    assert!(keys(s).await.is_empty());
+    // an hour later it has not: the rows go out as they are, once
+    let later = now() + Duration::minutes(61);
+    assert_eq!(s.release_stale_held(later, hour).await.unwrap(), 2);
+    assert_eq!(s.release_stale_held(later, hour).await.unwrap(), 0);
+    assert_eq!(keys(s).await, ["escalate:s0:email", "escalate:s1:email"]);
+    // the run's last batch arrives after all: nothing is held any more, nothing doubles
+    let b = apply(s, id, 1, Vec::new()).await;
+    assert!(b.run_completed);
+    assert_eq!(b.outbox, 0);
+    assert_eq!(keys(s).await.len(), 2);
+}
