@@ -189,7 +189,10 @@ impl SqliteBatch {
                        value->>'next_check_at' AS next_check_at
                    FROM json_each(?1)) AS c
              WHERE workflows.id = c.id AND workflows.version = c.expected_version
-               AND workflows.status IN ('pending', 'escalated')
+               -- `+` keeps SQLite from driving the join from the status index (re-reading the
+               -- JSON for each of thousands of open workflows: seconds per batch); the primary
+               -- key lookup per changed row is what we want
+               AND +workflows.status IN ('pending', 'escalated')
              RETURNING workflows.id AS id",
         )
         .bind(serde_json::Value::Array(rows).to_string())
