@@ -13,7 +13,9 @@ use crate::rows::{OUTBOX_COLUMNS, WORKFLOW_COLUMNS, trusted};
 use crate::time::sqlite_ts;
 use crate::{Store, pg, sqlite};
 
-/// The console's workflow list query: all filters optional, combined with AND; newest first.
+/// The console's workflow list query: all filters optional, combined with AND. Newest first;
+/// with an SLA state, by deadline (most overdue or soonest due first), which is both what an
+/// operator wants to see and what the open-deadlines index serves without a scan.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WorkflowSearch {
     /// The external id or the assignee exactly, or a case-insensitive substring of the title
@@ -23,8 +25,9 @@ pub struct WorkflowSearch {
     pub status: Option<Status>,
     /// Only open workflows in this SLA state as of the instant given.
     pub sla_status: Option<(SlaStatus, DateTime<Utc>)>,
-    /// Cursor: only workflows created before this (created_at, id).
-    pub before: Option<(DateTime<Utc>, Uuid)>,
+    /// Cursor: the position of the previous page's last row — its (created_at, id) when
+    /// newest first, its (due_at, id) when `sla_status` orders the page by deadline.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
     /// Page size (capped at 1000).
     pub limit: u32,
 }
@@ -65,7 +68,17 @@ impl Store {
     /// at the page size).
     pub async fn search_workflows(&self, search: &WorkflowSearch) -> Result<Vec<Workflow>> {
         let limit = i64::from(search.limit.clamp(1, 1000));
-        let order = " ORDER BY w.created_at DESC, w.id DESC LIMIT ";
+        let by_deadline = search.sla_status.is_some();
+        let order = if by_deadline {
+            " ORDER BY w.due_at, w.id LIMIT "
+        } else {
+            " ORDER BY w.created_at DESC, w.id DESC LIMIT "
+        };
+        let cursor = if by_deadline {
+            " AND (w.due_at, w.id) > ("
+        } else {
+            " AND (w.created_at, w.id) < ("
+        };
         match self {
             Store::Postgres(s) => {
                 let filters = |q: &mut QueryBuilder<Postgres>| {
@@ -84,9 +97,9 @@ impl Store {
                             SlaStatus::Breached => q.push(" AND w.due_at <= ").push_bind(at),
                         };
                     }
-                    if let Some((created, id)) = search.before {
-                        q.push(" AND (w.created_at, w.id) < (")
-                            .push_bind(created)
+                    if let Some((at, id)) = search.after {
+                        q.push(cursor)
+                            .push_bind(at)
                             .push(", ")
                             .push_bind(id)
                             .push(")");
@@ -139,9 +152,9 @@ impl Store {
                             SlaStatus::Breached => q.push(" AND w.due_at <= ").push_bind(at),
                         };
                     }
-                    if let Some((created, id)) = search.before {
-                        q.push(" AND (w.created_at, w.id) < (")
-                            .push_bind(sqlite_ts(created))
+                    if let Some((at, id)) = search.after {
+                        q.push(cursor)
+                            .push_bind(sqlite_ts(at))
                             .push(", ")
                             .push_bind(id.to_string())
                             .push(")");

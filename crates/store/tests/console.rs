@@ -33,6 +33,7 @@ macro_rules! on_both {
 
 on_both!(
     search_matches_text_status_and_sla_newest_first,
+    an_sla_filter_orders_by_deadline_and_pages_on_it,
     breaching_soon_lists_open_workflows_due_within_the_window,
     audit_activity_and_outbox_rows_are_read_back,
     beat_leases_are_listed,
@@ -172,10 +173,10 @@ async fn search_matches_text_status_and_sla_newest_first(db: &TestDb) {
     );
 
     // text and filters together: every candidate list is filtered and paged
-    let combined = |text: &str, status, before| WorkflowSearch {
+    let combined = |text: &str, status, after| WorkflowSearch {
         text: Some(text.to_owned()),
         status,
-        before,
+        after,
         limit: 10,
         ..Default::default()
     };
@@ -220,7 +221,7 @@ async fn search_matches_text_status_and_sla_newest_first(db: &TestDb) {
     let last = first.last().unwrap();
     let rest = s
         .search_workflows(&WorkflowSearch {
-            before: Some((last.created_at, last.id)),
+            after: Some((last.created_at, last.id)),
             limit: 10,
             ..Default::default()
         })
@@ -228,6 +229,42 @@ async fn search_matches_text_status_and_sla_newest_first(db: &TestDb) {
         .unwrap();
     assert_eq!(ids(first), [d.id, c.id]);
     assert_eq!(ids(rest), [b.id, a.id]);
+}
+
+async fn an_sla_filter_orders_by_deadline_and_pages_on_it(db: &TestDb) {
+    let s = &db.store;
+    // created in one order, due in another; one on time
+    create(s, 0, "late 26h", 50).await;
+    create(s, 1, "late 40h", 64).await;
+    create(s, 2, "late 1h", 25).await;
+    create(s, 3, "on time", 1).await;
+    let page = |after, limit| WorkflowSearch {
+        sla_status: Some((SlaStatus::Breached, t0())),
+        after,
+        limit,
+        ..Default::default()
+    };
+    let titles = |ws: &[Workflow]| ws.iter().map(|w| w.title.clone()).collect::<Vec<_>>();
+    let first = s.search_workflows(&page(None, 2)).await.unwrap();
+    assert_eq!(
+        titles(&first),
+        ["late 40h", "late 26h"],
+        "most overdue first"
+    );
+    let last = first.last().unwrap();
+    let rest = s
+        .search_workflows(&page(Some((last.due_at, last.id)), 10))
+        .await
+        .unwrap();
+    assert_eq!(titles(&rest), ["late 1h"]);
+    let by_text = WorkflowSearch {
+        text: Some("LATE".into()),
+        ..page(None, 10)
+    };
+    assert_eq!(
+        titles(&s.search_workflows(&by_text).await.unwrap()),
+        ["late 40h", "late 26h", "late 1h"]
+    );
 }
 
 async fn breaching_soon_lists_open_workflows_due_within_the_window(db: &TestDb) {

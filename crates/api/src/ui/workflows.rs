@@ -72,7 +72,7 @@ pub async fn list(
             .map(parse_sla)
             .transpose()?
             .map(|sla| (sla, now)),
-        before: query
+        after: query
             .filled("before")
             .map(decode_cursor)
             .transpose()
@@ -82,8 +82,14 @@ pub async fn list(
     let mut items = s.store.search_workflows(&search).await?;
     let more = items.len() > PAGE as usize;
     items.truncate(PAGE as usize);
+    // The cursor is the last row's position in the page's order (see WorkflowSearch).
+    let by_deadline = search.sla_status.is_some();
     let next = more
-        .then(|| items.last().map(|w| encode_cursor(w.created_at, w.id)))
+        .then(|| {
+            items
+                .last()
+                .map(|w| encode_cursor(if by_deadline { w.due_at } else { w.created_at }, w.id))
+        })
         .flatten();
     let keep = |name: &str| query.filled(name).unwrap_or_default().to_owned();
     let next_link = next.map(|cursor| {
@@ -115,6 +121,9 @@ pub async fn list(
             } }
             button type="submit" { "Filter" }
         }
+        @if by_deadline {
+            p.muted { "By deadline: the most overdue or soonest due first." }
+        }
         @if query.filled("q").is_some() {
             p.muted { "External ids and assignees match exactly; titles match by substring among the newest "
                 (TITLE_SEARCH_WINDOW) " workflows." }
@@ -136,8 +145,8 @@ pub async fn list(
             }
         } }
         p.pager {
-            @if query.filled("before").is_some() { a href="/ui/workflows" { "« newest" } " " }
-            @if let Some(l) = &next_link { a href=(l) rel="next" { "older »" } }
+            @if query.filled("before").is_some() { a href="/ui/workflows" { "« first page" } " " }
+            @if let Some(l) = &next_link { a href=(l) rel="next" { "next page »" } }
         }
     };
     let note = query.filled("note");
