@@ -476,7 +476,11 @@ async fn f1b_a_worker_killed_between_a_batch_commit_and_its_delivery_loses_and_d
     let run = s.get_check_run(id).await.unwrap();
     assert_eq!(run.status, "running", "{run:?}");
     let written = count(s, "SELECT count(*) FROM outbox").await;
-    let audited = count(s, "SELECT count(*) FROM audit_logs WHERE actor = 'escalator'").await;
+    let audited = count(
+        s,
+        "SELECT count(*) FROM audit_logs WHERE actor = 'escalator'",
+    )
+    .await;
     assert!(
         written > 0,
         "the first batch wrote no outbox rows ({audited} audit rows): {run:?}"
