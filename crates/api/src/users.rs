@@ -31,6 +31,8 @@ pub struct UserView {
     pub manager_id: Option<String>,
     /// Inactive users receive nothing.
     pub active: bool,
+    /// The channels besides in-app this user is reached on; null: the policy's, else email.
+    pub channels: Option<Vec<String>>,
 }
 
 impl From<User> for UserView {
@@ -43,6 +45,7 @@ impl From<User> for UserView {
             slack: u.slack,
             manager_id: u.manager_id,
             active: u.active,
+            channels: u.channels,
         }
     }
 }
@@ -120,6 +123,9 @@ pub struct PutUser {
     pub manager_id: Option<String>,
     /// Default true.
     pub active: Option<bool>,
+    /// Channels besides in-app, from `email`, `sms`, `slack`, `webhook`, each once (`[]`:
+    /// in-app only). Omitted: the stored choice is kept (none: the policy's, else email).
+    pub channels: Option<Vec<String>>,
 }
 
 /// Refuses a manager that does not exist or whose chain reaches `id` (a cycle would make
@@ -173,6 +179,10 @@ pub async fn put(
     if body.display_name.trim().is_empty() {
         return Err(ApiError::invalid("display_name", "must not be empty"));
     }
+    if let Some(channels) = &body.channels {
+        escalator_policy::check_channels("channels", channels)
+            .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    }
     if let Some(manager) = &body.manager_id {
         check_manager(&s, &id, manager).await?;
     }
@@ -184,8 +194,9 @@ pub async fn put(
         slack: body.slack,
         manager_id: body.manager_id,
         active: body.active.unwrap_or(true),
-        channels: None,
+        channels: body.channels,
     };
     s.store.upsert_users(std::slice::from_ref(&user)).await?;
-    Ok(Json(user.into()))
+    // the stored row: an omitted channel list keeps the one already there
+    Ok(Json(s.store.get_user(&user.id).await?.into()))
 }

@@ -173,8 +173,18 @@ impl Beat {
     }
 
     /// Enqueues a delivery job when deliveries are due and none is queued: a lost delivery job
-    /// (or a retry whose time has come) only waits for the next sweep.
+    /// (or a retry whose time has come, or a held digest whose run failed) only waits for the
+    /// next sweep.
     async fn sweep_outbox(&mut self, now: DateTime<Utc>) -> Result<(), BeatError> {
+        // digests that their run will not decide (it failed, or is stuck past the hold
+        // limit) become deliveries here too, so they do not wait for unrelated traffic
+        let released = self
+            .store
+            .release_stale_held(now, escalator_store::HOLD_LIMIT)
+            .await?;
+        if released > 0 {
+            tracing::info!(released, "released held deliveries of unfinished runs");
+        }
         let (waiting, due) = self.store.outbox_backlog(now).await?;
         metrics::gauge!(m::OUTBOX_PENDING).set(waiting as f64);
         if due == 0 {

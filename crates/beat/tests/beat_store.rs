@@ -191,3 +191,74 @@ async fn a_passed_deadline_wakes_the_beat_between_slots() {
         .unwrap();
     assert_eq!(db.store.recent_check_runs(10).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
+    use escalator_store::{BatchEffects, NewCheckRun, NewOutbox};
+    let db = TestDb::postgres().await;
+    let names = ns();
+    let q = queues(&names).await;
+    let s = &db.store;
+    let now = utc("2026-11-25T12:05:00Z");
+    let run = s
+        .create_check_run(&NewCheckRun {
+            slot: None,
+            requested_by: "cli",
+            scope: "all".into(),
+            as_of: now,
+            dry_run: false,
+            coalesced: 1,
+            now,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    s.start_check_run(run.id, 2, now).await.unwrap();
+    // batch 0 of 2 holds an escalation for the run's digest decision; batch 1 never comes
+    let held = NewOutbox {
+        channel: "email",
+        recipient: "head@example.com".into(),
+        workflow_id: None,
+        payload: serde_json::json!({
+            "to": ["head@example.com"], "cc": [], "subject": "Escalated", "title": "t",
+            "kind": "escalation",
+        }),
+        idempotency_key: "escalate:held:email".into(),
+    }
+    .held_for_digest("head", 5);
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(
+        &BatchEffects {
+            check_run_id: Some(run.id),
+            batch_index: Some(0),
+            outbox: vec![held],
+            ..Default::default()
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.outbox_backlog(now).await.unwrap(), (0, 0));
+    s.fail_check_run(run.id, "its last batch died", now)
+        .await
+        .unwrap();
+
+    let mut beat = Beat::new(
+        s.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(1), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    beat.step(now).await.unwrap();
+    // the failed run's held row is now an ordinary delivery, and a delivery job is queued
+    assert_eq!(s.outbox_backlog(now).await.unwrap(), (1, 1));
+    let deliveries = q
+        .stats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|st| st.queue == q.names().deliveries)
+        .unwrap();
+    assert_eq!(deliveries.pending, 1);
+}

@@ -18,9 +18,7 @@ pub fn retry_delay(attempts: i32, jitter: f64) -> Duration {
     Duration::from_secs_f64(base.min(3_600.0) * jitter.clamp(0.5, 1.5))
 }
 
-/// How long a delivery waits for its run's digest decision before a sender makes it anyway
-/// (a run whose last batch was lost finishes only when the batch is re-derived).
-pub const HOLD_LIMIT: Duration = Duration::from_secs(3_600);
+pub use escalator_store::HOLD_LIMIT;
 
 /// Messages in flight at once within one drain.
 pub const PARALLEL_SENDS: usize = 8;

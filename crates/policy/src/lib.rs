@@ -18,4 +18,7 @@ pub use decision::{
     Decision, Exhaustion, SlaStatus, Snapshot, Status, evaluate, next_check_at, sla_status,
 };
 pub use error::PolicyError;
-pub use policy::{AfterLast, LevelSpec, MAX_DURATION_SECONDS, Policy, PolicySpec, Target, Warning};
+pub use policy::{
+    AfterLast, CHANNELS, LevelSpec, MAX_DURATION_SECONDS, Policy, PolicySpec, Target, Warning,
+    check_channels,
+};

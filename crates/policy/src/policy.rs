@@ -124,6 +124,36 @@ pub struct PolicySpec {
     /// Business-hours calendar to measure SLAs in; `None` is 24x7.
     #[serde(default)]
     pub calendar_id: Option<String>,
+    /// The channels besides in-app (`email`, `sms`, `slack`, `webhook`) that reach people who
+    /// have not chosen their own; `None` is email only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+}
+
+/// The delivery channels a policy or a user may choose (in-app is always on).
+pub const CHANNELS: [&str; 4] = ["email", "sms", "slack", "webhook"];
+
+/// Checks a channel list: known names, each once. The error names the offending entry as
+/// `<field>[i]`.
+pub fn check_channels(field: &str, channels: &[String]) -> Result<(), PolicyError> {
+    for (i, c) in channels.iter().enumerate() {
+        if !CHANNELS.contains(&c.as_str()) {
+            return Err(PolicyError::new(
+                format!("{field}[{i}]"),
+                format!(
+                    "unknown channel {c:?}; expected one of {}",
+                    CHANNELS.join(", ")
+                ),
+            ));
+        }
+        if channels[..i].contains(c) {
+            return Err(PolicyError::new(
+                format!("{field}[{i}]"),
+                format!("channel {c:?} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A validated policy.
@@ -177,6 +207,9 @@ impl Policy {
             check_duration("after_last.every_seconds", every_seconds)?;
         }
         check_chain(&spec.levels)?;
+        if let Some(channels) = &spec.channels {
+            check_channels("channels", channels)?;
+        }
         Ok(Policy { spec })
     }
 
@@ -194,6 +227,7 @@ impl Policy {
                 }],
                 after_last: AfterLast::Stop,
                 calendar_id: None,
+                channels: None,
             },
         }
     }
@@ -304,6 +338,7 @@ mod tests {
             ],
             after_last: AfterLast::Stop,
             calendar_id: None,
+            channels: None,
         }
     }
 
@@ -318,6 +353,24 @@ mod tests {
             target: Target::User(id.into()),
             sla_seconds,
         }
+    }
+
+    #[test]
+    fn a_policys_channels_must_be_known_and_listed_once() {
+        let mut with = spec();
+        with.channels = Some(vec!["slack".into(), "email".into()]);
+        assert!(Policy::new(with.clone()).is_ok());
+        with.channels = Some(vec!["email".into(), "pager".into()]);
+        assert_eq!(field_of(with.clone()), "channels[1]");
+        with.channels = Some(vec!["sms".into(), "sms".into()]);
+        assert_eq!(field_of(with.clone()), "channels[1]");
+        // stored specs without the field still read
+        let stored: PolicySpec = serde_json::from_value(serde_json::json!({
+            "sla_seconds": 86400, "warning": {"kind": "before", "seconds": 7200},
+            "levels": [{"target": "manager", "sla_seconds": 86400}]
+        }))
+        .unwrap();
+        assert_eq!(stored.channels, None);
     }
 
     #[test]
@@ -517,6 +570,7 @@ mod tests {
                 every_seconds: 3_600,
             },
             calendar_id: Some("uk-office".into()),
+            channels: None,
             ..spec()
         };
         let json = serde_json::to_value(&spec).unwrap();

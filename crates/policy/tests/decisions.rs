@@ -431,6 +431,7 @@ fn escalation_deadlines_follow_the_policy_calendar() {
         }],
         after_last: AfterLast::Stop,
         calendar_id: Some("london-office".into()),
+        channels: None,
     })
     .unwrap();
     // Started Friday 2026-11-27 09:00; due at 17:00 the same day.

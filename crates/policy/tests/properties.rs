@@ -176,6 +176,7 @@ proptest! {
             levels: vec![LevelSpec { target: Target::Manager, sla_seconds: sla }],
             after_last: AfterLast::Stop,
             calendar_id: Some("random".into()),
+            channels: None,
         })
         .unwrap();
         let paused_at = start + TimeDelta::seconds(pause_after);

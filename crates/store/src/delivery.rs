@@ -35,6 +35,11 @@ fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60))
 }
 
+/// How long a delivery waits for its run's digest decision before a sender (or the beat's
+/// sweep) makes it anyway: a run whose last batch was lost finishes only when the batch is
+/// re-derived.
+pub const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(3_600);
+
 impl Store {
     /// Claims up to `limit` deliveries that are due at `now`: each gets `attempts + 1` and is
     /// hidden from other senders until `now + lease`. A sender that dies mid-send loses

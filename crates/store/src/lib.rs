@@ -22,7 +22,7 @@ use escalator_policy::{Calendar, Policy};
 use uuid::Uuid;
 
 pub use console::{BeatLeaseState, TITLE_SEARCH_WINDOW, WorkflowSearch};
-pub use delivery::DeliveryOutcome;
+pub use delivery::{DeliveryOutcome, HOLD_LIMIT};
 pub use effects::{
     Applied, BatchEffects, HeldOutbox, NewAudit, NewNotification, NewOutbox, WorkflowChange,
 };

@@ -257,6 +257,10 @@ impl Engine {
                 .map(|u| (u.id.clone(), u))
                 .collect()
         };
+        let channels: plan::PolicyChannels = policies
+            .iter()
+            .filter_map(|(k, p)| p.spec().channels.clone().map(|c| (k.clone(), c)))
+            .collect();
         let planned = plan::build(
             &due,
             &decisions,
@@ -266,6 +270,7 @@ impl Engine {
                 batch_index: finishes,
             },
             job.as_of,
+            &channels,
         );
         let claimed_at = started.elapsed();
         let applied = tx.apply(&planned.effects, Utc::now()).await?;

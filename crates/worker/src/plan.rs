@@ -87,6 +87,10 @@ pub fn decide<'a>(
         .collect()
 }
 
+/// The channels each policy version sends on to people who have not chosen their own (only
+/// policies that say so).
+pub type PolicyChannels = HashMap<(String, i32), Vec<String>>;
+
 /// Builds the batch's rows from its decisions. `users` holds (at least) the recipients.
 /// Messages follow the process's [`message::settings`].
 pub fn build(
@@ -95,11 +99,20 @@ pub fn build(
     users: &HashMap<String, User>,
     batch: BatchRef,
     as_of: DateTime<Utc>,
+    channels: &PolicyChannels,
 ) -> Planned {
-    build_with(due, decisions, users, batch, as_of, &message::settings())
+    build_for(
+        due,
+        decisions,
+        users,
+        batch,
+        as_of,
+        &message::settings(),
+        channels,
+    )
 }
 
-/// [`build`] with explicit message settings.
+/// [`build`] with explicit message settings, every policy sending email by default.
 pub fn build_with(
     due: &[DueWorkflow],
     decisions: &[Option<Decision>],
@@ -107,6 +120,27 @@ pub fn build_with(
     batch: BatchRef,
     as_of: DateTime<Utc>,
     settings: &MessageSettings,
+) -> Planned {
+    build_for(
+        due,
+        decisions,
+        users,
+        batch,
+        as_of,
+        settings,
+        &PolicyChannels::new(),
+    )
+}
+
+/// [`build`] with explicit message settings and policy channel defaults.
+pub fn build_for(
+    due: &[DueWorkflow],
+    decisions: &[Option<Decision>],
+    users: &HashMap<String, User>,
+    batch: BatchRef,
+    as_of: DateTime<Utc>,
+    settings: &MessageSettings,
+    channels: &PolicyChannels,
 ) -> Planned {
     let mut out = Planned::default();
     out.effects.check_run_id = batch.check_run_id;
@@ -125,6 +159,9 @@ pub fn build_with(
             continue;
         };
         let mut e = Effect::new(w, batch.check_run_id, as_of, settings);
+        e.default_channels = channels
+            .get(&(w.policy_id.clone(), w.policy_version))
+            .map(Vec::as_slice);
         match decision {
             Decision::Nothing => {
                 let next = escalator_store::logic::open_next_check(w);
@@ -260,6 +297,8 @@ struct Effect<'w> {
     check_run_id: Option<i64>,
     as_of: DateTime<Utc>,
     settings: &'w MessageSettings,
+    /// The policy's channels for recipients without their own choice (None: email).
+    default_channels: Option<&'w [String]>,
     audits: Vec<NewAudit>,
     notifications: Vec<NewNotification>,
     outbox: Vec<NewOutbox>,
@@ -277,6 +316,7 @@ impl<'w> Effect<'w> {
             check_run_id,
             as_of,
             settings,
+            default_channels: None,
             audits: Vec::new(),
             notifications: Vec::new(),
             outbox: Vec::new(),
@@ -360,7 +400,9 @@ impl<'w> Effect<'w> {
             }
             let r = Renderer::new(templates, w, &kind, *role, user, users);
             let msg = r.message();
-            let channels = user.map(channels_of).unwrap_or_default();
+            let channels = user
+                .map(|u| channels_of(u, self.default_channels))
+                .unwrap_or_default();
             if let Some(address) = user
                 .and_then(|u| u.email.as_deref())
                 .filter(|_| channels.contains(&"email"))
@@ -459,11 +501,13 @@ impl<'w> Effect<'w> {
     }
 }
 
-/// The channels besides in-app that `user` is reached on: their choice, else email.
-fn channels_of(user: &User) -> Vec<&str> {
-    match &user.channels {
-        Some(c) => c.iter().map(String::as_str).collect(),
-        None => vec!["email"],
+/// The channels besides in-app that `user` is reached on: their choice, else the policy's,
+/// else email.
+fn channels_of<'a>(user: &'a User, policy: Option<&'a [String]>) -> Vec<&'a str> {
+    match (&user.channels, policy) {
+        (Some(c), _) => c.iter().map(String::as_str).collect(),
+        (None, Some(c)) => c.iter().map(String::as_str).collect(),
+        (None, None) => vec!["email"],
     }
 }
 
@@ -495,6 +539,61 @@ mod tests {
             workflow: w,
             assignee_manager: None,
         }
+    }
+
+    #[test]
+    fn the_policys_channels_reach_people_without_a_choice_of_their_own() {
+        let due = [workflow(4, "mgr", "emp", "Budget sign-off")];
+        let users: HashMap<_, _> = [
+            user("head", None),
+            user("mgr", None),
+            user("emp", Some(&["email"])),
+        ]
+        .into_iter()
+        .collect();
+        let channels: PolicyChannels = [(
+            ("default".to_owned(), 1),
+            vec!["slack".to_owned(), "sms".to_owned()],
+        )]
+        .into();
+        let p = build_for(
+            &due,
+            &[escalate("head")],
+            &users,
+            run(),
+            t0(),
+            &settings(0),
+            &channels,
+        );
+        let mut rows: Vec<_> = p
+            .effects
+            .outbox
+            .iter()
+            .map(|o| (o.channel, o.recipient.as_str()))
+            .collect();
+        rows.sort();
+        // head and mgr take the policy's Slack and SMS; emp chose email and keeps it
+        assert_eq!(
+            rows,
+            [
+                ("email", "emp@example.com"),
+                ("slack", "U-head"),
+                ("slack", "U-mgr"),
+                ("sms", "+15553"),
+                ("sms", "+15554"),
+            ]
+        );
+        // another policy version, no default: email for everyone
+        let p = build_for(
+            &due,
+            &[escalate("head")],
+            &users,
+            run(),
+            t0(),
+            &settings(0),
+            &[(("default".to_owned(), 2), vec!["sms".to_owned()])].into(),
+        );
+        assert!(p.effects.outbox.iter().all(|o| o.channel == "email"));
     }
 
     fn user(id: &str, channels: Option<&[&str]>) -> (String, User) {

@@ -11,6 +11,66 @@ async fn put(api: &TestApi, uri: &str, body: Value) -> Resp {
 }
 
 #[tokio::test]
+async fn a_users_channels_are_validated_stored_and_kept_when_omitted() {
+    let api = spawn_api().await;
+    let res = put(
+        &api,
+        "/api/v1/users/carol",
+        json!({ "display_name": "Carol", "phone": "+15550100", "channels": ["sms", "email"] }),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["channels"], json!(["sms", "email"]));
+    // a PUT without the list keeps it
+    let res = put(
+        &api,
+        "/api/v1/users/carol",
+        json!({ "display_name": "Carol C." }),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["channels"], json!(["sms", "email"]));
+    assert_eq!(
+        api.get("/api/v1/users/carol").await.json()["display_name"],
+        "Carol C."
+    );
+    // in-app only
+    let res = put(
+        &api,
+        "/api/v1/users/carol",
+        json!({ "display_name": "Carol", "channels": [] }),
+    )
+    .await;
+    assert_eq!(res.json()["channels"], json!([]));
+    for bad in [
+        json!(["pager"]),
+        json!(["email", "email"]),
+        json!("email"),
+        json!([1]),
+    ] {
+        let (_, field) = put(
+            &api,
+            "/api/v1/users/carol",
+            json!({ "display_name": "Carol", "channels": bad }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            field.as_deref().unwrap_or_default().starts_with("channels"),
+            "{bad}: {field:?}"
+        );
+    }
+    // a user who never chose shows null
+    put(
+        &api,
+        "/api/v1/users/dave",
+        json!({ "display_name": "Dave" }),
+    )
+    .await;
+    assert!(api.get("/api/v1/users/dave").await.json()["channels"].is_null());
+}
+
+#[tokio::test]
 async fn users_are_upserted_and_circular_or_unknown_managers_refused() {
     let api = spawn_api().await;
     let res = put(
@@ -135,6 +195,26 @@ async fn policies_get_new_versions_and_bad_specs_name_the_field() {
         .await
         .error(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(field.as_deref(), Some("spec.sla_seconds"));
+    let mut bad = spec.clone();
+    bad["channels"] = json!(["slack", "pager"]);
+    let (_, field) = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "bad", "name": "Bad", "spec": bad }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("spec.channels[1]"));
+    let mut chatty = spec.clone();
+    chatty["channels"] = json!(["slack", "email"]);
+    let res = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "chatty", "name": "Slack first", "spec": chatty }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    assert_eq!(res.json()["spec"]["channels"], json!(["slack", "email"]));
     let mut bad = spec.clone();
     bad["calendar_id"] = json!("nowhere");
     let (_, field) = api

@@ -180,6 +180,7 @@ async fn demo(store: &Store) -> anyhow::Result<()> {
         ],
         after_last: AfterLast::Stop,
         calendar_id: None,
+        channels: None,
     };
     let policy = Policy::new(spec)?;
     match store.latest_policy("demo").await {
