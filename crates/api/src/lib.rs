@@ -134,6 +134,10 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     Router::new()
         .nest("/api/v1", v1)
         .nest("/ui", ui::router(&state))
+        .route(
+            "/ui/",
+            get(|| async { axum::response::Redirect::permanent("/ui") }),
+        )
         .merge(openapi::explorer())
         .merge(extra)
         .route("/metrics", get(metrics::render))

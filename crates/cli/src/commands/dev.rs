@@ -227,7 +227,8 @@ async fn banner(store: &Store, port: u16, demo: bool) {
     let base = format!("http://127.0.0.1:{port}");
     println!();
     println!("escalator dev is running (Ctrl-C to stop)");
-    println!("  api         {base}/api/v1/workflows  (OpenAPI: {base}/api/v1/openapi.json)");
+    println!("  console     {base}/ui");
+    println!("  api         {base}/api/v1/workflows  (explore it: {base}/docs)");
     println!("  metrics     {base}/metrics");
     println!("  health      {base}/healthz");
     if demo {
