@@ -258,6 +258,20 @@ async fn assert_exact(w: &World, n: i64) {
     w.verify();
 }
 
+/// How many different Message-IDs the sink received.
+fn distinct_message_ids(messages: &[String]) -> usize {
+    let mut ids: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.len()
+}
+
 fn seconds(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 10.0).round() / 10.0
 }
@@ -518,16 +532,11 @@ async fn f1b_a_worker_killed_between_a_batch_commit_and_its_delivery_loses_and_d
     tokio::time::sleep(Duration::from_secs(2)).await;
     let messages = received.lock().unwrap().clone();
     assert_eq!(messages.len(), 600, "one message per outbox row");
-    let mut ids: Vec<&str> = messages
-        .iter()
-        .filter_map(|m| {
-            m.lines()
-                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 600, "no message sent twice");
+    assert_eq!(
+        distinct_message_ids(&messages),
+        600,
+        "no message sent twice"
+    );
     assert_exact(&w, 2_000).await;
     assert!(rescuer.stop().success());
 }
@@ -613,16 +622,11 @@ async fn f8_an_email_provider_failing_then_recovering_delivers_everything_once()
     tokio::time::sleep(Duration::from_secs(2)).await;
     let messages = received.lock().unwrap().clone();
     assert_eq!(messages.len(), 600, "one message per outbox row");
-    let mut ids: Vec<&str> = messages
-        .iter()
-        .filter_map(|m| {
-            m.lines()
-                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 600, "no message sent twice");
+    assert_eq!(
+        distinct_message_ids(&messages),
+        600,
+        "no message sent twice"
+    );
     assert_eq!(count(s, "SELECT count(*) FROM outbox").await, 600);
     assert_eq!(
         count(s, "SELECT count(*) FROM outbox WHERE status = 'sent'").await,
