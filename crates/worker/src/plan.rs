@@ -415,51 +415,53 @@ impl<'w> Effect<'w> {
                     email = Some((msg.clone(), r.part("body.html"), *user_id, *role));
                 }
             }
-            let personal = |channel: &str| format!("{base}:{user_id}:{channel}{suffix}");
+            // one message per person on each other channel they take and have an address for
+            let mut personal =
+                |channel: &'static str, recipient: &str, extra: serde_json::Value| {
+                    let o = NewOutbox {
+                        channel,
+                        recipient: recipient.to_owned(),
+                        workflow_id: Some(w.id),
+                        payload: with(extra),
+                        idempotency_key: format!("{base}:{user_id}:{channel}{suffix}"),
+                    };
+                    self.outbox.push(hold(o, user_id, *role));
+                };
             if let Some(phone) = user
                 .and_then(|u| u.phone.as_deref())
                 .filter(|_| channels.contains(&"sms"))
             {
-                let o = NewOutbox {
-                    channel: "sms",
-                    recipient: phone.to_owned(),
-                    workflow_id: Some(w.id),
-                    payload: with(serde_json::json!({
+                personal(
+                    "sms",
+                    phone,
+                    serde_json::json!({
                         "to": phone, "body": r.part("sms.txt"), "subject": msg.subject,
                         "greeting": r.greeting(),
-                    })),
-                    idempotency_key: personal("sms"),
-                };
-                self.outbox.push(hold(o, user_id, *role));
+                    }),
+                );
             }
             if let Some(slack) = user
                 .and_then(|u| u.slack.as_deref())
                 .filter(|_| channels.contains(&"slack"))
             {
-                let o = NewOutbox {
-                    channel: "slack",
-                    recipient: slack.to_owned(),
-                    workflow_id: Some(w.id),
-                    payload: with(serde_json::json!({
+                personal(
+                    "slack",
+                    slack,
+                    serde_json::json!({
                         "to": slack, "text": r.part("slack.txt"), "subject": msg.subject,
                         "greeting": r.greeting(),
-                    })),
-                    idempotency_key: personal("slack"),
-                };
-                self.outbox.push(hold(o, user_id, *role));
+                    }),
+                );
             }
             if channels.contains(&"webhook") {
-                let o = NewOutbox {
-                    channel: "webhook",
-                    recipient: (*user_id).to_owned(),
-                    workflow_id: Some(w.id),
-                    payload: with(serde_json::json!({
+                personal(
+                    "webhook",
+                    user_id,
+                    serde_json::json!({
                         "to": user_id, "role": role.as_str(), "subject": msg.subject,
                         "body": msg.body, "assignee": w.assignee, "greeting": r.greeting(),
-                    })),
-                    idempotency_key: personal("webhook"),
-                };
-                self.outbox.push(hold(o, user_id, *role));
+                    }),
+                );
             }
             self.notifications.push(NewNotification {
                 recipient: (*user_id).to_owned(),
