@@ -129,7 +129,8 @@ async fn two_hundred_escalations_to_one_department_head_make_one_digest() {
     }
     let worker = w.worker(free_port());
     assert_eq!(w.check(), (0, 200));
-    assert_eq!(rows(s, "SELECT count(*) FROM outbox_held").await, 0);
+    // the worker decides the run's digests right after the run finishes
+    wait_until_nothing_is_held(s).await;
     assert_eq!(
         rows(
             s,
@@ -193,7 +194,8 @@ async fn a_seeded_check_delivers_exactly_the_expected_email_once() {
     let worker = w.worker(free_port());
     assert_eq!(w.check(), (1_500, 1_500));
     let s = &w.db.store;
-    assert_eq!(rows(s, "SELECT count(*) FROM outbox_held").await, 0);
+    // the worker decides the run's digests right after the run finishes
+    wait_until_nothing_is_held(s).await;
     // the expected messages, from the database: one per outbox row
     let expected = outbox_keys(s).await;
     let digests = rows(
@@ -222,4 +224,20 @@ async fn a_seeded_check_delivers_exactly_the_expected_email_once() {
     assert_eq!(received.lock().unwrap().len(), expected.len());
     w.verify();
     assert!(stop(worker).success());
+}
+
+/// Waits (up to 30 s) until every held delivery has been decided.
+async fn wait_until_nothing_is_held(s: &escalator_store::Store) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = rows(s, "SELECT count(*) FROM outbox_held").await;
+        if held == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} deliveries still held 30 s after the run finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -80,7 +80,12 @@ impl Queues {
     /// Connects to `redis://…` or opens (creating, migrating) `sqlite://…`.
     pub async fn connect(url: &str, names: QueueNames) -> Result<Queues, QueueError> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
-            let mut conn = apalis_redis::connect(url)
+            // Nagle's algorithm off (redis-rs leaves it on): a push or a fetch must not wait
+            // for the server's delayed ACK
+            let info = redis::IntoConnectionInfo::into_connection_info(url)
+                .map_err(|e| QueueError::Config(format!("REDIS_URL: {e}")))?
+                .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+            let mut conn = apalis_redis::connect(info)
                 .await
                 .map_err(QueueError::apalis)?;
             refuse_evicting_redis(&mut conn).await?;

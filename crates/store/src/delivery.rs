@@ -40,6 +40,10 @@ fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
 /// re-derived.
 pub const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(3_600);
 
+/// Digest groups decided per transaction when a run's held deliveries are released: bounds
+/// the rows one transaction reads and writes (and the worker's memory).
+pub const RELEASE_GROUPS: usize = 100;
+
 impl Store {
     /// Claims up to `limit` deliveries that are due at `now`: each gets `attempts + 1` and is
     /// hidden from other senders until `now + lease`. A sender that dies mid-send loses
@@ -147,10 +151,10 @@ impl Store {
         Ok(())
     }
 
-    /// Releases held deliveries whose run will not release them itself: its run finished
-    /// without them (it failed) or they have waited longer than `stale_after` (a run stuck
-    /// behind a lost batch). Each run is released in a transaction of its own. Returns the
-    /// outbox rows written.
+    /// Releases held deliveries left behind: their run finished (the worker that finished it
+    /// releases them right after, unless it crashed first), failed, or they have waited
+    /// longer than `stale_after` (a run stuck behind a lost batch). Returns the outbox rows
+    /// written.
     pub async fn release_stale_held(
         &self,
         now: DateTime<Utc>,
@@ -182,8 +186,41 @@ impl Store {
         };
         let mut written = 0;
         for run in runs {
+            written += self.release_run_held(run, now).await?;
+        }
+        Ok(written)
+    }
+
+    /// Decides the digests of run `run`: its held deliveries become outbox rows or digests,
+    /// [`RELEASE_GROUPS`] groups per transaction (a group is always decided whole, in one
+    /// transaction, so exactly once). Called by the worker right after the transaction that
+    /// finishes the run; the delivery drains and the beat's outbox sweep call it for any run
+    /// left with held rows. Returns the outbox rows written.
+    pub async fn release_run_held(&self, run: i64, now: DateTime<Utc>) -> Result<u64> {
+        let groups: Vec<String> = match self {
+            Store::Postgres(s) => {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT group_key FROM outbox_held WHERE check_run_id = $1
+                     ORDER BY group_key",
+                )
+                .bind(run)
+                .fetch_all(s.pool())
+                .await?
+            }
+            Store::Sqlite(s) => {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT group_key FROM outbox_held WHERE check_run_id = ?1
+                     ORDER BY group_key",
+                )
+                .bind(run)
+                .fetch_all(s.pool())
+                .await?
+            }
+        };
+        let mut written = 0;
+        for chunk in groups.chunks(RELEASE_GROUPS) {
             let mut tx = self.begin_batch().await?;
-            written += tx.release_held(run, now).await?;
+            written += tx.release_held(run, chunk, now).await?;
             tx.commit().await?;
         }
         Ok(written)

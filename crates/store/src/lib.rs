@@ -22,7 +22,7 @@ use escalator_policy::{Calendar, Policy};
 use uuid::Uuid;
 
 pub use console::{BeatLeaseState, TITLE_SEARCH_WINDOW, WorkflowSearch};
-pub use delivery::{DeliveryOutcome, HOLD_LIMIT};
+pub use delivery::{DeliveryOutcome, HOLD_LIMIT, RELEASE_GROUPS};
 pub use effects::{
     Applied, BatchEffects, HeldOutbox, NewAudit, NewNotification, NewOutbox, WorkflowChange,
 };
@@ -411,11 +411,16 @@ impl BatchTx {
         dispatch_tx!(self, t => t.users(ids).await)
     }
 
-    /// Decides the digests of run `run` now: its held deliveries become outbox rows (or
-    /// digests). Returns the outbox rows written.
-    pub async fn release_held(&mut self, run: i64, now: DateTime<Utc>) -> Result<u64> {
+    /// Decides the digests of `groups` (`"{user}:{channel}"`) of run `run` now: their held
+    /// deliveries become outbox rows (or digests). Returns the outbox rows written.
+    pub async fn release_held(
+        &mut self,
+        run: i64,
+        groups: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
         let now = time::micros(now);
-        dispatch_tx!(self, t => t.release_held(run, now).await)
+        dispatch_tx!(self, t => t.release_held(run, groups, now).await)
     }
 
     /// Commits.

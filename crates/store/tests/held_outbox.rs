@@ -1,6 +1,6 @@
 //! Held deliveries and digests on both backends: a run's held rows are decided exactly once,
-//! by the transaction that finishes the run, or — for a run that never finishes — by the
-//! stale release.
+//! by the release that follows the transaction finishing the run (a group per transaction,
+//! whole), or — for a run that never finishes — by the stale release.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,6 +32,7 @@ macro_rules! on_both {
 on_both!(
     held_rows_become_one_digest_when_their_run_finishes,
     held_rows_of_a_run_that_never_finishes_are_released_once_they_are_stale,
+    a_run_with_more_groups_than_one_release_takes_is_released_whole,
 );
 
 fn now() -> DateTime<Utc> {
@@ -109,11 +110,15 @@ async fn held_rows_become_one_digest_when_their_run_finishes(db: &TestDb) {
     rows.push(email("solo", "solo@example.com").held_for_digest("solo", 5));
     let b = apply(s, id, 1, rows).await;
     assert!(b.run_completed);
+    assert_eq!((b.held, b.outbox), (4, 0), "the finishing batch only holds");
+    // the worker that finished the run decides its digests next; a second decision (a
+    // drain or the sweep racing it) finds nothing
     assert_eq!(
-        (b.held, b.outbox),
-        (4, 2),
+        s.release_run_held(id, now()).await.unwrap(),
+        2,
         "released: the digest and solo's row"
     );
+    assert_eq!(s.release_run_held(id, now()).await.unwrap(), 0);
     let digest_key = keys(s)
         .await
         .into_iter()
@@ -171,6 +176,33 @@ async fn held_rows_of_a_run_that_never_finishes_are_released_once_they_are_stale
     // the run's last batch arrives after all: nothing is held any more, nothing doubles
     let b = apply(s, id, 1, Vec::new()).await;
     assert!(b.run_completed);
-    assert_eq!(b.outbox, 0);
+    assert_eq!(s.release_run_held(id, now()).await.unwrap(), 0);
     assert_eq!(keys(s).await.len(), 2);
+}
+
+async fn a_run_with_more_groups_than_one_release_takes_is_released_whole(db: &TestDb) {
+    let s = &db.store;
+    let id = run(s, 1).await;
+    let people = escalator_store::RELEASE_GROUPS * 2 + 7;
+    let mut rows: Vec<NewOutbox> = (0..people)
+        .map(|i| {
+            let who = format!("p{i:03}");
+            email(&format!("one-{who}"), &format!("{who}@example.com")).held_for_digest(&who, 5)
+        })
+        .collect();
+    // and one person over the threshold, whose group sorts last
+    rows.extend(
+        (0..6).map(|i| email(&format!("z{i}"), "zed@example.com").held_for_digest("zz", 5)),
+    );
+    let a = apply(s, id, 0, rows).await;
+    assert!(a.run_completed);
+    assert_eq!(
+        s.release_run_held(id, now()).await.unwrap(),
+        people as u64 + 1,
+        "one row per person, one digest for zz"
+    );
+    let k = keys(s).await;
+    assert_eq!(k.len(), people + 1);
+    assert_eq!(k.iter().filter(|k| k.starts_with("digest:")).count(), 1);
+    assert_eq!(s.release_run_held(id, now()).await.unwrap(), 0);
 }

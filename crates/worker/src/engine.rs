@@ -299,6 +299,7 @@ impl Engine {
         }
         if applied.run_completed {
             record_run_finished(&self.store, job.check_run_id).await;
+            self.release_digests(job.check_run_id).await;
         }
         tracing::debug!(
             check_run_id = job.check_run_id,
@@ -315,6 +316,27 @@ impl Engine {
             failures: planned.failures.len(),
             applied,
         })
+    }
+
+    /// Decides the digests of a run that just finished: its held deliveries become outbox
+    /// rows or digests, then a delivery job is pushed. On failure the delivery drains and the
+    /// beat's outbox sweep release them (they look for held rows of finished runs).
+    async fn release_digests(&self, run: i64) {
+        match self.store.release_run_held(run, Utc::now()).await {
+            Ok(0) => {}
+            Ok(written) => {
+                tracing::debug!(check_run_id = run, written, "digests decided");
+                let deliver = DeliverNotifications {
+                    check_run_id: Some(run),
+                };
+                if let Err(e) = self.queues.push_delivery(&deliver).await {
+                    tracing::warn!(error = %e, "could not enqueue delivery; the sweep will");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(check_run_id = run, error = %e, "digests not decided; the outbox sweep will")
+            }
+        }
     }
 
     /// The policies and calendars the claimed workflows are pinned to; missing or corrupt

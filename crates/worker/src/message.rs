@@ -128,40 +128,48 @@ fn name<'a>(id: &'a str, users: &'a HashMap<String, User>) -> &'a str {
 pub struct Renderer<'t> {
     templates: &'t Templates,
     template: &'static str,
-    ctx: serde_json::Value,
+    /// Built once as a template value: every part renders from it without converting it again.
+    ctx: minijinja::Value,
+    greeting: &'t str,
+    title: &'t str,
 }
 
 impl<'t> Renderer<'t> {
     /// The message `recipient` (in `role`) gets about `w`.
     pub fn new(
         templates: &'t Templates,
-        w: &Workflow,
+        w: &'t Workflow,
         kind: &Kind<'_>,
         role: Role,
-        recipient: Option<&User>,
+        recipient: Option<&'t User>,
         users: &HashMap<String, User>,
     ) -> Renderer<'t> {
         let new = match kind {
             Kind::Escalation { target } => name(target, users),
             _ => name(&w.assignee, users),
         };
-        let ctx = serde_json::json!({
-            "title": w.title, "stage": w.stage, "kind": kind.notification_kind(),
-            "due": w.due_at.format("%Y-%m-%d %H:%M UTC").to_string(),
-            "greeting": recipient.map(|u| u.display_name.as_str()).unwrap_or("Hello"),
-            "previous": name(&w.assignee, users), "new": new,
-            "assignee": name(&w.assignee, users), "workflow_id": w.id,
-        });
+        let greeting = recipient
+            .map(|u| u.display_name.as_str())
+            .unwrap_or("Hello");
+        let assignee = name(&w.assignee, users);
+        let ctx = minijinja::context! {
+            title => w.title, stage => w.stage, kind => kind.notification_kind(),
+            due => w.due_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            greeting => greeting, previous => assignee, new => new, assignee => assignee,
+            workflow_id => w.id.to_string(),
+        };
         Renderer {
             templates,
             template: kind.template(role),
             ctx,
+            greeting,
+            title: &w.title,
         }
     }
 
     /// The greeting used (for digests written later).
     pub fn greeting(&self) -> &str {
-        self.ctx["greeting"].as_str().unwrap_or("Hello")
+        self.greeting
     }
 
     /// One part (`subject.txt`, `body.txt`, `body.html`, `sms.txt`, `slack.txt`). A template
@@ -174,12 +182,7 @@ impl<'t> Renderer<'t> {
                 tracing::error!(error = %e, "template failed; using the built-in one");
                 Templates::builtin()
                     .render(self.template, part, &self.ctx)
-                    .unwrap_or_else(|_| {
-                        self.ctx["title"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .replace(['\r', '\n'], " ")
-                    })
+                    .unwrap_or_else(|_| self.title.replace(['\r', '\n'], " "))
             }
         }
     }

@@ -3,6 +3,7 @@
 mod batch;
 mod bulk;
 mod checks;
+mod nodelay;
 mod rows;
 
 /// Maps an `outbox` row (for the delivery module).
@@ -45,6 +46,12 @@ impl PgStore {
     pub async fn connect(config: &StoreConfig) -> Result<Self> {
         let options = PgConnectOptions::from_str(&config.url)?.application_name("escalator");
         let pool = PgPoolOptions::new()
+            .after_connect(|_, _| {
+                Box::pin(async {
+                    nodelay::tcp_nodelay_all();
+                    Ok(())
+                })
+            })
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)

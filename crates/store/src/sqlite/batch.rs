@@ -88,7 +88,7 @@ impl SqliteBatch {
         kept.outbox = direct;
         let audits = insert_audits(&mut self.tx, &kept.audits, now).await?;
         let notifications = self.insert_notifications(&kept, now).await?;
-        let mut outbox = self.insert_outbox(&kept, now).await?;
+        let outbox = self.insert_outbox(&kept, now).await?;
         let held = self.insert_held(kept.check_run_id, &held, now).await?;
         let mut run_completed = false;
         if let Some(run) = kept.check_run_id {
@@ -131,10 +131,6 @@ impl SqliteBatch {
                     .unwrap_or(false),
                 None => false,
             };
-        }
-        if run_completed && let Some(run) = kept.check_run_id {
-            // the run's finishing transaction decides its digests, exactly once
-            outbox += self.release_held(run, now).await?;
         }
         Ok(Applied {
             changed,
@@ -311,14 +307,25 @@ impl SqliteBatch {
         Ok(done.rows_affected())
     }
 
-    /// Takes the run's held deliveries out and writes what they become (the write lock taken
-    /// at BEGIN serialises releases). Returns the outbox rows written.
-    pub(crate) async fn release_held(&mut self, run: i64, now: DateTime<Utc>) -> Result<u64> {
+    /// Takes the held deliveries of `groups` of run `run` out and writes what they become
+    /// (the write lock taken at BEGIN serialises releases). Returns the outbox rows written.
+    pub(crate) async fn release_held(
+        &mut self,
+        run: i64,
+        groups: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let groups = serde_json::to_string(groups).map_err(|source| StoreError::Json {
+            context: "held groups",
+            source,
+        })?;
         let rows = sqlx::query(
             "DELETE FROM outbox_held WHERE check_run_id = ?1
+               AND group_key IN (SELECT value FROM json_each(?2))
              RETURNING id, group_key, threshold, item",
         )
         .bind(run)
+        .bind(groups)
         .fetch_all(&mut *self.tx)
         .await?;
         if rows.is_empty() {
