@@ -1,6 +1,8 @@
 //! The effects of one batch, applied set-wise in one transaction: a handful of statements,
 //! whatever the number of workflows.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use escalator_policy::Status;
 use uuid::Uuid;
@@ -130,10 +132,14 @@ impl NewOutbox {
 pub(crate) fn split_held(
     outbox: &[NewOutbox],
     run: Option<i64>,
-) -> (Vec<NewOutbox>, Vec<HeldOutbox>) {
+) -> (Vec<Cow<'_, NewOutbox>>, Vec<HeldOutbox>) {
     let mut direct = Vec::new();
     let mut held = Vec::new();
     for o in outbox {
+        if o.payload.get("hold").is_none() {
+            direct.push(Cow::Borrowed(o));
+            continue;
+        }
         let mut o = o.clone();
         let hold = o
             .payload
@@ -149,7 +155,7 @@ pub(crate) fn split_held(
                     .unwrap_or(u32::MAX),
                 outbox: o,
             }),
-            None => direct.push(o),
+            None => direct.push(Cow::Owned(o)),
         }
     }
     (direct, held)
@@ -197,24 +203,35 @@ pub struct Applied {
 
 impl BatchEffects {
     /// Keep only the rows of workflows whose change was applied; rows with no workflow stay.
-    pub(crate) fn retain_applied(&self, changed: &[Uuid]) -> BatchEffects {
-        let ok: std::collections::HashSet<Uuid> = changed.iter().copied().collect();
+    /// Returns them (borrowed when every change applied, as it almost always does) and the
+    /// counts to add to the run, reminded and escalated counted from what is kept.
+    pub(crate) fn retain_applied(&self, changed: &[Uuid]) -> (Cow<'_, BatchEffects>, BatchCounts) {
+        let kept = if changed.len() == self.changes.len() {
+            Cow::Borrowed(self)
+        } else {
+            Cow::Owned(self.filtered(changed))
+        };
         let mut counts = self.counts;
         counts.reminded = 0;
         counts.escalated = 0;
-        let audits: Vec<NewAudit> = self
-            .audits
-            .iter()
-            .filter(|a| ok.contains(&a.workflow_id))
-            .cloned()
-            .collect();
-        for a in &audits {
+        for a in &kept.audits {
             match a.action {
                 "remind" => counts.reminded += 1,
                 "escalate" => counts.escalated += 1,
                 _ => {}
             }
         }
+        (kept, counts)
+    }
+
+    fn filtered(&self, changed: &[Uuid]) -> BatchEffects {
+        let ok: std::collections::HashSet<Uuid> = changed.iter().copied().collect();
+        let audits: Vec<NewAudit> = self
+            .audits
+            .iter()
+            .filter(|a| ok.contains(&a.workflow_id))
+            .cloned()
+            .collect();
         BatchEffects {
             check_run_id: self.check_run_id,
             batch_index: self.batch_index,
@@ -232,7 +249,7 @@ impl BatchEffects {
                 .filter(|o| o.workflow_id.is_none_or(|w| ok.contains(&w)))
                 .cloned()
                 .collect(),
-            counts,
+            counts: self.counts,
         }
     }
 }

@@ -82,6 +82,30 @@ const RULES: &[(&str, &str, &str)] = &[
     ),
     (
         "I5",
+        "audit row, notification or delivery naming a workflow that does not exist",
+        "SELECT 'audit_logs ' || CAST(a.id AS TEXT) AS subject FROM audit_logs a
+         WHERE NOT EXISTS (SELECT 1 FROM workflows w WHERE w.id = a.workflow_id)
+         UNION ALL
+         SELECT 'notifications ' || CAST(n.id AS TEXT) FROM notifications n
+         WHERE NOT EXISTS (SELECT 1 FROM workflows w WHERE w.id = n.workflow_id)
+         UNION ALL
+         SELECT 'outbox ' || CAST(o.id AS TEXT) FROM outbox o
+         WHERE o.workflow_id IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM workflows w WHERE w.id = o.workflow_id)",
+    ),
+    (
+        "I5",
+        "audit row or delivery naming a check run that does not exist",
+        "SELECT 'audit_logs ' || CAST(a.id AS TEXT) AS subject FROM audit_logs a
+         WHERE a.check_run_id IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM check_runs r WHERE r.id = a.check_run_id)
+         UNION ALL
+         SELECT 'outbox ' || CAST(o.id AS TEXT) FROM outbox o
+         WHERE o.check_run_id IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM check_runs r WHERE r.id = o.check_run_id)",
+    ),
+    (
+        "I5",
         "assignee differs from the last assignment recorded in the audit log",
         "SELECT CAST(w.id AS TEXT) AS subject FROM workflows w
          JOIN audit_logs a ON a.id = (SELECT max(x.id) FROM audit_logs x

@@ -54,6 +54,7 @@ conformance!(
     bulk_load_yields_the_workload_distribution,
     inbox_lists_and_marks_read,
     verify_passes_a_healthy_database_and_names_tampering,
+    workflows_and_check_runs_are_never_deleted,
     due_ranges_cut_the_due_workflows_into_disjoint_slices,
     outbox_backlog_counts_undelivered_rows,
 );
@@ -917,6 +918,67 @@ async fn verify_passes_a_healthy_database_and_names_tampering(db: &TestDb) {
             .any(|v| v.invariant == "I2" && v.subject == w.id.to_string()),
         "{found:?}"
     );
+    // PostgreSQL's effect tables have no foreign keys (the per-row checks were a fifth of a
+    // tick's database time): a reference to a workflow or run that does not exist is named
+    if let Store::Postgres(p) = s {
+        sqlx::query(
+            "INSERT INTO notifications (recipient, workflow_id, kind, role, subject, body,
+                 dedup_key)
+             VALUES ('bob', '00000000-0000-0000-0000-00000000beef', 'reminder', 'to', 's', 'b',
+                 'forged')",
+        )
+        .execute(p.pool())
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO outbox (channel, recipient, check_run_id, payload, idempotency_key)
+             VALUES ('email', 'x@example.com', 424242, '{}', 'forged')",
+        )
+        .execute(p.pool())
+        .await
+        .unwrap();
+        let found = s.verify().await.unwrap();
+        let rules: Vec<&str> = found
+            .iter()
+            .filter(|v| v.subject.starts_with("notifications ") || v.subject.starts_with("outbox "))
+            .map(|v| v.rule)
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "audit row, notification or delivery naming a workflow that does not exist",
+                "audit row or delivery naming a check run that does not exist",
+            ],
+            "{found:?}"
+        );
+    }
+}
+
+async fn workflows_and_check_runs_are_never_deleted(db: &TestDb) {
+    let s = &db.store;
+    create(s, "PO-8").await;
+    let Store::Postgres(p) = s else {
+        // SQLite keeps its foreign keys: the audit row's reference refuses the delete
+        let Store::Sqlite(q) = s else { unreachable!() };
+        assert!(
+            sqlx::query("DELETE FROM workflows")
+                .execute(q.pool())
+                .await
+                .is_err()
+        );
+        assert_eq!(s.table_counts().await.unwrap().workflows, 1);
+        return;
+    };
+    for sql in [
+        "DELETE FROM workflows",
+        "TRUNCATE workflows CASCADE",
+        "DELETE FROM check_runs",
+        "TRUNCATE check_runs CASCADE",
+    ] {
+        let err = sqlx::query(sql).execute(p.pool()).await.unwrap_err();
+        assert!(err.to_string().contains("never deleted"), "{sql}: {err}");
+    }
+    assert_eq!(s.table_counts().await.unwrap().workflows, 1);
 }
 
 async fn due_ranges_cut_the_due_workflows_into_disjoint_slices(db: &TestDb) {

@@ -2,6 +2,8 @@
 //! every effect set-wise, commit. Concurrent batches never see the same rows; a duplicate batch
 //! finds nothing due.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
@@ -9,7 +11,7 @@ use uuid::Uuid;
 use super::workflows::insert_audits;
 use super::{PgStore, rows};
 use crate::digest::{self, HeldRow};
-use crate::effects::{Applied, BatchEffects, HeldOutbox, split_held};
+use crate::effects::{Applied, BatchEffects, HeldOutbox, NewOutbox, split_held};
 use crate::error::Result;
 use crate::model::{DueRange, DueWorkflow};
 use crate::rows::WORKFLOW_COLUMNS;
@@ -88,12 +90,11 @@ impl PgBatch {
         now: DateTime<Utc>,
     ) -> Result<Applied> {
         let changed = self.apply_changes(effects, now).await?;
-        let mut kept = effects.retain_applied(&changed);
+        let (kept, counts) = effects.retain_applied(&changed);
         let (direct, held) = split_held(&kept.outbox, kept.check_run_id);
-        kept.outbox = direct;
         let audits = insert_audits(&mut self.tx, &kept.audits, now).await?;
         let notifications = self.insert_notifications(&kept, now).await?;
-        let outbox = self.insert_outbox(&kept, now).await?;
+        let outbox = self.insert_outbox(&direct, kept.check_run_id, now).await?;
         let held = self.insert_held(kept.check_run_id, &held, now).await?;
         let mut run_completed = false;
         if let Some(run) = kept.check_run_id {
@@ -109,7 +110,7 @@ impl PgBatch {
                 .await?
                 .rows_affected(),
             };
-            let c = kept.counts;
+            let c = counts;
             let done = sqlx::query(
                 "UPDATE check_runs SET checked = checked + $2, reminded = reminded + $3,
                      escalated = escalated + $4, failed = failed + $5,
@@ -143,7 +144,7 @@ impl PgBatch {
             notifications,
             outbox,
             held,
-            counts: kept.counts,
+            counts,
             run_completed,
         })
     }
@@ -223,8 +224,13 @@ impl PgBatch {
         Ok(done.rows_affected())
     }
 
-    async fn insert_outbox(&mut self, kept: &BatchEffects, now: DateTime<Utc>) -> Result<u64> {
-        let o = &kept.outbox;
+    async fn insert_outbox(
+        &mut self,
+        rows: &[Cow<'_, NewOutbox>],
+        run: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let o = rows;
         if o.is_empty() {
             return Ok(0);
         }
@@ -245,7 +251,7 @@ impl PgBatch {
                 .map(|x| x.idempotency_key.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind(kept.check_run_id)
+        .bind(run)
         .bind(now)
         .execute(&mut *self.tx)
         .await?;
@@ -323,12 +329,11 @@ impl PgBatch {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let out = BatchEffects {
-            check_run_id: Some(run),
-            outbox: digest::coalesce(run, &held, now)?,
-            ..Default::default()
-        };
-        self.insert_outbox(&out, now).await
+        let out: Vec<Cow<'_, NewOutbox>> = digest::coalesce(run, &held, now)?
+            .into_iter()
+            .map(Cow::Owned)
+            .collect();
+        self.insert_outbox(&out, Some(run), now).await
     }
 
     pub(crate) async fn users(&mut self, ids: &[String]) -> Result<Vec<crate::model::User>> {

@@ -1,6 +1,8 @@
 //! The batch transaction on SQLite: the write lock is taken at BEGIN, so a claim and its effects
 //! are atomic and concurrent batches run one after the other, never on the same rows.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
@@ -8,7 +10,7 @@ use uuid::Uuid;
 use super::workflows::insert_audits;
 use super::{BEGIN_WRITE, SqliteStore, rows};
 use crate::digest::{self, HeldRow};
-use crate::effects::{Applied, BatchEffects, HeldOutbox, split_held};
+use crate::effects::{Applied, BatchEffects, HeldOutbox, NewOutbox, split_held};
 use crate::error::{Result, StoreError};
 use crate::model::{DueRange, DueWorkflow};
 use crate::rows::WORKFLOW_COLUMNS;
@@ -83,12 +85,11 @@ impl SqliteBatch {
         now: DateTime<Utc>,
     ) -> Result<Applied> {
         let changed = self.apply_changes(effects, now).await?;
-        let mut kept = effects.retain_applied(&changed);
+        let (kept, counts) = effects.retain_applied(&changed);
         let (direct, held) = split_held(&kept.outbox, kept.check_run_id);
-        kept.outbox = direct;
         let audits = insert_audits(&mut self.tx, &kept.audits, now).await?;
         let notifications = self.insert_notifications(&kept, now).await?;
-        let outbox = self.insert_outbox(&kept, now).await?;
+        let outbox = self.insert_outbox(&direct, kept.check_run_id, now).await?;
         let held = self.insert_held(kept.check_run_id, &held, now).await?;
         let mut run_completed = false;
         if let Some(run) = kept.check_run_id {
@@ -104,7 +105,7 @@ impl SqliteBatch {
                 .await?
                 .rows_affected(),
             };
-            let c = kept.counts;
+            let c = counts;
             let done = sqlx::query(
                 "UPDATE check_runs SET checked = checked + ?2, reminded = reminded + ?3,
                      escalated = escalated + ?4, failed = failed + ?5,
@@ -138,7 +139,7 @@ impl SqliteBatch {
             notifications,
             outbox,
             held,
-            counts: kept.counts,
+            counts,
             run_completed,
         })
     }
@@ -240,12 +241,16 @@ impl SqliteBatch {
         Ok(done.rows_affected())
     }
 
-    async fn insert_outbox(&mut self, kept: &BatchEffects, now: DateTime<Utc>) -> Result<u64> {
-        if kept.outbox.is_empty() {
+    async fn insert_outbox(
+        &mut self,
+        rows: &[Cow<'_, NewOutbox>],
+        run: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        if rows.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<serde_json::Value> = kept
-            .outbox
+        let rows: Vec<serde_json::Value> = rows
             .iter()
             .map(|o| {
                 serde_json::json!({
@@ -264,7 +269,7 @@ impl SqliteBatch {
              ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(serde_json::Value::Array(rows).to_string())
-        .bind(kept.check_run_id)
+        .bind(run)
         .bind(sqlite_ts(now))
         .execute(&mut *self.tx)
         .await?;
@@ -346,12 +351,11 @@ impl SqliteBatch {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let out = BatchEffects {
-            check_run_id: Some(run),
-            outbox: digest::coalesce(run, &held, now)?,
-            ..Default::default()
-        };
-        self.insert_outbox(&out, now).await
+        let out: Vec<Cow<'_, NewOutbox>> = digest::coalesce(run, &held, now)?
+            .into_iter()
+            .map(Cow::Owned)
+            .collect();
+        self.insert_outbox(&out, Some(run), now).await
     }
 
     pub(crate) async fn users(&mut self, ids: &[String]) -> Result<Vec<crate::model::User>> {
