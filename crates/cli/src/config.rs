@@ -62,7 +62,7 @@ pub struct WorkerSettings {
 impl WorkerSettings {
     /// From the environment.
     pub fn from_env(src: &dyn Source) -> Result<Self, ConfigError> {
-        let batch_size = bounded(src, "ESCALATOR_BATCH_SIZE", 1_000, 1..=5_000)?;
+        let batch_size = bounded(src, "ESCALATOR_BATCH_SIZE", 500, 1..=5_000)?;
         let concurrency = bounded(src, "ESCALATOR_WORKER_CONCURRENCY", 2, 1..=256)?;
         let max_attempts = bounded(src, "ESCALATOR_MAX_ATTEMPTS", 5, 1..=25)?;
         let name = string(src, "HOSTNAME", "worker");
@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(q.url, "redis://127.0.0.1:6379");
         assert_eq!(q.namespace, "escalator");
         let w = WorkerSettings::from_env(&env(&[])).unwrap();
-        assert_eq!(w.engine.batch_size, 1_000);
+        assert_eq!(w.engine.batch_size, 500);
         assert_eq!(w.worker.concurrency, 2);
         assert_eq!(w.metrics_addr.port(), 9100);
     }

@@ -45,7 +45,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { batch_size: 1_000 }
+        EngineConfig { batch_size: 500 }
     }
 }
 
