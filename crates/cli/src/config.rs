@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use escalator_api::Tokens;
 use escalator_beat::{BeatConfig, Schedule};
-use escalator_runtime::config::{ConfigError, Source, addr, bounded, seconds, string};
+use escalator_runtime::config::{ConfigError, Source, addr, bounded, parse, seconds, string};
 use escalator_worker::{EngineConfig, WorkerConfig};
 
 /// Where the queues are: `REDIS_URL`, or `ESCALATOR_QUEUE_URL` (e.g. `sqlite://queue.db`).
@@ -121,6 +121,9 @@ pub struct DeliverySettings {
     /// `ESCALATOR_DIGEST_THRESHOLD`: more escalations than this to one person on one channel
     /// in one check run become one digest (0: never).
     pub digest_threshold: u32,
+    /// `ESCALATOR_EVENTS`: every escalation emits a CloudEvent to `ESCALATOR_WEBHOOK_URL`
+    /// (default: on when that is set).
+    pub events: bool,
 }
 
 /// A URL setting: http(s) only.
@@ -232,7 +235,16 @@ impl DeliverySettings {
                     .into(),
             });
         }
+        let events = parse(src, "ESCALATOR_EVENTS", http.webhook.is_some())?;
+        if events && http.webhook.is_none() {
+            return Err(ConfigError {
+                name: "ESCALATOR_EVENTS",
+                value: "true".into(),
+                reason: "escalation events go to ESCALATOR_WEBHOOK_URL, which is not set".into(),
+            });
+        }
         Ok(DeliverySettings {
+            events,
             email,
             max_attempts: i32::try_from(max_attempts).unwrap_or(8),
             http,
@@ -251,6 +263,7 @@ impl DeliverySettings {
         Ok(escalator_worker::message::MessageSettings {
             templates,
             digest_threshold: self.digest_threshold,
+            events: self.events,
         })
     }
 
@@ -457,7 +470,26 @@ mod tests {
         .unwrap();
         assert!(ok.http.any());
         assert_eq!(ok.http.rate_per_second, 5);
+        assert!(ok.events, "a webhook turns escalation events on");
+        assert!(ok.message_settings().unwrap().events);
         assert_eq!(ok.http.webhook.unwrap().source, "escalator");
+    }
+
+    #[test]
+    fn escalation_events_follow_the_webhook_and_need_one() {
+        let hook = [
+            ("ESCALATOR_WEBHOOK_URL", "https://example.com/hook"),
+            ("ESCALATOR_WEBHOOK_SECRET", "s3cret"),
+        ];
+        assert!(!DeliverySettings::from_env(&env(&[])).unwrap().events);
+        let mut off = hook.to_vec();
+        off.push(("ESCALATOR_EVENTS", "false"));
+        assert!(!DeliverySettings::from_env(&env(&off)).unwrap().events);
+        let e = DeliverySettings::from_env(&env(&[("ESCALATOR_EVENTS", "true")])).unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_EVENTS");
+        assert!(e.to_string().contains("ESCALATOR_WEBHOOK_URL"), "{e}");
+        let e = DeliverySettings::from_env(&env(&[("ESCALATOR_EVENTS", "often")])).unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_EVENTS");
     }
 
     #[test]

@@ -313,6 +313,47 @@ async fn webhook_events_are_cloudevents_signed_with_hmac_sha256() {
 }
 
 #[tokio::test]
+async fn an_escalation_event_goes_to_the_webhook_as_a_workflow_escalated_cloudevent() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hooks/escalator"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // the row the planner writes for an escalation when events are on
+    let id = uuid::Uuid::from_u128(9);
+    let event = NewOutbox {
+        channel: "event",
+        recipient: "webhook".into(),
+        workflow_id: None,
+        payload: serde_json::json!({
+            "kind": "workflow.escalated", "workflow_id": id, "external_id": "PO-9",
+            "from": "mgr", "to": "head", "level": 1, "cycle": 1,
+        }),
+        idempotency_key: format!("event:escalate:{id}:1:1"),
+    };
+    outbox(&db.store, vec![event.clone()]).await;
+    // written twice (a re-run): still one row, one request
+    outbox(&db.store, vec![event]).await;
+    let d = deliverer(&db.store, config(&server.uri()));
+    assert_eq!(d.drain(10, 10).await.unwrap().sent, 1);
+    assert_eq!(d.drain(10, 10).await.unwrap().sent, 0);
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let body: serde_json::Value = requests[0].body_json().unwrap();
+    assert_eq!(body["type"], "dev.escalator.workflow.escalated");
+    assert_eq!(body["id"], format!("event:escalate:{id}:1:1"));
+    assert_eq!(
+        (&body["data"]["from"], &body["data"]["to"]),
+        (&"mgr".into(), &"head".into())
+    );
+    assert!(requests[0].headers.contains_key(SIGNATURE_HEADER));
+    assert_eq!(rows(&db.store).await[0].status, "sent");
+}
+
+#[tokio::test]
 async fn slack_goes_to_a_users_own_webhook_when_they_have_one() {
     let db = TestDb::postgres().await;
     let server = MockServer::start().await;

@@ -79,6 +79,10 @@ pub struct MessageSettings {
     /// More escalations than this to one person on one channel in one check run become one
     /// digest; 0 turns digests off.
     pub digest_threshold: u32,
+    /// Every escalation also emits one `event` delivery (a CloudEvent of type
+    /// `dev.escalator.workflow.escalated` to the configured webhook), whoever its recipients
+    /// are.
+    pub events: bool,
 }
 
 impl Default for MessageSettings {
@@ -86,6 +90,7 @@ impl Default for MessageSettings {
         MessageSettings {
             templates: Templates::builtin(),
             digest_threshold: 5,
+            events: false,
         }
     }
 }

@@ -212,6 +212,9 @@ pub fn build_for(
                     "missed_due_at": w.due_at, "new_due_at": deadlines.due_at, "stage": w.stage,
                 });
                 e.audit("escalate", *level, Some(&w.assignee), target, details);
+                if settings.events {
+                    e.event(*level, target, deadlines.due_at);
+                }
                 let mut to = vec![(target.as_str(), Role::To)];
                 for cc in [w.assignee.as_str(), w.initiator.as_str()] {
                     if to.iter().all(|(id, _)| *id != cc) {
@@ -345,6 +348,26 @@ impl<'w> Effect<'w> {
             elapsed_seconds: Some((self.as_of - w.level_started_at()).num_seconds().max(0)),
             check_run_id: self.check_run_id,
             details,
+        });
+    }
+
+    /// The escalation's event: one delivery on channel `event`, whoever the recipients are,
+    /// keyed by (workflow, cycle, level) like the escalation itself (I1), never digested.
+    fn event(&mut self, level: u32, target: &str, new_due_at: DateTime<Utc>) {
+        let w = self.w;
+        self.outbox.push(NewOutbox {
+            channel: "event",
+            recipient: "webhook".into(),
+            workflow_id: Some(w.id),
+            payload: serde_json::json!({
+                "kind": "workflow.escalated", "workflow_id": w.id,
+                "external_id": w.external_id, "title": w.title, "stage": w.stage,
+                "level": level, "cycle": w.cycle, "from": w.assignee, "to": target,
+                "initiator": w.initiator, "missed_due_at": w.due_at, "new_due_at": new_due_at,
+                "escalated_at": self.as_of, "check_run_id": self.check_run_id,
+                "policy_id": w.policy_id, "policy_version": w.policy_version,
+            }),
+            idempotency_key: format!("event:escalate:{}:{}:{level}", w.id, w.cycle),
         });
     }
 
@@ -636,7 +659,79 @@ mod tests {
         MessageSettings {
             templates: escalator_notify::Templates::builtin(),
             digest_threshold: threshold,
+            events: false,
         }
+    }
+
+    #[test]
+    fn with_events_on_every_escalation_emits_one_event_and_reminders_none() {
+        let due = [
+            workflow(1, "mgr", "emp", "Buy chairs"),
+            workflow(2, "mgr", "emp", "Hire"),
+        ];
+        let users: HashMap<_, _> = [user("mgr", None), user("emp", None), user("head", None)]
+            .into_iter()
+            .collect();
+        let remind = Some(Decision::Remind { level: 0 });
+        let events = MessageSettings {
+            events: true,
+            ..settings(5)
+        };
+        let p = build_with(
+            &due,
+            &[escalate("head"), remind],
+            &users,
+            run(),
+            t0(),
+            &events,
+        );
+        let ev: Vec<_> = p
+            .effects
+            .outbox
+            .iter()
+            .filter(|o| o.channel == "event")
+            .collect();
+        assert_eq!(ev.len(), 1, "{:?}", p.effects.outbox);
+        let e = ev[0];
+        assert_eq!(e.workflow_id, Some(due[0].workflow.id));
+        assert_eq!(
+            e.idempotency_key,
+            format!("event:escalate:{}:1:1", due[0].workflow.id)
+        );
+        assert_eq!(e.payload["kind"], "workflow.escalated");
+        assert_eq!(
+            (&e.payload["from"], &e.payload["to"]),
+            (&"mgr".into(), &"head".into())
+        );
+        assert_eq!(e.payload["level"], 1);
+        assert_eq!(e.payload["check_run_id"], 7);
+        assert!(e.payload.get("hold").is_none(), "events are never digested");
+        // the same decision planned again gives the same key (a re-run writes nothing new)
+        let again = build_with(
+            &due,
+            &[escalate("head"), None],
+            &users,
+            run(),
+            t0(),
+            &events,
+        );
+        assert!(
+            again
+                .effects
+                .outbox
+                .iter()
+                .any(|o| o.idempotency_key == e.idempotency_key)
+        );
+        // off by default
+        let off = build_with(
+            &due,
+            &[escalate("head"), None],
+            &users,
+            run(),
+            t0(),
+            &settings(5),
+        );
+        assert!(off.effects.outbox.iter().all(|o| o.channel != "event"));
     }
 
     #[test]
