@@ -31,6 +31,26 @@ pub enum DeliveryOutcome {
     },
 }
 
+/// Packs (group, items) into consecutive chunks of whole groups holding at most `limit` items
+/// each, except that a group larger than `limit` is a chunk of its own.
+fn pack(groups: &[(String, i64)], limit: i64) -> Vec<Vec<String>> {
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    let mut size = 0;
+    for (group, n) in groups {
+        match chunks.last_mut() {
+            Some(chunk) if size + n <= limit => {
+                chunk.push(group.clone());
+                size += n;
+            }
+            _ => {
+                chunks.push(vec![group.clone()]);
+                size = *n;
+            }
+        }
+    }
+    chunks
+}
+
 fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60))
 }
@@ -40,9 +60,10 @@ fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
 /// re-derived.
 pub const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(3_600);
 
-/// Digest groups decided per transaction when a run's held deliveries are released: bounds
-/// the rows one transaction reads and writes (and the worker's memory).
-pub const RELEASE_GROUPS: usize = 100;
+/// Held deliveries decided per transaction (about: whole groups are packed up to this many
+/// items; a larger group goes alone) when a run's held deliveries are released. Bounds the
+/// rows one transaction reads and writes, and the worker's memory.
+pub const RELEASE_ITEMS: i64 = 500;
 
 impl Store {
     /// Claims up to `limit` deliveries that are due at `now`: each gets `attempts + 1` and is
@@ -192,25 +213,25 @@ impl Store {
     }
 
     /// Decides the digests of run `run`: its held deliveries become outbox rows or digests,
-    /// [`RELEASE_GROUPS`] groups per transaction (a group is always decided whole, in one
+    /// about [`RELEASE_ITEMS`] per transaction (a group is always decided whole, in one
     /// transaction, so exactly once). Called by the worker right after the transaction that
     /// finishes the run; the delivery drains and the beat's outbox sweep call it for any run
     /// left with held rows. Returns the outbox rows written.
     pub async fn release_run_held(&self, run: i64, now: DateTime<Utc>) -> Result<u64> {
-        let groups: Vec<String> = match self {
+        let groups: Vec<(String, i64)> = match self {
             Store::Postgres(s) => {
-                sqlx::query_scalar(
-                    "SELECT DISTINCT group_key FROM outbox_held WHERE check_run_id = $1
-                     ORDER BY group_key",
+                sqlx::query_as(
+                    "SELECT group_key, count(*) FROM outbox_held WHERE check_run_id = $1
+                     GROUP BY group_key ORDER BY group_key",
                 )
                 .bind(run)
                 .fetch_all(s.pool())
                 .await?
             }
             Store::Sqlite(s) => {
-                sqlx::query_scalar(
-                    "SELECT DISTINCT group_key FROM outbox_held WHERE check_run_id = ?1
-                     ORDER BY group_key",
+                sqlx::query_as(
+                    "SELECT group_key, count(*) FROM outbox_held WHERE check_run_id = ?1
+                     GROUP BY group_key ORDER BY group_key",
                 )
                 .bind(run)
                 .fetch_all(s.pool())
@@ -218,9 +239,9 @@ impl Store {
             }
         };
         let mut written = 0;
-        for chunk in groups.chunks(RELEASE_GROUPS) {
+        for chunk in pack(&groups, RELEASE_ITEMS) {
             let mut tx = self.begin_batch().await?;
-            written += tx.release_held(run, chunk, now).await?;
+            written += tx.release_held(run, &chunk, now).await?;
             tx.commit().await?;
         }
         Ok(written)
@@ -276,5 +297,28 @@ impl Store {
                 (row.try_get("waiting")?, row.try_get("due")?)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack;
+
+    fn groups(sizes: &[i64]) -> Vec<(String, i64)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("g{i}"), *n))
+            .collect()
+    }
+
+    #[test]
+    fn groups_are_packed_whole_up_to_the_limit_and_a_big_one_goes_alone() {
+        let chunks = pack(&groups(&[3, 4, 2, 9, 1, 1]), 8);
+        assert_eq!(
+            chunks,
+            [vec!["g0", "g1"], vec!["g2"], vec!["g3"], vec!["g4", "g5"]]
+        );
+        assert!(pack(&[], 8).is_empty());
     }
 }

@@ -22,7 +22,7 @@ use escalator_policy::{Calendar, Policy};
 use uuid::Uuid;
 
 pub use console::{BeatLeaseState, TITLE_SEARCH_WINDOW, WorkflowSearch};
-pub use delivery::{DeliveryOutcome, HOLD_LIMIT, RELEASE_GROUPS};
+pub use delivery::{DeliveryOutcome, HOLD_LIMIT, RELEASE_ITEMS};
 pub use effects::{
     Applied, BatchEffects, HeldOutbox, NewAudit, NewNotification, NewOutbox, WorkflowChange,
 };
@@ -322,6 +322,23 @@ impl Store {
     /// Open workflows by SLA state as of `as_of`: (ok, warning, breached).
     pub async fn sla_counts(&self, as_of: DateTime<Utc>) -> Result<(i64, i64, i64)> {
         dispatch!(self, s => s.sla_counts(as_of).await)
+    }
+
+    /// After a bulk load: vacuums and analyzes the loaded tables, as autovacuum would soon
+    /// after, so that the first check neither runs beside autovacuum nor pays for setting
+    /// every fresh row's visibility hints.
+    pub async fn settle(&self) -> Result<()> {
+        match self {
+            Store::Postgres(s) => {
+                sqlx::query("VACUUM (ANALYZE) workflows, audit_logs, users")
+                    .execute(s.pool())
+                    .await?;
+            }
+            Store::Sqlite(s) => {
+                sqlx::query("ANALYZE").execute(s.pool()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts a batch transaction.

@@ -87,6 +87,11 @@ pub async fn run(database_url: &str, args: SeedArgs) -> anyhow::Result<()> {
     }
     generator.await.context("the generator thread failed")?;
     bar.finish_and_clear();
+    eprintln!("vacuuming and analyzing the loaded tables, as autovacuum would");
+    store
+        .settle()
+        .await
+        .context("vacuuming the seeded tables")?;
 
     let (ok, warning, breached) = store.sla_counts(plan.now).await?;
     println!(
