@@ -176,8 +176,9 @@ impl Beat {
     /// (or a retry whose time has come, or a held digest whose run failed) only waits for the
     /// next sweep.
     async fn sweep_outbox(&mut self, now: DateTime<Utc>) -> Result<(), BeatError> {
-        // digests that their run will not decide (it failed, or is stuck past the hold
-        // limit) become deliveries here too, so they do not wait for unrelated traffic
+        // held digests left behind (the worker that finished their run crashed before
+        // deciding them, the run failed, or it is stuck past the hold limit) become
+        // deliveries here too, so they do not wait for unrelated traffic
         let released = self
             .store
             .release_stale_held(now, escalator_store::HOLD_LIMIT)

@@ -194,26 +194,13 @@ async fn a_passed_deadline_wakes_the_beat_between_slots() {
 
 #[tokio::test]
 async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
-    use escalator_store::{BatchEffects, NewCheckRun, NewOutbox};
+    use escalator_store::{BatchEffects, NewOutbox};
     let db = TestDb::postgres().await;
     let names = ns();
     let q = queues(&names).await;
     let s = &db.store;
     let now = utc("2026-11-25T12:05:00Z");
-    let run = s
-        .create_check_run(&NewCheckRun {
-            slot: None,
-            requested_by: "cli",
-            scope: "all".into(),
-            as_of: now,
-            dry_run: false,
-            coalesced: 1,
-            now,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    s.start_check_run(run.id, 2, now).await.unwrap();
+    let run = escalator_testkit::started_run(s, "cli", 2, now).await;
     // batch 0 of 2 holds an escalation for the run's digest decision; batch 1 never comes
     let held = NewOutbox {
         channel: "email",
@@ -229,7 +216,7 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
     let mut tx = s.begin_batch().await.unwrap();
     tx.apply(
         &BatchEffects {
-            check_run_id: Some(run.id),
+            check_run_id: Some(run),
             batch_index: Some(0),
             outbox: vec![held],
             ..Default::default()
@@ -240,7 +227,7 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
     .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(s.outbox_backlog(now).await.unwrap(), (0, 0));
-    s.fail_check_run(run.id, "its last batch died", now)
+    s.fail_check_run(run, "its last batch died", now)
         .await
         .unwrap();
 

@@ -53,18 +53,7 @@ fn email(key: &str, to: &str) -> NewOutbox {
 }
 
 async fn run(s: &Store, batches: i32) -> i64 {
-    let new = NewCheckRun {
-        slot: None,
-        requested_by: "cli",
-        scope: "all".into(),
-        as_of: now(),
-        dry_run: false,
-        coalesced: 1,
-        now: now(),
-    };
-    let run = s.create_check_run(&new).await.unwrap().unwrap();
-    s.start_check_run(run.id, batches, now()).await.unwrap();
-    run.id
+    escalator_testkit::started_run(s, "cli", batches, now()).await
 }
 
 async fn apply(s: &Store, run: i64, index: i32, outbox: Vec<NewOutbox>) -> Applied {

@@ -147,6 +147,35 @@ async fn drop_stale(conn: &mut PgConnection, now: u64) {
     }
 }
 
+/// A check run of every workflow requested by `requested_by` at `now`, started with `batches`
+/// batch jobs, as the planner leaves it. Returns its id.
+pub async fn started_run(
+    store: &Store,
+    requested_by: &'static str,
+    batches: i32,
+    now: chrono::DateTime<chrono::Utc>,
+) -> i64 {
+    let new = escalator_store::NewCheckRun {
+        slot: None,
+        requested_by,
+        scope: "all".into(),
+        as_of: now,
+        dry_run: false,
+        coalesced: 1,
+        now,
+    };
+    let run = store
+        .create_check_run(&new)
+        .await
+        .expect("create a check run")
+        .expect("an unscheduled run is always created");
+    store
+        .start_check_run(run.id, batches, now)
+        .await
+        .expect("start the check run");
+    run.id
+}
+
 /// `url` with its database name replaced.
 pub fn replace_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {

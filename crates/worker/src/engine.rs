@@ -152,9 +152,10 @@ impl Engine {
                 from: None,
                 until: None,
             };
+            // batch_round records the finished run (metrics) itself
             let outcome = self.batch_round(Some(id), &batch, Some(0)).await?;
-            if outcome.applied.run_completed {
-                record_run_finished(&self.store, run.id).await;
+            if outcome.applied.outbox > 0 {
+                self.request_delivery(run.id).await;
             }
             return Ok(Planned::Inline(Box::new(outcome)));
         }
@@ -213,13 +214,7 @@ impl Engine {
             .await?;
         total.absorb(done);
         if total.applied.outbox > 0 {
-            // A lost push only delays delivery: the outbox sweep enqueues one later.
-            let deliver = DeliverNotifications {
-                check_run_id: Some(job.check_run_id),
-            };
-            if let Err(e) = self.queues.push_delivery(&deliver).await {
-                tracing::warn!(error = %e, "could not enqueue delivery; the sweep will");
-            }
+            self.request_delivery(job.check_run_id).await;
         }
         Ok(total)
     }
@@ -270,6 +265,7 @@ impl Engine {
                 batch_index: finishes,
             },
             job.as_of,
+            &crate::message::settings(),
             &channels,
         );
         let claimed_at = started.elapsed();
@@ -326,16 +322,22 @@ impl Engine {
             Ok(0) => {}
             Ok(written) => {
                 tracing::debug!(check_run_id = run, written, "digests decided");
-                let deliver = DeliverNotifications {
-                    check_run_id: Some(run),
-                };
-                if let Err(e) = self.queues.push_delivery(&deliver).await {
-                    tracing::warn!(error = %e, "could not enqueue delivery; the sweep will");
-                }
+                self.request_delivery(run).await;
             }
             Err(e) => {
                 tracing::warn!(check_run_id = run, error = %e, "digests not decided; the outbox sweep will")
             }
+        }
+    }
+
+    /// Pushes a delivery job for what run `run` wrote. A lost push only delays delivery: the
+    /// beat's outbox sweep enqueues one later.
+    async fn request_delivery(&self, run: i64) {
+        let deliver = DeliverNotifications {
+            check_run_id: Some(run),
+        };
+        if let Err(e) = self.queues.push_delivery(&deliver).await {
+            tracing::warn!(error = %e, "could not enqueue delivery; the sweep will");
         }
     }
 

@@ -91,49 +91,10 @@ pub fn decide<'a>(
 /// policies that say so).
 pub type PolicyChannels = HashMap<(String, i32), Vec<String>>;
 
-/// Builds the batch's rows from its decisions. `users` holds (at least) the recipients.
-/// Messages follow the process's [`message::settings`].
+/// Builds the batch's rows from its decisions. `users` holds (at least) the recipients;
+/// messages follow `settings` ([`message::settings`] in a running process), and `channels`
+/// holds the defaults of the policies that set them.
 pub fn build(
-    due: &[DueWorkflow],
-    decisions: &[Option<Decision>],
-    users: &HashMap<String, User>,
-    batch: BatchRef,
-    as_of: DateTime<Utc>,
-    channels: &PolicyChannels,
-) -> Planned {
-    build_for(
-        due,
-        decisions,
-        users,
-        batch,
-        as_of,
-        &message::settings(),
-        channels,
-    )
-}
-
-/// [`build`] with explicit message settings, every policy sending email by default.
-pub fn build_with(
-    due: &[DueWorkflow],
-    decisions: &[Option<Decision>],
-    users: &HashMap<String, User>,
-    batch: BatchRef,
-    as_of: DateTime<Utc>,
-    settings: &MessageSettings,
-) -> Planned {
-    build_for(
-        due,
-        decisions,
-        users,
-        batch,
-        as_of,
-        settings,
-        &PolicyChannels::new(),
-    )
-}
-
-/// [`build`] with explicit message settings and policy channel defaults.
-pub fn build_for(
     due: &[DueWorkflow],
     decisions: &[Option<Decision>],
     users: &HashMap<String, User>,
@@ -581,7 +542,7 @@ mod tests {
             vec!["slack".to_owned(), "sms".to_owned()],
         )]
         .into();
-        let p = build_for(
+        let p = build(
             &due,
             &[escalate("head")],
             &users,
@@ -609,7 +570,7 @@ mod tests {
             ]
         );
         // another policy version, no default: email for everyone
-        let p = build_for(
+        let p = build(
             &due,
             &[escalate("head")],
             &users,
@@ -653,6 +614,26 @@ mod tests {
             check_run_id: Some(7),
             batch_index: None,
         }
+    }
+
+    /// [`build`] with every policy sending email by default.
+    fn build_with(
+        due: &[DueWorkflow],
+        decisions: &[Option<Decision>],
+        users: &HashMap<String, User>,
+        batch: BatchRef,
+        as_of: DateTime<Utc>,
+        settings: &MessageSettings,
+    ) -> Planned {
+        build(
+            due,
+            decisions,
+            users,
+            batch,
+            as_of,
+            settings,
+            &PolicyChannels::new(),
+        )
     }
 
     fn settings(threshold: u32) -> MessageSettings {

@@ -35,22 +35,7 @@ async fn metrics_include_the_fleet_wide_gauges() {
     api.create("M-2").await;
     // a run with no batch finishes when planned: its finish time is the last check
     let now = chrono::Utc::now();
-    let run = api
-        .db
-        .store
-        .create_check_run(&escalator_store::NewCheckRun {
-            slot: None,
-            requested_by: "api",
-            scope: "all".into(),
-            as_of: now,
-            dry_run: false,
-            coalesced: 1,
-            now,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    api.db.store.start_check_run(run.id, 0, now).await.unwrap();
+    escalator_testkit::started_run(&api.db.store, "api", 0, now).await;
     let res = api.get("/api/v1/metrics/prometheus").await;
     assert_eq!(res.status, StatusCode::OK);
     assert!(

@@ -2,7 +2,7 @@
 //! every effect set-wise, commit. Concurrent batches never see the same rows; a duplicate batch
 //! finds nothing due.
 
-use std::borrow::Cow;
+use std::borrow::Borrow;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row, Transaction};
@@ -224,13 +224,13 @@ impl PgBatch {
         Ok(done.rows_affected())
     }
 
-    async fn insert_outbox(
+    async fn insert_outbox<O: Borrow<NewOutbox>>(
         &mut self,
-        rows: &[Cow<'_, NewOutbox>],
+        rows: &[O],
         run: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<u64> {
-        let o = rows;
+        let o: Vec<&NewOutbox> = rows.iter().map(Borrow::borrow).collect();
         if o.is_empty() {
             return Ok(0);
         }
@@ -329,10 +329,7 @@ impl PgBatch {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let out: Vec<Cow<'_, NewOutbox>> = digest::coalesce(run, &held, now)?
-            .into_iter()
-            .map(Cow::Owned)
-            .collect();
+        let out = digest::coalesce(run, &held, now)?;
         self.insert_outbox(&out, Some(run), now).await
     }
 

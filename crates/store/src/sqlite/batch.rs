@@ -1,7 +1,7 @@
 //! The batch transaction on SQLite: the write lock is taken at BEGIN, so a claim and its effects
 //! are atomic and concurrent batches run one after the other, never on the same rows.
 
-use std::borrow::Cow;
+use std::borrow::Borrow;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Row, Sqlite, Transaction};
@@ -241,9 +241,9 @@ impl SqliteBatch {
         Ok(done.rows_affected())
     }
 
-    async fn insert_outbox(
+    async fn insert_outbox<O: Borrow<NewOutbox>>(
         &mut self,
-        rows: &[Cow<'_, NewOutbox>],
+        rows: &[O],
         run: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<u64> {
@@ -252,7 +252,8 @@ impl SqliteBatch {
         }
         let rows: Vec<serde_json::Value> = rows
             .iter()
-            .map(|o| {
+            .map(Borrow::borrow)
+            .map(|o: &NewOutbox| {
                 serde_json::json!({
                     "channel": o.channel, "recipient": o.recipient,
                     "workflow_id": o.workflow_id.map(|w| w.to_string()),
@@ -351,10 +352,7 @@ impl SqliteBatch {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let out: Vec<Cow<'_, NewOutbox>> = digest::coalesce(run, &held, now)?
-            .into_iter()
-            .map(Cow::Owned)
-            .collect();
+        let out = digest::coalesce(run, &held, now)?;
         self.insert_outbox(&out, Some(run), now).await
     }
 
