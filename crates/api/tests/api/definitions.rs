@@ -185,25 +185,24 @@ async fn policies_get_new_versions_and_bad_specs_name_the_field() {
         .await
         .error(StatusCode::NOT_FOUND);
 
-    let mut bad = spec.clone();
-    bad["sla_seconds"] = json!(-5);
-    let (_, field) = api
-        .post(
-            "/api/v1/policies",
-            json!({ "id": "bad", "name": "Bad", "spec": bad }),
-        )
-        .await
-        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    // the spec with one field changed is refused (422), naming the field
+    let refused = |key: &'static str, value: Value| {
+        let mut bad = spec.clone();
+        bad[key] = value;
+        let api = &api;
+        async move {
+            api.post(
+                "/api/v1/policies",
+                json!({ "id": "bad", "name": "Bad", "spec": bad }),
+            )
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY)
+            .1
+        }
+    };
+    let field = refused("sla_seconds", json!(-5)).await;
     assert_eq!(field.as_deref(), Some("spec.sla_seconds"));
-    let mut bad = spec.clone();
-    bad["channels"] = json!(["slack", "pager"]);
-    let (_, field) = api
-        .post(
-            "/api/v1/policies",
-            json!({ "id": "bad", "name": "Bad", "spec": bad }),
-        )
-        .await
-        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    let field = refused("channels", json!(["slack", "pager"])).await;
     assert_eq!(field.as_deref(), Some("spec.channels[1]"));
     let mut chatty = spec.clone();
     chatty["channels"] = json!(["slack", "email"]);
