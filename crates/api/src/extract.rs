@@ -130,7 +130,17 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
 }
 
 /// Parses a query string into `T`, naming the parameter at fault.
+/// A NUL character is refused in any parameter: no stored text can hold one (PostgreSQL
+/// rejects it), so it can only be bad input.
 pub fn parse_query<T: DeserializeOwned>(query: &str) -> ApiResult<T> {
+    if let Some((name, _)) =
+        form_urlencoded::parse(query.as_bytes()).find(|(_, value)| value.contains('\0'))
+    {
+        return Err(ApiError::bad_request(
+            name.into_owned(),
+            "must not contain a NUL character",
+        ));
+    }
     let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -230,5 +240,8 @@ mod tests {
         assert_eq!(field(e), (StatusCode::BAD_REQUEST, Some("n".into())));
         let e = parse_query::<Body>("title=x&bogus=1").unwrap_err();
         assert_eq!(field(e), (StatusCode::BAD_REQUEST, Some("bogus".into())));
+        // found by fuzzing: a NUL reached PostgreSQL and came back as a 500
+        let e = parse_query::<Body>("title=a%00b&n=1").unwrap_err();
+        assert_eq!(field(e), (StatusCode::BAD_REQUEST, Some("title".into())));
     }
 }

@@ -91,6 +91,7 @@ pub(crate) fn workflow_response(status: StatusCode, w: Workflow) -> Response {
     responses(
         (status = 201, description = "created", body = WorkflowView),
         (status = 200, description = "the same body was created before: the existing workflow", body = WorkflowView),
+        (status = 404, description = "`policy_id` names no policy", body = ErrorBody),
         (status = 409, description = "external_id exists with a different body", body = ErrorBody),
         (status = 422, description = "invalid field", body = ErrorBody),
     ))]
