@@ -109,6 +109,67 @@ async fn a_check_escalates_and_reminds_exactly_once() {
     assert!(stop(worker).success(), "worker exited non-zero on SIGTERM");
 }
 
+/// The worker writes effects with plain inserts. Notifications that exist already (written
+/// here by hand, with the keys the engine uses) make those batches fail once; the worker redoes
+/// them with idempotent inserts: the totals are exact and nothing is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_that_exist_already_are_skipped_not_doubled() {
+    let w = World::new().await;
+    w.seed(1_000);
+    let escalator_store::Store::Postgres(pg) = &w.db.store else {
+        unreachable!("World::new is on PostgreSQL")
+    };
+    let written = sqlx::query(
+        "INSERT INTO notifications (recipient, workflow_id, kind, role, subject, body, dedup_key)
+         SELECT escalation_target, id, 'escalation', 'to', 'by hand', 'by hand',
+             'escalate:' || id || ':' || cycle || ':1:' || escalation_target
+         FROM workflows WHERE due_at <= $1::timestamptz ORDER BY id LIMIT 10",
+    )
+    .bind(SEED_TIME)
+    .execute(pg.pool())
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(written, 10);
+    let worker = w.worker(free_port());
+    assert_eq!(w.check(), (150, 150));
+    let s = &w.db.store;
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM notifications WHERE kind = 'escalation' AND role = 'to'"
+        )
+        .await,
+        150
+    );
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM notifications WHERE subject = 'by hand'"
+        )
+        .await,
+        10
+    );
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM audit_logs WHERE action = 'escalate'"
+        )
+        .await,
+        150
+    );
+    assert_eq!(
+        rows(
+            s,
+            "SELECT count(*) FROM notifications WHERE kind = 'escalation'"
+        )
+        .await,
+        450
+    );
+    w.verify();
+    assert!(stop(worker).success(), "worker exited non-zero on SIGTERM");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_checks_at_once_on_two_workers_add_up_to_the_same_totals() {
     let mut w = World::new().await;

@@ -182,6 +182,29 @@ pub struct BatchEffects {
     pub counts: BatchCounts,
 }
 
+/// How a batch writes its notifications and outbox rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EffectInserts {
+    /// Plain inserts. Every key is new: a batch writes effects only for the workflows whose
+    /// conditional UPDATE it just made, and each key names that workflow's cycle and level. A
+    /// key that exists anyway fails the transaction ([`crate::StoreError::is_duplicate_key`]),
+    /// and the caller redoes the batch with [`EffectInserts::Idempotent`]. On PostgreSQL this
+    /// saves the speculative insertion of `ON CONFLICT`: ~20 % of each insert.
+    Fresh,
+    /// `ON CONFLICT DO NOTHING`: a key that exists is skipped.
+    Idempotent,
+}
+
+impl EffectInserts {
+    /// The clause that ends an insert on the unique column `key` (same text on both backends).
+    pub(crate) fn on_conflict(self, key: &str) -> String {
+        match self {
+            EffectInserts::Fresh => String::new(),
+            EffectInserts::Idempotent => format!(" ON CONFLICT ({key}) DO NOTHING"),
+        }
+    }
+}
+
 /// What a batch actually changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {

@@ -108,6 +108,11 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// Whether a unique constraint refused the statement: a row with the same key exists.
+    pub fn is_duplicate_key(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(db)) if db.is_unique_violation())
+    }
 }
 
 /// Shorthand for results of this crate.

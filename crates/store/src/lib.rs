@@ -24,7 +24,8 @@ use uuid::Uuid;
 pub use console::{BeatLeaseState, TITLE_SEARCH_WINDOW, WorkflowSearch};
 pub use delivery::{DeliveryOutcome, HOLD_LIMIT, RELEASE_ITEMS};
 pub use effects::{
-    Applied, BatchEffects, HeldOutbox, NewAudit, NewNotification, NewOutbox, WorkflowChange,
+    Applied, BatchEffects, EffectInserts, HeldOutbox, NewAudit, NewNotification, NewOutbox,
+    WorkflowChange,
 };
 pub use error::{Result, StoreError};
 pub use lease::{Fenced, Lease};
@@ -418,9 +419,22 @@ impl BatchTx {
     /// Applies a batch's effects set-wise: one UPDATE for all state changes (conditional on
     /// version and open status), then one multi-row INSERT each for audit rows, notifications
     /// and outbox rows of the workflows whose change applied, then the check-run counters.
+    /// Idempotent: a notification or outbox row whose key exists already is skipped.
     pub async fn apply(&mut self, effects: &BatchEffects, now: DateTime<Utc>) -> Result<Applied> {
         let now = time::micros(now);
-        dispatch_tx!(self, t => t.apply(effects, now).await)
+        dispatch_tx!(self, t => t.apply(effects, now, EffectInserts::Idempotent).await)
+    }
+
+    /// [`BatchTx::apply`] with plain inserts ([`EffectInserts::Fresh`]), the engine's fast path:
+    /// a notification or outbox key that exists already fails the statement
+    /// ([`StoreError::is_duplicate_key`]) and leaves the transaction to be rolled back.
+    pub async fn apply_fresh(
+        &mut self,
+        effects: &BatchEffects,
+        now: DateTime<Utc>,
+    ) -> Result<Applied> {
+        let now = time::micros(now);
+        dispatch_tx!(self, t => t.apply(effects, now, EffectInserts::Fresh).await)
     }
 
     /// The users with these ids (in any order; unknown ids are left out), in one query.

@@ -47,6 +47,7 @@ conformance!(
     users_and_calendars_round_trip,
     claim_returns_only_due_open_workflows_oldest_first,
     effects_apply_set_wise_and_only_once,
+    fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it,
     stale_claims_write_nothing,
     concurrent_batches_never_share_a_workflow,
     check_runs_have_one_per_slot_and_count_batches,
@@ -524,6 +525,58 @@ async fn claim_returns_only_due_open_workflows_oldest_first(db: &TestDb) {
     assert_eq!(
         s.earliest_next_check().await.unwrap(),
         Some(t0() + Duration::hours(22))
+    );
+}
+
+/// The engine writes effects with plain inserts (`apply_fresh`): a notification or outbox key
+/// that exists already must fail the transaction, visibly, so that the engine can redo the
+/// batch with `apply`, which skips the existing row and writes the rest once.
+async fn fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it(db: &TestDb) {
+    let s = &db.store;
+    let w = create(s, "F").await;
+    let now = t0() + Duration::hours(23);
+    let effects = remind(&w, now, None);
+    // the reminder's in-app notification is there already, as if written by hand
+    let only_the_notification = BatchEffects {
+        changes: Vec::new(),
+        audits: Vec::new(),
+        outbox: Vec::new(),
+        counts: BatchCounts::default(),
+        ..effects.clone()
+    };
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(&only_the_notification, now).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = s.begin_batch().await.unwrap();
+    assert_eq!(tx.claim_due(now, 10).await.unwrap().len(), 1);
+    let err = tx.apply_fresh(&effects, now).await.unwrap_err();
+    assert!(err.is_duplicate_key(), "{err:?}");
+    drop(tx);
+    // rolled back: the workflow is untouched and still due
+    assert_eq!(s.get_workflow(w.id).await.unwrap().version, w.version);
+
+    let mut tx = s.begin_batch().await.unwrap();
+    assert_eq!(tx.claim_due(now, 10).await.unwrap().len(), 1);
+    let applied = tx.apply(&effects, now).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(applied.changed, [w.id]);
+    assert_eq!(
+        (applied.audits, applied.notifications, applied.outbox),
+        (1, 0, 1)
+    );
+    assert_eq!(s.workflow_notifications(w.id).await.unwrap().len(), 1);
+    assert_eq!(s.get_workflow(w.id).await.unwrap().reminded_at, Some(now));
+
+    // a fresh insert of keys nobody wrote succeeds
+    let w2 = create(s, "G").await;
+    let mut tx = s.begin_batch().await.unwrap();
+    assert_eq!(tx.claim_due(now, 10).await.unwrap().len(), 1);
+    let applied = tx.apply_fresh(&remind(&w2, now, None), now).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (applied.changed.len(), applied.notifications, applied.outbox),
+        (1, 1, 1)
     );
 }
 

@@ -11,7 +11,7 @@ use escalator_jobs::payload::MAX_FANOUT;
 use escalator_jobs::{CheckWorkflows, DeliverNotifications, EscalateBatch, Queues, Scope};
 use escalator_policy::{Calendar, Decision, Policy};
 use escalator_runtime::metrics as m;
-use escalator_store::{Applied, DueRange, DueWorkflow, Store, StoreError, User};
+use escalator_store::{Applied, DueRange, DueWorkflow, EffectInserts, Store, StoreError, User};
 
 use crate::plan::{self, BatchRef, Rules};
 
@@ -219,11 +219,40 @@ impl Engine {
         Ok(total)
     }
 
+    /// One transaction of a batch, written with plain inserts ([`EffectInserts::Fresh`]). If a
+    /// notification or outbox key exists already, which the conditional UPDATE rules out unless
+    /// rows were written by hand, the transaction is rolled back and the round is redone with
+    /// idempotent inserts, which skip such rows.
     async fn batch_round(
         &self,
         only: Option<uuid::Uuid>,
         job: &EscalateBatch,
         finishes: Option<i32>,
+    ) -> Result<BatchOutcome, EngineError> {
+        match self
+            .round_with(only, job, finishes, EffectInserts::Fresh)
+            .await
+        {
+            Err(EngineError::Store(e)) if e.is_duplicate_key() => {
+                tracing::warn!(
+                    check_run_id = job.check_run_id,
+                    batch = job.batch_index,
+                    error = ?e,
+                    "an effect of this batch exists already; redoing it with idempotent inserts"
+                );
+                self.round_with(only, job, finishes, EffectInserts::Idempotent)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    async fn round_with(
+        &self,
+        only: Option<uuid::Uuid>,
+        job: &EscalateBatch,
+        finishes: Option<i32>,
+        inserts: EffectInserts,
     ) -> Result<BatchOutcome, EngineError> {
         let started = Instant::now();
         let mut tx = self.store.begin_batch().await?;
@@ -269,7 +298,10 @@ impl Engine {
             &channels,
         );
         let claimed_at = started.elapsed();
-        let applied = tx.apply(&planned.effects, Utc::now()).await?;
+        let applied = match inserts {
+            EffectInserts::Fresh => tx.apply_fresh(&planned.effects, Utc::now()).await?,
+            EffectInserts::Idempotent => tx.apply(&planned.effects, Utc::now()).await?,
+        };
         let applied_at = started.elapsed();
         tx.commit().await?;
         escalator_runtime::failpoint::hit("batch-committed");

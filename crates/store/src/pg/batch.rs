@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::workflows::insert_audits;
 use super::{PgStore, rows};
 use crate::digest::{self, HeldRow};
-use crate::effects::{Applied, BatchEffects, HeldOutbox, NewOutbox, split_held};
+use crate::effects::{Applied, BatchEffects, EffectInserts, HeldOutbox, NewOutbox, split_held};
 use crate::error::Result;
 use crate::model::{DueRange, DueWorkflow};
 use crate::rows::WORKFLOW_COLUMNS;
@@ -88,14 +88,19 @@ impl PgBatch {
         &mut self,
         effects: &BatchEffects,
         now: DateTime<Utc>,
+        inserts: EffectInserts,
     ) -> Result<Applied> {
         let changed = self.apply_changes(effects, now).await?;
         let (kept, counts) = effects.retain_applied(&changed);
         let (direct, held) = split_held(&kept.outbox, kept.check_run_id);
         let audits = insert_audits(&mut self.tx, &kept.audits, now).await?;
-        let notifications = self.insert_notifications(&kept, now).await?;
-        let outbox = self.insert_outbox(&direct, kept.check_run_id, now).await?;
-        let held = self.insert_held(kept.check_run_id, &held, now).await?;
+        let notifications = self.insert_notifications(&kept, now, inserts).await?;
+        let outbox = self
+            .insert_outbox(&direct, kept.check_run_id, now, inserts)
+            .await?;
+        let held = self
+            .insert_held(kept.check_run_id, &held, now, inserts)
+            .await?;
         let mut run_completed = false;
         if let Some(run) = kept.check_run_id {
             let first = match kept.batch_index {
@@ -198,19 +203,20 @@ impl PgBatch {
         &mut self,
         kept: &BatchEffects,
         now: DateTime<Utc>,
+        inserts: EffectInserts,
     ) -> Result<u64> {
         let n = &kept.notifications;
         if n.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query(
+        let done = sqlx::query(crate::rows::trusted(format!(
             "INSERT INTO notifications (recipient, workflow_id, kind, role, subject, body,
                  dedup_key, created_at)
              SELECT recipient, workflow_id, kind, role, subject, body, dedup_key, $8
              FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                 $7::text[]) AS n(recipient, workflow_id, kind, role, subject, body, dedup_key)
-             ON CONFLICT (dedup_key) DO NOTHING",
-        )
+                 $7::text[]) AS n(recipient, workflow_id, kind, role, subject, body, dedup_key){}",
+            inserts.on_conflict("dedup_key")
+        )))
         .bind(n.iter().map(|x| x.recipient.as_str()).collect::<Vec<_>>())
         .bind(n.iter().map(|x| x.workflow_id).collect::<Vec<_>>())
         .bind(n.iter().map(|x| x.kind).collect::<Vec<_>>())
@@ -229,19 +235,20 @@ impl PgBatch {
         rows: &[O],
         run: Option<i64>,
         now: DateTime<Utc>,
+        inserts: EffectInserts,
     ) -> Result<u64> {
         let o: Vec<&NewOutbox> = rows.iter().map(Borrow::borrow).collect();
         if o.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query(
+        let done = sqlx::query(crate::rows::trusted(format!(
             "INSERT INTO outbox (channel, recipient, workflow_id, check_run_id, payload,
                  idempotency_key, next_attempt_at, created_at)
              SELECT channel, recipient, workflow_id, $6, payload, idempotency_key, $7, $7
              FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::jsonb[], $5::text[])
-               AS o(channel, recipient, workflow_id, payload, idempotency_key)
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )
+               AS o(channel, recipient, workflow_id, payload, idempotency_key){}",
+            inserts.on_conflict("idempotency_key")
+        )))
         .bind(o.iter().map(|x| x.channel).collect::<Vec<_>>())
         .bind(o.iter().map(|x| x.recipient.as_str()).collect::<Vec<_>>())
         .bind(o.iter().map(|x| x.workflow_id).collect::<Vec<_>>())
@@ -264,17 +271,18 @@ impl PgBatch {
         run: Option<i64>,
         h: &[HeldOutbox],
         now: DateTime<Utc>,
+        inserts: EffectInserts,
     ) -> Result<u64> {
         let Some(run) = run.filter(|_| !h.is_empty()) else {
             return Ok(0);
         };
-        let done = sqlx::query(
+        let done = sqlx::query(crate::rows::trusted(format!(
             "INSERT INTO outbox_held (check_run_id, group_key, threshold, item, idempotency_key,
                  created_at)
              SELECT $1, g, t, i, k, $6
-             FROM UNNEST($2::text[], $3::int[], $4::jsonb[], $5::text[]) AS h(g, t, i, k)
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )
+             FROM UNNEST($2::text[], $3::int[], $4::jsonb[], $5::text[]) AS h(g, t, i, k){}",
+            inserts.on_conflict("idempotency_key")
+        )))
         .bind(run)
         .bind(h.iter().map(|x| x.group_key.as_str()).collect::<Vec<_>>())
         .bind(
@@ -330,7 +338,8 @@ impl PgBatch {
             })
             .collect::<Result<Vec<_>>>()?;
         let out = digest::coalesce(run, &held, now)?;
-        self.insert_outbox(&out, Some(run), now).await
+        self.insert_outbox(&out, Some(run), now, EffectInserts::Idempotent)
+            .await
     }
 
     pub(crate) async fn users(&mut self, ids: &[String]) -> Result<Vec<crate::model::User>> {

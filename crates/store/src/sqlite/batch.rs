@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::workflows::insert_audits;
 use super::{BEGIN_WRITE, SqliteStore, rows};
 use crate::digest::{self, HeldRow};
-use crate::effects::{Applied, BatchEffects, HeldOutbox, NewOutbox, split_held};
+use crate::effects::{Applied, BatchEffects, EffectInserts, HeldOutbox, NewOutbox, split_held};
 use crate::error::{Result, StoreError};
 use crate::model::{DueRange, DueWorkflow};
 use crate::rows::WORKFLOW_COLUMNS;
@@ -83,14 +83,19 @@ impl SqliteBatch {
         &mut self,
         effects: &BatchEffects,
         now: DateTime<Utc>,
+        inserts: EffectInserts,
     ) -> Result<Applied> {
         let changed = self.apply_changes(effects, now).await?;
         let (kept, counts) = effects.retain_applied(&changed);
         let (direct, held) = split_held(&kept.outbox, kept.check_run_id);
         let audits = insert_audits(&mut self.tx, &kept.audits, now).await?;
-        let notifications = self.insert_notifications(&kept, now).await?;
-        let outbox = self.insert_outbox(&direct, kept.check_run_id, now).await?;
-        let held = self.insert_held(kept.check_run_id, &held, now).await?;
+        let notifications = self.insert_notifications(&kept, now, inserts).await?;
+        let outbox = self
+            .insert_outbox(&direct, kept.check_run_id, now, inserts)
+            .await?;
+        let held = self
+            .insert_held(kept.check_run_id, &held, now, inserts)
+            .await?;
         let mut run_completed = false;
         if let Some(run) = kept.check_run_id {
             let first = match kept.batch_index {
@@ -211,6 +216,7 @@ impl SqliteBatch {
         &mut self,
         kept: &BatchEffects,
         now: DateTime<Utc>,
+        inserts: EffectInserts,
     ) -> Result<u64> {
         if kept.notifications.is_empty() {
             return Ok(0);
@@ -226,14 +232,14 @@ impl SqliteBatch {
                 })
             })
             .collect();
-        let done = sqlx::query(
+        let done = sqlx::query(crate::rows::trusted(format!(
             "INSERT INTO notifications (recipient, workflow_id, kind, role, subject, body,
                  dedup_key, created_at)
              SELECT value->>'recipient', value->>'workflow_id', value->>'kind', value->>'role',
                  value->>'subject', value->>'body', value->>'dedup_key', ?2
-             FROM json_each(?1) WHERE true
-             ON CONFLICT (dedup_key) DO NOTHING",
-        )
+             FROM json_each(?1) WHERE true{}",
+            inserts.on_conflict("dedup_key")
+        )))
         .bind(serde_json::Value::Array(rows).to_string())
         .bind(sqlite_ts(now))
         .execute(&mut *self.tx)
@@ -246,6 +252,7 @@ impl SqliteBatch {
         rows: &[O],
         run: Option<i64>,
         now: DateTime<Utc>,
+        inserts: EffectInserts,
     ) -> Result<u64> {
         if rows.is_empty() {
             return Ok(0);
@@ -261,14 +268,14 @@ impl SqliteBatch {
                 })
             })
             .collect();
-        let done = sqlx::query(
+        let done = sqlx::query(crate::rows::trusted(format!(
             "INSERT INTO outbox (channel, recipient, workflow_id, check_run_id, payload,
                  idempotency_key, next_attempt_at, created_at)
              SELECT value->>'channel', value->>'recipient', value->>'workflow_id', ?2,
                  value->>'payload', value->>'idempotency_key', ?3, ?3
-             FROM json_each(?1) WHERE true
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )
+             FROM json_each(?1) WHERE true{}",
+            inserts.on_conflict("idempotency_key")
+        )))
         .bind(serde_json::Value::Array(rows).to_string())
         .bind(run)
         .bind(sqlite_ts(now))
@@ -283,6 +290,7 @@ impl SqliteBatch {
         run: Option<i64>,
         held: &[HeldOutbox],
         now: DateTime<Utc>,
+        inserts: EffectInserts,
     ) -> Result<u64> {
         let Some(run) = run.filter(|_| !held.is_empty()) else {
             return Ok(0);
@@ -297,14 +305,14 @@ impl SqliteBatch {
                 })
             })
             .collect();
-        let done = sqlx::query(
+        let done = sqlx::query(crate::rows::trusted(format!(
             "INSERT INTO outbox_held (check_run_id, group_key, threshold, item, idempotency_key,
                  created_at)
              SELECT ?1, value->>'group_key', value->>'threshold', value->>'item',
                  value->>'idempotency_key', ?3
-             FROM json_each(?2) WHERE true
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )
+             FROM json_each(?2) WHERE true{}",
+            inserts.on_conflict("idempotency_key")
+        )))
         .bind(run)
         .bind(serde_json::Value::Array(rows).to_string())
         .bind(sqlite_ts(now))
@@ -353,7 +361,8 @@ impl SqliteBatch {
             })
             .collect::<Result<Vec<_>>>()?;
         let out = digest::coalesce(run, &held, now)?;
-        self.insert_outbox(&out, Some(run), now).await
+        self.insert_outbox(&out, Some(run), now, EffectInserts::Idempotent)
+            .await
     }
 
     pub(crate) async fn users(&mut self, ids: &[String]) -> Result<Vec<crate::model::User>> {
