@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests talk to are up: PostgreSQL on 127.0.0.1:5432 (user postgres,
 # trust auth, database "test") and Redis on 127.0.0.1:6379. Starts them when they are installed
-# but down; installing them is .ci/run's job. Idempotent and quiet when all is well.
+# but down; installing them is .ci/run's job. Also installs Debian's Chromium and its
+# chromedriver for the console's browser tests when they are missing and this runs as root on
+# Debian, so that `make test` works on a fresh machine. Idempotent and quiet when all is well.
 set -euo pipefail
 
 PGHOST=127.0.0.1
@@ -68,7 +70,24 @@ start_redis() {
   return 1
 }
 
+# The console's browser tests drive Chromium through chromedriver (CHROMIUM / CHROMEDRIVER
+# point elsewhere). Without them those tests fail, naming what to install.
+ensure_browser() {
+  local missing=()
+  [ -n "${CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  [ -n "${CHROMEDRIVER:-}" ] || command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    say "${missing[*]} not installed: the browser tests will fail (apt-get install -y --no-install-recommends chromium chromium-driver)"
+    return 0
+  fi
+  say "installing ${missing[*]} for the browser tests"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 pg_up || start_postgres
 ensure_trust
 ensure_test_db
 redis_up || start_redis
+ensure_browser
