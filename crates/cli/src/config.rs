@@ -95,6 +95,9 @@ pub enum EmailConfig {
         url: String,
         /// From address.
         from: String,
+        /// `ESCALATOR_SMTP_TIMEOUT`: the deadline of one message, from connecting to the relay's
+        /// last reply; past it the attempt is a transient failure, retried with backoff.
+        timeout: Duration,
     },
     /// `ESCALATOR_EMAIL_DIR`: one .eml per message.
     Files {
@@ -216,6 +219,7 @@ impl DeliverySettings {
                 EmailConfig::Smtp {
                     url,
                     from: from.clone(),
+                    timeout: seconds(src, "ESCALATOR_SMTP_TIMEOUT", Duration::from_secs(30))?,
                 }
             }
             (None, Some(dir)) => EmailConfig::Files {
@@ -274,7 +278,9 @@ impl DeliverySettings {
     ) -> anyhow::Result<Option<escalator_notify::Deliverer>> {
         let templates = self.message_settings()?.templates;
         let mailer = match &self.email {
-            EmailConfig::Smtp { url, from } => Some(escalator_notify::Mailer::smtp(url, from)?),
+            EmailConfig::Smtp { url, from, timeout } => Some(
+                escalator_notify::Mailer::smtp_with_deadline(url, from, *timeout)?,
+            ),
             EmailConfig::Files { dir, from } => {
                 Some(escalator_notify::Mailer::files(dir.clone(), from)?)
             }
@@ -502,6 +508,26 @@ mod tests {
         let e =
             WorkerSettings::from_env(&env(&[("ESCALATOR_SHUTDOWN_TIMEOUT", "soon")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_SHUTDOWN_TIMEOUT");
+    }
+
+    #[test]
+    fn an_smtp_relay_gets_a_deadline_per_message() {
+        let relay = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![("ESCALATOR_SMTP_URL", "smtp://127.0.0.1:25")];
+            pairs.extend_from_slice(extra);
+            DeliverySettings::from_env(&env(&pairs))
+        };
+        let timeout_of = |d: DeliverySettings| match d.email {
+            EmailConfig::Smtp { timeout, .. } => timeout,
+            other => panic!("not SMTP: {other:?}"),
+        };
+        assert_eq!(timeout_of(relay(&[]).unwrap()), Duration::from_secs(30));
+        assert_eq!(
+            timeout_of(relay(&[("ESCALATOR_SMTP_TIMEOUT", "1.5")]).unwrap()),
+            Duration::from_millis(1500)
+        );
+        let e = relay(&[("ESCALATOR_SMTP_TIMEOUT", "a while")]).unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_SMTP_TIMEOUT");
     }
 
     #[test]

@@ -639,6 +639,136 @@ async fn f8_an_email_provider_failing_then_recovering_delivers_everything_once()
 /// F9: batches of 1,000 with ESCALATOR_JOB_TIMEOUT=0.25 s and 3 attempts: some attempts commit
 /// and some run out of time (retried, then dead); after a restart with the normal timeout the
 /// next sweep completes the work: nothing applied twice, nothing lost.
+/// Waits until `sql` (a count) reaches `n`, failing after `within` with `what`.
+async fn until_count(store: &Store, sql: &'static str, n: i64, within: Duration, what: &str) {
+    let started = Instant::now();
+    loop {
+        let got = count(store, sql).await;
+        if got >= n {
+            return;
+        }
+        assert!(started.elapsed() < within, "{what}: {got} of {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// F12: an SMTP relay that accepts connections and never answers, not even with a greeting.
+/// Each message's deadline (`ESCALATOR_SMTP_TIMEOUT`, 1 s here) turns the hang into a failed
+/// attempt, retried later; the worker is never held up, so the next check completes while the
+/// relay still hangs. Once the relay answers, every message goes out exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f12_an_smtp_relay_that_never_answers_holds_up_nothing_and_loses_nothing() {
+    use escalator_testkit::smtp::{SILENT, switchable_smtp_sink};
+    let (port, received, switch) = switchable_smtp_sink(Some(SILENT)).await;
+    let mut w = World::new().await;
+    w.extra_env.push((
+        "ESCALATOR_SMTP_URL".into(),
+        format!("smtp://127.0.0.1:{port}"),
+    ));
+    w.extra_env
+        .push(("ESCALATOR_SMTP_TIMEOUT".into(), "1".into()));
+    w.seed(1_000);
+    let mut worker = Supervised::start(&w);
+    assert_eq!(sweep(&w, &mut worker).await, (150, 150));
+    let s = &w.db.store;
+    let first = Instant::now();
+    until_count(
+        s,
+        "SELECT count(*) FROM outbox WHERE status = 'failed'",
+        300,
+        Duration::from_secs(90),
+        "attempts cut off by the deadline",
+    )
+    .await;
+    eprintln!(
+        "F12: all 300 first attempts cut off {:.1}s after the run finished",
+        seconds(first)
+    );
+    assert_eq!(
+        count(
+            s,
+            "SELECT count(*) FROM outbox WHERE status = 'failed' \
+             AND last_error LIKE '%no answer within 1 s%'"
+        )
+        .await,
+        300,
+        "every attempt ended at the deadline"
+    );
+    assert_eq!(received.lock().unwrap().len(), 0);
+
+    // the worker is not held up by the hanging relay: another check runs to completion
+    let more = |seed: &str| {
+        w.run(&[
+            "seed",
+            "--workflows",
+            "1000",
+            "--seed",
+            seed,
+            "--now",
+            SEED_TIME,
+        ]);
+    };
+    more("8");
+    let hung = Instant::now();
+    assert_eq!(sweep(&w, &mut worker).await, (150, 150));
+    eprintln!(
+        "F12: a check completed {:.1}s after it was enqueued, with the relay hanging",
+        seconds(hung)
+    );
+    until_count(
+        s,
+        "SELECT count(*) FROM outbox WHERE status = 'failed'",
+        600,
+        Duration::from_secs(90),
+        "attempts of the second check cut off",
+    )
+    .await;
+    assert_eq!(
+        count(
+            s,
+            "SELECT count(*) FROM outbox WHERE status IN ('dead', 'sent')"
+        )
+        .await,
+        0
+    );
+    assert_eq!(worker.restarts, 0, "the worker never exited");
+
+    // the relay answers again; the retries are made due now instead of after their backoff,
+    // and the delivery job pushed by the next check sends them with its own messages
+    *switch.lock().unwrap() = None;
+    let recovered = Instant::now();
+    execute(
+        s,
+        "UPDATE outbox SET next_attempt_at = now() WHERE status = 'failed'",
+    )
+    .await;
+    more("9");
+    assert_eq!(sweep(&w, &mut worker).await, (150, 150));
+    until_count(
+        s,
+        "SELECT count(*) FROM outbox WHERE status = 'sent'",
+        900,
+        Duration::from_secs(60),
+        "messages sent after the relay recovered",
+    )
+    .await;
+    eprintln!(
+        "F12: all 900 messages sent {:.1}s after the relay answered again",
+        seconds(recovered)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let messages = received.lock().unwrap().clone();
+    assert_eq!(messages.len(), 900, "one message per outbox row");
+    assert_eq!(
+        distinct_message_ids(&messages),
+        900,
+        "no message sent twice"
+    );
+    assert_eq!(count(s, "SELECT count(*) FROM outbox").await, 900);
+    assert_exact(&w, 3_000).await;
+    assert_eq!(worker.restarts, 0, "the worker never exited");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f9_jobs_exceeding_their_timeout_never_apply_twice() {
     let mut w = World::new().await;

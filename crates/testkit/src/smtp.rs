@@ -6,8 +6,13 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-/// The MAIL FROM rejection of a [`switchable_smtp_sink`]: `None` accepts.
+/// The MAIL FROM rejection of a [`switchable_smtp_sink`]: `None` accepts; [`SILENT`] makes
+/// the sink accept connections and never answer.
 pub type Switch = Arc<Mutex<Option<&'static str>>>;
+
+/// Set in a [`Switch`]: new connections are accepted and then never answered, not even with a
+/// greeting, until the client hangs up (a relay that hangs).
+pub const SILENT: &str = "silent";
 
 /// Starts a sink on a free port: (port, messages received). With `reject`, MAIL FROM gets that
 /// reply (e.g. `"451 4.3.0 later\r\n"`).
@@ -38,6 +43,11 @@ pub async fn switchable_smtp_sink(
             tokio::spawn(async move {
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
+                if rejecting(&reject) == Some(SILENT) {
+                    // read and drop whatever comes, answer nothing, until the client gives up
+                    while let Ok(Some(_)) = lines.next_line().await {}
+                    return;
+                }
                 write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
                 let mut data: Option<String> = None;
                 while let Ok(Some(line)) = lines.next_line().await {
