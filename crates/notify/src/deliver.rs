@@ -170,10 +170,18 @@ impl Deliverer {
         }
     }
 
-    /// A digest row with its text rendered for its channel; other rows as they are.
+    /// A row whose text is written at delivery, rendered for its channel: a digest, or an
+    /// email that carries its template set and values (`template`) instead of rendered parts.
+    /// Rows with a `subject` are sent as they are.
     pub fn expand(&self, entry: &OutboxEntry) -> Result<Option<OutboxEntry>, NotifyError> {
         let p = &entry.payload;
-        if p["kind"] != "digest" || p.get("subject").is_some() {
+        if p.get("subject").is_some() {
+            return Ok(None);
+        }
+        if let Some(template) = p["template"].as_str() {
+            return Ok(Some(self.render_message(entry, template)));
+        }
+        if p["kind"] != "digest" {
             return Ok(None);
         }
         let mut ctx = p.clone();
@@ -193,6 +201,35 @@ impl Deliverer {
             }
         }
         Ok(Some(out))
+    }
+
+    /// Subject, text and HTML of a message from its payload's values. A template that fails
+    /// to render falls back to the built-in one, as it does when the worker renders in-app
+    /// notifications, so a bad override never loses a message (it is logged).
+    fn render_message(&self, entry: &OutboxEntry, template: &str) -> OutboxEntry {
+        let ctx = &entry.payload;
+        let part = |name: &str| match self.templates.render(template, name, ctx) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(outbox_id = entry.id, error = %e, "template failed; using the built-in one");
+                Templates::builtin()
+                    .render(template, name, ctx)
+                    .unwrap_or_else(|_| {
+                        ctx["title"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .replace(['\r', '\n'], " ")
+                    })
+            }
+        };
+        let mut out = entry.clone();
+        out.payload["subject"] = part("subject.txt").into();
+        out.payload["body"] = part("body.txt").into();
+        // only the HTTP email API sends an HTML part; SMTP messages are plain text
+        if self.mailer.is_none() {
+            out.payload["html"] = part("body.html").into();
+        }
+        out
     }
 
     /// Sends one row through its channel's sender.

@@ -220,3 +220,51 @@ async fn a_relay_that_accepts_and_never_answers_is_timed_out_and_retried() {
     );
     held.abort();
 }
+
+/// An email written by a check carries its template set and values, not rendered text: the
+/// deliverer renders subject, text and HTML when it sends it, with its own templates (here an
+/// override of the subject).
+#[tokio::test]
+async fn an_email_is_written_from_its_template_when_it_is_sent() {
+    let db = TestDb::postgres().await;
+    let (port, received) = smtp_sink(None).await;
+    let effects = BatchEffects {
+        outbox: vec![NewOutbox {
+            channel: "email",
+            recipient: "head@example.com".into(),
+            workflow_id: None,
+            payload: serde_json::json!({
+                "template": "escalation_to", "kind": "escalation", "title": "Buy <chairs>",
+                "stage": "Manager Approval", "due": "2026-11-25 12:00 UTC",
+                "greeting": "Head", "previous": "Emp", "new": "Head", "assignee": "Emp",
+                "to": ["head@example.com"], "cc": ["emp@example.com"],
+            }),
+            idempotency_key: "escalate:w:1:1:email".into(),
+        }],
+        ..Default::default()
+    };
+    let mut tx = db.store.begin_batch().await.unwrap();
+    tx.apply(&effects, Utc::now()).await.unwrap();
+    tx.commit().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("escalation_to.subject.txt"),
+        "Yours now: {{ title }}",
+    )
+    .unwrap();
+    let mut d = deliverer(&db.store, port);
+    d.templates = escalator_notify::Templates::from_dir(dir.path()).unwrap();
+    let report = d.drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.dead), (1, 0));
+    let message = received.lock().unwrap()[0].clone();
+    assert!(
+        message.contains("Subject: Yours now: Buy <chairs>"),
+        "{message}"
+    );
+    assert!(message.contains("Cc: emp@example.com"), "{message}");
+    assert!(message.contains("Head,"), "the text greets: {message}");
+    assert!(
+        message.contains("\"Buy <chairs>\" (Manager Approval)"),
+        "the text names the workflow and its stage: {message}"
+    );
+}

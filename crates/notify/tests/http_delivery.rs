@@ -99,6 +99,53 @@ fn later(hours: i64) -> chrono::DateTime<Utc> {
     Utc::now() + chrono::Duration::hours(hours)
 }
 
+/// A check's email carries its template set and values; the deliverer writes the subject,
+/// the text and the HTML (escaped) when it sends it.
+#[tokio::test]
+async fn an_email_api_gets_the_message_rendered_at_delivery_with_its_html() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/mail/send"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let payload = serde_json::json!({
+        "template": "reminder", "kind": "reminder", "title": "Buy <chairs>",
+        "stage": "Manager Approval", "due": "2026-11-25 12:00 UTC", "greeting": "Boss",
+        "previous": "Boss", "new": "Boss", "assignee": "Boss",
+        "to": ["boss@example.com"], "cc": [],
+    });
+    outbox(
+        &db.store,
+        vec![NewOutbox {
+            payload,
+            ..email(0)
+        }],
+    )
+    .await;
+    let d = deliverer(&db.store, config(&server.uri()));
+    assert_eq!(d.drain(10, 10).await.unwrap().sent, 1);
+    let requests = server.received_requests().await.unwrap();
+    let body: serde_json::Value = requests[0].body_json().unwrap();
+    let subject = body["subject"].as_str().unwrap();
+    assert!(
+        subject.starts_with("Reminder: \"Buy <chairs>\" is due 2026-11-25 12:00 UTC"),
+        "{subject}"
+    );
+    assert_eq!(body["content"][0]["type"], "text/plain");
+    let text = body["content"][0]["value"].as_str().unwrap();
+    assert!(text.starts_with("Boss,"), "{text}");
+    assert_eq!(body["content"][1]["type"], "text/html");
+    let html = body["content"][1]["value"].as_str().unwrap();
+    assert!(html.contains("Buy &lt;chairs&gt;"), "{html}");
+    // what was sent is not written back: the row keeps its values, not the rendered text
+    let row = &rows(&db.store).await[0];
+    assert_eq!(row.status, "sent");
+    assert!(row.payload.get("subject").is_none());
+}
+
 #[tokio::test]
 async fn a_provider_failing_three_times_then_accepting_delivers_exactly_once() {
     let db = TestDb::postgres().await;

@@ -128,8 +128,7 @@ fn digest(run: i64, group: &str, head: i64, items: &[NewOutbox], now: DateTime<U
         .map(|o| {
             json!({
                 "workflow_id": o.workflow_id, "kind": o.payload["kind"],
-                "title": o.payload["title"], "subject": o.payload["subject"],
-                "due_at": o.payload["due_at"],
+                "title": o.payload["title"], "due_at": o.payload["due_at"],
             })
         })
         .collect();

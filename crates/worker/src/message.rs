@@ -137,6 +137,12 @@ pub struct Renderer<'t> {
     ctx: minijinja::Value,
     greeting: &'t str,
     title: &'t str,
+    stage: &'t str,
+    kind: &'static str,
+    due: String,
+    previous: &'t str,
+    new: &'t str,
+    workflow_id: uuid::Uuid,
 }
 
 impl<'t> Renderer<'t> {
@@ -144,10 +150,10 @@ impl<'t> Renderer<'t> {
     pub fn new(
         templates: &'t Templates,
         w: &'t Workflow,
-        kind: &Kind<'_>,
+        kind: &Kind<'t>,
         role: Role,
         recipient: Option<&'t User>,
-        users: &HashMap<String, User>,
+        users: &'t HashMap<String, User>,
     ) -> Renderer<'t> {
         let new = match kind {
             Kind::Escalation { target } => name(target, users),
@@ -156,12 +162,12 @@ impl<'t> Renderer<'t> {
         let greeting = recipient
             .map(|u| u.display_name.as_str())
             .unwrap_or("Hello");
-        let assignee = name(&w.assignee, users);
+        let previous = name(&w.assignee, users);
+        let due = w.due_at.format("%Y-%m-%d %H:%M UTC").to_string();
         let ctx = minijinja::context! {
             title => w.title, stage => w.stage, kind => kind.notification_kind(),
-            due => w.due_at.format("%Y-%m-%d %H:%M UTC").to_string(),
-            greeting => greeting, previous => assignee, new => new, assignee => assignee,
-            workflow_id => w.id.to_string(),
+            due => due, greeting => greeting, previous => previous, new => new,
+            assignee => previous, workflow_id => w.id.to_string(),
         };
         Renderer {
             templates,
@@ -169,7 +175,25 @@ impl<'t> Renderer<'t> {
             ctx,
             greeting,
             title: &w.title,
+            stage: &w.stage,
+            kind: kind.notification_kind(),
+            due,
+            previous,
+            new,
+            workflow_id: w.id,
         }
+    }
+
+    /// What the deliverer needs to write this message itself: the template set and every value
+    /// the templates use. Email payloads carry these instead of rendered parts, so the subject,
+    /// text and HTML are rendered when the message is sent (`escalator_notify::Deliverer`).
+    pub fn fields(&self) -> serde_json::Value {
+        serde_json::json!({
+            "template": self.template, "title": self.title, "stage": self.stage,
+            "kind": self.kind, "due": self.due, "greeting": self.greeting,
+            "previous": self.previous, "new": self.new, "assignee": self.previous,
+            "workflow_id": self.workflow_id,
+        })
     }
 
     /// The greeting used (for digests written later).

@@ -12,7 +12,7 @@ use escalator_store::{
 };
 use uuid::Uuid;
 
-use crate::message::{self, Kind, MessageSettings, Renderer, Role};
+use crate::message::{Kind, MessageSettings, Renderer, Role};
 
 /// How long a workflow that cannot be evaluated (its policy is unreadable) is set aside, so
 /// that it does not starve the due workflows behind it.
@@ -92,7 +92,7 @@ pub fn decide<'a>(
 pub type PolicyChannels = HashMap<(String, i32), Vec<String>>;
 
 /// Builds the batch's rows from its decisions. `users` holds (at least) the recipients;
-/// messages follow `settings` ([`message::settings`] in a running process), and `channels`
+/// messages follow `settings` ([`crate::message::settings`] in a running process), and `channels`
 /// holds the defaults of the policies that set them.
 pub fn build(
     due: &[DueWorkflow],
@@ -374,7 +374,7 @@ impl<'w> Effect<'w> {
         };
         let mut to = Vec::new();
         let mut cc = Vec::new();
-        let mut email: Option<(message::Message, String, &str, Role)> = None;
+        let mut email: Option<(serde_json::Value, &str, Role)> = None;
         let mut skipped = Vec::new();
         for (user_id, role) in recipients {
             let user = users.get(*user_id);
@@ -396,7 +396,7 @@ impl<'w> Effect<'w> {
                     Role::Cc => cc.push(address.to_owned()),
                 }
                 if *role == Role::To || email.is_none() {
-                    email = Some((msg.clone(), r.part("body.html"), *user_id, *role));
+                    email = Some((r.fields(), *user_id, *role));
                 }
             }
             // one message per person on each other channel they take and have an address for
@@ -470,17 +470,17 @@ impl<'w> Effect<'w> {
             }
             to.push(cc.remove(0));
         }
-        let Some((msg, html, user_id, role)) = email else {
+        let Some((mut fields, user_id, role)) = email else {
             return;
         };
+        // the subject, text and HTML are rendered when the message is sent, from these fields
+        fields["to"] = serde_json::json!(to);
+        fields["cc"] = serde_json::json!(cc);
         let o = NewOutbox {
             channel: "email",
             recipient: to[0].clone(),
             workflow_id: Some(w.id),
-            payload: with(serde_json::json!({
-                "to": to, "cc": cc, "subject": msg.subject, "body": msg.body, "html": html,
-                "greeting": users.get(user_id).map(|u| u.display_name.as_str()),
-            })),
+            payload: with(fields),
             idempotency_key: format!("{base}:email{suffix}"),
         };
         self.outbox.push(hold(o, user_id, role));
@@ -741,13 +741,32 @@ mod tests {
             serde_json::json!(["mgr@example.com", "emp@example.com"])
         );
         assert!(email.payload.get("hold").is_none(), "digests are off");
+        // the message is written when it is sent: the payload carries the template set and
+        // every value the templates use, and no rendered part
+        assert_eq!(email.payload["template"], "escalation_to");
+        assert!(email.payload.get("subject").is_none());
+        assert!(email.payload.get("html").is_none());
+        let t = escalator_notify::Templates::builtin();
+        let subject = t
+            .render("escalation_to", "subject.txt", &email.payload)
+            .unwrap();
         assert!(
-            email.payload["subject"]
-                .as_str()
-                .unwrap()
-                .starts_with("Escalated to you: \"Buy chairs\"")
+            subject.starts_with("Escalated to you: \"Buy chairs\""),
+            "{subject}"
         );
-        assert!(email.payload["html"].as_str().unwrap().contains("<p>"));
+        let body = t
+            .render("escalation_to", "body.txt", &email.payload)
+            .unwrap();
+        let in_app = &p.effects.notifications[0];
+        assert_eq!(
+            (subject.as_str(), body.as_str()),
+            (in_app.subject.as_str(), in_app.body.as_str()),
+            "the email says what the new assignee's in-app notification says"
+        );
+        let html = t
+            .render("escalation_to", "body.html", &email.payload)
+            .unwrap();
+        assert!(html.contains("<p>"), "{html}");
     }
 
     #[test]
