@@ -458,6 +458,13 @@ impl BatchTx {
     pub async fn commit(self) -> Result<()> {
         dispatch_tx!(self, t => t.commit().await)
     }
+
+    /// Rolls back now. Dropping the transaction also rolls it back, but only once its
+    /// connection is next used: until then its row locks stay, and a `SKIP LOCKED` claim made
+    /// meanwhile on another connection would pass the claimed rows over.
+    pub async fn rollback(self) -> Result<()> {
+        dispatch_tx!(self, t => t.rollback().await)
+    }
 }
 
 /// Row counts of the main tables.

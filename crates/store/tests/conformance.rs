@@ -552,7 +552,7 @@ async fn fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it(db: &T
     assert_eq!(tx.claim_due(now, 10).await.unwrap().len(), 1);
     let err = tx.apply_fresh(&effects, now).await.unwrap_err();
     assert!(err.is_duplicate_key(), "{err:?}");
-    drop(tx);
+    tx.rollback().await.unwrap();
     // rolled back: the workflow is untouched and still due
     assert_eq!(s.get_workflow(w.id).await.unwrap().version, w.version);
 

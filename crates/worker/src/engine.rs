@@ -299,8 +299,18 @@ impl Engine {
         );
         let claimed_at = started.elapsed();
         let applied = match inserts {
-            EffectInserts::Fresh => tx.apply_fresh(&planned.effects, Utc::now()).await?,
-            EffectInserts::Idempotent => tx.apply(&planned.effects, Utc::now()).await?,
+            EffectInserts::Fresh => tx.apply_fresh(&planned.effects, Utc::now()).await,
+            EffectInserts::Idempotent => tx.apply(&planned.effects, Utc::now()).await,
+        };
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(e) => {
+                // release the claimed rows now: a redo claims them again with SKIP LOCKED
+                if let Err(r) = tx.rollback().await {
+                    tracing::warn!(error = ?r, "rollback after a failed batch failed");
+                }
+                return Err(e.into());
+            }
         };
         let applied_at = started.elapsed();
         tx.commit().await?;

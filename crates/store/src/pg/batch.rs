@@ -215,7 +215,7 @@ impl PgBatch {
              SELECT recipient, workflow_id, kind, role, subject, body, dedup_key, $8
              FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                  $7::text[]) AS n(recipient, workflow_id, kind, role, subject, body, dedup_key){}",
-            inserts.on_conflict("dedup_key")
+            inserts.on_conflict("workflow_id, dedup_key")
         )))
         .bind(n.iter().map(|x| x.recipient.as_str()).collect::<Vec<_>>())
         .bind(n.iter().map(|x| x.workflow_id).collect::<Vec<_>>())
@@ -355,6 +355,11 @@ impl PgBatch {
 
     pub(crate) async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
         Ok(())
     }
 }

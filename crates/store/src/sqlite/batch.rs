@@ -384,4 +384,9 @@ impl SqliteBatch {
         self.tx.commit().await?;
         Ok(())
     }
+
+    pub(crate) async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
 }
