@@ -272,6 +272,25 @@ fn distinct_message_ids(messages: &[String]) -> usize {
     ids.len()
 }
 
+/// After the sink settles: exactly `n` messages for `n` outbox rows, all `sent`, no
+/// Message-ID twice.
+async fn assert_each_sent_once(store: &Store, received: &std::sync::Mutex<Vec<String>>, n: i64) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let messages = received.lock().unwrap().clone();
+    let n_usize = usize::try_from(n).unwrap();
+    assert_eq!(messages.len(), n_usize, "one message per outbox row");
+    assert_eq!(
+        distinct_message_ids(&messages),
+        n_usize,
+        "no message sent twice"
+    );
+    assert_eq!(count(store, "SELECT count(*) FROM outbox").await, n);
+    assert_eq!(
+        count(store, "SELECT count(*) FROM outbox WHERE status = 'sent'").await,
+        n
+    );
+}
+
 fn seconds(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 10.0).round() / 10.0
 }
@@ -529,14 +548,7 @@ async fn f1b_a_worker_killed_between_a_batch_commit_and_its_delivery_loses_and_d
         count(s, "SELECT count(*) FROM outbox WHERE attempts > 1").await
     );
     assert_eq!(sweep(&w, &mut rescuer).await, (0, 0));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let messages = received.lock().unwrap().clone();
-    assert_eq!(messages.len(), 600, "one message per outbox row");
-    assert_eq!(
-        distinct_message_ids(&messages),
-        600,
-        "no message sent twice"
-    );
+    assert_each_sent_once(s, &received, 600).await;
     assert_exact(&w, 2_000).await;
     assert!(rescuer.stop().success());
 }
@@ -619,26 +631,11 @@ async fn f8_an_email_provider_failing_then_recovering_delivers_everything_once()
         "F8: every message delivered {:.1}s after the provider recovered",
         seconds(recovered)
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let messages = received.lock().unwrap().clone();
-    assert_eq!(messages.len(), 600, "one message per outbox row");
-    assert_eq!(
-        distinct_message_ids(&messages),
-        600,
-        "no message sent twice"
-    );
-    assert_eq!(count(s, "SELECT count(*) FROM outbox").await, 600);
-    assert_eq!(
-        count(s, "SELECT count(*) FROM outbox WHERE status = 'sent'").await,
-        600
-    );
+    assert_each_sent_once(s, &received, 600).await;
     w.verify();
     assert!(worker.stop().success());
 }
 
-/// F9: batches of 1,000 with ESCALATOR_JOB_TIMEOUT=0.25 s and 3 attempts: some attempts commit
-/// and some run out of time (retried, then dead); after a restart with the normal timeout the
-/// next sweep completes the work: nothing applied twice, nothing lost.
 /// Waits until `sql` (a count) reaches `n`, failing after `within` with `what`.
 async fn until_count(store: &Store, sql: &'static str, n: i64, within: Duration, what: &str) {
     let started = Instant::now();
@@ -756,19 +753,14 @@ async fn f12_an_smtp_relay_that_never_answers_holds_up_nothing_and_loses_nothing
         "F12: all 900 messages sent {:.1}s after the relay answered again",
         seconds(recovered)
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let messages = received.lock().unwrap().clone();
-    assert_eq!(messages.len(), 900, "one message per outbox row");
-    assert_eq!(
-        distinct_message_ids(&messages),
-        900,
-        "no message sent twice"
-    );
-    assert_eq!(count(s, "SELECT count(*) FROM outbox").await, 900);
+    assert_each_sent_once(s, &received, 900).await;
     assert_exact(&w, 3_000).await;
     assert_eq!(worker.restarts, 0, "the worker never exited");
 }
 
+/// F9: batches of 1,000 with ESCALATOR_JOB_TIMEOUT=0.25 s and 3 attempts: some attempts commit
+/// and some run out of time (retried, then dead); after a restart with the normal timeout the
+/// next sweep completes the work: nothing applied twice, nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f9_jobs_exceeding_their_timeout_never_apply_twice() {
     let mut w = World::new().await;
