@@ -203,25 +203,12 @@ impl Deliverer {
         Ok(Some(out))
     }
 
-    /// Subject, text and HTML of a message from its payload's values. A template that fails
-    /// to render falls back to the built-in one, as it does when the worker renders in-app
-    /// notifications, so a bad override never loses a message (it is logged).
+    /// Subject, text and HTML of a message from its payload's values, falling back to the
+    /// built-in template as the worker does ([`Templates::render_or_builtin`]).
     fn render_message(&self, entry: &OutboxEntry, template: &str) -> OutboxEntry {
         let ctx = &entry.payload;
-        let part = |name: &str| match self.templates.render(template, name, ctx) {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::error!(outbox_id = entry.id, error = %e, "template failed; using the built-in one");
-                Templates::builtin()
-                    .render(template, name, ctx)
-                    .unwrap_or_else(|_| {
-                        ctx["title"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .replace(['\r', '\n'], " ")
-                    })
-            }
-        };
+        let title = ctx["title"].as_str().unwrap_or_default();
+        let part = |name: &str| self.templates.render_or_builtin(template, name, ctx, title);
         let mut out = entry.clone();
         out.payload["subject"] = part("subject.txt").into();
         out.payload["body"] = part("body.txt").into();

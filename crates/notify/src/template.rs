@@ -229,6 +229,24 @@ impl Templates {
             text
         })
     }
+
+    /// [`Templates::render`] that never fails: a template that fails to render falls back to
+    /// the built-in one (logged), and that failing too, to `fallback` on one line. A bad
+    /// override never stops a batch nor loses a message.
+    pub fn render_or_builtin(
+        &self,
+        message: &str,
+        part: &str,
+        ctx: &impl Serialize,
+        fallback: &str,
+    ) -> String {
+        self.render(message, part, ctx).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "template failed; using the built-in one");
+            Templates::builtin()
+                .render(message, part, ctx)
+                .unwrap_or_else(|_| fallback.replace(['\r', '\n'], " "))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -421,20 +421,21 @@ impl BatchTx {
     /// and outbox rows of the workflows whose change applied, then the check-run counters.
     /// Idempotent: a notification or outbox row whose key exists already is skipped.
     pub async fn apply(&mut self, effects: &BatchEffects, now: DateTime<Utc>) -> Result<Applied> {
-        let now = time::micros(now);
-        dispatch_tx!(self, t => t.apply(effects, now, EffectInserts::Idempotent).await)
+        self.apply_with(effects, now, EffectInserts::Idempotent)
+            .await
     }
 
-    /// [`BatchTx::apply`] with plain inserts ([`EffectInserts::Fresh`]), the engine's fast path:
-    /// a notification or outbox key that exists already fails the statement
+    /// [`BatchTx::apply`] with the insert mode chosen: with [`EffectInserts::Fresh`], the
+    /// engine's fast path, a notification or outbox key that exists already fails the statement
     /// ([`StoreError::is_duplicate_key`]) and leaves the transaction to be rolled back.
-    pub async fn apply_fresh(
+    pub async fn apply_with(
         &mut self,
         effects: &BatchEffects,
         now: DateTime<Utc>,
+        inserts: EffectInserts,
     ) -> Result<Applied> {
         let now = time::micros(now);
-        dispatch_tx!(self, t => t.apply(effects, now, EffectInserts::Fresh).await)
+        dispatch_tx!(self, t => t.apply(effects, now, inserts).await)
     }
 
     /// The users with these ids (in any order; unknown ids are left out), in one query.

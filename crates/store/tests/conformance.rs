@@ -528,7 +528,8 @@ async fn claim_returns_only_due_open_workflows_oldest_first(db: &TestDb) {
     );
 }
 
-/// The engine writes effects with plain inserts (`apply_fresh`): a notification or outbox key
+/// The engine writes effects with plain inserts (`apply_with(…, EffectInserts::Fresh)`): a
+/// notification or outbox key
 /// that exists already must fail the transaction, visibly, so that the engine can redo the
 /// batch with `apply`, which skips the existing row and writes the rest once.
 async fn fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it(db: &TestDb) {
@@ -550,7 +551,10 @@ async fn fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it(db: &T
 
     let mut tx = s.begin_batch().await.unwrap();
     assert_eq!(tx.claim_due(now, 10).await.unwrap().len(), 1);
-    let err = tx.apply_fresh(&effects, now).await.unwrap_err();
+    let err = tx
+        .apply_with(&effects, now, EffectInserts::Fresh)
+        .await
+        .unwrap_err();
     assert!(err.is_duplicate_key(), "{err:?}");
     tx.rollback().await.unwrap();
     // rolled back: the workflow is untouched and still due
@@ -572,7 +576,10 @@ async fn fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it(db: &T
     let w2 = create(s, "G").await;
     let mut tx = s.begin_batch().await.unwrap();
     assert_eq!(tx.claim_due(now, 10).await.unwrap().len(), 1);
-    let applied = tx.apply_fresh(&remind(&w2, now, None), now).await.unwrap();
+    let applied = tx
+        .apply_with(&remind(&w2, now, None), now, EffectInserts::Fresh)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
         (applied.changed.len(), applied.notifications, applied.outbox),

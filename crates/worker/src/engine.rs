@@ -298,11 +298,7 @@ impl Engine {
             &channels,
         );
         let claimed_at = started.elapsed();
-        let applied = match inserts {
-            EffectInserts::Fresh => tx.apply_fresh(&planned.effects, Utc::now()).await,
-            EffectInserts::Idempotent => tx.apply(&planned.effects, Utc::now()).await,
-        };
-        let applied = match applied {
+        let applied = match tx.apply_with(&planned.effects, Utc::now(), inserts).await {
             Ok(applied) => applied,
             Err(e) => {
                 // release the claimed rows now: a redo claims them again with SKIP LOCKED

@@ -205,15 +205,8 @@ impl<'t> Renderer<'t> {
     /// that fails to render falls back to the built-in one, so a bad override never stops a
     /// batch (it is logged).
     pub fn part(&self, part: &str) -> String {
-        match self.templates.render(self.template, part, &self.ctx) {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::error!(error = %e, "template failed; using the built-in one");
-                Templates::builtin()
-                    .render(self.template, part, &self.ctx)
-                    .unwrap_or_else(|_| self.title.replace(['\r', '\n'], " "))
-            }
-        }
+        self.templates
+            .render_or_builtin(self.template, part, &self.ctx, self.title)
     }
 
     /// Subject and plain-text body.
