@@ -529,9 +529,9 @@ async fn claim_returns_only_due_open_workflows_oldest_first(db: &TestDb) {
 }
 
 /// The engine writes effects with plain inserts (`apply_with(…, EffectInserts::Fresh)`): a
-/// notification or outbox key
-/// that exists already must fail the transaction, visibly, so that the engine can redo the
-/// batch with `apply`, which skips the existing row and writes the rest once.
+/// notification or outbox key that exists already must fail the transaction, visibly, so that
+/// the engine can redo the batch with `apply`, which skips the existing row and writes the
+/// rest once.
 async fn fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it(db: &TestDb) {
     let s = &db.store;
     let w = create(s, "F").await;
