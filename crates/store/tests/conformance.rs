@@ -48,6 +48,7 @@ conformance!(
     claim_returns_only_due_open_workflows_oldest_first,
     effects_apply_set_wise_and_only_once,
     fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it,
+    a_delivery_without_a_workflow_is_kept_once_per_key,
     stale_claims_write_nothing,
     concurrent_batches_never_share_a_workflow,
     check_runs_have_one_per_slot_and_count_batches,
@@ -585,6 +586,55 @@ async fn fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it(db: &T
         (applied.changed.len(), applied.notifications, applied.outbox),
         (1, 1, 1)
     );
+}
+
+/// Deliveries without a workflow (digests) are unique on their key alone: on PostgreSQL the key
+/// index is (workflow_id, idempotency_key) with NULLS NOT DISTINCT (migration 14), so a second
+/// digest with the key of the first is refused by a plain insert and skipped by an idempotent
+/// one, exactly as a workflow's delivery is.
+async fn a_delivery_without_a_workflow_is_kept_once_per_key(db: &TestDb) {
+    let s = &db.store;
+    let now = t0();
+    let digest = |to: &str| BatchEffects {
+        outbox: vec![NewOutbox {
+            channel: "email",
+            recipient: to.into(),
+            workflow_id: None,
+            payload: serde_json::json!({ "to": [to] }),
+            idempotency_key: "digest:1:carol:email:7".into(),
+        }],
+        ..BatchEffects::default()
+    };
+    let mut tx = s.begin_batch().await.unwrap();
+    assert_eq!(
+        tx.apply(&digest("a@example.com"), now)
+            .await
+            .unwrap()
+            .outbox,
+        1
+    );
+    tx.commit().await.unwrap();
+
+    let mut tx = s.begin_batch().await.unwrap();
+    let err = tx
+        .apply_with(&digest("b@example.com"), now, EffectInserts::Fresh)
+        .await
+        .unwrap_err();
+    assert!(err.is_duplicate_key(), "{err:?}");
+    tx.rollback().await.unwrap();
+
+    let mut tx = s.begin_batch().await.unwrap();
+    assert_eq!(
+        tx.apply(&digest("b@example.com"), now)
+            .await
+            .unwrap()
+            .outbox,
+        0
+    );
+    tx.commit().await.unwrap();
+    let rows = s.list_outbox(None, 10).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].recipient, "a@example.com");
 }
 
 async fn effects_apply_set_wise_and_only_once(db: &TestDb) {

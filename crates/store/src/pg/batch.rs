@@ -247,7 +247,7 @@ impl PgBatch {
              SELECT channel, recipient, workflow_id, $6, payload, idempotency_key, $7, $7
              FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::jsonb[], $5::text[])
                AS o(channel, recipient, workflow_id, payload, idempotency_key){}",
-            inserts.on_conflict("idempotency_key")
+            inserts.on_conflict("workflow_id, idempotency_key")
         )))
         .bind(o.iter().map(|x| x.channel).collect::<Vec<_>>())
         .bind(o.iter().map(|x| x.recipient.as_str()).collect::<Vec<_>>())
