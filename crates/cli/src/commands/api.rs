@@ -14,7 +14,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let queue_config = QueueConfig::from_env(&ProcessEnv)?;
     let metrics =
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
-    let store = super::connect(database_url).await?;
+    let store = super::connect_service(database_url).await?;
     let queues = super::connect_queues(&queue_config).await?;
     let authenticated = !settings.tokens.is_empty();
     let state = AppState::new(store.clone(), queues, settings.tokens, Some(metrics))

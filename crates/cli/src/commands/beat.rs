@@ -13,7 +13,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let queue_config = QueueConfig::from_env(&ProcessEnv)?;
     let metrics =
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
-    let store = super::connect(database_url).await?;
+    let store = super::connect_service(database_url).await?;
     let queues = super::connect_queues(&queue_config).await?;
     // unhealthy when a leader has not enqueued for two slots (plus a lease period of grace)
     let now = chrono::Utc::now();

@@ -16,13 +16,26 @@ pub mod worker;
 use anyhow::Context as _;
 use escalator_store::{Store, StoreConfig, redact};
 
-/// Connects to the database named by `url`, with an error that names the variable.
+/// Connections a long-running process (worker, api, beat) keeps open while idle: enough for
+/// a check's planner and both default batch slots to start without opening one.
+pub const KEPT_OPEN: u32 = 4;
+
+/// Connects to the database named by `url` for a one-shot command, with an error that names
+/// the variable.
 pub async fn connect(url: &str) -> anyhow::Result<Store> {
-    let config = StoreConfig::new(url);
+    connect_with(StoreConfig::new(url)).await
+}
+
+/// Connects for a long-running process: [`KEPT_OPEN`] connections stay open while it is idle.
+pub async fn connect_service(url: &str) -> anyhow::Result<Store> {
+    connect_with(StoreConfig::new(url).keeping_open(KEPT_OPEN)).await
+}
+
+async fn connect_with(config: StoreConfig) -> anyhow::Result<Store> {
     config.backend().context("DATABASE_URL")?;
     Store::connect(&config)
         .await
-        .with_context(|| format!("cannot connect to DATABASE_URL={}", redact(url)))
+        .with_context(|| format!("cannot connect to DATABASE_URL={}", redact(&config.url)))
 }
 
 /// Connects to the queue backend, with an error that names the variable.
