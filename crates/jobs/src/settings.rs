@@ -101,6 +101,15 @@ impl WorkerSettings {
     }
 
     /// apalis-redis's configuration.
+    ///
+    /// Task leases are off. With them on (the default), each fetched task is "locked" by a
+    /// script that `LREM`s it from the queue's list of waiting tasks, which the fetch has
+    /// already trimmed it from, so every call scans the whole backlog for nothing: 66 µs per job
+    /// with a few thousand waiting, and 60 % of Redis's CPU in the 20,000 no-op benchmark. The
+    /// lease only records `locked_by`/`locked_at` in the task's metadata; nothing here reads
+    /// them. What keeps a task to one worker is the fetch itself (one script moves it into that
+    /// worker's in-flight set), and a dead worker's tasks are re-enqueued from that set, not from
+    /// leases.
     pub fn redis_config(&self) -> apalis_redis::Config {
         apalis_redis::Config::default()
             .queue(&self.queue)
@@ -108,6 +117,7 @@ impl WorkerSettings {
             .heartbeat_interval(self.heartbeat)
             .missed_heartbeats(self.missed_heartbeats)
             .idempotency_ttl(Some(self.idempotency_ttl))
+            .lock_tasks(false)
     }
 
     /// apalis-sqlite's configuration.
@@ -179,6 +189,7 @@ mod tests {
         assert_eq!(c.missed_heartbeats, 3);
         assert_eq!(c.orphaned_duration(), Duration::from_secs(30));
         assert_eq!(c.idempotency_ttl, Some(Duration::from_secs(86_400)));
+        assert!(!c.lock_tasks, "leases cost a scan of the backlog per job");
         assert!(s.retry_policy().is_ok());
     }
 }
