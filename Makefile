@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATABASE_URL ?= sqlite://escalator.db
 
-.PHONY: help dev build test test-faults soak fuzz-api test-unit lint fmt fmt-check clippy services migrate seed bench clean validate-deploy validate-deploy-live
+.PHONY: help dev build test test-faults soak fuzz-api test-unit lint fmt fmt-check clippy services migrate seed bench bench-floor clean validate-deploy validate-deploy-live
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ seed: ## Seed $(DATABASE_URL) with 10,000 workflows (WORKLOAD.md distribution)
 
 bench: ## WORKLOAD.md measurements 1-3 at BENCH_SIZES (default "10000 100000"), median of 3
 	@scripts/bench.sh
+
+bench-floor: ## What PostgreSQL alone needs for a 100k tick's writes, with no application (docs/benchmarks.md)
+	@scripts/bench-floor.sh
 
 clean:
 	$(CARGO) clean
