@@ -15,8 +15,8 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use escalator_store::Store;
-use escalator_testkit::TestDb;
 use escalator_testkit::services::{PrivatePostgres, PrivateRedis};
+use escalator_testkit::{RedisNamespace, TestDb};
 
 mod common;
 
@@ -379,7 +379,7 @@ async fn f6_postgres_restarted_mid_run_jobs_retry_and_nothing_is_partial() {
     let pg = PrivatePostgres::start();
     let mut w = World {
         db: TestDb::postgres_at(&pg.admin_url()).await,
-        namespace: format!("faults-{}", uuid::Uuid::new_v4().simple()),
+        namespace: RedisNamespace::new("faults"),
         extra_env: Vec::new(),
     };
     small_batches(&mut w);

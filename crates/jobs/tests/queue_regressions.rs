@@ -12,39 +12,20 @@ use apalis::prelude::{Attempt, BoxDynError, Data, Monitor};
 use chrono::Utc;
 use escalator_jobs::attempt::{self, Failure};
 use escalator_jobs::*;
-
-fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+use escalator_testkit::{RedisNamespace, redis_url};
 
 /// A namespace of its own, removed when dropped.
 struct Ns {
     names: QueueNames,
-    prefix: String,
+    prefix: RedisNamespace,
 }
 
 impl Ns {
     fn new() -> Self {
-        let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
+        let prefix = RedisNamespace::new("t");
         Ns {
-            names: QueueNames::new(&prefix),
+            names: QueueNames::new(&prefix.name),
             prefix,
-        }
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Ok(client) = redis::Client::open(redis_url())
-            && let Ok(mut c) = client.get_connection()
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*", self.prefix))
-                .query(&mut c)
-                .unwrap_or_default();
-            for k in keys {
-                let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
-            }
         }
     }
 }

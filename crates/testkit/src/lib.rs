@@ -5,12 +5,14 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod raw_queue;
+pub mod redis_ns;
 pub mod services;
 pub mod smtp;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use escalator_store::{Store, StoreConfig};
+pub use redis_ns::{RedisNamespace, redis_url};
 use sqlx::{Connection, Executor, PgConnection};
 
 /// Where the test PostgreSQL server is, unless `TEST_DATABASE_URL` says otherwise. The database

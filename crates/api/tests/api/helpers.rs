@@ -10,14 +10,11 @@ use chrono::Duration;
 use escalator_api::{AppState, Tokens, router};
 use escalator_jobs::{QueueNames, Queues};
 use escalator_store::*;
-use escalator_testkit::TestDb;
+pub use escalator_testkit::redis_url;
+use escalator_testkit::{RedisNamespace, TestDb};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
-
-pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 /// The process-wide recorder: installed once, shared by the tests of this binary.
 fn recorder() -> PrometheusHandle {
@@ -32,7 +29,8 @@ pub struct TestApi {
     pub db: TestDb,
     pub queues: Queues,
     pub router: Router,
-    prefix: String,
+    /// Its Redis keys, deleted when it is dropped.
+    _redis: RedisNamespace,
 }
 
 /// A response, body read.
@@ -77,8 +75,8 @@ pub async fn spawn_api() -> TestApi {
 
 pub async fn spawn_api_with(tokens: Tokens) -> TestApi {
     let db = TestDb::postgres().await;
-    let prefix = format!("api-{}", uuid::Uuid::new_v4().simple());
-    let queues = Queues::connect(&redis_url(), QueueNames::new(&prefix))
+    let ns = RedisNamespace::new("api");
+    let queues = Queues::connect(&redis_url(), QueueNames::new(&ns.name))
         .await
         .unwrap_or_else(|e| panic!("Redis is unreachable at {}: {e:?}", redis_url()));
     let state = AppState::new(db.store.clone(), queues.clone(), tokens, Some(recorder()));
@@ -86,23 +84,7 @@ pub async fn spawn_api_with(tokens: Tokens) -> TestApi {
         router: router(state),
         db,
         queues,
-        prefix,
-    }
-}
-
-impl Drop for TestApi {
-    fn drop(&mut self) {
-        if let Ok(client) = redis::Client::open(redis_url())
-            && let Ok(mut c) = client.get_connection()
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*", self.prefix))
-                .query(&mut c)
-                .unwrap_or_default();
-            for k in keys {
-                let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
-            }
-        }
+        _redis: ns,
     }
 }
 

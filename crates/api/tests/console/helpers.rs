@@ -8,23 +8,21 @@ use chrono::{Duration, Utc};
 use escalator_api::{AppState, Tokens, router};
 use escalator_jobs::{QueueNames, Queues};
 use escalator_store::*;
-use escalator_testkit::TestDb;
+pub use escalator_testkit::redis_url;
+use escalator_testkit::{RedisNamespace, TestDb};
 use serde_json::json;
 use tower::ServiceExt as _;
 
 pub const ADMIN: &str = "admin-secret-0123456789";
 pub const READER: &str = "reader-secret-0123456789";
 
-pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 /// The api (console included) over a fresh database and Redis namespace.
 pub struct Console {
     pub db: TestDb,
     pub queues: Queues,
     pub router: Router,
-    prefix: String,
+    /// Its Redis keys, deleted when it is dropped.
+    _redis: RedisNamespace,
 }
 
 /// A response, body read.
@@ -63,8 +61,8 @@ pub fn tokens() -> Tokens {
 
 pub async fn console(tokens: Tokens) -> Console {
     let db = TestDb::postgres().await;
-    let prefix = format!("ui-{}", uuid::Uuid::new_v4().simple());
-    let queues = Queues::connect(&redis_url(), QueueNames::new(&prefix))
+    let ns = RedisNamespace::new("ui");
+    let queues = Queues::connect(&redis_url(), QueueNames::new(&ns.name))
         .await
         .unwrap_or_else(|e| panic!("Redis is unreachable at {}: {e:?}", redis_url()));
     let state = AppState::new(db.store.clone(), queues.clone(), tokens, None);
@@ -72,23 +70,7 @@ pub async fn console(tokens: Tokens) -> Console {
         router: router(state),
         db,
         queues,
-        prefix,
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        if let Ok(client) = redis::Client::open(redis_url())
-            && let Ok(mut c) = client.get_connection()
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*", self.prefix))
-                .query(&mut c)
-                .unwrap_or_default();
-            for k in keys {
-                let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
-            }
-        }
+        _redis: ns,
     }
 }
 

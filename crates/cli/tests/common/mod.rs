@@ -8,14 +8,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use escalator_store::Store;
-use escalator_testkit::TestDb;
+use escalator_testkit::{RedisNamespace, TestDb};
 
 pub const SEED_TIME: &str = "2026-11-25T12:00:00Z";
 
 /// One test's world: a fresh database and its own Redis namespace.
 pub struct World {
     pub db: TestDb,
-    pub namespace: String,
+    /// Its Redis keys, deleted with it.
+    pub namespace: RedisNamespace,
     pub extra_env: Vec<(String, String)>,
 }
 
@@ -26,7 +27,7 @@ impl World {
         let queue = db.url.replace("escalator.db", "queue.db");
         World {
             db,
-            namespace: format!("e2e-{}", uuid::Uuid::new_v4().simple()),
+            namespace: RedisNamespace::new("e2e"),
             extra_env: vec![("ESCALATOR_QUEUE_URL".into(), queue)],
         }
     }
@@ -34,7 +35,7 @@ impl World {
     pub async fn new() -> World {
         World {
             db: TestDb::postgres().await,
-            namespace: format!("e2e-{}", uuid::Uuid::new_v4().simple()),
+            namespace: RedisNamespace::new("e2e"),
             extra_env: Vec::new(),
         }
     }
@@ -43,7 +44,7 @@ impl World {
         let mut c = Command::new(env!("CARGO_BIN_EXE_escalator"));
         c.args(args)
             .env("DATABASE_URL", &self.db.url)
-            .env("ESCALATOR_QUEUE_NAMESPACE", &self.namespace)
+            .env("ESCALATOR_QUEUE_NAMESPACE", &self.namespace.name)
             .env("ESCALATOR_POLL_INTERVAL", "0.05")
             // the engine and fault suites count one email per escalation; digests (on by
             // default) are tested in e2e_notify, which sets its threshold through extra_env
@@ -122,22 +123,6 @@ impl World {
     pub fn verify(&self) {
         let out = self.run(&["verify"]);
         assert!(String::from_utf8_lossy(&out.stdout).contains("verify: ok"));
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
-            && let Ok(mut c) = client.get_connection()
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*", self.namespace))
-                .query(&mut c)
-                .unwrap_or_default();
-            for k in keys {
-                let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
-            }
-        }
     }
 }
 
