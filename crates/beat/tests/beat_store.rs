@@ -10,16 +10,21 @@ use escalator_beat::{Beat, BeatConfig, Schedule};
 use escalator_jobs::{QueueNames, Queues};
 use escalator_runtime::serve::Health;
 use escalator_store::{NewWorkflow, Store};
-use escalator_testkit::TestDb;
+use escalator_testkit::{RedisNamespace, TestDb, redis_url};
 
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-async fn queues(ns: &str) -> Queues {
-    Queues::connect("redis://127.0.0.1:6379", QueueNames::new(ns))
+async fn queues(ns: &RedisNamespace) -> Queues {
+    Queues::connect(&redis_url(), QueueNames::new(&ns.name))
         .await
-        .expect("Redis is unreachable at 127.0.0.1:6379: start it (`make services`)")
+        .unwrap_or_else(|e| {
+            panic!(
+                "Redis is unreachable at {}: {e:?}; start it (`make services`)",
+                redis_url()
+            )
+        })
 }
 
 fn config(holder: &str, catchup: Duration, lease: Duration) -> BeatConfig {
@@ -44,14 +49,11 @@ async fn scheduled(store: &Store) -> Vec<(DateTime<Utc>, i32)> {
     runs
 }
 
-fn ns() -> String {
-    format!("beat-{}", uuid::Uuid::new_v4().simple())
-}
-
 #[tokio::test]
 async fn slots_missed_while_down_run_once_coalesced() {
     let db = TestDb::postgres().await;
-    let q = queues(&ns()).await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
     let mut beat = Beat::new(
         db.store.clone(),
         q.clone(),
@@ -107,7 +109,8 @@ async fn slots_missed_while_down_run_once_coalesced() {
 #[tokio::test]
 async fn a_standby_beat_enqueues_nothing_and_a_zombie_leader_is_fenced_off() {
     let db = TestDb::postgres().await;
-    let q = queues(&ns()).await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
     let lease = Duration::from_secs(1);
     let mut a = Beat::new(
         db.store.clone(),
@@ -148,7 +151,8 @@ async fn a_standby_beat_enqueues_nothing_and_a_zombie_leader_is_fenced_off() {
 #[tokio::test]
 async fn a_passed_deadline_wakes_the_beat_between_slots() {
     let db = TestDb::postgres().await;
-    let q = queues(&ns()).await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
     let now = Utc::now();
     db.store
         .create_workflow(
@@ -196,8 +200,8 @@ async fn a_passed_deadline_wakes_the_beat_between_slots() {
 async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
     use escalator_store::{BatchEffects, NewOutbox};
     let db = TestDb::postgres().await;
-    let names = ns();
-    let q = queues(&names).await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
     let s = &db.store;
     let now = utc("2026-11-25T12:05:00Z");
     let run = escalator_testkit::started_run(s, "cli", 2, now).await;
