@@ -295,8 +295,12 @@ async fn garbage_on_every_queue_is_dead_lettered_counted_and_survived() {
     let worker = w.worker(port);
     for queue in ["checks", "batches", "noop"] {
         let q = format!("{}:{queue}", w.namespace);
-        escalator_testkit::raw_queue::push_raw("redis://127.0.0.1:6379", &q, "{\"truncated\": ")
-            .await;
+        escalator_testkit::raw_queue::push_raw(
+            &escalator_testkit::redis_url(),
+            &q,
+            "{\"truncated\": ",
+        )
+        .await;
     }
     // the worker keeps going: a real check still completes
     assert_eq!(w.check(), (150, 150));

@@ -605,33 +605,27 @@ async fn a_delivery_without_a_workflow_is_kept_once_per_key(db: &TestDb) {
         }],
         ..BatchEffects::default()
     };
-    let mut tx = s.begin_batch().await.unwrap();
-    assert_eq!(
-        tx.apply(&digest("a@example.com"), now)
-            .await
-            .unwrap()
-            .outbox,
-        1
-    );
-    tx.commit().await.unwrap();
-
-    let mut tx = s.begin_batch().await.unwrap();
-    let err = tx
-        .apply_with(&digest("b@example.com"), now, EffectInserts::Fresh)
+    let write = |effects: BatchEffects, inserts: EffectInserts| async move {
+        let mut tx = s.begin_batch().await.unwrap();
+        match tx.apply_with(&effects, now, inserts).await {
+            Ok(applied) => {
+                tx.commit().await.unwrap();
+                Ok(applied.outbox)
+            }
+            Err(e) => {
+                tx.rollback().await.unwrap();
+                Err(e)
+            }
+        }
+    };
+    let first = write(digest("a@example.com"), EffectInserts::Idempotent).await;
+    assert_eq!(first.unwrap(), 1);
+    let err = write(digest("b@example.com"), EffectInserts::Fresh)
         .await
         .unwrap_err();
     assert!(err.is_duplicate_key(), "{err:?}");
-    tx.rollback().await.unwrap();
-
-    let mut tx = s.begin_batch().await.unwrap();
-    assert_eq!(
-        tx.apply(&digest("b@example.com"), now)
-            .await
-            .unwrap()
-            .outbox,
-        0
-    );
-    tx.commit().await.unwrap();
+    let again = write(digest("b@example.com"), EffectInserts::Idempotent).await;
+    assert_eq!(again.unwrap(), 0);
     let rows = s.list_outbox(None, 10).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].recipient, "a@example.com");

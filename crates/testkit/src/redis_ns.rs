@@ -42,8 +42,8 @@ impl Drop for RedisNamespace {
             .arg(format!("{}:*", self.name))
             .query(&mut c)
             .unwrap_or_default();
-        for k in keys {
-            let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut c);
         }
     }
 }

@@ -53,7 +53,7 @@ impl PgStore {
                 })
             })
             .max_connections(config.max_connections)
-            .min_connections(config.min_connections.min(config.max_connections))
+            .min_connections(config.min_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;

@@ -57,7 +57,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections.max(1))
-            .min_connections(config.min_connections.min(config.max_connections.max(1)))
+            .min_connections(config.min_connections)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
