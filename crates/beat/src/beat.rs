@@ -56,13 +56,26 @@ pub struct Beat {
     /// The latest slot with a run, once leading.
     last_slot: Option<DateTime<Utc>>,
     /// The deadline check in flight, so that one is not enqueued per wake-up.
-    deadline_run: Option<i64>,
+    deadline_run: Option<InFlight>,
     /// When the outbox was last swept for deliveries whose job was lost.
     swept: Option<std::time::Instant>,
 }
 
 /// How often the leader looks for due deliveries that no job is coming for.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// A deadline check that has shown no progress (status, batches done) for this long is taken
+/// as lost (its job gone with a flushed Redis, say) and no longer waited for: the next due
+/// deadline enqueues another. A second check beside a slow one is harmless (I1, I2).
+pub const DEADLINE_RUN_PATIENCE: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
+
+/// The deadline check in flight and when it last moved.
+#[derive(Debug, Clone, PartialEq)]
+struct InFlight {
+    id: i64,
+    progress: (String, i32),
+    moved_at: DateTime<Utc>,
+}
 
 impl Beat {
     /// A beat that is not leading yet.
@@ -139,15 +152,38 @@ impl Beat {
             self.last_slot = Some(slot);
         }
         // deadlines
-        if let Some(id) = self.deadline_run {
-            let run = self.store.get_check_run(id).await?;
-            if matches!(run.status.as_str(), "succeeded" | "failed") {
-                self.deadline_run = None;
+        if let Some(mut flight) = self.deadline_run.take() {
+            let run = self.store.get_check_run(flight.id).await?;
+            let progress = (run.status.clone(), run.batches_done);
+            if progress != flight.progress {
+                flight.progress = progress;
+                flight.moved_at = now;
+            }
+            let finished = matches!(run.status.as_str(), "succeeded" | "failed");
+            if finished {
+                // done: the next due deadline gets a new check
+            } else if now - flight.moved_at > DEADLINE_RUN_PATIENCE {
+                tracing::warn!(
+                    check_run_id = flight.id,
+                    status = %run.status,
+                    batches_done = run.batches_done,
+                    "the deadline check has not moved for {} s; enqueueing deadline checks again",
+                    DEADLINE_RUN_PATIENCE.num_seconds()
+                );
+            } else {
+                self.deadline_run = Some(flight);
             }
         }
         let earliest = self.store.earliest_next_check().await?;
         if self.deadline_run.is_none() && earliest.is_some_and(|t| t <= now) {
-            self.deadline_run = self.enqueue(None, "deadline", 1, now).await?;
+            self.deadline_run = self
+                .enqueue(None, "deadline", 1, now)
+                .await?
+                .map(|id| InFlight {
+                    id,
+                    progress: ("queued".into(), 0),
+                    moved_at: now,
+                });
         }
         if self.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
             self.swept = Some(std::time::Instant::now());

@@ -197,6 +197,58 @@ async fn a_passed_deadline_wakes_the_beat_between_slots() {
 }
 
 #[tokio::test]
+async fn a_deadline_check_that_never_moves_is_given_up_and_enqueued_again() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let now = Utc::now();
+    db.store
+        .create_workflow(
+            &NewWorkflow {
+                external_id: "D-2".into(),
+                title: "Lost check".into(),
+                kind: "k".into(),
+                stage: "s".into(),
+                assignee: "a".into(),
+                initiator: "b".into(),
+                escalation_target: Some("c".into()),
+                policy_id: None,
+                stage_started_at: Some(now - chrono::Duration::hours(23)),
+                metadata: serde_json::json!({}),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(1), Duration::from_secs(600)),
+        Health::new(Duration::from_secs(60)),
+    );
+    let deadline_runs = || async {
+        db.store
+            .recent_check_runs(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.requested_by == "deadline")
+            .count()
+    };
+    // no worker runs here, so the check stays queued: its job is as good as lost
+    beat.step(now).await.unwrap();
+    assert_eq!(deadline_runs().await, 1);
+    let patience = escalator_beat::DEADLINE_RUN_PATIENCE;
+    beat.step(now + patience).await.unwrap();
+    assert_eq!(deadline_runs().await, 1, "waited for within its patience");
+    let later = now + patience + chrono::Duration::seconds(1);
+    beat.step(later).await.unwrap();
+    assert_eq!(deadline_runs().await, 2, "a check that never moved is enqueued again");
+    beat.step(later + chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!(deadline_runs().await, 2, "and the new one is waited for in turn");
+}
+
+#[tokio::test]
 async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
     use escalator_store::{BatchEffects, NewOutbox};
     let db = TestDb::postgres().await;

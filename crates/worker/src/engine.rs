@@ -128,8 +128,18 @@ impl BatchOutcome {
 }
 
 /// A slice is drained in at most this many transactions (a guard: a slice holds about one
-/// batch, so it takes one or two).
+/// batch, so it takes one).
 const MAX_ROUNDS: usize = 10_000;
+
+/// Whether a transaction of a batch also marks the batch done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// It does: the transaction that only records completion, or a single-workflow check.
+    Always(i32),
+    /// It does if its claim drained the slice (came back short of the claim limit): the
+    /// slice's last effects and its completion then commit together.
+    IfDrained(i32),
+}
 
 impl Engine {
     /// Plans check run `job.check_run_id`: counts the due workflows, cuts them into disjoint
@@ -153,7 +163,7 @@ impl Engine {
                 until: None,
             };
             // batch_round records the finished run (metrics) itself
-            let outcome = self.batch_round(Some(id), &batch, Some(0)).await?;
+            let (outcome, _) = self.batch_round(Some(id), &batch, Finish::Always(0)).await?;
             if outcome.applied.outbox > 0 {
                 self.request_delivery(run.id).await;
             }
@@ -191,7 +201,7 @@ impl Engine {
         Ok(Planned::FannedOut { due, batches })
     }
 
-    /// Runs one batch job: transactions of up to `batch_size` due workflows of its slice —
+    /// Runs one batch job: transactions of up to `batch_size` + 1 due workflows of its slice —
     /// claim (SKIP LOCKED), decide with the SLA clock, apply every effect set-wise — until the
     /// slice is drained. A duplicate job finds its slice empty.
     pub async fn escalate_batch(&self, job: &EscalateBatch) -> Result<BatchOutcome, EngineError> {
@@ -199,20 +209,32 @@ impl Engine {
             applied: Applied::default(),
             failures: 0,
         };
+        // The transaction that drains the slice also marks the batch done, so a run is never
+        // reported finished while one of its batches is still writing. A slice holds about
+        // `batch_size` workflows and a claim takes up to one more, so a slice is normally
+        // drained, and its batch done, in one transaction.
+        let mut done = false;
         for _ in 0..MAX_ROUNDS {
-            let outcome = self.batch_round(None, job, None).await?;
-            let claimed = outcome.applied.counts.checked;
+            let (outcome, drained) = self
+                .batch_round(None, job, Finish::IfDrained(job.batch_index))
+                .await?;
             total.absorb(outcome);
-            if i64::from(claimed) < i64::from(self.config.batch_size) {
+            if drained {
+                done = true;
                 break;
             }
         }
-        // A transaction of its own marks the batch done, after every effect of the slice has
-        // committed: a run is never reported finished while a batch is still writing.
-        let done = self
-            .batch_round(Some(uuid::Uuid::nil()), job, Some(job.batch_index))
-            .await?;
-        total.absorb(done);
+        if !done {
+            // the guard ran out: a transaction of its own marks the batch done
+            let (outcome, _) = self
+                .batch_round(
+                    Some(uuid::Uuid::nil()),
+                    job,
+                    Finish::Always(job.batch_index),
+                )
+                .await?;
+            total.absorb(outcome);
+        }
         if total.applied.outbox > 0 {
             self.request_delivery(job.check_run_id).await;
         }
@@ -223,14 +245,15 @@ impl Engine {
     /// notification or outbox key exists already, which the conditional UPDATE rules out unless
     /// rows were written by hand, the transaction is rolled back and the round is redone with
     /// idempotent inserts, which skip such rows.
+    /// Returns whether the claim drained the slice.
     async fn batch_round(
         &self,
         only: Option<uuid::Uuid>,
         job: &EscalateBatch,
-        finishes: Option<i32>,
-    ) -> Result<BatchOutcome, EngineError> {
+        finish: Finish,
+    ) -> Result<(BatchOutcome, bool), EngineError> {
         match self
-            .round_with(only, job, finishes, EffectInserts::Fresh)
+            .round_with(only, job, finish, EffectInserts::Fresh)
             .await
         {
             Err(EngineError::Store(e)) if e.is_duplicate_key() => {
@@ -240,7 +263,7 @@ impl Engine {
                     error = ?e,
                     "an effect of this batch exists already; redoing it with idempotent inserts"
                 );
-                self.round_with(only, job, finishes, EffectInserts::Idempotent)
+                self.round_with(only, job, finish, EffectInserts::Idempotent)
                     .await
             }
             other => other,
@@ -251,23 +274,26 @@ impl Engine {
         &self,
         only: Option<uuid::Uuid>,
         job: &EscalateBatch,
-        finishes: Option<i32>,
+        finish: Finish,
         inserts: EffectInserts,
-    ) -> Result<BatchOutcome, EngineError> {
+    ) -> Result<(BatchOutcome, bool), EngineError> {
         let started = Instant::now();
         let mut tx = self.store.begin_batch().await?;
         let range = DueRange {
             from: job.from,
             until: job.until,
         };
+        let limit = self.config.batch_size.saturating_add(1);
         let due: Vec<DueWorkflow> = match only {
             // the nil id claims nothing: a transaction that only records completion
             Some(id) if id.is_nil() => Vec::new(),
             Some(id) => tx.claim_one(id, job.as_of).await?.into_iter().collect(),
-            None => {
-                tx.claim_due_in(job.as_of, &range, self.config.batch_size)
-                    .await?
-            }
+            None => tx.claim_due_in(job.as_of, &range, limit).await?,
+        };
+        let drained = due.len() < limit as usize;
+        let finishes = match finish {
+            Finish::Always(index) => Some(index),
+            Finish::IfDrained(index) => drained.then_some(index),
         };
         let (policies, calendars) = self.rules_for(&due).await;
         let decisions = decide_all(&due, &policies, &calendars, job.as_of);
@@ -346,10 +372,13 @@ impl Engine {
             commit_ms = (started.elapsed() - applied_at).as_millis() as u64,
             "batch committed"
         );
-        Ok(BatchOutcome {
-            failures: planned.failures.len(),
-            applied,
-        })
+        Ok((
+            BatchOutcome {
+                failures: planned.failures.len(),
+                applied,
+            },
+            drained,
+        ))
     }
 
     /// Decides the digests of a run that just finished: its held deliveries become outbox
