@@ -243,9 +243,19 @@ async fn a_deadline_check_that_never_moves_is_given_up_and_enqueued_again() {
     assert_eq!(deadline_runs().await, 1, "waited for within its patience");
     let later = now + patience + chrono::Duration::seconds(1);
     beat.step(later).await.unwrap();
-    assert_eq!(deadline_runs().await, 2, "a check that never moved is enqueued again");
-    beat.step(later + chrono::Duration::seconds(1)).await.unwrap();
-    assert_eq!(deadline_runs().await, 2, "and the new one is waited for in turn");
+    assert_eq!(
+        deadline_runs().await,
+        2,
+        "a check that never moved is enqueued again"
+    );
+    beat.step(later + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        deadline_runs().await,
+        2,
+        "and the new one is waited for in turn"
+    );
 }
 
 #[tokio::test]

@@ -163,7 +163,9 @@ impl Engine {
                 until: None,
             };
             // batch_round records the finished run (metrics) itself
-            let (outcome, _) = self.batch_round(Some(id), &batch, Finish::Always(0)).await?;
+            let (outcome, _) = self
+                .batch_round(Some(id), &batch, Finish::Always(0))
+                .await?;
             if outcome.applied.outbox > 0 {
                 self.request_delivery(run.id).await;
             }
