@@ -50,6 +50,12 @@ api_pid=""
 cleanup() {
   [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null
   psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
+  # the queue keys the api's enqueues left under this run's namespace
+  if command -v redis-cli >/dev/null; then
+    redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" --scan --pattern "fuzz$$:*" \
+      | xargs -r redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" del >/dev/null 2>&1
+  fi
+  return 0
 }
 trap cleanup EXIT
 

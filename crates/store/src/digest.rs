@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -25,12 +26,47 @@ pub struct HeldRow {
     pub item: Value,
 }
 
-/// The stored form of a held delivery's outbox row.
-pub fn item_json(o: &NewOutbox) -> Value {
-    json!({
-        "channel": o.channel, "recipient": o.recipient, "workflow_id": o.workflow_id,
-        "payload": o.payload, "idempotency_key": o.idempotency_key,
-    })
+/// The stored form of a held delivery's outbox row (`outbox_held.item`), serialized straight
+/// from the row: `{channel, recipient, workflow_id, payload, idempotency_key}`, the payload
+/// without its hold mark ([`NewOutbox::held_for_digest`]).
+#[derive(Debug, Serialize)]
+pub struct HeldItem<'a> {
+    channel: &'a str,
+    recipient: &'a str,
+    workflow_id: Option<Uuid>,
+    payload: Unmarked<'a>,
+    idempotency_key: &'a str,
+}
+
+/// [`HeldItem`] of `o`.
+pub fn item(o: &NewOutbox) -> HeldItem<'_> {
+    HeldItem {
+        channel: o.channel,
+        recipient: &o.recipient,
+        workflow_id: o.workflow_id,
+        payload: Unmarked(&o.payload),
+        idempotency_key: &o.idempotency_key,
+    }
+}
+
+/// A payload serialized without its `"hold"` key.
+#[derive(Debug)]
+struct Unmarked<'a>(&'a Value);
+
+impl Serialize for Unmarked<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.0 {
+            Value::Object(fields) => {
+                let mut map = s.serialize_map(None)?;
+                for (k, v) in fields.iter().filter(|(k, _)| *k != "hold") {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+            other => other.serialize(s),
+        }
+    }
 }
 
 fn channel(name: &str) -> Result<&'static str> {
@@ -165,7 +201,7 @@ mod tests {
             id,
             group_key: format!("{user}:{channel}"),
             threshold,
-            item: item_json(&o),
+            item: serde_json::to_value(item(&o)).unwrap(),
         }
     }
 

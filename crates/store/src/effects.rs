@@ -105,13 +105,15 @@ pub struct NewOutbox {
 /// A delivery held back until its check run finishes: at that point each (run, group) is
 /// either released as its individual rows or replaced by one digest (see [`crate::digest`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct HeldOutbox {
+pub struct HeldOutbox<'a> {
     /// `"{user id}:{channel}"`: the unit of a digest.
     pub group_key: String,
     /// More than this many items in the group make a digest.
     pub threshold: u32,
-    /// The row it becomes when not digested (its key is the held item's unique key).
-    pub outbox: NewOutbox,
+    /// The row it becomes when not digested (its key is the held item's unique key). Its
+    /// payload still carries the hold mark: [`crate::digest::item`] leaves it out, so the
+    /// row is stored without being copied.
+    pub outbox: &'a NewOutbox,
 }
 
 impl NewOutbox {
@@ -127,36 +129,35 @@ impl NewOutbox {
     }
 }
 
-/// Splits the rows marked by [`NewOutbox::held_for_digest`] off `outbox` (their mark
-/// removed). Without a run there is nothing to wait for: they stay in `outbox`.
+/// Splits the rows marked by [`NewOutbox::held_for_digest`] off `outbox`. Without a run there
+/// is nothing to wait for: they stay in `outbox`, their mark removed.
 pub(crate) fn split_held(
     outbox: &[NewOutbox],
     run: Option<i64>,
-) -> (Vec<Cow<'_, NewOutbox>>, Vec<HeldOutbox>) {
+) -> (Vec<Cow<'_, NewOutbox>>, Vec<HeldOutbox<'_>>) {
     let mut direct = Vec::new();
     let mut held = Vec::new();
     for o in outbox {
-        if o.payload.get("hold").is_none() {
+        let Some(hold) = o.payload.get("hold") else {
             direct.push(Cow::Borrowed(o));
             continue;
+        };
+        if run.is_none() {
+            let mut o = o.clone();
+            if let Some(m) = o.payload.as_object_mut() {
+                m.remove("hold");
+            }
+            direct.push(Cow::Owned(o));
+            continue;
         }
-        let mut o = o.clone();
-        let hold = o
-            .payload
-            .as_object_mut()
-            .and_then(|m| m.remove("hold"))
-            .filter(|_| run.is_some());
-        match hold {
-            Some(h) => held.push(HeldOutbox {
-                group_key: h["group"].as_str().unwrap_or_default().to_owned(),
-                threshold: h["threshold"]
-                    .as_u64()
-                    .and_then(|t| u32::try_from(t).ok())
-                    .unwrap_or(u32::MAX),
-                outbox: o,
-            }),
-            None => direct.push(Cow::Owned(o)),
-        }
+        held.push(HeldOutbox {
+            group_key: hold["group"].as_str().unwrap_or_default().to_owned(),
+            threshold: hold["threshold"]
+                .as_u64()
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(u32::MAX),
+            outbox: o,
+        });
     }
     (direct, held)
 }

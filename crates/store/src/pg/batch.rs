@@ -269,7 +269,7 @@ impl PgBatch {
     async fn insert_held(
         &mut self,
         run: Option<i64>,
-        h: &[HeldOutbox],
+        h: &[HeldOutbox<'_>],
         now: DateTime<Utc>,
         inserts: EffectInserts,
     ) -> Result<u64> {
@@ -292,7 +292,7 @@ impl PgBatch {
         )
         .bind(
             h.iter()
-                .map(|x| digest::item_json(&x.outbox))
+                .map(|x| sqlx::types::Json(digest::item(x.outbox)))
                 .collect::<Vec<_>>(),
         )
         .bind(

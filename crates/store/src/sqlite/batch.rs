@@ -288,23 +288,27 @@ impl SqliteBatch {
     async fn insert_held(
         &mut self,
         run: Option<i64>,
-        held: &[HeldOutbox],
+        held: &[HeldOutbox<'_>],
         now: DateTime<Utc>,
         inserts: EffectInserts,
     ) -> Result<u64> {
         let Some(run) = run.filter(|_| !held.is_empty()) else {
             return Ok(0);
         };
-        let rows: Vec<serde_json::Value> = held
+        let rows = held
             .iter()
             .map(|h| {
-                serde_json::json!({
+                Ok(serde_json::json!({
                     "group_key": h.group_key, "threshold": h.threshold,
-                    "item": digest::item_json(&h.outbox).to_string(),
+                    "item": serde_json::to_string(&digest::item(h.outbox))?,
                     "idempotency_key": h.outbox.idempotency_key,
-                })
+                }))
             })
-            .collect();
+            .collect::<std::result::Result<Vec<_>, serde_json::Error>>()
+            .map_err(|e| StoreError::Invalid {
+                field: "outbox_held.item",
+                message: e.to_string(),
+            })?;
         let done = sqlx::query(crate::rows::trusted(format!(
             "INSERT INTO outbox_held (check_run_id, group_key, threshold, item, idempotency_key,
                  created_at)
