@@ -49,6 +49,29 @@ async fn scheduled(store: &Store) -> Vec<(DateTime<Utc>, i32)> {
     runs
 }
 
+/// One workflow on the default policy (warning at 22 h, deadline at 24 h) whose stage started
+/// at `started`.
+async fn workflow_started(store: &Store, started: DateTime<Utc>, now: DateTime<Utc>) {
+    store
+        .create_workflow(
+            &NewWorkflow {
+                external_id: format!("D-{}", started.timestamp_micros()),
+                title: "Deadline".into(),
+                kind: "k".into(),
+                stage: "s".into(),
+                assignee: "a".into(),
+                initiator: "b".into(),
+                escalation_target: Some("c".into()),
+                policy_id: None,
+                stage_started_at: Some(started),
+                metadata: serde_json::json!({}),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn slots_missed_while_down_run_once_coalesced() {
     let db = TestDb::postgres().await;
@@ -154,27 +177,13 @@ async fn a_passed_deadline_wakes_the_beat_between_slots() {
     let ns = RedisNamespace::new("beat");
     let q = queues(&ns).await;
     let now = Utc::now();
-    db.store
-        .create_workflow(
-            &NewWorkflow {
-                external_id: "D-1".into(),
-                title: "Deadline".into(),
-                kind: "k".into(),
-                stage: "s".into(),
-                assignee: "a".into(),
-                initiator: "b".into(),
-                escalation_target: Some("c".into()),
-                policy_id: None,
-                // the warning (22 h) has just passed
-                stage_started_at: Some(
-                    now - chrono::Duration::hours(22) - chrono::Duration::seconds(1),
-                ),
-                metadata: serde_json::json!({}),
-            },
-            now,
-        )
-        .await
-        .unwrap();
+    // the warning (22 h) has just passed
+    workflow_started(
+        &db.store,
+        now - chrono::Duration::hours(22) - chrono::Duration::seconds(1),
+        now,
+    )
+    .await;
     let mut beat = Beat::new(
         db.store.clone(),
         q.clone(),
@@ -202,24 +211,7 @@ async fn a_deadline_check_that_never_moves_is_given_up_and_enqueued_again() {
     let ns = RedisNamespace::new("beat");
     let q = queues(&ns).await;
     let now = Utc::now();
-    db.store
-        .create_workflow(
-            &NewWorkflow {
-                external_id: "D-2".into(),
-                title: "Lost check".into(),
-                kind: "k".into(),
-                stage: "s".into(),
-                assignee: "a".into(),
-                initiator: "b".into(),
-                escalation_target: Some("c".into()),
-                policy_id: None,
-                stage_started_at: Some(now - chrono::Duration::hours(23)),
-                metadata: serde_json::json!({}),
-            },
-            now,
-        )
-        .await
-        .unwrap();
+    workflow_started(&db.store, now - chrono::Duration::hours(23), now).await;
     let mut beat = Beat::new(
         db.store.clone(),
         q.clone(),
