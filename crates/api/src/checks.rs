@@ -276,7 +276,7 @@ pub async fn enqueue(
 }
 
 #[utoipa::path(get, path = "/api/v1/checks/{id}", tag = "checks",
-    params(("id" = i64, Path, description = "check run id")),
+    params(("id" = i64, Path, description = "check run id", minimum = 1)),
     responses(
         (status = 200, description = "the run with its status and counts", body = CheckRun),
         (status = 400, description = "not a positive integer", body = ErrorBody),

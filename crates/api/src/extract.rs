@@ -74,8 +74,17 @@ fn field_of(path: &str, message: &str) -> Option<String> {
 }
 
 /// Parses a JSON document into `T`, mapping syntax errors to 400 and shape errors (unknown
-/// or missing fields, wrong types) to 422 naming the field.
+/// or missing fields, wrong types) to 422 naming the field. A NUL character (`\u0000`) in any
+/// string is refused with 422 naming where it is, as in a query parameter: no stored text can
+/// hold one.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    // only a document with the escape can hold a NUL (JSON strings cannot carry a raw one)
+    if bytes.windows(6).any(|w| w == b"\\u0000")
+        && let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && let Some(at) = nul_at(&doc, String::new())
+    {
+        return Err(ApiError::invalid(at, "must not contain a NUL character"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed: Result<T, (String, serde_json::Error)> =
         match serde_path_to_error::deserialize(&mut de) {
@@ -129,6 +138,32 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     }
 }
 
+/// The path (`a.b[0]`) of the first string, or key, in `v` that holds a NUL character.
+fn nul_at(v: &serde_json::Value, at: String) -> Option<String> {
+    let child = |key: &str| {
+        if at.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    match v {
+        serde_json::Value::String(text) => text.contains('\0').then_some(at),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_at(item, format!("{at}[{i}]"))),
+        serde_json::Value::Object(fields) => fields.iter().find_map(|(key, value)| {
+            if key.contains('\0') {
+                Some(child(&key.replace('\0', "\\u0000")))
+            } else {
+                nul_at(value, child(key))
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// Parses a query string into `T`, naming the parameter at fault.
 /// A NUL character is refused in any parameter: no stored text can hold one (PostgreSQL
 /// rejects it), so it can only be bad input.
@@ -169,6 +204,13 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // a NUL can only arrive percent-encoded; no stored text can hold one
+        if parts.uri.path().contains("%00") {
+            return Err(ApiError::bad_request(
+                "path",
+                "must not contain a NUL character",
+            ));
+        }
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(PathParams(v)),
             // A 5xx rejection means the route and the extractor disagree: a bug, not input.
@@ -243,5 +285,28 @@ mod tests {
         // found by fuzzing: a NUL reached PostgreSQL and came back as a 500
         let e = parse_query::<Body>("title=a%00b&n=1").unwrap_err();
         assert_eq!(field(e), (StatusCode::BAD_REQUEST, Some("title".into())));
+    }
+
+    #[test]
+    fn a_nul_anywhere_in_a_body_is_refused_naming_where() {
+        // found by fuzzing: `PUT /users/{id}` with a NUL in `manager_id` was a 500
+        let e = parse_json::<Body>(br#"{"title": "a\u0000b", "n": 1}"#).unwrap_err();
+        assert_eq!(
+            field(e),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("title".into()))
+        );
+        let e = parse_json::<serde_json::Value>(br#"{"a": {"b": ["ok", "x\u0000"]}}"#).unwrap_err();
+        assert_eq!(
+            field(e),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("a.b[1]".into()))
+        );
+        let e = parse_json::<serde_json::Value>(br#"{"k\u0000": 1}"#).unwrap_err();
+        assert_eq!(
+            field(e),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("k\\u0000".into()))
+        );
+        // an escaped backslash before "u0000" is text, not a NUL
+        let ok = parse_json::<Body>(br#"{"title": "a\\u0000", "n": 1}"#).unwrap();
+        assert_eq!(ok.title, "a\\u0000");
     }
 }

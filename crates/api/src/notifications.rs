@@ -17,6 +17,8 @@ use crate::workflows::{MAX_LIMIT, page_limit};
 #[serde(deny_unknown_fields)]
 pub struct InboxQuery {
     /// The user whose inbox to read (required).
+    // Optional in the type so that a missing one gets the api's own 400 naming it.
+    #[param(required = true, min_length = 1, pattern = r"\S")]
     pub recipient: Option<String>,
     /// Only notifications not yet read.
     #[serde(default)]
@@ -64,7 +66,7 @@ pub struct MarkedRead {
 }
 
 #[utoipa::path(post, path = "/api/v1/notifications/{id}/read", tag = "inbox",
-    params(("id" = i64, Path, description = "notification id")),
+    params(("id" = i64, Path, description = "notification id", minimum = 1)),
     responses(
         (status = 200, description = "read (idempotent)", body = MarkedRead),
         (status = 400, description = "not a positive integer", body = ErrorBody),

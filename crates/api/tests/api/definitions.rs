@@ -235,3 +235,38 @@ async fn policies_get_new_versions_and_bad_specs_name_the_field() {
         .error(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(field.as_deref(), Some("spec.escalate_to"));
 }
+
+#[tokio::test]
+async fn a_nul_in_a_body_or_a_path_is_refused_naming_where_not_a_500() {
+    // found by `make fuzz-api`: PostgreSQL refuses NUL in text, and the api answered 500
+    let api = spawn_api().await;
+    let (_, field) = put(
+        &api,
+        "/api/v1/users/carol",
+        json!({ "display_name": "Carol", "manager_id": "bo\u{0}b" }),
+    )
+    .await
+    .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("manager_id"));
+    let (_, field) = put(
+        &api,
+        "/api/v1/users/car%00ol",
+        json!({ "display_name": "Carol" }),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST);
+    assert_eq!(field.as_deref(), Some("path"));
+    let (_, field) = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "p", "name": "x\u{0}", "spec": {} }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("name"));
+    // nothing was stored
+    assert_eq!(
+        api.get("/api/v1/users/carol").await.status,
+        StatusCode::NOT_FOUND
+    );
+}

@@ -152,6 +152,26 @@ async fn the_openapi_document_describes_every_route() {
             "{method} {path} missing from the document"
         );
     }
+    // what the api refuses, the document says: a missing recipient, an id below 1
+    let param = |path: &str, method: &str, name: &str| {
+        paths[path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} {path}: no parameter {name}"))
+    };
+    let recipient = param("/api/v1/notifications", "get", "recipient");
+    assert_eq!(recipient["required"], true, "{recipient}");
+    assert_eq!(recipient["schema"]["minLength"], 1, "{recipient}");
+    for (path, method) in [
+        ("/api/v1/notifications/{id}/read", "post"),
+        ("/api/v1/checks/{id}", "get"),
+    ] {
+        let id = param(path, method, "id");
+        assert_eq!(id["schema"]["minimum"], 1, "{method} {path}: {id}");
+    }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "WorkflowView",
