@@ -24,7 +24,8 @@ use crate::extract::{OptionalJsonBody, PathParams, numeric_id};
 pub struct CreateCheck {
     /// Check only this workflow.
     pub workflow_id: Option<Uuid>,
-    /// Evaluate the SLA clock at this instant (default: now).
+    /// Evaluate the SLA clock at this instant (default: now). A real check may not be dated
+    /// more than a minute ahead; a dry run may.
     pub as_of: Option<DateTime<Utc>>,
     /// Preview only: answer 200 with the decisions a check would take, write nothing.
     #[serde(default)]
@@ -116,7 +117,10 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let scope = resolve_scope(&s, body.workflow_id).await?;
     let now = Utc::now();
-    let as_of = body.as_of.unwrap_or(now);
+    let as_of = match body.as_of {
+        Some(t) => escalator_store::time::check_instant("as_of", t)?,
+        None => now,
+    };
     if body.dry_run {
         let limit = body.limit.unwrap_or(1_000);
         if !(1..=DRY_RUN_MAX).contains(&limit) {
@@ -133,6 +137,7 @@ pub async fn create(
             "only a dry run takes a limit: a real check covers every due workflow",
         ));
     }
+    escalator_store::logic::check_real_as_of(as_of, now)?;
     Ok(enqueue(&s, scope, as_of, now).await?.into_response())
 }
 

@@ -53,6 +53,14 @@ impl ApiError {
         ApiError::client(StatusCode::BAD_REQUEST, "bad_request", message).with_field(field)
     }
 
+    /// A 400 for an invalid value in the path or the query (a bad address, not a bad body).
+    pub fn bad_request_from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid { field, message } => ApiError::bad_request(field, message),
+            other => other.into(),
+        }
+    }
+
     /// A 422 about one field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::client(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).with_field(field)

@@ -129,9 +129,7 @@ pub async fn create_version(
     State(s): State<AppState>,
     JsonBody(body): JsonBody<NewPolicyVersion>,
 ) -> ApiResult<(StatusCode, Json<PolicyView>)> {
-    if body.id.trim().is_empty() {
-        return Err(ApiError::invalid("id", "must not be empty"));
-    }
+    escalator_store::logic::check_id("id", &body.id)?;
     if body.name.trim().is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));
     }
@@ -187,9 +185,7 @@ pub async fn put_calendar(
     PathParams(id): PathParams<String>,
     JsonBody(spec): JsonBody<CalendarSpec>,
 ) -> ApiResult<Json<CalendarView>> {
-    if id.trim().is_empty() {
-        return Err(ApiError::bad_request("id", "must not be empty"));
-    }
+    escalator_store::logic::check_id("id", &id).map_err(ApiError::bad_request_from)?;
     let calendar = Calendar::new(spec).map_err(|e| ApiError::invalid(e.field, e.message))?;
     s.store.put_calendar(&id, &calendar).await?;
     Ok(Json(CalendarView {

@@ -173,8 +173,9 @@ pub async fn put(
     PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<PutUser>,
 ) -> ApiResult<Json<UserView>> {
-    if id.trim().is_empty() {
-        return Err(ApiError::bad_request("id", "must not be empty"));
+    escalator_store::logic::check_id("id", &id).map_err(ApiError::bad_request_from)?;
+    if let Some(manager) = &body.manager_id {
+        escalator_store::logic::check_id("manager_id", manager)?;
     }
     if body.display_name.trim().is_empty() {
         return Err(ApiError::invalid("display_name", "must not be empty"));

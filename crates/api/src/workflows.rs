@@ -183,6 +183,7 @@ pub fn decode_cursor(cursor: &str) -> ApiResult<(DateTime<Utc>, Uuid)> {
     let (micros, id) = raw.split_once('/').ok_or_else(bad)?;
     let micros: i64 = micros.parse().map_err(|_| bad())?;
     let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    escalator_store::time::check_instant("cursor", at).map_err(|_| bad())?;
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
 }
 
@@ -218,7 +219,11 @@ pub async fn list(
         status: q.status,
         assignee: q.assignee,
         sla_status: q.sla_status.map(|sla| (sla, now)),
-        due_before: q.due_before,
+        due_before: q
+            .due_before
+            .map(|t| escalator_store::time::check_instant("due_before", t))
+            .transpose()
+            .map_err(ApiError::bad_request_from)?,
         after: q.cursor.as_deref().map(decode_cursor).transpose()?,
         limit: fetch,
     };

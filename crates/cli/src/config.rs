@@ -230,10 +230,10 @@ impl DeliverySettings {
         };
         let max_attempts = bounded(src, "ESCALATOR_DELIVERY_MAX_ATTEMPTS", 8, 1..=50)?;
         let http = Self::http_from_env(src, &from)?;
-        if let (EmailConfig::Smtp { url, .. }, Some(_)) = (&email, &http.sendgrid) {
+        if let (EmailConfig::Smtp { .. }, Some(_)) = (&email, &http.sendgrid) {
             return Err(ConfigError {
                 name: "ESCALATOR_SENDGRID_URL",
-                value: url.clone(),
+                value: src.get("ESCALATOR_SENDGRID_URL").unwrap_or_default(),
                 reason: "email goes either over SMTP (ESCALATOR_SMTP_URL) or over an HTTP API \
                          (ESCALATOR_SENDGRID_URL): set one"
                     .into(),

@@ -6,8 +6,15 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default level (info).
 pub fn init(format: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let default = || EnvFilter::new("info,sqlx=warn");
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            // logging is not up yet: say it on stderr, and go on with the default level
+            eprintln!("warning: RUST_LOG={v:?} is not a valid filter ({e}); logging at info");
+            default()
+        }),
+        _ => default(),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

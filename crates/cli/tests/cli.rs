@@ -191,3 +191,88 @@ fn a_redis_that_may_evict_jobs_is_refused_at_start_up() {
     );
     assert!(stderr.contains("noeviction"), "{stderr}");
 }
+
+/// In a Redis incident `status` still reports the database (the first command of every
+/// runbook), says the queues are unreachable, and exits non-zero.
+#[tokio::test]
+async fn status_reports_the_database_when_the_queues_are_unreachable() {
+    let db = TestDb::postgres().await;
+    migrate_then_seed(&db).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("status")
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        .env_remove("ESCALATOR_QUEUE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("queues: UNREACHABLE"), "{stdout}");
+    assert!(stdout.contains("workflows: ok="), "{stdout}");
+    assert!(stdout.contains("recent check runs:"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("the queues could not be read"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn retrying_a_job_of_an_unknown_queue_names_the_queues() {
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args(["jobs", "retry", "batchez", "17"])
+        .env("ESCALATOR_QUEUE_NAMESPACE", "cli-unknown-queue")
+        .env_remove("ESCALATOR_QUEUE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unknown queue \"batchez\""), "{stderr}");
+    assert!(stderr.contains("cli-unknown-queue:batches"), "{stderr}");
+}
+
+/// api, worker and beat refuse a database whose schema is older than the build (no schema at
+/// all: a forgotten `DATABASE_URL` opening an empty SQLite file; one migration missing: an
+/// upgrade whose migration has not run yet) instead of taking jobs and failing each one.
+#[tokio::test]
+async fn services_refuse_a_database_without_this_builds_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = format!("sqlite://{}", dir.path().join("empty.db").display());
+    let db = TestDb::postgres().await;
+    let escalator_store::Store::Postgres(pg) = &db.store else {
+        unreachable!()
+    };
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(pg.pool())
+    .await
+    .unwrap();
+    for (url, missing) in [(empty.as_str(), "lacks "), (db.url.as_str(), "lacks 1 of")] {
+        for role in ["worker", "beat", "api"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+                .arg(role)
+                .env("DATABASE_URL", url)
+                .env("ESCALATOR_METRICS_ADDR", "127.0.0.1:0")
+                .env("ESCALATOR_API_ADDR", "127.0.0.1:0")
+                .env("ESCALATOR_QUEUE_NAMESPACE", "cli-schema")
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap();
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{role}: {stderr}");
+            assert!(stderr.contains(missing), "{role}: {stderr}");
+            assert!(
+                stderr.contains("run `escalator migrate`"),
+                "{role}: {stderr}"
+            );
+        }
+    }
+}

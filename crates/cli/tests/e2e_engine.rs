@@ -423,3 +423,56 @@ async fn the_engine_scenario_also_holds_on_sqlite() {
     w.verify();
     assert!(stop(worker).success());
 }
+
+/// An idle worker stays healthy: every poll of its queues counts as progress. (Counting only
+/// jobs, a worker failed its liveness probe after a minute without work, and Kubernetes
+/// restarted idle workers between checks.) A second worker on the same metrics port stops at
+/// once, naming the variable, instead of running without `/metrics` and `/healthz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_stays_healthy_and_a_second_on_its_port_stops() {
+    let w = World::new().await;
+    let port = free_port();
+    let worker = w.worker(port);
+    let started = Instant::now();
+    while http_get(port, "/healthz").await.0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no /healthz");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, body) = http_get(port, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let silent: i64 = body
+        .trim()
+        .strip_prefix("ok: last progress ")
+        .and_then(|s| s.strip_suffix("s ago"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected /healthz body {body:?}"));
+    assert!(silent <= 1, "an idle worker's polls are progress: {body}");
+
+    let mut second = w
+        .command(&["worker"])
+        .env("ESCALATOR_METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = second.kill();
+            panic!("a worker whose metrics port is taken kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("ESCALATOR_METRICS_ADDR=127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stop(worker).success());
+}

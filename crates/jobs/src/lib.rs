@@ -14,7 +14,7 @@ pub mod worker;
 pub use codec::{Incoming, LenientJson};
 pub use error::QueueError;
 pub use payload::{CheckWorkflows, DeliverNotifications, EscalateBatch, Noop, Scope};
-pub use poll::ReliableInterval;
+pub use poll::{PollObserver, ReliableInterval};
 pub use queues::{DeadJob, QueueStats, Queues};
 pub use settings::{QueueNames, WorkerSettings, unique_worker_name};
 pub use worker::{Stopped, register_redis, register_sqlite, run_supervised};

@@ -3,16 +3,58 @@
 //! gaps were measured). This one drains every ready tick, which always leaves a waker
 //! registered with the timer.
 
+use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apalis::prelude::{PollSnapshot, PollStrategy};
+
+/// Called on every poll of a queue: proof that a worker's poll loop is alive. The worker
+/// process touches its liveness (`/healthz`) with it, so an idle worker stays healthy and a
+/// stalled poll loop does not.
+#[derive(Clone, Default)]
+pub struct PollObserver(Option<Arc<dyn Fn() + Send + Sync>>);
+
+impl PollObserver {
+    /// An observer calling `f` on every poll.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Self {
+        PollObserver(Some(Arc::new(f)))
+    }
+
+    fn notify(&self) {
+        if let Some(f) = &self.0 {
+            f();
+        }
+    }
+}
+
+impl fmt::Debug for PollObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "PollObserver(set)"
+        } else {
+            "PollObserver(none)"
+        })
+    }
+}
+
+impl PartialEq for PollObserver {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
 
 /// Polls the backend every `period`.
 #[derive(Debug)]
 pub struct ReliableInterval {
     period: Duration,
     interval: Option<tokio::time::Interval>,
+    observer: PollObserver,
 }
 
 impl ReliableInterval {
@@ -22,13 +64,20 @@ impl ReliableInterval {
         ReliableInterval {
             period: period.max(Duration::from_millis(1)),
             interval: None,
+            observer: PollObserver::default(),
         }
+    }
+
+    /// The same strategy, telling `observer` of every poll.
+    pub fn observed(mut self, observer: PollObserver) -> Self {
+        self.observer = observer;
+        self
     }
 }
 
 impl Clone for ReliableInterval {
     fn clone(&self) -> Self {
-        ReliableInterval::new(self.period)
+        ReliableInterval::new(self.period).observed(self.observer.clone())
     }
 }
 
@@ -45,6 +94,7 @@ impl PollStrategy for ReliableInterval {
             fired = true;
         }
         if fired {
+            self.observer.notify();
             Poll::Ready(Some(()))
         } else {
             Poll::Pending

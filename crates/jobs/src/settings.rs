@@ -8,6 +8,7 @@ use apalis::layers::retry::backoff::{ExponentialBackoff, ExponentialBackoffMaker
 use apalis::prelude::{BackoffRetryPolicy, RetryPolicy};
 
 use crate::QueueError;
+use crate::poll::PollObserver;
 
 /// The queues of one deployment. Names are explicit (apalis would otherwise use the Rust type
 /// path, which changes when code moves); a namespace separates deployments and tests sharing
@@ -78,6 +79,8 @@ pub struct WorkerSettings {
     pub backoff_max: Duration,
     /// Jitter factor, 0.0–1.0.
     pub backoff_jitter: f64,
+    /// Told of every poll of the queue (the process's liveness); none by default.
+    pub on_poll: PollObserver,
 }
 
 impl WorkerSettings {
@@ -97,6 +100,7 @@ impl WorkerSettings {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             backoff_jitter: 0.5,
+            on_poll: PollObserver::default(),
         }
     }
 

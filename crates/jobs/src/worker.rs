@@ -40,7 +40,9 @@ where
         let backend = RedisStorage::<Incoming<T>>::new(conn.clone())
             .with_config(settings.redis_config())
             .with_codec(LenientJson)
-            .poll_with_strategy(ReliableInterval::new(settings.poll_interval));
+            .poll_with_strategy(
+                ReliableInterval::new(settings.poll_interval).observed(settings.on_poll.clone()),
+            );
         WorkerBuilder::new(unique_worker_name(&settings.name_prefix, restart))
             .backend(backend)
             .data(state.clone())
@@ -75,7 +77,9 @@ where
         let backend = SqliteStorage::<Incoming<T>>::new(&pool)
             .with_config(settings.sqlite_config())
             .with_codec(LenientJson)
-            .poll_with_strategy(ReliableInterval::new(settings.poll_interval));
+            .poll_with_strategy(
+                ReliableInterval::new(settings.poll_interval).observed(settings.on_poll.clone()),
+            );
         WorkerBuilder::new(unique_worker_name(&settings.name_prefix, restart))
             .backend(backend)
             .data(state.clone())

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// A configuration value that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{name}={value:?}: {reason}")]
+#[error("{name}={:?}: {reason}", shown(.name, .value))]
 pub struct ConfigError {
     /// The environment variable.
     pub name: &'static str,
@@ -15,6 +15,27 @@ pub struct ConfigError {
     pub value: String,
     /// Why it was refused.
     pub reason: String,
+}
+
+/// What an error may print of a value: nothing of a secret (tokens, keys, passwords), and a
+/// URL without the password of its user part.
+fn shown(name: &str, value: &str) -> String {
+    if ["TOKEN", "SECRET", "KEY", "PASSWORD"]
+        .iter()
+        .any(|s| name.contains(s))
+    {
+        return "(hidden)".into();
+    }
+    match (value.find("://"), value.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = &value[scheme + 3..at];
+            match user.find(':') {
+                Some(c) => format!("{}{}:***{}", &value[..scheme + 3], &user[..c], &value[at..]),
+                None => value.to_owned(),
+            }
+        }
+        _ => value.to_owned(),
+    }
 }
 
 /// Where variables come from: the process environment, or a map in tests.
@@ -158,5 +179,24 @@ mod tests {
         let e = env(&[("ESCALATOR_BATCH_SIZE", "0")]);
         let err = bounded(&e, "ESCALATOR_BATCH_SIZE", 500, 1..=5000).unwrap_err();
         assert!(err.reason.contains("between 1 and 5000"), "{err}");
+    }
+
+    #[test]
+    fn an_error_never_prints_a_password_or_a_secret() {
+        let url = ConfigError {
+            name: "ESCALATOR_SMTP_URL",
+            value: "smtpx://mailer:hunter2@relay:25".into(),
+            reason: "expected smtp://".into(),
+        };
+        let shown = url.to_string();
+        assert!(shown.contains("mailer:***@relay:25"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let token = ConfigError {
+            name: "ESCALATOR_API_TOKENS",
+            value: "ops:s3cret-token".into(),
+            reason: "expected name:token:scope".into(),
+        };
+        assert!(!token.to_string().contains("s3cret"), "{token}");
+        assert!(token.to_string().starts_with("ESCALATOR_API_TOKENS="));
     }
 }

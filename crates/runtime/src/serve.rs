@@ -1,7 +1,6 @@
 //! The small HTTP server of worker and beat processes: `/metrics` for Prometheus and
 //! `/healthz` for liveness probes.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -84,15 +83,17 @@ async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
     }
 }
 
-/// Serves the router on `addr` until `shutdown` resolves; also runs the recorder's upkeep.
+/// Serves the router on `listener` (bound at start-up, so that a taken port stops the process
+/// before it does any work) until `shutdown` resolves; also runs the recorder's upkeep.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     health: Health,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
+    }
     let upkeep = metrics.clone();
     let upkeep_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));

@@ -163,6 +163,48 @@ impl Store {
         dispatch!(self, s => s.migrate().await)
     }
 
+    /// The migrations of this build that the database has not applied, oldest first: empty
+    /// when its schema is up to date (a newer schema, applied by a newer build, is fine).
+    pub async fn missing_migrations(&self) -> Result<Vec<i64>> {
+        let (applied, migrator): (Vec<i64>, &sqlx::migrate::Migrator) = match self {
+            Store::Postgres(s) => {
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(s.pool())
+                        .await?;
+                let applied = if exists {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(s.pool())
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                (applied, &PG_MIGRATOR)
+            }
+            Store::Sqlite(s) => {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT count(*) > 0 FROM sqlite_master
+                     WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_one(s.pool())
+                .await?;
+                let applied = if exists {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(s.pool())
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                (applied, &SQLITE_MIGRATOR)
+            }
+        };
+        Ok(migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+            .map(|m| m.version)
+            .collect())
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)

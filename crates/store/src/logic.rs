@@ -37,6 +37,47 @@ pub fn validate_channels(channels: &[String]) -> std::result::Result<(), String>
     Ok(())
 }
 
+/// The longest identifier accepted (user ids, external ids, policy and calendar ids).
+/// Identifiers become index keys (assignees, inbox recipients, unique keys), and PostgreSQL
+/// refuses an index entry past about 2.7 kB: a longer id would be stored and then fail every
+/// check that escalates its workflow.
+pub const MAX_ID_CHARS: usize = 200;
+
+/// Checks an identifier: not blank, at most [`MAX_ID_CHARS`] characters.
+pub fn check_id(field: &'static str, value: &str) -> Result<()> {
+    let message = if value.trim().is_empty() {
+        "must not be empty".to_owned()
+    } else if value.chars().count() > MAX_ID_CHARS {
+        format!(
+            "must be at most {MAX_ID_CHARS} characters (got {})",
+            value.chars().count()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::Invalid { field, message })
+}
+
+/// How far ahead of this machine's clock a real check's `as_of` may be: clock skew between
+/// the caller and the service, no more.
+pub const AS_OF_SKEW: chrono::Duration = chrono::Duration::minutes(1);
+
+/// Refuses a real (writing) check dated in the future: it would remind and escalate workflows
+/// before their deadlines. A dry run may look ahead.
+pub fn check_real_as_of(as_of: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+    if as_of <= now + AS_OF_SKEW {
+        return Ok(());
+    }
+    Err(StoreError::Invalid {
+        field: "as_of",
+        message: format!(
+            "is {}s in the future: a real check would act before the deadlines (a dry run can \
+             look ahead)",
+            (as_of - now).num_seconds()
+        ),
+    })
+}
+
 /// Checks the caller-supplied fields of a new workflow, naming the first bad one.
 pub fn validate_new(new: &NewWorkflow) -> Result<()> {
     let required = [
@@ -54,6 +95,12 @@ pub fn validate_new(new: &NewWorkflow) -> Result<()> {
                 message: "must not be empty".into(),
             });
         }
+    }
+    check_id("external_id", &new.external_id)?;
+    check_id("assignee", &new.assignee)?;
+    check_id("initiator", &new.initiator)?;
+    if let Some(target) = &new.escalation_target {
+        check_id("escalation_target", target)?;
     }
     if new.escalation_target.as_deref() == Some(new.assignee.as_str()) {
         return Err(StoreError::Invalid {
@@ -78,7 +125,10 @@ pub fn plan_create(
     now: DateTime<Utc>,
 ) -> Result<(Workflow, NewAudit)> {
     validate_new(new)?;
-    let started = new.stage_started_at.unwrap_or(now);
+    let started = match new.stage_started_at {
+        Some(t) => crate::time::check_instant("stage_started_at", t)?,
+        None => now,
+    };
     let deadlines = deadlines_for(&policy.policy, calendar, started, 0, 0)?;
     let workflow = Workflow {
         id: Uuid::new_v4(),
@@ -151,7 +201,7 @@ pub fn first_difference(new: &NewWorkflow, existing: &Workflow) -> Option<&'stat
         Some("assignee")
     } else if new
         .stage_started_at
-        .is_some_and(|t| existing.cycle == 1 && t != existing.stage_started_at)
+        .is_some_and(|t| existing.cycle == 1 && crate::time::micros(t) != existing.stage_started_at)
     {
         Some("stage_started_at")
     } else {
@@ -237,12 +287,7 @@ pub fn plan_transition(
             if !(current.status.is_open() || current.status == Status::OnHold) {
                 return Err(refuse());
             }
-            if to.trim().is_empty() {
-                return Err(StoreError::Invalid {
-                    field: "to",
-                    message: "must not be empty".into(),
-                });
-            }
+            check_id("to", to)?;
             if *to == current.assignee {
                 return Err(StoreError::Invalid {
                     field: "to",
@@ -260,6 +305,9 @@ pub fn plan_transition(
                     field: "stage",
                     message: "must not be empty".into(),
                 });
+            }
+            if let Some(a) = assignee {
+                check_id("assignee", a)?;
             }
             details.insert("from_stage".into(), current.stage.clone().into());
             next.stage = stage.clone();

@@ -19,6 +19,27 @@ pub fn sqlite_opt(t: Option<DateTime<Utc>>) -> Option<String> {
     t.map(sqlite_ts)
 }
 
+/// The earliest instant accepted from callers.
+pub const EARLIEST: &str = "1970-01-01T00:00:00Z";
+/// The latest instant accepted from callers.
+pub const LATEST: &str = "9999-12-31T23:59:59.999999Z";
+
+/// Checks an instant given by a caller: from 1970 to the end of year 9999, the range both
+/// backends store and order alike (SQLite's text form needs a four-digit year; PostgreSQL
+/// refuses years past 294276 or before 4713 BC). Returns it at microsecond precision, as it
+/// will be read back.
+pub fn check_instant(field: &'static str, t: DateTime<Utc>) -> crate::Result<DateTime<Utc>> {
+    let year = chrono::Datelike::year(&t);
+    if (1970..=9999).contains(&year) {
+        Ok(micros(t))
+    } else {
+        Err(crate::StoreError::Invalid {
+            field,
+            message: format!("must be between {EARLIEST} and {LATEST}"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +52,21 @@ mod tests {
         assert_eq!(sqlite_ts(a), "2026-01-02T03:04:05.000000Z");
         assert_eq!(sqlite_ts(b), "2026-01-02T03:04:05.000001Z");
         assert!(sqlite_ts(a) < sqlite_ts(b));
+    }
+
+    #[test]
+    fn instants_outside_the_four_digit_years_are_refused_naming_the_field() {
+        let far = Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap();
+        let err = check_instant("as_of", far).unwrap_err();
+        assert!(err.to_string().contains("as_of"), "{err}");
+        let early = Utc.with_ymd_and_hms(1969, 12, 31, 23, 59, 59).unwrap();
+        assert!(check_instant("stage_started_at", early).is_err());
+        let fine = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+            + chrono::Duration::nanoseconds(1_234_567);
+        assert_eq!(
+            check_instant("as_of", fine).unwrap(),
+            Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+                + chrono::Duration::microseconds(1_234)
+        );
     }
 }

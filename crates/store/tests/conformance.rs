@@ -412,6 +412,21 @@ async fn policies_are_versioned_and_immutable(db: &TestDb) {
         .map(|p| (p.id, p.version))
         .collect();
     assert_eq!(ids, [("default".to_owned(), 2), ("vip".to_owned(), 1)]);
+    // creators racing for the next version all get one, each its own (the loser of a race on
+    // the primary key tries again instead of failing)
+    let racing = (0..8).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.create_policy_version("race", &format!("R{i}"), &Policy::default_policy())
+                .await
+        })
+    });
+    let mut versions = Vec::new();
+    for r in futures_util::future::join_all(racing).await {
+        versions.push(r.unwrap().unwrap().version);
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=8).collect::<Vec<_>>());
 }
 
 async fn users_and_calendars_round_trip(db: &TestDb) {

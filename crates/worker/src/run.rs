@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use apalis::prelude::Monitor;
 use escalator_jobs::{
-    CheckWorkflows, DeliverNotifications, EscalateBatch, Noop, Queues, Stopped, WorkerSettings,
+    CheckWorkflows, DeliverNotifications, EscalateBatch, Noop, PollObserver, Queues, Stopped,
+    WorkerSettings,
 };
 use escalator_jobs::{register_redis, register_sqlite, run_supervised};
 
@@ -48,8 +49,9 @@ impl Default for WorkerConfig {
     }
 }
 
-fn settings(config: &WorkerConfig, queue: &str) -> WorkerSettings {
+fn settings(config: &WorkerConfig, queue: &str, on_poll: &PollObserver) -> WorkerSettings {
     let mut s = WorkerSettings::new(&config.name, queue);
+    s.on_poll = on_poll.clone();
     s.concurrency = config.concurrency.max(1);
     s.max_attempts = config.max_attempts.max(1);
     s.attempt_timeout = config.attempt_timeout;
@@ -67,6 +69,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Stopped, escalator_jobs::QueueError> {
     let delivering = deliverer.is_some();
+    // every poll of every queue proves the worker alive: an idle worker stays healthy, a
+    // stalled poll loop does not
+    let on_poll = {
+        let health = health.clone();
+        PollObserver::new(move || health.touch())
+    };
     let ctx = Arc::new(HandlerContext {
         engine: engine.clone(),
         max_attempts: config.max_attempts.max(1),
@@ -76,12 +84,12 @@ pub async fn run(
     });
     let names = engine.queues.names().clone();
     // Few, long planner jobs: fetch one at a time so that another worker can take the next.
-    let mut checks = settings(&config, &names.checks);
+    let mut checks = settings(&config, &names.checks, &on_poll);
     checks.fetch_batch = 1;
-    let mut batches = settings(&config, &names.batches);
+    let mut batches = settings(&config, &names.batches, &on_poll);
     batches.fetch_batch = config.concurrency.max(1);
-    let noop = settings(&config, &names.noop);
-    let mut deliveries = settings(&config, &names.deliveries);
+    let noop = settings(&config, &names.noop, &on_poll);
+    let mut deliveries = settings(&config, &names.deliveries, &on_poll);
     deliveries.fetch_batch = 1;
     let monitor = Monitor::new();
     let monitor = match &engine.queues {

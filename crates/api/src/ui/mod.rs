@@ -84,11 +84,19 @@ async fn protect(mut res: Response) -> Response {
 pub struct FormData(Vec<(String, String)>);
 
 impl FormData {
-    /// Parses `application/x-www-form-urlencoded` bytes (invalid UTF-8 is replaced).
+    /// Parses `application/x-www-form-urlencoded` bytes. Invalid UTF-8 and NUL characters
+    /// (which no stored text can hold: PostgreSQL refuses them) are replaced with U+FFFD.
     pub fn parse(bytes: &[u8]) -> FormData {
+        let clean = |s: std::borrow::Cow<'_, str>| {
+            if s.contains('\0') {
+                s.replace('\0', "\u{FFFD}")
+            } else {
+                s.into_owned()
+            }
+        };
         FormData(
             form_urlencoded::parse(bytes)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .map(|(k, v)| (clean(k), clean(v)))
                 .collect(),
         )
     }

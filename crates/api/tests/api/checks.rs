@@ -54,6 +54,17 @@ async fn a_check_of_one_workflow_is_scoped_to_it() {
 #[tokio::test]
 async fn bad_check_requests_are_refused_naming_the_field() {
     let api = spawn_api().await;
+    // a real check dated ahead would escalate before the deadlines; a preview may look ahead
+    let ahead = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (_, field) = api
+        .post("/api/v1/checks", json!({ "as_of": ahead }))
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("as_of"));
+    let res = api
+        .post("/api/v1/checks", json!({ "as_of": ahead, "dry_run": true }))
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     let (_, field) = api
         .post("/api/v1/checks", json!({ "dry_run": true, "limit": 0 }))
         .await

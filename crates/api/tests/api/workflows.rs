@@ -99,6 +99,87 @@ async fn bad_bodies_are_4xx_json_errors_naming_the_problem() {
     assert_eq!(res.json()["error"]["field"], "title");
 }
 
+/// Identifiers are index keys: one past 200 characters is refused naming the field (an
+/// escalation target of 3,000 characters used to be stored, then failed every check that
+/// escalated its workflow). Instants outside years 1970-9999 are refused instead of reaching
+/// PostgreSQL as a 500, and sub-microsecond digits do not make a retried create a conflict.
+#[tokio::test]
+async fn long_ids_and_far_instants_are_refused_naming_the_field() {
+    let api = spawn_api().await;
+    let long = "u".repeat(201);
+    for field in ["external_id", "assignee", "initiator", "escalation_target"] {
+        let mut body = workflow_body("PR-long");
+        body[field] = json!(long);
+        let (_, named) = api
+            .post("/api/v1/workflows", body)
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(named.as_deref(), Some(field));
+    }
+    let mut body = workflow_body("PR-long");
+    body["escalation_target"] = json!("u".repeat(200));
+    assert_eq!(
+        api.post("/api/v1/workflows", body).await.status,
+        StatusCode::CREATED
+    );
+    let w = api.create("PR-reassign").await;
+    let res = api
+        .post(
+            &format!("/api/v1/workflows/{}/reassign", w["id"].as_str().unwrap()),
+            json!({ "to": long }),
+        )
+        .await;
+    assert_eq!(
+        res.error(StatusCode::UNPROCESSABLE_ENTITY).1.as_deref(),
+        Some("to")
+    );
+    let res = api
+        .send(
+            Method::PUT,
+            &format!("/api/v1/users/{long}"),
+            Some(br#"{"display_name":"X"}"#.to_vec()),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(res.error(StatusCode::BAD_REQUEST).1.as_deref(), Some("id"));
+
+    for at in [
+        "-5000-01-01T00:00:00Z",
+        "+10000-01-01T00:00:00Z",
+        "1969-12-31T23:59:59Z",
+    ] {
+        let mut body = workflow_body("PR-far");
+        body["stage_started_at"] = json!(at);
+        let (_, named) = api
+            .post("/api/v1/workflows", body)
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(named.as_deref(), Some("stage_started_at"), "{at}");
+        let res = api
+            .post("/api/v1/checks", json!({ "as_of": at, "dry_run": true }))
+            .await;
+        assert_eq!(
+            res.error(StatusCode::UNPROCESSABLE_ENTITY).1.as_deref(),
+            Some("as_of")
+        );
+    }
+    let res = api
+        .get("/api/v1/workflows?due_before=%2B10000-01-01T00:00:00Z")
+        .await;
+    assert_eq!(
+        res.error(StatusCode::BAD_REQUEST).1.as_deref(),
+        Some("due_before")
+    );
+
+    let mut body = workflow_body("PR-nanos");
+    body["stage_started_at"] = json!("2026-01-01T00:00:00.1234567Z");
+    let first = api.post("/api/v1/workflows", body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let again = api.post("/api/v1/workflows", body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    assert_eq!(first.json(), again.json());
+}
+
 #[tokio::test]
 async fn get_is_404_for_an_unknown_id_and_400_for_a_malformed_one() {
     let api = spawn_api().await;

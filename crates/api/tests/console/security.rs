@@ -304,3 +304,42 @@ async fn pages_are_not_cached_framed_or_allowed_to_run_scripts() {
         );
     }
 }
+
+/// A NUL character (which PostgreSQL refuses in text) in a query or a form is replaced, not
+/// passed on to become a 500 page.
+#[tokio::test]
+async fn a_nul_in_a_query_or_a_form_is_not_a_server_error() {
+    let c = console(Tokens::none()).await;
+    let w = c.workflow("w-nul", "Laptop", Duration::hours(5)).await;
+    for path in [
+        "/ui/workflows?q=%00",
+        "/ui/workflows?q=Lap%00top&status=%00",
+        "/ui/inbox?recipient=%00",
+        "/ui/checks?status=%00",
+    ] {
+        let page = c.get(path, None).await;
+        assert!(
+            page.status.is_success() || page.status.is_client_error(),
+            "{path}: {} {}",
+            page.status,
+            page.html
+        );
+    }
+    let page = c.get(&format!("/ui/workflows/{}", w.id), None).await;
+    let csrf = page.csrf();
+    let res = c
+        .post(
+            &format!("/ui/workflows/{}/reassign", w.id),
+            None,
+            &[
+                ("csrf", &csrf),
+                ("version", "1"),
+                ("to", "b\0ob"),
+                ("comment", "x\0y"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
+    let now = c.db.store.get_workflow(w.id).await.unwrap();
+    assert_eq!(now.assignee, "b\u{FFFD}ob");
+}

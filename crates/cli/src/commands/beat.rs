@@ -11,6 +11,7 @@ use crate::config::{BeatSettings, QueueConfig};
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let settings = BeatSettings::from_env(&ProcessEnv)?;
     let queue_config = QueueConfig::from_env(&ProcessEnv)?;
+    let listener = super::bind_metrics(settings.metrics_addr).await?;
     let metrics =
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
     let store = super::connect_service(database_url).await?;
@@ -29,12 +30,12 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = {
         let mut rx = stop_rx.clone();
-        let (addr, health) = (settings.metrics_addr, health.clone());
+        let health = health.clone();
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            escalator_runtime::serve::serve(addr, metrics, health, stopped).await
+            escalator_runtime::serve::serve(listener, metrics, health, stopped).await
         })
     };
     let beat = Beat::new(store.clone(), queues, settings.beat.clone(), health);

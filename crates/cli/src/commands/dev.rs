@@ -87,16 +87,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     escalator_worker::message::configure(delivery.message_settings()?);
     let deliverer = delivery.deliverer(&store)?;
-    let worker = tokio::spawn(escalator_worker::run(
-        engine,
-        worker_config,
-        deliverer,
-        health.clone(),
-        stopped(),
-    ));
-    let beat = tokio::spawn(
-        Beat::new(store.clone(), queues.clone(), beat_config, health.clone()).run(stopped()),
-    );
+    // every part runs until the stop signal; one that ends before it is a failure of `dev`
+    let mut parts = tokio::task::JoinSet::new();
+    {
+        let (engine, health, stop) = (engine, health.clone(), stopped());
+        parts.spawn(async move {
+            let r = escalator_worker::run(engine, worker_config, deliverer, health, stop).await;
+            ("worker", r.map(|_| ()).map_err(|e| e.to_string()))
+        });
+    }
+    {
+        let beat = Beat::new(store.clone(), queues.clone(), beat_config, health.clone());
+        let stop = stopped();
+        parts.spawn(async move { ("beat", beat.run(stop).await.map_err(|e| e.to_string())) });
+    }
     // the api on loopback only, without tokens: the embedded mode is for one person's machine
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -108,11 +112,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         escalator_api::Tokens::none(),
         Some(metrics),
     );
-    let api = tokio::spawn(async move {
-        axum::serve(listener, escalator_api::router(state))
-            .with_graceful_shutdown(stopped())
-            .await
-    });
+    {
+        let stop = stopped();
+        parts.spawn(async move {
+            let r = axum::serve(listener, escalator_api::router(state))
+                .with_graceful_shutdown(stop)
+                .await;
+            ("api", r.map_err(|e| e.to_string()))
+        });
+    }
     banner(&store, args.port, args.demo).await;
     if matches!(delivery.email, crate::config::EmailConfig::Files { .. }) {
         println!(
@@ -121,26 +129,37 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
         println!();
     }
-    escalator_runtime::shutdown::signal().await;
+    let early = tokio::select! {
+        _ = escalator_runtime::shutdown::signal() => None,
+        Some(done) = parts.join_next() => Some(done),
+    };
     let _ = stop_tx.send(true);
-    let (w, b, a) = tokio::join!(worker, beat, api);
-    match w {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "worker stopped with an error"),
-        Err(e) => tracing::error!(error = %e, "worker panicked"),
+    let mut failure = None;
+    if let Some(done) = early {
+        let (part, why) = match done {
+            Ok((part, Ok(()))) => (part, "it ended on its own".to_owned()),
+            Ok((part, Err(e))) => (part, e),
+            Err(e) => ("a part", format!("it panicked: {e}")),
+        };
+        tracing::error!(part, error = %why, "stopped unexpectedly; stopping the rest");
+        failure = Some(format!("the {part} stopped unexpectedly: {why}"));
     }
-    if let Ok(Err(e)) = b {
-        tracing::error!(error = %e, "beat stopped with an error");
-    }
-    if let Ok(Err(e)) = a {
-        tracing::error!(error = %e, "http server stopped with an error");
+    while let Some(done) = parts.join_next().await {
+        match done {
+            Ok((_, Ok(()))) => {}
+            Ok((part, Err(e))) => tracing::error!(part, error = %e, "stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "a part panicked"),
+        }
     }
     store.close().await;
     println!(
         "stopped; your data is in {} (run `escalator dev` again to resume)",
         args.db.display()
     );
-    Ok(())
+    match failure {
+        Some(f) => anyhow::bail!(f),
+        None => Ok(()),
+    }
 }
 
 /// The demo: an org chart, a policy with SLAs of seconds, three workflows starting now.
@@ -193,7 +212,8 @@ async fn demo(store: &Store) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     }
     let now = Utc::now();
-    let stamp = now.format("%H%M%S");
+    // unique per start, also on another day at the same time
+    let stamp = now.format("%Y%m%d-%H%M%S");
     for (n, (title, assignee, initiator)) in [
         ("Laptop purchase", "alice", "dave"),
         ("Conference travel", "erin", "alice"),

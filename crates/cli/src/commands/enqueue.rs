@@ -88,6 +88,12 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let now = Utc::now();
     let as_of = args.as_of.unwrap_or(now);
+    escalator_store::logic::check_real_as_of(as_of, now).map_err(|e| match e {
+        escalator_store::StoreError::Invalid { message, .. } => {
+            anyhow::anyhow!("--as-of {} {message}", as_of.to_rfc3339())
+        }
+        other => other.into(),
+    })?;
     let run = store
         .create_check_run(&NewCheckRun {
             slot: None,
@@ -100,14 +106,23 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         })
         .await?
         .context("the check run was not created")?;
-    queues
+    if let Err(e) = queues
         .push_check(&CheckWorkflows {
             check_run_id: run.id,
             as_of,
             scope,
         })
         .await
-        .context("enqueueing the check")?;
+    {
+        // a run left "queued" would read as "no worker is running" (the CheckRunsStale
+        // runbook); record why it never started
+        let why = format!("enqueueing failed: {e}");
+        if let Err(mark) = store.fail_check_run(run.id, &why, Utc::now()).await {
+            tracing::warn!(check_run_id = run.id, error = %mark, "could not mark the run failed");
+        }
+        return Err(anyhow::Error::new(e)
+            .context(format!("enqueueing check run {} (marked failed)", run.id)));
+    }
     if !args.wait {
         println!(
             "check_run_id={} as_of={} scope={scope} status=queued",
@@ -117,6 +132,7 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let deadline = Duration::from_secs(args.timeout);
+    let mut last_report = Instant::now();
     loop {
         let r = store.get_check_run(run.id).await?;
         if r.status == "succeeded" || r.status == "failed" {
@@ -142,11 +158,27 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         if started.elapsed() > deadline {
+            let hint = if r.status == "queued" {
+                "no worker has started it: is a worker running on this queue namespace?"
+            } else {
+                "a batch may be retrying or dead: see `escalator status` and `escalator jobs dead`"
+            };
             eprintln!(
-                "error: check run {} still {} after {}s (batches done {}/{}); is a worker running?",
+                "error: check run {} still {} after {}s (batches done {}/{}); {hint}",
                 r.id, r.status, args.timeout, r.batches_done, r.batches
             );
             std::process::exit(2);
+        }
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
+            eprintln!(
+                "check run {}: {} after {:.0}s, batches done {}/{}",
+                r.id,
+                r.status,
+                started.elapsed().as_secs_f64(),
+                r.batches_done,
+                r.batches
+            );
         }
         // Poll fast at first (short runs), then back off to spare the database.
         let waited = started.elapsed();
@@ -158,6 +190,9 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
+
+/// How often `--wait` says how a long run is going (on stderr; stdout keeps the one result line).
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Pushes no-op jobs; with --wait, follows the queue until all are done.
 async fn noops(args: NoopArgs) -> anyhow::Result<()> {

@@ -54,26 +54,52 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             id,
             all_dead,
         } => {
-            let targets = match (queue, id, all_dead) {
-                (_, _, true) => queues
-                    .dead_jobs(10_000)
-                    .await?
-                    .into_iter()
-                    .map(|d| (d.queue, d.id))
-                    .collect(),
-                (Some(q), Some(i), false) => vec![(q, i)],
+            let retried = match (queue, id, all_dead) {
+                (_, _, true) => retry_all(&queues).await?,
+                (Some(q), Some(i), false) => {
+                    let names = queues.names().all();
+                    // the short name (`batches`) is accepted for the namespaced one
+                    let Some(queue) = names
+                        .iter()
+                        .find(|n| **n == q || n.ends_with(&format!(":{q}")))
+                    else {
+                        bail!("unknown queue {q:?}: expected one of {}", names.join(", "));
+                    };
+                    if !queues.retry_dead(queue, &i).await? {
+                        bail!("{i} is not a dead job of {queue} (see `escalator jobs dead`)");
+                    }
+                    1
+                }
                 _ => bail!("give a queue and a task id (see `escalator jobs dead`), or --all-dead"),
             };
-            let mut retried = 0;
-            for (queue, id) in &targets {
-                if queues.retry_dead(queue, id).await? {
-                    retried += 1;
-                } else if !all_dead {
-                    bail!("{id} is not a dead job of {queue}");
-                }
-            }
             println!("{retried} job(s) back in their queue");
         }
     }
     Ok(())
+}
+
+/// Dead jobs are read in rounds of [`ROUND`] per queue (Redis hands out a random subset of a
+/// larger set); rounds go on until one finds fewer than a full round.
+const ROUND: usize = 10_000;
+
+async fn retry_all(queues: &escalator_jobs::Queues) -> anyhow::Result<usize> {
+    let mut retried = 0;
+    loop {
+        let dead = queues.dead_jobs(ROUND).await?;
+        let mut per_queue = std::collections::HashMap::<&str, usize>::new();
+        for d in &dead {
+            *per_queue.entry(d.queue.as_str()).or_default() += 1;
+        }
+        let mut this_round = 0;
+        for d in &dead {
+            if queues.retry_dead(&d.queue, &d.id).await? {
+                this_round += 1;
+            }
+        }
+        retried += this_round;
+        if this_round == 0 || per_queue.values().all(|n| *n < ROUND) {
+            return Ok(retried);
+        }
+        eprintln!("{retried} dead job(s) back in their queue so far");
+    }
 }

@@ -26,9 +26,38 @@ pub async fn connect(url: &str) -> anyhow::Result<Store> {
     connect_with(StoreConfig::new(url)).await
 }
 
+/// Binds `ESCALATOR_METRICS_ADDR` at start-up, so that a taken port stops a worker or beat
+/// with a message instead of leaving it running without `/metrics` and `/healthz`.
+pub async fn bind_metrics(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on ESCALATOR_METRICS_ADDR={addr} (another worker or beat on this \
+             host may hold it: give each process its own port)"
+        )
+    })
+}
+
 /// Connects for a long-running process: [`KEPT_OPEN`] connections stay open while it is idle.
+///
+/// Refuses a database whose schema is older than this build (none at all, a forgotten
+/// `DATABASE_URL` that opened an empty SQLite file, or a migration not yet applied during an
+/// upgrade): the process would otherwise take jobs and fail every one of them.
 pub async fn connect_service(url: &str) -> anyhow::Result<Store> {
-    connect_with(StoreConfig::new(url).keeping_open(KEPT_OPEN)).await
+    let store = connect_with(StoreConfig::new(url).keeping_open(KEPT_OPEN)).await?;
+    let missing = store
+        .missing_migrations()
+        .await
+        .context("reading the schema version")?;
+    if let Some(first) = missing.first() {
+        store.close().await;
+        anyhow::bail!(
+            "the database at DATABASE_URL={} lacks {} of this build's migrations (from {first}): \
+             run `escalator migrate` against it first",
+            redact(url),
+            missing.len()
+        );
+    }
+    Ok(store)
 }
 
 async fn connect_with(config: StoreConfig) -> anyhow::Result<Store> {
@@ -52,7 +81,14 @@ pub async fn connect_queues(
 
 /// Parses an RFC 3339 instant for `--as-of`/`--now`.
 pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    chrono::DateTime::parse_from_rfc3339(s)
+    let t = chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-25T12:00:00Z: {e}"))
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-25T12:00:00Z: {e}"))?;
+    escalator_store::time::check_instant("time", t).map_err(|_| {
+        format!(
+            "must be between {} and {}",
+            escalator_store::time::EARLIEST,
+            escalator_store::time::LATEST
+        )
+    })
 }

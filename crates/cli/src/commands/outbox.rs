@@ -12,7 +12,7 @@ pub struct OutboxArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum What {
-    /// List deliveries (pending by default).
+    /// List deliveries waiting to be sent (new or failed and due for a retry), soonest first.
     List {
         /// Only dead deliveries (attempts exhausted or refused for good).
         #[arg(long)]
@@ -36,13 +36,23 @@ pub async fn run(database_url: &str, args: OutboxArgs) -> anyhow::Result<()> {
     let store = super::connect(database_url).await?;
     match args.what {
         What::List { dead, limit } => {
-            let status = if dead { "dead" } else { "pending" };
-            let rows = store.list_outbox(Some(status), limit).await?;
+            // waiting means both never tried (pending) and waiting for a retry (failed, with
+            // the last error): the soonest first
+            let (status, rows) = if dead {
+                ("dead", store.list_outbox(Some("dead"), limit).await?)
+            } else {
+                let mut rows = store.list_outbox(Some("pending"), limit).await?;
+                rows.extend(store.list_outbox(Some("failed"), limit).await?);
+                rows.sort_by_key(|r| (r.next_attempt_at, r.id));
+                rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                ("waiting", rows)
+            };
             for r in &rows {
                 println!(
-                    "#{:<8} {:<6} {:<30} attempts={} next={} {}",
+                    "#{:<8} {:<6} {:<7} {:<30} attempts={} next={} {}",
                     r.id,
                     r.channel,
+                    r.status,
                     r.recipient,
                     r.attempts,
                     r.next_attempt_at.to_rfc3339(),

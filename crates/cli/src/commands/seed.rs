@@ -14,8 +14,9 @@ const CHUNK: usize = 50_000;
 /// Arguments of `escalator seed`.
 #[derive(Debug, clap::Args)]
 pub struct SeedArgs {
-    /// Number of open workflows to create.
-    #[arg(long, default_value_t = 1_000)]
+    /// Number of open workflows to create (at most 100 million).
+    #[arg(long, default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     workflows: u64,
     /// RNG seed: the same seed and --now give the same data.
     #[arg(long, default_value_t = 1)]

@@ -5,9 +5,26 @@ use escalator_runtime::config::ProcessEnv;
 
 use crate::config::QueueConfig;
 
-/// Prints the status report.
+/// Prints the status report. The database part is printed even when the queues cannot be
+/// reached (the report is what an operator reads first in an incident); the command then
+/// exits non-zero naming what failed.
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let store = super::connect(database_url).await?;
+    let queues_failed = match queue_report().await {
+        Ok(()) => None,
+        Err(e) => {
+            println!("queues: UNREACHABLE: {e:#}");
+            Some(e)
+        }
+    };
+    database_report(&store).await?;
+    match queues_failed {
+        Some(e) => Err(e.context("the queues could not be read (the database part is above)")),
+        None => Ok(()),
+    }
+}
+
+async fn queue_report() -> anyhow::Result<()> {
     let queues = super::connect_queues(&QueueConfig::from_env(&ProcessEnv)?).await?;
     println!("queues ({}):", super::worker::describe(&queues));
     for q in queues.stats().await? {
@@ -29,6 +46,10 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+async fn database_report(store: &escalator_store::Store) -> anyhow::Result<()> {
     let now = Utc::now();
     let (ok, warning, breached) = store.sla_counts(now).await?;
     println!(

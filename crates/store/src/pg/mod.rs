@@ -170,20 +170,28 @@ impl PgStore {
             source,
         })?;
         // Two concurrent creators race for the same version; the primary key makes one fail
-        // instead of both succeeding.
-        let row = sqlx::query(
-            "INSERT INTO escalation_policies (id, version, name, calendar_id, spec)
-             SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4
-             FROM escalation_policies WHERE id = $1
-             RETURNING id, version, name, spec, created_at",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(policy.spec().calendar_id.as_deref())
-        .bind(spec)
-        .fetch_one(&self.pool)
-        .await?;
-        rows::policy(&row)
+        // instead of both succeeding, and the loser tries again with the next version.
+        let mut attempt = 0;
+        loop {
+            let inserted = sqlx::query(
+                "INSERT INTO escalation_policies (id, version, name, calendar_id, spec)
+                 SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4
+                 FROM escalation_policies WHERE id = $1
+                 RETURNING id, version, name, spec, created_at",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(policy.spec().calendar_id.as_deref())
+            .bind(&spec)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from);
+            match inserted {
+                Ok(row) => return rows::policy(&row),
+                Err(e) if attempt < 10 && e.is_duplicate_key() => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub(crate) async fn get_policy(&self, id: &str, version: Option<i32>) -> Result<PolicyRecord> {
