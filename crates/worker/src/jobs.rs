@@ -133,7 +133,25 @@ pub async fn escalate_batch(
                 "batch failed"
             );
             // Nothing is lost when a batch dies: its workflows stay due and the next check
-            // claims them again.
+            // claims them again. The run is marked failed, naming the batch, so that waiters
+            // (`enqueue check --wait`, the beat) and dashboards do not wait for it for ever;
+            // the other batches still commit and count.
+            if err.downcast_ref::<apalis::prelude::AbortError>().is_some() {
+                let msg = format!(
+                    "batch {} dead after {} attempt(s): {err}; its workflows stay due for the \
+                     next check",
+                    job.batch_index,
+                    at.current()
+                );
+                if let Err(e) = ctx
+                    .engine
+                    .store
+                    .fail_check_run(job.check_run_id, &msg, Utc::now())
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot mark the check run failed");
+                }
+            }
             Err(err)
         }
     };
