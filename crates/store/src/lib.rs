@@ -166,37 +166,35 @@ impl Store {
     /// The migrations of this build that the database has not applied, oldest first: empty
     /// when its schema is up to date (a newer schema, applied by a newer build, is fine).
     pub async fn missing_migrations(&self) -> Result<Vec<i64>> {
-        let (applied, migrator): (Vec<i64>, &sqlx::migrate::Migrator) = match self {
-            Store::Postgres(s) => {
-                let exists: bool =
-                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                        .fetch_one(s.pool())
-                        .await?;
-                let applied = if exists {
+        // the versions recorded as applied, none when the bookkeeping table does not exist
+        macro_rules! applied {
+            ($pool:expr, $table_exists:literal) => {{
+                let exists: bool = sqlx::query_scalar($table_exists).fetch_one($pool).await?;
+                if exists {
                     sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                        .fetch_all(s.pool())
+                        .fetch_all($pool)
                         .await?
                 } else {
-                    Vec::new()
-                };
-                (applied, &PG_MIGRATOR)
-            }
-            Store::Sqlite(s) => {
-                let exists: bool = sqlx::query_scalar(
+                    Vec::<i64>::new()
+                }
+            }};
+        }
+        let (applied, migrator) = match self {
+            Store::Postgres(s) => (
+                applied!(
+                    s.pool(),
+                    "SELECT to_regclass('_sqlx_migrations') IS NOT NULL"
+                ),
+                &PG_MIGRATOR,
+            ),
+            Store::Sqlite(s) => (
+                applied!(
+                    s.pool(),
                     "SELECT count(*) > 0 FROM sqlite_master
-                     WHERE type = 'table' AND name = '_sqlx_migrations'",
-                )
-                .fetch_one(s.pool())
-                .await?;
-                let applied = if exists {
-                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                        .fetch_all(s.pool())
-                        .await?
-                } else {
-                    Vec::new()
-                };
-                (applied, &SQLITE_MIGRATOR)
-            }
+                     WHERE type = 'table' AND name = '_sqlx_migrations'"
+                ),
+                &SQLITE_MIGRATOR,
+            ),
         };
         Ok(migrator
             .iter()

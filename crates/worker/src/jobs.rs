@@ -60,6 +60,18 @@ fn malformed(queue: &'static str, raw: &str, error: &str) -> Result<(), BoxDynEr
     Err(attempt::malformed(raw, error))
 }
 
+/// Gives a run whose job died a final status, so that waiters and dashboards see the failure.
+async fn fail_run(ctx: &HandlerContext, check_run_id: i64, why: &str) {
+    if let Err(e) = ctx
+        .engine
+        .store
+        .fail_check_run(check_run_id, why, Utc::now())
+        .await
+    {
+        tracing::error!(check_run_id, error = %e, "cannot mark the check run failed");
+    }
+}
+
 /// `escalator:checks`: plan a check run.
 pub async fn check_workflows(
     job: Incoming<CheckWorkflows>,
@@ -88,14 +100,7 @@ pub async fn check_workflows(
             if err.downcast_ref::<apalis::prelude::AbortError>().is_some() {
                 // Give the run a final status so that waiters and dashboards see the failure.
                 let msg = format!("planner failed after {} attempt(s): {err}", at.current());
-                if let Err(e) = ctx
-                    .engine
-                    .store
-                    .fail_check_run(job.check_run_id, &msg, Utc::now())
-                    .await
-                {
-                    tracing::error!(error = %e, "cannot mark the check run failed");
-                }
+                fail_run(&ctx, job.check_run_id, &msg).await;
             }
             Err(err)
         }
@@ -143,14 +148,7 @@ pub async fn escalate_batch(
                     job.batch_index,
                     at.current()
                 );
-                if let Err(e) = ctx
-                    .engine
-                    .store
-                    .fail_check_run(job.check_run_id, &msg, Utc::now())
-                    .await
-                {
-                    tracing::error!(error = %e, "cannot mark the check run failed");
-                }
+                fail_run(&ctx, job.check_run_id, &msg).await;
             }
             Err(err)
         }
