@@ -3,7 +3,12 @@
 # write the effects of a 100,000-workflow tick (30,000 workflow updates, 30,000 audit rows,
 # 60,000 in-app notifications, 15,000 emails, 15,000 held emails) in batches of 500 on two
 # sessions, with escalator's schema and no application at all. DROP_SQL (optional) is run
-# after the migrations, e.g. to drop indexes and see what they cost. Uses its own database.
+# after the migrations, e.g. to drop indexes and see what they cost; BATCH_SQL (default
+# scripts/floor/batch.sql) is the batch statement, EXPECT_NOTIFICATIONS (60000) its in-app row
+# count. A data-model variant, one in-app row per event (docs/benchmarks.md, session 7):
+#   DROP_SQL=scripts/floor/per-event-schema.sql BATCH_SQL=scripts/floor/batch-per-event.sql \
+#   EXPECT_NOTIFICATIONS=30000 make bench-floor
+# Uses its own database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ADMIN_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
@@ -21,7 +26,7 @@ DATABASE_URL=$url "$BIN" seed --workflows 100000 --seed 7 --now "$NOW" >/dev/nul
 psql "$url" -qc "INSERT INTO check_runs (id, requested_by, scope, as_of, status)
                  VALUES (1, 'cli', 'all', '$NOW', 'running')"
 psql "$url" -qc "VACUUM ANALYZE" -c "CHECKPOINT"
-session() { for _ in $(seq 1 31); do cat scripts/floor/batch.sql; done | psql "$url" -q -At -v asof="$NOW" >/dev/null; }
+session() { for _ in $(seq 1 31); do cat "${BATCH_SQL:-scripts/floor/batch.sql}"; done | psql "$url" -q -At -v asof="$NOW" >/dev/null; }
 cpu() { awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat; }
 read -r b0 i0 < <(cpu); t0=$(date +%s.%N)
 session & session & wait
@@ -30,7 +35,7 @@ read -r audits notes mails held due < <(psql "$url" -At -F ' ' -c "SELECT
   (SELECT count(*) FROM audit_logs WHERE check_run_id = 1), (SELECT count(*) FROM notifications),
   (SELECT count(*) FROM outbox), (SELECT count(*) FROM outbox_held),
   (SELECT count(*) FROM workflows WHERE status IN ('pending', 'escalated') AND next_check_at <= '$NOW')")
-[ "$audits" = 30000 ] && [ "$notes" = 60000 ] && [ "$due" = 0 ] \
+[ "$audits" = 30000 ] && [ "$notes" = "${EXPECT_NOTIFICATIONS:-60000}" ] && [ "$due" = 0 ] \
   || { echo "unexpected rows: audit=$audits notifications=$notes still due=$due" >&2; exit 1; }
 awk -v t0="$t0" -v t1="$t1" -v busy=$((b1 - b0)) -v idle=$((i1 - i0)) -v rows="audit=$audits notifications=$notes outbox=$mails held=$held" \
   'BEGIN { printf "floor workflows=100000 seconds=%.3f cpu_seconds=%.2f idle_seconds=%.2f %s\n", t1 - t0, busy / 100, idle / 100, rows }'

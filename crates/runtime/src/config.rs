@@ -123,7 +123,9 @@ pub fn addr(
     let value = src.get(name).unwrap_or_else(|| default.to_owned());
     value.trim().parse().map_err(|_| ConfigError {
         name,
-        reason: "expected host:port, e.g. 0.0.0.0:9100".into(),
+        reason: "expected an IP address and a port, e.g. 0.0.0.0:9100 or 127.0.0.1:9100 \
+                 (a host name such as localhost is not accepted)"
+            .into(),
         value,
     })
 }
