@@ -476,3 +476,52 @@ async fn an_idle_worker_stays_healthy_and_a_second_on_its_port_stops() {
     );
     assert!(stop(worker).success());
 }
+
+/// One workflow whose effects the database refuses (here an escalation target too long for
+/// the assignee index, as a hand edit or an older version without the api's limit could leave
+/// it) holds back none of the others: the refused batch is redone one workflow at a time, the
+/// culprit is set aside and counted as the run's failure, every other workflow is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_the_database_refuses_holds_back_no_other() {
+    let w = World::new().await;
+    w.seed(1_000);
+    let escalator_store::Store::Postgres(pg) = &w.db.store else {
+        unreachable!()
+    };
+    let poison: uuid::Uuid = sqlx::query_scalar(
+        "UPDATE workflows SET escalation_target =
+             (SELECT string_agg(md5(random()::text || g), '') FROM generate_series(1, 300) g)
+         WHERE id = (SELECT id FROM workflows WHERE due_at <= $1 ORDER BY id LIMIT 1)
+         RETURNING id",
+    )
+    .bind(chrono::DateTime::parse_from_rfc3339(SEED_TIME).unwrap())
+    .fetch_one(pg.pool())
+    .await
+    .unwrap();
+    let worker = w.worker(free_port());
+    assert_eq!(w.check(), (150, 149));
+    let s = &w.db.store;
+    assert_eq!(
+        rows(
+            s,
+            "SELECT failed::bigint FROM check_runs ORDER BY id DESC LIMIT 1"
+        )
+        .await,
+        1
+    );
+    let set_aside = s.get_workflow(poison).await.unwrap();
+    assert_eq!(set_aside.escalation_level, 0);
+    assert_eq!(
+        set_aside.next_check_at,
+        Some(
+            chrono::DateTime::parse_from_rfc3339(SEED_TIME)
+                .unwrap()
+                .to_utc()
+                + chrono::Duration::minutes(5)
+        )
+    );
+    // the others are done: a second check at the same instant finds nothing
+    assert_eq!(w.check(), (0, 0));
+    w.verify();
+    assert!(stop(worker).success());
+}

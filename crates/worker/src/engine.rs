@@ -139,6 +139,8 @@ enum Finish {
     /// It does if its claim drained the slice (came back short of the claim limit): the
     /// slice's last effects and its completion then commit together.
     IfDrained(i32),
+    /// It does not: one workflow of a slice redone on its own ([`Engine::isolate`]).
+    Never,
 }
 
 impl Engine {
@@ -254,7 +256,7 @@ impl Engine {
         job: &EscalateBatch,
         finish: Finish,
     ) -> Result<(BatchOutcome, bool), EngineError> {
-        match self
+        let result = match self
             .round_with(only, job, finish, EffectInserts::Fresh)
             .await
         {
@@ -269,7 +271,122 @@ impl Engine {
                     .await
             }
             other => other,
+        };
+        match result {
+            Err(EngineError::Store(e)) if only.is_none() && !e.is_transient() => {
+                tracing::warn!(
+                    check_run_id = job.check_run_id,
+                    batch = job.batch_index,
+                    error = ?e,
+                    "the database refused this batch for good; redoing it one workflow at a time"
+                );
+                self.isolate(job, finish).await
+            }
+            other => other,
         }
+    }
+
+    /// Redoes a round that the database refused for good (not a lost connection, not an
+    /// existing key) one workflow per transaction. One workflow whose effects cannot be
+    /// written, say an id too long for an index, would otherwise fail its whole slice on every
+    /// attempt and every check, and the others would never be reminded or escalated (I1). A
+    /// workflow refused on its own is set aside for [`plan::SET_ASIDE`] and counted as a
+    /// failure, with the database's reason in the log; the batch then finishes as usual.
+    async fn isolate(
+        &self,
+        job: &EscalateBatch,
+        finish: Finish,
+    ) -> Result<(BatchOutcome, bool), EngineError> {
+        let limit = self.config.batch_size.saturating_add(1);
+        let ids: Vec<uuid::Uuid> = {
+            let mut tx = self.store.begin_batch().await?;
+            let range = DueRange {
+                from: job.from,
+                until: job.until,
+            };
+            let due = tx.claim_due_in(job.as_of, &range, limit).await?;
+            if let Err(e) = tx.rollback().await {
+                tracing::warn!(error = ?e, "rollback of a read-only claim failed");
+            }
+            due.iter().map(|d| d.workflow.id).collect()
+        };
+        let drained = ids.len() < limit as usize;
+        let mut total = BatchOutcome {
+            applied: Applied::default(),
+            failures: 0,
+        };
+        for id in ids {
+            match self
+                .round_with(Some(id), job, Finish::Never, EffectInserts::Idempotent)
+                .await
+            {
+                Ok((outcome, _)) => total.absorb(outcome),
+                Err(EngineError::Store(e)) if !e.is_transient() => {
+                    total.absorb(self.set_aside(job, id, &e).await?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let finishes = match finish {
+            Finish::Always(index) => Some(index),
+            Finish::IfDrained(index) => drained.then_some(index),
+            Finish::Never => None,
+        };
+        if let Some(index) = finishes {
+            let (outcome, _) = self
+                .round_with(
+                    Some(uuid::Uuid::nil()),
+                    job,
+                    Finish::Always(index),
+                    EffectInserts::Fresh,
+                )
+                .await?;
+            total.absorb(outcome);
+        }
+        Ok((total, drained))
+    }
+
+    /// Moves workflow `id`'s next check [`plan::SET_ASIDE`] ahead without any other effect,
+    /// counting it as a failure of the run: its own effects were refused with `cause`.
+    async fn set_aside(
+        &self,
+        job: &EscalateBatch,
+        id: uuid::Uuid,
+        cause: &StoreError,
+    ) -> Result<BatchOutcome, EngineError> {
+        let mut tx = self.store.begin_batch().await?;
+        let Some(due) = tx.claim_one(id, job.as_of).await? else {
+            // no longer due (changed meanwhile): nothing to set aside
+            return Ok(BatchOutcome {
+                applied: Applied::default(),
+                failures: 0,
+            });
+        };
+        let why = format!("the database refused its effects: {cause}");
+        let planned = plan::set_aside(
+            &due.workflow,
+            BatchRef {
+                check_run_id: Some(job.check_run_id),
+                batch_index: None,
+            },
+            job.as_of,
+            why.clone(),
+        );
+        let applied = tx
+            .apply_with(&planned.effects, Utc::now(), EffectInserts::Idempotent)
+            .await?;
+        tx.commit().await?;
+        metrics::counter!(m::FAILURES).increment(1);
+        tracing::error!(
+            workflow_id = %id,
+            check_run_id = job.check_run_id,
+            error = ?cause,
+            "workflow set aside: the database refuses its effects"
+        );
+        Ok(BatchOutcome {
+            applied,
+            failures: 1,
+        })
     }
 
     async fn round_with(
@@ -296,6 +413,7 @@ impl Engine {
         let finishes = match finish {
             Finish::Always(index) => Some(index),
             Finish::IfDrained(index) => drained.then_some(index),
+            Finish::Never => None,
         };
         let (policies, calendars) = self.rules_for(&due).await;
         let decisions = decide_all(&due, &policies, &calendars, job.as_of);

@@ -225,6 +225,24 @@ pub fn build(
     out
 }
 
+/// The rows that set a workflow aside for [`SET_ASIDE`] after `as_of`, counted as a failure
+/// of its run: its next check moves, nothing else changes (its own effects were refused).
+pub fn set_aside(w: &Workflow, batch: BatchRef, as_of: DateTime<Utc>, why: String) -> Planned {
+    let mut out = Planned::default();
+    out.effects.check_run_id = batch.check_run_id;
+    out.effects.batch_index = batch.batch_index;
+    out.effects
+        .changes
+        .push(reschedule(w, Some(as_of + SET_ASIDE)));
+    out.effects.counts = BatchCounts {
+        checked: 1,
+        failed: 1,
+        ..BatchCounts::default()
+    };
+    out.failures.push((w.id, why));
+    out
+}
+
 fn recipients_once<'a>(assignee: &'a str, initiator: &'a str) -> Vec<(&'a str, Role)> {
     if assignee == initiator {
         vec![(assignee, Role::To)]
