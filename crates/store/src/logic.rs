@@ -176,7 +176,13 @@ pub fn plan_create(
 }
 
 /// For an idempotent create: the first field of `new` that differs from the stored workflow.
-pub fn first_difference(new: &NewWorkflow, existing: &Workflow) -> Option<&'static str> {
+/// `created_assignee` is the assignee it was created with (its `create` audit row), which
+/// stays comparable after a reassignment or an escalation changed the current one.
+pub fn first_difference(
+    new: &NewWorkflow,
+    existing: &Workflow,
+    created_assignee: Option<&str>,
+) -> Option<&'static str> {
     let policy_id = new.policy_id.as_deref().unwrap_or("default");
     if new.title != existing.title {
         Some("title")
@@ -195,8 +201,10 @@ pub fn first_difference(new: &NewWorkflow, existing: &Workflow) -> Option<&'stat
         // history; only a first-cycle workflow can be compared field by field.
         Some("stage")
     } else if existing.cycle == 1
-        && existing.escalation_level == 0
-        && new.assignee != existing.assignee
+        && match created_assignee {
+            Some(first) => new.assignee != first,
+            None => existing.escalation_level == 0 && new.assignee != existing.assignee,
+        }
     {
         Some("assignee")
     } else if new

@@ -195,6 +195,28 @@ async fn create_is_idempotent_on_external_id(db: &TestDb) {
     assert_eq!(audit[0].action, "create");
     assert_eq!(audit[0].policy_version, 1);
     assert_eq!(s.table_counts().await.unwrap().workflows, 1);
+
+    // after a reassignment the same create is still the same create (its assignee is compared
+    // with the one it was created with), and another assignee is still a conflict
+    s.transition(
+        first.workflow.id,
+        &Transition::Reassign { to: "erin".into() },
+        &ctx(t0() + Duration::minutes(1)),
+    )
+    .await
+    .unwrap();
+    let again = s
+        .create_workflow(&new_workflow("PO-1"), t0())
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.workflow.assignee, "erin");
+    let mut other = new_workflow("PO-1");
+    other.assignee = "erin".into();
+    match s.create_workflow(&other, t0()).await {
+        Err(StoreError::ExternalIdConflict { field, .. }) => assert_eq!(field, "assignee"),
+        r => panic!("expected a conflict on the assignee, got {r:?}"),
+    }
 }
 
 async fn create_rejects_bad_input_naming_the_field(db: &TestDb) {

@@ -23,7 +23,7 @@ impl PgStore {
     ) -> Result<Created> {
         let mut tx = self.pool.begin().await?;
         if let Some(existing) = find_by_external_id(&mut tx, &new.external_id).await? {
-            return same_or_conflict(new, existing);
+            return same_or_conflict(&mut tx, new, existing).await;
         }
         let policy = get_policy(
             &mut *tx,
@@ -40,7 +40,8 @@ impl PgStore {
             // Lost a race with a concurrent create of the same external_id: theirs stands.
             drop(tx);
             let existing = self.get_workflow_by_external_id(&new.external_id).await?;
-            return same_or_conflict(new, existing);
+            let mut conn = self.pool.acquire().await?;
+            return same_or_conflict(&mut conn, new, existing).await;
         }
         insert_audits(&mut tx, &[audit], now).await?;
         tx.commit().await?;
@@ -194,8 +195,20 @@ impl PgStore {
     }
 }
 
-fn same_or_conflict(new: &NewWorkflow, existing: Workflow) -> Result<Created> {
-    match logic::first_difference(new, &existing) {
+async fn same_or_conflict(
+    conn: &mut PgConnection,
+    new: &NewWorkflow,
+    existing: Workflow,
+) -> Result<Created> {
+    let created_assignee: Option<String> = sqlx::query_scalar(
+        "SELECT to_assignee FROM audit_logs WHERE workflow_id = $1 AND action = 'create'
+         ORDER BY id LIMIT 1",
+    )
+    .bind(existing.id)
+    .fetch_optional(conn)
+    .await?
+    .flatten();
+    match logic::first_difference(new, &existing, created_assignee.as_deref()) {
         None => Ok(Created {
             workflow: existing,
             created: false,

@@ -24,7 +24,7 @@ impl SqliteStore {
     ) -> Result<Created> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         if let Some(existing) = find_by_external_id(&mut tx, &new.external_id).await? {
-            return same_or_conflict(new, existing);
+            return same_or_conflict(&mut tx, new, existing).await;
         }
         let policy = get_policy(
             &mut *tx,
@@ -191,8 +191,20 @@ impl SqliteStore {
     }
 }
 
-fn same_or_conflict(new: &NewWorkflow, existing: Workflow) -> Result<Created> {
-    match logic::first_difference(new, &existing) {
+async fn same_or_conflict(
+    conn: &mut SqliteConnection,
+    new: &NewWorkflow,
+    existing: Workflow,
+) -> Result<Created> {
+    let created_assignee: Option<String> = sqlx::query_scalar(
+        "SELECT to_assignee FROM audit_logs WHERE workflow_id = ?1 AND action = 'create'
+         ORDER BY id LIMIT 1",
+    )
+    .bind(existing.id.to_string())
+    .fetch_optional(conn)
+    .await?
+    .flatten();
+    match logic::first_difference(new, &existing, created_assignee.as_deref()) {
         None => Ok(Created {
             workflow: existing,
             created: false,
