@@ -143,9 +143,22 @@ def k8s_invariants(rendered_path):
 
     deps = by.get("Deployment", {})
     want_replicas = {"escalator-api": 3, "escalator-worker": 5, "escalator-beat": 1}
+    scaled = by.get("ScaledObject", {})
     for name, n in want_replicas.items():
         d = get("Deployment", name)
-        if d and d["spec"].get("replicas") != n:
+        if not d:
+            continue
+        owner = next(
+            (s for s in scaled.values() if s["spec"]["scaleTargetRef"].get("name") == name), None
+        )
+        if owner is not None:
+            # the autoscaler owns the count: a fixed one would be reset by every apply
+            if "replicas" in d["spec"]:
+                fail(f"Deployment/{name}: replicas is set, but ScaledObject owns the count")
+            if owner["spec"].get("minReplicaCount") != n:
+                fail(f"ScaledObject for {name}: minReplicaCount "
+                     f"{owner['spec'].get('minReplicaCount')!r}, want {n}")
+        elif d["spec"].get("replicas") != n:
             fail(f"Deployment/{name}: replicas {d['spec'].get('replicas')!r}, want {n}")
     beat = deps.get("escalator-beat")
     if beat and beat["spec"].get("strategy", {}).get("type") != "Recreate":
