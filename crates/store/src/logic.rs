@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::effects::NewAudit;
 use crate::error::{Result, StoreError};
-use crate::model::{NewWorkflow, PolicyRecord, Transition, TransitionContext, Workflow};
+use crate::model::{Created, NewWorkflow, PolicyRecord, Transition, TransitionContext, Workflow};
 
 /// The actor recorded for changes made by the SLA clock.
 pub const SLA_ACTOR: &str = "escalator";
@@ -173,6 +173,25 @@ pub fn plan_create(
         details: serde_json::json!({ "stage": workflow.stage, "due_at": workflow.due_at }),
     };
     Ok((workflow, audit))
+}
+
+/// For an idempotent create of a workflow that exists already: the stored one when `new` is
+/// the same create, else a conflict naming the first field that differs.
+pub fn same_or_conflict(
+    new: &NewWorkflow,
+    existing: Workflow,
+    created_assignee: Option<&str>,
+) -> Result<Created> {
+    match first_difference(new, &existing, created_assignee) {
+        None => Ok(Created {
+            workflow: existing,
+            created: false,
+        }),
+        Some(field) => Err(StoreError::ExternalIdConflict {
+            external_id: new.external_id.clone(),
+            field,
+        }),
+    }
 }
 
 /// For an idempotent create: the first field of `new` that differs from the stored workflow.

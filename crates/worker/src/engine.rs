@@ -143,6 +143,17 @@ enum Finish {
     Never,
 }
 
+impl Finish {
+    /// The batch a transaction marks done, given whether its claim drained the slice.
+    fn index(self, drained: bool) -> Option<i32> {
+        match self {
+            Finish::Always(index) => Some(index),
+            Finish::IfDrained(index) => drained.then_some(index),
+            Finish::Never => None,
+        }
+    }
+}
+
 impl Engine {
     /// Plans check run `job.check_run_id`: counts the due workflows, cuts them into disjoint
     /// slices of about `batch_size` (at most [`MAX_FANOUT`] slices) and pushes one batch job
@@ -327,12 +338,7 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
-        let finishes = match finish {
-            Finish::Always(index) => Some(index),
-            Finish::IfDrained(index) => drained.then_some(index),
-            Finish::Never => None,
-        };
-        if let Some(index) = finishes {
+        if let Some(index) = finish.index(drained) {
             let (outcome, _) = self
                 .round_with(
                     Some(uuid::Uuid::nil()),
@@ -410,11 +416,7 @@ impl Engine {
             None => tx.claim_due_in(job.as_of, &range, limit).await?,
         };
         let drained = due.len() < limit as usize;
-        let finishes = match finish {
-            Finish::Always(index) => Some(index),
-            Finish::IfDrained(index) => drained.then_some(index),
-            Finish::Never => None,
-        };
+        let finishes = finish.index(drained);
         let (policies, calendars) = self.rules_for(&due).await;
         let decisions = decide_all(&due, &policies, &calendars, job.as_of);
         let ids = plan::recipients_needed(&due, &decisions);

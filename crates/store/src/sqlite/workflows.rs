@@ -204,16 +204,7 @@ async fn same_or_conflict(
     .fetch_optional(conn)
     .await?
     .flatten();
-    match logic::first_difference(new, &existing, created_assignee.as_deref()) {
-        None => Ok(Created {
-            workflow: existing,
-            created: false,
-        }),
-        Some(field) => Err(StoreError::ExternalIdConflict {
-            external_id: new.external_id.clone(),
-            field,
-        }),
-    }
+    logic::same_or_conflict(new, existing, created_assignee.as_deref())
 }
 
 async fn find_by_external_id(
