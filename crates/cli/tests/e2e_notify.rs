@@ -38,9 +38,10 @@ async fn delivered(received: &Arc<Mutex<Vec<String>>>, store: &Store, n: usize) 
             break;
         }
         if started.elapsed() > Duration::from_secs(120) {
-            let mut stuck = store.list_outbox(Some("pending"), 10).await.unwrap();
-            stuck.extend(store.list_outbox(Some("failed"), 10).await.unwrap());
-            stuck.extend(store.list_outbox(Some("dead"), 10).await.unwrap());
+            let stuck = store
+                .list_outbox(&["pending", "failed", "dead"], 30)
+                .await
+                .unwrap();
             let stuck: Vec<_> = stuck
                 .into_iter()
                 .map(|o| (o.idempotency_key, o.status, o.attempts, o.last_error))

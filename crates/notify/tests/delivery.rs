@@ -53,7 +53,7 @@ fn deliverer(store: &Store, port: u16) -> Deliverer {
 
 async fn statuses(store: &Store) -> Vec<String> {
     store
-        .list_outbox(None, 100)
+        .list_outbox(&[], 100)
         .await
         .unwrap()
         .into_iter()
@@ -106,7 +106,7 @@ async fn a_temporary_refusal_is_retried_later_and_a_permanent_one_is_dead() {
     let (port, _) = smtp_sink(Some("451 4.3.0 try again later\r\n")).await;
     let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
     assert_eq!((report.sent, report.retried, report.dead), (0, 1, 0));
-    let row = &db.store.list_outbox(None, 10).await.unwrap()[0];
+    let row = &db.store.list_outbox(&[], 10).await.unwrap()[0];
     assert_eq!((row.status.as_str(), row.attempts), ("failed", 1));
     assert!(
         row.next_attempt_at > Utc::now() + chrono::Duration::seconds(10),
@@ -211,7 +211,7 @@ async fn a_relay_that_accepts_and_never_answers_is_timed_out_and_retried() {
         .unwrap();
     assert_eq!(report.retried, 2);
     assert!(started.elapsed() < Duration::from_secs(10));
-    let rows = db.store.list_outbox(None, 10).await.unwrap();
+    let rows = db.store.list_outbox(&[], 10).await.unwrap();
     assert!(
         rows.iter()
             .all(|r| r.status == "failed"

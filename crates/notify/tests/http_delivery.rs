@@ -89,7 +89,7 @@ fn deliverer(store: &Store, config: HttpConfig) -> Deliverer {
 }
 
 async fn rows(store: &Store) -> Vec<OutboxEntry> {
-    let mut rows = store.list_outbox(None, 1_000).await.unwrap();
+    let mut rows = store.list_outbox(&[], 1_000).await.unwrap();
     rows.sort_by_key(|r| r.id);
     rows
 }

@@ -24,17 +24,23 @@ fn shown(name: &str, value: &str) -> String {
         .iter()
         .any(|s| name.contains(s))
     {
-        return "(hidden)".into();
+        "(hidden)".into()
+    } else {
+        redact(value)
     }
-    match (value.find("://"), value.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user = &value[scheme + 3..at];
-            match user.find(':') {
-                Some(c) => format!("{}{}:***{}", &value[..scheme + 3], &user[..c], &value[at..]),
-                None => value.to_owned(),
+}
+
+/// The URL with any password replaced, safe for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
             }
         }
-        _ => value.to_owned(),
+        _ => url.to_owned(),
     }
 }
 

@@ -11,8 +11,8 @@ pub enum StoreError {
     /// Running the schema migrations failed.
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// A `DATABASE_URL` that is neither `postgres://` nor `sqlite://`.
-    #[error("unsupported database url {0:?}: expected postgres://… or sqlite://…")]
+    /// A `DATABASE_URL` that is neither `postgres://` nor `sqlite://` (its scheme).
+    #[error("unsupported database url scheme {0:?}: expected postgres://… or sqlite://…")]
     UnsupportedUrl(String),
     /// The named row does not exist.
     #[error("{entity} {id} not found")]

@@ -84,22 +84,13 @@ impl StoreConfig {
         } else if self.url.starts_with("sqlite:") {
             Ok(Backend::Sqlite)
         } else {
-            Err(StoreError::UnsupportedUrl(redact(&self.url)))
+            // only the scheme: the rest may hold a password
+            let scheme = self
+                .url
+                .find("://")
+                .map_or("(none)", |i| &self.url[..i + 3]);
+            Err(StoreError::UnsupportedUrl(scheme.to_owned()))
         }
-    }
-}
-
-/// The URL with any password replaced, safe for messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -422,9 +413,9 @@ impl Store {
         dispatch!(self, s => s.workflow_notifications(id).await)
     }
 
-    /// Outbox rows, optionally of one status, oldest first.
-    pub async fn list_outbox(&self, status: Option<&str>, limit: u32) -> Result<Vec<OutboxEntry>> {
-        dispatch!(self, s => s.list_outbox(status, limit).await)
+    /// Outbox rows of these statuses (every status when empty), oldest first.
+    pub async fn list_outbox(&self, statuses: &[&str], limit: u32) -> Result<Vec<OutboxEntry>> {
+        dispatch!(self, s => s.list_outbox(statuses, limit).await)
     }
 
     /// Row counts of the main tables, for verification and tests.

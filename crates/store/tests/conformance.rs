@@ -663,7 +663,7 @@ async fn a_delivery_without_a_workflow_is_kept_once_per_key(db: &TestDb) {
     assert!(err.is_duplicate_key(), "{err:?}");
     let again = write(digest("b@example.com"), EffectInserts::Idempotent).await;
     assert_eq!(again.unwrap(), 0);
-    let rows = s.list_outbox(None, 10).await.unwrap();
+    let rows = s.list_outbox(&[], 10).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].recipient, "a@example.com");
 }
@@ -716,12 +716,23 @@ async fn effects_apply_set_wise_and_only_once(db: &TestDb) {
     );
     let inbox = s.workflow_notifications(w.id).await.unwrap();
     assert_eq!(inbox[0].recipient, "u0011");
-    let outbox = s.list_outbox(Some("pending"), 10).await.unwrap();
+    let outbox = s.list_outbox(&["pending"], 10).await.unwrap();
     assert_eq!(
         outbox[0].idempotency_key,
         format!("remind:{}:1:0:email", w.id)
     );
     assert_eq!(outbox[0].payload["subject"], "Reminder");
+    // a list of statuses selects the rows of any of them
+    assert_eq!(
+        s.list_outbox(&["failed", "pending"], 10).await.unwrap(),
+        outbox
+    );
+    assert!(
+        s.list_outbox(&["failed", "dead"], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn stale_claims_write_nothing(db: &TestDb) {

@@ -71,7 +71,7 @@ async fn apply(s: &Store, run: i64, index: i32, outbox: Vec<NewOutbox>) -> Appli
 
 async fn keys(s: &Store) -> Vec<String> {
     let mut k: Vec<String> = s
-        .list_outbox(None, 1_000)
+        .list_outbox(&[], 1_000)
         .await
         .unwrap()
         .into_iter()
@@ -119,7 +119,7 @@ async fn held_rows_become_one_digest_when_their_run_finishes(db: &TestDb) {
     );
     assert_eq!(keys(s).await.len(), 3);
     let digest = s
-        .list_outbox(None, 100)
+        .list_outbox(&[], 100)
         .await
         .unwrap()
         .into_iter()
@@ -195,7 +195,7 @@ async fn a_run_with_more_groups_than_one_release_takes_is_released_whole(db: &Te
         i64::try_from(people).unwrap() + 1
     );
     let digests = s
-        .list_outbox(None, 10_000)
+        .list_outbox(&[], 10_000)
         .await
         .unwrap()
         .into_iter()

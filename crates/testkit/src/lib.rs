@@ -61,7 +61,7 @@ impl TestDb {
             panic!(
                 "PostgreSQL is unreachable at {}: {e}. Start it (`make services`) or set \
                  TEST_DATABASE_URL.",
-                escalator_store::redact(&admin)
+                escalator_runtime::config::redact(&admin)
             )
         });
         let now = SystemTime::now()

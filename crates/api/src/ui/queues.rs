@@ -26,7 +26,7 @@ pub async fn show(
     let (stats, dead, outbox) = tokio::join!(
         s.queues.stats(),
         s.queues.dead_jobs(SHOWN as usize),
-        s.store.list_outbox(Some("dead"), SHOWN),
+        s.store.list_outbox(&["dead"], SHOWN),
     );
     let (stats, dead, outbox) = (stats?, dead?, outbox?);
     let admin = session.scope == Scope::Admin;

@@ -14,7 +14,8 @@ pub mod verify;
 pub mod worker;
 
 use anyhow::Context as _;
-use escalator_store::{Store, StoreConfig, redact};
+use escalator_runtime::config::redact;
+use escalator_store::{Store, StoreConfig};
 
 /// Connections a long-running process (worker, api, beat) keeps open while idle: enough for
 /// a check's planner and both default batch slots to start without opening one.

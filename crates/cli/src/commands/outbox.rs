@@ -12,7 +12,7 @@ pub struct OutboxArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum What {
-    /// List deliveries waiting to be sent (new or failed and due for a retry), soonest first.
+    /// List deliveries waiting to be sent (new, or failed and waiting for a retry), oldest first.
     List {
         /// Only dead deliveries (attempts exhausted or refused for good).
         #[arg(long)]
@@ -37,16 +37,13 @@ pub async fn run(database_url: &str, args: OutboxArgs) -> anyhow::Result<()> {
     match args.what {
         What::List { dead, limit } => {
             // waiting means both never tried (pending) and waiting for a retry (failed, with
-            // the last error): the soonest first
-            let (status, rows) = if dead {
-                ("dead", store.list_outbox(Some("dead"), limit).await?)
+            // the last error)
+            let (status, statuses): (_, &[&str]) = if dead {
+                ("dead", &["dead"])
             } else {
-                let mut rows = store.list_outbox(Some("pending"), limit).await?;
-                rows.extend(store.list_outbox(Some("failed"), limit).await?);
-                rows.sort_by_key(|r| (r.next_attempt_at, r.id));
-                rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-                ("waiting", rows)
+                ("waiting", &["pending", "failed"])
             };
+            let rows = store.list_outbox(statuses, limit).await?;
             for r in &rows {
                 println!(
                     "#{:<8} {:<6} {:<7} {:<30} attempts={} next={} {}",

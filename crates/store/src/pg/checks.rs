@@ -203,14 +203,15 @@ impl PgStore {
 
     pub(crate) async fn list_outbox(
         &self,
-        status: Option<&str>,
+        statuses: &[&str],
         limit: u32,
     ) -> Result<Vec<OutboxEntry>> {
         let sql = format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE $1::text IS NULL OR status = $1 ORDER BY id LIMIT $2"
+            "SELECT {OUTBOX_COLUMNS} FROM outbox
+             WHERE cardinality($1::text[]) = 0 OR status = ANY($1) ORDER BY id LIMIT $2"
         );
         let rows = sqlx::query(crate::rows::trusted(sql))
-            .bind(status)
+            .bind(statuses)
             .bind(i64::from(limit.clamp(1, 10_000)))
             .fetch_all(&self.pool)
             .await?;

@@ -209,14 +209,19 @@ impl SqliteStore {
 
     pub(crate) async fn list_outbox(
         &self,
-        status: Option<&str>,
+        statuses: &[&str],
         limit: u32,
     ) -> Result<Vec<OutboxEntry>> {
         let sql = format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE ?1 IS NULL OR status = ?1 ORDER BY id LIMIT ?2"
+            "SELECT {OUTBOX_COLUMNS} FROM outbox
+             WHERE ?1 = '[]' OR status IN (SELECT value FROM json_each(?1)) ORDER BY id LIMIT ?2"
         );
+        let statuses = serde_json::to_string(statuses).map_err(|source| StoreError::Json {
+            context: "outbox statuses",
+            source,
+        })?;
         let rows = sqlx::query(crate::rows::trusted(sql))
-            .bind(status)
+            .bind(statuses)
             .bind(i64::from(limit.clamp(1, 10_000)))
             .fetch_all(&self.pool)
             .await?;
