@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use escalator_testkit::TestDb;
+use escalator_testkit::{TestDb, free_port};
 
 fn escalator(database_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_escalator"))
@@ -142,11 +142,7 @@ fn help_describes_every_command() {
 fn a_redis_that_may_evict_jobs_is_refused_at_start_up() {
     // a private Redis with an evicting policy: the shared one must stay as it is
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut redis = Command::new("redis-server")
         .args([
             "--port",
@@ -198,11 +194,7 @@ fn a_redis_that_may_evict_jobs_is_refused_at_start_up() {
 async fn status_reports_the_database_when_the_queues_are_unreachable() {
     let db = TestDb::postgres().await;
     migrate_then_seed(&db).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
         .arg("status")
         .env("DATABASE_URL", &db.url)

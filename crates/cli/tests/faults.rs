@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,20 +29,22 @@ struct Supervised {
     child: Option<Child>,
     restarts: u32,
     metrics_port: u16,
+    /// Where every incarnation's stderr goes (appended), shown when a test fails.
+    log: PathBuf,
 }
 
 fn spawn_worker(w: &World) -> Child {
-    spawn_worker_on(w, free_port())
+    spawn_worker_on(w, free_port(), Stdio::null())
 }
 
-fn spawn_worker_on(w: &World, metrics_port: u16) -> Child {
+fn spawn_worker_on(w: &World, metrics_port: u16, stderr: Stdio) -> Child {
     w.command(&["worker"])
         .env(
             "ESCALATOR_METRICS_ADDR",
             format!("127.0.0.1:{metrics_port}"),
         )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start a worker")
 }
@@ -49,11 +52,27 @@ fn spawn_worker_on(w: &World, metrics_port: u16) -> Child {
 impl Supervised {
     fn start(w: &World) -> Supervised {
         let metrics_port = free_port();
-        Supervised {
-            child: Some(spawn_worker_on(w, metrics_port)),
+        let log = std::env::temp_dir().join(format!(
+            "escalator-faults-worker-{}-{metrics_port}.log",
+            std::process::id()
+        ));
+        let mut s = Supervised {
+            child: None,
             restarts: 0,
             metrics_port,
-        }
+            log,
+        };
+        s.child = Some(s.spawn(w));
+        s
+    }
+
+    fn spawn(&self, w: &World) -> Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the worker's log");
+        spawn_worker_on(w, self.metrics_port, Stdio::from(file))
     }
 
     /// Restarts the worker if it has exited.
@@ -61,9 +80,21 @@ impl Supervised {
         let child = self.child.as_mut().expect("a running worker");
         if let Some(status) = child.try_wait().unwrap() {
             eprintln!("worker exited ({status}); the supervisor restarts it");
-            self.child = Some(spawn_worker_on(w, self.metrics_port));
+            self.child = Some(self.spawn(w));
             self.restarts += 1;
         }
+    }
+
+    /// The last lines the worker wrote, for a failing assertion's message.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(40);
+        format!(
+            "--- worker log (last {} lines) ---\n{}",
+            lines.len() - from,
+            lines[from..].join("\n")
+        )
     }
 
     fn stop(mut self) -> ExitStatus {
@@ -77,6 +108,7 @@ impl Drop for Supervised {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -804,8 +836,10 @@ async fn f9_jobs_exceeding_their_timeout_never_apply_twice() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(90),
-            "the run neither finished nor died: {text} {r:?}"
+            "the run neither finished nor died: {text} {r:?}\n{}",
+            worker.log_tail()
         );
+        worker.ensure(&w);
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert!(

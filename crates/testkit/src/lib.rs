@@ -4,6 +4,7 @@
 // Fixtures run only inside tests, where a panic with a message is the right way to fail.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod ports;
 pub mod raw_queue;
 pub mod redis_ns;
 pub mod services;
@@ -12,6 +13,7 @@ pub mod smtp;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use escalator_store::{Store, StoreConfig};
+pub use ports::free_port;
 pub use redis_ns::{RedisNamespace, redis_url};
 use sqlx::{Connection, Executor, PgConnection};
 

@@ -4,7 +4,6 @@
 //! preview a check, saving screenshots under `target/ui-screenshots/`. Without chromium or
 //! chromedriver they fail with the packages to install: they never skip.
 
-use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration as StdDuration, Instant};
@@ -13,6 +12,8 @@ use chrono::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
+
+use escalator_testkit::free_port;
 
 use crate::helpers::*;
 
@@ -28,14 +29,6 @@ fn chromedriver() -> PathBuf {
     std::env::var_os("CHROMEDRIVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| "/usr/bin/chromedriver".into())
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Where screenshots go: `target/ui-screenshots/` of the workspace.

@@ -3,7 +3,6 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -133,13 +132,7 @@ pub fn field(text: &str, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {name}= in {text:?}"))
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use escalator_testkit::free_port;
 
 pub fn stop(mut child: Child) -> std::process::ExitStatus {
     let pid = child.id().to_string();
