@@ -339,6 +339,18 @@ impl Store {
         dispatch!(self, s => s.fail_check_run(id, error, now).await)
     }
 
+    /// Up to `limit` open workflows due at `as_of`, oldest deadline first — what a claim would
+    /// take — read without locking or claiming them (dry runs): a concurrent batch's claim still
+    /// sees every one of them.
+    pub async fn peek_due(&self, as_of: DateTime<Utc>, limit: u32) -> Result<Vec<DueWorkflow>> {
+        dispatch!(self, s => s.peek_due(as_of, limit).await)
+    }
+
+    /// Workflow `id` if it is open and due at `as_of`, read as [`Store::peek_due`] reads.
+    pub async fn peek_one(&self, id: Uuid, as_of: DateTime<Utc>) -> Result<Option<DueWorkflow>> {
+        dispatch!(self, s => s.peek_one(id, as_of).await)
+    }
+
     /// How many open workflows are due at `as_of` (an index range count).
     pub async fn count_due(&self, as_of: DateTime<Utc>) -> Result<i64> {
         dispatch!(self, s => s.count_due(as_of).await)

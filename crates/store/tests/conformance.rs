@@ -46,6 +46,7 @@ conformance!(
     policies_are_versioned_and_immutable,
     users_and_calendars_round_trip,
     claim_returns_only_due_open_workflows_oldest_first,
+    peeking_sees_what_a_claim_holds_and_takes_nothing_from_the_next_claim,
     effects_apply_set_wise_and_only_once,
     fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it,
     a_delivery_without_a_workflow_is_kept_once_per_key,
@@ -564,6 +565,35 @@ async fn claim_returns_only_due_open_workflows_oldest_first(db: &TestDb) {
         s.earliest_next_check().await.unwrap(),
         Some(t0() + Duration::hours(22))
     );
+}
+
+/// Dry runs read with `peek_due`/`peek_one`. A dry run that claimed (and so locked) rows made a
+/// real batch's `SKIP LOCKED` claim pass them over: its short claim then counted the slice as
+/// drained, and those workflows waited for the next check.
+async fn peeking_sees_what_a_claim_holds_and_takes_nothing_from_the_next_claim(db: &TestDb) {
+    let s = &db.store;
+    let a = create(s, "PA").await;
+    let mut later = new_workflow("PB");
+    later.stage_started_at = Some(t0() + Duration::hours(1));
+    let b = s.create_workflow(&later, t0()).await.unwrap().workflow;
+    let now = t0() + Duration::hours(23);
+    let ids = |due: &[DueWorkflow]| due.iter().map(|d| d.workflow.id).collect::<Vec<_>>();
+
+    assert_eq!(ids(&s.peek_due(now, 10).await.unwrap()), [a.id, b.id]);
+    assert_eq!(ids(&s.peek_due(now, 1).await.unwrap()), [a.id]);
+    assert!(s.peek_due(t0(), 10).await.unwrap().is_empty());
+    assert_eq!(s.peek_one(b.id, now).await.unwrap().unwrap().workflow, b);
+    assert!(s.peek_one(b.id, t0()).await.unwrap().is_none());
+
+    // having peeked, a claim takes every due row
+    let mut tx = s.begin_batch().await.unwrap();
+    assert_eq!(ids(&tx.claim_due(now, 10).await.unwrap()), [a.id, b.id]);
+    if matches!(s, Store::Postgres(_)) {
+        // while that batch holds them, a peek still sees them (a claim would skip them)
+        assert_eq!(ids(&s.peek_due(now, 10).await.unwrap()), [a.id, b.id]);
+        assert!(s.peek_one(a.id, now).await.unwrap().is_some());
+    }
+    tx.rollback().await.unwrap();
 }
 
 /// The engine writes effects with plain inserts (`apply_with(…, EffectInserts::Fresh)`): a

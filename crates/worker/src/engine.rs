@@ -570,24 +570,24 @@ impl Engine {
         (policies, calendars)
     }
 
-    /// What a check of `scope` at `as_of` would do, writing nothing: evaluates up to `limit`
-    /// due workflows in a transaction that is rolled back.
+    /// What a check of `scope` at `as_of` would do, writing nothing and locking nothing:
+    /// evaluates up to `limit` due workflows.
     pub async fn dry_run(
         &self,
         scope: Scope,
         as_of: DateTime<Utc>,
         limit: u32,
     ) -> Result<DryRun, EngineError> {
-        let mut tx = self.store.begin_batch().await?;
+        // read, never claimed: a dry run locks nothing that a real check's batch would then
+        // pass over as taken
         let (total_due, due) = match scope {
             Scope::All => {
-                let due = tx.claim_due(as_of, limit).await?;
-                drop(tx);
+                let due = self.store.peek_due(as_of, limit).await?;
                 (self.store.count_due(as_of).await?, due)
             }
             Scope::Workflow(id) => {
-                let due: Vec<DueWorkflow> = tx.claim_one(id, as_of).await?.into_iter().collect();
-                drop(tx);
+                let due: Vec<DueWorkflow> =
+                    self.store.peek_one(id, as_of).await?.into_iter().collect();
                 (due.len() as i64, due)
             }
         };

@@ -192,4 +192,22 @@ async fn a_dry_run_reports_what_a_check_would_do_and_writes_nothing() {
     assert!(api.db.store.recent_check_runs(10).await.unwrap().is_empty());
     let stats = api.queues.stats().await.unwrap();
     assert!(stats.iter().all(|s| s.pending == 0));
+
+    // a dry run reads without claiming: a batch holding `a` hides it from no preview, and the
+    // preview leaves nothing locked for the batch's claim to pass over
+    let late_at = due_at + chrono::Duration::hours(1);
+    let a_id: uuid::Uuid = a["id"].as_str().unwrap().parse().unwrap();
+    let mut batch = api.db.store.begin_batch().await.unwrap();
+    assert!(batch.claim_one(a_id, late_at).await.unwrap().is_some());
+    let res = api
+        .post("/api/v1/checks", json!({ "dry_run": true, "as_of": late }))
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["evaluated"], 2, "{}", res.text());
+    let mut other = api.db.store.begin_batch().await.unwrap();
+    let claimed = other.claim_due(late_at, 10).await.unwrap();
+    let claimed: Vec<_> = claimed.iter().map(|d| d.workflow.id.to_string()).collect();
+    assert_eq!(claimed, [b["id"].as_str().unwrap()]);
+    other.rollback().await.unwrap();
+    batch.rollback().await.unwrap();
 }

@@ -30,6 +30,68 @@ impl PgStore {
     }
 }
 
+/// What a claim adds to its query: the rows stay locked, and rows another transaction holds
+/// are passed over.
+const DUE_LOCKED: &str = "FOR UPDATE OF w SKIP LOCKED";
+
+/// Open workflows due at $1 in the `next_check_at` range [$3, $4), oldest first, at most $2;
+/// `lock` ends the query (empty: a read that locks nothing). The predicate matches the partial
+/// index workflows_due, so this is an index range scan over the due rows of the range only.
+fn due_query(lock: &str) -> String {
+    format!(
+        "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
+         FROM workflows w LEFT JOIN users u ON u.id = w.assignee
+         WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
+           AND w.next_check_at >= COALESCE($3, '-infinity'::timestamptz)
+           AND w.next_check_at < COALESCE($4, 'infinity'::timestamptz)
+         ORDER BY w.next_check_at LIMIT $2
+         {lock}"
+    )
+}
+
+/// Workflow $2 if it is open and due at $1; `lock` as in [`due_query`].
+fn one_query(lock: &str) -> String {
+    format!(
+        "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
+         FROM workflows w LEFT JOIN users u ON u.id = w.assignee
+         WHERE w.id = $2 AND w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
+         {lock}"
+    )
+}
+
+impl PgStore {
+    /// The workflows a claim would take, read without locking them: a dry run must not make a
+    /// concurrent batch's `SKIP LOCKED` claim pass them over.
+    pub(crate) async fn peek_due(
+        &self,
+        as_of: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueWorkflow>> {
+        let rows = sqlx::query(crate::rows::trusted(due_query("")))
+            .bind(as_of)
+            .bind(i64::from(limit))
+            .bind(None::<DateTime<Utc>>)
+            .bind(None::<DateTime<Utc>>)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(due).collect()
+    }
+
+    /// [`PgStore::peek_due`] for one workflow.
+    pub(crate) async fn peek_one(
+        &self,
+        id: Uuid,
+        as_of: DateTime<Utc>,
+    ) -> Result<Option<DueWorkflow>> {
+        let row = sqlx::query(crate::rows::trusted(one_query("")))
+            .bind(as_of)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(due).transpose()
+    }
+}
+
 fn due(row: &sqlx::postgres::PgRow) -> Result<DueWorkflow> {
     Ok(DueWorkflow {
         workflow: rows::workflow(row)?,
@@ -44,17 +106,7 @@ impl PgBatch {
         range: &DueRange,
         limit: u32,
     ) -> Result<Vec<DueWorkflow>> {
-        // The predicate matches the partial index workflows_due, so this is an index range scan
-        // over the due rows of the range only.
-        let sql = format!(
-            "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
-             FROM workflows w LEFT JOIN users u ON u.id = w.assignee
-             WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
-               AND w.next_check_at >= COALESCE($3, '-infinity'::timestamptz)
-               AND w.next_check_at < COALESCE($4, 'infinity'::timestamptz)
-             ORDER BY w.next_check_at LIMIT $2
-             FOR UPDATE OF w SKIP LOCKED"
-        );
+        let sql = due_query(DUE_LOCKED);
         let rows = sqlx::query(crate::rows::trusted(sql))
             .bind(as_of)
             .bind(i64::from(limit))
@@ -70,12 +122,7 @@ impl PgBatch {
         id: Uuid,
         as_of: DateTime<Utc>,
     ) -> Result<Option<DueWorkflow>> {
-        let sql = format!(
-            "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
-             FROM workflows w LEFT JOIN users u ON u.id = w.assignee
-             WHERE w.id = $2 AND w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
-             FOR UPDATE OF w"
-        );
+        let sql = one_query("FOR UPDATE OF w");
         let row = sqlx::query(crate::rows::trusted(sql))
             .bind(as_of)
             .bind(id)

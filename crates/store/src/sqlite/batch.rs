@@ -30,6 +30,59 @@ impl SqliteStore {
     }
 }
 
+/// Open workflows due at ?1 in the `next_check_at` range [?3, ?4), oldest first, at most ?2.
+/// SQLite has no row locks: a claim is exclusive because its transaction holds the write lock.
+fn due_query() -> String {
+    format!(
+        "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
+         FROM workflows w LEFT JOIN users u ON u.id = w.assignee
+         WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1
+           AND w.next_check_at >= COALESCE(?3, '') AND w.next_check_at < COALESCE(?4, '~')
+         ORDER BY w.next_check_at LIMIT ?2"
+    )
+}
+
+/// Workflow ?2 if it is open and due at ?1.
+fn one_query() -> String {
+    format!(
+        "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
+         FROM workflows w LEFT JOIN users u ON u.id = w.assignee
+         WHERE w.id = ?2 AND w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1"
+    )
+}
+
+impl SqliteStore {
+    /// The workflows a claim would take, read outside any write transaction (a dry run).
+    pub(crate) async fn peek_due(
+        &self,
+        as_of: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueWorkflow>> {
+        let rows = sqlx::query(crate::rows::trusted(due_query()))
+            .bind(sqlite_ts(as_of))
+            .bind(i64::from(limit))
+            .bind(None::<String>)
+            .bind(None::<String>)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(due).collect()
+    }
+
+    /// [`SqliteStore::peek_due`] for one workflow.
+    pub(crate) async fn peek_one(
+        &self,
+        id: Uuid,
+        as_of: DateTime<Utc>,
+    ) -> Result<Option<DueWorkflow>> {
+        let row = sqlx::query(crate::rows::trusted(one_query()))
+            .bind(sqlite_ts(as_of))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(due).transpose()
+    }
+}
+
 fn due(row: &sqlx::sqlite::SqliteRow) -> Result<DueWorkflow> {
     Ok(DueWorkflow {
         workflow: rows::workflow(row)?,
@@ -44,13 +97,7 @@ impl SqliteBatch {
         range: &DueRange,
         limit: u32,
     ) -> Result<Vec<DueWorkflow>> {
-        let sql = format!(
-            "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
-             FROM workflows w LEFT JOIN users u ON u.id = w.assignee
-             WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1
-               AND w.next_check_at >= COALESCE(?3, '') AND w.next_check_at < COALESCE(?4, '~')
-             ORDER BY w.next_check_at LIMIT ?2"
-        );
+        let sql = due_query();
         let rows = sqlx::query(crate::rows::trusted(sql))
             .bind(sqlite_ts(as_of))
             .bind(i64::from(limit))
@@ -66,11 +113,7 @@ impl SqliteBatch {
         id: Uuid,
         as_of: DateTime<Utc>,
     ) -> Result<Option<DueWorkflow>> {
-        let sql = format!(
-            "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
-             FROM workflows w LEFT JOIN users u ON u.id = w.assignee
-             WHERE w.id = ?2 AND w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1"
-        );
+        let sql = one_query();
         let row = sqlx::query(crate::rows::trusted(sql))
             .bind(sqlite_ts(as_of))
             .bind(id.to_string())
