@@ -9,6 +9,9 @@ pub enum QueueError {
     /// Redis refused or is unreachable.
     #[error("redis")]
     Redis(#[from] redis::RedisError),
+    /// Redis could not be reached or refused the connection.
+    #[error("redis: {0}")]
+    Connect(String),
     /// The SQLite queue database failed.
     #[error("sqlite queue")]
     Sqlite(#[from] sqlx::Error),

@@ -24,6 +24,15 @@ pub const MAX_DUE: u64 = 4_000;
 /// How long a push waits for a backlog to drain before giving up.
 pub const BACKLOG_PATIENCE: Duration = Duration::from_secs(300);
 
+/// How long one Redis command may take. redis-rs's default (500 ms) turned a Redis slowed by
+/// a loaded machine, a fork for a snapshot or a long fetch script into errors that stop a
+/// worker's poll loop and so the worker; a Redis that is gone is still noticed within seconds.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening a Redis connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connection attempts a service retries (100 ms, doubling: about 6 s in all).
+const SERVICE_RETRIES: usize = 6;
+
 /// Depth of one queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueStats {
@@ -77,17 +86,38 @@ fn unix_now() -> u64 {
 }
 
 impl Queues {
-    /// Connects to `redis://…` or opens (creating, migrating) `sqlite://…`.
+    /// Connects to `redis://…` or opens (creating, migrating) `sqlite://…`, for a long-running
+    /// service: a Redis that is down or restarting is retried for several seconds, at start-up
+    /// and on every reconnection.
     pub async fn connect(url: &str, names: QueueNames) -> Result<Queues, QueueError> {
+        Queues::connect_with(url, names, SERVICE_RETRIES).await
+    }
+
+    /// [`Queues::connect`] for a one-shot command (`status`, `enqueue`, `jobs`): an unreachable
+    /// Redis is reported at once instead of after the services' retries.
+    pub async fn connect_once(url: &str, names: QueueNames) -> Result<Queues, QueueError> {
+        Queues::connect_with(url, names, 0).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        names: QueueNames,
+        retries: usize,
+    ) -> Result<Queues, QueueError> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             // Nagle's algorithm off (redis-rs leaves it on): a push or a fetch must not wait
             // for the server's delayed ACK
             let info = redis::IntoConnectionInfo::into_connection_info(url)
                 .map_err(|e| QueueError::Config(format!("REDIS_URL: {e}")))?
                 .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-            let mut conn = apalis_redis::connect(info)
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_number_of_retries(retries)
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            let mut conn = redis::Client::open(info)?
+                .get_connection_manager_with_config(config)
                 .await
-                .map_err(QueueError::apalis)?;
+                .map_err(|e| QueueError::Connect(e.to_string()))?;
             refuse_evicting_redis(&mut conn).await?;
             Ok(Queues::Redis { conn, names })
         } else if url.starts_with("sqlite:") {

@@ -333,3 +333,67 @@ async fn the_sqlite_queue_runs_the_same_worker_and_dead_letters_the_same_way() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// A proxy in front of the test Redis that holds every reply for `delay`: a Redis slowed down
+/// (a loaded machine, a fork for a snapshot), not gone. Returns its URL.
+async fn slow_redis(delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = redis_url();
+    let rest = url.trim_start_matches("redis://");
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let upstream = addr.to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut client_rx, mut client_tx) = client.into_split();
+            let (mut server_rx, mut server_tx) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_rx.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    if client_tx.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("redis://127.0.0.1:{port}/{path}")
+}
+
+/// redis-rs gives up on a reply after 500 ms by default, and a worker whose poll fails stops:
+/// a Redis answering in 0.8 s stopped every worker. The queues wait up to
+/// `RESPONSE_TIMEOUT` (5 s) for a reply, so a slow Redis is slow, not an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_slows_the_worker_down_and_stops_nothing() {
+    let ns = Ns::new();
+    let fast = redis_queues(&ns).await;
+    let slow = Queues::connect(
+        &slow_redis(Duration::from_millis(800)).await,
+        ns.names.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(noop_stats(&slow).await.pending, 0);
+    let state = State::default();
+    let (stop, task) = spawn_worker(&slow, settings(&ns.names.noop), state.clone());
+    fast.push_noops(3).await.unwrap();
+    wait_until(
+        "three jobs through a Redis answering in 0.8 s",
+        Duration::from_secs(60),
+        async || state.ok.load(Ordering::SeqCst) == 3 || task.is_finished(),
+    )
+    .await;
+    assert!(!task.is_finished(), "the worker stopped: {:?}", task.await);
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), Stopped::Drained);
+}

@@ -83,7 +83,7 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
             ),
         },
     };
-    let queues = super::connect_queues(&queue_config).await?;
+    let queues = super::connect_queues_once(&queue_config).await?;
     // --wait reports enqueue -> finished, as the benchmark defines a tick
     let started = Instant::now();
     let now = Utc::now();
@@ -196,7 +196,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Pushes no-op jobs; with --wait, follows the queue until all are done.
 async fn noops(args: NoopArgs) -> anyhow::Result<()> {
-    let queues = super::connect_queues(&QueueConfig::from_env(&ProcessEnv)?).await?;
+    let queues = super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv)?).await?;
     let noop_queue = queues.names().noop.clone();
     let done_before = done_count(&queues, &noop_queue).await?;
     let started = Instant::now();

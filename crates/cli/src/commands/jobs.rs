@@ -34,7 +34,7 @@ enum What {
 
 /// Runs the subcommand.
 pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
-    let queues = super::connect_queues(&QueueConfig::from_env(&ProcessEnv)?).await?;
+    let queues = super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv)?).await?;
     match args.what {
         What::Dead { limit } => {
             let dead = queues.dead_jobs(limit).await?;

@@ -68,16 +68,25 @@ async fn connect_with(config: StoreConfig) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot connect to DATABASE_URL={}", redact(&config.url)))
 }
 
-/// Connects to the queue backend, with an error that names the variable.
+/// Connects a service (api, worker, beat) to the queue backend, retrying an unreachable Redis
+/// for a few seconds, with an error that names the variable.
 pub async fn connect_queues(
     config: &crate::config::QueueConfig,
 ) -> anyhow::Result<escalator_jobs::Queues> {
-    escalator_jobs::Queues::connect(
-        &config.url,
-        escalator_jobs::QueueNames::new(&config.namespace),
-    )
-    .await
-    .with_context(|| format!("cannot connect to the queue at {}", redact(&config.url)))
+    let names = escalator_jobs::QueueNames::new(&config.namespace);
+    escalator_jobs::Queues::connect(&config.url, names)
+        .await
+        .with_context(|| format!("cannot connect to the queue at {}", redact(&config.url)))
+}
+
+/// [`connect_queues`] for a one-shot command: an unreachable Redis is reported at once.
+pub async fn connect_queues_once(
+    config: &crate::config::QueueConfig,
+) -> anyhow::Result<escalator_jobs::Queues> {
+    let names = escalator_jobs::QueueNames::new(&config.namespace);
+    escalator_jobs::Queues::connect_once(&config.url, names)
+        .await
+        .with_context(|| format!("cannot connect to the queue at {}", redact(&config.url)))
 }
 
 /// Parses an RFC 3339 instant for `--as-of`/`--now`.

@@ -25,7 +25,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
 }
 
 async fn queue_report() -> anyhow::Result<()> {
-    let queues = super::connect_queues(&QueueConfig::from_env(&ProcessEnv)?).await?;
+    let queues = super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv)?).await?;
     println!("queues ({}):", super::worker::describe(&queues));
     for q in queues.stats().await? {
         println!(
