@@ -347,11 +347,11 @@ check "every alert has firing and quiet tests and a runbook section" \
 # --- Alertmanager --------------------------------------------------------------------------------
 AM=deploy/alertmanager/alertmanager.yml
 check "amtool check-config" amtool check-config "$AM"
-route_case() { # route_case <expected receivers> <label=value>...
+route_case() { # route_case <expected receivers> <label=value>...  (config: $ROUTES, else $AM)
   local want=$1
   shift
   local got
-  got=$(amtool config routes test --config.file="$AM" --verify.receivers="$want" "$@" 2>/dev/null)
+  got=$(amtool config routes test --config.file="${ROUTES:-$AM}" --verify.receivers="$want" "$@" 2>/dev/null)
   local rc=$?
   printf '   %-45s -> %-30s %s\n' "$*" "$got" "$([ $rc = 0 ] && echo ok || echo "MISMATCH (want $want)")"
   return $rc
@@ -369,6 +369,21 @@ am_routes() {
 check "amtool config routes test (severity routing)" am_routes
 check "every alert severity has a route" \
   "$PY" "$CHECKS" alert-severities deploy/prometheus/alerts.yml
+# Kubernetes: the AlertmanagerConfig, converted as the Prometheus Operator does, routes the
+# same way (its alerts carry the namespace label; other namespaces' alerts are not its own)
+k8s_am_routes() {
+  local out=$WORK/base-amc.yaml routes=$WORK/amc-alertmanager.yml rc=0
+  k8s_render deploy/k8s/base "$out" || return 1
+  "$PY" "$CHECKS" amconfig-to-alertmanager "$out" "$routes" "$WORK/amc-secrets" "$AM" || return 1
+  amtool check-config "$routes" >/dev/null || { amtool check-config "$routes"; return 1; }
+  local ns=namespace=escalator
+  ROUTES=$routes route_case pagerduty-oncall,slack-alerts $ns alertname=NoBeatLeader service=escalator severity=critical || rc=1
+  ROUTES=$routes route_case slack-alerts,email-team $ns alertname=OutboxBacklog service=escalator severity=warning || rc=1
+  ROUTES=$routes route_case email-team $ns alertname=Anything service=escalator severity=info || rc=1
+  ROUTES=$routes route_case email-team $ns alertname=Unlabelled || rc=1
+  ROUTES=$routes route_case null namespace=other alertname=NoBeatLeader severity=critical || rc=1
+  return $rc
+}
 
 # --- Kubernetes --------------------------------------------------------------------------------
 k8s_render() { # k8s_render <dir> <out>
@@ -398,6 +413,8 @@ k8s_rules_sync() {
     promtool check rules "$WORK/prometheusrule-groups.yml"
 }
 check "PrometheusRule matches deploy/prometheus/alerts.yml" k8s_rules_sync
+check "AlertmanagerConfig: amtool check-config and the severity routing, as the operator builds it" \
+  k8s_am_routes
 k8s_crds() {
   local out=$WORK/prod-crds.yaml npm=$TOOLS_DIR/npm
   k8s_render deploy/k8s/overlays/production "$out" || return 1
@@ -412,7 +429,7 @@ TS
   "$npm/node_modules/.bin/tsc" -p "$npm/tsconfig.json" || return 1
   echo "   ok: tsc --strict: no unknown or mistyped field in the custom resources"
 }
-check "custom resources (ScaledObject, ServiceMonitor, PodMonitor, PrometheusRule): CRD schema + tsc" k8s_crds
+check "custom resources (ScaledObject, ServiceMonitor, PodMonitor, PrometheusRule, AlertmanagerConfig): CRD schema + tsc" k8s_crds
 redis_ha() {
   local out=$WORK/base-redis.yaml dir=$WORK/redis-ha ord
   k8s_render deploy/k8s/base "$out" || return 1

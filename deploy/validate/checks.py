@@ -126,7 +126,7 @@ def env_value(objs, name):
 
 
 # Secrets production creates out of band (docs/operations.md, "Set the secrets").
-EXTERNAL_SECRETS = {"escalator-secrets", "redis-auth"}
+EXTERNAL_SECRETS = {"escalator-secrets", "redis-auth", "alertmanager-receivers"}
 
 
 def k8s_invariants(rendered_path):
@@ -306,8 +306,15 @@ def k8s_invariants(rendered_path):
             if "escalator_queue_depth" not in md.get("query", ""):
                 fail("ScaledObject query must use escalator_queue_depth")
 
+    # alert routing: the Secrets the AlertmanagerConfig reads are created out of band
+    for amc in by.get("AlertmanagerConfig", {}).values():
+        for ref in secret_refs(amc["spec"]):
+            if ref["name"] not in EXTERNAL_SECRETS and ref["name"] not in by.get("Secret", {}):
+                fail(f"AlertmanagerConfig/{amc['metadata']['name']}: Secret {ref['name']} "
+                     "is neither rendered nor created out of band (EXTERNAL_SECRETS)")
+
     # monitoring CRDs
-    for kind in ("ServiceMonitor", "PrometheusRule"):
+    for kind in ("ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"):
         if not by.get(kind):
             fail(f"no {kind}")
     if not by.get("PodMonitor") and not by.get("ServiceMonitor"):
@@ -517,7 +524,131 @@ def am_live_config(src, out, http_port, smtp_port, secrets_dir):
         yaml.safe_dump(cfg, f, sort_keys=False)
 
 
+def secret_refs(node):
+    """Every SecretKeySelector ({name, key}) under an AlertmanagerConfig spec."""
+    if isinstance(node, dict):
+        if set(node) == {"name", "key"}:
+            yield node
+        for v in node.values():
+            yield from secret_refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from secret_refs(v)
+
+
+def am_matchers(ms):
+    return [f'{m["name"]}{m.get("matchType", "=")}"{m["value"]}"' for m in ms or []]
+
+
+def am_route(r):
+    out = {}
+    for src, dst in (("receiver", "receiver"), ("groupBy", "group_by"), ("groupWait", "group_wait"),
+                     ("groupInterval", "group_interval"), ("repeatInterval", "repeat_interval"),
+                     ("continue", "continue")):
+        if src in r:
+            out[dst] = r[src]
+    if r.get("matchers"):
+        out["matchers"] = am_matchers(r["matchers"])
+    if r.get("routes"):
+        out["routes"] = [am_route(c) for c in r["routes"]]
+    return out
+
+
+def amconfig_to_alertmanager(rendered_path, out, secrets_dir, compose_am=None):
+    """The Alertmanager configuration the Prometheus Operator builds from the rendered
+    AlertmanagerConfig: its route under the namespace matcher the operator adds, its
+    receivers (Secrets as files holding their placeholder values) and inhibit rules, in
+    Alertmanager 0.25 syntax for `amtool check-config` and `amtool config routes test`.
+    Receiver names are left without the operator's "namespace/name/" prefix. Also checks
+    that every Secret key it names exists in the base's placeholder Secret."""
+    objs = load_all(rendered_path)
+    amcs = [o for o in objs if o["kind"] == "AlertmanagerConfig"]
+    if len(amcs) != 1:
+        fail(f"expected one AlertmanagerConfig in the kustomize output, found {len(amcs)}")
+        return
+    amc = amcs[0]
+    ns = amc["metadata"].get("namespace")
+    if not ns:
+        fail("AlertmanagerConfig has no namespace (the operator matches alerts on it)")
+        return
+    secrets = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Secret"}
+    files = Path(secrets_dir)
+    files.mkdir(parents=True, exist_ok=True)
+
+    def secret_file(ref):
+        s = secrets.get(ref["name"])
+        value = ((s or {}).get("stringData") or {}).get(ref["key"])
+        if value is None:
+            fail(f"Secret {ref['name']} has no key {ref['key']} (named by the AlertmanagerConfig)")
+            value = "missing"
+        f = files / f"{ref['name']}-{ref['key']}"
+        f.write_text(value + "\n")
+        return str(f)
+
+    spec = amc["spec"]
+    receivers = [{"name": "null"}]
+    for r in spec.get("receivers", []):
+        rec = {"name": r["name"]}
+        for c in r.get("pagerdutyConfigs", []):
+            rec.setdefault("pagerduty_configs", []).append({
+                "routing_key_file": secret_file(c["routingKey"]),
+                "severity": c.get("severity"), "description": c.get("description"),
+                "send_resolved": c.get("sendResolved", False),
+            })
+        for c in r.get("slackConfigs", []):
+            rec.setdefault("slack_configs", []).append({
+                "api_url_file": secret_file(c["apiURL"]), "channel": c.get("channel"),
+                "send_resolved": c.get("sendResolved", False),
+                "title": c.get("title"), "text": c.get("text"),
+            })
+        for c in r.get("emailConfigs", []):
+            e = {"to": c["to"], "from": c.get("from"), "smarthost": c.get("smarthost"),
+                 "require_tls": c.get("requireTLS", True),
+                 "send_resolved": c.get("sendResolved", False)}
+            if "authPassword" in c:
+                e["auth_username"] = c.get("authUsername")
+                secret_file(c["authPassword"])
+                e["auth_password"] = "<from the Secret>"
+            rec.setdefault("email_configs", []).append(e)
+        if len(rec) == 1:
+            fail(f"receiver {r['name']} has no pagerduty, slack or email config")
+        receivers.append(rec)
+    top = am_route(spec["route"])
+    top["matchers"] = [f'namespace="{ns}"'] + top.get("matchers", [])
+    top["continue"] = True
+    nsm = [f'namespace="{ns}"']
+    cfg = {
+        "route": {"receiver": "null", "routes": [top]},
+        "inhibit_rules": [
+            {"source_matchers": nsm + am_matchers(i.get("sourceMatch")),
+             "target_matchers": nsm + am_matchers(i.get("targetMatch")),
+             "equal": i.get("equal", [])}
+            for i in spec.get("inhibitRules", [])
+        ],
+        "receivers": receivers,
+    }
+    with open(out, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    if compose_am:
+        # the same routing and inhibitions as docker-compose's alertmanager.yml
+        theirs = load_yaml(compose_am)
+        mine = {k: v for k, v in top.items() if k not in ("matchers", "continue")}
+        root = {k: v for k, v in theirs["route"].items()}
+        if mine != root:
+            fail(f"AlertmanagerConfig route differs from {compose_am}'s:\n  {mine}\n  {root}")
+        inhibit = [{**i, "source_matchers": i["source_matchers"][1:],
+                    "target_matchers": i["target_matchers"][1:]} for i in cfg["inhibit_rules"]]
+        if inhibit != theirs.get("inhibit_rules", []):
+            fail(f"AlertmanagerConfig inhibit rules differ from {compose_am}'s")
+        names = sorted(r["name"] for r in receivers[1:])
+        if names != sorted(r["name"] for r in theirs["receivers"]):
+            fail(f"AlertmanagerConfig receivers {names} differ from {compose_am}'s")
+    if not ERRORS:
+        ok(f"AlertmanagerConfig {amc['metadata']['name']} as Alertmanager sees it: {out}")
+
+
 COMMANDS = {
+    "amconfig-to-alertmanager": amconfig_to_alertmanager,
     "alert-coverage": alert_coverage,
     "alert-severities": alert_severities,
     "rules-sync": rules_sync,

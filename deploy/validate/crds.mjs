@@ -1,5 +1,6 @@
 // Validates the custom resources in a kustomize output, which kubernetes-validate skips:
-// KEDA ScaledObject and the Prometheus Operator's ServiceMonitor, PodMonitor and PrometheusRule.
+// KEDA ScaledObject and the Prometheus Operator's ServiceMonitor, PodMonitor, PrometheusRule and
+// AlertmanagerConfig.
 //   node crds.mjs <rendered.yaml> <out-dir>
 // 1. each object through its kubernetes-models class (ajv against the CRD's schema: types,
 //    enums, required fields);
@@ -15,6 +16,7 @@ import {
   PrometheusRule,
   ServiceMonitor,
 } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
+import { AlertmanagerConfig } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1alpha1";
 
 const KINDS = {
   "keda.sh/v1alpha1/ScaledObject": [ScaledObject, "@kubernetes-models/keda/keda.sh/v1alpha1", "IScaledObject"],
@@ -32,6 +34,11 @@ const KINDS = {
     PodMonitor,
     "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1",
     "IPodMonitor",
+  ],
+  "monitoring.coreos.com/v1alpha1/AlertmanagerConfig": [
+    AlertmanagerConfig,
+    "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1alpha1",
+    "IAlertmanagerConfig",
   ],
   "monitoring.coreos.com/v1/PrometheusRule": [
     PrometheusRule,
