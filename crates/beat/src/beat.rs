@@ -303,13 +303,21 @@ impl Beat {
         };
         match self.store.create_check_run_fenced(&new, lease).await? {
             Fenced::Created(run) => {
-                self.queues
-                    .push_check(&CheckWorkflows {
-                        check_run_id: run.id,
-                        as_of: now,
-                        scope: Scope::All,
-                    })
-                    .await?;
+                let job = CheckWorkflows {
+                    check_run_id: run.id,
+                    as_of: now,
+                    scope: Scope::All,
+                };
+                if let Err(e) = self.queues.push_check(&job).await {
+                    // Nothing will ever run it: say so, or it would read `queued` for ever (its
+                    // slot is taken, so a retry finds a duplicate and does not push either).
+                    // The workflows stay due for the next slot or deadline check.
+                    let why = format!("the check could not be enqueued: {e}");
+                    if let Err(f) = self.store.fail_check_run(run.id, &why, Utc::now()).await {
+                        tracing::error!(check_run_id = run.id, error = %f, "cannot mark the run failed");
+                    }
+                    return Err(e.into());
+                }
                 metrics::gauge!(m::BEAT_LAST_ENQUEUE).set(now.timestamp() as f64);
                 self.health.touch();
                 tracing::info!(

@@ -307,3 +307,32 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
         .unwrap();
     assert_eq!(deliveries.pending, 1);
 }
+
+/// A slot whose job cannot be pushed (Redis down) is recorded as a failed run naming the
+/// cause: it used to stay `queued` for ever, its slot taken, so no retry pushed it either.
+#[tokio::test]
+async fn a_slot_that_cannot_be_enqueued_is_a_failed_run_not_a_queued_one() {
+    let db = TestDb::postgres().await;
+    let mut redis = escalator_testkit::services::PrivateRedis::start();
+    let q = Queues::connect(&redis.url(), QueueNames::new("beat-down"))
+        .await
+        .unwrap();
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q,
+        config("a", Duration::from_secs(600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    redis.kill();
+    let err = beat.step(utc("2026-11-25T12:00:00.500Z")).await;
+    assert!(err.is_err(), "{err:?}");
+    let runs = db.store.recent_check_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].slot, Some(utc("2026-11-25T12:00:00Z")));
+    assert_eq!(runs[0].status, "failed", "{runs:?}");
+    let error = runs[0].error.clone().unwrap_or_default();
+    assert!(error.contains("could not be enqueued"), "{error}");
+    // the beat goes on: the slot is not recorded twice, and the next one is tried again
+    let _ = beat.step(utc("2026-11-25T12:01:00Z")).await;
+    assert_eq!(db.store.recent_check_runs(10).await.unwrap().len(), 1);
+}
