@@ -162,7 +162,12 @@ impl Engine {
     /// is simply run again.
     pub async fn check_workflows(&self, job: &CheckWorkflows) -> Result<Planned, EngineError> {
         let run = self.store.get_check_run(job.check_run_id).await?;
-        if run.status != "queued" {
+        // A single-workflow check marks its run running, then runs its one round: a retry of an
+        // attempt that failed in that round finds it running and must run the round again (the
+        // round is idempotent, and counts its batch once), or the run would stay running for
+        // ever. A fanned-out run that is running has had all its batches pushed.
+        let resumed = run.status == "running" && matches!(job.scope, Scope::Workflow(_));
+        if run.status != "queued" && !resumed {
             // Finished, failed, or planned by an earlier delivery of this job.
             return Ok(Planned::AlreadyDone);
         }
