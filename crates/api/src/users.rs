@@ -180,6 +180,9 @@ pub async fn put(
     if body.display_name.trim().is_empty() {
         return Err(ApiError::invalid("display_name", "must not be empty"));
     }
+    if let Some(email) = &body.email {
+        escalator_store::logic::check_email("email", email)?;
+    }
     if let Some(channels) = &body.channels {
         escalator_policy::check_channels("channels", channels)
             .map_err(|e| ApiError::invalid(e.field, e.message))?;

@@ -109,7 +109,8 @@ fn parse_from(from: &str) -> Result<Mailbox, NotifyError> {
 }
 
 /// The message of an outbox row: `payload` holds `to`, `cc`, `subject`, `body`. Invalid
-/// addresses are permanent failures; header injection is impossible (lettre encodes headers,
+/// addresses are left out (logged); a message with no valid primary recipient is a permanent
+/// failure; header injection is impossible (lettre encodes headers,
 /// and line breaks in the subject are removed before).
 pub fn build(entry: &OutboxEntry, from: Mailbox) -> Result<Message, NotifyError> {
     let p = &entry.payload;
@@ -140,11 +141,34 @@ pub fn build(entry: &OutboxEntry, from: Mailbox) -> Result<Message, NotifyError>
             "<{}@escalator>",
             sanitize(&entry.idempotency_key)
         )));
+    // One unusable address (a user's typo, an empty string) must not cost everyone else the
+    // message: it is left out and logged. Only when no primary recipient is left does the
+    // message fail, for good.
+    let mut usable = 0;
     for address in &to {
-        builder = builder.to(mailbox(address)?);
+        match mailbox(address) {
+            Ok(m) => {
+                builder = builder.to(m);
+                usable += 1;
+            }
+            Err(e) if to.len() > 1 => {
+                tracing::warn!(key = %entry.idempotency_key, error = %e, "recipient left out")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if usable == 0 {
+        return Err(NotifyError::Permanent(format!(
+            "no valid recipient among {to:?}"
+        )));
     }
     for address in list("cc") {
-        builder = builder.cc(mailbox(&address)?);
+        match mailbox(&address) {
+            Ok(m) => builder = builder.cc(m),
+            Err(e) => {
+                tracing::warn!(key = %entry.idempotency_key, error = %e, "copy recipient left out")
+            }
+        }
     }
     builder
         .header(ContentType::TEXT_PLAIN)
@@ -213,12 +237,35 @@ mod tests {
         assert!(!text.contains("\r\nBcc:"), "header injection: {text}");
     }
 
+    /// An escalation email to the new assignee copied to a user whose stored address is
+    /// unusable was dead on its first attempt: nobody got it.
+    #[test]
+    fn an_unusable_copy_or_extra_address_is_left_out_and_the_rest_is_sent() {
+        let e = entry(serde_json::json!({
+            "to": ["boss@example.com", "jdoe"], "cc": ["", "a@example.com", "not an address"],
+            "subject": "s", "body": "b"
+        }));
+        let text = String::from_utf8(
+            build(&e, "escalator@example.com".parse().unwrap())
+                .unwrap()
+                .formatted(),
+        )
+        .unwrap();
+        assert!(text.contains("To: boss@example.com\r\n"), "{text}");
+        assert!(text.contains("Cc: a@example.com\r\n"), "{text}");
+    }
+
     #[test]
     fn invalid_addresses_and_missing_recipients_are_permanent() {
         let bad =
             entry(serde_json::json!({ "to": ["not an address"], "subject": "s", "body": "b" }));
         assert!(matches!(
             build(&bad, "e@example.com".parse().unwrap()),
+            Err(NotifyError::Permanent(_))
+        ));
+        let none_valid = entry(serde_json::json!({ "to": ["", "x y"], "subject": "s" }));
+        assert!(matches!(
+            build(&none_valid, "e@example.com".parse().unwrap()),
             Err(NotifyError::Permanent(_))
         ));
         let none = entry(serde_json::json!({ "subject": "s" }));

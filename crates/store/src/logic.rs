@@ -58,6 +58,39 @@ pub fn check_id(field: &'static str, value: &str) -> Result<()> {
     Err(StoreError::Invalid { field, message })
 }
 
+/// Checks an email address enough that a relay will take it: `local@domain`, one `@`, no
+/// spaces, control characters or angle brackets, at most 254 characters. An unusable address
+/// used to be stored as given and then left out of every message sent to that user.
+pub fn check_email(field: &'static str, value: &str) -> Result<()> {
+    let invalid = |message: &str| {
+        Err(StoreError::Invalid {
+            field,
+            message: format!("{message} (got {value:?}; null removes the address)"),
+        })
+    };
+    if value.chars().count() > 254 {
+        return invalid("must be at most 254 characters");
+    }
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
+    {
+        return invalid("must be a bare address such as ana@example.com");
+    }
+    match value.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.') =>
+        {
+            Ok(())
+        }
+        _ => invalid("must be an address such as ana@example.com"),
+    }
+}
+
 /// How far ahead of this machine's clock a real check's `as_of` may be: clock skew between
 /// the caller and the service, no more.
 pub const AS_OF_SKEW: chrono::Duration = chrono::Duration::minutes(1);

@@ -113,6 +113,39 @@ async fn users_are_upserted_and_circular_or_unknown_managers_refused() {
     .await
     .error(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(field.as_deref(), Some("boss"));
+    // an address no relay takes is refused, naming the field (it was stored, then left out of
+    // every message); null removes it
+    for bad in [
+        "",
+        "jdoe",
+        "a b@example.com",
+        "Ana <ana@example.com>",
+        "a@@example.com",
+        "a@",
+    ] {
+        let (message, field) = put(
+            &api,
+            "/api/v1/users/zed",
+            json!({ "display_name": "Zed", "email": bad }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(field.as_deref(), Some("email"), "{bad:?}: {message}");
+    }
+    let res = put(
+        &api,
+        "/api/v1/users/zed",
+        json!({ "display_name": "Zed", "email": "bob.o'neil+ops@mail.example.com" }),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let res = put(
+        &api,
+        "/api/v1/users/zed",
+        json!({ "display_name": "Zed", "email": null }),
+    )
+    .await;
+    assert_eq!(res.json()["email"], Value::Null, "{}", res.text());
 
     let page = api.get("/api/v1/users?limit=1").await.json();
     assert_eq!(page["items"][0]["id"], "alice");
