@@ -134,6 +134,16 @@ pub fn coalesce(run: i64, rows: &[HeldRow], now: DateTime<Utc>) -> Result<Vec<Ne
             let mut payload = o.payload.clone();
             payload["to"] = cc.clone();
             payload["cc"] = json!([]);
+            // the copied message was written for its direct recipient ("escalated to you"):
+            // addressed to the people copied, it says what they are told on a copy
+            if let Some(cc_template) = payload["template"]
+                .as_str()
+                .and_then(|t| t.strip_suffix("_to"))
+                .map(|t| format!("{t}_cc"))
+            {
+                payload["template"] = json!(cc_template);
+                payload["greeting"] = json!("Hello");
+            }
             out.push(NewOutbox {
                 channel: o.channel,
                 recipient: first_cc.to_owned(),
@@ -231,6 +241,35 @@ mod tests {
                 .any(|o| o.idempotency_key == "escalate:7:1:1:email")
         );
         assert_eq!(out.len(), 1 + 6 + 1);
+    }
+
+    /// The copies used to carry the direct recipient's message ("Escalated to you…", greeting
+    /// them by name) to the people copied.
+    #[test]
+    fn a_digested_emails_copies_are_written_for_the_people_copied() {
+        let rows: Vec<HeldRow> = (1..=6)
+            .map(|i| {
+                let mut r = held(i, "head", "email", 5);
+                let mut o: NewOutbox = outbox_from(&r.item).unwrap();
+                let p = o.payload.as_object_mut().unwrap();
+                p.remove("subject");
+                p.insert("template".into(), json!("escalation_to"));
+                p.insert("greeting".into(), json!("Head"));
+                r.item = serde_json::to_value(item(&o)).unwrap();
+                r
+            })
+            .collect();
+        let out = coalesce(9, &rows, Utc::now()).unwrap();
+        let copies: Vec<_> = out
+            .iter()
+            .filter(|o| o.idempotency_key.ends_with(":cc"))
+            .collect();
+        assert_eq!(copies.len(), 6);
+        for c in copies {
+            assert_eq!(c.payload["to"], json!(["prev@example.com"]));
+            assert_eq!(c.payload["template"], "escalation_cc", "{}", c.payload);
+            assert_eq!(c.payload["greeting"], "Hello");
+        }
     }
 
     #[test]
