@@ -80,9 +80,12 @@ impl Deliverer {
             tracing::info!(released, "released held deliveries of unfinished runs");
         }
         for round in 0..max_rounds {
+            // each round's lease runs from its own claim: a drain of many rounds outlasts a
+            // lease taken from its start, and rows claimed late would be due again mid-send
+            let now = Utc::now().max(as_of);
             let claimed = self
                 .store
-                .claim_deliveries(as_of, self.lease, per_round)
+                .claim_deliveries(now, self.lease, per_round)
                 .await?;
             if claimed.is_empty() {
                 break;
@@ -128,9 +131,18 @@ impl Deliverer {
                 };
                 metrics::counter!(m::NOTIFICATIONS, "channel" => entry.channel.clone(), "outcome" => label)
                     .increment(1);
-                self.store
-                    .record_delivery(entry.id, &outcome, Utc::now())
+                let recorded = self
+                    .store
+                    .record_delivery(entry.id, entry.attempts, &outcome, Utc::now())
                     .await?;
+                if !recorded {
+                    tracing::warn!(
+                        id = entry.id,
+                        attempts = entry.attempts,
+                        "outcome not recorded: the row was claimed again or finished meanwhile \
+                         (this attempt outlasted its lease)"
+                    );
+                }
             }
             if count < per_round as usize {
                 break;

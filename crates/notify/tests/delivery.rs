@@ -268,3 +268,56 @@ async fn an_email_is_written_from_its_template_when_it_is_sent() {
         "the text names the workflow and its stage: {message}"
     );
 }
+
+/// An outcome is recorded only by the claim that holds the row: a sender whose lease ran out
+/// mid-send (its row claimed again since) or whose row was finished meanwhile writes nothing.
+/// Unfenced, a late retry or dead outcome overwrote `sent`, and the row was sent again.
+async fn late_outcomes_are_fenced_off(db: TestDb) {
+    use escalator_store::DeliveryOutcome;
+    outbox(&db.store, 1, "boss@example.com").await;
+    let now = Utc::now();
+    let lease = Duration::from_secs(1);
+    let first = db.store.claim_deliveries(now, lease, 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let later = now + chrono::Duration::seconds(2);
+    let second = db.store.claim_deliveries(later, lease, 10).await.unwrap();
+    assert_eq!(second.len(), 1, "the lease ran out: claimable again");
+    let (a, b) = (&first[0], &second[0]);
+    assert_eq!((a.attempts, b.attempts), (1, 2));
+    let retry = DeliveryOutcome::Retry {
+        error: "timed out".into(),
+        retry_at: later,
+    };
+    assert!(
+        !db.store
+            .record_delivery(a.id, a.attempts, &retry, later)
+            .await
+            .unwrap()
+    );
+    assert!(
+        db.store
+            .record_delivery(b.id, b.attempts, &DeliveryOutcome::Sent, later)
+            .await
+            .unwrap()
+    );
+    let dead = DeliveryOutcome::Dead {
+        error: "late".into(),
+    };
+    assert!(
+        !db.store
+            .record_delivery(b.id, b.attempts, &dead, later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(statuses(&db.store).await, ["sent"]);
+}
+
+#[tokio::test]
+async fn late_outcomes_are_fenced_off_on_postgres() {
+    late_outcomes_are_fenced_off(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn late_outcomes_are_fenced_off_on_sqlite() {
+    late_outcomes_are_fenced_off(TestDb::sqlite().await).await;
+}

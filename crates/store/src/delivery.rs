@@ -127,13 +127,18 @@ impl Store {
         }
     }
 
-    /// Records the outcome of an attempt on a claimed row.
+    /// Records the outcome of an attempt on a claimed row, `attempts` being the row's count as
+    /// the claim returned it. The count fences the write: a sender whose lease ran out while it
+    /// was sending (and whose row another sender has claimed since, raising the count) records
+    /// nothing, and neither does one whose row was finished meanwhile — a late retry or dead
+    /// outcome never overwrites `sent`. Returns whether the outcome was recorded.
     pub async fn record_delivery(
         &self,
         id: i64,
+        attempts: i32,
         outcome: &DeliveryOutcome,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (status, error, next, sent) = match outcome {
             DeliveryOutcome::Sent => ("sent", None, now, Some(now)),
             DeliveryOutcome::Retry { error, retry_at } => {
@@ -141,35 +146,37 @@ impl Store {
             }
             DeliveryOutcome::Dead { error } => ("dead", Some(error.as_str()), now, None),
         };
-        match self {
-            Store::Postgres(s) => {
-                sqlx::query(
-                    "UPDATE outbox SET status = $2, last_error = $3, next_attempt_at = $4,
-                         sent_at = COALESCE($5, sent_at) WHERE id = $1",
-                )
-                .bind(id)
-                .bind(status)
-                .bind(error)
-                .bind(next)
-                .bind(sent)
-                .execute(s.pool())
-                .await?;
-            }
-            Store::Sqlite(s) => {
-                sqlx::query(
-                    "UPDATE outbox SET status = ?2, last_error = ?3, next_attempt_at = ?4,
-                         sent_at = COALESCE(?5, sent_at) WHERE id = ?1",
-                )
-                .bind(id)
-                .bind(status)
-                .bind(error)
-                .bind(sqlite_ts(next))
-                .bind(sent.map(sqlite_ts))
-                .execute(s.pool())
-                .await?;
-            }
-        }
-        Ok(())
+        let recorded = match self {
+            Store::Postgres(s) => sqlx::query(
+                "UPDATE outbox SET status = $2, last_error = $3, next_attempt_at = $4,
+                         sent_at = COALESCE($5, sent_at)
+                     WHERE id = $1 AND attempts = $6 AND status IN ('pending', 'failed')",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(error)
+            .bind(next)
+            .bind(sent)
+            .bind(attempts)
+            .execute(s.pool())
+            .await?
+            .rows_affected(),
+            Store::Sqlite(s) => sqlx::query(
+                "UPDATE outbox SET status = ?2, last_error = ?3, next_attempt_at = ?4,
+                         sent_at = COALESCE(?5, sent_at)
+                     WHERE id = ?1 AND attempts = ?6 AND status IN ('pending', 'failed')",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(error)
+            .bind(sqlite_ts(next))
+            .bind(sent.map(sqlite_ts))
+            .bind(attempts)
+            .execute(s.pool())
+            .await?
+            .rows_affected(),
+        };
+        Ok(recorded == 1)
     }
 
     /// Releases held deliveries left behind: their run finished (the worker that finished it

@@ -232,6 +232,7 @@ pub async fn kill_deliveries(store: &Store, w: &Workflow) -> Vec<i64> {
         store
             .record_delivery(
                 o.id,
+                o.attempts,
                 &DeliveryOutcome::Dead {
                     error: "550 <mailbox> unknown".into(),
                 },
