@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use minijinja::Environment;
+use minijinja::{AutoEscape, Environment};
 use serde::Serialize;
 
 use crate::NotifyError;
@@ -141,6 +141,51 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
+/// The engine every template set uses. Values are escaped for where the text goes: HTML in
+/// `.html` parts, and in `.slack.txt` parts Slack's three control characters (`&`, `<`, `>`),
+/// so that a workflow title such as `<!channel>` or `<https://evil|Approve>` is shown as
+/// written instead of pinging a channel or planting a link. Other parts are plain text.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_keep_trailing_newline(true);
+    env.set_auto_escape_callback(|name| {
+        if name.ends_with(".html") {
+            AutoEscape::Html
+        } else if name.ends_with(".slack.txt") {
+            AutoEscape::Custom("slack")
+        } else {
+            AutoEscape::None
+        }
+    });
+    env.set_formatter(|out, state, value| {
+        if state.auto_escape() != AutoEscape::Custom("slack") {
+            return minijinja::escape_formatter(out, state, value);
+        }
+        let text = if value.is_undefined() {
+            String::new()
+        } else if let Some(s) = value.as_str() {
+            s.to_owned()
+        } else {
+            value.to_string()
+        };
+        let text = if value.is_safe() {
+            text
+        } else {
+            slack_escape(&text)
+        };
+        out.write_str(&text)
+            .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, e.to_string()))
+    });
+    env
+}
+
+/// Slack's escaping of message text (its mrkdwn treats these three as control characters).
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// The templates in use. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Templates {
@@ -156,8 +201,7 @@ impl Default for Templates {
 impl Templates {
     /// The built-in templates.
     pub fn builtin() -> Templates {
-        let mut env = Environment::new();
-        env.set_keep_trailing_newline(true);
+        let mut env = environment();
         for (name, source) in BUILTIN {
             // the built-ins are tested to parse (`every_builtin_template_renders`)
             if let Err(e) = env.add_template_owned(*name, *source) {
@@ -172,8 +216,7 @@ impl Templates {
     /// files that match no template are errors too (a typo would otherwise be silently
     /// ignored).
     pub fn from_dir(dir: &Path) -> Result<Templates, NotifyError> {
-        let mut env = Environment::new();
-        env.set_keep_trailing_newline(true);
+        let mut env = environment();
         for (name, source) in BUILTIN {
             env.add_template_owned(*name, *source)
                 .map_err(|e| NotifyError::Config(format!("built-in template {name}: {e}")))?;
@@ -272,6 +315,42 @@ mod tests {
                 assert!(!text.trim().is_empty(), "{message}.{part}");
             }
         }
+    }
+
+    /// Slack reads `<!channel>` as a mention of everyone and `<url|text>` as a link: user text
+    /// (titles, names) reached Slack unescaped.
+    #[test]
+    fn slack_messages_escape_user_text_and_keep_their_own_markup() {
+        let t = Templates::builtin();
+        let ctx = json!({
+            "title": "<!channel> urgent & <https://evil.example|Approve>", "stage": "s",
+            "due": "d", "greeting": "Ann", "previous": "<@U123>", "new": "Bo",
+            "items": [{"title": "<!here>"}], "count": 1,
+        });
+        for message in NAMES {
+            let text = t.render(message, "slack.txt", &ctx).unwrap();
+            assert!(!text.contains("<!"), "{message}: {text}");
+            assert!(!text.contains("<https"), "{message}: {text}");
+        }
+        let text = t.render("escalation_to", "slack.txt", &ctx).unwrap();
+        assert!(
+            text.contains("*&lt;!channel&gt; urgent &amp; &lt;https://evil.example|Approve&gt;*"),
+            "{text}"
+        );
+        assert!(text.contains("&lt;@U123&gt;"), "{text}");
+        // an override may still write Slack markup of its own, and mark a value safe
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("reminder.slack.txt"),
+            "<!here> {{ title }} {{ greeting | safe }}",
+        )
+        .unwrap();
+        let t = Templates::from_dir(dir.path()).unwrap();
+        let ctx = json!({ "title": "<b>", "greeting": "<@U1>" });
+        assert_eq!(
+            t.render("reminder", "slack.txt", &ctx).unwrap(),
+            "<!here> &lt;b&gt; <@U1>"
+        );
     }
 
     #[test]

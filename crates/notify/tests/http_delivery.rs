@@ -568,5 +568,7 @@ async fn digests_are_written_out_at_delivery_with_user_text_escaped_in_html() {
         text.starts_with("<@U-head> 2 workflows were escalated to you"),
         "{text}"
     );
-    assert!(text.contains("• Hire & train"), "{text}");
+    // Slack's control characters in user text are escaped (Slack shows them as written)
+    assert!(text.contains("• Hire &amp; train"), "{text}");
+    assert!(text.contains("• Buy &lt;script&gt;"), "{text}");
 }
