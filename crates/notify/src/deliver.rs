@@ -102,6 +102,7 @@ impl Deliverer {
                 }
             }))
             .buffer_unordered(PARALLEL_SENDS);
+            let mut record_error = None;
             while let Some((entry, outcome)) = sends.next().await {
                 let label = match &outcome {
                     DeliveryOutcome::Sent => {
@@ -131,10 +132,21 @@ impl Deliverer {
                 };
                 metrics::counter!(m::NOTIFICATIONS, "channel" => entry.channel.clone(), "outcome" => label)
                     .increment(1);
-                let recorded = self
+                // a failed record does not stop the round: the sends still in flight finish
+                // and are recorded if they can be, instead of being cut off mid-conversation
+                // (a provider may have taken them already) and sent again after the lease
+                let recorded = match self
                     .store
                     .record_delivery(entry.id, entry.attempts, &outcome, Utc::now())
-                    .await?;
+                    .await
+                {
+                    Ok(recorded) => recorded,
+                    Err(e) => {
+                        tracing::error!(id = entry.id, error = %e, "cannot record a delivery's outcome; it is retried after its lease");
+                        record_error.get_or_insert(e);
+                        true
+                    }
+                };
                 if !recorded {
                     tracing::warn!(
                         id = entry.id,
@@ -143,6 +155,9 @@ impl Deliverer {
                          (this attempt outlasted its lease)"
                     );
                 }
+            }
+            if let Some(e) = record_error {
+                return Err(e);
             }
             if count < per_round as usize {
                 break;

@@ -302,6 +302,19 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
 
 /// Transient: no answer in time, no connection, 408, 429, 5xx (with Retry-After when the
 /// provider gave one in seconds). Permanent: any other 4xx. 1xx/3xx count as transient.
+/// Up to `limit` bytes of a response's body (what could be read of it).
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(limit);
+    body
+}
+
 async fn classify(
     provider: &str,
     sent: Result<reqwest::Response, reqwest::Error>,
@@ -336,11 +349,10 @@ async fn classify(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
         .filter(|d| *d <= MAX_RETRY_AFTER);
-    // the body says why; a provider's error text is short, and the request deadline bounds it
-    let detail: String = response
-        .text()
-        .await
-        .unwrap_or_default()
+    // the body says why; a provider's error text is short. Only its first kilobytes are read:
+    // a webhook URL is user input, and a broken or hostile endpoint may answer with an endless
+    // body, which must not fill the worker's memory
+    let detail: String = String::from_utf8_lossy(&read_at_most(response, 4_096).await)
         .chars()
         .take(300)
         .collect();

@@ -572,3 +572,119 @@ async fn digests_are_written_out_at_delivery_with_user_text_escaped_in_html() {
     assert!(text.contains("• Hire &amp; train"), "{text}");
     assert!(text.contains("• Buy &lt;script&gt;"), "{text}");
 }
+
+/// A user's own Slack webhook that answers an error with an endless body: only its first
+/// kilobytes are read (the whole body was read into memory until the request's deadline, and
+/// the reason then lost), and the send fails at once naming what the endpoint said.
+#[tokio::test]
+async fn an_endless_error_body_is_read_only_in_part() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::postgres().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // the whole request first (its JSON body ends with '}')
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4_096];
+                while !request.ends_with(b"}") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\
+                            Content-Length: 1000000000\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = "upstream exploded; ".repeat(1_000);
+                for _ in 0..10 {
+                    if socket.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                // then nothing more, and never the end
+                tokio::time::sleep(std::time::Duration::from_secs(3_600)).await;
+            });
+        }
+    });
+    let own = format!("http://127.0.0.1:{port}/hook");
+    outbox(
+        &db.store,
+        vec![row(
+            "slack",
+            6,
+            serde_json::json!({ "to": own, "text": "hi" }),
+        )],
+    )
+    .await;
+    let d = deliverer(&db.store, config("http://127.0.0.1:9"));
+    let report = d.drain(10, 10).await.unwrap();
+    assert_eq!(report.retried, 1, "{report:?}");
+    let error = rows(&db.store).await[0]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        error.contains("HTTP 500") && error.contains("upstream exploded"),
+        "{error}"
+    );
+    assert!(error.len() < 400, "{}", error.len());
+}
+
+/// The outcome of one send cannot be recorded (here a trigger refuses it): the sends of the
+/// round still in flight finish and are recorded, and the drain then reports the error. They
+/// used to be dropped mid-request, their rows left claimed, to be sent again after the lease.
+#[tokio::test]
+async fn a_failed_record_cuts_off_no_send_in_flight() {
+    let db = TestDb::sqlite().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/fast"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(500)))
+        .mount(&server)
+        .await;
+    let fast = format!("{}/fast", server.uri());
+    let slow = format!("{}/slow", server.uri());
+    let mut new = vec![row(
+        "slack",
+        0,
+        serde_json::json!({ "to": fast, "text": "a" }),
+    )];
+    for i in 1..4 {
+        new.push(row(
+            "slack",
+            i,
+            serde_json::json!({ "to": slow, "text": "b" }),
+        ));
+    }
+    outbox(&db.store, new).await;
+    let Store::Sqlite(s) = &db.store else {
+        unreachable!()
+    };
+    sqlx::query(
+        "CREATE TRIGGER refuse_fast BEFORE UPDATE OF status ON outbox
+         WHEN NEW.recipient LIKE '%/fast' AND NEW.status <> OLD.status
+         BEGIN SELECT RAISE(ABORT, 'injected: the outcome cannot be written'); END",
+    )
+    .execute(s.pool())
+    .await
+    .unwrap();
+    let d = deliverer(&db.store, config(&server.uri()));
+    let err = d.drain(10, 10).await;
+    assert!(err.is_err(), "{err:?}");
+    let statuses: Vec<String> = rows(&db.store)
+        .await
+        .into_iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, ["pending", "sent", "sent", "sent"]);
+    assert_eq!(server.received_requests().await.unwrap().len(), 4);
+}
