@@ -217,6 +217,17 @@ impl Store {
         dispatch!(self, s => s.upsert_users(users).await)
     }
 
+    /// Makes the open workflows assigned to `assignee` that a check left exhausted and
+    /// unscheduled due at `now` again, so that the next check looks at them: returns how many.
+    /// Called when the user gets a manager. A workflow exhausted because its `manager` level
+    /// had no one to escalate to then escalates (a resolved target wins over the recorded
+    /// exhaustion); one exhausted at the end of its chain is evaluated once and unscheduled
+    /// again, with no effect.
+    pub async fn rearm_exhausted(&self, assignee: &str, now: DateTime<Utc>) -> Result<u64> {
+        let now = time::micros(now);
+        dispatch!(self, s => s.rearm_exhausted(assignee, now).await)
+    }
+
     /// One user.
     pub async fn get_user(&self, id: &str) -> Result<User> {
         dispatch!(self, s => s.get_user(id).await)

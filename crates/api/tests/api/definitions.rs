@@ -303,3 +303,83 @@ async fn a_nul_in_a_body_or_a_path_is_refused_naming_where_not_a_500() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Runs a real single-workflow check of `id` at `as_of` through the engine, as a worker does.
+async fn check(api: &TestApi, id: &str, as_of: chrono::DateTime<chrono::Utc>) {
+    use escalator_jobs::{CheckWorkflows, Scope};
+    use escalator_worker::engine::{Engine, EngineConfig, PolicyCache};
+    let id: uuid::Uuid = id.parse().unwrap();
+    let scope = Scope::Workflow(id);
+    let run = api
+        .db
+        .store
+        .create_check_run(&escalator_store::NewCheckRun {
+            slot: None,
+            requested_by: "cli",
+            scope: scope.to_string(),
+            as_of,
+            dry_run: false,
+            coalesced: 1,
+            now: as_of,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let engine = Engine {
+        store: api.db.store.clone(),
+        queues: api.queues.clone(),
+        config: EngineConfig::default(),
+        policies: PolicyCache::default(),
+    };
+    let job = CheckWorkflows {
+        check_run_id: run.id,
+        as_of,
+        scope,
+    };
+    engine.check_workflows(&job).await.unwrap();
+}
+
+/// The default policy escalates to the assignee's manager. A workflow whose assignee had none
+/// at its deadline is recorded exhausted (no target) and unscheduled; giving the assignee a
+/// manager makes it due again, and the next check escalates it. It used to stay exhausted and
+/// unchecked for ever.
+#[tokio::test]
+async fn a_workflow_exhausted_for_want_of_a_manager_escalates_once_one_is_set() {
+    let api = spawn_api().await;
+    for (id, body) in [
+        ("boss", json!({ "display_name": "Boss" })),
+        ("alice", json!({ "display_name": "Alice" })),
+    ] {
+        let res = put(&api, &format!("/api/v1/users/{id}"), body).await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    }
+    let w = api.create("NO-MGR-1").await;
+    let id = w["id"].as_str().unwrap().to_owned();
+    let due_at: chrono::DateTime<chrono::Utc> = w["due_at"].as_str().unwrap().parse().unwrap();
+    check(&api, &id, due_at + chrono::Duration::minutes(1)).await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let after = api.db.store.get_workflow(uuid).await.unwrap();
+    assert!(after.exhausted_at.is_some(), "{after:?}");
+    assert_eq!(after.next_check_at, None);
+    assert_eq!(after.assignee, "alice");
+
+    let res = put(
+        &api,
+        "/api/v1/users/alice",
+        json!({ "display_name": "Alice", "manager_id": "boss" }),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let rearmed = api.db.store.get_workflow(uuid).await.unwrap();
+    assert!(rearmed.next_check_at.is_some(), "{rearmed:?}");
+
+    check(&api, &id, due_at + chrono::Duration::minutes(2)).await;
+    let escalated = api.db.store.get_workflow(uuid).await.unwrap();
+    assert_eq!(
+        (escalated.assignee.as_str(), escalated.escalation_level),
+        ("boss", 1),
+        "{escalated:?}"
+    );
+    assert!(escalated.exhausted_at.is_none());
+    assert!(escalated.next_check_at.is_some());
+}

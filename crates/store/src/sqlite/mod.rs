@@ -83,6 +83,23 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub(crate) async fn rearm_exhausted(
+        &self,
+        assignee: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE workflows SET next_check_at = ?2
+             WHERE assignee = ?1 AND status IN ('pending', 'escalated')
+               AND exhausted_at IS NOT NULL AND next_check_at IS NULL",
+        )
+        .bind(assignee)
+        .bind(sqlite_ts(now))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     pub(crate) async fn upsert_users(&self, users: &[User]) -> Result<()> {
         if users.is_empty() {
             return Ok(());
