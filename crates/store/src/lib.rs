@@ -381,6 +381,52 @@ impl Store {
             .collect())
     }
 
+    /// Saves `plan`, the slices run `id` is cut into, unless the run has one already, and
+    /// returns the run's plan: the one saved first wins, so a retried or duplicate planner
+    /// pushes and counts exactly the batches the first one did.
+    pub async fn save_check_run_plan(&self, id: i64, plan: &[DueRange]) -> Result<Vec<DueRange>> {
+        let malformed = |source| StoreError::Json {
+            context: "check_runs.plan",
+            source,
+        };
+        let json = serde_json::to_string(plan).map_err(malformed)?;
+        let stored: Option<String> = match self {
+            Store::Postgres(s) => {
+                sqlx::query(
+                    "UPDATE check_runs SET plan = $2::jsonb WHERE id = $1 AND plan IS NULL",
+                )
+                .bind(id)
+                .bind(&json)
+                .execute(s.pool())
+                .await?;
+                sqlx::query_scalar("SELECT plan::text FROM check_runs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(s.pool())
+                    .await?
+                    .flatten()
+            }
+            Store::Sqlite(s) => {
+                sqlx::query("UPDATE check_runs SET plan = ?2 WHERE id = ?1 AND plan IS NULL")
+                    .bind(id)
+                    .bind(&json)
+                    .execute(s.pool())
+                    .await?;
+                sqlx::query_scalar("SELECT plan FROM check_runs WHERE id = ?1")
+                    .bind(id)
+                    .fetch_optional(s.pool())
+                    .await?
+                    .flatten()
+            }
+        };
+        match stored {
+            Some(text) => serde_json::from_str(&text).map_err(malformed),
+            None => Err(StoreError::NotFound {
+                entity: "check run",
+                id: id.to_string(),
+            }),
+        }
+    }
+
     /// The earliest `next_check_at` among open workflows.
     pub async fn earliest_next_check(&self) -> Result<Option<DateTime<Utc>>> {
         dispatch!(self, s => s.earliest_next_check().await)

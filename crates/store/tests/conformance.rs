@@ -858,6 +858,27 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
     let a = s.create_check_run(&adhoc).await.unwrap().unwrap();
     let b = s.create_check_run(&adhoc).await.unwrap().unwrap();
     assert_ne!(a.id, b.id);
+    // a run's plan is saved once: a later planner gets the first one back
+    let first = [
+        DueRange {
+            from: None,
+            until: Some(slot + Duration::minutes(5)),
+        },
+        DueRange {
+            from: Some(slot + Duration::minutes(5)),
+            until: None,
+        },
+    ];
+    assert_eq!(s.save_check_run_plan(a.id, &first).await.unwrap(), first);
+    assert_eq!(
+        s.save_check_run_plan(a.id, &first[..1]).await.unwrap(),
+        first
+    );
+    assert!(s.save_check_run_plan(b.id, &[]).await.unwrap().is_empty());
+    assert!(matches!(
+        s.save_check_run_plan(999_999, &first).await,
+        Err(StoreError::NotFound { .. })
+    ));
 
     let w = create(s, "G").await;
     let now = t0() + Duration::hours(23);

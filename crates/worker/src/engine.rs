@@ -193,10 +193,15 @@ impl Engine {
         let size = i64::from(self.config.batch_size.max(1));
         let fanout = i64::from(MAX_FANOUT);
         let per_slice = size.max((due + fanout - 1) / fanout);
-        let slices = self
+        let cut = self
             .store
             .due_ranges(job.as_of, u32::try_from(per_slice).unwrap_or(u32::MAX))
             .await?;
+        // Saved before anything is pushed, and reused by a retry: an attempt that pushed its
+        // batches and then failed before recording their number must not be followed by one
+        // that re-cuts what is left (fewer slices, once some batches have committed) and so
+        // counts fewer batches than are running, reporting the run finished early.
+        let slices = self.store.save_check_run_plan(run.id, &cut).await?;
         let jobs: Vec<EscalateBatch> = slices
             .iter()
             .enumerate()

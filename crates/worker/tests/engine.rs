@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use escalator_jobs::{CheckWorkflows, QueueNames, Queues, Scope};
+use escalator_jobs::{CheckWorkflows, EscalateBatch, QueueNames, Queues, Scope};
 use escalator_store::{NewCheckRun, NewWorkflow, Store};
 use escalator_testkit::{RedisNamespace, TestDb, redis_url};
 use escalator_worker::engine::{Engine, EngineConfig, Planned, PolicyCache};
@@ -28,10 +28,14 @@ async fn engine(db: &TestDb, ns: &RedisNamespace) -> Engine {
 
 /// A workflow on the default policy (deadline 24 h after `started`) with a target.
 async fn workflow(store: &Store, started: DateTime<Utc>) -> uuid::Uuid {
+    workflow_named(store, "E-1", started).await
+}
+
+async fn workflow_named(store: &Store, external_id: &str, started: DateTime<Utc>) -> uuid::Uuid {
     store
         .create_workflow(
             &NewWorkflow {
-                external_id: "E-1".into(),
+                external_id: external_id.into(),
                 title: "Laptop".into(),
                 kind: "purchase".into(),
                 stage: "approval".into(),
@@ -119,4 +123,82 @@ async fn a_retried_single_workflow_check_finishes_its_run() {
     );
     let run = db.store.get_check_run(run.id).await.unwrap();
     assert_eq!((run.escalated, run.batches_done), (1, 1));
+}
+
+/// A planner attempt that pushed its batches and failed before recording their number left the
+/// run queued; its retry re-cut what was still due. Once some batches had committed that gave
+/// fewer slices than were running, so the run was counted finished while a batch still had
+/// workflows to escalate. The plan is saved before anything is pushed, and a retry reuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_planner_counts_the_batches_the_first_attempt_pushed() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("engine");
+    let mut engine = engine(&db, &ns).await;
+    engine.config.batch_size = 2;
+    let as_of = utc("2026-11-26T13:00:00Z");
+    for i in 0..6 {
+        let started = utc("2026-11-25T12:00:00Z") + chrono::Duration::minutes(i);
+        workflow_named(&db.store, &format!("P-{i}"), started).await;
+    }
+    let run = db
+        .store
+        .create_check_run(&NewCheckRun {
+            slot: None,
+            requested_by: "cli",
+            scope: "all".into(),
+            as_of,
+            dry_run: false,
+            coalesced: 1,
+            now: as_of,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    // the first attempt: it cut three slices and saved them, pushed their jobs, and failed
+    // before starting the run; two of the pushed batches have committed since
+    let cut = db.store.due_ranges(as_of, 2).await.unwrap();
+    assert_eq!(cut.len(), 3, "{cut:?}");
+    let plan = db.store.save_check_run_plan(run.id, &cut).await.unwrap();
+    assert_eq!(plan, cut);
+    let batch = |i: usize| EscalateBatch {
+        check_run_id: run.id,
+        as_of,
+        batch_index: i32::try_from(i).unwrap(),
+        from: cut[i].from,
+        until: cut[i].until,
+    };
+    for i in 0..2 {
+        engine.escalate_batch(&batch(i)).await.unwrap();
+    }
+    assert_eq!(db.store.count_due(as_of).await.unwrap(), 2);
+
+    // the retry counts the three batches, so the run waits for the third
+    let job = CheckWorkflows {
+        check_run_id: run.id,
+        as_of,
+        scope: Scope::All,
+    };
+    let planned = engine.check_workflows(&job).await.unwrap();
+    assert_eq!(planned, Planned::FannedOut { due: 2, batches: 3 });
+    let r = db.store.get_check_run(run.id).await.unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.batches, r.batches_done),
+        ("running", 3, 2),
+        "{r:?}"
+    );
+    engine.escalate_batch(&batch(2)).await.unwrap();
+    let r = db.store.get_check_run(run.id).await.unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.escalated, r.batches_done),
+        ("succeeded", 6, 3),
+        "{r:?}"
+    );
+    // a later plan never replaces the saved one
+    assert_eq!(
+        db.store
+            .save_check_run_plan(run.id, &cut[..1])
+            .await
+            .unwrap(),
+        cut
+    );
 }
