@@ -28,6 +28,9 @@ pub struct BeatConfig {
     pub deadline_recheck: Duration,
     /// This process's identity in the lease.
     pub holder: String,
+    /// Finished jobs older than this are pruned from the queues by the sweep
+    /// ([`DONE_JOB_RETENTION`] in the services).
+    pub done_retention: Duration,
 }
 
 /// What can stop the beat.
@@ -63,6 +66,11 @@ pub struct Beat {
 
 /// How often the leader looks for due deliveries that no job is coming for.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How long a finished job is kept in its queue (for `escalator status`'s done counts and for
+/// `escalator enqueue noop`, which counts completions) before the sweep forgets it.
+pub const DONE_JOB_RETENTION: Duration = Duration::from_secs(3_600);
+/// Finished jobs looked at per queue per sweep (every 10 s): up to 100 per second per queue.
+const PRUNE_SAMPLE: usize = 1_000;
 
 /// A deadline check that has shown no progress (status, batches done) for this long is taken
 /// as lost (its job gone with a flushed Redis, say) and no longer waited for: the next due
@@ -188,6 +196,7 @@ impl Beat {
         if self.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
             self.swept = Some(std::time::Instant::now());
             self.sweep_outbox(now).await?;
+            self.prune_done_jobs().await;
         }
         // sleep until the next slot, the next deadline or the next re-read, whichever first
         let mut wake =
@@ -242,6 +251,22 @@ impl Beat {
             tracing::debug!(due, "outbox sweep enqueued a delivery job");
         }
         Ok(())
+    }
+
+    /// Forgets jobs that finished over `done_retention` ago, a bounded number per sweep,
+    /// so that Redis does not grow with every job run. A failure only waits for the next sweep.
+    async fn prune_done_jobs(&self) {
+        match self
+            .queues
+            .prune_done(self.config.done_retention, PRUNE_SAMPLE)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "finished jobs pruned from the queues"),
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning finished jobs failed; the next sweep tries again")
+            }
+        }
     }
 
     /// Acquires or renews the lease; false while another beat leads.

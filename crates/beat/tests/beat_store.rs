@@ -34,6 +34,7 @@ fn config(holder: &str, catchup: Duration, lease: Duration) -> BeatConfig {
         lease_ttl: lease,
         deadline_recheck: Duration::from_secs(5),
         holder: holder.into(),
+        done_retention: escalator_beat::DONE_JOB_RETENTION,
     }
 }
 
@@ -335,4 +336,75 @@ async fn a_slot_that_cannot_be_enqueued_is_a_failed_run_not_a_queued_one() {
     // the beat goes on: the slot is not recorded twice, and the next one is tried again
     let _ = beat.step(utc("2026-11-25T12:01:00Z")).await;
     assert_eq!(db.store.recent_check_runs(10).await.unwrap().len(), 1);
+}
+
+/// The sweep prunes finished jobs past their retention from the queues (apalis keeps them for
+/// ever): here a done job finished long ago goes, a dead one stays.
+#[tokio::test]
+async fn the_sweep_forgets_finished_jobs_past_their_retention() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let Queues::Redis { conn, names } = &q else {
+        unreachable!()
+    };
+    let queue = names.batches.clone();
+    let (done, dead, data, meta) = (
+        format!("{queue}:done"),
+        format!("{queue}:dead"),
+        format!("{queue}:data"),
+        format!("{queue}:meta"),
+    );
+    let mut c = conn.clone();
+    let _: () = redis::pipe()
+        .cmd("SADD")
+        .arg(&done)
+        .arg("old")
+        .cmd("HSET")
+        .arg(&data)
+        .arg("old")
+        .arg("{}")
+        .cmd("HSET")
+        .arg(format!("{meta}:old"))
+        .arg("status")
+        .arg("Done")
+        .arg("done_at")
+        .arg(1)
+        .cmd("SADD")
+        .arg(&dead)
+        .arg("bad")
+        .cmd("HSET")
+        .arg(&data)
+        .arg("bad")
+        .arg("{}")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let stats = |q: &Queues| {
+        let q = q.clone();
+        let name = queue.clone();
+        async move {
+            q.stats()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|s| s.queue == name)
+                .unwrap()
+        }
+    };
+    assert_eq!((stats(&q).await.done, stats(&q).await.dead), (1, 1));
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    beat.step(utc("2026-11-25T12:07:00Z")).await.unwrap();
+    assert_eq!((stats(&q).await.done, stats(&q).await.dead), (0, 1));
+    let left: Vec<String> = redis::cmd("HKEYS")
+        .arg(&data)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, ["bad"]);
 }

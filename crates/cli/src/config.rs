@@ -352,6 +352,7 @@ impl BeatSettings {
                     Duration::from_secs(5),
                 )?,
                 holder,
+                done_retention: escalator_beat::DONE_JOB_RETENTION,
             },
             metrics_addr: addr(src, "ESCALATOR_METRICS_ADDR", "0.0.0.0:9101")?,
         })

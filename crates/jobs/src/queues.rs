@@ -254,6 +254,44 @@ impl Queues {
         Ok(out)
     }
 
+    /// Forgets finished (done) jobs that finished more than `older_than` ago, about `sample`
+    /// per queue per call: returns how many. apalis keeps every finished job's payload and
+    /// metadata for ever (its own vacuum is unsafe on Redis: it also takes jobs waiting for a
+    /// retry), so without this Redis grows with every job run. Dead jobs are kept for
+    /// operators to read and retry. On Redis the candidates are a random sample of the done
+    /// set, so repeated calls reach every old job; each is checked and removed atomically.
+    pub async fn prune_done(&self, older_than: Duration, sample: usize) -> Result<u64, QueueError> {
+        let cutoff = unix_now().saturating_sub(older_than.as_secs());
+        let mut pruned = 0;
+        for queue in self.names().all() {
+            pruned += match self {
+                Queues::Redis { conn, .. } => {
+                    let c = apalis_redis::Config::default().queue(queue);
+                    let n: u64 = redis::Script::new(PRUNE_DONE)
+                        .key(c.done_jobs_set())
+                        .key(c.job_data_hash())
+                        .key(c.job_meta_hash())
+                        .arg(sample.max(1))
+                        .arg(cutoff)
+                        .invoke_async(&mut conn.clone())
+                        .await?;
+                    n
+                }
+                Queues::Sqlite { pool, .. } => sqlx::query(
+                    "DELETE FROM Jobs WHERE id IN (SELECT id FROM Jobs WHERE job_type = ?1
+                         AND status = 'Done' AND done_at < ?2 LIMIT ?3)",
+                )
+                .bind(queue)
+                .bind(i64::try_from(cutoff).unwrap_or(i64::MAX))
+                .bind(i64::try_from(sample.max(1)).unwrap_or(i64::MAX))
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            };
+        }
+        Ok(pruned)
+    }
+
     /// Up to `limit` dead jobs of every queue.
     pub async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
         let mut out = Vec::new();
@@ -401,6 +439,25 @@ async fn redis_dead(
     }
     Ok(out)
 }
+
+/// Removes the done tasks among a sample of the done set that finished before ARGV[2] (unix
+/// seconds): their id, payload, result and metadata.
+const PRUNE_DONE: &str = r#"
+local ids = redis.call('SRANDMEMBER', KEYS[1], tonumber(ARGV[1]))
+local pruned = 0
+for _, id in ipairs(ids) do
+  local meta = KEYS[3] .. ':' .. id
+  local done_at = tonumber(redis.call('HGET', meta, 'done_at') or '')
+  if done_at == nil or done_at < tonumber(ARGV[2]) then
+    redis.call('SREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[3] .. ':result', id)
+    redis.call('DEL', meta)
+    pruned = pruned + 1
+  end
+end
+return pruned
+"#;
 
 /// Moves one dead task back to the scheduled set with attempts reset, atomically.
 const RETRY_DEAD: &str = r#"

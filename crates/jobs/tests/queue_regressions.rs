@@ -397,3 +397,82 @@ async fn a_slow_redis_slows_the_worker_down_and_stops_nothing() {
     stop.send(()).unwrap();
     assert_eq!(task.await.unwrap().unwrap(), Stopped::Drained);
 }
+
+/// apalis keeps every finished job's payload and metadata for ever: Redis grew with every job
+/// run. `prune_done` forgets done jobs past their retention, and only those: dead jobs (kept
+/// for operators), jobs waiting, and recent done jobs stay. Both backends.
+async fn finished_jobs_are_pruned_after_their_retention(queues: &Queues, names: &QueueNames) {
+    let state = State::default();
+    let (stop, task) = spawn_worker(queues, settings(&names.noop), state.clone());
+    queues.push_noops(3).await.unwrap();
+    wait_until("three jobs done", Duration::from_secs(30), async || {
+        noop_stats(queues).await.done == 3
+    })
+    .await;
+    state.fail.store(true, Ordering::SeqCst);
+    queues.push_noops(1).await.unwrap();
+    wait_until("a dead job", Duration::from_secs(30), async || {
+        noop_stats(queues).await.dead == 1
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    queues.push_noops(1).await.unwrap(); // waits: no worker runs now
+
+    // within the retention nothing goes
+    assert_eq!(
+        queues
+            .prune_done(Duration::from_secs(3_600), 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(noop_stats(queues).await.done, 3);
+    // past it, the done ones go, and nothing else
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(queues.prune_done(Duration::ZERO, 100).await.unwrap(), 3);
+    let stats = noop_stats(queues).await;
+    assert_eq!(
+        (stats.done, stats.dead, stats.pending),
+        (0, 1, 1),
+        "{stats:?}"
+    );
+    let dead = queues.dead_jobs(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].payload.contains("noop") || !dead[0].payload.is_empty(),
+        "{dead:?}"
+    );
+    assert_eq!(queues.prune_done(Duration::ZERO, 100).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_pruned_after_their_retention_on_redis() {
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    finished_jobs_are_pruned_after_their_retention(&queues, &ns.names).await;
+    // the pruned jobs' payloads and metadata are gone from Redis too
+    let c = apalis_redis::Config::default().queue(&ns.names.noop);
+    let Queues::Redis { conn, .. } = &queues else {
+        unreachable!()
+    };
+    let payloads: u64 = redis::cmd("HLEN")
+        .arg(c.job_data_hash())
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    assert_eq!(payloads, 2, "the dead and the waiting job's payloads only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_pruned_after_their_retention_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = QueueNames::default();
+    let queues = Queues::connect(
+        &format!("sqlite://{}", dir.path().join("queue.db").display()),
+        names.clone(),
+    )
+    .await
+    .unwrap();
+    finished_jobs_are_pruned_after_their_retention(&queues, &names).await;
+}

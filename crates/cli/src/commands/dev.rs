@@ -67,6 +67,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         lease_ttl: Duration::from_secs(15),
         deadline_recheck: Duration::from_secs(2),
         holder: format!("dev-{}", std::process::id()),
+        done_retention: escalator_beat::DONE_JOB_RETENTION,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
