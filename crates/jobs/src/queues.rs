@@ -271,25 +271,69 @@ impl Queues {
                         .key(c.done_jobs_set())
                         .key(c.job_data_hash())
                         .key(c.job_meta_hash())
+                        .key(pruned_key(queue))
                         .arg(sample.max(1))
                         .arg(cutoff)
                         .invoke_async(&mut conn.clone())
                         .await?;
                     n
                 }
-                Queues::Sqlite { pool, .. } => sqlx::query(
-                    "DELETE FROM Jobs WHERE id IN (SELECT id FROM Jobs WHERE job_type = ?1
-                         AND status = 'Done' AND done_at < ?2 LIMIT ?3)",
-                )
-                .bind(queue)
-                .bind(i64::try_from(cutoff).unwrap_or(i64::MAX))
-                .bind(i64::try_from(sample.max(1)).unwrap_or(i64::MAX))
-                .execute(pool)
-                .await?
-                .rows_affected(),
+                Queues::Sqlite { pool, .. } => {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query(SQLITE_PRUNED).execute(&mut *tx).await?;
+                    let n = sqlx::query(
+                        "DELETE FROM Jobs WHERE id IN (SELECT id FROM Jobs WHERE job_type = ?1
+                             AND status = 'Done' AND done_at < ?2 LIMIT ?3)",
+                    )
+                    .bind(queue)
+                    .bind(i64::try_from(cutoff).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(sample.max(1)).unwrap_or(i64::MAX))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    sqlx::query(
+                        "INSERT INTO escalator_pruned (job_type, n) VALUES (?1, ?2)
+                         ON CONFLICT (job_type) DO UPDATE SET n = n + excluded.n",
+                    )
+                    .bind(queue)
+                    .bind(i64::try_from(n).unwrap_or(i64::MAX))
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    n
+                }
             };
         }
         Ok(pruned)
+    }
+
+    /// Jobs of `queue` that finished successfully since it was created: its done jobs and
+    /// those pruned ([`Queues::prune_done`]). Unlike the done count, it never goes down.
+    pub async fn finished(&self, queue: &str) -> Result<u64, QueueError> {
+        match self {
+            Queues::Redis { conn, .. } => {
+                let c = apalis_redis::Config::default().queue(queue);
+                let (done, pruned): (u64, Option<u64>) = redis::pipe()
+                    .cmd("SCARD")
+                    .arg(c.done_jobs_set())
+                    .cmd("GET")
+                    .arg(pruned_key(queue))
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(done + pruned.unwrap_or(0))
+            }
+            Queues::Sqlite { pool, .. } => {
+                sqlx::query(SQLITE_PRUNED).execute(pool).await?;
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT (SELECT count(*) FROM Jobs WHERE job_type = ?1 AND status = 'Done')
+                          + COALESCE((SELECT n FROM escalator_pruned WHERE job_type = ?1), 0)",
+                )
+                .bind(queue)
+                .fetch_one(pool)
+                .await?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+        }
     }
 
     /// Up to `limit` dead jobs of every queue.
@@ -456,8 +500,19 @@ for _, id in ipairs(ids) do
     pruned = pruned + 1
   end
 end
+if pruned > 0 then redis.call('INCRBY', KEYS[4], pruned) end
 return pruned
 "#;
+
+/// Where the jobs pruned from `queue` are counted, so that finished jobs can still be counted
+/// after pruning ([`Queues::finished`]).
+fn pruned_key(queue: &str) -> String {
+    format!("{queue}:escalator-pruned")
+}
+
+/// The same count on SQLite, in a table of the queue database.
+const SQLITE_PRUNED: &str = "CREATE TABLE IF NOT EXISTS escalator_pruned
+    (job_type TEXT PRIMARY KEY, n INTEGER NOT NULL)";
 
 /// Moves one dead task back to the scheduled set with attempts reset, atomically.
 const RETRY_DEAD: &str = r#"

@@ -430,7 +430,11 @@ async fn finished_jobs_are_pruned_after_their_retention(queues: &Queues, names: 
     assert_eq!(noop_stats(queues).await.done, 3);
     // past it, the done ones go, and nothing else
     tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let finished = queues.finished(&names.noop).await.unwrap();
+    assert_eq!(finished, 3);
     assert_eq!(queues.prune_done(Duration::ZERO, 100).await.unwrap(), 3);
+    // finished jobs are still counted once pruned (`enqueue noop --wait` counts them)
+    assert_eq!(queues.finished(&names.noop).await.unwrap(), 3);
     let stats = noop_stats(queues).await;
     assert_eq!(
         (stats.done, stats.dead, stats.pending),

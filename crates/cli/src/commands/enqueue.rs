@@ -210,7 +210,9 @@ async fn noops(args: NoopArgs) -> anyhow::Result<()> {
     }
     let deadline = Duration::from_secs(args.timeout);
     loop {
-        let done = done_count(&queues, &noop_queue).await? - done_before;
+        let done = done_count(&queues, &noop_queue)
+            .await?
+            .saturating_sub(done_before);
         if done >= args.count {
             println!(
                 "system=escalator noop_jobs={} seconds={:.3}",
@@ -231,11 +233,6 @@ async fn noops(args: NoopArgs) -> anyhow::Result<()> {
 }
 
 async fn done_count(queues: &escalator_jobs::Queues, queue: &str) -> anyhow::Result<u64> {
-    Ok(queues
-        .stats()
-        .await?
-        .into_iter()
-        .find(|s| s.queue == queue)
-        .map(|s| s.done)
-        .unwrap_or(0))
+    // finished jobs including those the beat has pruned since: this never goes down
+    Ok(queues.finished(queue).await?)
 }
