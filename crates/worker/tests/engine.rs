@@ -26,6 +26,23 @@ async fn engine(db: &TestDb, ns: &RedisNamespace) -> Engine {
     }
 }
 
+/// A queued check run of `scope` at `as_of`, as `enqueue check` records it.
+async fn new_run(store: &Store, scope: Scope, as_of: DateTime<Utc>) -> escalator_store::CheckRun {
+    store
+        .create_check_run(&NewCheckRun {
+            slot: None,
+            requested_by: "cli",
+            scope: scope.to_string(),
+            as_of,
+            dry_run: false,
+            coalesced: 1,
+            now: as_of,
+        })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// A workflow on the default policy (deadline 24 h after `started`) with a target.
 async fn workflow(store: &Store, started: DateTime<Utc>) -> uuid::Uuid {
     workflow_named(store, "E-1", started).await
@@ -65,20 +82,7 @@ async fn a_retried_single_workflow_check_finishes_its_run() {
     let started = utc("2026-11-24T12:00:00Z");
     let id = workflow(&db.store, started).await;
     let as_of = started + chrono::Duration::hours(25);
-    let run = db
-        .store
-        .create_check_run(&NewCheckRun {
-            slot: None,
-            requested_by: "cli",
-            scope: Scope::Workflow(id).to_string(),
-            as_of,
-            dry_run: false,
-            coalesced: 1,
-            now: as_of,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let run = new_run(&db.store, Scope::Workflow(id), as_of).await;
     let job = CheckWorkflows {
         check_run_id: run.id,
         as_of,
@@ -140,20 +144,7 @@ async fn a_retried_planner_counts_the_batches_the_first_attempt_pushed() {
         let started = utc("2026-11-25T12:00:00Z") + chrono::Duration::minutes(i);
         workflow_named(&db.store, &format!("P-{i}"), started).await;
     }
-    let run = db
-        .store
-        .create_check_run(&NewCheckRun {
-            slot: None,
-            requested_by: "cli",
-            scope: "all".into(),
-            as_of,
-            dry_run: false,
-            coalesced: 1,
-            now: as_of,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let run = new_run(&db.store, Scope::All, as_of).await;
     // the first attempt: it cut three slices and saved them, pushed their jobs, and failed
     // before starting the run; two of the pushed batches have committed since
     let cut = db.store.due_ranges(as_of, 2).await.unwrap();

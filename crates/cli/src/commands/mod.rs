@@ -73,20 +73,28 @@ async fn connect_with(config: StoreConfig) -> anyhow::Result<Store> {
 pub async fn connect_queues(
     config: &crate::config::QueueConfig,
 ) -> anyhow::Result<escalator_jobs::Queues> {
-    let names = escalator_jobs::QueueNames::new(&config.namespace);
-    escalator_jobs::Queues::connect(&config.url, names)
-        .await
-        .with_context(|| format!("cannot connect to the queue at {}", redact(&config.url)))
+    queues(config, false).await
 }
 
 /// [`connect_queues`] for a one-shot command: an unreachable Redis is reported at once.
 pub async fn connect_queues_once(
     config: &crate::config::QueueConfig,
 ) -> anyhow::Result<escalator_jobs::Queues> {
-    let names = escalator_jobs::QueueNames::new(&config.namespace);
-    escalator_jobs::Queues::connect_once(&config.url, names)
-        .await
-        .with_context(|| format!("cannot connect to the queue at {}", redact(&config.url)))
+    queues(config, true).await
+}
+
+async fn queues(
+    config: &crate::config::QueueConfig,
+    once: bool,
+) -> anyhow::Result<escalator_jobs::Queues> {
+    use escalator_jobs::{QueueNames, Queues};
+    let names = QueueNames::new(&config.namespace);
+    let connected = if once {
+        Queues::connect_once(&config.url, names).await
+    } else {
+        Queues::connect(&config.url, names).await
+    };
+    connected.with_context(|| format!("cannot connect to the queue at {}", redact(&config.url)))
 }
 
 /// Parses an RFC 3339 instant for `--as-of`/`--now`.
