@@ -23,6 +23,12 @@ pub use escalator_store::HOLD_LIMIT;
 /// Messages in flight at once within one drain.
 pub const PARALLEL_SENDS: usize = 8;
 
+/// Most rows one claim takes: two waves of parallel sends. Every row of a claim must be sent
+/// and recorded before its lease runs out, or another sender may claim and send it again; a
+/// round of 50 at 8 at a time against a relay taking its whole 30 s deadline per message needed
+/// 210 s against a 120 s lease. Two waves need at most 60 s.
+pub const MAX_PER_CLAIM: u32 = 2 * PARALLEL_SENDS as u32;
+
 /// What one drain did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryReport {
@@ -73,6 +79,10 @@ impl Deliverer {
         per_round: u32,
         max_rounds: u32,
     ) -> Result<DeliveryReport, StoreError> {
+        // the same number of rows in rounds no bigger than one lease can cover
+        let total = per_round.saturating_mul(max_rounds);
+        let per_round = per_round.clamp(1, MAX_PER_CLAIM);
+        let max_rounds = total.div_ceil(per_round);
         let mut report = DeliveryReport::default();
         // digests of runs that will not decide them themselves (failed, or stuck)
         let released = self.store.release_stale_held(as_of, HOLD_LIMIT).await?;

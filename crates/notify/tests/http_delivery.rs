@@ -688,3 +688,47 @@ async fn a_failed_record_cuts_off_no_send_in_flight() {
     assert_eq!(statuses, ["pending", "sent", "sent", "sent"]);
     assert_eq!(server.received_requests().await.unwrap().len(), 4);
 }
+
+/// Every row of a claim is sent before its lease runs out, however many rows a drain is asked
+/// for: claims take at most two waves of parallel sends. One claim of all 40 rows here needed
+/// five waves of 0.3 s against a 1 s lease, and a second sender starting after the lease sent
+/// the late rows again.
+#[tokio::test]
+async fn a_second_sender_never_resends_what_a_slow_first_one_holds() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
+        .mount(&server)
+        .await;
+    let slow = format!("{}/slow", server.uri());
+    let rows = (0..40)
+        .map(|i| {
+            row(
+                "slack",
+                i,
+                serde_json::json!({ "to": slow, "text": format!("m{i}") }),
+            )
+        })
+        .collect();
+    outbox(&db.store, rows).await;
+    let mut first = deliverer(&db.store, config(&server.uri()));
+    first.lease = Duration::from_secs(1);
+    let second = first.clone();
+    let (a, b) = tokio::join!(first.drain(40, 1), async {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        second.drain(40, 1).await
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let received = server.received_requests().await.unwrap();
+    let mut texts: Vec<String> = received
+        .iter()
+        .map(|r| r.body_json::<serde_json::Value>().unwrap()["text"].to_string())
+        .collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 40, "every message sent");
+    assert_eq!(received.len(), 40, "none sent twice: {a:?} {b:?}");
+    assert_eq!(a.sent + b.sent, 40);
+}
