@@ -201,16 +201,6 @@ pub async fn put(
         channels: body.channels,
     };
     s.store.upsert_users(std::slice::from_ref(&user)).await?;
-    if user.manager_id.is_some() {
-        // workflows of this user exhausted for want of a manager to escalate to can move on
-        let rearmed = s
-            .store
-            .rearm_exhausted(&user.id, chrono::Utc::now())
-            .await?;
-        if rearmed > 0 {
-            tracing::info!(user = %user.id, rearmed, "exhausted workflows due again: the user has a manager now");
-        }
-    }
     // the stored row: an omitted channel list keeps the one already there
     Ok(Json(s.store.get_user(&user.id).await?.into()))
 }

@@ -145,6 +145,8 @@ impl Queues {
                     Err(e) => return Err(QueueError::apalis(e)),
                 }
             }
+            // where prune_done counts what it removed (Queues::finished)
+            sqlx::query(SQLITE_PRUNED).execute(&pool).await?;
             Ok(Queues::Sqlite { pool, names })
         } else {
             Err(QueueError::UnsupportedUrl(url.to_owned()))
@@ -280,7 +282,6 @@ impl Queues {
                 }
                 Queues::Sqlite { pool, .. } => {
                     let mut tx = pool.begin().await?;
-                    sqlx::query(SQLITE_PRUNED).execute(&mut *tx).await?;
                     let n = sqlx::query(
                         "DELETE FROM Jobs WHERE id IN (SELECT id FROM Jobs WHERE job_type = ?1
                              AND status = 'Done' AND done_at < ?2 LIMIT ?3)",
@@ -323,7 +324,6 @@ impl Queues {
                 Ok(done + pruned.unwrap_or(0))
             }
             Queues::Sqlite { pool, .. } => {
-                sqlx::query(SQLITE_PRUNED).execute(pool).await?;
                 let n: i64 = sqlx::query_scalar(
                     "SELECT (SELECT count(*) FROM Jobs WHERE job_type = ?1 AND status = 'Done')
                           + COALESCE((SELECT n FROM escalator_pruned WHERE job_type = ?1), 0)",
@@ -510,7 +510,7 @@ fn pruned_key(queue: &str) -> String {
     format!("{queue}:escalator-pruned")
 }
 
-/// The same count on SQLite, in a table of the queue database.
+/// The same count on SQLite, in a table of the queue database (created on connecting).
 const SQLITE_PRUNED: &str = "CREATE TABLE IF NOT EXISTS escalator_pruned
     (job_type TEXT PRIMARY KEY, n INTEGER NOT NULL)";
 

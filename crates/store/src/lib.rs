@@ -214,18 +214,27 @@ impl Store {
                 })?;
             }
         }
-        dispatch!(self, s => s.upsert_users(users).await)
-    }
-
-    /// Makes the open workflows assigned to `assignee` that a check left exhausted and
-    /// unscheduled due at `now` again, so that the next check looks at them: returns how many.
-    /// Called when the user gets a manager. A workflow exhausted because its `manager` level
-    /// had no one to escalate to then escalates (a resolved target wins over the recorded
-    /// exhaustion); one exhausted at the end of its chain is evaluated once and unscheduled
-    /// again, with no effect.
-    pub async fn rearm_exhausted(&self, assignee: &str, now: DateTime<Utc>) -> Result<u64> {
-        let now = time::micros(now);
-        dispatch!(self, s => s.rearm_exhausted(assignee, now).await)
+        dispatch!(self, s => s.upsert_users(users).await)?;
+        // Workflows exhausted because their `manager` level had no one to escalate to can move
+        // on once their assignee has a manager: they are made due again, in one statement.
+        // The next check escalates them (a resolved target wins over the recorded exhaustion);
+        // one exhausted at the end of its chain is evaluated once and unscheduled again.
+        let managed: Vec<String> = users
+            .iter()
+            .filter(|u| u.manager_id.is_some())
+            .map(|u| u.id.clone())
+            .collect();
+        if !managed.is_empty() {
+            let now = time::micros(Utc::now());
+            let rearmed = dispatch!(self, s => s.rearm_exhausted(&managed, now).await)?;
+            if rearmed > 0 {
+                tracing::info!(
+                    rearmed,
+                    "exhausted workflows due again: their assignee has a manager now"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// One user.
@@ -390,34 +399,27 @@ impl Store {
             source,
         };
         let json = serde_json::to_string(plan).map_err(malformed)?;
-        let stored: Option<String> = match self {
-            Store::Postgres(s) => {
-                sqlx::query(
-                    "UPDATE check_runs SET plan = $2::jsonb WHERE id = $1 AND plan IS NULL",
+        // one statement: the first plan stays (COALESCE), and the stored one comes back
+        let stored: Option<String> =
+            match self {
+                Store::Postgres(s) => {
+                    sqlx::query_scalar(
+                        "UPDATE check_runs SET plan = COALESCE(plan, $2::jsonb) WHERE id = $1
+                     RETURNING plan::text",
+                    )
+                    .bind(id)
+                    .bind(&json)
+                    .fetch_optional(s.pool())
+                    .await?
+                }
+                Store::Sqlite(s) => sqlx::query_scalar(
+                    "UPDATE check_runs SET plan = COALESCE(plan, ?2) WHERE id = ?1 RETURNING plan",
                 )
                 .bind(id)
                 .bind(&json)
-                .execute(s.pool())
-                .await?;
-                sqlx::query_scalar("SELECT plan::text FROM check_runs WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(s.pool())
-                    .await?
-                    .flatten()
-            }
-            Store::Sqlite(s) => {
-                sqlx::query("UPDATE check_runs SET plan = ?2 WHERE id = ?1 AND plan IS NULL")
-                    .bind(id)
-                    .bind(&json)
-                    .execute(s.pool())
-                    .await?;
-                sqlx::query_scalar("SELECT plan FROM check_runs WHERE id = ?1")
-                    .bind(id)
-                    .fetch_optional(s.pool())
-                    .await?
-                    .flatten()
-            }
-        };
+                .fetch_optional(s.pool())
+                .await?,
+            };
         match stored {
             Some(text) => serde_json::from_str(&text).map_err(malformed),
             None => Err(StoreError::NotFound {

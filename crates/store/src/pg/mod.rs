@@ -86,15 +86,15 @@ impl PgStore {
 
     pub(crate) async fn rearm_exhausted(
         &self,
-        assignee: &str,
+        assignees: &[String],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<u64> {
         Ok(sqlx::query(
             "UPDATE workflows SET next_check_at = $2
-             WHERE assignee = $1 AND status IN ('pending', 'escalated')
+             WHERE assignee = ANY($1) AND status IN ('pending', 'escalated')
                AND exhausted_at IS NOT NULL AND next_check_at IS NULL",
         )
-        .bind(assignee)
+        .bind(assignees)
         .bind(now)
         .execute(&self.pool)
         .await?

@@ -85,15 +85,20 @@ impl SqliteStore {
 
     pub(crate) async fn rearm_exhausted(
         &self,
-        assignee: &str,
+        assignees: &[String],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<u64> {
+        let ids = serde_json::to_string(assignees).map_err(|source| StoreError::Json {
+            context: "users",
+            source,
+        })?;
         Ok(sqlx::query(
             "UPDATE workflows SET next_check_at = ?2
-             WHERE assignee = ?1 AND status IN ('pending', 'escalated')
+             WHERE assignee IN (SELECT value FROM json_each(?1))
+               AND status IN ('pending', 'escalated')
                AND exhausted_at IS NOT NULL AND next_check_at IS NULL",
         )
-        .bind(assignee)
+        .bind(ids)
         .bind(sqlite_ts(now))
         .execute(&self.pool)
         .await?
