@@ -85,6 +85,14 @@ pub struct EscalateBatch {
     /// See `from`.
     #[serde(default)]
     pub until: Option<DateTime<Utc>>,
+    /// Where the slice starts among the workflows of the instant `from` (by id); absent: with
+    /// the first of them (`escalator_store::DueRange`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_id: Option<Uuid>,
+    /// Where the next slice starts among the workflows of the instant `until`; absent: with
+    /// the first of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_id: Option<Uuid>,
 }
 
 /// Most batch jobs one check run pushes: above it, slices grow instead (apalis-redis wedges

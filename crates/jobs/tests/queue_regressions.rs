@@ -174,6 +174,8 @@ async fn pushing_the_same_check_twice_enqueues_it_once() {
             batch_index: i,
             from: None,
             until: None,
+            from_id: None,
+            until_id: None,
         })
         .collect();
     queues.push_batches(&batches).await.unwrap();

@@ -204,9 +204,13 @@ impl Store {
         dispatch!(self, s => s.ping().await)
     }
 
-    /// Inserts or updates users (by id), in one statement.
+    /// Inserts or updates users (by id), in one statement. A write whose managers would make
+    /// the chain circular is refused whole ([`StoreError::Invalid`] naming `manager_id`).
     pub async fn upsert_users(&self, users: &[User]) -> Result<()> {
         for u in users {
+            if u.manager_id.as_deref() == Some(u.id.as_str()) {
+                return Err(logic::manager_cycle(&u.id));
+            }
             if let Some(channels) = &u.channels {
                 logic::validate_channels(channels).map_err(|message| StoreError::Invalid {
                     field: "channels",
@@ -376,16 +380,23 @@ impl Store {
         dispatch!(self, s => s.count_due(as_of).await)
     }
 
-    /// Cuts the workflows due at `as_of` into consecutive ranges of about `per_range` each (in
-    /// `next_check_at` order), covering all of them. Empty when none is due.
+    /// Cuts the workflows due at `as_of` into consecutive ranges of `per_range` each (in
+    /// `(next_check_at, id)` order, so workflows sharing one instant are cut too), covering all
+    /// of them. Empty when none is due.
     pub async fn due_ranges(&self, as_of: DateTime<Utc>, per_range: u32) -> Result<Vec<DueRange>> {
         let starts = dispatch!(self, s => s.due_range_starts(as_of, per_range.max(1)).await)?;
         Ok(starts
             .iter()
             .enumerate()
-            .map(|(i, from)| DueRange {
-                from: if i == 0 { None } else { Some(*from) },
-                until: starts.get(i + 1).copied(),
+            .map(|(i, _)| {
+                let from = if i == 0 { None } else { starts.get(i) };
+                let until = starts.get(i + 1);
+                DueRange {
+                    from: from.map(|b| b.0),
+                    from_id: from.and_then(|b| b.1),
+                    until: until.map(|b| b.0),
+                    until_id: until.and_then(|b| b.1),
+                }
             })
             .collect())
     }

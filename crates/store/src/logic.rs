@@ -58,6 +58,35 @@ pub fn check_id(field: &'static str, value: &str) -> Result<()> {
     Err(StoreError::Invalid { field, message })
 }
 
+/// The first of the users just written (`$1`, their ids) whose manager chain leads back to
+/// them, as the user writes run it on PostgreSQL; none when the chart is acyclic. Chains are
+/// walked at most 1,000 deep, so a cycle written before this check existed cannot make it loop.
+pub(crate) const MANAGER_CYCLE_PG: &str = "WITH RECURSIVE chain (start, at, depth) AS (
+        SELECT u.id, u.manager_id, 1 FROM users u
+        WHERE u.id = ANY($1) AND u.manager_id IS NOT NULL
+        UNION ALL
+        SELECT c.start, u.manager_id, c.depth + 1 FROM chain c JOIN users u ON u.id = c.at
+        WHERE u.manager_id IS NOT NULL AND c.at <> c.start AND c.depth < 1000)
+    SELECT start FROM chain WHERE at = start ORDER BY start LIMIT 1";
+
+/// [`MANAGER_CYCLE_PG`] on SQLite (`?1`: the ids as a JSON array).
+pub(crate) const MANAGER_CYCLE_SQLITE: &str = "WITH RECURSIVE chain (start, at, depth) AS (
+        SELECT u.id, u.manager_id, 1 FROM users u
+        WHERE u.id IN (SELECT value FROM json_each(?1)) AND u.manager_id IS NOT NULL
+        UNION ALL
+        SELECT c.start, u.manager_id, c.depth + 1 FROM chain c JOIN users u ON u.id = c.at
+        WHERE u.manager_id IS NOT NULL AND c.at <> c.start AND c.depth < 1000)
+    SELECT start FROM chain WHERE at = start ORDER BY start LIMIT 1";
+
+/// The error of a user write that would make `id` its own (indirect) manager: "escalate to
+/// the manager" would go round for ever.
+pub(crate) fn manager_cycle(id: &str) -> StoreError {
+    StoreError::Invalid {
+        field: "manager_id",
+        message: format!("user {id:?} would report to itself: the manager chain would be circular"),
+    }
+}
+
 /// Checks an email address enough that a relay will take it: `local@domain`, one `@`, no
 /// spaces, control characters or angle brackets, at most 254 characters. An unusable address
 /// used to be stored as given and then left out of every message sent to that user.

@@ -433,13 +433,23 @@ pub struct Created {
     pub created: bool,
 }
 
-/// A slice of the due workflows by `next_check_at`: `[from, until)`, unbounded where None.
-/// The planner cuts a check into disjoint ranges so that concurrent batches scan disjoint parts
-/// of the index instead of all re-reading (and skipping) the same rows.
+/// A slice of the due workflows in `(next_check_at, id)` order: from `(from, from_id)`
+/// inclusive to `(until, until_id)` exclusive, unbounded where the instant is None; a bound
+/// without its id stands for every workflow of that instant (`from`: all included; `until`:
+/// all excluded). The planner cuts a check into disjoint ranges so that concurrent batches scan
+/// disjoint parts of the index instead of all re-reading (and skipping) the same rows. The ids
+/// split workflows that share one `next_check_at` (deadlines snapped to the start of business
+/// hours, bulk imports): without them such a crowd was one slice, worked by one batch alone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DueRange {
     /// Inclusive lower bound.
     pub from: Option<DateTime<Utc>>,
+    /// The first workflow of the `from` instant that the range holds (in id order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_id: Option<Uuid>,
     /// Exclusive upper bound.
     pub until: Option<DateTime<Utc>>,
+    /// The first workflow of the `until` instant that the range leaves to the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_id: Option<Uuid>,
 }

@@ -45,6 +45,7 @@ conformance!(
     audit_logs_refuse_update_and_delete,
     policies_are_versioned_and_immutable,
     users_and_calendars_round_trip,
+    user_writes_never_make_the_manager_chain_circular,
     claim_returns_only_due_open_workflows_oldest_first,
     peeking_sees_what_a_claim_holds_and_takes_nothing_from_the_next_claim,
     effects_apply_set_wise_and_only_once,
@@ -59,6 +60,7 @@ conformance!(
     verify_passes_a_healthy_database_and_names_tampering,
     workflows_and_check_runs_are_never_deleted,
     due_ranges_cut_the_due_workflows_into_disjoint_slices,
+    due_ranges_cut_workflows_that_share_one_instant,
     outbox_backlog_counts_undelivered_rows,
 );
 
@@ -450,6 +452,90 @@ async fn policies_are_versioned_and_immutable(db: &TestDb) {
     }
     versions.sort_unstable();
     assert_eq!(versions, (1..=8).collect::<Vec<_>>());
+}
+
+fn reporting_to(id: &str, manager: Option<&str>) -> User {
+    User {
+        id: id.into(),
+        display_name: id.to_uppercase(),
+        email: None,
+        phone: None,
+        slack: None,
+        manager_id: manager.map(Into::into),
+        active: true,
+        channels: None,
+    }
+}
+
+/// A cycle in the manager chain makes "escalate to the manager" go round for ever. The api
+/// walked the chain before writing, so a write of its own could not close one, but two
+/// concurrent writes (a → b, b → a) each passed that walk and closed one together, and a bulk
+/// write was never checked. The store refuses the write, whole, and writes are serialized.
+async fn user_writes_never_make_the_manager_chain_circular(db: &TestDb) {
+    let s = &db.store;
+    let chain = [
+        reporting_to("a", Some("b")),
+        reporting_to("b", Some("c")),
+        reporting_to("c", None),
+    ];
+    s.upsert_users(&chain).await.unwrap();
+    let refused = |e: StoreError| {
+        assert!(
+            matches!(&e, StoreError::Invalid { field: "manager_id", message } if message.contains("circular")),
+            "{e}"
+        );
+    };
+    // closing the loop from the top, directly or as one's own manager
+    refused(
+        s.upsert_users(&[reporting_to("c", Some("a"))])
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        s.upsert_users(&[reporting_to("c", Some("c"))])
+            .await
+            .unwrap_err(),
+    );
+    // a batch that closes it is refused whole: its other rows are not written either
+    refused(
+        s.upsert_users(&[reporting_to("d", None), reporting_to("c", Some("b"))])
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(
+        s.get_user("d").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.get_user("c").await.unwrap().manager_id, None);
+    // moving someone within the chart is fine
+    s.upsert_users(&[reporting_to("a", Some("c"))])
+        .await
+        .unwrap();
+
+    // concurrent writes that would close a loop together: at most one of each pair lands
+    let pool = s.clone();
+    for round in 0..20 {
+        let (x, y) = (format!("x{round}"), format!("y{round}"));
+        s.upsert_users(&[reporting_to(&x, None), reporting_to(&y, None)])
+            .await
+            .unwrap();
+        let (p1, p2) = (pool.clone(), pool.clone());
+        let (x1, y1, x2, y2) = (x.clone(), y.clone(), x.clone(), y.clone());
+        let first =
+            tokio::spawn(async move { p1.upsert_users(&[reporting_to(&x1, Some(&y1))]).await });
+        let second =
+            tokio::spawn(async move { p2.upsert_users(&[reporting_to(&y2, Some(&x2))]).await });
+        let (first, second) = (first.await.unwrap(), second.await.unwrap());
+        assert!(
+            first.is_err() || second.is_err(),
+            "round {round}: both writes landed and {x} and {y} manage each other"
+        );
+        let (a, b) = (s.get_user(&x).await.unwrap(), s.get_user(&y).await.unwrap());
+        assert!(
+            a.manager_id.is_none() || b.manager_id.is_none(),
+            "round {round}: {a:?} {b:?}"
+        );
+    }
 }
 
 async fn users_and_calendars_round_trip(db: &TestDb) {
@@ -863,10 +949,11 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
         DueRange {
             from: None,
             until: Some(slot + Duration::minutes(5)),
+            ..DueRange::default()
         },
         DueRange {
             from: Some(slot + Duration::minutes(5)),
-            until: None,
+            ..DueRange::default()
         },
     ];
     assert_eq!(s.save_check_run_plan(a.id, &first).await.unwrap(), first);
@@ -1215,6 +1302,61 @@ async fn due_ranges_cut_the_due_workflows_into_disjoint_slices(db: &TestDb) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Deadlines snapped to the start of business hours, or a bulk import, give many workflows one
+/// `next_check_at`. Cut by the instant alone they were one slice, worked by one batch while the
+/// other workers idled; the ids now cut them too.
+async fn due_ranges_cut_workflows_that_share_one_instant(db: &TestDb) {
+    let s = &db.store;
+    let mut crowd = std::collections::HashSet::new();
+    for i in 0..600 {
+        crowd.insert(create(s, &format!("CROWD-{i}")).await.id);
+    }
+    // ten due earlier, each at an instant of its own
+    for i in 0..10 {
+        let early = NewWorkflow {
+            stage_started_at: Some(t0() - Duration::minutes(30 + i)),
+            ..new_workflow(&format!("EARLY-{i}"))
+        };
+        s.create_workflow(&early, t0()).await.unwrap();
+    }
+    let as_of = t0() + Duration::days(2);
+    let instants: std::collections::HashSet<_> = s
+        .peek_due(as_of, 1_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.workflow.next_check_at)
+        .collect();
+    assert_eq!(instants.len(), 11, "the crowd shares one instant");
+    let ranges = s.due_ranges(as_of, 250).await.unwrap();
+    assert_eq!(ranges.len(), 3, "{ranges:?}");
+    assert_eq!((ranges[0].from, ranges[2].until), (None, None));
+    // the second and third slices start inside the crowd
+    assert_eq!(ranges[1].from, ranges[2].from);
+    let mut seen = std::collections::HashSet::new();
+    let mut tx = s.begin_batch().await.unwrap();
+    for r in &ranges {
+        let due = tx.claim_due_in(as_of, r, 10_000).await.unwrap();
+        assert!(due.len() <= 250 && due.len() >= 110, "{}", due.len());
+        for d in due {
+            assert!(seen.insert(d.workflow.id), "a workflow is in two slices");
+        }
+    }
+    tx.rollback().await.unwrap();
+    assert_eq!(seen.len(), 610);
+    assert!(crowd.is_subset(&seen));
+    // a slice cut by instants alone (a batch job queued before this change) takes the whole
+    // crowd from its instant on
+    let by_instant = DueRange {
+        from: ranges[1].from,
+        ..DueRange::default()
+    };
+    let mut tx = s.begin_batch().await.unwrap();
+    let due = tx.claim_due_in(as_of, &by_instant, 10_000).await.unwrap();
+    assert_eq!(due.len(), 600);
+    tx.rollback().await.unwrap();
 }
 
 async fn outbox_backlog_counts_undelivered_rows(db: &TestDb) {

@@ -179,6 +179,8 @@ impl Engine {
                 batch_index: 0,
                 from: None,
                 until: None,
+                from_id: None,
+                until_id: None,
             };
             // batch_round records the finished run (metrics) itself
             let (outcome, _) = self
@@ -211,6 +213,8 @@ impl Engine {
                 batch_index: i32::try_from(i).unwrap_or(i32::MAX),
                 from: r.from,
                 until: r.until,
+                from_id: r.from_id,
+                until_id: r.until_id,
             })
             .collect();
         let batches = i32::try_from(jobs.len()).unwrap_or(i32::MAX);
@@ -321,11 +325,7 @@ impl Engine {
         let limit = self.config.batch_size.saturating_add(1);
         let ids: Vec<uuid::Uuid> = {
             let mut tx = self.store.begin_batch().await?;
-            let range = DueRange {
-                from: job.from,
-                until: job.until,
-            };
-            let due = tx.claim_due_in(job.as_of, &range, limit).await?;
+            let due = tx.claim_due_in(job.as_of, &slice(job), limit).await?;
             if let Err(e) = tx.rollback().await {
                 tracing::warn!(error = ?e, "rollback of a read-only claim failed");
             }
@@ -414,10 +414,7 @@ impl Engine {
     ) -> Result<(BatchOutcome, bool), EngineError> {
         let started = Instant::now();
         let mut tx = self.store.begin_batch().await?;
-        let range = DueRange {
-            from: job.from,
-            until: job.until,
-        };
+        let range = slice(job);
         let limit = self.config.batch_size.saturating_add(1);
         let due: Vec<DueWorkflow> = match only {
             // the nil id claims nothing: a transaction that only records completion
@@ -613,6 +610,16 @@ impl Engine {
 }
 
 /// Evaluates every claimed workflow with its pinned policy and calendar.
+/// The slice of the due workflows a batch job owns.
+fn slice(job: &EscalateBatch) -> DueRange {
+    DueRange {
+        from: job.from,
+        from_id: job.from_id,
+        until: job.until,
+        until_id: job.until_id,
+    }
+}
+
 fn decide_all(
     due: &[DueWorkflow],
     policies: &HashMap<PolicyKey, Arc<Policy>>,

@@ -157,6 +157,8 @@ async fn a_retried_planner_counts_the_batches_the_first_attempt_pushed() {
         batch_index: i32::try_from(i).unwrap(),
         from: cut[i].from,
         until: cut[i].until,
+        from_id: cut[i].from_id,
+        until_id: cut[i].until_id,
     };
     for i in 0..2 {
         engine.escalate_batch(&batch(i)).await.unwrap();
@@ -192,4 +194,68 @@ async fn a_retried_planner_counts_the_batches_the_first_attempt_pushed() {
             .unwrap(),
         cut
     );
+}
+
+/// Workflows sharing one deadline (snapped to the start of business hours, imported in bulk)
+/// were one slice, since slices were cut by instant only: one batch job took them all, round
+/// after round, while the other workers idled. They are now cut by id as well, into as many
+/// batches as their number calls for, which run side by side and escalate each one once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_sharing_one_deadline_are_spread_over_batches() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("engine");
+    let mut engine = engine(&db, &ns).await;
+    engine.config.batch_size = 10;
+    let started = utc("2026-11-25T09:00:00Z");
+    for i in 0..30 {
+        workflow_named(&db.store, &format!("S-{i}"), started).await;
+    }
+    let as_of = utc("2026-11-26T13:00:00Z");
+    let run = new_run(&db.store, Scope::All, as_of).await;
+    let job = CheckWorkflows {
+        check_run_id: run.id,
+        as_of,
+        scope: Scope::All,
+    };
+    let planned = engine.check_workflows(&job).await.unwrap();
+    assert_eq!(
+        planned,
+        Planned::FannedOut {
+            due: 30,
+            batches: 3
+        }
+    );
+    let plan = db.store.save_check_run_plan(run.id, &[]).await.unwrap();
+    let batches: Vec<EscalateBatch> = plan
+        .iter()
+        .enumerate()
+        .map(|(i, r)| EscalateBatch {
+            check_run_id: run.id,
+            as_of,
+            batch_index: i32::try_from(i).unwrap(),
+            from: r.from,
+            until: r.until,
+            from_id: r.from_id,
+            until_id: r.until_id,
+        })
+        .collect();
+    // the three side by side, as three worker slots would run them
+    let handles: Vec<_> = batches
+        .into_iter()
+        .map(|b| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.escalate_batch(&b).await })
+        })
+        .collect();
+    for h in handles {
+        let outcome = h.await.unwrap().unwrap();
+        assert_eq!(outcome.applied.changed.len(), 10, "{outcome:?}");
+    }
+    let r = db.store.get_check_run(run.id).await.unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.escalated, r.batches, r.batches_done),
+        ("succeeded", 30, 3, 3),
+        "{r:?}"
+    );
+    assert_eq!(db.store.verify().await.unwrap(), vec![]);
 }

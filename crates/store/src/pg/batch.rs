@@ -34,16 +34,20 @@ impl PgStore {
 /// are passed over.
 const DUE_LOCKED: &str = "FOR UPDATE OF w SKIP LOCKED";
 
-/// Open workflows due at $1 in the `next_check_at` range [$3, $4), oldest first, at most $2;
-/// `lock` ends the query (empty: a read that locks nothing). The predicate matches the partial
-/// index workflows_due, so this is an index range scan over the due rows of the range only.
+/// Open workflows due at $1 in the range from ($3, $5) to ($4, $6) of `(next_check_at, id)`
+/// ([`DueRange`]), oldest first, at most $2; `lock` ends the query (empty: a read that locks
+/// nothing). The predicate matches the partial index workflows_due, so this is an index range
+/// scan over the due rows of [$3, $4] only; the ids are a filter on the rows of those two
+/// instants.
 fn due_query(lock: &str) -> String {
     format!(
         "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
          FROM workflows w LEFT JOIN users u ON u.id = w.assignee
          WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
            AND w.next_check_at >= COALESCE($3, '-infinity'::timestamptz)
-           AND w.next_check_at < COALESCE($4, 'infinity'::timestamptz)
+           AND w.next_check_at <= COALESCE($4, 'infinity'::timestamptz)
+           AND ($5::uuid IS NULL OR w.next_check_at > $3 OR w.id >= $5)
+           AND (w.next_check_at < $4 OR $4 IS NULL OR w.id < $6)
          ORDER BY w.next_check_at LIMIT $2
          {lock}"
     )
@@ -72,6 +76,8 @@ impl PgStore {
             .bind(i64::from(limit))
             .bind(None::<DateTime<Utc>>)
             .bind(None::<DateTime<Utc>>)
+            .bind(None::<Uuid>)
+            .bind(None::<Uuid>)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(due).collect()
@@ -112,6 +118,8 @@ impl PgBatch {
             .bind(i64::from(limit))
             .bind(range.from)
             .bind(range.until)
+            .bind(range.from_id)
+            .bind(range.until_id)
             .fetch_all(&mut *self.tx)
             .await?;
         rows.iter().map(due).collect()

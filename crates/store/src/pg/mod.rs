@@ -109,6 +109,13 @@ impl PgStore {
             context: "users",
             source,
         })?;
+        // User writes run one at a time (a transaction-scoped advisory lock), so
+        // two concurrent writes cannot each pass the cycle check below and close a cycle
+        // together (a → b and b → a).
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('escalator:users:managers'))")
+            .execute(&mut *tx)
+            .await?;
         // Parents first would be needed for the manager FK if it were checked row by row; a
         // single statement checks it at the end, so any order within the batch works.
         sqlx::query(
@@ -123,8 +130,18 @@ impl PgStore {
                  channels = COALESCE(EXCLUDED.channels, users.channels), updated_at = now()",
         )
         .bind(json)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        let circular: Option<String> = sqlx::query_scalar(crate::logic::MANAGER_CYCLE_PG)
+            .bind(&ids)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(id) = circular {
+            tx.rollback().await?;
+            return Err(crate::logic::manager_cycle(&id));
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -30,14 +30,17 @@ impl SqliteStore {
     }
 }
 
-/// Open workflows due at ?1 in the `next_check_at` range [?3, ?4), oldest first, at most ?2.
-/// SQLite has no row locks: a claim is exclusive because its transaction holds the write lock.
+/// Open workflows due at ?1 in the range from (?3, ?5) to (?4, ?6) of `(next_check_at, id)`
+/// ([`DueRange`]), oldest first, at most ?2. SQLite has no row locks: a claim is exclusive
+/// because its transaction holds the write lock.
 fn due_query() -> String {
     format!(
         "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
          FROM workflows w LEFT JOIN users u ON u.id = w.assignee
          WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1
-           AND w.next_check_at >= COALESCE(?3, '') AND w.next_check_at < COALESCE(?4, '~')
+           AND w.next_check_at >= COALESCE(?3, '') AND w.next_check_at <= COALESCE(?4, '~')
+           AND (?5 IS NULL OR w.next_check_at > ?3 OR w.id >= ?5)
+           AND (?4 IS NULL OR w.next_check_at < ?4 OR w.id < ?6)
          ORDER BY w.next_check_at LIMIT ?2"
     )
 }
@@ -61,6 +64,8 @@ impl SqliteStore {
         let rows = sqlx::query(crate::rows::trusted(due_query()))
             .bind(sqlite_ts(as_of))
             .bind(i64::from(limit))
+            .bind(None::<String>)
+            .bind(None::<String>)
             .bind(None::<String>)
             .bind(None::<String>)
             .fetch_all(&self.pool)
@@ -103,6 +108,8 @@ impl SqliteBatch {
             .bind(i64::from(limit))
             .bind(sqlite_opt(range.from))
             .bind(sqlite_opt(range.until))
+            .bind(range.from_id.map(|id| id.to_string()))
+            .bind(range.until_id.map(|id| id.to_string()))
             .fetch_all(&mut *self.tx)
             .await?;
         rows.iter().map(due).collect()

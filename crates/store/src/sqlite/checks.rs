@@ -105,27 +105,32 @@ impl SqliteStore {
         Ok(row.try_get("n")?)
     }
 
+    /// The first `(next_check_at, id)` of every `per_range` due workflows, in that order.
     pub(crate) async fn due_range_starts(
         &self,
         as_of: DateTime<Utc>,
         per_range: u32,
-    ) -> Result<Vec<DateTime<Utc>>> {
+    ) -> Result<Vec<(DateTime<Utc>, Option<Uuid>)>> {
         let rows = sqlx::query(
-            "SELECT t FROM (
-                 SELECT next_check_at AS t, row_number() OVER (ORDER BY next_check_at) AS n
+            "SELECT t, id FROM (
+                 SELECT next_check_at AS t, id, row_number() OVER (ORDER BY next_check_at, id) AS n
                  FROM workflows WHERE status IN ('pending', 'escalated') AND next_check_at <= ?1)
-             WHERE (n - 1) % ?2 = 0 ORDER BY t",
+             WHERE (n - 1) % ?2 = 0 ORDER BY t, id",
         )
         .bind(sqlite_ts(as_of))
         .bind(i64::from(per_range))
         .fetch_all(&self.pool)
         .await?;
-        let mut starts: Vec<DateTime<Utc>> = rows
-            .iter()
-            .map(|r| r.try_get("t"))
-            .collect::<Result<_, _>>()?;
-        starts.dedup();
-        Ok(starts)
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                let parsed = Uuid::parse_str(&id).map_err(|_| StoreError::Decode {
+                    column: "workflows.id",
+                    value: id,
+                })?;
+                Ok((r.try_get("t")?, Some(parsed)))
+            })
+            .collect()
     }
 
     pub(crate) async fn earliest_next_check(&self) -> Result<Option<DateTime<Utc>>> {

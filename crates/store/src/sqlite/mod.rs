@@ -138,6 +138,21 @@ impl SqliteStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        // the write lock taken at BEGIN keeps concurrent writes from closing a cycle together
+        let ids = serde_json::to_string(&users.iter().map(|u| &u.id).collect::<Vec<_>>()).map_err(
+            |source| StoreError::Json {
+                context: "users",
+                source,
+            },
+        )?;
+        let circular: Option<String> = sqlx::query_scalar(crate::logic::MANAGER_CYCLE_SQLITE)
+            .bind(ids)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(id) = circular {
+            tx.rollback().await?;
+            return Err(crate::logic::manager_cycle(&id));
+        }
         tx.commit().await?;
         Ok(())
     }
