@@ -31,6 +31,9 @@ pub struct BeatConfig {
     /// Finished jobs older than this are pruned from the queues by the sweep
     /// ([`DONE_JOB_RETENTION`] in the services).
     pub done_retention: Duration,
+    /// Delivered messages sent longer ago than this are deleted from the outbox by the sweep;
+    /// None keeps them for ever (`ESCALATOR_OUTBOX_RETENTION`, [`OUTBOX_RETENTION`] by default).
+    pub outbox_retention: Option<Duration>,
 }
 
 /// What can stop the beat.
@@ -71,6 +74,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 pub const DONE_JOB_RETENTION: Duration = Duration::from_secs(3_600);
 /// Finished jobs looked at per queue per sweep (every 10 s): up to 100 per second per queue.
 const PRUNE_SAMPLE: usize = 1_000;
+/// How long a delivered message stays in the outbox (for the console and `escalator outbox`)
+/// before the sweep deletes it: 30 days.
+pub const OUTBOX_RETENTION: Duration = Duration::from_secs(30 * 24 * 3_600);
+/// Delivered messages deleted per sweep (every 10 s): up to 500 a second, several times what
+/// the busiest deployment sends, in short transactions.
+const PRUNE_SENT: u32 = 5_000;
 
 /// A deadline check that has shown no progress (status, batches done) for this long is taken
 /// as lost (its job gone with a flushed Redis, say) and no longer waited for: the next due
@@ -197,6 +206,7 @@ impl Beat {
             self.swept = Some(std::time::Instant::now());
             self.sweep_outbox(now).await?;
             self.prune_done_jobs().await;
+            self.prune_sent_deliveries(now).await;
         }
         // sleep until the next slot, the next deadline or the next re-read, whichever first
         let mut wake =
@@ -265,6 +275,29 @@ impl Beat {
             Ok(pruned) => tracing::debug!(pruned, "finished jobs pruned from the queues"),
             Err(e) => {
                 tracing::warn!(error = %e, "pruning finished jobs failed; the next sweep tries again")
+            }
+        }
+    }
+
+    /// Deletes delivered messages older than `outbox_retention`, a bounded number per sweep.
+    /// A failure only waits for the next sweep.
+    async fn prune_sent_deliveries(&self, now: DateTime<Utc>) {
+        let Some(keep) = self.config.outbox_retention else {
+            return;
+        };
+        let Ok(keep) = chrono::Duration::from_std(keep) else {
+            return;
+        };
+        let Some(before) = now.checked_sub_signed(keep) else {
+            return;
+        };
+        match self.store.prune_sent_deliveries(before, PRUNE_SENT).await {
+            Ok(0) => {}
+            Ok(pruned) => {
+                tracing::debug!(pruned, "delivered messages past their retention deleted")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning delivered messages failed; the next sweep tries again")
             }
         }
     }

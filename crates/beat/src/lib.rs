@@ -5,6 +5,8 @@ pub mod beat;
 pub mod plan;
 pub mod schedule;
 
-pub use beat::{Beat, BeatConfig, BeatError, DEADLINE_RUN_PATIENCE, DONE_JOB_RETENTION, LEASE};
+pub use beat::{
+    Beat, BeatConfig, BeatError, DEADLINE_RUN_PATIENCE, DONE_JOB_RETENTION, LEASE, OUTBOX_RETENTION,
+};
 pub use plan::{SlotPlan, plan_slots};
 pub use schedule::{Schedule, ScheduleError};

@@ -35,6 +35,7 @@ fn config(holder: &str, catchup: Duration, lease: Duration) -> BeatConfig {
         deadline_recheck: Duration::from_secs(5),
         holder: holder.into(),
         done_retention: escalator_beat::DONE_JOB_RETENTION,
+        outbox_retention: Some(escalator_beat::OUTBOX_RETENTION),
     }
 }
 
@@ -407,4 +408,71 @@ async fn the_sweep_forgets_finished_jobs_past_their_retention() {
         .await
         .unwrap();
     assert_eq!(left, ["bad"]);
+}
+
+/// The outbox kept every message ever sent. The sweep deletes delivered messages past their
+/// retention, and nothing else; with the retention off it deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_deletes_delivered_messages_past_their_retention() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let Store::Postgres(pg) = &db.store else {
+        unreachable!()
+    };
+    let now = utc("2026-11-25T12:07:00Z");
+    let day = chrono::Duration::days(1);
+    for (key, status, sent) in [
+        ("old-sent", "sent", Some(now - day * 31)),
+        ("new-sent", "sent", Some(now - day * 29)),
+        ("old-dead", "dead", None),
+        ("old-failed", "failed", None),
+    ] {
+        sqlx::query(
+            "INSERT INTO outbox (channel, recipient, payload, idempotency_key, status, sent_at,
+                 created_at)
+             VALUES ('email', 'a@example.com', '{}', $1, $2, $3, $4)",
+        )
+        .bind(key)
+        .bind(status)
+        .bind(sent)
+        .bind(now - day * 40)
+        .execute(pg.pool())
+        .await
+        .unwrap();
+    }
+    let keys = || async {
+        let mut k: Vec<String> = sqlx::query_scalar("SELECT idempotency_key FROM outbox")
+            .fetch_all(pg.pool())
+            .await
+            .unwrap();
+        k.sort();
+        k
+    };
+    // retention off: nothing goes
+    let mut off = config("a", Duration::from_secs(600), Duration::from_secs(30));
+    off.outbox_retention = None;
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        off,
+        Health::new(Duration::from_secs(60)),
+    );
+    beat.step(now).await.unwrap();
+    assert_eq!(
+        keys().await,
+        ["new-sent", "old-dead", "old-failed", "old-sent"]
+    );
+    drop(beat);
+
+    // the default 30 days (the same holder takes its lease back): the message sent 31 days
+    // ago goes, the rest stay
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    beat.step(now + chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!(keys().await, ["new-sent", "old-dead", "old-failed"]);
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use escalator_api::Tokens;
 use escalator_beat::{BeatConfig, Schedule};
-use escalator_runtime::config::{ConfigError, Source, addr, bounded, parse, seconds, string};
+use escalator_runtime::config::{
+    ConfigError, Source, addr, bounded, parse, seconds, seconds_or_never, string,
+};
 use escalator_worker::{EngineConfig, WorkerConfig};
 
 /// Where the queues are: `REDIS_URL`, or `ESCALATOR_QUEUE_URL` (e.g. `sqlite://queue.db`).
@@ -353,6 +355,11 @@ impl BeatSettings {
                 )?,
                 holder,
                 done_retention: escalator_beat::DONE_JOB_RETENTION,
+                outbox_retention: seconds_or_never(
+                    src,
+                    "ESCALATOR_OUTBOX_RETENTION",
+                    escalator_beat::OUTBOX_RETENTION,
+                )?,
             },
             metrics_addr: addr(src, "ESCALATOR_METRICS_ADDR", "0.0.0.0:9101")?,
         })

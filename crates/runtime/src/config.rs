@@ -120,6 +120,18 @@ pub fn seconds(
     }
 }
 
+/// A number of seconds where `0` means "never" (None): a retention that can be turned off.
+pub fn seconds_or_never(
+    src: &dyn Source,
+    name: &'static str,
+    default: Duration,
+) -> Result<Option<Duration>, ConfigError> {
+    match src.get(name) {
+        Some(v) if v.trim().parse::<f64>() == Ok(0.0) => Ok(None),
+        _ => seconds(src, name, default).map(Some),
+    }
+}
+
 /// A socket address such as `0.0.0.0:9100`.
 pub fn addr(
     src: &dyn Source,
@@ -165,6 +177,35 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(addr(&e, "A", "0.0.0.0:9100").unwrap().port(), 9100);
+        assert_eq!(
+            seconds_or_never(&e, "R", Duration::from_secs(9)).unwrap(),
+            Some(Duration::from_secs(9))
+        );
+    }
+
+    #[test]
+    fn zero_turns_a_retention_off_and_nonsense_is_refused() {
+        let e = env(&[("R", "0"), ("S", "86400"), ("T", "-5"), ("U", "a week")]);
+        assert_eq!(
+            seconds_or_never(&e, "R", Duration::from_secs(9)).unwrap(),
+            None
+        );
+        assert_eq!(
+            seconds_or_never(&e, "S", Duration::from_secs(9)).unwrap(),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            seconds_or_never(&e, "T", Duration::from_secs(9))
+                .unwrap_err()
+                .name,
+            "T"
+        );
+        assert_eq!(
+            seconds_or_never(&e, "U", Duration::from_secs(9))
+                .unwrap_err()
+                .name,
+            "U"
+        );
     }
 
     #[test]

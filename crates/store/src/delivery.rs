@@ -254,6 +254,35 @@ impl Store {
         Ok(written)
     }
 
+    /// Deletes up to `limit` delivered messages sent before `before`, oldest first, so that the
+    /// outbox does not grow with every message ever sent (the beat's sweep, after
+    /// `ESCALATOR_OUTBOX_RETENTION`). Pending, failed and dead rows are kept whatever their
+    /// age; in-app notifications and the audit log are not touched. Returns how many.
+    pub async fn prune_sent_deliveries(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        Ok(match self {
+            Store::Postgres(s) => sqlx::query(
+                "DELETE FROM outbox WHERE id IN (
+                     SELECT id FROM outbox WHERE status = 'sent' AND sent_at < $1
+                     ORDER BY sent_at LIMIT $2)",
+            )
+            .bind(before)
+            .bind(i64::from(limit))
+            .execute(s.pool())
+            .await?
+            .rows_affected(),
+            Store::Sqlite(s) => sqlx::query(
+                "DELETE FROM outbox WHERE id IN (
+                     SELECT id FROM outbox WHERE status = 'sent' AND sent_at < ?1
+                     ORDER BY sent_at LIMIT ?2)",
+            )
+            .bind(sqlite_ts(before))
+            .bind(i64::from(limit))
+            .execute(s.pool())
+            .await?
+            .rows_affected(),
+        })
+    }
+
     /// Puts dead deliveries back in line (`escalator outbox retry`). Returns how many.
     pub async fn retry_dead_deliveries(&self, id: Option<i64>, now: DateTime<Utc>) -> Result<u64> {
         let done = match self {

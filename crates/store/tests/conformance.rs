@@ -62,6 +62,7 @@ conformance!(
     due_ranges_cut_the_due_workflows_into_disjoint_slices,
     due_ranges_cut_workflows_that_share_one_instant,
     outbox_backlog_counts_undelivered_rows,
+    sent_deliveries_are_pruned_after_their_retention_and_others_kept,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -1375,4 +1376,70 @@ async fn outbox_backlog_counts_undelivered_rows(db: &TestDb) {
         (2, 0)
     );
     assert_eq!(s.outbox_backlog(now).await.unwrap(), (2, 2));
+}
+
+async fn sent_deliveries_are_pruned_after_their_retention_and_others_kept(db: &TestDb) {
+    let s = &db.store;
+    let now = t0() + Duration::hours(23);
+    let mut made = Vec::new();
+    for i in 0..5 {
+        made.push(create(s, &format!("PR-{i}")).await);
+    }
+    let mut tx = s.begin_batch().await.unwrap();
+    for w in &made {
+        tx.apply(&remind(w, now, None), now).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let claimed = s
+        .claim_deliveries(now, std::time::Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 5);
+    let later = now + Duration::days(2);
+    let outcomes = [
+        (DeliveryOutcome::Sent, now),
+        (DeliveryOutcome::Sent, now),
+        (DeliveryOutcome::Sent, later),
+        (
+            DeliveryOutcome::Dead {
+                error: "550 no such user".into(),
+            },
+            now,
+        ),
+        (
+            DeliveryOutcome::Retry {
+                error: "421 try later".into(),
+                retry_at: later,
+            },
+            now,
+        ),
+    ];
+    for (row, (outcome, at)) in claimed.iter().zip(&outcomes) {
+        assert!(
+            s.record_delivery(row.id, row.attempts, outcome, *at)
+                .await
+                .unwrap()
+        );
+    }
+    // the two sent before the cut go, a bounded number at a time, oldest first
+    let cut = now + Duration::days(1);
+    assert_eq!(s.prune_sent_deliveries(cut, 1).await.unwrap(), 1);
+    assert_eq!(s.prune_sent_deliveries(cut, 10).await.unwrap(), 1);
+    assert_eq!(s.prune_sent_deliveries(cut, 10).await.unwrap(), 0);
+    let statuses = |rows: Vec<escalator_store::OutboxEntry>| {
+        let mut v: Vec<String> = rows.into_iter().map(|r| r.status).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        statuses(s.list_outbox(&[], 100).await.unwrap()),
+        ["dead", "failed", "sent"]
+    );
+    // a cut past every row still keeps what was never delivered
+    let far = later + Duration::days(365);
+    assert_eq!(s.prune_sent_deliveries(far, 10).await.unwrap(), 1);
+    assert_eq!(
+        statuses(s.list_outbox(&[], 100).await.unwrap()),
+        ["dead", "failed"]
+    );
 }

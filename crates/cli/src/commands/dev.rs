@@ -68,6 +68,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         deadline_recheck: Duration::from_secs(2),
         holder: format!("dev-{}", std::process::id()),
         done_retention: escalator_beat::DONE_JOB_RETENTION,
+        outbox_retention: Some(escalator_beat::OUTBOX_RETENTION),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
