@@ -20,6 +20,13 @@ const SECONDS_PER_DAY: u32 = 86_400;
 /// skipping a whole calendar day in 2011; two days covers every zone in the tz database.
 const MAX_GAP_SECONDS: i64 = 2 * SECONDS_PER_DAY as i64;
 
+/// How many local days past its start a deadline is looked for: 102 years. A deadline
+/// further out is never ([`DateTime::<Utc>::MAX_UTC`]), as one past the end of representable
+/// time already was. Without the bound a calendar with little working time (one second a week)
+/// and a long SLA walked day by day to the year 262,143: ~95 million days, tens of seconds of
+/// CPU for each workflow scheduled.
+const HORIZON_DAYS: u32 = 102 * 366;
+
 /// The serialized form of a business-hours calendar, as stored in the `calendars` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,9 +199,14 @@ impl Calendar {
         };
         let first = self.local_date(start);
         let mut day = Some(first.pred_opt().unwrap_or(first));
-        // Terminates: every calendar has a window of at least a second, which contributes time
-        // every week except on DST-gap days and holidays, and both are finite per year/list.
+        // Ends within HORIZON_DAYS; and before, every calendar has a window of at least a
+        // second, which contributes time every week except on DST-gap days and holidays.
+        let mut days = 0_u32;
         while let Some(d) = day {
+            days += 1;
+            if days > HORIZON_DAYS {
+                break;
+            }
             for (s, e) in self.intervals(d) {
                 let lo = s.max(start);
                 if lo >= e {
@@ -339,6 +351,28 @@ mod tests {
         Calendar::new(spec)
             .expect_err("spec should be rejected")
             .field
+    }
+
+    /// One second of work a week and the longest SLA a policy takes: the deadline lies past
+    /// the horizon, so it is never, found in ~37,000 days of work instead of ~95 million.
+    #[test]
+    fn a_deadline_beyond_the_horizon_is_never() {
+        let thin = Calendar::new(spec(vec![window(Weekday::Mon, "09:00", "09:00:01")])).unwrap();
+        let start = Utc.with_ymd_and_hms(2026, 1, 5, 8, 0, 0).unwrap();
+        assert_eq!(
+            thin.add_business_seconds(start, crate::MAX_DURATION_SECONDS),
+            DateTime::<Utc>::MAX_UTC
+        );
+        // within the horizon it is found as before: the 100th Monday's second
+        let due = thin.add_business_seconds(start, 100);
+        assert_eq!(due, Utc.with_ymd_and_hms(2027, 11, 29, 9, 0, 1).unwrap());
+        assert_eq!(thin.business_seconds_between(start, due), 100);
+        // and an ordinary SLA on an ordinary calendar is unchanged
+        let office = Calendar::new(spec(vec![window(Weekday::Mon, "09:00", "17:00")])).unwrap();
+        assert_eq!(
+            office.add_business_seconds(start, 9 * 3_600),
+            Utc.with_ymd_and_hms(2026, 1, 12, 10, 0, 0).unwrap()
+        );
     }
 
     #[test]

@@ -393,9 +393,9 @@ impl Store {
                 let until = starts.get(i + 1);
                 DueRange {
                     from: from.map(|b| b.0),
-                    from_id: from.and_then(|b| b.1),
+                    from_id: from.map(|b| b.1),
                     until: until.map(|b| b.0),
-                    until_id: until.and_then(|b| b.1),
+                    until_id: until.map(|b| b.1),
                 }
             })
             .collect())

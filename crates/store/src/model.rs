@@ -435,8 +435,8 @@ pub struct Created {
 
 /// A slice of the due workflows in `(next_check_at, id)` order: from `(from, from_id)`
 /// inclusive to `(until, until_id)` exclusive, unbounded where the instant is None; a bound
-/// without its id stands for every workflow of that instant (`from`: all included; `until`:
-/// all excluded). The planner cuts a check into disjoint ranges so that concurrent batches scan
+/// without its id stands before every workflow of that instant (`from`: all included;
+/// `until`: all excluded), and an id without its instant is ignored. The planner cuts a check into disjoint ranges so that concurrent batches scan
 /// disjoint parts of the index instead of all re-reading (and skipping) the same rows. The ids
 /// split workflows that share one `next_check_at` (deadlines snapped to the start of business
 /// hours, bulk imports): without them such a crowd was one slice, worked by one batch alone.

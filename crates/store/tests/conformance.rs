@@ -1397,7 +1397,7 @@ async fn sent_deliveries_are_pruned_after_their_retention_and_others_kept(db: &T
     assert_eq!(claimed.len(), 5);
     let later = now + Duration::days(2);
     let outcomes = [
-        (DeliveryOutcome::Sent, now),
+        (DeliveryOutcome::Sent, now + Duration::hours(1)),
         (DeliveryOutcome::Sent, now),
         (DeliveryOutcome::Sent, later),
         (
@@ -1423,7 +1423,16 @@ async fn sent_deliveries_are_pruned_after_their_retention_and_others_kept(db: &T
     }
     // the two sent before the cut go, a bounded number at a time, oldest first
     let cut = now + Duration::days(1);
+    let sent_at = |rows: Vec<escalator_store::OutboxEntry>| {
+        let mut v: Vec<_> = rows.into_iter().filter_map(|r| r.sent_at).collect();
+        v.sort();
+        v
+    };
     assert_eq!(s.prune_sent_deliveries(cut, 1).await.unwrap(), 1);
+    assert_eq!(
+        sent_at(s.list_outbox(&["sent"], 100).await.unwrap()),
+        [now + Duration::hours(1), later]
+    );
     assert_eq!(s.prune_sent_deliveries(cut, 10).await.unwrap(), 1);
     assert_eq!(s.prune_sent_deliveries(cut, 10).await.unwrap(), 0);
     let statuses = |rows: Vec<escalator_store::OutboxEntry>| {

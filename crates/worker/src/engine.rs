@@ -609,7 +609,6 @@ impl Engine {
     }
 }
 
-/// Evaluates every claimed workflow with its pinned policy and calendar.
 /// The slice of the due workflows a batch job owns.
 fn slice(job: &EscalateBatch) -> DueRange {
     DueRange {
@@ -620,6 +619,7 @@ fn slice(job: &EscalateBatch) -> DueRange {
     }
 }
 
+/// Evaluates every claimed workflow with its pinned policy and calendar.
 fn decide_all(
     due: &[DueWorkflow],
     policies: &HashMap<PolicyKey, Arc<Policy>>,

@@ -35,23 +35,27 @@ impl PgStore {
 const DUE_LOCKED: &str = "FOR UPDATE OF w SKIP LOCKED";
 
 /// Open workflows due at $1 in the range from ($3, $5) to ($4, $6) of `(next_check_at, id)`
-/// ([`DueRange`]), oldest first, at most $2; `lock` ends the query (empty: a read that locks
-/// nothing). The predicate matches the partial index workflows_due, so this is an index range
-/// scan over the due rows of [$3, $4] only; the ids are a filter on the rows of those two
-/// instants.
+/// ([`DueRange`]; a bound without its id is the nil uuid, below every id), in that order, at
+/// most $2; `lock` ends the query (empty: a read that locks nothing). The bounds are row
+/// comparisons on the partial index workflows_due `(next_check_at, id)`, so this is an index
+/// range scan over the rows of the slice only, even inside a crowd of workflows sharing one
+/// instant.
 fn due_query(lock: &str) -> String {
     format!(
         "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
          FROM workflows w LEFT JOIN users u ON u.id = w.assignee
          WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
-           AND w.next_check_at >= COALESCE($3, '-infinity'::timestamptz)
-           AND w.next_check_at <= COALESCE($4, 'infinity'::timestamptz)
-           AND ($5::uuid IS NULL OR w.next_check_at > $3 OR w.id >= $5)
-           AND (w.next_check_at < $4 OR $4 IS NULL OR w.id < $6)
-         ORDER BY w.next_check_at LIMIT $2
+           AND (w.next_check_at, w.id) >= (COALESCE($3, '-infinity'::timestamptz),
+                                           COALESCE($5, '{NIL}'::uuid))
+           AND (w.next_check_at, w.id) < (COALESCE($4, 'infinity'::timestamptz),
+                                          COALESCE($6, '{NIL}'::uuid))
+         ORDER BY w.next_check_at, w.id LIMIT $2
          {lock}"
     )
 }
+
+/// The lowest uuid: a range bound without an id takes in (or leaves out) a whole instant.
+const NIL: &str = "00000000-0000-0000-0000-000000000000";
 
 /// Workflow $2 if it is open and due at $1; `lock` as in [`due_query`].
 fn one_query(lock: &str) -> String {

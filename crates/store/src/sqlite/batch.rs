@@ -31,17 +31,17 @@ impl SqliteStore {
 }
 
 /// Open workflows due at ?1 in the range from (?3, ?5) to (?4, ?6) of `(next_check_at, id)`
-/// ([`DueRange`]), oldest first, at most ?2. SQLite has no row locks: a claim is exclusive
-/// because its transaction holds the write lock.
+/// ([`DueRange`]; a bound without its id is `''`, below every id), in that order, at most ?2:
+/// row comparisons on the partial index workflows_due `(next_check_at, id)`. SQLite has no row
+/// locks: a claim is exclusive because its transaction holds the write lock.
 fn due_query() -> String {
     format!(
         "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
          FROM workflows w LEFT JOIN users u ON u.id = w.assignee
          WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1
-           AND w.next_check_at >= COALESCE(?3, '') AND w.next_check_at <= COALESCE(?4, '~')
-           AND (?5 IS NULL OR w.next_check_at > ?3 OR w.id >= ?5)
-           AND (?4 IS NULL OR w.next_check_at < ?4 OR w.id < ?6)
-         ORDER BY w.next_check_at LIMIT ?2"
+           AND (w.next_check_at, w.id) >= (COALESCE(?3, ''), COALESCE(?5, ''))
+           AND (w.next_check_at, w.id) < (COALESCE(?4, '~'), COALESCE(?6, ''))
+         ORDER BY w.next_check_at, w.id LIMIT ?2"
     )
 }
 

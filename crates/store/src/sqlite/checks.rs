@@ -110,7 +110,7 @@ impl SqliteStore {
         &self,
         as_of: DateTime<Utc>,
         per_range: u32,
-    ) -> Result<Vec<(DateTime<Utc>, Option<Uuid>)>> {
+    ) -> Result<Vec<(DateTime<Utc>, Uuid)>> {
         let rows = sqlx::query(
             "SELECT t, id FROM (
                  SELECT next_check_at AS t, id, row_number() OVER (ORDER BY next_check_at, id) AS n
@@ -128,7 +128,7 @@ impl SqliteStore {
                     column: "workflows.id",
                     value: id,
                 })?;
-                Ok((r.try_get("t")?, Some(parsed)))
+                Ok((r.try_get("t")?, parsed))
             })
             .collect()
     }
