@@ -20,12 +20,13 @@ const SECONDS_PER_DAY: u32 = 86_400;
 /// skipping a whole calendar day in 2011; two days covers every zone in the tz database.
 const MAX_GAP_SECONDS: i64 = 2 * SECONDS_PER_DAY as i64;
 
-/// How many local days past its start a deadline is looked for: 102 years. A deadline
-/// further out is never ([`DateTime::<Utc>::MAX_UTC`]), as one past the end of representable
-/// time already was. Without the bound a calendar with little working time (one second a week)
-/// and a long SLA walked day by day to the year 262,143: ~95 million days, 1.6 s of CPU for
-/// each workflow scheduled (release build), while a check holds its batch's rows.
-const HORIZON_DAYS: u32 = 102 * 366;
+/// How many local days past its start a deadline is looked for: 1,000 years, so that the
+/// longest SLA a policy takes (100 years) is found on any calendar with 20 minutes of work a
+/// week or more. A deadline further out is never ([`DateTime::<Utc>::MAX_UTC`]), as one past the
+/// end of representable time already was. Without the bound a calendar with little working time
+/// (one second a week) and a long SLA walked day by day to the year 262,143: ~95 million days,
+/// 1.6 s of CPU for each workflow scheduled (release build), while a check held its batch's rows.
+const HORIZON_DAYS: u32 = 1_000 * 366;
 
 /// The serialized form of a business-hours calendar, as stored in the `calendars` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,7 +355,7 @@ mod tests {
     }
 
     /// One second of work a week and the longest SLA a policy takes: the deadline lies past
-    /// the horizon, so it is never, found in ~37,000 days of work instead of ~95 million.
+    /// the horizon, so it is never, found in ~366,000 days of work instead of ~95 million.
     #[test]
     fn a_deadline_beyond_the_horizon_is_never() {
         let thin = Calendar::new(spec(vec![window(Weekday::Mon, "09:00", "09:00:01")])).unwrap();
@@ -363,9 +364,9 @@ mod tests {
             thin.add_business_seconds(start, crate::MAX_DURATION_SECONDS),
             DateTime::<Utc>::MAX_UTC
         );
-        // past the horizon means never, even where a (far) date exists: 103 years of Mondays
+        // past the horizon means never, even where a (far) date exists: 53,000 Mondays, ~1,016 years
         assert_eq!(
-            thin.add_business_seconds(start, 103 * 52),
+            thin.add_business_seconds(start, 53_000),
             DateTime::<Utc>::MAX_UTC
         );
         // within the horizon it is found as before: the 100th Monday's second
@@ -378,6 +379,20 @@ mod tests {
             office.add_business_seconds(start, 9 * 3_600),
             Utc.with_ymd_and_hms(2026, 1, 12, 10, 0, 0).unwrap()
         );
+        // as is the longest SLA on a working week of eight hours a day: ~420 years out
+        let week: Vec<_> = [
+            Weekday::Mon,
+            Weekday::Tue,
+            Weekday::Wed,
+            Weekday::Thu,
+            Weekday::Fri,
+        ]
+        .into_iter()
+        .map(|d| window(d, "09:00", "17:00"))
+        .collect();
+        let week = Calendar::new(spec(week)).unwrap();
+        let due = week.add_business_seconds(start, crate::MAX_DURATION_SECONDS);
+        assert!(due.year() > 2400 && due.year() < 2500, "{due}");
     }
 
     #[test]

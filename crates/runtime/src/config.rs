@@ -128,7 +128,12 @@ pub fn seconds_or_never(
 ) -> Result<Option<Duration>, ConfigError> {
     match src.get(name) {
         Some(v) if v.trim().parse::<f64>() == Ok(0.0) => Ok(None),
-        _ => seconds(src, name, default).map(Some),
+        _ => seconds(src, name, default)
+            .map(Some)
+            .map_err(|e| ConfigError {
+                reason: "expected 0 (never) or a number of seconds greater than 0".into(),
+                ..e
+            }),
     }
 }
 
@@ -200,12 +205,9 @@ mod tests {
                 .name,
             "T"
         );
-        assert_eq!(
-            seconds_or_never(&e, "U", Duration::from_secs(9))
-                .unwrap_err()
-                .name,
-            "U"
-        );
+        let err = seconds_or_never(&e, "U", Duration::from_secs(9)).unwrap_err();
+        assert_eq!(err.name, "U");
+        assert!(err.reason.contains("0 (never)"), "{err}");
     }
 
     #[test]

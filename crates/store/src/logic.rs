@@ -60,14 +60,16 @@ pub fn check_id(field: &'static str, value: &str) -> Result<()> {
 
 /// The first of the users just written (`$1`, their ids) whose manager chain leads back to
 /// them, as the user writes run it on PostgreSQL; none when the chart is acyclic. Chains are
-/// walked at most 100 deep (the api refuses charts deeper than 64), so a cycle written before
-/// this check existed, above the users written, costs at most 100 rows per user.
+/// walked at most 1,000 deep: deep enough for any org chart (the api refuses chains deeper
+/// than 64, yet two concurrent writes could join two such chains into a longer loop), and a
+/// cycle written before this check existed, above the users written, costs at most 1,000 rows
+/// per user written.
 pub(crate) const MANAGER_CYCLE_PG: &str = "WITH RECURSIVE chain (start, at, depth) AS (
         SELECT u.id, u.manager_id, 1 FROM users u
         WHERE u.id = ANY($1) AND u.manager_id IS NOT NULL
         UNION ALL
         SELECT c.start, u.manager_id, c.depth + 1 FROM chain c JOIN users u ON u.id = c.at
-        WHERE u.manager_id IS NOT NULL AND c.at <> c.start AND c.depth < 100)
+        WHERE u.manager_id IS NOT NULL AND c.at <> c.start AND c.depth < 1000)
     SELECT start FROM chain WHERE at = start ORDER BY start LIMIT 1";
 
 /// [`MANAGER_CYCLE_PG`] on SQLite (`?1`: the ids as a JSON array).
@@ -76,7 +78,7 @@ pub(crate) const MANAGER_CYCLE_SQLITE: &str = "WITH RECURSIVE chain (start, at, 
         WHERE u.id IN (SELECT value FROM json_each(?1)) AND u.manager_id IS NOT NULL
         UNION ALL
         SELECT c.start, u.manager_id, c.depth + 1 FROM chain c JOIN users u ON u.id = c.at
-        WHERE u.manager_id IS NOT NULL AND c.at <> c.start AND c.depth < 100)
+        WHERE u.manager_id IS NOT NULL AND c.at <> c.start AND c.depth < 1000)
     SELECT start FROM chain WHERE at = start ORDER BY start LIMIT 1";
 
 /// The error of a user write that would make `id` its own (indirect) manager: "escalate to

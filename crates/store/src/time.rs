@@ -9,8 +9,13 @@ pub fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// SQLite's stored form: `2026-11-25T12:00:00.000000Z` — always the same width, so comparing
-/// the text compares the instants.
+/// the text compares the instants. Instants after the end of year 9999 are stored as [`LATEST`]:
+/// a deadline that is never (`DateTime::<Utc>::MAX_UTC`, year 262143) would be written
+/// `+262143-…`, which sorts before every four-digit year, and so be due at every check.
 pub fn sqlite_ts(t: DateTime<Utc>) -> String {
+    if chrono::Datelike::year(&t) > 9999 {
+        return LATEST.to_owned();
+    }
     micros(t).to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
@@ -44,6 +49,14 @@ pub fn check_instant(field: &'static str, t: DateTime<Utc>) -> crate::Result<Dat
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_deadline_that_is_never_sorts_after_every_instant() {
+        let never = sqlite_ts(DateTime::<Utc>::MAX_UTC);
+        assert_eq!(never, LATEST);
+        let late = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
+        assert!(sqlite_ts(late) <= never && sqlite_ts(Utc::now()) < never);
+    }
 
     #[test]
     fn sqlite_timestamps_have_one_width_and_sort_as_time() {

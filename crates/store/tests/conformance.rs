@@ -47,6 +47,7 @@ conformance!(
     users_and_calendars_round_trip,
     user_writes_never_make_the_manager_chain_circular,
     claim_returns_only_due_open_workflows_oldest_first,
+    a_deadline_that_is_never_is_never_due,
     peeking_sees_what_a_claim_holds_and_takes_nothing_from_the_next_claim,
     effects_apply_set_wise_and_only_once,
     fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it,
@@ -602,6 +603,46 @@ async fn users_and_calendars_round_trip(db: &TestDb) {
     let cal = escalator_policy::Calendar::new(spec).unwrap();
     s.put_calendar("uk", &cal).await.unwrap();
     assert_eq!(s.get_calendar("uk").await.unwrap(), cal);
+}
+
+/// A deadline past the calendar's horizon is never (`DateTime::<Utc>::MAX_UTC`, year 262143).
+/// SQLite stored it as `+262143-…`, which sorts before every four-digit year: the workflow
+/// was due at every check and the earliest deadline the beat waits for.
+async fn a_deadline_that_is_never_is_never_due(db: &TestDb) {
+    let s = &db.store;
+    let spec: escalator_policy::CalendarSpec = serde_json::from_value(serde_json::json!({
+        "timezone": "Europe/London",
+        "windows": [{ "day": "Mon", "start": "09:00", "end": "09:00:01" }],
+    }))
+    .unwrap();
+    s.put_calendar("thin", &escalator_policy::Calendar::new(spec).unwrap())
+        .await
+        .unwrap();
+    let mut spec = Policy::default_policy().spec().clone();
+    spec.sla_seconds = escalator_policy::MAX_DURATION_SECONDS;
+    spec.calendar_id = Some("thin".into());
+    s.create_policy_version("glacial", "Glacial", &Policy::new(spec).unwrap())
+        .await
+        .unwrap();
+    let w = s
+        .create_workflow(
+            &NewWorkflow {
+                policy_id: Some("glacial".into()),
+                ..new_workflow("NEVER-1")
+            },
+            t0(),
+        )
+        .await
+        .unwrap()
+        .workflow;
+    assert!(chrono::Datelike::year(&w.due_at) > 9000, "{w:?}");
+    let soon = t0() + Duration::days(1);
+    assert_eq!(s.count_due(soon).await.unwrap(), 0);
+    assert!(s.peek_due(soon, 10).await.unwrap().is_empty());
+    assert!(s.due_ranges(soon, 10).await.unwrap().is_empty());
+    let earliest = s.earliest_next_check().await.unwrap();
+    assert!(earliest.is_none_or(|t| t > soon), "{earliest:?}");
+    assert_eq!(s.sla_counts(soon).await.unwrap(), (1, 0, 0));
 }
 
 async fn claim_returns_only_due_open_workflows_oldest_first(db: &TestDb) {
