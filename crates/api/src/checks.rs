@@ -260,15 +260,7 @@ pub async fn enqueue(
         as_of,
         scope,
     };
-    if let Err(e) = s.queues.push_check(&job).await {
-        // Without its job the run would stay "queued" forever: close it as failed so that
-        // whoever follows it learns what happened.
-        let message = format!("could not enqueue the check: {e}");
-        if let Err(fail) = s.store.fail_check_run(run.id, &message, Utc::now()).await {
-            tracing::error!(run = run.id, error = %fail, "cannot mark the unqueued run failed");
-        }
-        return Err(e.into());
-    }
+    s.queues.push_check_or_fail_run(&s.store, &job).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(CheckQueued {

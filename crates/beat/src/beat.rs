@@ -86,6 +86,15 @@ const PRUNE_SENT: u32 = 5_000;
 /// deadline enqueues another. A second check beside a slow one is harmless (I1, I2).
 pub const DEADLINE_RUN_PATIENCE: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
 
+/// Logs what one of the sweep's prunings did; a failure only waits for the next sweep.
+fn log_pruned<E: std::fmt::Display>(what: &'static str, pruned: Result<u64, E>) {
+    match pruned {
+        Ok(0) => {}
+        Ok(pruned) => tracing::debug!(pruned, "{what}"),
+        Err(e) => tracing::warn!(error = %e, "{what} failed; the next sweep tries again"),
+    }
+}
+
 /// The deadline check in flight and when it last moved.
 #[derive(Debug, Clone, PartialEq)]
 struct InFlight {
@@ -264,41 +273,25 @@ impl Beat {
     }
 
     /// Forgets jobs that finished over `done_retention` ago, a bounded number per sweep,
-    /// so that Redis does not grow with every job run. A failure only waits for the next sweep.
+    /// so that Redis does not grow with every job run.
     async fn prune_done_jobs(&self) {
-        match self
+        let pruned = self
             .queues
             .prune_done(self.config.done_retention, PRUNE_SAMPLE)
-            .await
-        {
-            Ok(0) => {}
-            Ok(pruned) => tracing::debug!(pruned, "finished jobs pruned from the queues"),
-            Err(e) => {
-                tracing::warn!(error = %e, "pruning finished jobs failed; the next sweep tries again")
-            }
-        }
+            .await;
+        log_pruned("pruning finished jobs from the queues", pruned);
     }
 
     /// Deletes delivered messages older than `outbox_retention`, a bounded number per sweep.
-    /// A failure only waits for the next sweep.
     async fn prune_sent_deliveries(&self, now: DateTime<Utc>) {
-        let Some(keep) = self.config.outbox_retention else {
-            return;
-        };
-        let Ok(keep) = chrono::Duration::from_std(keep) else {
-            return;
-        };
-        let Some(before) = now.checked_sub_signed(keep) else {
-            return;
-        };
-        match self.store.prune_sent_deliveries(before, PRUNE_SENT).await {
-            Ok(0) => {}
-            Ok(pruned) => {
-                tracing::debug!(pruned, "delivered messages past their retention deleted")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "pruning delivered messages failed; the next sweep tries again")
-            }
+        let before = self
+            .config
+            .outbox_retention
+            .and_then(|keep| chrono::Duration::from_std(keep).ok())
+            .and_then(|keep| now.checked_sub_signed(keep));
+        if let Some(before) = before {
+            let pruned = self.store.prune_sent_deliveries(before, PRUNE_SENT).await;
+            log_pruned("deleting delivered messages past their retention", pruned);
         }
     }
 
@@ -366,16 +359,11 @@ impl Beat {
                     as_of: now,
                     scope: Scope::All,
                 };
-                if let Err(e) = self.queues.push_check(&job).await {
-                    // Nothing will ever run it: say so, or it would read `queued` for ever (its
-                    // slot is taken, so a retry finds a duplicate and does not push either).
-                    // The workflows stay due for the next slot or deadline check.
-                    let why = format!("the check could not be enqueued: {e}");
-                    if let Err(f) = self.store.fail_check_run(run.id, &why, Utc::now()).await {
-                        tracing::error!(check_run_id = run.id, error = %f, "cannot mark the run failed");
-                    }
-                    return Err(e.into());
-                }
+                // a failed push marks the run failed: its slot is taken, so a retry would find
+                // a duplicate and push nothing either
+                self.queues
+                    .push_check_or_fail_run(&self.store, &job)
+                    .await?;
                 metrics::gauge!(m::BEAT_LAST_ENQUEUE).set(now.timestamp() as f64);
                 self.health.touch();
                 tracing::info!(

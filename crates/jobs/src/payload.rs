@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use escalator_store::DueRange;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -78,21 +79,11 @@ pub struct EscalateBatch {
     /// Index within the run (0-based): a batch delivered twice completes its run once.
     #[serde(default)]
     pub batch_index: i32,
-    /// The slice of due workflows (by `next_check_at`) this batch owns: `[from, until)`,
-    /// unbounded where absent. Disjoint slices keep concurrent batches off each other's rows.
-    #[serde(default)]
-    pub from: Option<DateTime<Utc>>,
-    /// See `from`.
-    #[serde(default)]
-    pub until: Option<DateTime<Utc>>,
-    /// Where the slice starts among the workflows of the instant `from` (by id); absent: with
-    /// the first of them (`escalator_store::DueRange`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_id: Option<Uuid>,
-    /// Where the next slice starts among the workflows of the instant `until`; absent: with
-    /// the first of them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until_id: Option<Uuid>,
+    /// The slice of the due workflows this batch owns (`from`, `from_id`, `until`, `until_id`
+    /// on the wire, each optional): disjoint slices keep concurrent batches off each other's
+    /// rows.
+    #[serde(flatten)]
+    pub slice: DueRange,
 }
 
 /// Most batch jobs one check run pushes: above it, slices grow instead (apalis-redis wedges
@@ -140,7 +131,7 @@ mod tests {
         let batch: EscalateBatch =
             serde_json::from_str(r#"{"check_run_id":1,"as_of":"2026-11-25T12:00:00Z"}"#).unwrap();
         assert_eq!(
-            (batch.batch_index, batch.from, batch.until),
+            (batch.batch_index, batch.slice.from, batch.slice.until),
             (0, None, None)
         );
         let d: DeliverNotifications = serde_json::from_str("{}").unwrap();

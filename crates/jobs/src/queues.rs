@@ -167,6 +167,28 @@ impl Queues {
         self.push(&queue, vec![(Some(key), job.clone())]).await
     }
 
+    /// Pushes the job of check run `job.check_run_id`, as beat, api and CLI enqueue a check. If
+    /// the push fails, the run is marked failed naming why — nothing would ever run it, and it
+    /// would read `queued` for ever (to the CheckRunsStale alert, "no worker is running") — and
+    /// the push's error is returned. The workflows stay due for the next check.
+    pub async fn push_check_or_fail_run(
+        &self,
+        store: &escalator_store::Store,
+        job: &CheckWorkflows,
+    ) -> Result<(), QueueError> {
+        let Err(e) = self.push_check(job).await else {
+            return Ok(());
+        };
+        let why = format!("the check could not be enqueued: {e}");
+        if let Err(f) = store
+            .fail_check_run(job.check_run_id, &why, chrono::Utc::now())
+            .await
+        {
+            tracing::error!(check_run_id = job.check_run_id, error = %f, "cannot mark the unqueued run failed");
+        }
+        Err(e)
+    }
+
     /// Enqueues a run's batch jobs, keyed by (run, index): a planner that runs twice pushes
     /// each batch once.
     pub async fn push_batches(&self, jobs: &[EscalateBatch]) -> Result<(), QueueError> {

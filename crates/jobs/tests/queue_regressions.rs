@@ -172,10 +172,7 @@ async fn pushing_the_same_check_twice_enqueues_it_once() {
             check_run_id: 42,
             as_of: job.as_of,
             batch_index: i,
-            from: None,
-            until: None,
-            from_id: None,
-            until_id: None,
+            slice: Default::default(),
         })
         .collect();
     queues.push_batches(&batches).await.unwrap();

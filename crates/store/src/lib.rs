@@ -205,7 +205,8 @@ impl Store {
     }
 
     /// Inserts or updates users (by id), in one statement. A write whose managers would make
-    /// the chain circular is refused whole ([`StoreError::Invalid`] naming `manager_id`).
+    /// the chain circular is refused whole ([`StoreError::Invalid`] naming `manager_id`); one
+    /// that gives users a manager makes their workflows exhausted for want of one due again.
     pub async fn upsert_users(&self, users: &[User]) -> Result<()> {
         for u in users {
             if u.manager_id.as_deref() == Some(u.id.as_str()) {
@@ -218,25 +219,15 @@ impl Store {
                 })?;
             }
         }
-        dispatch!(self, s => s.upsert_users(users).await)?;
-        // Workflows exhausted because their `manager` level had no one to escalate to can move
-        // on once their assignee has a manager: they are made due again, in one statement.
-        // The next check escalates them (a resolved target wins over the recorded exhaustion);
-        // one exhausted at the end of its chain is evaluated once and unscheduled again.
-        let managed: Vec<String> = users
-            .iter()
-            .filter(|u| u.manager_id.is_some())
-            .map(|u| u.id.clone())
-            .collect();
-        if !managed.is_empty() {
-            let now = time::micros(Utc::now());
-            let rearmed = dispatch!(self, s => s.rearm_exhausted(&managed, now).await)?;
-            if rearmed > 0 {
-                tracing::info!(
-                    rearmed,
-                    "exhausted workflows due again: their assignee has a manager now"
-                );
-            }
+        // one transaction: the upsert, the cycle check, and the re-arming of workflows
+        // exhausted for want of a manager (logic::REARM_EXHAUSTED_PG)
+        let now = time::micros(Utc::now());
+        let rearmed = dispatch!(self, s => s.upsert_users(users, now).await)?;
+        if rearmed > 0 {
+            tracing::info!(
+                rearmed,
+                "exhausted workflows due again: their assignee has a manager now"
+            );
         }
         Ok(())
     }

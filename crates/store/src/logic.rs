@@ -81,6 +81,23 @@ pub(crate) const MANAGER_CYCLE_SQLITE: &str = "WITH RECURSIVE chain (start, at, 
         WHERE u.manager_id IS NOT NULL AND c.at <> c.start AND c.depth < 1000)
     SELECT start FROM chain WHERE at = start ORDER BY start LIMIT 1";
 
+/// Workflows exhausted because their `manager` level had no one to escalate to can move on
+/// once their assignee has a manager: a user write makes the open, unscheduled, exhausted
+/// workflows of every user it gave a manager (`$1`: the ids written) due at `$2`, in its own
+/// transaction. The next check escalates them (a resolved target wins over the recorded
+/// exhaustion); one exhausted at the end of its chain is evaluated once and unscheduled again.
+pub(crate) const REARM_EXHAUSTED_PG: &str = "UPDATE workflows SET next_check_at = $2
+    WHERE assignee IN (SELECT id FROM users WHERE id = ANY($1) AND manager_id IS NOT NULL)
+      AND status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
+      AND next_check_at IS NULL";
+
+/// [`REARM_EXHAUSTED_PG`] on SQLite (`?1`: the ids as a JSON array).
+pub(crate) const REARM_EXHAUSTED_SQLITE: &str = "UPDATE workflows SET next_check_at = ?2
+    WHERE assignee IN (SELECT id FROM users
+                       WHERE id IN (SELECT value FROM json_each(?1)) AND manager_id IS NOT NULL)
+      AND status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
+      AND next_check_at IS NULL";
+
 /// The error of a user write that would make `id` its own (indirect) manager: "escalate to
 /// the manager" would go round for ever.
 pub(crate) fn manager_cycle(id: &str) -> StoreError {

@@ -443,11 +443,13 @@ pub struct Created {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DueRange {
     /// Inclusive lower bound.
+    #[serde(default)]
     pub from: Option<DateTime<Utc>>,
     /// The first workflow of the `from` instant that the range holds (in id order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_id: Option<Uuid>,
     /// Exclusive upper bound.
+    #[serde(default)]
     pub until: Option<DateTime<Utc>>,
     /// The first workflow of the `until` instant that the range leaves to the next one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

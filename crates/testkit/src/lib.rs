@@ -151,6 +151,30 @@ async fn drop_stale(conn: &mut PgConnection, now: u64) {
     }
 }
 
+/// A queued check run of `scope` (`all`, `workflow:<id>`) at `as_of` requested by
+/// `requested_by`, as `enqueue check` and the api record one.
+pub async fn queued_run(
+    store: &Store,
+    requested_by: &'static str,
+    scope: &str,
+    as_of: chrono::DateTime<chrono::Utc>,
+) -> escalator_store::CheckRun {
+    let new = escalator_store::NewCheckRun {
+        slot: None,
+        requested_by,
+        scope: scope.to_owned(),
+        as_of,
+        dry_run: false,
+        coalesced: 1,
+        now: as_of,
+    };
+    store
+        .create_check_run(&new)
+        .await
+        .expect("create a check run")
+        .expect("an unscheduled run is always created")
+}
+
 /// A check run of every workflow requested by `requested_by` at `now`, started with `batches`
 /// batch jobs, as the planner leaves it. Returns its id.
 pub async fn started_run(
@@ -159,20 +183,7 @@ pub async fn started_run(
     batches: i32,
     now: chrono::DateTime<chrono::Utc>,
 ) -> i64 {
-    let new = escalator_store::NewCheckRun {
-        slot: None,
-        requested_by,
-        scope: "all".into(),
-        as_of: now,
-        dry_run: false,
-        coalesced: 1,
-        now,
-    };
-    let run = store
-        .create_check_run(&new)
-        .await
-        .expect("create a check run")
-        .expect("an unscheduled run is always created");
+    let run = queued_run(store, requested_by, "all", now).await;
     store
         .start_check_run(run.id, batches, now)
         .await
@@ -180,7 +191,6 @@ pub async fn started_run(
     run.id
 }
 
-/// `url` with its database name replaced.
 pub fn replace_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),

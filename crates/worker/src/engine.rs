@@ -177,10 +177,7 @@ impl Engine {
                 check_run_id: run.id,
                 as_of: job.as_of,
                 batch_index: 0,
-                from: None,
-                until: None,
-                from_id: None,
-                until_id: None,
+                slice: DueRange::default(),
             };
             // batch_round records the finished run (metrics) itself
             let (outcome, _) = self
@@ -211,10 +208,7 @@ impl Engine {
                 check_run_id: run.id,
                 as_of: job.as_of,
                 batch_index: i32::try_from(i).unwrap_or(i32::MAX),
-                from: r.from,
-                until: r.until,
-                from_id: r.from_id,
-                until_id: r.until_id,
+                slice: *r,
             })
             .collect();
         let batches = i32::try_from(jobs.len()).unwrap_or(i32::MAX);
@@ -325,7 +319,7 @@ impl Engine {
         let limit = self.config.batch_size.saturating_add(1);
         let ids: Vec<uuid::Uuid> = {
             let mut tx = self.store.begin_batch().await?;
-            let due = tx.claim_due_in(job.as_of, &slice(job), limit).await?;
+            let due = tx.claim_due_in(job.as_of, &job.slice, limit).await?;
             if let Err(e) = tx.rollback().await {
                 tracing::warn!(error = ?e, "rollback of a read-only claim failed");
             }
@@ -414,13 +408,12 @@ impl Engine {
     ) -> Result<(BatchOutcome, bool), EngineError> {
         let started = Instant::now();
         let mut tx = self.store.begin_batch().await?;
-        let range = slice(job);
         let limit = self.config.batch_size.saturating_add(1);
         let due: Vec<DueWorkflow> = match only {
             // the nil id claims nothing: a transaction that only records completion
             Some(id) if id.is_nil() => Vec::new(),
             Some(id) => tx.claim_one(id, job.as_of).await?.into_iter().collect(),
-            None => tx.claim_due_in(job.as_of, &range, limit).await?,
+            None => tx.claim_due_in(job.as_of, &job.slice, limit).await?,
         };
         let drained = due.len() < limit as usize;
         let finishes = finish.index(drained);
@@ -606,16 +599,6 @@ impl Engine {
             .map(|(d, decision)| (d.workflow, decision))
             .collect();
         Ok(DryRun { total_due, items })
-    }
-}
-
-/// The slice of the due workflows a batch job owns.
-fn slice(job: &EscalateBatch) -> DueRange {
-    DueRange {
-        from: job.from,
-        from_id: job.from_id,
-        until: job.until,
-        until_id: job.until_id,
     }
 }
 

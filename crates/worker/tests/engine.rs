@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use escalator_jobs::{CheckWorkflows, EscalateBatch, QueueNames, Queues, Scope};
-use escalator_store::{NewCheckRun, NewWorkflow, Store};
+use escalator_store::{NewWorkflow, Store};
 use escalator_testkit::{RedisNamespace, TestDb, redis_url};
 use escalator_worker::engine::{Engine, EngineConfig, Planned, PolicyCache};
 
@@ -28,19 +28,7 @@ async fn engine(db: &TestDb, ns: &RedisNamespace) -> Engine {
 
 /// A queued check run of `scope` at `as_of`, as `enqueue check` records it.
 async fn new_run(store: &Store, scope: Scope, as_of: DateTime<Utc>) -> escalator_store::CheckRun {
-    store
-        .create_check_run(&NewCheckRun {
-            slot: None,
-            requested_by: "cli",
-            scope: scope.to_string(),
-            as_of,
-            dry_run: false,
-            coalesced: 1,
-            now: as_of,
-        })
-        .await
-        .unwrap()
-        .unwrap()
+    escalator_testkit::queued_run(store, "cli", &scope.to_string(), as_of).await
 }
 
 /// A workflow on the default policy (deadline 24 h after `started`) with a target.
@@ -155,10 +143,7 @@ async fn a_retried_planner_counts_the_batches_the_first_attempt_pushed() {
         check_run_id: run.id,
         as_of,
         batch_index: i32::try_from(i).unwrap(),
-        from: cut[i].from,
-        until: cut[i].until,
-        from_id: cut[i].from_id,
-        until_id: cut[i].until_id,
+        slice: cut[i],
     };
     for i in 0..2 {
         engine.escalate_batch(&batch(i)).await.unwrap();
@@ -233,10 +218,7 @@ async fn workflows_sharing_one_deadline_are_spread_over_batches() {
             check_run_id: run.id,
             as_of,
             batch_index: i32::try_from(i).unwrap(),
-            from: r.from,
-            until: r.until,
-            from_id: r.from_id,
-            until_id: r.until_id,
+            slice: *r,
         })
         .collect();
     // the three side by side, as three worker slots would run them

@@ -310,21 +310,7 @@ async fn check(api: &TestApi, id: &str, as_of: chrono::DateTime<chrono::Utc>) {
     use escalator_worker::engine::{Engine, EngineConfig, PolicyCache};
     let id: uuid::Uuid = id.parse().unwrap();
     let scope = Scope::Workflow(id);
-    let run = api
-        .db
-        .store
-        .create_check_run(&escalator_store::NewCheckRun {
-            slot: None,
-            requested_by: "cli",
-            scope: scope.to_string(),
-            as_of,
-            dry_run: false,
-            coalesced: 1,
-            now: as_of,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let run = escalator_testkit::queued_run(&api.db.store, "cli", &scope.to_string(), as_of).await;
     let engine = Engine {
         store: api.db.store.clone(),
         queues: api.queues.clone(),

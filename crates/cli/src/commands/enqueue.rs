@@ -106,23 +106,15 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         })
         .await?
         .context("the check run was not created")?;
-    if let Err(e) = queues
-        .push_check(&CheckWorkflows {
-            check_run_id: run.id,
-            as_of,
-            scope,
-        })
+    let job = CheckWorkflows {
+        check_run_id: run.id,
+        as_of,
+        scope,
+    };
+    queues
+        .push_check_or_fail_run(&store, &job)
         .await
-    {
-        // a run left "queued" would read as "no worker is running" (the CheckRunsStale
-        // runbook); record why it never started
-        let why = format!("enqueueing failed: {e}");
-        if let Err(mark) = store.fail_check_run(run.id, &why, Utc::now()).await {
-            tracing::warn!(check_run_id = run.id, error = %mark, "could not mark the run failed");
-        }
-        return Err(anyhow::Error::new(e)
-            .context(format!("enqueueing check run {} (marked failed)", run.id)));
-    }
+        .with_context(|| format!("enqueueing check run {} (marked failed)", run.id))?;
     if !args.wait {
         println!(
             "check_run_id={} as_of={} scope={scope} status=queued",

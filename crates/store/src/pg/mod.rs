@@ -84,26 +84,15 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn rearm_exhausted(
+    /// The write of [`crate::Store::upsert_users`]; returns how many exhausted workflows it
+    /// made due again.
+    pub(crate) async fn upsert_users(
         &self,
-        assignees: &[String],
+        users: &[User],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE workflows SET next_check_at = $2
-             WHERE assignee = ANY($1) AND status IN ('pending', 'escalated')
-               AND exhausted_at IS NOT NULL AND next_check_at IS NULL",
-        )
-        .bind(assignees)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    pub(crate) async fn upsert_users(&self, users: &[User]) -> Result<()> {
         if users.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let json = serde_json::to_value(users).map_err(|source| StoreError::Json {
             context: "users",
@@ -141,8 +130,14 @@ impl PgStore {
             tx.rollback().await?;
             return Err(crate::logic::manager_cycle(&id));
         }
+        let rearmed = sqlx::query(crate::logic::REARM_EXHAUSTED_PG)
+            .bind(&ids)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
-        Ok(())
+        Ok(rearmed)
     }
 
     pub(crate) async fn get_user(&self, id: &str) -> Result<User> {

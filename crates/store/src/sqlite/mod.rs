@@ -83,37 +83,24 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(crate) async fn rearm_exhausted(
+    /// The write of [`crate::Store::upsert_users`]; returns how many exhausted workflows it
+    /// made due again.
+    pub(crate) async fn upsert_users(
         &self,
-        assignees: &[String],
+        users: &[User],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<u64> {
-        let ids = serde_json::to_string(assignees).map_err(|source| StoreError::Json {
-            context: "users",
-            source,
-        })?;
-        Ok(sqlx::query(
-            "UPDATE workflows SET next_check_at = ?2
-             WHERE assignee IN (SELECT value FROM json_each(?1))
-               AND status IN ('pending', 'escalated')
-               AND exhausted_at IS NOT NULL AND next_check_at IS NULL",
-        )
-        .bind(ids)
-        .bind(sqlite_ts(now))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    pub(crate) async fn upsert_users(&self, users: &[User]) -> Result<()> {
         if users.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let json = serde_json::to_string(users).map_err(|source| StoreError::Json {
+        let malformed = |source| StoreError::Json {
             context: "users",
             source,
-        })?;
-        let now = sqlite_ts(chrono::Utc::now());
+        };
+        let json = serde_json::to_string(users).map_err(malformed)?;
+        let ids = serde_json::to_string(&users.iter().map(|u| &u.id).collect::<Vec<_>>())
+            .map_err(malformed)?;
+        let now = sqlite_ts(now);
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         // Foreign keys are checked per row in SQLite; deferring them to COMMIT lets a batch name
         // managers that appear later in the same batch.
@@ -135,26 +122,26 @@ impl SqliteStore {
                  updated_at = excluded.updated_at",
         )
         .bind(json)
-        .bind(now)
+        .bind(&now)
         .execute(&mut *tx)
         .await?;
         // the write lock taken at BEGIN keeps concurrent writes from closing a cycle together
-        let ids = serde_json::to_string(&users.iter().map(|u| &u.id).collect::<Vec<_>>()).map_err(
-            |source| StoreError::Json {
-                context: "users",
-                source,
-            },
-        )?;
         let circular: Option<String> = sqlx::query_scalar(crate::logic::MANAGER_CYCLE_SQLITE)
-            .bind(ids)
+            .bind(&ids)
             .fetch_optional(&mut *tx)
             .await?;
         if let Some(id) = circular {
             tx.rollback().await?;
             return Err(crate::logic::manager_cycle(&id));
         }
+        let rearmed = sqlx::query(crate::logic::REARM_EXHAUSTED_SQLITE)
+            .bind(&ids)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
-        Ok(())
+        Ok(rearmed)
     }
 
     pub(crate) async fn get_user(&self, id: &str) -> Result<User> {
