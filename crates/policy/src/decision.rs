@@ -159,7 +159,7 @@ pub enum Decision {
         level: u32,
     },
     /// Escalate to `level` (= snapshot.level + 1), reassign to `target`, fresh deadlines for the
-    /// new level starting at `now`.
+    /// new level starting at `now` (the moment it is applied: [`evaluate_applied`]).
     Escalate {
         /// The new level.
         level: u32,
@@ -216,16 +216,32 @@ pub fn evaluate(
     calendar: Option<&Calendar>,
     now: DateTime<Utc>,
 ) -> Decision {
+    evaluate_applied(snapshot, policy, calendar, now, now)
+}
+
+/// [`evaluate`] for a check that judges what was due at `as_of` and carries its decisions out
+/// at `applied_at`. A check that runs late (a backlog of jobs, a worker outage) still escalates
+/// what had breached by `as_of`, but the new level's SLA, and the next renotification, start
+/// when the escalation is made: the new assignee gets the whole SLA, not what the delay left of
+/// it. An `applied_at` before `as_of` (a check asked about the future) counts as `as_of`, so the
+/// new deadlines always lie after `as_of` and a second check at the same `as_of` finds nothing.
+pub fn evaluate_applied(
+    snapshot: &Snapshot,
+    policy: &Policy,
+    calendar: Option<&Calendar>,
+    as_of: DateTime<Utc>,
+    applied_at: DateTime<Utc>,
+) -> Decision {
     if !snapshot.status.is_open() {
         return Decision::Nothing;
     }
-    match sla_status(&snapshot.deadlines, now) {
+    match sla_status(&snapshot.deadlines, as_of) {
         SlaStatus::Ok => Decision::Nothing,
         SlaStatus::Warning if snapshot.reminded => Decision::Nothing,
         SlaStatus::Warning => Decision::Remind {
             level: snapshot.level,
         },
-        SlaStatus::Breached => breached(snapshot, policy, calendar, now),
+        SlaStatus::Breached => breached(snapshot, policy, calendar, applied_at.max(as_of)),
     }
 }
 

@@ -15,7 +15,8 @@ pub use chrono::{DateTime, Utc};
 pub use chrono_tz::Tz;
 pub use clock::{Deadlines, paused_seconds, schedule};
 pub use decision::{
-    Decision, Exhaustion, SlaStatus, Snapshot, Status, evaluate, next_check_at, sla_status,
+    Decision, Exhaustion, SlaStatus, Snapshot, Status, evaluate, evaluate_applied, next_check_at,
+    sla_status,
 };
 pub use error::PolicyError;
 pub use policy::{

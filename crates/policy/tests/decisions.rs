@@ -7,8 +7,8 @@
 use chrono::{DateTime, TimeDelta, TimeZone, Utc, Weekday};
 use escalator_policy::{
     AfterLast, Calendar, CalendarSpec, Deadlines, Decision, Exhaustion, LevelSpec, Policy,
-    PolicySpec, SlaStatus, Snapshot, Status, Target, Warning, WindowSpec, evaluate, next_check_at,
-    schedule, sla_status,
+    PolicySpec, SlaStatus, Snapshot, Status, Target, Warning, WindowSpec, evaluate,
+    evaluate_applied, next_check_at, schedule, sla_status,
 };
 
 const HOUR: i64 = 3_600;
@@ -163,6 +163,64 @@ fn an_escalation_gives_the_new_level_fresh_deadlines_from_now() {
     };
     assert_eq!(deadlines.warn_at, now + TimeDelta::hours(22));
     assert_eq!(deadlines.due_at, now + TimeDelta::hours(24));
+}
+
+#[test]
+fn a_late_check_judges_at_its_as_of_and_starts_the_new_level_when_it_is_applied() {
+    let policy = Policy::default_policy();
+    // due at 24:00; the check for 24:15 runs three hours late
+    let (as_of, applied_at) = (at(24, 15, 0), at(27, 15, 0));
+    let Decision::Escalate { deadlines, .. } =
+        evaluate_applied(&snapshot(&policy), &policy, None, as_of, applied_at)
+    else {
+        panic!("expected an escalation");
+    };
+    assert_eq!(deadlines.warn_at, applied_at + TimeDelta::hours(22));
+    assert_eq!(deadlines.due_at, applied_at + TimeDelta::hours(24));
+
+    // what is due is judged at as_of: in the warning window then, breached by the time it runs
+    assert_eq!(
+        evaluate_applied(
+            &snapshot(&policy),
+            &policy,
+            None,
+            at(23, 0, 0),
+            at(25, 0, 0)
+        ),
+        Decision::Remind { level: 0 }
+    );
+
+    // a check about the future never dates the new level before its as_of
+    let future = at(30, 0, 0);
+    let Decision::Escalate { deadlines, .. } =
+        evaluate_applied(&snapshot(&policy), &policy, None, future, at(1, 0, 0))
+    else {
+        panic!("expected an escalation");
+    };
+    assert_eq!(deadlines.due_at, future + TimeDelta::hours(24));
+
+    // renotifications repeat from when the last one was made
+    let exhausted = Snapshot {
+        status: Status::Escalated,
+        level: 1,
+        deadlines: schedule(at(24, 0, 0), 0, 1, &policy, None).unwrap(),
+        reminded: true,
+        exhausted: true,
+        ..snapshot(&repeat_policy())
+    };
+    assert_eq!(
+        evaluate_applied(
+            &exhausted,
+            &repeat_policy(),
+            None,
+            at(49, 0, 0),
+            at(52, 0, 0)
+        ),
+        Decision::Renotify {
+            level: 1,
+            next_check_at: at(53, 0, 0),
+        }
+    );
 }
 
 #[test]

@@ -379,7 +379,7 @@ impl Engine {
                 check_run_id: Some(job.check_run_id),
                 batch_index: None,
             },
-            job.as_of,
+            plan::applied_at(job.as_of, Utc::now()),
             why.clone(),
         );
         let applied = tx
@@ -418,7 +418,10 @@ impl Engine {
         let drained = due.len() < limit as usize;
         let finishes = finish.index(drained);
         let (policies, calendars) = self.rules_for(&due).await;
-        let decisions = decide_all(&due, &policies, &calendars, job.as_of);
+        // a late check (a backlog, an outage) escalates what was due at its as_of, and starts
+        // the new levels' clocks now
+        let at = plan::applied_at(job.as_of, Utc::now());
+        let decisions = decide_all(&due, &policies, &calendars, job.as_of, at);
         let ids = plan::recipients_needed(&due, &decisions);
         let users: HashMap<String, User> = if ids.is_empty() {
             HashMap::new()
@@ -441,7 +444,7 @@ impl Engine {
                 check_run_id: Some(job.check_run_id),
                 batch_index: finishes,
             },
-            job.as_of,
+            at,
             &crate::message::settings(),
             &channels,
         );
@@ -592,7 +595,8 @@ impl Engine {
             }
         };
         let (policies, calendars) = self.rules_for(&due).await;
-        let decisions = decide_all(&due, &policies, &calendars, as_of);
+        let at = plan::applied_at(as_of, Utc::now());
+        let decisions = decide_all(&due, &policies, &calendars, as_of, at);
         let items = due
             .into_iter()
             .zip(decisions)
@@ -602,12 +606,14 @@ impl Engine {
     }
 }
 
-/// Evaluates every claimed workflow with its pinned policy and calendar.
+/// Evaluates every claimed workflow with its pinned policy and calendar: due at `as_of`,
+/// applied at `at`.
 fn decide_all(
     due: &[DueWorkflow],
     policies: &HashMap<PolicyKey, Arc<Policy>>,
     calendars: &HashMap<String, Calendar>,
     as_of: DateTime<Utc>,
+    at: DateTime<Utc>,
 ) -> Vec<Option<Decision>> {
     plan::decide(
         due,
@@ -620,6 +626,7 @@ fn decide_all(
             Some(Rules { policy, calendar })
         },
         as_of,
+        at,
     )
 }
 

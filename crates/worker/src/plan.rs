@@ -41,7 +41,7 @@ pub struct BatchRef {
 pub struct Planned {
     /// The rows to write.
     pub effects: BatchEffects,
-    /// Escalations planned, with how late each is (as_of − due_at), for the latency histogram.
+    /// Escalations planned, with how late each is (applied − due_at), for the latency histogram.
     pub escalations: Vec<(Uuid, Duration)>,
     /// Workflows found past their deadline (escalated or at the end of their chain).
     pub over_sla: u64,
@@ -70,28 +70,40 @@ pub fn recipients_needed(due: &[DueWorkflow], decisions: &[Option<Decision>]) ->
     ids.into_iter().collect()
 }
 
-/// Evaluates every claimed workflow; None where its rules are missing.
+/// Evaluates every claimed workflow as due at `as_of`, new deadlines from `at`
+/// ([`escalator_policy::evaluate_applied`]); None where its rules are missing.
 pub fn decide<'a>(
     due: &[DueWorkflow],
     rules: impl Fn(&Workflow) -> Option<Rules<'a>>,
     as_of: DateTime<Utc>,
+    at: DateTime<Utc>,
 ) -> Vec<Option<Decision>> {
     due.iter()
         .map(|d| {
             let r = rules(&d.workflow)?;
             let snapshot = d.workflow.snapshot(d.assignee_manager.clone());
-            Some(escalator_policy::evaluate(
-                &snapshot, r.policy, r.calendar, as_of,
+            Some(escalator_policy::evaluate_applied(
+                &snapshot, r.policy, r.calendar, as_of, at,
             ))
         })
         .collect()
+}
+
+/// The moment a check at `as_of` carries its decisions out when the clock reads `now`: `now`,
+/// or `as_of` itself for a check asked about the future. New levels' deadlines and the rows'
+/// timestamps (reminded, escalated, exhausted) date from it. Whole microseconds, as the
+/// databases store instants, so the audit's copy of a deadline equals the workflow's.
+pub fn applied_at(as_of: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound as _;
+    now.trunc_subsecs(6).max(as_of)
 }
 
 /// The channels each policy version sends on to people who have not chosen their own (only
 /// policies that say so).
 pub type PolicyChannels = HashMap<(String, i32), Vec<String>>;
 
-/// Builds the batch's rows from its decisions. `users` holds (at least) the recipients;
+/// Builds the batch's rows from its decisions, dated `at` (the moment they are applied:
+/// [`applied_at`]). `users` holds (at least) the recipients;
 /// messages follow `settings` ([`crate::message::settings`] in a running process), and `channels`
 /// holds the defaults of the policies that set them.
 pub fn build(
@@ -99,7 +111,7 @@ pub fn build(
     decisions: &[Option<Decision>],
     users: &HashMap<String, User>,
     batch: BatchRef,
-    as_of: DateTime<Utc>,
+    at: DateTime<Utc>,
     settings: &MessageSettings,
     channels: &PolicyChannels,
 ) -> Planned {
@@ -116,10 +128,10 @@ pub fn build(
                 .push((w.id, "policy or calendar unavailable".into()));
             out.effects
                 .changes
-                .push(reschedule(w, Some(as_of + SET_ASIDE)));
+                .push(reschedule(w, Some(at + SET_ASIDE)));
             continue;
         };
-        let mut e = Effect::new(w, batch.check_run_id, as_of, settings);
+        let mut e = Effect::new(w, batch.check_run_id, at, settings);
         e.default_channels = channels
             .get(&(w.policy_id.clone(), w.policy_version))
             .map(Vec::as_slice);
@@ -131,7 +143,7 @@ pub fn build(
             }
             Decision::Remind { level } => {
                 let mut c = reschedule(w, Some(w.due_at));
-                c.reminded_at = Some(as_of);
+                c.reminded_at = Some(at);
                 out.effects.changes.push(c);
                 e.audit(
                     "remind",
@@ -154,7 +166,7 @@ pub fn build(
                 deadlines,
             } => {
                 out.over_sla += 1;
-                out.escalations.push((w.id, as_of - w.due_at));
+                out.escalations.push((w.id, at - w.due_at));
                 let level_i = to_i32(*level);
                 out.effects.changes.push(WorkflowChange {
                     status: Status::Escalated,
@@ -164,7 +176,7 @@ pub fn build(
                     due_at: deadlines.due_at,
                     paused_seconds: 0,
                     reminded_at: None,
-                    escalated_at: Some(as_of),
+                    escalated_at: Some(at),
                     exhausted_at: None,
                     next_check_at: Some(deadlines.warn_at),
                     ..reschedule(w, None)
@@ -191,7 +203,7 @@ pub fn build(
             } => {
                 out.over_sla += 1;
                 let mut c = reschedule(w, *next_check_at);
-                c.exhausted_at = Some(as_of);
+                c.exhausted_at = Some(at);
                 out.effects.changes.push(c);
                 let details = serde_json::json!({ "reason": reason.as_str(), "due_at": w.due_at });
                 e.audit("exhausted", *level, None, &w.assignee, details);
@@ -214,7 +226,7 @@ pub fn build(
                     serde_json::json!({ "repeat": true }),
                 );
                 let to = recipients_once(&w.assignee, &w.initiator);
-                e.notify(users, Kind::Exhausted, &to, *level, Some(as_of));
+                e.notify(users, Kind::Exhausted, &to, *level, Some(at));
             }
         }
         out.effects.audits.extend(e.audits);
@@ -225,15 +237,15 @@ pub fn build(
     out
 }
 
-/// The rows that set a workflow aside for [`SET_ASIDE`] after `as_of`, counted as a failure
+/// The rows that set a workflow aside for [`SET_ASIDE`] after `at`, counted as a failure
 /// of its run: its next check moves, nothing else changes (its own effects were refused).
-pub fn set_aside(w: &Workflow, batch: BatchRef, as_of: DateTime<Utc>, why: String) -> Planned {
+pub fn set_aside(w: &Workflow, batch: BatchRef, at: DateTime<Utc>, why: String) -> Planned {
     let mut out = Planned::default();
     out.effects.check_run_id = batch.check_run_id;
     out.effects.batch_index = batch.batch_index;
     out.effects
         .changes
-        .push(reschedule(w, Some(as_of + SET_ASIDE)));
+        .push(reschedule(w, Some(at + SET_ASIDE)));
     out.effects.counts = BatchCounts {
         checked: 1,
         failed: 1,
@@ -277,7 +289,8 @@ fn to_i32(level: u32) -> i32 {
 struct Effect<'w> {
     w: &'w Workflow,
     check_run_id: Option<i64>,
-    as_of: DateTime<Utc>,
+    /// When the effect is made (dates its audit row's elapsed time).
+    at: DateTime<Utc>,
     settings: &'w MessageSettings,
     /// The policy's channels for recipients without their own choice (None: email).
     default_channels: Option<&'w [String]>,
@@ -290,13 +303,13 @@ impl<'w> Effect<'w> {
     fn new(
         w: &'w Workflow,
         check_run_id: Option<i64>,
-        as_of: DateTime<Utc>,
+        at: DateTime<Utc>,
         settings: &'w MessageSettings,
     ) -> Self {
         Effect {
             w,
             check_run_id,
-            as_of,
+            at,
             settings,
             default_channels: None,
             audits: Vec::new(),
@@ -324,7 +337,7 @@ impl<'w> Effect<'w> {
             level: to_i32(level),
             cycle: w.cycle,
             policy_version: w.policy_version,
-            elapsed_seconds: Some((self.as_of - w.level_started_at()).num_seconds().max(0)),
+            elapsed_seconds: Some((self.at - w.level_started_at()).num_seconds().max(0)),
             check_run_id: self.check_run_id,
             details,
         });
@@ -343,7 +356,7 @@ impl<'w> Effect<'w> {
                 "external_id": w.external_id, "title": w.title, "stage": w.stage,
                 "level": level, "cycle": w.cycle, "from": w.assignee, "to": target,
                 "initiator": w.initiator, "missed_due_at": w.due_at, "new_due_at": new_due_at,
-                "escalated_at": self.as_of, "check_run_id": self.check_run_id,
+                "escalated_at": self.at, "check_run_id": self.check_run_id,
                 "policy_id": w.policy_id, "policy_version": w.policy_version,
             }),
             idempotency_key: format!("event:escalate:{}:{}:{level}", w.id, w.cycle),

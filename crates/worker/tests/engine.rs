@@ -241,3 +241,64 @@ async fn workflows_sharing_one_deadline_are_spread_over_batches() {
     );
     assert_eq!(db.store.verify().await.unwrap(), vec![]);
 }
+
+/// A check that runs late (a backlog of jobs, a worker outage) escalated what had breached by
+/// its `as_of` and dated the new level's SLA from that `as_of` too: eleven days late, the new
+/// assignee got a deadline already past and was escalated over at the next check. The new
+/// level's clock starts when the escalation is made; what is due is still judged at `as_of`, so
+/// a second check at the same `as_of` finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_check_gives_the_new_assignee_the_whole_sla() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("engine");
+    let engine = engine(&db, &ns).await;
+    let started = Utc::now() - chrono::Duration::days(11);
+    let id = workflow(&db.store, started).await;
+    let as_of = started + chrono::Duration::hours(25);
+
+    let before = Utc::now();
+    let run = new_run(&db.store, Scope::Workflow(id), as_of).await;
+    let job = CheckWorkflows {
+        check_run_id: run.id,
+        as_of,
+        scope: Scope::Workflow(id),
+    };
+    engine.check_workflows(&job).await.unwrap();
+    let after = Utc::now();
+
+    let w = db.store.get_workflow(id).await.unwrap();
+    assert_eq!((w.assignee.as_str(), w.escalation_level), ("carol", 1));
+    let escalated_at = w.escalated_at.expect("escalated_at is recorded");
+    assert!(
+        before <= escalated_at && escalated_at <= after,
+        "escalated at {escalated_at}, the check ran between {before} and {after}"
+    );
+    assert_eq!(w.due_at, escalated_at + chrono::Duration::hours(24));
+    assert_eq!(w.warn_at, escalated_at + chrono::Duration::hours(22));
+    assert_eq!(w.next_check_at, Some(w.warn_at));
+    let audit = db.store.workflow_audit(id).await.unwrap();
+    let escalation = audit.iter().find(|a| a.action == "escalate").unwrap();
+    assert_eq!(
+        escalation.details["new_due_at"],
+        serde_json::json!(w.due_at),
+        "{escalation:?}"
+    );
+
+    // the same as_of again: nothing is due
+    let again = new_run(&db.store, Scope::All, as_of).await;
+    engine
+        .check_workflows(&CheckWorkflows {
+            check_run_id: again.id,
+            as_of,
+            scope: Scope::All,
+        })
+        .await
+        .unwrap();
+    let again = db.store.get_check_run(again.id).await.unwrap();
+    assert_eq!(
+        (again.status.as_str(), again.escalated, again.reminded),
+        ("succeeded", 0, 0),
+        "{again:?}"
+    );
+    assert_eq!(db.store.get_workflow(id).await.unwrap().version, w.version);
+}
