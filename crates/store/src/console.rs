@@ -163,7 +163,10 @@ impl Store {
                 let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
                     "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE 1"
                 ));
-                if let Some((exact, lower)) = needle(&search.text) {
+                if let Some((exact, _)) = needle(&search.text) {
+                    // SQLite's lower() folds only ASCII ("Über" stays "Über"): the title test is
+                    // a case-insensitive REGEXP of the literal text instead
+                    let pattern = format!("(?i){}", regex::escape(&exact));
                     q.push(" AND w.id IN (SELECT id FROM (SELECT w.id FROM workflows w WHERE w.external_id = ")
                         .push_bind(exact.clone());
                     filters(&mut q);
@@ -174,10 +177,9 @@ impl Store {
                     q.push(format!(
                         ") a UNION ALL SELECT id FROM (SELECT w.id FROM (SELECT * FROM workflows \
                          ORDER BY created_at DESC, id DESC LIMIT {TITLE_SEARCH_WINDOW}) w \
-                         WHERE instr(lower(w.title), "
+                         WHERE w.title REGEXP "
                     ))
-                    .push_bind(lower)
-                    .push(") > 0");
+                    .push_bind(pattern);
                     filters(&mut q);
                     q.push(order).push_bind(limit).push(") t)");
                 } else {

@@ -54,7 +54,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(30));
+            .busy_timeout(Duration::from_secs(30))
+            // SQLite's lower() folds only ASCII: title searches match case-insensitively
+            // through REGEXP (the regex crate's Unicode case folding) instead
+            .with_regexp();
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .min_connections(config.min_connections)
