@@ -23,6 +23,13 @@ pub const CHUNK: usize = 1_000;
 pub const MAX_DUE: u64 = 4_000;
 /// How long a push waits for a backlog to drain before giving up.
 pub const BACKLOG_PATIENCE: Duration = Duration::from_secs(300);
+/// Delivery jobs waiting past which a delivery request adds none. A delivery job is a nudge:
+/// each drains every due outbox row it can and pushes the next while rows remain, and the
+/// beat's sweep pushes one whenever rows are due and none waits. Without this cap, batches
+/// pushing one request each onto a queue that no worker takes (no sender configured anywhere,
+/// or the delivery workers down) filled it to [`MAX_DUE`], and then every batch waited
+/// [`BACKLOG_PATIENCE`] for room after its commit, timing out and holding back escalation.
+pub const MAX_QUEUED_DELIVERIES: u64 = 100;
 
 /// How long one Redis command may take. redis-rs's default (500 ms) turned a Redis slowed by
 /// a loaded machine, a fork for a snapshot or a long fetch script into errors that stop a
@@ -205,10 +212,19 @@ impl Queues {
         self.push(&queue, keyed).await
     }
 
-    /// Enqueues a delivery job.
-    pub async fn push_delivery(&self, job: &DeliverNotifications) -> Result<(), QueueError> {
+    /// Enqueues a delivery job, unless [`MAX_QUEUED_DELIVERIES`] are waiting already: returns
+    /// whether it did. Never waits for room.
+    pub async fn push_delivery(&self, job: &DeliverNotifications) -> Result<bool, QueueError> {
         let queue = self.names().deliveries.clone();
-        self.push(&queue, vec![(None, job.clone())]).await
+        let waiting = match self {
+            Queues::Redis { conn, .. } => due_jobs(&mut conn.clone(), &queue).await?,
+            Queues::Sqlite { pool, .. } => sqlite_stats(pool, &queue).await?.pending,
+        };
+        if waiting >= MAX_QUEUED_DELIVERIES {
+            return Ok(false);
+        }
+        self.push(&queue, vec![(None, job.clone())]).await?;
+        Ok(true)
     }
 
     /// Enqueues `n` no-op jobs (the queue-overhead benchmark), in bounded chunks.
@@ -425,29 +441,35 @@ async fn wait_for_room(
     queue: &str,
     incoming: usize,
 ) -> Result<(), QueueError> {
-    let config = apalis_redis::Config::default().queue(queue);
     let started = Instant::now();
     loop {
-        let (due, active): (u64, u64) = redis::pipe()
-            .cmd("ZCOUNT")
-            .arg(config.scheduled_jobs_set())
-            .arg("-inf")
-            .arg(unix_now() + 1)
-            .cmd("LLEN")
-            .arg(config.active_jobs_list())
-            .query_async(conn)
-            .await?;
-        if due + active + incoming as u64 <= MAX_DUE {
+        let due = due_jobs(conn, queue).await?;
+        if due + incoming as u64 <= MAX_DUE {
             return Ok(());
         }
         if started.elapsed() > BACKLOG_PATIENCE {
             return Err(QueueError::Backlogged {
                 queue: queue.to_owned(),
-                due: due + active,
+                due,
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Jobs of a Redis `queue` that a fetch can take now: due scheduled ones and waiting ones.
+async fn due_jobs(conn: &mut ConnectionManager, queue: &str) -> Result<u64, QueueError> {
+    let config = apalis_redis::Config::default().queue(queue);
+    let (due, active): (u64, u64) = redis::pipe()
+        .cmd("ZCOUNT")
+        .arg(config.scheduled_jobs_set())
+        .arg("-inf")
+        .arg(unix_now() + 1)
+        .cmd("LLEN")
+        .arg(config.active_jobs_list())
+        .query_async(conn)
+        .await?;
+    Ok(due + active)
 }
 
 async fn redis_stats(conn: &mut ConnectionManager, queue: &str) -> Result<QueueStats, QueueError> {

@@ -479,3 +479,53 @@ async fn finished_jobs_are_pruned_after_their_retention_on_sqlite() {
     .unwrap();
     finished_jobs_are_pruned_after_their_retention(&queues, &names).await;
 }
+
+/// Delivery requests onto a queue no worker takes (no sender configured anywhere, delivery
+/// workers down) stop adding jobs at [`MAX_QUEUED_DELIVERIES`], at once: they used to fill the
+/// queue to `MAX_DUE` and then wait `BACKLOG_PATIENCE` for room after every batch's commit, so
+/// each batch with effects timed out and escalation stalled.
+async fn delivery_requests_stop_at_a_cap_and_never_wait(queues: &Queues, names: &QueueNames) {
+    let job = DeliverNotifications::default();
+    let started = Instant::now();
+    let mut pushed = 0;
+    for _ in 0..MAX_QUEUED_DELIVERIES + 50 {
+        if queues.push_delivery(&job).await.unwrap() {
+            pushed += 1;
+        }
+    }
+    assert_eq!(pushed, MAX_QUEUED_DELIVERIES);
+    let deliveries = queues
+        .stats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.queue == names.deliveries)
+        .unwrap();
+    assert_eq!(deliveries.pending, MAX_QUEUED_DELIVERIES);
+    // 150 requests are a few round trips each, never a wait for room
+    assert!(
+        started.elapsed() < BACKLOG_PATIENCE / 10,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_requests_stop_at_a_cap_and_never_wait_on_redis() {
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    delivery_requests_stop_at_a_cap_and_never_wait(&queues, &ns.names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_requests_stop_at_a_cap_and_never_wait_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = QueueNames::default();
+    let queues = Queues::connect(
+        &format!("sqlite://{}", dir.path().join("queue.db").display()),
+        names.clone(),
+    )
+    .await
+    .unwrap();
+    delivery_requests_stop_at_a_cap_and_never_wait(&queues, &names).await;
+}

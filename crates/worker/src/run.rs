@@ -157,10 +157,15 @@ pub async fn run(
             "no email sender configured (ESCALATOR_SMTP_URL): notifications stay in the outbox"
         );
     }
+    let taken: Vec<&str> = names
+        .all()
+        .into_iter()
+        .filter(|q| delivering || *q != names.deliveries)
+        .collect();
     tracing::info!(
         concurrency = config.concurrency,
         max_attempts = config.max_attempts,
-        queues = ?names.all(),
+        queues = ?taken,
         "worker started"
     );
     run_supervised(monitor, shutdown, config.shutdown_timeout).await
