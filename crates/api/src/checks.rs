@@ -137,7 +137,6 @@ pub async fn create(
             "only a dry run takes a limit: a real check covers every due workflow",
         ));
     }
-    escalator_store::logic::check_real_as_of(as_of, now)?;
     Ok(enqueue(&s, scope, as_of, now).await?.into_response())
 }
 
@@ -239,6 +238,10 @@ pub async fn enqueue(
     as_of: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> ApiResult<(StatusCode, Json<CheckQueued>)> {
+    // here, not in each caller: the console's form enqueued a check dated 2099 (every
+    // workflow escalated, new deadlines 73 years out) because only the api's handler looked
+    escalator_store::time::check_instant("as_of", as_of)?;
+    escalator_store::logic::check_real_as_of(as_of, now)?;
     let run = s
         .store
         .create_check_run(&NewCheckRun {

@@ -51,6 +51,8 @@ async fn target(s: &AppState, form: &FormData) -> Result<(CheckScope, DateTime<U
         .filled("as_of")
         .map(parse_instant)
         .transpose()?
+        .map(|t| escalator_store::time::check_instant("as_of", t))
+        .transpose()?
         .unwrap_or_else(Utc::now);
     let scope = match form.filled("workflow_id") {
         None => CheckScope::All,

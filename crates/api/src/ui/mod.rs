@@ -147,6 +147,12 @@ impl From<ApiError> for UiError {
     fn from(e: ApiError) -> Self {
         let status = e.status();
         let message = match &e {
+            // the page has no field to point at: the message names it
+            ApiError::Client {
+                message,
+                field: Some(field),
+                ..
+            } if !message.contains(field.as_str()) => format!("{field}: {message}"),
             ApiError::Client { message, .. } => message.clone(),
             ApiError::Unavailable { what, source } => {
                 tracing::warn!(error = %source, "console: {what} unavailable");

@@ -328,6 +328,50 @@ async fn checks_are_previewed_without_writing_and_run_for_real() {
     assert!(c.get("/ui/checks", None).await.html.contains("queued"));
 }
 
+/// The console's "Run check" took any `as_of`: a check dated 2099 escalated every open
+/// workflow at once with deadlines 73 years out, one dated 0001 was recorded. It is held to
+/// the api's rules (no more than a minute ahead, years 1970–9999); a preview may look ahead.
+#[tokio::test]
+async fn a_check_run_from_the_console_may_not_be_dated_ahead_or_out_of_range() {
+    let c = console(Tokens::none()).await;
+    let w = c.workflow("PO-1", "Laptop", Duration::hours(3)).await;
+    let csrf = c.get("/ui/checks", None).await.csrf();
+    let ahead = (chrono::Utc::now() + Duration::days(3)).to_rfc3339();
+    for as_of in [
+        ahead.as_str(),
+        "2099-01-01T00:00:00Z",
+        "0001-01-01T00:00:00Z",
+        "1900-01-01T00:00:00Z",
+    ] {
+        let res = c
+            .post("/ui/checks", None, &[("csrf", &csrf), ("as_of", as_of)])
+            .await;
+        assert_eq!(
+            res.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{as_of}: {}",
+            res.html
+        );
+        assert!(res.html.contains("as_of"), "{as_of}: {}", res.html);
+    }
+    assert!(c.db.store.recent_check_runs(10).await.unwrap().is_empty());
+    assert_eq!(
+        c.db.store.get_workflow(w.id).await.unwrap().version,
+        w.version
+    );
+    // looking ahead without writing stays possible
+    c.get(
+        &format!("/ui/checks?preview=1&as_of={}", "2099-01-01T00:00:00Z"),
+        None,
+    )
+    .await
+    .assert_ok();
+    let res = c
+        .get("/ui/checks?preview=1&as_of=0001-01-01T00:00:00Z", None)
+        .await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.html);
+}
+
 #[tokio::test]
 async fn bad_input_gets_an_error_page_never_a_panic() {
     let c = console(Tokens::none()).await;
