@@ -14,6 +14,21 @@ pub struct Deadlines {
     pub due_at: DateTime<Utc>,
 }
 
+/// The instant that stands for "never": the last microsecond of year 9999, the latest instant
+/// both storage backends keep and order alike and that RFC 3339 can write. Deadlines further
+/// out (a calendar with little working time, an SLA of decades, the end of representable time)
+/// are this one, so what is computed is what is stored and read back on either backend.
+pub fn never() -> DateTime<Utc> {
+    chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_micro_opt(23, 59, 59, 999_999))
+        .map_or(DateTime::<Utc>::MAX_UTC, |t| t.and_utc())
+}
+
+/// `t`, or [`never`] if it lies beyond.
+pub fn at_most_never(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.min(never())
+}
+
 /// Deadlines of `level` for a stage (or level) that started at `started_at`, with
 /// `paused_seconds` of (business) time spent on hold since then. `calendar` `None` is 24x7
 /// (plain UTC seconds). Returns `None` if the policy has no such level.
@@ -33,8 +48,8 @@ pub fn schedule(
     let warn = policy.warn_offset_seconds(level)?;
     let paused = paused_seconds.max(0);
     Some(Deadlines {
-        warn_at: advance(started_at, warn.saturating_add(paused), calendar),
-        due_at: advance(started_at, sla.saturating_add(paused), calendar),
+        warn_at: at_most_never(advance(started_at, warn.saturating_add(paused), calendar)),
+        due_at: at_most_never(advance(started_at, sla.saturating_add(paused), calendar)),
     })
 }
 

@@ -273,9 +273,10 @@ fn breached(
         AfterLast::Repeat { every_seconds } => Some(every_seconds),
     };
     let next_check_at = every.map(|seconds| {
-        TimeDelta::try_seconds(seconds)
+        let next = TimeDelta::try_seconds(seconds)
             .and_then(|d| now.checked_add_signed(d))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        crate::clock::at_most_never(next)
     });
     match (snapshot.exhausted, next_check_at) {
         (false, _) => Decision::Exhausted {

@@ -635,14 +635,35 @@ async fn a_deadline_that_is_never_is_never_due(db: &TestDb) {
         .await
         .unwrap()
         .workflow;
-    assert!(chrono::Datelike::year(&w.due_at) > 9000, "{w:?}");
+    // never is the last microsecond of 9999 on both backends, as created and as read back
+    // (PostgreSQL stored the year 262142, SQLite answered the create with it and stored 9999)
+    let never = escalator_policy::never();
+    assert_eq!(never.to_rfc3339(), "9999-12-31T23:59:59.999999+00:00");
+    assert_eq!((w.warn_at, w.due_at), (never, never), "{w:?}");
+    let read = s.get_workflow(w.id).await.unwrap();
+    assert_eq!((read.warn_at, read.due_at), (never, never), "{read:?}");
+    // and so is a deadline that falls after the end of 9999 without a calendar
+    let late = s
+        .create_workflow(
+            &NewWorkflow {
+                stage_started_at: Some("9999-12-31T23:00:00Z".parse().unwrap()),
+                ..new_workflow("LATE-1")
+            },
+            t0(),
+        )
+        .await
+        .unwrap()
+        .workflow;
+    assert_eq!((late.warn_at, late.due_at), (never, never), "{late:?}");
+    let read = s.get_workflow(late.id).await.unwrap();
+    assert_eq!((read.warn_at, read.due_at), (never, never), "{read:?}");
     let soon = t0() + Duration::days(1);
     assert_eq!(s.count_due(soon).await.unwrap(), 0);
     assert!(s.peek_due(soon, 10).await.unwrap().is_empty());
     assert!(s.due_ranges(soon, 10).await.unwrap().is_empty());
     let earliest = s.earliest_next_check().await.unwrap();
     assert!(earliest.is_none_or(|t| t > soon), "{earliest:?}");
-    assert_eq!(s.sla_counts(soon).await.unwrap(), (1, 0, 0));
+    assert_eq!(s.sla_counts(soon).await.unwrap(), (2, 0, 0));
 }
 
 async fn claim_returns_only_due_open_workflows_oldest_first(db: &TestDb) {

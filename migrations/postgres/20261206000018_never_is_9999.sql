@@ -1,0 +1,11 @@
+-- "Never" is the last microsecond of year 9999 (escalator_policy::never): deadlines further out
+-- were stored as computed (a calendar with little working time gave the year 262142), which
+-- SQLite cannot order and RFC 3339 cannot write. Bring rows written before this to the same
+-- instant; the engine and the api write nothing later from now on.
+UPDATE workflows
+   SET warn_at = LEAST(warn_at, '9999-12-31 23:59:59.999999+00'),
+       due_at = LEAST(due_at, '9999-12-31 23:59:59.999999+00'),
+       next_check_at = LEAST(next_check_at, '9999-12-31 23:59:59.999999+00')
+ WHERE warn_at > '9999-12-31 23:59:59.999999+00'
+    OR due_at > '9999-12-31 23:59:59.999999+00'
+    OR next_check_at > '9999-12-31 23:59:59.999999+00';
