@@ -117,7 +117,8 @@ pub struct PutUser {
     pub email: Option<String>,
     /// Phone number.
     pub phone: Option<String>,
-    /// Slack member id or handle.
+    /// Slack member id or handle (letters, digits, `.`, `_`, `-`), or the `https://` URL of the
+    /// user's own incoming webhook (workers send only to `ESCALATOR_SLACK_USER_WEBHOOKS`).
     pub slack: Option<String>,
     /// An existing user; the chain of managers must not lead back to this user.
     pub manager_id: Option<String>,
@@ -182,6 +183,9 @@ pub async fn put(
     }
     if let Some(email) = &body.email {
         escalator_store::logic::check_email("email", email)?;
+    }
+    if let Some(slack) = &body.slack {
+        escalator_store::logic::check_slack("slack", slack)?;
     }
     if let Some(channels) = &body.channels {
         escalator_policy::check_channels("channels", channels)

@@ -195,6 +195,8 @@ impl DeliverySettings {
             sendgrid,
             twilio,
             slack_webhook_url: url(src, "ESCALATOR_SLACK_WEBHOOK_URL")?,
+            slack_user_webhooks: url(src, "ESCALATOR_SLACK_USER_WEBHOOKS")?
+                .unwrap_or_else(|| escalator_notify::SLACK_USER_WEBHOOKS.to_owned()),
             webhook,
         })
     }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use escalator_store::OutboxEntry;
+use lettre::address::Envelope;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::{Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::NotifyError;
 
@@ -85,21 +86,113 @@ impl Mailer {
                 transport,
                 deadline,
                 ..
-            } => match tokio::time::timeout(*deadline, transport.send(message)).await {
-                Err(_) => Err(NotifyError::Transient(format!(
-                    "SMTP: no answer within {} s",
-                    deadline.as_secs_f64()
-                ))),
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) if e.is_permanent() => Err(NotifyError::Permanent(format!("SMTP: {e}"))),
-                Ok(Err(e)) => Err(NotifyError::Transient(format!("SMTP: {e}"))),
-            },
+            } => {
+                let envelope = message.envelope().clone();
+                let raw = message.formatted();
+                match send_raw(transport, *deadline, &envelope, &raw).await {
+                    Err(NotifyError::Permanent(why)) if envelope.to().len() > 1 => {
+                        // A relay refusing one recipient (RCPT TO: 550 no such user) fails
+                        // the whole transaction before DATA, so nobody got it: one address
+                        // of someone who left must not cost the new assignee the escalation.
+                        tracing::warn!(
+                            key = %entry.idempotency_key, error = %why,
+                            "the relay refused the message; sending to each recipient alone"
+                        );
+                        let primaries = addresses_in(&entry.payload, "to")
+                            .iter()
+                            .filter_map(|a| a.parse::<Address>().ok())
+                            .collect::<Vec<_>>();
+                        one_by_one(transport, *deadline, &envelope, &raw, &primaries, entry).await
+                    }
+                    other => other,
+                }
+            }
             Mailer::Files { transport, dir, .. } => {
                 transport.send(message).await.map(|_| ()).map_err(|e| {
                     NotifyError::Transient(format!("writing to {}: {e}", dir.display()))
                 })
             }
         }
+    }
+}
+
+/// One SMTP transaction within `deadline`, its failure classified.
+async fn send_raw(
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    deadline: Duration,
+    envelope: &Envelope,
+    raw: &[u8],
+) -> Result<(), NotifyError> {
+    match tokio::time::timeout(deadline, transport.send_raw(envelope, raw)).await {
+        Err(_) => Err(NotifyError::Transient(format!(
+            "SMTP: no answer within {} s",
+            deadline.as_secs_f64()
+        ))),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(smtp_failure(&e)),
+    }
+}
+
+/// How a relay's refusal counts. 5xx replies are permanent, except those about our own
+/// credentials (530 authentication required, 534 mechanism too weak, 535 credentials
+/// invalid): no message is at fault, the configuration is, and once it is fixed every message
+/// should go, as for a missing sender. The rest is transient.
+fn smtp_failure(e: &lettre::transport::smtp::Error) -> NotifyError {
+    let code = e.status().map(u16::from);
+    match code {
+        Some(530 | 534 | 535) => NotifyError::Transient(format!(
+            "SMTP: the relay refused escalator's credentials (check ESCALATOR_SMTP_URL): {e}"
+        )),
+        _ if e.is_permanent() => NotifyError::Permanent(format!("SMTP: {e}")),
+        _ => NotifyError::Transient(format!("SMTP: {e}")),
+    }
+}
+
+/// Sends `raw` to each envelope recipient in a transaction of its own, the primary recipients
+/// first. A recipient refused for good is left out (logged). A transient failure before
+/// anyone has it fails the attempt (retried later, nobody gets it twice); after someone has it,
+/// that recipient is left out too, since a retry would send the others the message again. The
+/// message fails for good when every primary recipient was refused.
+async fn one_by_one(
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    deadline: Duration,
+    envelope: &Envelope,
+    raw: &[u8],
+    primaries: &[Address],
+    entry: &OutboxEntry,
+) -> Result<(), NotifyError> {
+    let mut order: Vec<&Address> = envelope.to().iter().collect();
+    order.sort_by_key(|a| !primaries.contains(a));
+    let mut delivered = 0;
+    let mut primary_delivered = false;
+    let mut refused = Vec::new();
+    for rcpt in order {
+        let single = Envelope::new(envelope.from().cloned(), vec![rcpt.clone()])
+            .map_err(|e| NotifyError::Permanent(format!("envelope for {rcpt}: {e}")))?;
+        match send_raw(transport, deadline, &single, raw).await {
+            Ok(()) => {
+                delivered += 1;
+                primary_delivered |= primaries.contains(rcpt);
+            }
+            Err(NotifyError::Transient(why)) if delivered == 0 => {
+                return Err(NotifyError::Transient(why));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    key = %entry.idempotency_key, recipient = %rcpt, error = %e,
+                    "recipient left out: the relay refused it"
+                );
+                refused.push(format!("{rcpt}: {e}"));
+            }
+        }
+    }
+    if primary_delivered {
+        Ok(())
+    } else {
+        Err(NotifyError::Permanent(format!(
+            "the relay refused every primary recipient ({})",
+            refused.join("; ")
+        )))
     }
 }
 
@@ -114,16 +207,7 @@ fn parse_from(from: &str) -> Result<Mailbox, NotifyError> {
 /// and line breaks in the subject are removed before).
 pub fn build(entry: &OutboxEntry, from: Mailbox) -> Result<Message, NotifyError> {
     let p = &entry.payload;
-    let list = |key: &str| -> Vec<String> {
-        match &p[key] {
-            serde_json::Value::Array(items) => items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            serde_json::Value::String(s) => vec![s.clone()],
-            _ => Vec::new(),
-        }
-    };
+    let list = |key: &str| addresses_in(p, key);
     let to = list("to");
     if to.is_empty() {
         return Err(NotifyError::Permanent("no recipient in the payload".into()));
@@ -174,6 +258,18 @@ pub fn build(entry: &OutboxEntry, from: Mailbox) -> Result<Message, NotifyError>
         .header(ContentType::TEXT_PLAIN)
         .body(body)
         .map_err(|e| NotifyError::Permanent(format!("cannot build the message: {e}")))
+}
+
+/// The addresses under `key` of an email payload: a list, or one string.
+pub fn addresses_in(payload: &serde_json::Value, key: &str) -> Vec<String> {
+    match &payload[key] {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        serde_json::Value::String(s) => vec![s.clone()],
+        _ => Vec::new(),
+    }
 }
 
 fn mailbox(address: &str) -> Result<Mailbox, NotifyError> {

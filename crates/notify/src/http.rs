@@ -73,9 +73,15 @@ pub struct HttpConfig {
     /// The Slack incoming webhook for users whose `slack` is a member id rather than a
     /// webhook URL of their own.
     pub slack_webhook_url: Option<String>,
+    /// What a user's own Slack webhook must start with ([`SLACK_USER_WEBHOOKS`] by default):
+    /// user records are not trusted to send workers' requests anywhere else.
+    pub slack_user_webhooks: String,
     /// Generic signed webhooks.
     pub webhook: Option<WebhookConfig>,
 }
+
+/// The default of [`HttpConfig::slack_user_webhooks`]: Slack's incoming webhooks.
+pub const SLACK_USER_WEBHOOKS: &str = "https://hooks.slack.com/";
 
 impl HttpConfig {
     /// True when any HTTP provider is configured.
@@ -150,11 +156,29 @@ impl HttpChannels {
             ));
         };
         let p = &entry.payload;
-        let to = addresses(&p["to"]);
+        // as over SMTP: an unusable address is left out rather than failing the message for
+        // everyone (the provider refuses the whole request with a 400)
+        let usable = |key: &str| -> Vec<String> {
+            crate::email::addresses_in(p, key)
+                .into_iter()
+                .filter(|a| match a.parse::<Mailbox>() {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(key = %entry.idempotency_key, address = %a, error = %e,
+                            "recipient left out");
+                        false
+                    }
+                })
+                .collect()
+        };
+        let to = usable("to");
         if to.is_empty() {
-            return Err(NotifyError::Permanent("no recipient in the payload".into()));
+            return Err(NotifyError::Permanent(format!(
+                "no valid recipient among {:?}",
+                crate::email::addresses_in(p, "to")
+            )));
         }
-        let cc = addresses(&p["cc"]);
+        let cc = usable("cc");
         let mut personalization =
             json!({ "to": to.iter().map(|a| json!({ "email": a })).collect::<Vec<_>>() });
         if !cc.is_empty() {
@@ -181,7 +205,7 @@ impl HttpChannels {
             .bearer_auth(&cfg.key)
             .header(IDEMPOTENCY_HEADER, &entry.idempotency_key)
             .json(&body);
-        classify("SendGrid", request.send().await).await
+        classify("SendGrid", request.send().await, Endpoint::Configured).await
     }
 
     /// Sends an outbox row of channel `sms` over the Twilio-style API.
@@ -213,7 +237,7 @@ impl HttpChannels {
                 ("From", cfg.from.as_str()),
                 ("Body", body.as_str()),
             ]);
-        classify("Twilio", request.send().await).await
+        classify("Twilio", request.send().await, Endpoint::Configured).await
     }
 
     /// Sends an outbox row of channel `slack`: to the user's own incoming webhook when their
@@ -221,9 +245,22 @@ impl HttpChannels {
     pub async fn send_slack(&self, entry: &OutboxEntry) -> Result<(), NotifyError> {
         let to = entry.payload["to"].as_str().unwrap_or(&entry.recipient);
         let mut message = text(&entry.payload["text"]);
-        let url = if to.starts_with("https://") || to.starts_with("http://") {
-            to.to_owned()
+        let (url, endpoint) = if to.contains("://") {
+            // a user's own webhook: only where Slack's are, never an internal address
+            let prefix = &self.config.slack_user_webhooks;
+            if !to.starts_with(prefix.as_str()) {
+                return Err(NotifyError::Permanent(format!(
+                    "a user's own Slack webhook must start with {prefix} \
+                     (ESCALATOR_SLACK_USER_WEBHOOKS); got {to:?}"
+                )));
+            }
+            (to.to_owned(), Endpoint::Users)
         } else {
+            // mentioned as <@id>: characters that end or extend a Slack mention (`>`, `|`,
+            // `<!channel>`, spaces) would let a user record ping a channel or plant a link
+            if let Err(e) = escalator_store::logic::check_slack("slack", to) {
+                return Err(NotifyError::Permanent(e.to_string()));
+            }
             let Some(url) = &self.config.slack_webhook_url else {
                 return Err(NotifyError::Config(
                     "Slack is not configured (ESCALATOR_SLACK_WEBHOOK_URL)".into(),
@@ -232,7 +269,7 @@ impl HttpChannels {
             if !to.is_empty() {
                 message = format!("<@{to}> {message}");
             }
-            url.clone()
+            (url.clone(), Endpoint::Configured)
         };
         self.limits.slack.until_ready().await;
         let request = self
@@ -240,7 +277,7 @@ impl HttpChannels {
             .post(url)
             .header(IDEMPOTENCY_HEADER, &entry.idempotency_key)
             .json(&json!({ "text": message }));
-        classify("Slack", request.send().await).await
+        classify("Slack", request.send().await, endpoint).await
     }
 
     /// Sends an outbox row of channel `webhook` (or `event`) as a signed CloudEvent.
@@ -266,7 +303,7 @@ impl HttpChannels {
             .header(TIMESTAMP_HEADER, &timestamp)
             .header(SIGNATURE_HEADER, format!("sha256={signature}"))
             .body(body);
-        classify("webhook", request.send().await).await
+        classify("webhook", request.send().await, Endpoint::Configured).await
     }
 }
 
@@ -300,8 +337,6 @@ pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> Result<String, Notify
 /// Longest Retry-After honoured; beyond it the normal backoff applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
 
-/// Transient: no answer in time, no connection, 408, 429, 5xx (with Retry-After when the
-/// provider gave one in seconds). Permanent: any other 4xx. 1xx/3xx count as transient.
 /// Up to `limit` bytes of a response's body (what could be read of it).
 async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
@@ -315,9 +350,23 @@ async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> 
     body
 }
 
+/// Whose credentials a request carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// A provider configured for escalator (its key, its URL).
+    Configured,
+    /// An address from a user's record (their own Slack webhook).
+    Users,
+}
+
+/// Transient: no answer in time, no connection, 408, 429, 5xx (with Retry-After when the
+/// provider gave one in seconds), and 401/403 from a configured provider (escalator's own key
+/// refused: the configuration is wrong, not the message, and every message should go once it
+/// is fixed). Permanent: any other 4xx. 1xx/3xx count as transient.
 async fn classify(
     provider: &str,
     sent: Result<reqwest::Response, reqwest::Error>,
+    endpoint: Endpoint,
 ) -> Result<(), NotifyError> {
     let response = match sent {
         Ok(r) => r,
@@ -357,6 +406,12 @@ async fn classify(
         .take(300)
         .collect();
     let error = format!("{provider}: HTTP {status}: {detail}");
+    let credentials = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    if credentials && endpoint == Endpoint::Configured {
+        return Err(NotifyError::Transient(format!(
+            "{error} (escalator's credentials for {provider} were refused: check its settings)"
+        )));
+    }
     if status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
         || status.is_server_error()
@@ -393,17 +448,6 @@ fn text(v: &Value) -> String {
 /// Header values never carry line breaks.
 pub fn header_safe(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
-}
-
-fn addresses(v: &Value) -> Vec<String> {
-    match v {
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        Value::String(s) => vec![s.clone()],
-        _ => Vec::new(),
-    }
 }
 
 #[cfg(test)]

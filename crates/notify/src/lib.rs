@@ -9,7 +9,9 @@ pub mod template;
 
 pub use deliver::{Deliverer, DeliveryReport, retry_delay};
 pub use email::Mailer;
-pub use http::{HttpChannels, HttpConfig, SendGridConfig, TwilioConfig, WebhookConfig};
+pub use http::{
+    HttpChannels, HttpConfig, SLACK_USER_WEBHOOKS, SendGridConfig, TwilioConfig, WebhookConfig,
+};
 pub use template::Templates;
 
 /// How a delivery failed.

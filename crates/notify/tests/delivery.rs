@@ -9,7 +9,7 @@ use chrono::Utc;
 use escalator_notify::{Deliverer, Mailer};
 use escalator_store::{BatchEffects, NewOutbox, Store};
 use escalator_testkit::TestDb;
-use escalator_testkit::smtp::smtp_sink;
+use escalator_testkit::smtp::{Picky, picky_smtp_sink, smtp_sink};
 use tokio::net::TcpListener;
 
 /// Writes `n` email outbox rows the way a batch does.
@@ -137,6 +137,113 @@ async fn a_temporary_refusal_is_retried_later_and_a_permanent_one_is_dead() {
         1
     );
     assert_eq!(statuses(&db.store).await, ["pending"]);
+}
+
+/// One email row as an escalation writes it: to the new assignee, cc the others.
+async fn escalation_email(store: &Store, to: &str, cc: &[&str]) {
+    let effects = BatchEffects {
+        outbox: vec![NewOutbox {
+            channel: "email",
+            recipient: to.into(),
+            workflow_id: None,
+            payload: serde_json::json!({
+                "to": [to], "cc": cc, "subject": "Escalated", "body": "It is overdue."
+            }),
+            idempotency_key: "escalate:9:1:1:email".into(),
+        }],
+        ..Default::default()
+    };
+    let mut tx = store.begin_batch().await.unwrap();
+    tx.apply(&effects, Utc::now()).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// A relay refusing one copy recipient (`RCPT TO`: 550 no such user, an initiator who left)
+/// ends the transaction before DATA, and the whole message was dead: the new assignee never
+/// got the escalation. The others get it, each in a transaction of their own.
+#[tokio::test]
+async fn a_recipient_the_relay_refuses_is_left_out_and_the_others_get_the_message() {
+    let db = TestDb::postgres().await;
+    escalation_email(
+        &db.store,
+        "boss@example.com",
+        &["mgr@example.com", "gone@example.com"],
+    )
+    .await;
+    let picky = Picky {
+        refuse_recipients_containing: Some("gone@"),
+        ..Picky::default()
+    };
+    let (port, received, envelopes) = picky_smtp_sink(picky).await;
+    let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.retried, report.dead), (1, 0, 0));
+    assert_eq!(statuses(&db.store).await, ["sent"]);
+    assert_eq!(
+        *envelopes.lock().unwrap(),
+        [
+            vec!["boss@example.com".to_owned()],
+            vec!["mgr@example.com".to_owned()]
+        ],
+        "the primary recipient first, the refused one left out"
+    );
+    {
+        let received = received.lock().unwrap();
+        assert_eq!(received.len(), 2);
+        assert!(received.iter().all(|m| m.contains("To: boss@example.com")));
+    }
+
+    // the new assignee's own address refused: the copies still go, the row is dead and says why
+    let db = TestDb::postgres().await;
+    escalation_email(&db.store, "gone@example.com", &["mgr@example.com"]).await;
+    let (port, _, envelopes) = picky_smtp_sink(picky).await;
+    let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.dead), (0, 1));
+    assert_eq!(
+        *envelopes.lock().unwrap(),
+        [vec!["mgr@example.com".to_owned()]]
+    );
+    let row = &db.store.list_outbox(&[], 10).await.unwrap()[0];
+    let error = row.last_error.as_deref().unwrap_or("");
+    assert!(
+        error.contains("every primary recipient") && error.contains("gone@example.com"),
+        "{row:?}"
+    );
+}
+
+/// A relay refusing escalator's credentials (535) made every message dead on its first
+/// attempt; it is the configuration that is wrong, so messages wait for it to be fixed, as
+/// they do without any sender.
+#[tokio::test]
+async fn refused_credentials_are_retried_not_dead() {
+    let db = TestDb::postgres().await;
+    escalation_email(&db.store, "boss@example.com", &[]).await;
+    let picky = Picky {
+        refuse_credentials: true,
+        ..Picky::default()
+    };
+    let (port, received, _) = picky_smtp_sink(picky).await;
+    let d = Deliverer {
+        mailer: Some(
+            Mailer::smtp(
+                &format!("smtp://escalator:wrong@127.0.0.1:{port}"),
+                "escalator <e@example.com>",
+            )
+            .unwrap(),
+        ),
+        ..deliverer(&db.store, port)
+    };
+    let report = d.drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.retried, report.dead), (0, 1, 0));
+    let row = &db.store.list_outbox(&[], 10).await.unwrap()[0];
+    assert_eq!(row.status, "failed");
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("credentials"),
+        "{row:?}"
+    );
+    assert!(received.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

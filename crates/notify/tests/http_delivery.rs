@@ -69,6 +69,7 @@ fn config(uri: &str) -> HttpConfig {
             from: "+15550001111".into(),
         }),
         slack_webhook_url: Some(format!("{uri}/slack/shared")),
+        slack_user_webhooks: format!("{uri}/"),
         webhook: Some(WebhookConfig {
             url: format!("{uri}/hooks/escalator"),
             secret: "whsec-test".into(),
@@ -192,6 +193,67 @@ async fn a_provider_failing_three_times_then_accepting_delivers_exactly_once() {
     assert_eq!(body["from"]["email"], "escalator@example.com");
     assert_eq!(body["subject"], "Escalated #0");
     assert_eq!(body["content"][1]["type"], "text/html");
+}
+
+/// A provider refusing escalator's own key (401, 403) made every message dead on its first
+/// attempt; the configuration is at fault, so messages are retried with backoff, as without
+/// any sender. A user's own webhook answering 403 is still that user's dead end. Unusable
+/// copy addresses are left out before the request, as over SMTP, instead of a 400 for all.
+#[tokio::test]
+async fn refused_credentials_are_retried_and_unusable_copies_left_out() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/mail/send"))
+        .respond_with(ResponseTemplate::new(401).set_body_string("invalid api key"))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/slack/own"))
+        .respond_with(ResponseTemplate::new(403).set_body_string("invalid_token"))
+        .mount(&server)
+        .await;
+    let mut mail = email(1);
+    mail.payload["cc"] = serde_json::json!(["a@b..c@x", "cc@example.com"]);
+    let own = format!("{}/slack/own", server.uri());
+    outbox(
+        &db.store,
+        vec![
+            mail,
+            row("slack", 2, serde_json::json!({ "to": own, "text": "hi" })),
+        ],
+    )
+    .await;
+    let r = deliverer(&db.store, config(&server.uri()))
+        .drain(10, 10)
+        .await
+        .unwrap();
+    assert_eq!((r.sent, r.retried, r.dead), (0, 1, 1));
+    let rows = rows(&db.store).await;
+    let by_channel = |c: &str| rows.iter().find(|r| r.channel == c).unwrap();
+    let email_row = by_channel("email");
+    assert_eq!(email_row.status, "failed", "{email_row:?}");
+    assert!(
+        email_row
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("credentials"),
+        "{email_row:?}"
+    );
+    assert_eq!(by_channel("slack").status, "dead");
+    let sent = server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.url.path() == "/v3/mail/send")
+        .unwrap();
+    let body: serde_json::Value = sent.body_json().unwrap();
+    assert_eq!(
+        body["personalizations"][0]["cc"],
+        serde_json::json!([{ "email": "cc@example.com" }])
+    );
 }
 
 #[tokio::test]
@@ -428,6 +490,51 @@ async fn slack_goes_to_a_users_own_webhook_when_they_have_one() {
     assert_eq!(body, serde_json::json!({ "text": "Escalated to you" }));
 }
 
+/// A user's `slack` was put into the shared channel's message as `<@{slack}>` unescaped, and
+/// any `http://` URL was taken as their own webhook: a user record could ping the whole
+/// channel with a planted link, or make workers POST to an internal address. Such rows are
+/// dead, nothing is sent, and the error says why.
+#[tokio::test]
+async fn a_users_slack_field_can_neither_ping_a_channel_nor_send_elsewhere() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let hostile = [
+        "U0HEAD> <!channel> <https://evil.example/login|Re-authenticate",
+        "U1 U2",
+        "http://127.0.0.1:9/internal-admin?x=1",
+        "https://evil.example/slack/own",
+    ];
+    let rows_in: Vec<_> = hostile
+        .iter()
+        .enumerate()
+        .map(|(i, to)| {
+            row(
+                "slack",
+                30 + i,
+                serde_json::json!({ "to": to, "text": "Escalated to you" }),
+            )
+        })
+        .collect();
+    outbox(&db.store, rows_in).await;
+    let r = deliverer(&db.store, config(&server.uri()))
+        .drain(10, 10)
+        .await
+        .unwrap();
+    assert_eq!((r.sent, r.retried, r.dead), (0, 0, 4));
+    assert!(server.received_requests().await.unwrap().is_empty());
+    for row in rows(&db.store).await {
+        let error = row.last_error.as_deref().unwrap_or("");
+        assert!(
+            error.contains("Slack member id") || error.contains("ESCALATOR_SLACK_USER_WEBHOOKS"),
+            "{row:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn each_provider_is_held_to_its_rate_limit() {
     let db = TestDb::postgres().await;
@@ -620,7 +727,9 @@ async fn an_endless_error_body_is_read_only_in_part() {
         )],
     )
     .await;
-    let d = deliverer(&db.store, config("http://127.0.0.1:9"));
+    let mut cfg = config("http://127.0.0.1:9");
+    cfg.slack_user_webhooks = format!("http://127.0.0.1:{port}/");
+    let d = deliverer(&db.store, cfg);
     let report = d.drain(10, 10).await.unwrap();
     assert_eq!(report.retried, 1, "{report:?}");
     let error = rows(&db.store).await[0]

@@ -140,6 +140,40 @@ pub fn check_email(field: &'static str, value: &str) -> Result<()> {
     }
 }
 
+/// Checks a user's `slack`: a member id or handle (`U024BE7LH`, `ana.lima`: letters, digits,
+/// `.`, `_`, `-`, at most 80), mentioned in messages as `<@…>`, or an `https://` URL of the
+/// user's own incoming webhook. Anything else could close the mention and ping a channel
+/// (`<!channel>`) or plant a link in the shared channel's messages.
+pub fn check_slack(field: &'static str, value: &str) -> Result<()> {
+    let invalid = |message: &str| {
+        Err(StoreError::Invalid {
+            field,
+            message: format!("{message} (got {value:?}; null removes it)"),
+        })
+    };
+    if value.contains("://") {
+        if !value.starts_with("https://") {
+            return invalid("a webhook must be an https:// URL");
+        }
+        if value.len() > 2_000 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return invalid("must be a webhook URL without spaces, at most 2,000 characters");
+        }
+        return Ok(());
+    }
+    let ok = (1..=80).contains(&value.chars().count())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        invalid(
+            "must be a Slack member id or handle (letters, digits, '.', '_', '-') \
+             or an https:// webhook URL",
+        )
+    }
+}
+
 /// How far ahead of this machine's clock a real check's `as_of` may be: clock skew between
 /// the caller and the service, no more.
 pub const AS_OF_SKEW: chrono::Duration = chrono::Duration::minutes(1);

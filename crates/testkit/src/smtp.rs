@@ -27,8 +27,39 @@ pub async fn smtp_sink(reject: Option<&'static str>) -> (u16, Arc<Mutex<Vec<Stri
 pub async fn switchable_smtp_sink(
     reject: Option<&'static str>,
 ) -> (u16, Arc<Mutex<Vec<String>>>, Switch) {
+    let (port, received, switch, _) = sink(reject, Picky::default()).await;
+    (port, received, switch)
+}
+
+/// What a [`picky_smtp_sink`] refuses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Picky {
+    /// `RCPT TO` of an address containing this gets `550 5.1.1 no such user` (the
+    /// transaction goes on, as real relays do; lettre then gives up before DATA).
+    pub refuse_recipients_containing: Option<&'static str>,
+    /// Advertise `AUTH PLAIN` and answer every AUTH with `535 5.7.8 credentials invalid`.
+    pub refuse_credentials: bool,
+}
+
+/// A sink refusing what `picky` says: (port, messages received, each accepted message's
+/// envelope recipients).
+pub async fn picky_smtp_sink(
+    picky: Picky,
+) -> (u16, Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<Vec<String>>>>) {
+    let (port, received, _, envelopes) = sink(None, picky).await;
+    (port, received, envelopes)
+}
+
+type Envelopes = Arc<Mutex<Vec<Vec<String>>>>;
+
+async fn sink(
+    reject: Option<&'static str>,
+    picky: Picky,
+) -> (u16, Arc<Mutex<Vec<String>>>, Switch, Envelopes) {
     let switch = Arc::new(Mutex::new(reject));
     let reject = switch.clone();
+    let envelopes: Envelopes = Arc::default();
+    let accepted = envelopes.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -40,6 +71,7 @@ pub async fn switchable_smtp_sink(
             };
             let store = store.clone();
             let reject = reject.clone();
+            let accepted = accepted.clone();
             tokio::spawn(async move {
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
@@ -50,10 +82,12 @@ pub async fn switchable_smtp_sink(
                 }
                 write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
                 let mut data: Option<String> = None;
+                let mut rcpts: Vec<String> = Vec::new();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Some(body) = data.as_mut() {
                         if line == "." {
                             store.lock().unwrap().push(data.take().unwrap());
+                            accepted.lock().unwrap().push(std::mem::take(&mut rcpts));
                             write.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
                         } else {
                             body.push_str(&line);
@@ -67,11 +101,30 @@ pub async fn switchable_smtp_sink(
                         .unwrap_or("")
                         .to_ascii_uppercase();
                     let reply: &[u8] = match verb.as_str() {
+                        "EHLO" if picky.refuse_credentials => {
+                            b"250-sink\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"
+                        }
                         "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+                        "AUTH" => b"535 5.7.8 credentials invalid\r\n",
                         "MAIL" => match rejecting(&reject) {
                             Some(code) => code.as_bytes(),
-                            None => b"250 2.1.0 ok\r\n",
+                            None => {
+                                rcpts.clear();
+                                b"250 2.1.0 ok\r\n"
+                            }
                         },
+                        "RCPT" => {
+                            let to = line.split_once(':').map_or("", |(_, a)| a.trim());
+                            match picky.refuse_recipients_containing {
+                                Some(marker) if to.contains(marker) => {
+                                    b"550 5.1.1 no such user\r\n"
+                                }
+                                _ => {
+                                    rcpts.push(to.trim_matches(['<', '>']).to_owned());
+                                    b"250 2.1.5 ok\r\n"
+                                }
+                            }
+                        }
                         "DATA" => {
                             data = Some(String::new());
                             b"354 go ahead\r\n"
@@ -89,7 +142,7 @@ pub async fn switchable_smtp_sink(
             });
         }
     });
-    (port, received, switch)
+    (port, received, switch, envelopes)
 }
 
 fn rejecting(switch: &Mutex<Option<&'static str>>) -> Option<&'static str> {

@@ -147,6 +147,39 @@ async fn users_are_upserted_and_circular_or_unknown_managers_refused() {
     .await;
     assert_eq!(res.json()["email"], Value::Null, "{}", res.text());
 
+    // a slack value is mentioned as <@…> in a shared channel, or is the user's own webhook:
+    // nothing that closes the mention, no plain http
+    for bad in [
+        "U0HEAD> <!channel> <https://evil.example/login|Re-authenticate",
+        "U1 U2",
+        "<@U1>",
+        "",
+        "http://127.0.0.1:8080/internal",
+        "https://hooks.slack.com/services/T0/B0/x y",
+    ] {
+        let (message, field) = put(
+            &api,
+            "/api/v1/users/zed",
+            json!({ "display_name": "Zed", "slack": bad }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(field.as_deref(), Some("slack"), "{bad:?}: {message}");
+    }
+    for good in [
+        "U024BE7LH",
+        "ana.lima",
+        "https://hooks.slack.com/services/T000/B000/XXXX",
+    ] {
+        let res = put(
+            &api,
+            "/api/v1/users/zed",
+            json!({ "display_name": "Zed", "slack": good }),
+        )
+        .await;
+        assert_eq!(res.json()["slack"], good, "{}", res.text());
+    }
+
     let page = api.get("/api/v1/users?limit=1").await.json();
     assert_eq!(page["items"][0]["id"], "alice");
     assert_eq!(page["next_after"], "alice");
