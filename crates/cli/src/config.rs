@@ -281,6 +281,10 @@ impl DeliverySettings {
         store: &escalator_store::Store,
     ) -> anyhow::Result<Option<escalator_notify::Deliverer>> {
         let templates = self.message_settings()?.templates;
+        let smtp_deadline = match &self.email {
+            EmailConfig::Smtp { timeout, .. } => Some(*timeout),
+            _ => None,
+        };
         let mailer = match &self.email {
             EmailConfig::Smtp { url, from, timeout } => Some(
                 escalator_notify::Mailer::smtp_with_deadline(url, from, *timeout)?,
@@ -298,13 +302,14 @@ impl DeliverySettings {
         if mailer.is_none() && http.is_none() {
             return Ok(None);
         }
+        let http_timeout = http.as_ref().map(|_| self.http.timeout);
         Ok(Some(escalator_notify::Deliverer {
             store: store.clone(),
             mailer,
             http,
             templates: templates.clone(),
             max_attempts: self.max_attempts,
-            lease: Duration::from_secs(120),
+            lease: escalator_notify::lease_for(smtp_deadline, http_timeout),
         }))
     }
 }

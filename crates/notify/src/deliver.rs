@@ -26,8 +26,33 @@ pub const PARALLEL_SENDS: usize = 8;
 /// Most rows one claim takes: two waves of parallel sends. Every row of a claim must be sent
 /// and recorded before its lease runs out, or another sender may claim and send it again; a
 /// round of 50 at 8 at a time against a relay taking its whole 30 s deadline per message needed
-/// 210 s against a 120 s lease. Two waves need at most 60 s.
+/// 210 s against a 120 s lease. The lease is sized for two waves ([`lease_for`]).
 pub const MAX_PER_CLAIM: u32 = 2 * PARALLEL_SENDS as u32;
+
+/// The shortest lease on claimed rows.
+pub const MIN_LEASE: Duration = Duration::from_secs(120);
+
+/// The lease a drain needs so that no claimed row outlives it: both waves of a claim at their
+/// longest, plus a margin for recording outcomes. An SMTP message takes at most its deadline
+/// (`smtp`) for the whole message and one more per recipient sent alone after a refusal
+/// ([`crate::email::MAX_SENT_ALONE`]); an HTTP request its `http` timeout. With a fixed 120 s
+/// lease, `ESCALATOR_SMTP_TIMEOUT=90` and a slow relay let a second sender claim and send the
+/// second wave again.
+pub fn lease_for(smtp: Option<Duration>, http: Option<Duration>) -> Duration {
+    let per_message = [
+        smtp.map(|d| d.saturating_mul(1 + crate::email::MAX_SENT_ALONE)),
+        http,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or_default();
+    let waves = MAX_PER_CLAIM.div_ceil(PARALLEL_SENDS as u32);
+    per_message
+        .saturating_mul(waves)
+        .saturating_add(Duration::from_secs(30))
+        .max(MIN_LEASE)
+}
 
 /// What one drain did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -285,8 +310,27 @@ impl Deliverer {
 
 #[cfg(test)]
 mod tests {
-    use super::retry_delay;
+    use super::{MIN_LEASE, lease_for, retry_delay};
     use std::time::Duration;
+
+    /// The lease covers both waves of a claim at their longest, whatever the timeouts: with a
+    /// fixed 120 s, `ESCALATOR_SMTP_TIMEOUT=90` left the second wave's rows claimable by a
+    /// second sender while the first was still sending them.
+    #[test]
+    fn the_lease_outlasts_both_waves_of_a_claim() {
+        let s = Duration::from_secs;
+        // 30 s per transaction, up to 1 + 4 per message, 2 waves, 30 s margin
+        assert_eq!(lease_for(Some(s(30)), Some(s(10))), s(330));
+        assert_eq!(lease_for(Some(s(90)), None), s(930));
+        assert_eq!(lease_for(None, Some(s(10))), MIN_LEASE);
+        assert_eq!(lease_for(None, Some(s(100))), s(230));
+        assert_eq!(lease_for(None, None), MIN_LEASE);
+        for secs in [1, 7, 30, 61, 300] {
+            let smtp = s(secs);
+            let longest_wave = smtp * (1 + crate::email::MAX_SENT_ALONE);
+            assert!(lease_for(Some(smtp), None) > longest_wave * 2, "{secs}");
+        }
+    }
 
     #[test]
     fn retries_back_off_exponentially_with_jitter_and_a_cap() {

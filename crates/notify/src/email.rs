@@ -148,6 +148,11 @@ fn smtp_failure(e: &lettre::transport::smtp::Error) -> NotifyError {
     }
 }
 
+/// Most recipients a refused message is sent to one by one (an escalation email has three at
+/// most: the new assignee and two copies); any beyond are left out, logged, so that a message
+/// takes a bounded time ([`crate::deliver::lease_for`]).
+pub const MAX_SENT_ALONE: u32 = 4;
+
 /// Sends `raw` to each envelope recipient in a transaction of its own, the primary recipients
 /// first. A recipient refused for good is left out (logged). A transient failure before
 /// anyone has it fails the attempt (retried later, nobody gets it twice); after someone has it,
@@ -166,7 +171,15 @@ async fn one_by_one(
     let mut delivered = 0;
     let mut primary_delivered = false;
     let mut refused = Vec::new();
-    for rcpt in order {
+    let limit = MAX_SENT_ALONE as usize;
+    for rcpt in order.iter().skip(limit) {
+        tracing::warn!(
+            key = %entry.idempotency_key, recipient = %rcpt,
+            "recipient left out: more than {limit} to send one by one"
+        );
+        refused.push(format!("{rcpt}: not tried (more than {limit} recipients)"));
+    }
+    for rcpt in order.into_iter().take(limit) {
         let single = Envelope::new(envelope.from().cloned(), vec![rcpt.clone()])
             .map_err(|e| NotifyError::Permanent(format!("envelope for {rcpt}: {e}")))?;
         match send_raw(transport, deadline, &single, raw).await {

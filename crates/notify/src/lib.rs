@@ -7,7 +7,7 @@ pub mod email;
 pub mod http;
 pub mod template;
 
-pub use deliver::{Deliverer, DeliveryReport, retry_delay};
+pub use deliver::{Deliverer, DeliveryReport, MIN_LEASE, lease_for, retry_delay};
 pub use email::Mailer;
 pub use http::{
     HttpChannels, HttpConfig, SLACK_USER_WEBHOOKS, SendGridConfig, TwilioConfig, WebhookConfig,
