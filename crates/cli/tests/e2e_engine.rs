@@ -323,6 +323,15 @@ async fn garbage_on_every_queue_is_dead_lettered_counted_and_survived() {
         let line = format!("escalator_jobs_total{{queue=\"{queue}\",outcome=\"malformed\"}} 1");
         assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
     }
+    // escalation failures count the planner's and the batches' jobs only
+    for queue in ["checks", "batches"] {
+        let line = format!("workflow_escalation_failures_total{{queue=\"{queue}\"}} 1");
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("workflow_escalation_failures_total{queue=\"noop\"}"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("workflow_tasks_escalated_total 150"),
         "{metrics}"

@@ -468,14 +468,21 @@ impl Engine {
         metrics::counter!(m::CHECKED).increment(u64::try_from(c.checked).unwrap_or(0));
         metrics::counter!(m::ESCALATED).increment(u64::try_from(c.escalated).unwrap_or(0));
         metrics::counter!(m::REMINDED).increment(u64::try_from(c.reminded).unwrap_or(0));
-        metrics::counter!(m::OVER_SLA).increment(planned.over_sla);
+        // as the counts: only workflows whose change committed (one completed through the api
+        // while its batch was in flight is skipped, I4, and is not counted either)
+        let changed: std::collections::HashSet<_> = applied.changed.iter().collect();
+        let over_sla = planned
+            .over_sla
+            .iter()
+            .filter(|id| changed.contains(id))
+            .count();
+        metrics::counter!(m::OVER_SLA).increment(over_sla as u64);
         if !planned.failures.is_empty() {
             metrics::counter!(m::FAILURES).increment(planned.failures.len() as u64);
             for (id, why) in &planned.failures {
                 tracing::warn!(workflow_id = %id, reason = %why, "workflow set aside");
             }
         }
-        let changed: std::collections::HashSet<_> = applied.changed.iter().collect();
         for (id, late) in &planned.escalations {
             if changed.contains(id) {
                 metrics::histogram!(m::LATENCY)

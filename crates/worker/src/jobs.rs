@@ -49,6 +49,15 @@ fn record(queue: &'static str, started: Instant, outcome: &Result<(), BoxDynErro
     metrics::counter!(m::JOBS, "queue" => queue, "outcome" => label).increment(1);
     metrics::histogram!(m::JOB_DURATION, "queue" => queue).record(started.elapsed().as_secs_f64());
     if label != "ok" {
+        escalation_failure(queue);
+    }
+}
+
+/// Counts a failed escalation job: the planner's or a batch's. Deliveries and no-op jobs have
+/// their own outcomes in `escalator_jobs_total` and `escalator_notifications_total`; counted
+/// here they paged EscalationJobFailing for a mail relay's hiccup.
+fn escalation_failure(queue: &'static str) {
+    if matches!(queue, "checks" | "batches") {
         metrics::counter!(m::FAILURES, "queue" => queue).increment(1);
     }
 }
@@ -56,7 +65,7 @@ fn record(queue: &'static str, started: Instant, outcome: &Result<(), BoxDynErro
 fn malformed(queue: &'static str, raw: &str, error: &str) -> Result<(), BoxDynError> {
     tracing::error!(queue, error, payload = raw, "malformed job dead-lettered");
     metrics::counter!(m::JOBS, "queue" => queue, "outcome" => "malformed").increment(1);
-    metrics::counter!(m::FAILURES, "queue" => queue).increment(1);
+    escalation_failure(queue);
     Err(attempt::malformed(raw, error))
 }
 

@@ -44,7 +44,7 @@ pub struct Planned {
     /// Escalations planned, with how late each is (applied − due_at), for the latency histogram.
     pub escalations: Vec<(Uuid, Duration)>,
     /// Workflows found past their deadline (escalated or at the end of their chain).
-    pub over_sla: u64,
+    pub over_sla: Vec<Uuid>,
     /// Workflows that could not be evaluated, with the reason.
     pub failures: Vec<(Uuid, String)>,
 }
@@ -165,7 +165,7 @@ pub fn build(
                 target,
                 deadlines,
             } => {
-                out.over_sla += 1;
+                out.over_sla.push(w.id);
                 out.escalations.push((w.id, at - w.due_at));
                 let level_i = to_i32(*level);
                 out.effects.changes.push(WorkflowChange {
@@ -201,7 +201,7 @@ pub fn build(
                 reason,
                 next_check_at,
             } => {
-                out.over_sla += 1;
+                out.over_sla.push(w.id);
                 let mut c = reschedule(w, *next_check_at);
                 c.exhausted_at = Some(at);
                 out.effects.changes.push(c);
@@ -214,7 +214,7 @@ pub fn build(
                 level,
                 next_check_at,
             } => {
-                out.over_sla += 1;
+                out.over_sla.push(w.id);
                 out.effects
                     .changes
                     .push(reschedule(w, Some(*next_check_at)));
