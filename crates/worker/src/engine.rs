@@ -19,10 +19,10 @@ use crate::plan::{self, BatchRef, Rules};
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The database failed (retry if transient).
-    #[error("store")]
+    #[error("the database")]
     Store(#[from] StoreError),
     /// The queue refused a push.
-    #[error("queue")]
+    #[error("the queue")]
     Queue(#[from] escalator_jobs::QueueError),
 }
 

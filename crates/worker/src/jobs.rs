@@ -32,10 +32,11 @@ pub struct HandlerContext {
 pub type Ctx = Arc<HandlerContext>;
 
 fn classify(e: EngineError) -> Failure {
+    let described: BoxDynError = attempt::with_causes(&e).into();
     if e.is_transient() {
-        Failure::Transient(Box::new(e))
+        Failure::Transient(described)
     } else {
-        Failure::Permanent(Box::new(e))
+        Failure::Permanent(described)
     }
 }
 
