@@ -96,7 +96,7 @@ pub struct Retried {
 
 #[utoipa::path(post, path = "/api/v1/jobs/{queue}/{id}/retry", tag = "jobs",
     params(
-        ("queue" = String, Path, description = "the queue, as listed (e.g. escalator:batches)"),
+        ("queue" = String, Path, description = "the queue, as listed (escalator:batches) or by its short name (batches)"),
         ("id" = String, Path, description = "the task id"),
     ),
     responses(
@@ -110,9 +110,10 @@ pub async fn retry(
     State(s): State<AppState>,
     PathParams((queue, id)): PathParams<(String, String)>,
 ) -> ApiResult<Json<Retried>> {
-    if !s.queues.names().all().contains(&queue.as_str()) {
+    // the short name (`batches`) is accepted for the namespaced one, as by the CLI
+    let Some(queue) = s.queues.names().resolve(&queue).map(str::to_owned) else {
         return Err(ApiError::not_found("queue", format!("{queue:?}")).with_field("queue"));
-    }
+    };
     if !s.queues.retry_dead(&queue, &id).await? {
         return Err(ApiError::client(
             StatusCode::NOT_FOUND,

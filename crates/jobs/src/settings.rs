@@ -40,6 +40,16 @@ impl QueueNames {
     pub fn all(&self) -> [&str; 4] {
         [&self.checks, &self.batches, &self.deliveries, &self.noop]
     }
+
+    /// The queue `name` stands for: its full name (`escalator:batches`) or its short one
+    /// (`batches`), as operators type it.
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        self.all().into_iter().find(|q| {
+            *q == name
+                || q.strip_suffix(name)
+                    .is_some_and(|prefix| !name.is_empty() && prefix.ends_with(':'))
+        })
+    }
 }
 
 impl Default for QueueNames {

@@ -53,11 +53,21 @@ async fn dead_jobs_are_listed_and_retried_once() {
     let (_, field) = api.post(&uri, json!({})).await.error(StatusCode::NOT_FOUND);
     assert_eq!(field.as_deref(), Some("id"));
 
-    let (_, field) = api
-        .post("/api/v1/jobs/elsewhere/job-1/retry", json!({}))
-        .await
-        .error(StatusCode::NOT_FOUND);
-    assert_eq!(field.as_deref(), Some("queue"));
+    // by its short name too, as `escalator jobs retry batches …` and the runbook say
+    bury(&queue, "job-2").await;
+    let res = api
+        .post("/api/v1/jobs/batches/job-2/retry", json!({}))
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["queue"], queue.as_str());
+
+    for unknown in ["elsewhere", "atches", ":batches"] {
+        let (_, field) = api
+            .post(&format!("/api/v1/jobs/{unknown}/job-1/retry"), json!({}))
+            .await
+            .error(StatusCode::NOT_FOUND);
+        assert_eq!(field.as_deref(), Some("queue"), "{unknown}");
+    }
     let (_, field) = api
         .get("/api/v1/jobs?status=done")
         .await

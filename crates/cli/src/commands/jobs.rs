@@ -57,12 +57,9 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             let retried = match (queue, id, all_dead) {
                 (_, _, true) => retry_all(&queues).await?,
                 (Some(q), Some(i), false) => {
-                    let names = queues.names().all();
                     // the short name (`batches`) is accepted for the namespaced one
-                    let Some(queue) = names
-                        .iter()
-                        .find(|n| **n == q || n.ends_with(&format!(":{q}")))
-                    else {
+                    let Some(queue) = queues.names().resolve(&q) else {
+                        let names = queues.names().all();
                         bail!("unknown queue {q:?}: expected one of {}", names.join(", "));
                     };
                     if !queues.retry_dead(queue, &i).await? {
