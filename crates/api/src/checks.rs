@@ -31,6 +31,7 @@ pub struct CreateCheck {
     #[serde(default)]
     pub dry_run: bool,
     /// Dry runs only: evaluate at most this many due workflows (1–10,000; default 1,000).
+    #[schema(minimum = 1, maximum = 10_000)]
     pub limit: Option<u32>,
 }
 

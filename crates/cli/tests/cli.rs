@@ -126,6 +126,54 @@ fn a_malformed_time_is_refused_with_the_expected_format() {
     );
 }
 
+/// Out-of-range counts and ports are refused by the command line, as the api refuses them:
+/// `--limit 0` evaluated nothing and said so, `dev --port 0` printed URLs on port 0.
+#[test]
+fn zero_limits_and_ports_are_refused() {
+    let out = escalator(
+        "sqlite://unused.db",
+        &["check", "--dry-run", "--limit", "0"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--limit"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = escalator("sqlite://unused.db", &["dev", "--port", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--port"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `escalator status | head -1` ended in a panic and exit 101 once `head` had closed the pipe.
+#[test]
+fn a_report_read_by_a_reader_that_goes_away_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("e.db").display());
+    let queue = format!("sqlite://{}", dir.path().join("e.db.queue").display());
+    assert!(escalator(&db, &["migrate"]).status.success());
+    for args in [&["status"][..], &["outbox", "list"], &["verify"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_escalator"))
+            .args(args)
+            .env("DATABASE_URL", &db)
+            .env("ESCALATOR_QUEUE_URL", &queue)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before the first line
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn help_describes_every_command() {
     let out = escalator("sqlite://unused.db", &["--help"]);

@@ -16,8 +16,9 @@ pub struct CheckArgs {
     /// Evaluate at this instant (RFC 3339); default: now.
     #[arg(long, value_parser = super::parse_time)]
     as_of: Option<DateTime<Utc>>,
-    /// Evaluate at most this many due workflows.
-    #[arg(long, default_value_t = 10_000)]
+    /// Evaluate at most this many due workflows (1–10,000, as the api's dry run).
+    #[arg(long, default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
     limit: u32,
     /// List this many of the workflows that would change.
     #[arg(long, default_value_t = 20)]
@@ -67,7 +68,7 @@ pub async fn run(database_url: &str, args: CheckArgs) -> anyhow::Result<()> {
                 Some(Decision::Remind { .. }) => format!("remind {}", w.assignee),
                 _ => String::new(),
             };
-            println!(
+            out!(
                 "{what:<10} {} {:<40} due {} {detail}",
                 w.id,
                 w.external_id,
@@ -77,7 +78,7 @@ pub async fn run(database_url: &str, args: CheckArgs) -> anyhow::Result<()> {
         }
     }
     let summary: Vec<String> = tally.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!(
+    out!(
         "dry run as of {}: due={} evaluated={} {} (nothing was written)",
         as_of.to_rfc3339(),
         report.total_due,

@@ -24,8 +24,9 @@ pub struct DevArgs {
     /// The SQLite database file (the queues go next to it, in `<file>.queue`).
     #[arg(long, default_value = "escalator-dev.db")]
     db: PathBuf,
-    /// Port of the api.
-    #[arg(long, default_value_t = 5000)]
+    /// Port of the api (1–65535: the printed URLs name it).
+    #[arg(long, default_value_t = 5000,
+          value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
 }
 

@@ -116,7 +116,7 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("enqueueing check run {} (marked failed)", run.id))?;
     if !args.wait {
-        println!(
+        out!(
             "check_run_id={} as_of={} scope={scope} status=queued",
             run.id,
             as_of.to_rfc3339()
@@ -134,7 +134,7 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
                 .finished_at
                 .map(|f| (f - r.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6)
                 .unwrap_or(0.0);
-            println!(
+            out!(
                 "check_run_id={} status={} checked={} reminded={} escalated={} failed={} seconds={seconds:.3} waited={:.3}",
                 r.id,
                 r.status,
@@ -197,7 +197,7 @@ async fn noops(args: NoopArgs) -> anyhow::Result<()> {
         .await
         .context("enqueueing no-op jobs")?;
     if !args.wait {
-        println!("enqueued {} no-op jobs on {noop_queue}", args.count);
+        out!("enqueued {} no-op jobs on {noop_queue}", args.count);
         return Ok(());
     }
     let deadline = Duration::from_secs(args.timeout);
@@ -206,7 +206,7 @@ async fn noops(args: NoopArgs) -> anyhow::Result<()> {
             .await?
             .saturating_sub(done_before);
         if done >= args.count {
-            println!(
+            out!(
                 "system=escalator noop_jobs={} seconds={:.3}",
                 args.count,
                 started.elapsed().as_secs_f64()

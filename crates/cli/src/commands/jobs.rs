@@ -40,14 +40,14 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             let dead = queues.dead_jobs(limit).await?;
             for d in &dead {
                 let payload: String = d.payload.chars().take(160).collect();
-                println!(
+                out!(
                     "{} {} {payload}\n    {}",
                     d.queue,
                     d.id,
                     d.error.as_deref().unwrap_or("")
                 );
             }
-            println!("{} dead job(s)", dead.len());
+            out!("{} dead job(s)", dead.len());
         }
         What::Retry {
             queue,
@@ -69,7 +69,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
                 }
                 _ => bail!("give a queue and a task id (see `escalator jobs dead`), or --all-dead"),
             };
-            println!("{retried} job(s) back in their queue");
+            out!("{retried} job(s) back in their queue");
         }
     }
     Ok(())

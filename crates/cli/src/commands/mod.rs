@@ -1,5 +1,14 @@
 //! One module per subcommand.
 
+/// `println!` for a command's report: a closed stdout (`escalator status | head -1`) is an
+/// error the command returns, which `main` ends quietly, instead of `println!`'s panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
 pub mod api;
 pub mod beat;
 pub mod check;

@@ -45,7 +45,7 @@ pub async fn run(database_url: &str, args: OutboxArgs) -> anyhow::Result<()> {
             };
             let rows = store.list_outbox(statuses, limit).await?;
             for r in &rows {
-                println!(
+                out!(
                     "#{:<8} {:<6} {:<7} {:<30} attempts={} next={} {}",
                     r.id,
                     r.channel,
@@ -57,7 +57,7 @@ pub async fn run(database_url: &str, args: OutboxArgs) -> anyhow::Result<()> {
                 );
             }
             let (waiting, due) = store.outbox_backlog(Utc::now()).await?;
-            println!(
+            out!(
                 "{} {status} shown; {waiting} waiting to be sent, {due} due now",
                 rows.len()
             );
@@ -73,7 +73,7 @@ pub async fn run(database_url: &str, args: OutboxArgs) -> anyhow::Result<()> {
                     id.unwrap_or_default()
                 );
             }
-            println!("{n} delivery(ies) queued again");
+            out!("{n} delivery(ies) queued again");
         }
     }
     Ok(())

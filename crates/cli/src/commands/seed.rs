@@ -95,7 +95,7 @@ pub async fn run(database_url: &str, args: SeedArgs) -> anyhow::Result<()> {
         .context("vacuuming the seeded tables")?;
 
     let (ok, warning, breached) = store.sla_counts(plan.now).await?;
-    println!(
+    out!(
         "seeded {} workflows and {} users in {:.1}s; as of {}: {ok} ok, {warning} warning, {breached} breached",
         plan.workflows,
         escalator_store::seed::USER_POOL,

@@ -13,7 +13,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let queues_failed = match queue_report().await {
         Ok(()) => None,
         Err(e) => {
-            println!("queues: UNREACHABLE: {e:#}");
+            out!("queues: UNREACHABLE: {e:#}");
             Some(e)
         }
     };
@@ -26,19 +26,22 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
 
 async fn queue_report() -> anyhow::Result<()> {
     let queues = super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv)?).await?;
-    println!("queues ({}):", super::worker::describe(&queues));
+    out!("queues ({}):", super::worker::describe(&queues));
     for q in queues.stats().await? {
-        println!(
+        out!(
             "  {:<28} pending={:<8} dead={:<6} done={}",
-            q.queue, q.pending, q.dead, q.done
+            q.queue,
+            q.pending,
+            q.dead,
+            q.done
         );
     }
     let dead = queues.dead_jobs(10).await?;
     if !dead.is_empty() {
-        println!("dead jobs (up to 10 per queue):");
+        out!("dead jobs (up to 10 per queue):");
         for d in dead {
             let payload: String = d.payload.chars().take(120).collect();
-            println!(
+            out!(
                 "  {} {} {payload} -- {}",
                 d.queue,
                 d.id,
@@ -52,7 +55,7 @@ async fn queue_report() -> anyhow::Result<()> {
 async fn database_report(store: &escalator_store::Store) -> anyhow::Result<()> {
     let now = Utc::now();
     let (ok, warning, breached) = store.sla_counts(now).await?;
-    println!(
+    out!(
         "workflows: ok={ok} warning={warning} breached={breached} due_now={} next_check={}",
         store.count_due(now).await?,
         store
@@ -61,9 +64,9 @@ async fn database_report(store: &escalator_store::Store) -> anyhow::Result<()> {
             .map(|t| t.to_rfc3339())
             .unwrap_or_else(|| "-".into())
     );
-    println!("recent check runs:");
+    out!("recent check runs:");
     for r in store.recent_check_runs(10).await? {
-        println!(
+        out!(
             "  #{:<6} {:<9} {:<8} as_of={} batches={}/{} checked={} reminded={} escalated={} failed={}",
             r.id,
             r.status,

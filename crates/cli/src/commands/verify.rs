@@ -9,14 +9,17 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let counts = store.table_counts().await?;
     store.close().await;
     if violations.is_empty() {
-        println!(
+        out!(
             "verify: ok — I1, I2, I4, I5 hold over {} workflows, {} audit rows, {} notifications, {} outbox rows",
-            counts.workflows, counts.audit_logs, counts.notifications, counts.outbox
+            counts.workflows,
+            counts.audit_logs,
+            counts.notifications,
+            counts.outbox
         );
         return Ok(());
     }
     for v in &violations {
-        println!("{} {}: {}", v.invariant, v.subject, v.rule);
+        out!("{} {}: {}", v.invariant, v.subject, v.rule);
     }
     bail!("{} violation(s) found", violations.len())
 }
