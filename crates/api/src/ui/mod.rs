@@ -101,6 +101,14 @@ impl FormData {
         )
     }
 
+    /// The first field of a submitted form whose value holds a NUL character (no stored text
+    /// can hold one): a form is refused for it, naming the field, as the api refuses JSON.
+    pub fn nul_field(bytes: &[u8]) -> Option<String> {
+        form_urlencoded::parse(bytes)
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+            .map(|(k, _)| k.replace('\0', "\u{FFFD}"))
+    }
+
     /// Parses a query string.
     pub fn parse_str(s: &str) -> FormData {
         FormData::parse(s.as_bytes())

@@ -195,6 +195,14 @@ pub async fn require_session(
                 "the form's security token is missing or stale: reload the page and try again",
             );
         }
+        // refused, not stored with a replacement character, as the api refuses it
+        if let Some(field) = FormData::nul_field(&bytes) {
+            return UiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{field}: must not contain a NUL character"),
+            )
+            .into_response();
+        }
     }
     parts.extensions.insert(session);
     parts.extensions.insert(form);
