@@ -6,7 +6,7 @@ use std::time::Duration;
 use escalator_api::Tokens;
 use escalator_beat::{BeatConfig, Schedule};
 use escalator_runtime::config::{
-    ConfigError, Source, addr, bounded, parse, seconds, seconds_or_never, string,
+    ConfigError, Source, addr, bounded, flag, seconds, seconds_or_never, string,
 };
 use escalator_worker::{EngineConfig, WorkerConfig};
 
@@ -243,7 +243,7 @@ impl DeliverySettings {
                     .into(),
             });
         }
-        let events = parse(src, "ESCALATOR_EVENTS", http.webhook.is_some())?;
+        let events = flag(src, "ESCALATOR_EVENTS", http.webhook.is_some())?;
         if events && http.webhook.is_none() {
             return Err(ConfigError {
                 name: "ESCALATOR_EVENTS",
@@ -334,14 +334,26 @@ impl BeatSettings {
             } else {
                 "ESCALATOR_SCHEDULE"
             };
+            let value = if name == "ESCALATOR_TIMEZONE" {
+                tz.clone()
+            } else {
+                expr.clone()
+            };
+            // the schedule's own message names the variable and value, as ConfigError does,
+            // and the cron parser's spans lines
+            let text = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let reason = text
+                .strip_prefix(&format!("{name}={value:?}: "))
+                .unwrap_or(&text)
+                .to_owned();
             ConfigError {
                 name,
-                value: if name == "ESCALATOR_TIMEZONE" {
-                    tz.clone()
-                } else {
-                    expr.clone()
-                },
-                reason: e.to_string(),
+                value,
+                reason,
             }
         })?;
         let holder = format!(
@@ -400,17 +412,7 @@ impl ApiSettings {
                 reason,
             })?,
         };
-        let insecure = match src.get("ESCALATOR_API_INSECURE").as_deref().map(str::trim) {
-            None | Some("0" | "false") => false,
-            Some("1" | "true") => true,
-            Some(other) => {
-                return Err(ConfigError {
-                    name: "ESCALATOR_API_INSECURE",
-                    value: other.to_owned(),
-                    reason: "expected 1 or 0".into(),
-                });
-            }
-        };
+        let insecure = flag(src, "ESCALATOR_API_INSECURE", false)?;
         if tokens.is_empty() && !insecure && !addr.ip().is_loopback() {
             return Err(ConfigError {
                 name: "ESCALATOR_API_ADDR",
@@ -511,6 +513,10 @@ mod tests {
         assert!(e.to_string().contains("ESCALATOR_WEBHOOK_URL"), "{e}");
         let e = DeliverySettings::from_env(&env(&[("ESCALATOR_EVENTS", "often")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_EVENTS");
+        // as .env.example writes it
+        let mut one = hook.to_vec();
+        one.push(("ESCALATOR_EVENTS", "1"));
+        assert!(DeliverySettings::from_env(&env(&one)).unwrap().events);
     }
 
     #[test]
@@ -523,6 +529,17 @@ mod tests {
         let e =
             WorkerSettings::from_env(&env(&[("ESCALATOR_SHUTDOWN_TIMEOUT", "soon")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_SHUTDOWN_TIMEOUT");
+        // named once, on one line (the schedule's message named it again)
+        for (name, value) in [
+            ("ESCALATOR_SCHEDULE", "bogus"),
+            ("ESCALATOR_TIMEZONE", "Mars/Olympus"),
+        ] {
+            let e = BeatSettings::from_env(&env(&[(name, value)])).unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.name, name);
+            assert_eq!(text.matches(name).count(), 1, "{text}");
+            assert!(!text.contains('\n'), "{text}");
+        }
     }
 
     #[test]
@@ -573,7 +590,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.name, "ESCALATOR_API_TOKENS");
         assert!(!e.to_string().contains("0123456789abcdef"), "{e}");
-        let e = ApiSettings::from_env(&env(&[("ESCALATOR_API_INSECURE", "yes")])).unwrap_err();
+        let e = ApiSettings::from_env(&env(&[("ESCALATOR_API_INSECURE", "perhaps")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_API_INSECURE");
         let e = ApiSettings::from_env(&env(&[("ESCALATOR_API_ADDR", "port 5000")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_API_ADDR");

@@ -82,6 +82,24 @@ where
     }
 }
 
+/// A switch: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off` (any case), `default`
+/// when unset. One spelling for every switch: `ESCALATOR_EVENTS=1`, as `.env.example` wrote
+/// it, was refused while `ESCALATOR_API_INSECURE` wanted exactly that.
+pub fn flag(src: &dyn Source, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    let Some(raw) = src.get(name) else {
+        return Ok(default);
+    };
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError {
+            name,
+            value: raw,
+            reason: "expected 1 or 0 (or true/false, yes/no, on/off)".into(),
+        }),
+    }
+}
+
 /// A positive integer within `range`.
 pub fn bounded(
     src: &dyn Source,
@@ -161,6 +179,23 @@ pub fn string(src: &dyn Source, name: &'static str, default: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switches_take_every_usual_spelling_and_refuse_others() {
+        let env = |v: &str| {
+            std::collections::HashMap::from([("ESCALATOR_EVENTS".to_owned(), v.to_owned())])
+        };
+        for on in ["1", "true", "TRUE", " yes ", "on"] {
+            assert!(flag(&env(on), "ESCALATOR_EVENTS", false).unwrap(), "{on}");
+        }
+        for off in ["0", "false", "No", "off"] {
+            assert!(!flag(&env(off), "ESCALATOR_EVENTS", true).unwrap(), "{off}");
+        }
+        let unset = std::collections::HashMap::<String, String>::new();
+        assert!(flag(&unset, "ESCALATOR_EVENTS", true).unwrap());
+        let e = flag(&env("maybe"), "ESCALATOR_EVENTS", false).unwrap_err();
+        assert_eq!((e.name, e.value.as_str()), ("ESCALATOR_EVENTS", "maybe"));
+    }
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
