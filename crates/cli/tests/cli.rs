@@ -113,6 +113,20 @@ fn seed_before_migrate_says_what_to_do() {
         "{}",
         text(&out.stderr)
     );
+    // so does every command that reads the schema (verify said "no such table: audit_logs")
+    for args in [
+        &["verify"][..],
+        &["check", "--dry-run"],
+        &["outbox", "list"],
+    ] {
+        let out = escalator(&url, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("run `escalator migrate`"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]

@@ -31,8 +31,14 @@ use escalator_store::{Store, StoreConfig};
 pub const KEPT_OPEN: u32 = 4;
 
 /// Connects to the database named by `url` for a one-shot command, with an error that names
-/// the variable.
+/// the variable; like services, refuses a database without this build's schema (`verify` on
+/// an unmigrated file said only "no such table: audit_logs").
 pub async fn connect(url: &str) -> anyhow::Result<Store> {
+    require_schema(connect_with(StoreConfig::new(url)).await?, url).await
+}
+
+/// [`connect`] for `escalator migrate`, which brings the schema.
+pub async fn connect_to_migrate(url: &str) -> anyhow::Result<Store> {
     connect_with(StoreConfig::new(url)).await
 }
 
@@ -53,7 +59,15 @@ pub async fn bind_metrics(addr: std::net::SocketAddr) -> anyhow::Result<tokio::n
 /// `DATABASE_URL` that opened an empty SQLite file, or a migration not yet applied during an
 /// upgrade): the process would otherwise take jobs and fail every one of them.
 pub async fn connect_service(url: &str) -> anyhow::Result<Store> {
-    let store = connect_with(StoreConfig::new(url).keeping_open(KEPT_OPEN)).await?;
+    require_schema(
+        connect_with(StoreConfig::new(url).keeping_open(KEPT_OPEN)).await?,
+        url,
+    )
+    .await
+}
+
+/// `store`, or an error saying to migrate when it lacks any of this build's migrations.
+async fn require_schema(store: Store, url: &str) -> anyhow::Result<Store> {
     let missing = store
         .missing_migrations()
         .await

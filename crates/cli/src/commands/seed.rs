@@ -96,7 +96,7 @@ pub async fn run(database_url: &str, args: SeedArgs) -> anyhow::Result<()> {
 
     let (ok, warning, breached) = store.sla_counts(plan.now).await?;
     out!(
-        "seeded {} workflows and {} users in {:.1}s; as of {}: {ok} ok, {warning} warning, {breached} breached",
+        "seeded {} workflows and {} users in {:.1}s; open workflows in the database as of {}: {ok} ok, {warning} warning, {breached} breached",
         plan.workflows,
         escalator_store::seed::USER_POOL,
         started.elapsed().as_secs_f64(),
