@@ -1,0 +1,81 @@
+//! Migrations that rewrite existing rows, run against rows as an older build left them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{Duration, TimeZone, Utc};
+use escalator_store::*;
+use escalator_testkit::TestDb;
+
+fn ctx(now: chrono::DateTime<Utc>) -> TransitionContext {
+    TransitionContext {
+        actor: "dave".into(),
+        reason: AuditReason::Manual,
+        expected_version: None,
+        comment: None,
+        now,
+    }
+}
+
+/// `20261206000018_never_is_9999` brings deadlines an older build stored past 9999 (the year
+/// 262142 for a calendar with little working time) to `policy::never`, and keeps a NULL next
+/// check NULL: `LEAST` alone turned it into 9999, which the `workflows` check refuses for a
+/// closed or held workflow, so the migration failed and every process then refused to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_deadlines_become_never_and_absent_next_checks_stay_absent() {
+    let db = TestDb::postgres().await;
+    let s = &db.store;
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap();
+    let mut ids = Vec::new();
+    for name in ["OPEN", "CLOSED", "HELD"] {
+        let new = NewWorkflow {
+            external_id: name.into(),
+            title: "Laptop".into(),
+            kind: "purchase".into(),
+            stage: "approval".into(),
+            assignee: "alice".into(),
+            initiator: "bob".into(),
+            escalation_target: Some("carol".into()),
+            policy_id: None,
+            stage_started_at: Some(t0),
+            metadata: serde_json::json!({}),
+        };
+        ids.push(s.create_workflow(&new, t0).await.unwrap().workflow.id);
+    }
+    let later = t0 + Duration::hours(1);
+    s.transition(ids[1], &Transition::Complete, &ctx(later))
+        .await
+        .unwrap();
+    s.transition(ids[2], &Transition::Hold, &ctx(later))
+        .await
+        .unwrap();
+    let Store::Postgres(pg) = s else {
+        unreachable!()
+    };
+    // as an older build stored them
+    sqlx::query(
+        "UPDATE workflows SET warn_at = '262142-12-31 23:00:00+00',
+                due_at = '262142-12-31 23:59:59+00',
+                next_check_at = CASE WHEN next_check_at IS NULL THEN NULL
+                                     ELSE '262142-12-31 23:00:00+00'::timestamptz END",
+    )
+    .execute(pg.pool())
+    .await
+    .unwrap();
+    sqlx::raw_sql(include_str!(
+        "../../../migrations/postgres/20261206000018_never_is_9999.sql"
+    ))
+    .execute(pg.pool())
+    .await
+    .unwrap();
+
+    let never = escalator_policy::never();
+    let open = s.get_workflow(ids[0]).await.unwrap();
+    assert_eq!(
+        (open.warn_at, open.due_at, open.next_check_at),
+        (never, never, Some(never))
+    );
+    for id in &ids[1..] {
+        let w = s.get_workflow(*id).await.unwrap();
+        assert_eq!((w.warn_at, w.due_at, w.next_check_at), (never, never, None));
+    }
+}
