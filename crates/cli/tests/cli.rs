@@ -188,6 +188,38 @@ fn a_report_read_by_a_reader_that_goes_away_ends_quietly() {
     }
 }
 
+/// `verify`'s exit status is its verdict: a reader that stops early (`escalator verify |
+/// head -1`) must not turn violations into success.
+#[tokio::test]
+async fn verify_fails_on_violations_whoever_reads_its_listing() {
+    let db = TestDb::sqlite().await;
+    assert!(
+        escalator(&db.url, &["seed", "--workflows", "20", "--seed", "1"])
+            .status
+            .success()
+    );
+    let escalator_store::Store::Sqlite(p) = &db.store else {
+        unreachable!()
+    };
+    sqlx::query("UPDATE workflows SET escalation_level = 1, status = 'escalated'")
+        .execute(p.pool())
+        .await
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("verify")
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("violation(s) found"), "{stderr}");
+}
+
 #[test]
 fn help_describes_every_command() {
     let out = escalator("sqlite://unused.db", &["--help"]);

@@ -5,8 +5,30 @@
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout(), $($arg)*)?;
+        writeln!(std::io::stdout(), $($arg)*).map_err($crate::commands::stdout_failed)?;
     }};
+}
+
+/// The reader of standard output went away: `main` ends the command quietly. Only [`out!`]
+/// raises it, so a database or Redis socket's broken pipe stays an error.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// What a failed write to standard output is.
+pub fn stdout_failed(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("writing to standard output")
+    }
 }
 
 pub mod api;

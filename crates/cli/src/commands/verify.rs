@@ -18,8 +18,21 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // the verdict is the exit status: a reader that stops early (`| head`) must not turn it
+    // into success, so a closed output ends the listing, not the failure
     for v in &violations {
-        out!("{} {}: {}", v.invariant, v.subject, v.rule);
+        use std::io::Write as _;
+        if writeln!(
+            std::io::stdout(),
+            "{} {}: {}",
+            v.invariant,
+            v.subject,
+            v.rule
+        )
+        .is_err()
+        {
+            break;
+        }
     }
     bail!("{} violation(s) found", violations.len())
 }
