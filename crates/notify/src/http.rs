@@ -98,6 +98,8 @@ impl HttpConfig {
 pub struct HttpChannels {
     client: reqwest::Client,
     config: HttpConfig,
+    /// [`HttpConfig::slack_user_webhooks`], parsed.
+    user_webhooks: reqwest::Url,
     from: Option<Mailbox>,
     limits: Arc<Limits>,
 }
@@ -114,6 +116,9 @@ impl HttpChannels {
     /// Builds the client; fails on an unusable setting, naming it.
     pub fn new(config: HttpConfig) -> Result<HttpChannels, NotifyError> {
         let client = reqwest::Client::builder()
+            // a redirect would take a request where its URL's check never looked (a user's
+            // own webhook answering 302 to an internal address); providers need none
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .user_agent(concat!("escalator/", env!("CARGO_PKG_VERSION")))
@@ -135,11 +140,21 @@ impl HttpChannels {
             slack: RateLimiter::direct(quota),
             webhook: RateLimiter::direct(quota),
         });
+        let user_webhooks = reqwest::Url::parse(&config.slack_user_webhooks)
+            .ok()
+            .filter(|u| u.has_host() && matches!(u.scheme(), "https" | "http"))
+            .ok_or_else(|| {
+                NotifyError::Config(format!(
+                    "ESCALATOR_SLACK_USER_WEBHOOKS={:?}: expected a URL such as {SLACK_USER_WEBHOOKS}",
+                    config.slack_user_webhooks
+                ))
+            })?;
         Ok(HttpChannels {
             client,
             config,
             from,
             limits,
+            user_webhooks,
         })
     }
 
@@ -248,7 +263,7 @@ impl HttpChannels {
         let (url, endpoint) = if to.contains("://") {
             // a user's own webhook: only where Slack's are, never an internal address
             let prefix = &self.config.slack_user_webhooks;
-            if !to.starts_with(prefix.as_str()) {
+            if !under(&self.user_webhooks, to) {
                 return Err(NotifyError::Permanent(format!(
                     "a user's own Slack webhook must start with {prefix} \
                      (ESCALATOR_SLACK_USER_WEBHOOKS); got {to:?}"
@@ -256,17 +271,18 @@ impl HttpChannels {
             }
             (to.to_owned(), Endpoint::Users)
         } else {
-            // mentioned as <@id>: characters that end or extend a Slack mention (`>`, `|`,
-            // `<!channel>`, spaces) would let a user record ping a channel or plant a link
-            if let Err(e) = escalator_store::logic::check_slack("slack", to) {
-                return Err(NotifyError::Permanent(e.to_string()));
-            }
             let Some(url) = &self.config.slack_webhook_url else {
                 return Err(NotifyError::Config(
                     "Slack is not configured (ESCALATOR_SLACK_WEBHOOK_URL)".into(),
                 ));
             };
             if !to.is_empty() {
+                // mentioned as <@id>: characters that end or extend a Slack mention (`>`,
+                // `|`, `<!channel>`, spaces) would let a user record ping a channel or plant
+                // a link
+                if let Err(e) = escalator_store::logic::check_slack("slack", to) {
+                    return Err(NotifyError::Permanent(e.to_string()));
+                }
                 message = format!("<@{to}> {message}");
             }
             (url.clone(), Endpoint::Configured)
@@ -305,6 +321,25 @@ impl HttpChannels {
             .body(body);
         classify("webhook", request.send().await, Endpoint::Configured).await
     }
+}
+
+/// Whether `url` lies under `allowed`: the same scheme, host and port, no user info, and a
+/// path at or below `allowed`'s. A text prefix was not enough: `https://hooks.slack.com` is
+/// one of `https://hooks.slack.com.evil.example/` and of `https://hooks.slack.com@10.0.0.5/`.
+fn under(allowed: &reqwest::Url, url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let base = allowed.path();
+    let path_ok = base.ends_with('/') && url.path().starts_with(base)
+        || url.path() == base
+        || url.path().starts_with(&format!("{base}/"));
+    url.scheme() == allowed.scheme()
+        && url.host_str() == allowed.host_str()
+        && url.port_or_known_default() == allowed.port_or_known_default()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && path_ok
 }
 
 /// The CloudEvents-shaped envelope of an outbox row: `id` is the idempotency key, so a

@@ -533,6 +533,53 @@ async fn a_users_slack_field_can_neither_ping_a_channel_nor_send_elsewhere() {
             "{row:?}"
         );
     }
+
+    // the allowed webhooks compared as URLs, not as text: with a setting without its final
+    // slash, user info or a longer port or host still lead elsewhere; and no redirect is
+    // followed out of an allowed webhook
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    let uri = server.uri();
+    Mock::given(method("POST"))
+        .and(path("/slack/moved"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("Location", "http://127.0.0.1:9/internal"),
+        )
+        .mount(&server)
+        .await;
+    let tricks = [
+        format!("{uri}@10.0.0.5/slack/own"),
+        format!("{uri}0/slack/own"),
+        format!("{uri}/slack/moved"),
+    ];
+    let rows_in: Vec<_> = tricks
+        .iter()
+        .enumerate()
+        .map(|(i, to)| {
+            row(
+                "slack",
+                40 + i,
+                serde_json::json!({ "to": to, "text": "x" }),
+            )
+        })
+        .collect();
+    outbox(&db.store, rows_in).await;
+    let mut cfg = config(&uri);
+    cfg.slack_user_webhooks = uri.clone();
+    let r = deliverer(&db.store, cfg).drain(10, 10).await.unwrap();
+    assert_eq!(
+        (r.sent, r.retried, r.dead),
+        (0, 1, 2),
+        "{:?}",
+        rows(&db.store).await
+    );
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(
+        requests.len(),
+        1,
+        "only the allowed one, and no redirect followed"
+    );
+    assert_eq!(requests[0].url.path(), "/slack/moved");
 }
 
 #[tokio::test]
