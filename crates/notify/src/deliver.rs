@@ -96,6 +96,22 @@ impl Deliverer {
         self.drain_as_of(Utc::now(), per_round, max_rounds).await
     }
 
+    /// [`Deliverer::drain`] that claims no new round once `budget` has passed (the round under
+    /// way finishes: at most one more lease), reporting `more` when it stopped early. A delivery
+    /// job runs it inside its attempt deadline, so the job is never cut off mid-send (a provider
+    /// may already have taken a message whose outcome then goes unrecorded, and it is sent again
+    /// after the lease).
+    pub async fn drain_within(
+        &self,
+        per_round: u32,
+        max_rounds: u32,
+        budget: Duration,
+    ) -> Result<DeliveryReport, StoreError> {
+        let until = std::time::Instant::now() + budget;
+        self.drain_until(Utc::now(), per_round, max_rounds, Some(until))
+            .await
+    }
+
     /// [`Deliverer::drain`] of the rows due at `as_of` (tests move time forward with it to
     /// make a retry due without waiting for its backoff).
     pub async fn drain_as_of(
@@ -103,6 +119,16 @@ impl Deliverer {
         as_of: DateTime<Utc>,
         per_round: u32,
         max_rounds: u32,
+    ) -> Result<DeliveryReport, StoreError> {
+        self.drain_until(as_of, per_round, max_rounds, None).await
+    }
+
+    async fn drain_until(
+        &self,
+        as_of: DateTime<Utc>,
+        per_round: u32,
+        max_rounds: u32,
+        until: Option<std::time::Instant>,
     ) -> Result<DeliveryReport, StoreError> {
         // the same number of rows in rounds no bigger than one lease can cover
         let total = per_round.saturating_mul(max_rounds);
@@ -115,6 +141,10 @@ impl Deliverer {
             tracing::info!(released, "released held deliveries of unfinished runs");
         }
         for round in 0..max_rounds {
+            if round > 0 && until.is_some_and(|t| std::time::Instant::now() >= t) {
+                report.more = true;
+                break;
+            }
             // each round's lease runs from its own claim: a drain of many rounds outlasts a
             // lease taken from its start, and rows claimed late would be due again mid-send
             let now = Utc::now().max(as_of);

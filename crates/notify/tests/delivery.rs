@@ -246,6 +246,26 @@ async fn refused_credentials_are_retried_not_dead() {
     assert!(received.lock().unwrap().is_empty());
 }
 
+/// A delivery job's drain stops claiming once its time is up and says there is more, instead
+/// of being cut off by the job's deadline in the middle of sending (a message the relay took
+/// would go unrecorded and be sent again after the lease): the claim under way finishes.
+#[tokio::test]
+async fn a_drain_out_of_time_finishes_its_claim_and_leaves_the_rest_for_the_next_job() {
+    let db = TestDb::postgres().await;
+    let (port, received) = smtp_sink(None).await;
+    outbox(&db.store, 40, "boss@example.com").await;
+    let d = deliverer(&db.store, port);
+    let report = d.drain_within(16, 10, Duration::ZERO).await.unwrap();
+    assert_eq!((report.sent, report.more), (16, true));
+    assert_eq!(received.lock().unwrap().len(), 16);
+    let report = d
+        .drain_within(16, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!((report.sent, report.more), (24, false));
+    assert_eq!(db.store.outbox_backlog(Utc::now()).await.unwrap(), (0, 0));
+}
+
 #[tokio::test]
 async fn an_unreachable_relay_is_a_transient_failure() {
     let db = TestDb::postgres().await;

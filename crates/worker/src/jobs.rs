@@ -194,9 +194,14 @@ pub async fn deliver_notifications(
         return Ok(());
     };
     let started = Instant::now();
-    let result = attempt::guarded(ctx.attempt_timeout, async move {
+    // no new claim after the attempt's own time; the claim under way may take its whole lease
+    // and is never cut off mid-send (a message the provider took would go unrecorded and be
+    // sent again after the lease)
+    let budget = ctx.attempt_timeout;
+    let deadline = budget.saturating_add(deliverer.lease);
+    let result = attempt::guarded(deadline, async move {
         deliverer
-            .drain(50, 40)
+            .drain_within(50, 40, budget)
             .await
             .map_err(|e| classify(EngineError::Store(e)))
     })
