@@ -7,7 +7,7 @@ use escalator_policy::{SlaStatus, Status};
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::model::{OutboxEntry, Workflow};
 use crate::rows::{OUTBOX_COLUMNS, WORKFLOW_COLUMNS, trusted};
 use crate::time::sqlite_ts;
@@ -52,6 +52,9 @@ pub struct BeatLeaseState {
 }
 
 /// The text search's needles: (trimmed, trimmed and lowercased); None when empty.
+/// The longest search text (longer than any external id, assignee or title a search finds).
+pub const MAX_SEARCH_CHARS: usize = 500;
+
 fn needle(text: &Option<String>) -> Option<(String, String)> {
     text.as_deref()
         .map(str::trim)
@@ -67,6 +70,16 @@ impl Store {
     /// titles among the newest [`TITLE_SEARCH_WINDOW`] workflows (read newest first, stopping
     /// at the page size).
     pub async fn search_workflows(&self, search: &WorkflowSearch) -> Result<Vec<Workflow>> {
+        if let Some(text) = &search.text
+            && text.chars().count() > MAX_SEARCH_CHARS
+        {
+            // no id, assignee or title is longer; on SQLite the text becomes a regex, whose
+            // compiled size a few kilobytes of letters would exceed (an error, not a result)
+            return Err(StoreError::Invalid {
+                field: "q",
+                message: format!("at most {MAX_SEARCH_CHARS} characters"),
+            });
+        }
         let limit = i64::from(search.limit.clamp(1, 1000));
         let by_deadline = search.sla_status.is_some();
         let order = if by_deadline {

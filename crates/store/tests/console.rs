@@ -263,6 +263,20 @@ async fn titles_match_whatever_the_case_of_their_letters(db: &TestDb) {
     assert_eq!(found("σίσυφ").await, [c.id]);
     assert!(found("l.ptop").await.is_empty());
     assert!(found("e*").await.is_empty());
+
+    // the longest text is searched (on SQLite it is a regex of 500 case-folded letters), a
+    // longer one is refused naming the parameter, never an internal error
+    let longest = "Ωé".repeat(MAX_SEARCH_CHARS / 2);
+    assert!(found(&longest).await.is_empty());
+    let search = WorkflowSearch {
+        text: Some(format!("{longest}x")),
+        limit: 10,
+        ..Default::default()
+    };
+    match s.search_workflows(&search).await {
+        Err(StoreError::Invalid { field: "q", .. }) => {}
+        other => panic!("expected q refused, got {other:?}"),
+    }
 }
 
 async fn an_sla_filter_orders_by_deadline_and_pages_on_it(db: &TestDb) {
