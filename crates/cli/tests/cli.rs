@@ -113,6 +113,26 @@ fn seed_before_migrate_says_what_to_do() {
         "{}",
         text(&out.stderr)
     );
+    // status still reports the queues first: it is what an operator reads mid-upgrade
+    let queue = format!("sqlite://{}", dir.path().join("empty.db.queue").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("status")
+        .env("DATABASE_URL", &url)
+        .env("ESCALATOR_QUEUE_URL", &queue)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("queues ("),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("run `escalator migrate`"),
+        "{}",
+        text(&out.stderr)
+    );
     // so does every command that reads the schema (verify said "no such table: audit_logs")
     for args in [
         &["verify"][..],

@@ -59,8 +59,9 @@ pub async fn connect(url: &str) -> anyhow::Result<Store> {
     require_schema(connect_with(StoreConfig::new(url)).await?, url).await
 }
 
-/// [`connect`] for `escalator migrate`, which brings the schema.
-pub async fn connect_to_migrate(url: &str) -> anyhow::Result<Store> {
+/// [`connect`] whatever the schema: for `escalator migrate`, which brings it, and `status`,
+/// which reports the queues before it checks the schema ([`require_schema`]).
+pub async fn connect_any_schema(url: &str) -> anyhow::Result<Store> {
     connect_with(StoreConfig::new(url)).await
 }
 
@@ -89,7 +90,7 @@ pub async fn connect_service(url: &str) -> anyhow::Result<Store> {
 }
 
 /// `store`, or an error saying to migrate when it lacks any of this build's migrations.
-async fn require_schema(store: Store, url: &str) -> anyhow::Result<Store> {
+pub async fn require_schema(store: Store, url: &str) -> anyhow::Result<Store> {
     let missing = store
         .missing_migrations()
         .await

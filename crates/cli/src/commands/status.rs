@@ -9,7 +9,7 @@ use crate::config::QueueConfig;
 /// reached (the report is what an operator reads first in an incident); the command then
 /// exits non-zero naming what failed.
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
-    let store = super::connect(database_url).await?;
+    let store = super::connect_any_schema(database_url).await?;
     let queues_failed = match queue_report().await {
         Ok(()) => None,
         Err(e) => {
@@ -17,6 +17,8 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
             Some(e)
         }
     };
+    // the queues are reported even mid-upgrade; the database part needs this build's schema
+    let store = super::require_schema(store, database_url).await?;
     database_report(&store).await?;
     match queues_failed {
         Some(e) => Err(e.context("the queues could not be read (the database part is above)")),
