@@ -183,6 +183,23 @@ fn zero_limits_and_ports_are_refused() {
     );
 }
 
+/// Runs `escalator args` whose reader of standard output is gone before its first line.
+fn with_closed_stdout(database_url: &str, queue_url: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_escalator"));
+    command
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(queue) = queue_url {
+        command.env("ESCALATOR_QUEUE_URL", queue);
+    }
+    let mut child = command.spawn().unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
 /// `escalator status | head -1` ended in a panic and exit 101 once `head` had closed the pipe.
 #[test]
 fn a_report_read_by_a_reader_that_goes_away_ends_quietly() {
@@ -191,17 +208,7 @@ fn a_report_read_by_a_reader_that_goes_away_ends_quietly() {
     let queue = format!("sqlite://{}", dir.path().join("e.db.queue").display());
     assert!(escalator(&db, &["migrate"]).status.success());
     for args in [&["status"][..], &["outbox", "list"], &["verify"]] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_escalator"))
-            .args(args)
-            .env("DATABASE_URL", &db)
-            .env("ESCALATOR_QUEUE_URL", &queue)
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take()); // the reader is gone before the first line
-        let out = child.wait_with_output().unwrap();
+        let out = with_closed_stdout(&db, Some(&queue), args);
         let stderr = text(&out.stderr);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
@@ -225,16 +232,7 @@ async fn verify_fails_on_violations_whoever_reads_its_listing() {
         .execute(p.pool())
         .await
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_escalator"))
-        .arg("verify")
-        .env("DATABASE_URL", &db.url)
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let out = with_closed_stdout(&db.url, None, &["verify"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("violation(s) found"), "{stderr}");

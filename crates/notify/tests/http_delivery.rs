@@ -490,6 +490,20 @@ async fn slack_goes_to_a_users_own_webhook_when_they_have_one() {
     assert_eq!(body, serde_json::json!({ "text": "Escalated to you" }));
 }
 
+/// One Slack row per recipient.
+fn slack_rows(to: &[impl AsRef<str>]) -> Vec<NewOutbox> {
+    to.iter()
+        .enumerate()
+        .map(|(i, to)| {
+            row(
+                "slack",
+                30 + i,
+                serde_json::json!({ "to": to.as_ref(), "text": "Escalated to you" }),
+            )
+        })
+        .collect()
+}
+
 /// A user's `slack` was put into the shared channel's message as `<@{slack}>` unescaped, and
 /// any `http://` URL was taken as their own webhook: a user record could ping the whole
 /// channel with a planted link, or make workers POST to an internal address. Such rows are
@@ -508,18 +522,7 @@ async fn a_users_slack_field_can_neither_ping_a_channel_nor_send_elsewhere() {
         "http://127.0.0.1:9/internal-admin?x=1",
         "https://evil.example/slack/own",
     ];
-    let rows_in: Vec<_> = hostile
-        .iter()
-        .enumerate()
-        .map(|(i, to)| {
-            row(
-                "slack",
-                30 + i,
-                serde_json::json!({ "to": to, "text": "Escalated to you" }),
-            )
-        })
-        .collect();
-    outbox(&db.store, rows_in).await;
+    outbox(&db.store, slack_rows(&hostile)).await;
     let r = deliverer(&db.store, config(&server.uri()))
         .drain(10, 10)
         .await
@@ -552,18 +555,7 @@ async fn a_users_slack_field_can_neither_ping_a_channel_nor_send_elsewhere() {
         format!("{uri}0/slack/own"),
         format!("{uri}/slack/moved"),
     ];
-    let rows_in: Vec<_> = tricks
-        .iter()
-        .enumerate()
-        .map(|(i, to)| {
-            row(
-                "slack",
-                40 + i,
-                serde_json::json!({ "to": to, "text": "x" }),
-            )
-        })
-        .collect();
-    outbox(&db.store, rows_in).await;
+    outbox(&db.store, slack_rows(&tricks)).await;
     let mut cfg = config(&uri);
     cfg.slack_user_webhooks = uri.clone();
     let r = deliverer(&db.store, cfg).drain(10, 10).await.unwrap();
