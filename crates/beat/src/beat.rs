@@ -233,6 +233,10 @@ impl Beat {
             wake = wake.min(t);
         }
         let until_wake = (wake - now).to_std().unwrap_or_default();
+        // a leader's step that completes is progress, whether or not a slot was due: touched
+        // only when it enqueued, a schedule with uneven gaps (`0 */15 8-18 * * Mon-Fri`)
+        // left a working leader unhealthy all night, and its liveness probe restarted it
+        self.health.touch();
         Ok(until_wake.min(idle).max(Duration::from_millis(10)))
     }
 

@@ -74,6 +74,30 @@ async fn workflow_started(store: &Store, started: DateTime<Utc>, now: DateTime<U
         .unwrap();
 }
 
+/// A leading beat whose steps complete is healthy whether or not a slot was due. It was
+/// touched only when it enqueued, so a schedule with uneven gaps (`0 */15 8-18 * * Mon-Fri`,
+/// a health window from its first gap) made a working leader unhealthy overnight, and the
+/// liveness probe restarted it again and again.
+#[tokio::test]
+async fn a_leader_between_slots_stays_healthy() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let health = Health::new(Duration::from_secs(1));
+    let mut beat = Beat::new(
+        db.store.clone(),
+        queues(&ns).await,
+        config("a", Duration::from_secs(600), Duration::from_secs(30)),
+        health.clone(),
+    );
+    beat.step(utc("2026-11-25T12:00:00.500Z")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert!(!health.check().1, "silent past its window");
+    // no slot is due at 12:05: the step still proves the loop alive
+    beat.step(utc("2026-11-25T12:05:00Z")).await.unwrap();
+    assert_eq!(scheduled(&db.store).await.len(), 1);
+    assert!(health.check().1, "{:?}", health.check());
+}
+
 #[tokio::test]
 async fn slots_missed_while_down_run_once_coalesced() {
     let db = TestDb::postgres().await;

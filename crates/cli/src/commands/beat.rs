@@ -16,7 +16,8 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
     let store = super::connect_service(database_url).await?;
     let queues = super::connect_queues(&queue_config).await?;
-    // unhealthy when a leader has not enqueued for two slots (plus a lease period of grace)
+    // unhealthy when no step has completed for two slot gaps plus a lease period (a leader
+    // steps at least every third of its lease, a standby too: a hung or failing loop)
     let now = chrono::Utc::now();
     let period = settings
         .beat
