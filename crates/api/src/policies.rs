@@ -136,6 +136,7 @@ pub async fn create_version(
     if let Some(calendar) = &body.spec.calendar_id {
         require_calendar(&s, calendar, "spec.calendar_id").await?;
     }
+    escalator_policy::check_targets(&body.spec).map_err(|e| invalid_spec("spec", e))?;
     let policy = Policy::new(body.spec).map_err(|e| invalid_spec("spec", e))?;
     let record = s
         .store

@@ -20,6 +20,6 @@ pub use decision::{
 };
 pub use error::PolicyError;
 pub use policy::{
-    AfterLast, CHANNELS, LevelSpec, MAX_DURATION_SECONDS, Policy, PolicySpec, Target, Warning,
-    check_channels,
+    AfterLast, CHANNELS, LevelSpec, MAX_DURATION_SECONDS, MAX_ID_CHARS, Policy, PolicySpec, Target,
+    Warning, check_channels, check_targets,
 };

@@ -14,6 +14,11 @@ use crate::PolicyError;
 /// representable; a bound far above any real SLA keeps both cheap and overflow-free.
 pub const MAX_DURATION_SECONDS: i64 = 100 * 365 * 86_400;
 
+/// The longest user id: ids become index keys (assignees, inbox recipients, unique keys), and
+/// PostgreSQL refuses an index entry past about 2.7 kB, so a longer id would be stored and then
+/// fail every check that escalates to it.
+pub const MAX_ID_CHARS: usize = 200;
+
 /// Who a level escalates to. Serialized as a string: `"manager"` or `"user:<id>"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -288,6 +293,35 @@ fn check_duration(field: &str, seconds: i64) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// Checks the user targets of a policy being written: ids that fit an index (a target too
+/// long for the assignee index set every workflow that reached it aside, every five minutes,
+/// for ever), without surrounding spaces or control characters (`"user: bob"` was a user of its
+/// own next to `"user:bob"`). Only for writes: a stored policy is read as it was accepted.
+pub fn check_targets(spec: &PolicySpec) -> Result<(), PolicyError> {
+    for (i, level) in spec.levels.iter().enumerate() {
+        let Target::User(id) = &level.target else {
+            continue;
+        };
+        let field = format!("levels[{i}].target");
+        if id.chars().count() > MAX_ID_CHARS {
+            return Err(PolicyError::new(
+                field,
+                format!(
+                    "user id must be at most {MAX_ID_CHARS} characters (got {})",
+                    id.chars().count()
+                ),
+            ));
+        }
+        if id.trim() != id || id.chars().any(char::is_control) {
+            return Err(PolicyError::new(
+                field,
+                format!("user id {id:?} has surrounding spaces or control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Rejects chains that would hand a workflow to nobody, to the person who already has it, or
 /// back to someone who already had it. Consecutive `Manager` levels are fine: each walks one
 /// step further up the org chart from the current assignee.
@@ -300,6 +334,7 @@ fn check_chain(levels: &[LevelSpec]) -> Result<(), PolicyError> {
             if id.trim().is_empty() {
                 return Err(PolicyError::new(field, "user id must not be empty"));
             }
+
             if previous == Some(&level.target) {
                 return Err(PolicyError::new(
                     field,
@@ -371,6 +406,25 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(stored.channels, None);
+    }
+
+    /// A 3,000-character target was accepted; every workflow reaching it was refused by the
+    /// assignee index and set aside every five minutes for ever. `"user: bob"` was a user of
+    /// its own next to `"user:bob"`.
+    #[test]
+    fn user_targets_fit_an_index_and_have_no_surrounding_spaces() {
+        let field_of = |spec: &PolicySpec| check_targets(spec).expect_err("refused").field;
+        let mut with = spec();
+        with.levels = vec![user(&"b".repeat(MAX_ID_CHARS), 14_400)];
+        check_targets(&with).unwrap();
+        with.levels = vec![user(&"b".repeat(MAX_ID_CHARS + 1), 14_400)];
+        assert_eq!(field_of(&with), "levels[0].target");
+        with.levels = vec![user("carol", 14_400), user(" bob", 14_400)];
+        assert_eq!(field_of(&with), "levels[1].target");
+        with.levels = vec![user("bo\tb", 14_400)];
+        assert_eq!(field_of(&with), "levels[0].target");
+        // what was stored before the check is still read
+        Policy::new(with).unwrap();
     }
 
     #[test]

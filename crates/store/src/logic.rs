@@ -40,8 +40,8 @@ pub fn validate_channels(channels: &[String]) -> std::result::Result<(), String>
 /// The longest identifier accepted (user ids, external ids, policy and calendar ids).
 /// Identifiers become index keys (assignees, inbox recipients, unique keys), and PostgreSQL
 /// refuses an index entry past about 2.7 kB: a longer id would be stored and then fail every
-/// check that escalates its workflow.
-pub const MAX_ID_CHARS: usize = 200;
+/// check that escalates its workflow. The same limit holds for policies' user targets.
+pub const MAX_ID_CHARS: usize = escalator_policy::MAX_ID_CHARS;
 
 /// Checks an identifier: not blank, at most [`MAX_ID_CHARS`] characters.
 pub fn check_id(field: &'static str, value: &str) -> Result<()> {

@@ -270,6 +270,17 @@ async fn policies_get_new_versions_and_bad_specs_name_the_field() {
     assert_eq!(field.as_deref(), Some("spec.sla_seconds"));
     let field = refused("channels", json!(["slack", "pager"])).await;
     assert_eq!(field.as_deref(), Some("spec.channels[1]"));
+    // a user target too long for the assignee index (every workflow reaching it was set aside
+    // for ever), or with surrounding spaces
+    let long = format!("user:{}", "x".repeat(3_000));
+    for target in [long.as_str(), "user: bob"] {
+        let field = refused(
+            "levels",
+            json!([{ "target": target, "sla_seconds": 86_400 }]),
+        )
+        .await;
+        assert_eq!(field.as_deref(), Some("spec.levels[0].target"), "{target}");
+    }
     let mut chatty = spec.clone();
     chatty["channels"] = json!(["slack", "email"]);
     let res = api
