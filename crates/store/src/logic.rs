@@ -423,7 +423,8 @@ pub fn plan_transition(
             )?;
             next.warn_at = d.warn_at;
             next.due_at = d.due_at;
-            next.next_check_at = open_next_check(&next);
+            next.next_check_at =
+                open_next_check(&next).or(exhausted_next_check(&next, policy, now));
             details.insert("paused_seconds".into(), paused.into());
         }
         Transition::Reassign { to } => {
@@ -438,6 +439,11 @@ pub fn plan_transition(
                 });
             }
             next.assignee = to.clone();
+            // an exhausted workflow waiting for nobody may now have a target (the new
+            // assignee's manager): looked at again, as a user write with a manager does
+            if next.status.is_open() && next.next_check_at.is_none() {
+                next.next_check_at = exhausted_next_check(&next, policy, now);
+            }
         }
         Transition::Advance { stage, assignee } => {
             if !current.status.is_open() {
@@ -496,6 +502,30 @@ pub fn plan_transition(
 /// exhausted and stopped) never.
 pub fn open_next_check(w: &Workflow) -> Option<DateTime<Utc>> {
     escalator_policy::next_check_at(&w.snapshot(None))
+}
+
+/// The next check of an open, exhausted workflow after a transition that changes what its
+/// evaluation may find (resume, reassign): a repeating policy's next renotification, `every`
+/// from `now`; otherwise `now`, so that the next check looks again (a target that now resolves
+/// wins; at the end of its chain it is unscheduled again). None for others. Resume used to
+/// leave an exhausted workflow unscheduled for good: a repeating policy's renotifications
+/// stopped after a hold, and a `no_target` exhaustion stayed stuck after a reassign.
+pub fn exhausted_next_check(
+    w: &Workflow,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if !w.status.is_open() || w.exhausted_at.is_none() {
+        return None;
+    }
+    match policy.spec().after_last {
+        escalator_policy::AfterLast::Repeat { every_seconds } => Some(
+            chrono::TimeDelta::try_seconds(every_seconds)
+                .and_then(|d| now.checked_add_signed(d))
+                .map_or(escalator_policy::never(), escalator_policy::at_most_never),
+        ),
+        escalator_policy::AfterLast::Stop => Some(now),
+    }
 }
 
 fn deadlines_for(

@@ -413,3 +413,98 @@ async fn a_workflow_exhausted_for_want_of_a_manager_escalates_once_one_is_set() 
     assert!(escalated.exhausted_at.is_none());
     assert!(escalated.next_check_at.is_some());
 }
+
+/// An exhausted workflow was left unscheduled for good by two transitions: reassigning one
+/// exhausted for want of a target (the new assignee has a manager) and resuming one whose
+/// policy repeats its notifications after the chain (they stopped after a hold). Both are
+/// scheduled again: the reassigned one is looked at by the next check and escalates, the
+/// resumed one renotifies an interval after its resume.
+#[tokio::test]
+async fn reassigning_or_resuming_an_exhausted_workflow_schedules_it_again() {
+    let api = spawn_api().await;
+    for (id, body) in [
+        ("boss", json!({ "display_name": "Boss" })),
+        ("alice", json!({ "display_name": "Alice" })),
+        (
+            "dave",
+            json!({ "display_name": "Dave", "manager_id": "boss" }),
+        ),
+    ] {
+        let res = put(&api, &format!("/api/v1/users/{id}"), body).await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    }
+    let exhausted = async |external_id: &str, policy: Option<&str>| {
+        let mut body = workflow_body(external_id);
+        if let Some(p) = policy {
+            body["policy_id"] = json!(p);
+        }
+        let w = api.post("/api/v1/workflows", body).await.json();
+        let id = w["id"].as_str().unwrap().to_owned();
+        let due_at: chrono::DateTime<chrono::Utc> = w["due_at"].as_str().unwrap().parse().unwrap();
+        check(&api, &id, due_at + chrono::Duration::minutes(1)).await;
+        let uuid: uuid::Uuid = id.parse().unwrap();
+        let w = api.db.store.get_workflow(uuid).await.unwrap();
+        assert!(w.exhausted_at.is_some(), "{w:?}");
+        (id, uuid, due_at)
+    };
+
+    // reassigned to someone with a manager: due again, and the next check escalates
+    let (id, uuid, due_at) = exhausted("EX-REASSIGN", None).await;
+    let res = api
+        .post(
+            &format!("/api/v1/workflows/{id}/reassign"),
+            json!({ "to": "dave" }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert!(res.json()["next_check_at"].is_string(), "{}", res.text());
+    check(&api, &id, due_at + chrono::Duration::minutes(2)).await;
+    let w = api.db.store.get_workflow(uuid).await.unwrap();
+    assert_eq!(
+        (w.assignee.as_str(), w.escalation_level),
+        ("boss", 1),
+        "{w:?}"
+    );
+
+    // a repeating policy: held and resumed, it renotifies an hour after the resume
+    let all = api.get("/api/v1/policies").await.json();
+    let mut spec = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "default")
+        .unwrap()["spec"]
+        .clone();
+    spec["after_last"] = json!({ "kind": "repeat", "every_seconds": 3_600 });
+    let res = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "nagging", "name": "Nagging", "spec": spec }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    let (id, uuid, _) = exhausted("EX-RESUME", Some("nagging")).await;
+    assert!(
+        api.db
+            .store
+            .get_workflow(uuid)
+            .await
+            .unwrap()
+            .next_check_at
+            .is_some()
+    );
+    for action in ["hold", "resume"] {
+        let res = api
+            .post(&format!("/api/v1/workflows/{id}/{action}"), json!({}))
+            .await;
+        assert_eq!(res.status, StatusCode::OK, "{action}: {}", res.text());
+    }
+    let resumed = chrono::Utc::now();
+    let w = api.db.store.get_workflow(uuid).await.unwrap();
+    let next = w.next_check_at.expect("scheduled again after resume");
+    let hour = chrono::Duration::hours(1);
+    assert!(
+        next > resumed - chrono::Duration::seconds(5) + hour && next <= resumed + hour,
+        "{next} for a resume at {resumed}"
+    );
+}
