@@ -43,6 +43,19 @@ pub struct Schedule {
 impl Schedule {
     /// Parses `expr` (seconds first) evaluated in the IANA zone `tz`.
     pub fn parse(expr: &str, tz: &str) -> Result<Self, ScheduleError> {
+        // the cron crate numbers weekdays as Quartz does (1 = Sunday, 0 refused), so the Unix
+        // `1-5` meant Sunday to Thursday, silently: days of the week must be named
+        if let Some(days) = expr.split_whitespace().nth(5)
+            && days.chars().any(|c| c.is_ascii_digit())
+        {
+            return Err(ScheduleError::Cron {
+                expr: expr.to_owned(),
+                reason: format!(
+                    "day of week {days:?} is numeric, which cron dialects number differently \
+                     (here 1 = Sunday): name the days, e.g. MON-FRI"
+                ),
+            });
+        }
         let cron = cron::Schedule::from_str(expr.trim()).map_err(|e| ScheduleError::Cron {
             expr: expr.to_owned(),
             reason: e.to_string(),
@@ -211,6 +224,28 @@ mod tests {
             Schedule::parse("0 0 0 1 1 * 2001", "UTC"),
             Err(ScheduleError::Never(_))
         ));
+    }
+
+    /// `0 0 9 * * 1-5` ran Sunday to Thursday (the cron crate's weekdays are Quartz's, 1 =
+    /// Sunday); numeric weekdays are refused, named ones taken.
+    #[test]
+    fn weekdays_must_be_named() {
+        for expr in [
+            "0 0 9 * * 1-5",
+            "0 0 9 * * 1",
+            "0 0 9 * * */2",
+            "0 0 9 * * 0",
+        ] {
+            let e = Schedule::parse(expr, "UTC").unwrap_err().to_string();
+            assert!(e.contains("MON-FRI"), "{expr}: {e}");
+        }
+        let weekdays = Schedule::parse("0 0 9 * * MON-FRI", "UTC").unwrap();
+        // Friday 2026-12-04 09:00 is followed by Monday 2026-12-07 09:00
+        assert_eq!(
+            weekdays.next_after(utc("2026-12-04T09:00:00Z")),
+            Some(utc("2026-12-07T09:00:00Z"))
+        );
+        assert!(Schedule::parse("0 */15 8-18 * * MON-FRI", "UTC").is_ok());
     }
 
     #[test]

@@ -183,6 +183,31 @@ fn zero_limits_and_ports_are_refused() {
     );
 }
 
+/// A dry run's scratch queue is removed with the files SQLite adds beside it: each run left an
+/// `escalator-dry-run-<pid>.db-shm` and `-wal` in the temporary folder.
+#[test]
+fn a_dry_run_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("d.db").display());
+    assert!(escalator(&db, &["migrate"]).status.success());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args(["check", "--dry-run"])
+        .env("DATABASE_URL", &db)
+        .env("TMPDIR", tmp.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("nothing was written"),
+        "{}",
+        text(&out.stdout)
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Runs `escalator args` whose reader of standard output is gone before its first line.
 fn with_closed_stdout(database_url: &str, queue_url: Option<&str>, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_escalator"));

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use escalator_jobs::{QueueNames, Queues};
 use escalator_policy::Decision;
@@ -30,9 +31,12 @@ pub async fn run(database_url: &str, args: CheckArgs) -> anyhow::Result<()> {
     let store = super::connect(database_url).await?;
     // A dry run never enqueues; an embedded queue handle that is never used keeps the engine
     // whole without needing Redis.
-    let dir = std::env::temp_dir().join(format!("escalator-dry-run-{}.db", std::process::id()));
+    // (in a folder of its own, removed with the WAL and shared-memory files SQLite adds)
+    let dir = std::env::temp_dir().join(format!("escalator-dry-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the scratch folder {}", dir.display()))?;
     let queues = Queues::connect(
-        &format!("sqlite://{}", dir.display()),
+        &format!("sqlite://{}", dir.join("queue.db").display()),
         QueueNames::default(),
     )
     .await?;
@@ -46,7 +50,8 @@ pub async fn run(database_url: &str, args: CheckArgs) -> anyhow::Result<()> {
     let report = engine
         .dry_run(escalator_jobs::Scope::All, as_of, args.limit)
         .await;
-    let _ = std::fs::remove_file(&dir);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
     let report = report?;
     let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
     let mut shown = 0;
