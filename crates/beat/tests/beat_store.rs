@@ -98,6 +98,29 @@ async fn a_leader_between_slots_stays_healthy() {
     assert!(health.check().1, "{:?}", health.check());
 }
 
+/// A catch-up window shorter than a running leader's lateness (`ESCALATOR_CATCHUP=0.5`) made
+/// a slot reached two seconds late count as missed, never run. Lateness within the lease runs.
+#[tokio::test]
+async fn a_slot_reached_a_little_late_runs_whatever_the_catch_up_window() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let mut beat = Beat::new(
+        db.store.clone(),
+        queues(&ns).await,
+        config("a", Duration::from_millis(500), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    beat.step(utc("2026-11-25T12:00:00.200Z")).await.unwrap();
+    beat.step(utc("2026-11-25T12:15:02Z")).await.unwrap();
+    assert_eq!(
+        scheduled(&db.store).await,
+        [
+            (utc("2026-11-25T12:00:00Z"), 1),
+            (utc("2026-11-25T12:15:00Z"), 1)
+        ]
+    );
+}
+
 #[tokio::test]
 async fn slots_missed_while_down_run_once_coalesced() {
     let db = TestDb::postgres().await;
