@@ -65,6 +65,12 @@ pub struct Beat {
     deadline_run: Option<InFlight>,
     /// When the outbox was last swept for deliveries whose job was lost.
     swept: Option<std::time::Instant>,
+    /// The last sweep failed (the database or Redis unreachable): the leader is not healthy
+    /// until one succeeds, even while no slot or deadline needs either.
+    sweep_failing: bool,
+    /// This process has led for at least one step since taking the lease (its lateness is a
+    /// running leader's, not a restart's).
+    running: bool,
 }
 
 /// How often the leader looks for due deliveries that no job is coming for.
@@ -116,6 +122,8 @@ impl Beat {
             last_slot: None,
             deadline_run: None,
             swept: None,
+            sweep_failing: false,
+            running: false,
         }
     }
 
@@ -163,7 +171,12 @@ impl Beat {
         // a slot a running leader reaches late by no more than its lease (a slow step, a
         // loaded machine) is run, whatever the catch-up window: with ESCALATOR_CATCHUP below
         // that lateness (it takes fractions of a second), slots were counted missed instead
-        let window = self.config.catchup.max(self.config.lease_ttl);
+        let window = if self.running {
+            self.config.catchup.max(self.config.lease_ttl)
+        } else {
+            self.config.catchup
+        };
+        self.running = true;
         let plan = plan_slots(
             &self.config.schedule,
             self.last_slot,
@@ -217,7 +230,9 @@ impl Beat {
         }
         if self.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
             self.swept = Some(std::time::Instant::now());
-            self.sweep_outbox(now).await?;
+            let swept = self.sweep_outbox(now).await;
+            self.sweep_failing = swept.is_err();
+            swept?;
             self.prune_done_jobs().await;
             self.prune_sent_deliveries(now).await;
         }
@@ -239,8 +254,11 @@ impl Beat {
         let until_wake = (wake - now).to_std().unwrap_or_default();
         // a leader's step that completes is progress, whether or not a slot was due: touched
         // only when it enqueued, a schedule with uneven gaps (`0 */15 8-18 * * Mon-Fri`)
-        // left a working leader unhealthy all night, and its liveness probe restarted it
-        self.health.touch();
+        // left a working leader unhealthy all night, and its liveness probe restarted it. A
+        // failing sweep (every 10 s, it needs the database and Redis) keeps it unhealthy.
+        if !self.sweep_failing {
+            self.health.touch();
+        }
         Ok(until_wake.min(idle).max(Duration::from_millis(10)))
     }
 
@@ -332,6 +350,7 @@ impl Beat {
                 self.lease = Some(lease);
                 self.last_slot = self.store.last_scheduled_slot().await?;
                 self.deadline_run = None;
+                self.running = false;
                 metrics::gauge!(m::BEAT_LEADER).set(1.0);
                 self.health.touch();
                 Ok(true)

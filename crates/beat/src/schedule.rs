@@ -40,13 +40,37 @@ pub struct Schedule {
     tz: Tz,
 }
 
+/// The fields of a cron expression as its parser reads them: spaces around `,`, `-` and `/`
+/// belong to the field (`0 0 9, 17 * * MON` has six fields, not seven).
+fn fields(expr: &str) -> Vec<String> {
+    let joins = |c: char| matches!(c, ',' | '-' | '/');
+    let chars: Vec<char> = expr.trim().chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_whitespace() {
+            let before = chars[..i].iter().rev().find(|c| !c.is_whitespace());
+            let after = chars[i + 1..].iter().find(|c| !c.is_whitespace());
+            if before.is_some_and(|&b| joins(b)) || after.is_some_and(|&a| joins(a)) {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out.split_whitespace().map(str::to_owned).collect()
+}
+
 impl Schedule {
     /// Parses `expr` (seconds first) evaluated in the IANA zone `tz`.
     pub fn parse(expr: &str, tz: &str) -> Result<Self, ScheduleError> {
         // the cron crate numbers weekdays as Quartz does (1 = Sunday, 0 refused), so the Unix
         // `1-5` meant Sunday to Thursday, silently: days of the week must be named
-        if let Some(days) = expr.split_whitespace().nth(5)
-            && days.chars().any(|c| c.is_ascii_digit())
+        if let Some(days) = fields(expr).into_iter().nth(5)
+            && days.split(',').any(|part| {
+                // a step (`MON-FRI/2`, `*/2`) counts days, it names none
+                part.split('/')
+                    .next()
+                    .is_some_and(|d| d.contains(|c: char| c.is_ascii_digit()))
+            })
         {
             return Err(ScheduleError::Cron {
                 expr: expr.to_owned(),
@@ -233,11 +257,18 @@ mod tests {
         for expr in [
             "0 0 9 * * 1-5",
             "0 0 9 * * 1",
-            "0 0 9 * * */2",
             "0 0 9 * * 0",
+            "0 0 9 * * MON,3",
+            // spaces around a list or range belong to the field: still the weekdays
+            "0 0 9, 17 * * 1-5",
+            "0 0 9 * * 1 - 5",
         ] {
             let e = Schedule::parse(expr, "UTC").unwrap_err().to_string();
             assert!(e.contains("MON-FRI"), "{expr}: {e}");
+        }
+        // numbers elsewhere are fine: a month, a step
+        for expr in ["0 0, 30 9 * 1 MON", "0 0 9 * * MON-FRI/2", "0 0 9 * * */2"] {
+            assert!(Schedule::parse(expr, "UTC").is_ok(), "{expr}");
         }
         let weekdays = Schedule::parse("0 0 9 * * MON-FRI", "UTC").unwrap();
         // Friday 2026-12-04 09:00 is followed by Monday 2026-12-07 09:00

@@ -73,7 +73,8 @@ pub struct HttpConfig {
     /// The Slack incoming webhook for users whose `slack` is a member id rather than a
     /// webhook URL of their own.
     pub slack_webhook_url: Option<String>,
-    /// What a user's own Slack webhook must start with ([`SLACK_USER_WEBHOOKS`] by default):
+    /// Where a user's own Slack webhook must lie ([`SLACK_USER_WEBHOOKS`] by default; same
+    /// scheme, host and port, path at or below):
     /// user records are not trusted to send workers' requests anywhere else.
     pub slack_user_webhooks: String,
     /// Generic signed webhooks.
@@ -265,8 +266,8 @@ impl HttpChannels {
             let prefix = &self.config.slack_user_webhooks;
             if !under(&self.user_webhooks, to) {
                 return Err(NotifyError::Permanent(format!(
-                    "a user's own Slack webhook must start with {prefix} \
-                     (ESCALATOR_SLACK_USER_WEBHOOKS); got {to:?}"
+                    "a user's own Slack webhook must lie under {prefix} \
+                     (ESCALATOR_SLACK_USER_WEBHOOKS: same scheme, host and port); got {to:?}"
                 )));
             }
             (to.to_owned(), Endpoint::Users)
@@ -440,7 +441,11 @@ async fn classify(
         .chars()
         .take(300)
         .collect();
-    let error = format!("{provider}: HTTP {status}: {detail}");
+    let mut error = format!("{provider}: HTTP {status}: {detail}");
+    if status.is_redirection() {
+        // not followed: the request would go where no check looked
+        error.push_str(" (redirects are not followed: configure the final URL)");
+    }
     let credentials = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
     if credentials && endpoint == Endpoint::Configured {
         return Err(NotifyError::Transient(format!(

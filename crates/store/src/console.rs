@@ -51,10 +51,10 @@ pub struct BeatLeaseState {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The text search's needles: (trimmed, trimmed and lowercased); None when empty.
 /// The longest search text (longer than any external id, assignee or title a search finds).
 pub const MAX_SEARCH_CHARS: usize = 500;
 
+/// The text search's needles: (trimmed, trimmed and lowercased); None when empty.
 fn needle(text: &Option<String>) -> Option<(String, String)> {
     text.as_deref()
         .map(str::trim)

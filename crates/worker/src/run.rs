@@ -49,6 +49,24 @@ impl Default for WorkerConfig {
     }
 }
 
+/// The deliveries queue's settings: one job at a time per fetch, and an attempt timeout a
+/// lease longer than the others'. A delivery job claims no new round after the attempt time
+/// but finishes the claim under way, which may take a whole lease (its own deadline,
+/// `jobs::deliver_notifications`); the worker's timeout outside it cut that claim off at the
+/// attempt time instead, mid-send, and messages the provider had taken went unrecorded and
+/// were sent again after the lease.
+fn delivery_settings(
+    config: &WorkerConfig,
+    queue: &str,
+    on_poll: &PollObserver,
+    lease: Duration,
+) -> WorkerSettings {
+    let mut s = settings(config, queue, on_poll);
+    s.fetch_batch = 1;
+    s.attempt_timeout = config.attempt_timeout.saturating_add(lease);
+    s
+}
+
 fn settings(config: &WorkerConfig, queue: &str, on_poll: &PollObserver) -> WorkerSettings {
     let mut s = WorkerSettings::new(&config.name, queue);
     s.on_poll = on_poll.clone();
@@ -69,6 +87,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Stopped, escalator_jobs::QueueError> {
     let delivering = deliverer.is_some();
+    let lease = deliverer.as_ref().map(|d| d.lease).unwrap_or_default();
     // every poll of every queue proves the worker alive: an idle worker stays healthy, a
     // stalled poll loop does not
     let on_poll = {
@@ -89,8 +108,7 @@ pub async fn run(
     let mut batches = settings(&config, &names.batches, &on_poll);
     batches.fetch_batch = config.concurrency.max(1);
     let noop = settings(&config, &names.noop, &on_poll);
-    let mut deliveries = settings(&config, &names.deliveries, &on_poll);
-    deliveries.fetch_batch = 1;
+    let deliveries = delivery_settings(&config, &names.deliveries, &on_poll, lease);
     let monitor = Monitor::new();
     let monitor = match &engine.queues {
         Queues::Redis { conn, .. } => {
@@ -169,4 +187,23 @@ pub async fn run(
         "worker started"
     );
     run_supervised(monitor, shutdown, config.shutdown_timeout).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worker's timeout around a delivery attempt outlasts the handler's own deadline
+    /// (attempt time + lease), which stops claiming in time and lets the claim under way end.
+    #[test]
+    fn a_delivery_attempt_may_finish_the_claim_under_way() {
+        let config = WorkerConfig::default();
+        let lease = escalator_notify::lease_for(Some(Duration::from_secs(30)), None);
+        let on_poll = PollObserver::new(|| {});
+        let d = delivery_settings(&config, "escalator:deliveries", &on_poll, lease);
+        assert_eq!(d.attempt_timeout, config.attempt_timeout + lease);
+        assert_eq!(d.fetch_batch, 1);
+        let batches = settings(&config, "escalator:batches", &on_poll);
+        assert_eq!(batches.attempt_timeout, config.attempt_timeout);
+    }
 }

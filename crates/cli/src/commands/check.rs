@@ -35,11 +35,18 @@ pub async fn run(database_url: &str, args: CheckArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("escalator-dry-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the scratch folder {}", dir.display()))?;
-    let queues = Queues::connect(
+    let queues = match Queues::connect(
         &format!("sqlite://{}", dir.join("queue.db").display()),
         QueueNames::default(),
     )
-    .await?;
+    .await
+    {
+        Ok(q) => q,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+    };
     let engine = Engine {
         store,
         queues,
