@@ -418,8 +418,8 @@ async fn classify(
         }
         Err(e) => {
             return Err(NotifyError::Transient(format!(
-                "{provider}: {e}{}",
-                source_chain(&e)
+                "{provider}: {}",
+                escalator_runtime::error::with_causes(&e)
             )));
         }
     };
@@ -464,17 +464,6 @@ async fn classify(
     } else {
         Err(NotifyError::Permanent(error))
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = String::new();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 fn join(base: &str, path: &str) -> String {

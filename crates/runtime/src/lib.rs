@@ -3,6 +3,7 @@
 //! HTTP server that exposes metrics and health on worker and beat processes.
 
 pub mod config;
+pub mod error;
 pub mod failpoint;
 pub mod metrics;
 pub mod serve;

@@ -32,7 +32,7 @@ pub struct HandlerContext {
 pub type Ctx = Arc<HandlerContext>;
 
 fn classify(e: EngineError) -> Failure {
-    let described: BoxDynError = attempt::with_causes(&e).into();
+    let described: BoxDynError = escalator_runtime::error::with_causes(&e).into();
     if e.is_transient() {
         Failure::Transient(described)
     } else {
