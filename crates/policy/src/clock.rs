@@ -25,8 +25,16 @@ pub fn never() -> DateTime<Utc> {
 }
 
 /// `t`, or [`never`] if it lies beyond.
-pub fn at_most_never(t: DateTime<Utc>) -> DateTime<Utc> {
+fn at_most_never(t: DateTime<Utc>) -> DateTime<Utc> {
     t.min(never())
+}
+
+/// `seconds` of plain time after `t` (none if not positive), at most [`never`]: a 24x7
+/// deadline, a repetition's next time.
+pub fn seconds_after(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+    TimeDelta::try_seconds(seconds.max(0))
+        .and_then(|d| t.checked_add_signed(d))
+        .map_or(never(), at_most_never)
 }
 
 /// Deadlines of `level` for a stage (or level) that started at `started_at`, with
@@ -48,8 +56,8 @@ pub fn schedule(
     let warn = policy.warn_offset_seconds(level)?;
     let paused = paused_seconds.max(0);
     Some(Deadlines {
-        warn_at: at_most_never(advance(started_at, warn.saturating_add(paused), calendar)),
-        due_at: at_most_never(advance(started_at, sla.saturating_add(paused), calendar)),
+        warn_at: advance(started_at, warn.saturating_add(paused), calendar),
+        due_at: advance(started_at, sla.saturating_add(paused), calendar),
     })
 }
 
@@ -67,15 +75,10 @@ pub fn paused_seconds(
     }
 }
 
-/// `start` plus `seconds` of measured time; saturates at the end of representable time.
+/// `start` plus `seconds` of measured time, at most [`never`].
 fn advance(start: DateTime<Utc>, seconds: i64, calendar: Option<&Calendar>) -> DateTime<Utc> {
-    if let Some(calendar) = calendar {
-        return calendar.add_business_seconds(start, seconds);
+    match calendar {
+        Some(calendar) => at_most_never(calendar.add_business_seconds(start, seconds)),
+        None => seconds_after(start, seconds),
     }
-    if seconds <= 0 {
-        return start;
-    }
-    TimeDelta::try_seconds(seconds)
-        .and_then(|d| start.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }

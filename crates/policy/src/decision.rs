@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{AfterLast, Calendar, Deadlines, Policy, PolicyError, Target, schedule};
@@ -272,12 +272,7 @@ fn breached(
         AfterLast::Stop => None,
         AfterLast::Repeat { every_seconds } => Some(every_seconds),
     };
-    let next_check_at = every.map(|seconds| {
-        let next = TimeDelta::try_seconds(seconds)
-            .and_then(|d| now.checked_add_signed(d))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        crate::clock::at_most_never(next)
-    });
+    let next_check_at = every.map(|seconds| crate::clock::seconds_after(now, seconds));
     match (snapshot.exhausted, next_check_at) {
         (false, _) => Decision::Exhausted {
             level: snapshot.level,

@@ -13,7 +13,7 @@ mod policy;
 pub use calendar::{Calendar, CalendarSpec, WindowSpec};
 pub use chrono::{DateTime, Utc};
 pub use chrono_tz::Tz;
-pub use clock::{Deadlines, at_most_never, never, paused_seconds, schedule};
+pub use clock::{Deadlines, never, paused_seconds, schedule, seconds_after};
 pub use decision::{
     Decision, Exhaustion, SlaStatus, Snapshot, Status, evaluate, evaluate_applied, next_check_at,
     sla_status,

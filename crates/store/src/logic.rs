@@ -519,11 +519,9 @@ pub fn exhausted_next_check(
         return None;
     }
     match policy.spec().after_last {
-        escalator_policy::AfterLast::Repeat { every_seconds } => Some(
-            chrono::TimeDelta::try_seconds(every_seconds)
-                .and_then(|d| now.checked_add_signed(d))
-                .map_or(escalator_policy::never(), escalator_policy::at_most_never),
-        ),
+        escalator_policy::AfterLast::Repeat { every_seconds } => {
+            Some(escalator_policy::seconds_after(now, every_seconds))
+        }
         escalator_policy::AfterLast::Stop => Some(now),
     }
 }
