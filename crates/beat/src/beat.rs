@@ -281,15 +281,7 @@ impl Beat {
         if due == 0 {
             return Ok(());
         }
-        let deliveries = self.queues.names().deliveries.clone();
-        let queued = self
-            .queues
-            .stats()
-            .await?
-            .into_iter()
-            .find(|q| q.queue == deliveries)
-            .map_or(0, |q| q.pending);
-        if queued == 0 {
+        if self.queues.deliveries_waiting().await? == 0 {
             self.queues
                 .push_delivery(&DeliverNotifications::default())
                 .await?;

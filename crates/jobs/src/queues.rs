@@ -215,16 +215,22 @@ impl Queues {
     /// Enqueues a delivery job, unless [`MAX_QUEUED_DELIVERIES`] are waiting already: returns
     /// whether it did. Never waits for room.
     pub async fn push_delivery(&self, job: &DeliverNotifications) -> Result<bool, QueueError> {
-        let queue = self.names().deliveries.clone();
-        let waiting = match self {
-            Queues::Redis { conn, .. } => due_jobs(&mut conn.clone(), &queue).await?,
-            Queues::Sqlite { pool, .. } => sqlite_stats(pool, &queue).await?.pending,
-        };
-        if waiting >= MAX_QUEUED_DELIVERIES {
+        if self.deliveries_waiting().await? >= MAX_QUEUED_DELIVERIES {
             return Ok(false);
         }
+        let queue = self.names().deliveries.clone();
         self.push(&queue, vec![(None, job.clone())]).await?;
         Ok(true)
+    }
+
+    /// Delivery jobs waiting: on Redis those a fetch can take now, on SQLite also those
+    /// running or waiting for a retry.
+    pub async fn deliveries_waiting(&self) -> Result<u64, QueueError> {
+        let queue = &self.names().deliveries;
+        match self {
+            Queues::Redis { conn, .. } => due_jobs(&mut conn.clone(), queue).await,
+            Queues::Sqlite { pool, .. } => Ok(sqlite_stats(pool, queue).await?.pending),
+        }
     }
 
     /// Enqueues `n` no-op jobs (the queue-overhead benchmark), in bounded chunks.
