@@ -27,18 +27,7 @@ async fn far_deadlines_become_never_and_absent_next_checks_stay_absent() {
     let t0 = Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap();
     let mut ids = Vec::new();
     for name in ["OPEN", "CLOSED", "HELD"] {
-        let new = NewWorkflow {
-            external_id: name.into(),
-            title: "Laptop".into(),
-            kind: "purchase".into(),
-            stage: "approval".into(),
-            assignee: "alice".into(),
-            initiator: "bob".into(),
-            escalation_target: Some("carol".into()),
-            policy_id: None,
-            stage_started_at: Some(t0),
-            metadata: serde_json::json!({}),
-        };
+        let new = escalator_testkit::new_workflow(name, t0);
         ids.push(s.create_workflow(&new, t0).await.unwrap().workflow.id);
     }
     let later = t0 + Duration::hours(1);

@@ -151,6 +151,26 @@ async fn drop_stale(conn: &mut PgConnection, now: u64) {
     }
 }
 
+/// A workflow on the default policy whose stage started at `started` (deadline 24 h later),
+/// assigned to alice, started by bob, escalating to carol.
+pub fn new_workflow(
+    external_id: &str,
+    started: chrono::DateTime<chrono::Utc>,
+) -> escalator_store::NewWorkflow {
+    escalator_store::NewWorkflow {
+        external_id: external_id.into(),
+        title: "Laptop".into(),
+        kind: "purchase".into(),
+        stage: "approval".into(),
+        assignee: "alice".into(),
+        initiator: "bob".into(),
+        escalation_target: Some("carol".into()),
+        policy_id: None,
+        stage_started_at: Some(started),
+        metadata: serde_json::json!({}),
+    }
+}
+
 /// A queued check run of `scope` (`all`, `workflow:<id>`) at `as_of` requested by
 /// `requested_by`, as `enqueue check` and the api record one.
 pub async fn queued_run(

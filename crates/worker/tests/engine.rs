@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use escalator_jobs::{CheckWorkflows, EscalateBatch, QueueNames, Queues, Scope};
-use escalator_store::{NewWorkflow, Store};
+use escalator_store::Store;
 use escalator_testkit::{RedisNamespace, TestDb, redis_url};
 use escalator_worker::engine::{Engine, EngineConfig, Planned, PolicyCache};
 
@@ -39,18 +39,7 @@ async fn workflow(store: &Store, started: DateTime<Utc>) -> uuid::Uuid {
 async fn workflow_named(store: &Store, external_id: &str, started: DateTime<Utc>) -> uuid::Uuid {
     store
         .create_workflow(
-            &NewWorkflow {
-                external_id: external_id.into(),
-                title: "Laptop".into(),
-                kind: "purchase".into(),
-                stage: "approval".into(),
-                assignee: "alice".into(),
-                initiator: "bob".into(),
-                escalation_target: Some("carol".into()),
-                policy_id: None,
-                stage_started_at: Some(started),
-                metadata: serde_json::json!({}),
-            },
+            &escalator_testkit::new_workflow(external_id, started),
             started,
         )
         .await
