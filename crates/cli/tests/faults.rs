@@ -848,6 +848,26 @@ async fn f9_jobs_exceeding_their_timeout_never_apply_twice() {
     );
     worker.ensure(&w);
     assert!(worker.stop().success());
+    let stopped = Instant::now();
+    // A timed-out attempt's last statement can outlive its worker: PostgreSQL finishes it (and
+    // only then sees the closed socket and rolls back), holding that batch's rows locked
+    // meanwhile. A sweep claiming with SKIP LOCKED in that window passes them over until the
+    // next check, which is by design but not what this test counts: wait for the locks to go.
+    until_count(
+        &w.db.store,
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks l \
+           WHERE l.relation = 'workflows'::regclass AND l.pid <> pg_backend_pid() \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
+         THEN 0 ELSE 1 END::bigint",
+        1,
+        Duration::from_secs(60),
+        "a stopped worker's statements still hold workflows locked",
+    )
+    .await;
+    eprintln!(
+        "F9: no workflow locked {:.2}s after the worker stopped",
+        seconds(stopped)
+    );
     let partial = count(
         &w.db.store,
         "SELECT count(*) FROM audit_logs WHERE action = 'escalate'",
@@ -869,7 +889,9 @@ async fn f9_jobs_exceeding_their_timeout_never_apply_twice() {
     eprintln!("F9: with the normal timeout the next sweep found ({reminded}, {escalated})");
     assert_eq!(
         (reminded + reminded_before, escalated + partial),
-        (3_000, 3_000)
+        (3_000, 3_000),
+        "{}",
+        worker.log_tail()
     );
     assert_exact(&w, 20_000).await;
     assert!(worker.stop().success());
