@@ -376,9 +376,17 @@ k8s_am_routes() {
   k8s_render deploy/k8s/base "$out" || return 1
   "$PY" "$CHECKS" amconfig-to-alertmanager "$out" "$routes" "$WORK/amc-secrets" "$AM" || return 1
   amtool check-config "$routes" >/dev/null || { amtool check-config "$routes"; return 1; }
-  local ns=namespace=escalator
-  ROUTES=$routes route_case pagerduty-oncall,slack-alerts $ns alertname=NoBeatLeader service=escalator severity=critical || rc=1
-  ROUTES=$routes route_case slack-alerts,email-team $ns alertname=OutboxBacklog service=escalator severity=warning || rc=1
+  local ns=namespace=escalator labels
+  # the alerts with the labels the rendered rules give them (the operator drops any alert
+  # without the namespace: an aggregating rule keeps no label of its series)
+  for alert in NoBeatLeader EscalationJobFailing NoWorkerProgress; do
+    labels=$("$PY" "$CHECKS" alert-labels "$out" $alert) || return 1
+    # shellcheck disable=SC2086
+    ROUTES=$routes route_case pagerduty-oncall,slack-alerts $labels || rc=1
+  done
+  labels=$("$PY" "$CHECKS" alert-labels "$out" OutboxBacklog) || return 1
+  # shellcheck disable=SC2086
+  ROUTES=$routes route_case slack-alerts,email-team $labels || rc=1
   ROUTES=$routes route_case email-team $ns alertname=Anything service=escalator severity=info || rc=1
   ROUTES=$routes route_case email-team $ns alertname=Unlabelled || rc=1
   ROUTES=$routes route_case null namespace=other alertname=NoBeatLeader severity=critical || rc=1
@@ -436,8 +444,28 @@ redis_ha() {
   mkdir -p "$dir"
   "$PY" "$CHECKS" extract-configmap "$out" redis-haproxy haproxy.cfg "$dir/haproxy.cfg" || return 1
   "$PY" "$CHECKS" extract-configmap "$out" redis-scripts configure.sh "$dir/configure.sh" || return 1
-  REDIS_PASSWORD=placeholder haproxy -c -q -f "$dir/haproxy.cfg" || return 1
+  REDIS_PASSWORD=placeholder POD_NAMESPACE=escalator haproxy -c -q -f "$dir/haproxy.cfg" || return 1
   echo "   ok: haproxy -c accepts haproxy.cfg"
+  # HAProxy's own resolver ignores resolv.conf's search list: what it asks the cluster DNS for
+  # must be fully qualified (a short name is NXDOMAIN, and no Redis is ever reachable)
+  local dns_port hap_port
+  dns_port=$("$PY" -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  hap_port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  sed -e "s/parse-resolv-conf/nameserver cluster 127.0.0.1:$dns_port/" \
+      -e "s/bind :6379/bind 127.0.0.1:$hap_port/" "$dir/haproxy.cfg" >"$dir/haproxy-dns.cfg"
+  : >"$dir/dns.log"
+  "$PY" "$CHECKS" dns-log "$dns_port" "$dir/dns.log" 4 &
+  local dns_pid=$!
+  sleep 0.5
+  REDIS_PASSWORD=placeholder POD_NAMESPACE=escalator timeout 3 haproxy -f "$dir/haproxy-dns.cfg" \
+    >"$dir/haproxy-dns.out" 2>&1 || true
+  wait "$dns_pid" || true
+  [ -s "$dir/dns.log" ] || { echo "   haproxy asked no DNS question"; cat "$dir/haproxy-dns.out"; return 1; }
+  if grep -v '\.redis-headless\.escalator\.svc\.cluster\.local$' "$dir/dns.log"; then
+    echo "   haproxy asked the cluster DNS for names that are not fully qualified (above)"
+    return 1
+  fi
+  echo "   ok: haproxy resolves the Redis pods by fully qualified name ($(sort -u "$dir/dns.log" | tr '\n' ' '))"
   sh -n "$dir/configure.sh" || return 1
   # first boot, no sentinel reachable: pod 0 is the master, pods 1 and 2 replicate it
   for ord in 0 1; do

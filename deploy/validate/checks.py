@@ -9,6 +9,7 @@ structure and queries. Each failure is printed; the exit status is 1 if any.
 Needs only PyYAML (installed with yamllint in the tools venv).
 """
 
+import copy
 import json
 import re
 import sys
@@ -100,7 +101,18 @@ def rules_sync(rules_path, rendered_path, out_path):
     if len(rules) != 1:
         fail(f"expected one PrometheusRule in the kustomize output, found {len(rules)}")
         return
-    spec_groups = rules[0].get("spec", {}).get("groups")
+    spec_groups = copy.deepcopy(rules[0].get("spec", {}).get("groups"))
+    # kustomize adds the namespace to every rule's labels (the operator routes only alerts
+    # that carry it); otherwise the groups are alerts.yml's
+    namespace = rules[0].get("metadata", {}).get("namespace")
+    for g in spec_groups or []:
+        for r in g.get("rules", []):
+            if "alert" not in r:
+                continue
+            got = (r.get("labels") or {}).pop("namespace", None)
+            if got != namespace:
+                fail(f"alert {r['alert']}: label namespace {got!r}, want the PrometheusRule's "
+                     f"{namespace!r} (without it the AlertmanagerConfig never routes it)")
     if spec_groups != groups:
         fail(
             "PrometheusRule spec.groups differs from deploy/prometheus/alerts.yml: run "
@@ -114,6 +126,21 @@ def rules_sync(rules_path, rendered_path, out_path):
 
 
 # --- Kubernetes ---------------------------------------------------------------------------
+
+
+def alert_labels(rendered_path, alert):
+    """Prints the labels alert ALERT carries as the rendered PrometheusRule defines it, as
+    amtool's `name=value` arguments."""
+    for d in load_all(rendered_path):
+        if d.get("kind") != "PrometheusRule":
+            continue
+        for g in d["spec"]["groups"]:
+            for r in g["rules"]:
+                if r.get("alert") == alert:
+                    labels = {"alertname": alert, **(r.get("labels") or {})}
+                    print(" ".join(f"{k}={v}" for k, v in labels.items()))
+                    return
+    fail(f"no alert {alert} in {rendered_path}")
 
 
 def env_value(objs, name):
@@ -190,6 +217,23 @@ def k8s_invariants(rendered_path):
                 for r in ("cpu", "memory") if kind == "requests" else ("memory",):
                     if r not in (res.get(kind) or {}):
                         fail(f"{cid}: resources.{kind}.{r} missing")
+
+    # one pinned image for every escalator role: a `latest` (or untagged) image lets pods and
+    # the migrate Job run different builds
+    images = set()
+    for w in workloads:
+        for c in w["spec"]["template"]["spec"].get("containers", []):
+            image = c.get("image", "")
+            if image.split("@")[0].split("/")[-1].split(":")[0] == "escalator":
+                images.add(image)
+    for image in sorted(images):
+        tag = image.split("/")[-1].partition(":")[2]
+        if "@" not in image and tag in ("", "latest"):
+            fail(f"escalator image {image!r} is not pinned (a version tag or a digest)")
+    if len(images) > 1:
+        fail(f"the escalator roles run different images: {sorted(images)}")
+    if not images:
+        fail("no escalator container found")
 
     # escalator containers: probes and ports
     def container(dep, name):
@@ -647,7 +691,37 @@ def amconfig_to_alertmanager(rendered_path, out, secrets_dir, compose_am=None):
         ok(f"AlertmanagerConfig {amc['metadata']['name']} as Alertmanager sees it: {out}")
 
 
+def dns_log(port, log_path, seconds):
+    """A stand-in DNS server on 127.0.0.1:PORT for SECONDS: logs each query's name, answers
+    NXDOMAIN (what a resolver asks for is the point, not the answer)."""
+    import socket
+    import time
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", int(port)))
+    s.settimeout(0.2)
+    end = time.monotonic() + float(seconds)
+    with open(log_path, "a") as out:
+        while time.monotonic() < end:
+            try:
+                data, addr = s.recvfrom(2048)
+            except socket.timeout:
+                continue
+            i, labels = 12, []
+            while i < len(data) and data[i] != 0:
+                n = data[i]
+                labels.append(data[i + 1:i + 1 + n].decode("ascii", "replace"))
+                i += n + 1
+            out.write(".".join(labels) + "\n")
+            out.flush()
+            reply = bytearray(data)
+            reply[2], reply[3] = 0x81, 0x83  # a response, NXDOMAIN
+            s.sendto(bytes(reply), addr)
+
+
 COMMANDS = {
+    "dns-log": dns_log,
+    "alert-labels": alert_labels,
     "amconfig-to-alertmanager": amconfig_to_alertmanager,
     "alert-coverage": alert_coverage,
     "alert-severities": alert_severities,
