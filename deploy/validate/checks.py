@@ -281,6 +281,23 @@ def k8s_invariants(rendered_path):
                 f"exceed ESCALATOR_SHUTDOWN_TIMEOUT {shutdown}"
             )
 
+    # the api keeps serving through a preStop pause while its endpoint goes, then finishes
+    # its longest request within the grace period
+    api = container("escalator-api", "api")
+    if api:
+        pre = api.get("lifecycle", {}).get("preStop", {})
+        command = pre.get("exec", {}).get("command") or []
+        pause = float(command[1]) if command[:1] == ["sleep"] and len(command) == 2 else None
+        if pause is None:
+            fail("api container: lifecycle.preStop must be exec [sleep, N]")
+        else:
+            timeout = float(env_value(objs, "ESCALATOR_API_TIMEOUT") or 30)
+            grace = deps["escalator-api"]["spec"]["template"]["spec"].get(
+                "terminationGracePeriodSeconds", 30)
+            if not grace > pause + timeout:
+                fail(f"Deployment/escalator-api: terminationGracePeriodSeconds {grace} must "
+                     f"exceed the preStop pause {pause:g} + ESCALATOR_API_TIMEOUT {timeout:g}")
+
     # no placeholder Secret is rendered: applying it would overwrite the real one
     for s in by.get("Secret", {}).values():
         if (s["metadata"].get("annotations") or {}).get("escalator.dev/placeholder") == "true":
