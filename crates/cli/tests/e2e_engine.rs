@@ -533,3 +533,40 @@ async fn a_workflow_the_database_refuses_holds_back_no_other() {
     w.verify();
     assert!(stop(worker).success());
 }
+
+/// `rediss://`: the worker and the CLI over a Redis that speaks only TLS, its certificate
+/// trusted through `SSL_CERT_FILE` (a managed Redis with in-transit encryption, a private CA);
+/// the same Redis with a certificate nobody vouched for is refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_run_over_tls_and_refuse_an_untrusted_certificate() {
+    let redis = escalator_testkit::services::PrivateRedis::start_tls();
+    let mut w = World::new().await;
+    w.extra_env.push(("REDIS_URL".into(), redis.url()));
+    w.seed(1_000);
+
+    let untrusted = w
+        .command(&["enqueue", "check", "--as-of", SEED_TIME])
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(!untrusted.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&redis.url()) && stderr.to_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+
+    w.extra_env.push((
+        "SSL_CERT_FILE".into(),
+        redis.cert_file().display().to_string(),
+    ));
+    let worker = w.worker(free_port());
+    assert_eq!(w.check(), (150, 150));
+    assert_eq!(w.check(), (0, 0));
+    w.verify();
+    let status = w.run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(!text.contains("UNREACHABLE"), "{text}");
+    assert!(stop(worker).success());
+}

@@ -23,23 +23,50 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    tls: bool,
 }
+
+/// The test Redis's certificate (self-signed, `localhost` and 127.0.0.1, valid until 2126):
+/// what a client must trust to reach [`PrivateRedis::start_tls`].
+pub const TEST_TLS_CERT: &str = include_str!("../tls/redis-cert.pem");
+const TEST_TLS_KEY: &str = include_str!("../tls/redis-key.pem");
 
 impl PrivateRedis {
     /// Starts one and waits until it answers.
     pub fn start() -> PrivateRedis {
+        PrivateRedis::start_with(false)
+    }
+
+    /// One that speaks only TLS, with the certificate [`TEST_TLS_CERT`] (clients are not asked
+    /// for one). [`PrivateRedis::url`] is then `rediss://…`.
+    pub fn start_tls() -> PrivateRedis {
+        PrivateRedis::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> PrivateRedis {
         let mut r = PrivateRedis {
             port: free_port(),
             dir: tempfile::tempdir().expect("temporary directory"),
             child: None,
+            tls,
         };
+        if tls {
+            std::fs::write(r.dir.path().join("cert.pem"), TEST_TLS_CERT).expect("write cert");
+            std::fs::write(r.dir.path().join("key.pem"), TEST_TLS_KEY).expect("write key");
+        }
         r.restart();
         r
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for one started with TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A file holding the certificate to trust (`SSL_CERT_FILE`) for one started with TLS.
+    pub fn cert_file(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
     }
 
     /// SIGKILLs the server (every key is lost: there is no persistence).
@@ -53,8 +80,21 @@ impl PrivateRedis {
     /// Kills the server if it runs, and starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        if self.tls {
+            let dir = self.dir.path();
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(dir.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("key.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
