@@ -167,9 +167,16 @@ impl Queues {
         }
     }
 
-    /// Enqueues a planner job. Keyed by its run, so pushing the same run twice enqueues once.
+    /// Enqueues a planner job. Keyed by its run and its `as_of`, so pushing the same run twice
+    /// enqueues once. (Keyed by the run id alone, a database restored from a backup hands out
+    /// ids again that Redis still holds keys for, for a day: every new run was dropped as a
+    /// duplicate and stayed `queued`.)
     pub async fn push_check(&self, job: &CheckWorkflows) -> Result<(), QueueError> {
-        let key = format!("check:{}", job.check_run_id);
+        let key = format!(
+            "check:{}:{}",
+            job.check_run_id,
+            job.as_of.timestamp_micros()
+        );
         let queue = self.names().checks.clone();
         self.push(&queue, vec![(Some(key), job.clone())]).await
     }
@@ -196,14 +203,19 @@ impl Queues {
         Err(e)
     }
 
-    /// Enqueues a run's batch jobs, keyed by (run, index): a planner that runs twice pushes
-    /// each batch once.
+    /// Enqueues a run's batch jobs, keyed by (run, `as_of`, index): a planner that runs twice
+    /// pushes each batch once.
     pub async fn push_batches(&self, jobs: &[EscalateBatch]) -> Result<(), QueueError> {
         let keyed = jobs
             .iter()
             .map(|j| {
                 (
-                    Some(format!("batch:{}:{}", j.check_run_id, j.batch_index)),
+                    Some(format!(
+                        "batch:{}:{}:{}",
+                        j.check_run_id,
+                        j.as_of.timestamp_micros(),
+                        j.batch_index
+                    )),
                     j.clone(),
                 )
             })

@@ -197,6 +197,35 @@ async fn pushing_the_same_check_twice_enqueues_it_once() {
     assert!(ttl > 3_600, "idempotency key ttl {ttl}");
 }
 
+/// A database restored from a backup hands out check run ids again while Redis still holds
+/// the keys of the runs that had them: a new run (another `as_of`) is not a duplicate.
+#[tokio::test]
+async fn a_run_id_handed_out_again_after_a_restore_is_not_taken_for_a_duplicate() {
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    let before = CheckWorkflows {
+        check_run_id: 7,
+        as_of: Utc::now() - chrono::Duration::hours(2),
+        scope: Scope::All,
+    };
+    let after = CheckWorkflows {
+        as_of: Utc::now(),
+        ..before.clone()
+    };
+    queues.push_check(&before).await.unwrap();
+    queues.push_check(&after).await.unwrap();
+    let batch = |job: &CheckWorkflows| EscalateBatch {
+        check_run_id: job.check_run_id,
+        as_of: job.as_of,
+        batch_index: 0,
+        slice: Default::default(),
+    };
+    queues.push_batches(&[batch(&before)]).await.unwrap();
+    queues.push_batches(&[batch(&after)]).await.unwrap();
+    let stats = queues.stats().await.unwrap();
+    assert_eq!((stats[0].pending, stats[1].pending), (2, 2), "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_dead_lettered_and_the_worker_goes_on() {
     let ns = Ns::new();
