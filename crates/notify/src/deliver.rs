@@ -63,6 +63,8 @@ pub struct DeliveryReport {
     pub retried: u32,
     /// Given up.
     pub dead: u32,
+    /// Not sent: the workflow was closed (or, for a reminder, escalated) before they went out.
+    pub obsolete: u32,
     /// Stopped at `max_rounds` with rows possibly left: the caller should go on (a delivery
     /// job enqueues a follow-up rather than wait for the sweep).
     pub more: bool,
@@ -148,16 +150,35 @@ impl Deliverer {
             // each round's lease runs from its own claim: a drain of many rounds outlasts a
             // lease taken from its start, and rows claimed late would be due again mid-send
             let now = Utc::now().max(as_of);
-            let claimed = self
+            let mut claimed = self
                 .store
                 .claim_deliveries(now, self.lease, per_round)
                 .await?;
             if claimed.is_empty() {
                 break;
             }
+            let count = claimed.len();
+            // what a relay outage or a dead sender held back until its workflow moved on is
+            // not sent at all (I4)
+            let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+            let obsolete = self.store.obsolete_deliveries(&ids).await?;
+            if !obsolete.is_empty() {
+                tracing::info!(
+                    count = obsolete.len(),
+                    "deliveries not sent: their workflows were closed or escalated since"
+                );
+                report.obsolete += u32::try_from(obsolete.len()).unwrap_or(u32::MAX);
+                claimed.retain(|e| {
+                    let stale = obsolete.contains(&e.id);
+                    if stale {
+                        metrics::counter!(m::NOTIFICATIONS, "channel" => e.channel.clone(), "outcome" => "obsolete")
+                            .increment(1);
+                    }
+                    !stale
+                });
+            }
             // sends of one round run side by side (each row is its own claim); outcomes are
             // recorded as they come
-            let count = claimed.len();
             let mut sends = futures_util::stream::iter(claimed.into_iter().map(|entry| {
                 // owned parts: the future must not borrow across the stream (Send bounds)
                 let this = self.clone();

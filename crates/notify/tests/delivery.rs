@@ -448,3 +448,68 @@ async fn late_outcomes_are_fenced_off_on_postgres() {
 async fn late_outcomes_are_fenced_off_on_sqlite() {
     late_outcomes_are_fenced_off(TestDb::sqlite().await).await;
 }
+
+/// A reminder still waiting when its workflow is completed (a relay was down) is not sent at
+/// all; the open workflow's reminder goes out as usual (I4 at delivery).
+#[tokio::test]
+async fn a_reminder_of_a_workflow_completed_meanwhile_is_never_sent() {
+    use escalator_store::{AuditReason, Transition, TransitionContext};
+    let db = TestDb::postgres().await;
+    let s = &db.store;
+    let now = Utc::now();
+    let mut ids = Vec::new();
+    for name in ["DONE", "OPEN"] {
+        let new = escalator_testkit::new_workflow(name, now);
+        ids.push(s.create_workflow(&new, now).await.unwrap().workflow.id);
+    }
+    let effects = BatchEffects {
+        outbox: ids
+            .iter()
+            .map(|id| NewOutbox {
+                channel: "email",
+                recipient: "alice@example.com".into(),
+                workflow_id: Some(*id),
+                payload: serde_json::json!({
+                    "kind": "reminder", "level": 0, "to": ["alice@example.com"], "cc": [],
+                    "subject": format!("Reminder {id}"), "body": "It will be escalated."
+                }),
+                idempotency_key: format!("remind:{id}:1:0:email"),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(&effects, now).await.unwrap();
+    tx.commit().await.unwrap();
+    let ctx = TransitionContext {
+        actor: "alice".into(),
+        reason: AuditReason::Api,
+        expected_version: None,
+        comment: None,
+        now: Utc::now(),
+    };
+    s.transition(ids[0], &Transition::Complete, &ctx)
+        .await
+        .unwrap();
+
+    let (port, received) = smtp_sink(None).await;
+    let report = deliverer(s, port).drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.obsolete, report.dead), (1, 1, 0));
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].contains(&format!("Reminder {}", ids[1])),
+        "{}",
+        got[0]
+    );
+    let mut rows = s.list_outbox(&[], 10).await.unwrap();
+    rows.sort_by_key(|r| r.workflow_id != Some(ids[0]));
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].last_error.as_deref()),
+        (
+            "obsolete",
+            Some("not sent: the workflow is completed since")
+        )
+    );
+    assert_eq!(rows[1].status, "sent");
+}

@@ -124,7 +124,7 @@ pub fn describe() {
     );
     describe_counter!(
         NOTIFICATIONS,
-        "Notification delivery attempts by channel and outcome."
+        "Notification delivery attempts by channel and outcome (sent, retry, dead; obsolete: not sent, its workflow was closed or escalated first)."
     );
     describe_counter!(
         MISSED_TICKS,

@@ -66,6 +66,71 @@ pub const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(3_600
 pub const RELEASE_ITEMS: i64 = 500;
 
 impl Store {
+    /// Of the claimed deliveries `ids`, marks `obsolete` (never to be sent) those to people
+    /// whose workflow has moved on since they were written: it is completed or cancelled, or,
+    /// for a reminder, escalated since (its level is not the reminder's). A reminder that "will
+    /// be escalated" must not reach anyone after the workflow was closed or escalated because
+    /// a relay was down or a sender died mid-lease (I4). Events and webhooks are facts and
+    /// always go out; digests (no workflow) too. Returns the ids marked. Bounded by the claim:
+    /// checking the whole due backlog before each claim of 16 would read it again and again.
+    pub async fn obsolete_deliveries(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        const WHY: &str = "CASE WHEN w.status IN ('completed', 'cancelled')
+                               THEN 'not sent: the workflow is ' || w.status || ' since'
+                               ELSE 'not sent: the workflow was escalated since' END";
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = match self {
+            Store::Postgres(s) => {
+                let sql = format!(
+                    "UPDATE outbox SET status = 'obsolete', last_error = stale.why
+                     FROM (SELECT o.id, {WHY} AS why
+                           FROM outbox o JOIN workflows w ON w.id = o.workflow_id
+                           WHERE o.id = ANY($1) AND o.status IN ('pending', 'failed')
+                             AND o.channel IN ('email', 'sms', 'slack')
+                             AND (w.status IN ('completed', 'cancelled')
+                                  OR (o.payload->>'kind' = 'reminder'
+                                      AND w.escalation_level::text <> o.payload->>'level'))
+                           FOR UPDATE OF o) AS stale
+                     WHERE outbox.id = stale.id
+                     RETURNING outbox.id"
+                );
+                sqlx::query_scalar::<_, i64>(trusted(sql))
+                    .bind(ids)
+                    .fetch_all(s.pool())
+                    .await?
+            }
+            Store::Sqlite(s) => {
+                let sql = format!(
+                    "UPDATE outbox SET status = 'obsolete',
+                         last_error = (SELECT {WHY} FROM workflows w WHERE w.id = outbox.workflow_id)
+                     WHERE id IN (SELECT o.id
+                                  FROM outbox o JOIN workflows w ON w.id = o.workflow_id
+                                  WHERE o.id IN (SELECT value FROM json_each(?1))
+                                    AND o.status IN ('pending', 'failed')
+                                    AND o.channel IN ('email', 'sms', 'slack')
+                                    AND (w.status IN ('completed', 'cancelled')
+                                         OR (json_extract(o.payload, '$.kind') = 'reminder'
+                                             AND w.escalation_level
+                                                 <> json_extract(o.payload, '$.level'))))
+                     RETURNING id"
+                );
+                let ids = format!(
+                    "[{}]",
+                    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+                );
+                let mut tx = s.pool().begin_with(sqlite::BEGIN_WRITE).await?;
+                let rows = sqlx::query_scalar::<_, i64>(trusted(sql))
+                    .bind(ids)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows
+            }
+        };
+        Ok(rows)
+    }
+
     /// Claims up to `limit` deliveries that are due at `now`: each gets `attempts + 1` and is
     /// hidden from other senders until `now + lease`. A sender that dies mid-send loses
     /// nothing: its rows are due again when the lease runs out.

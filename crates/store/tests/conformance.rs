@@ -64,6 +64,7 @@ conformance!(
     due_ranges_cut_workflows_that_share_one_instant,
     outbox_backlog_counts_undelivered_rows,
     sent_deliveries_are_pruned_after_their_retention_and_others_kept,
+    deliveries_of_workflows_that_moved_on_are_never_sent,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -1513,4 +1514,132 @@ async fn sent_deliveries_are_pruned_after_their_retention_and_others_kept(db: &T
         statuses(s.list_outbox(&[], 100).await.unwrap()),
         ["dead", "failed"]
     );
+}
+
+/// I4 at delivery: a reminder or escalation message still waiting (a relay down, a sender
+/// dead mid-lease) when its workflow is completed or cancelled is not sent, nor is a reminder
+/// of a level the workflow has left; events and the messages of open workflows go on.
+async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
+    let s = &db.store;
+    let now = t0() + Duration::hours(23);
+    let [completed, cancelled, escalated, open] = [
+        create(s, "MO-1").await,
+        create(s, "MO-2").await,
+        create(s, "MO-3").await,
+        create(s, "MO-4").await,
+    ];
+    let mut tx = s.begin_batch().await.unwrap();
+    for (w, level) in [
+        (&completed, 0),
+        (&cancelled, 0),
+        (&escalated, 1),
+        (&open, 0),
+    ] {
+        let mut e = remind(w, now, None);
+        // `escalated`'s reminder is of level 1: the workflow (at 0 here) is elsewhere now
+        e.outbox[0].payload = serde_json::json!({ "kind": "reminder", "level": level });
+        e.outbox.push(NewOutbox {
+            channel: "email",
+            recipient: "boss@example.com".into(),
+            workflow_id: Some(w.id),
+            payload: serde_json::json!({ "kind": "escalation", "level": 1 }),
+            idempotency_key: format!("escalate:{}:email", w.id),
+        });
+        e.outbox.push(NewOutbox {
+            channel: "event",
+            recipient: "https://hooks.example.com/escalator".into(),
+            workflow_id: Some(w.id),
+            payload: serde_json::json!({ "kind": "escalation", "level": 1 }),
+            idempotency_key: format!("event:escalate:{}", w.id),
+        });
+        tx.apply(&e, now).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let later = now + Duration::minutes(5);
+    s.transition(completed.id, &Transition::Complete, &ctx(later))
+        .await
+        .unwrap();
+    s.transition(cancelled.id, &Transition::Cancel, &ctx(later))
+        .await
+        .unwrap();
+
+    let claimed = s
+        .claim_deliveries(later, std::time::Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 12);
+    let channel_of = |id: &i64| {
+        claimed
+            .iter()
+            .find(|r| r.id == *id)
+            .map(|r| r.channel.clone())
+            .unwrap()
+    };
+    let ids: Vec<i64> = claimed.iter().map(|r| r.id).collect();
+    let gone = s.obsolete_deliveries(&ids).await.unwrap();
+    // the reminders and escalation emails of the closed two, and the left level's reminder
+    assert_eq!(
+        gone.iter().map(channel_of).collect::<Vec<_>>(),
+        ["email"; 5]
+    );
+    let obsolete = s.list_outbox(&["obsolete"], 100).await.unwrap();
+    let mut why: Vec<(Uuid, String, String)> = obsolete
+        .iter()
+        .map(|r| {
+            (
+                r.workflow_id.unwrap(),
+                r.payload["kind"].as_str().unwrap().to_owned(),
+                r.last_error.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    why.sort();
+    let mut want = vec![
+        (
+            completed.id,
+            "escalation".to_owned(),
+            "not sent: the workflow is completed since".to_owned(),
+        ),
+        (
+            completed.id,
+            "reminder".to_owned(),
+            "not sent: the workflow is completed since".to_owned(),
+        ),
+        (
+            cancelled.id,
+            "escalation".to_owned(),
+            "not sent: the workflow is cancelled since".to_owned(),
+        ),
+        (
+            cancelled.id,
+            "reminder".to_owned(),
+            "not sent: the workflow is cancelled since".to_owned(),
+        ),
+        (
+            escalated.id,
+            "reminder".to_owned(),
+            "not sent: the workflow was escalated since".to_owned(),
+        ),
+    ];
+    want.sort();
+    assert_eq!(why, want);
+    // a second pass finds nothing more; the rest is sent as usual
+    assert!(s.obsolete_deliveries(&ids).await.unwrap().is_empty());
+    let mut rest: Vec<(Uuid, String)> = claimed
+        .iter()
+        .filter(|r| !gone.contains(&r.id))
+        .map(|r| (r.workflow_id.unwrap(), r.channel.clone()))
+        .collect();
+    rest.sort();
+    let mut want = vec![
+        (completed.id, "event".to_owned()),
+        (cancelled.id, "event".to_owned()),
+        (escalated.id, "email".to_owned()),
+        (escalated.id, "event".to_owned()),
+        (open.id, "email".to_owned()),
+        (open.id, "email".to_owned()),
+        (open.id, "event".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(rest, want);
 }

@@ -68,3 +68,83 @@ async fn far_deadlines_become_never_and_absent_next_checks_stay_absent() {
         assert_eq!((w.warn_at, w.due_at, w.next_check_at), (never, never, None));
     }
 }
+
+/// `20261206000017_outbox_obsolete` (SQLite) rebuilds `outbox` to let it hold `obsolete`: rows
+/// keep their ids and contents, and the id sequence goes on where it was (AUTOINCREMENT: an id
+/// once used, even by a row since deleted, is not handed out again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilding_the_sqlite_outbox_keeps_rows_ids_and_the_sequence() {
+    let db = TestDb::sqlite().await;
+    let Store::Sqlite(lite) = &db.store else {
+        unreachable!()
+    };
+    let pool = lite.pool();
+    for i in 1..=3 {
+        sqlx::query(
+            "INSERT INTO outbox (channel, recipient, payload, idempotency_key, status,
+                                 next_attempt_at, created_at)
+             VALUES ('email', ?1, '{\"n\": 1}', ?2, 'failed', '2026-12-06T10:00:00.000000Z',
+                     '2026-12-06T10:00:00.000000Z')",
+        )
+        .bind(format!("u{i}@example.com"))
+        .bind(format!("key-{i}"))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("DELETE FROM outbox WHERE id = 3")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(include_str!(
+        "../../../migrations/sqlite/20261206000017_outbox_obsolete.sql"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+    let rows: Vec<(i64, String, String, String)> =
+        sqlx::query_as("SELECT id, recipient, idempotency_key, status FROM outbox ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (1, "u1@example.com".into(), "key-1".into(), "failed".into()),
+            (2, "u2@example.com".into(), "key-2".into(), "failed".into()),
+        ]
+    );
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (channel, recipient, payload, idempotency_key, next_attempt_at,
+                             created_at)
+         VALUES ('email', 'u4@example.com', '{}', 'key-4', '2026-12-06T10:00:00.000000Z',
+                 '2026-12-06T10:00:00.000000Z')
+         RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(id, 4, "the sequence went back");
+    sqlx::query("UPDATE outbox SET status = 'obsolete' WHERE id = 1")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert!(
+        sqlx::query("UPDATE outbox SET status = 'lost' WHERE id = 2")
+            .execute(pool)
+            .await
+            .is_err(),
+        "the status check was lost"
+    );
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'
+           AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        ["outbox_pending", "outbox_sent", "outbox_workflow"]
+    );
+}
