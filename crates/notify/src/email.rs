@@ -168,7 +168,7 @@ async fn one_by_one(
 ) -> Result<(), NotifyError> {
     let mut order: Vec<&Address> = envelope.to().iter().collect();
     order.sort_by_key(|a| !primaries.contains(a));
-    let mut delivered = 0;
+    let mut delivered: Vec<&Address> = Vec::new();
     let mut primary_delivered = false;
     let mut refused = Vec::new();
     let limit = MAX_SENT_ALONE as usize;
@@ -184,10 +184,10 @@ async fn one_by_one(
             .map_err(|e| NotifyError::Permanent(format!("envelope for {rcpt}: {e}")))?;
         match send_raw(transport, deadline, &single, raw).await {
             Ok(()) => {
-                delivered += 1;
+                delivered.push(rcpt);
                 primary_delivered |= primaries.contains(rcpt);
             }
-            Err(NotifyError::Transient(why)) if delivered == 0 => {
+            Err(NotifyError::Transient(why)) if delivered.is_empty() => {
                 return Err(NotifyError::Transient(why));
             }
             Err(e) => {
@@ -201,10 +201,20 @@ async fn one_by_one(
     }
     if primary_delivered {
         Ok(())
-    } else {
+    } else if delivered.is_empty() {
         Err(NotifyError::Permanent(format!(
             "the relay refused every primary recipient ({})",
             refused.join("; ")
+        )))
+    } else {
+        // said in the dead row, so that whoever retries it (`escalator outbox retry`) knows
+        // these people get the message a second time
+        let copies: Vec<String> = delivered.iter().map(|a| a.to_string()).collect();
+        Err(NotifyError::Permanent(format!(
+            "the relay refused every primary recipient ({}); delivered to the copies only: {} \
+             (a retry sends it to them again)",
+            refused.join("; "),
+            copies.join(", ")
         )))
     }
 }

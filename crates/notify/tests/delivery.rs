@@ -208,6 +208,11 @@ async fn a_recipient_the_relay_refuses_is_left_out_and_the_others_get_the_messag
         error.contains("every primary recipient") && error.contains("gone@example.com"),
         "{row:?}"
     );
+    // and who has it already: a retry by hand would send it to them again
+    assert!(
+        error.contains("delivered to the copies only: mgr@example.com"),
+        "{row:?}"
+    );
 }
 
 /// A relay refusing escalator's credentials (535) made every message dead on its first
