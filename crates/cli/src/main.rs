@@ -95,7 +95,10 @@ fn main() -> ExitCode {
         // the reader went away (`escalator status | head -1`): nothing more to say
         Err(e) if e.downcast_ref::<commands::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // each cause once: sqlx's errors print their source themselves, and `{e:#}` said
+            // `database "x" does not exist at line 948` twice
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", escalator_runtime::error::with_causes(e));
             ExitCode::FAILURE
         }
     }

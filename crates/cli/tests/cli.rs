@@ -405,3 +405,30 @@ async fn services_refuse_a_database_without_this_builds_schema() {
         }
     }
 }
+
+/// A database that cannot be reached is named with the reason, each cause once: the pool's
+/// retries ended in "pool timed out while waiting for an open connection" (nothing about a
+/// refused port), and a missing database was said twice over.
+#[test]
+fn an_unreachable_or_missing_database_is_reported_with_its_cause_once() {
+    let closed = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
+    let out = escalator(&closed, &["verify"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+
+    let missing = escalator_testkit::replace_database(
+        &escalator_testkit::admin_url(),
+        "escalator_no_such_database",
+    );
+    let out = escalator(&missing, &["verify"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        err.matches("\"escalator_no_such_database\" does not exist")
+            .count(),
+        1,
+        "{err}"
+    );
+}

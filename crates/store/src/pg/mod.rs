@@ -55,9 +55,25 @@ impl PgStore {
             .max_connections(config.max_connections)
             .min_connections(config.min_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await?;
-        Ok(PgStore { pool })
+            .connect_with(options.clone())
+            .await;
+        match pool {
+            Ok(pool) => Ok(PgStore { pool }),
+            // the pool retries a refused connection until its timeout and then says only that
+            // it timed out: one more attempt outside it names the cause (refused, unknown host,
+            // authentication)
+            Err(sqlx::Error::PoolTimedOut) => {
+                use sqlx::ConnectOptions as _;
+                match options.connect().await {
+                    Err(cause) => Err(cause.into()),
+                    Ok(conn) => {
+                        drop(conn);
+                        Err(sqlx::Error::PoolTimedOut.into())
+                    }
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Wraps an existing pool (tests).
