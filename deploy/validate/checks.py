@@ -283,7 +283,6 @@ def k8s_invariants(rendered_path):
 
     # the api keeps serving through a preStop pause while its endpoint goes, then finishes
     # its longest request within the grace period
-    api = container("escalator-api", "api")
     if api:
         pre = api.get("lifecycle", {}).get("preStop", {})
         command = pre.get("exec", {}).get("command") or []

@@ -169,7 +169,6 @@ async fn one_by_one(
     let mut order: Vec<&Address> = envelope.to().iter().collect();
     order.sort_by_key(|a| !primaries.contains(a));
     let mut delivered: Vec<&Address> = Vec::new();
-    let mut primary_delivered = false;
     let mut refused = Vec::new();
     let limit = MAX_SENT_ALONE as usize;
     for rcpt in order.iter().skip(limit) {
@@ -183,10 +182,7 @@ async fn one_by_one(
         let single = Envelope::new(envelope.from().cloned(), vec![rcpt.clone()])
             .map_err(|e| NotifyError::Permanent(format!("envelope for {rcpt}: {e}")))?;
         match send_raw(transport, deadline, &single, raw).await {
-            Ok(()) => {
-                delivered.push(rcpt);
-                primary_delivered |= primaries.contains(rcpt);
-            }
+            Ok(()) => delivered.push(rcpt),
             Err(NotifyError::Transient(why)) if delivered.is_empty() => {
                 return Err(NotifyError::Transient(why));
             }
@@ -199,7 +195,7 @@ async fn one_by_one(
             }
         }
     }
-    if primary_delivered {
+    if delivered.iter().any(|a| primaries.contains(a)) {
         Ok(())
     } else if delivered.is_empty() {
         Err(NotifyError::Permanent(format!(

@@ -51,8 +51,8 @@ impl PrivateRedis {
             tls,
         };
         if tls {
-            std::fs::write(r.dir.path().join("cert.pem"), TEST_TLS_CERT).expect("write cert");
-            std::fs::write(r.dir.path().join("key.pem"), TEST_TLS_KEY).expect("write key");
+            std::fs::write(r.cert_file(), TEST_TLS_CERT).expect("write cert");
+            std::fs::write(r.key_file(), TEST_TLS_KEY).expect("write key");
         }
         r.restart();
         r
@@ -69,6 +69,10 @@ impl PrivateRedis {
         self.dir.path().join("cert.pem")
     }
 
+    fn key_file(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+
     /// SIGKILLs the server (every key is lost: there is no persistence).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -82,13 +86,12 @@ impl PrivateRedis {
         self.kill();
         let mut command = Command::new("redis-server");
         if self.tls {
-            let dir = self.dir.path();
             command
                 .args(["--port", "0", "--tls-port", &self.port.to_string()])
                 .arg("--tls-cert-file")
-                .arg(dir.join("cert.pem"))
+                .arg(self.cert_file())
                 .arg("--tls-key-file")
-                .arg(dir.join("key.pem"))
+                .arg(self.key_file())
                 .args(["--tls-auth-clients", "no"]);
         } else {
             command.args(["--port", &self.port.to_string()]);
