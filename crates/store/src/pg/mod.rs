@@ -61,15 +61,13 @@ impl PgStore {
             Ok(pool) => Ok(PgStore { pool }),
             // the pool retries a refused connection until its timeout and then says only that
             // it timed out: one more attempt outside it names the cause (refused, unknown host,
-            // authentication)
+            // authentication) — bounded, since a host that drops packets would hold it for
+            // the system's TCP timeout
             Err(sqlx::Error::PoolTimedOut) => {
                 use sqlx::ConnectOptions as _;
-                match options.connect().await {
-                    Err(cause) => Err(cause.into()),
-                    Ok(conn) => {
-                        drop(conn);
-                        Err(sqlx::Error::PoolTimedOut.into())
-                    }
+                match tokio::time::timeout(Duration::from_secs(5), options.connect()).await {
+                    Ok(Err(cause)) => Err(cause.into()),
+                    Ok(Ok(_)) | Err(_) => Err(sqlx::Error::PoolTimedOut.into()),
                 }
             }
             Err(e) => Err(e.into()),
