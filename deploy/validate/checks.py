@@ -255,8 +255,9 @@ def k8s_invariants(rendered_path):
             fail("api container does not expose port 5000")
         if api.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
             fail("api livenessProbe must GET /healthz")
-        if api.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
-            fail("api readinessProbe must GET /readyz")
+        if api.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz?optional=queue":
+            fail("api readinessProbe must GET /readyz?optional=queue (a Redis failover would "
+                 "otherwise take every replica out of the Service at once)")
     for dep, cname, port in (("escalator-worker", "worker", 9100), ("escalator-beat", "beat", 9101)):
         c = container(dep, cname)
         if not c:

@@ -1,5 +1,5 @@
-//! `/healthz` (the process serves requests) and `/readyz` (the database and the queue answer):
-//! what Kubernetes probes and load balancers ask.
+//! `/healthz` (the process serves requests) and `/readyz` (the database and the queue answer;
+//! the queue optionally): what Kubernetes probes and load balancers ask.
 
 use std::time::Duration;
 
@@ -8,8 +8,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use serde::Deserialize;
+
 use crate::AppState;
-use crate::error::ErrorBody;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::QueryParams;
 
 /// How long a readiness probe waits for each dependency.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -22,14 +25,44 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// The query of `GET /readyz`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ReadyQuery {
+    /// `queue`: a queue that does not answer is reported (`"status": "degraded"`) but does not
+    /// make the answer 503. What Kubernetes asks: every replica shares the one Redis, so a
+    /// Redis failover would otherwise take them all out of the Service at once, although
+    /// everything but enqueueing a check works without it.
+    pub optional: Option<String>,
+}
+
 #[utoipa::path(get, path = "/readyz", tag = "operations",
+    params(ReadyQuery),
     responses(
-        (status = 200, description = "database and queue reachable", body = Object),
+        (status = 200, description = "database and queue reachable, or only an optional one failed (status degraded)", body = Object),
+        (status = 400, description = "optional names something other than queue", body = ErrorBody),
         (status = 503, description = "a dependency failed; error.field names it", body = ErrorBody),
     ))]
-/// `GET /readyz`: 200 when the database and the queue answer within [`PROBE_TIMEOUT`], else
-/// 503 with the JSON error naming the dependency that failed.
-pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
+/// `GET /readyz[?optional=queue]`: 200 when the database and the queue answer within
+/// [`PROBE_TIMEOUT`], else 503 with the JSON error naming the dependency that failed. With
+/// `optional=queue`, a queue failure alone answers 200 with `"status": "degraded"`.
+pub async fn readyz(
+    State(s): State<AppState>,
+    QueryParams(q): QueryParams<ReadyQuery>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let queue_optional = match q.optional.as_deref() {
+        None => false,
+        Some("queue") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "optional",
+                format!(
+                    "optional must be \"queue\" (the only dependency the api can serve without), not {other:?}"
+                ),
+            ));
+        }
+    };
     let (db, queue) = tokio::join!(
         tokio::time::timeout(PROBE_TIMEOUT, s.store.ping()),
         tokio::time::timeout(PROBE_TIMEOUT, s.queues.stats()),
@@ -46,23 +79,25 @@ pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     let state = |e: &Option<String>| if e.is_some() { "failed" } else { "ok" };
     let checks = json!({ "database": state(&db), "queue": state(&queue) });
-    let failed: Vec<&str> = [("database", &db), ("queue", &queue)]
-        .into_iter()
-        .filter_map(|(name, e)| e.as_ref().map(|_| name))
-        .collect();
-    if failed.is_empty() {
-        return (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "checks": checks })),
-        );
-    }
     for (name, e) in [("database", &db), ("queue", &queue)] {
         if let Some(e) = e {
             tracing::warn!(dependency = name, error = %e, "not ready");
         }
     }
+    let failed: Vec<&str> = [("database", &db), ("queue", &queue)]
+        .into_iter()
+        .filter(|(name, e)| e.is_some() && !(*name == "queue" && queue_optional))
+        .map(|(name, _)| name)
+        .collect();
+    if failed.is_empty() {
+        let status = if queue.is_some() { "degraded" } else { "ready" };
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "status": status, "checks": checks })),
+        ));
+    }
     let field = failed.join(",");
-    (
+    Ok((
         StatusCode::SERVICE_UNAVAILABLE,
         Json(json!({
             "error": {
@@ -72,5 +107,5 @@ pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
             },
             "checks": checks,
         })),
-    )
+    ))
 }

@@ -28,17 +28,6 @@ pub struct FleetCache {
     last: tokio::sync::Mutex<Option<Instant>>,
 }
 
-/// The SLA compliance ratio: open workflows not breached over all open ones (1 when none is
-/// open, so an idle system does not alert).
-pub fn compliance_ratio(ok: i64, warning: i64, breached: i64) -> f64 {
-    let open = ok + warning + breached;
-    if open <= 0 {
-        1.0
-    } else {
-        (ok + warning) as f64 / open as f64
-    }
-}
-
 /// Reads the fleet-wide numbers into gauges unless they are fresher than [`FLEET_TTL`]. A
 /// failed read leaves its gauges at their previous values and is logged; the scrape still
 /// answers with everything else.
@@ -48,11 +37,11 @@ async fn refresh_fleet(s: &AppState) {
         return;
     }
     match s.store.sla_counts(Utc::now()).await {
-        Ok((ok, warning, breached)) => {
-            metrics::gauge!(OPEN, "sla_status" => "ok").set(ok as f64);
-            metrics::gauge!(OPEN, "sla_status" => "warning").set(warning as f64);
-            metrics::gauge!(OPEN, "sla_status" => "breached").set(breached as f64);
-            metrics::gauge!(COMPLIANCE).set(compliance_ratio(ok, warning, breached));
+        Ok(c) => {
+            metrics::gauge!(OPEN, "sla_status" => "ok").set(c.ok as f64);
+            metrics::gauge!(OPEN, "sla_status" => "warning").set(c.warning as f64);
+            metrics::gauge!(OPEN, "sla_status" => "breached").set(c.breached as f64);
+            metrics::gauge!(COMPLIANCE).set(c.compliance_ratio());
         }
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count open workflows"),
     }
@@ -106,16 +95,4 @@ pub async fn render(State(s): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::compliance_ratio;
-
-    #[test]
-    fn compliance_is_the_share_not_breached_and_one_when_idle() {
-        assert_eq!(compliance_ratio(0, 0, 0), 1.0);
-        assert_eq!(compliance_ratio(6, 2, 2), 0.8);
-        assert_eq!(compliance_ratio(0, 0, 3), 0.0);
-    }
 }

@@ -26,6 +26,9 @@ pub struct InboxQuery {
     /// How many, newest first: 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// Only notifications older than this id (`next_before` of the previous page).
+    #[param(minimum = 1)]
+    pub before: Option<i64>,
 }
 
 /// An inbox page.
@@ -33,6 +36,8 @@ pub struct InboxQuery {
 pub struct Inbox {
     /// Newest first.
     pub items: Vec<Notification>,
+    /// Pass as `before` for the next (older) page; null when this page is the last.
+    pub next_before: Option<i64>,
 }
 
 #[utoipa::path(get, path = "/api/v1/notifications", tag = "inbox",
@@ -41,7 +46,7 @@ pub struct Inbox {
         (status = 200, description = "newest first", body = Inbox),
         (status = 400, description = "recipient missing or bad parameter", body = ErrorBody),
     ))]
-/// `GET /api/v1/notifications?recipient=&unread=&limit=`.
+/// `GET /api/v1/notifications?recipient=&unread=&limit=&before=`.
 pub async fn list(
     State(s): State<AppState>,
     QueryParams(q): QueryParams<InboxQuery>,
@@ -51,9 +56,17 @@ pub async fn list(
         .filter(|r| !r.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("recipient", "recipient is required"))?;
     let limit = page_limit(q.limit, MAX_LIMIT)?;
-    Ok(Json(Inbox {
-        items: s.store.inbox(&recipient, q.unread, limit).await?,
-    }))
+    if q.before.is_some_and(|b| b < 1) {
+        return Err(ApiError::bad_request(
+            "before",
+            "before must be a notification id (1 or more)",
+        ));
+    }
+    let items = s.store.inbox(&recipient, q.unread, q.before, limit).await?;
+    let next_before = (items.len() == limit as usize)
+        .then(|| items.last().map(|n| n.id))
+        .flatten();
+    Ok(Json(Inbox { items, next_before }))
 }
 
 /// The answer to marking a notification read.

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use escalator_policy::{Calendar, CalendarSpec, Policy, PolicyError, PolicySpec};
+use escalator_policy::{Calendar, CalendarSpec, Policy, PolicyError, PolicySpec, Target};
 use escalator_store::{PolicyRecord, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,36 @@ async fn require_calendar(s: &AppState, id: &str, field: &str) -> ApiResult<()> 
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// 422 naming the level when a level escalates to a user who does not exist or is inactive:
+/// every workflow reaching it would be handed to no one who reads it.
+async fn require_target_users(s: &AppState, spec: &PolicySpec) -> ApiResult<()> {
+    for (i, level) in spec.levels.iter().enumerate() {
+        let Target::User(id) = &level.target else {
+            continue;
+        };
+        let field = format!("spec.levels[{i}].target");
+        match s.store.get_user(id).await {
+            Ok(u) if u.active => {}
+            Ok(_) => {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("user {id:?} is inactive: escalations to them would reach no one"),
+                ));
+            }
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "user {id:?} not found: create it first (PUT /api/v1/users/{id}), or escalate to \"manager\""
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// A stored policy version.
@@ -121,7 +151,7 @@ pub struct NewPolicyVersion {
     request_body = NewPolicyVersion,
     responses(
         (status = 201, description = "the new version (running workflows keep theirs)", body = PolicyView),
-        (status = 422, description = "invalid spec; field names the value", body = ErrorBody),
+        (status = 422, description = "invalid spec, unknown calendar, or a level's user unknown or inactive; field names the value", body = ErrorBody),
     ))]
 /// `POST /api/v1/policies`: stores the next version of a policy. Versions are immutable;
 /// workflows stay on the version they were created with.
@@ -137,6 +167,7 @@ pub async fn create_version(
         require_calendar(&s, calendar, "spec.calendar_id").await?;
     }
     escalator_policy::check_targets(&body.spec).map_err(|e| invalid_spec("spec", e))?;
+    require_target_users(&s, &body.spec).await?;
     let policy = Policy::new(body.spec).map_err(|e| invalid_spec("spec", e))?;
     let record = s
         .store

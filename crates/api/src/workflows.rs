@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use escalator_policy::{SlaStatus, Status};
-use escalator_store::{NewWorkflow, Workflow, WorkflowFilter};
+use escalator_store::{NewWorkflow, StoreError, Workflow, WorkflowFilter};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -91,9 +91,8 @@ pub(crate) fn workflow_response(status: StatusCode, w: Workflow) -> Response {
     responses(
         (status = 201, description = "created", body = WorkflowView),
         (status = 200, description = "the same body was created before: the existing workflow", body = WorkflowView),
-        (status = 404, description = "`policy_id` names no policy", body = ErrorBody),
         (status = 409, description = "external_id exists with a different body", body = ErrorBody),
-        (status = 422, description = "invalid field", body = ErrorBody),
+        (status = 422, description = "invalid field, unknown policy_id, or stage_started_at in the future", body = ErrorBody),
     ))]
 /// `POST /api/v1/workflows`: 201 when created, 200 when the same body was created before,
 /// 409 naming the first differing field otherwise.
@@ -113,7 +112,19 @@ pub async fn create(
         stage_started_at: body.stage_started_at,
         metadata: body.metadata.unwrap_or_else(|| serde_json::json!({})),
     };
-    let created = s.store.create_workflow(&new, Utc::now()).await?;
+    let created = match s.store.create_workflow(&new, Utc::now()).await {
+        // a reference in the body, not the address: 422 naming it, as for other references
+        Err(StoreError::NotFound {
+            entity: "policy",
+            id,
+        }) => {
+            return Err(ApiError::invalid(
+                "policy_id",
+                format!("policy {id:?} not found"),
+            ));
+        }
+        r => r?,
+    };
     let status = if created.created {
         StatusCode::CREATED
     } else {

@@ -287,6 +287,48 @@ async fn a_worker_killed_mid_run_loses_nothing_and_doubles_nothing() {
     assert!(stop(rescuer).success());
 }
 
+/// A COMMIT already sent takes effect even if the attempt gives up on it. An attempt whose
+/// deadline passes while it commits therefore waits for the commit: the batch is done, not
+/// dead, and what it wrote is counted in the metrics (I6). A test trigger makes each batch's
+/// COMMIT take 1.5 s against a 1 s attempt limit and one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_out_of_time_while_committing_waits_for_its_commit() {
+    let mut w = World::new().await;
+    w.extra_env
+        .push(("ESCALATOR_JOB_TIMEOUT".into(), "1".into()));
+    w.extra_env
+        .push(("ESCALATOR_MAX_ATTEMPTS".into(), "1".into()));
+    w.seed(1_000);
+    let escalator_store::Store::Postgres(pg) = &w.db.store else {
+        panic!("the e2e suite runs on PostgreSQL")
+    };
+    for sql in [
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON check_run_batches \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    ] {
+        sqlx::query(sql).execute(pg.pool()).await.unwrap();
+    }
+    let port = free_port();
+    let worker = w.worker(port);
+    assert_eq!(w.check(), (150, 150));
+    let out = w.run(&["jobs", "dead"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("0 dead job(s)"), "{text}");
+    let metrics = reqwest_metrics(port).await;
+    for line in [
+        "workflow_tasks_escalated_total 150",
+        "workflow_tasks_reminded_total 150",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    let run = &w.db.store.recent_check_runs(1).await.unwrap()[0];
+    assert_eq!(run.status, "succeeded", "{run:?}");
+    w.verify();
+    assert!(stop(worker).success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_every_queue_is_dead_lettered_counted_and_survived() {
     let w = World::new().await;

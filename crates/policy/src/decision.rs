@@ -251,23 +251,32 @@ fn breached(
     calendar: Option<&Calendar>,
     now: DateTime<Utc>,
 ) -> Decision {
-    let reason = if snapshot.level < policy.level_count() {
-        let next = snapshot.level + 1;
-        // A target that resolves wins even after an earlier NoTarget was recorded: if the org
-        // chart was fixed since (a manager assigned), the workflow should move on.
-        let resolved = resolve_target(snapshot, policy, next)
-            .and_then(|target| Some((target, schedule(now, 0, next, policy, calendar)?)));
-        if let Some((target, deadlines)) = resolved {
-            return Decision::Escalate {
-                level: next,
-                target,
-                deadlines,
-            };
+    // A target that resolves wins even after an earlier NoTarget was recorded: if the org
+    // chart was fixed since (a manager assigned), the workflow should move on. A level naming
+    // only whoever holds the workflow already (an override kept across a new stage, a
+    // reassignment to the next level's user) is passed over: escalating from someone to
+    // themselves tells no one.
+    let mut reason = Exhaustion::ChainEnd;
+    for next in snapshot.level + 1..=policy.level_count() {
+        match resolve_target(snapshot, policy, next) {
+            Resolved::To(target) => {
+                if let Some(deadlines) = schedule(now, 0, next, policy, calendar) {
+                    return Decision::Escalate {
+                        level: next,
+                        target,
+                        deadlines,
+                    };
+                }
+                reason = Exhaustion::NoTarget;
+                break;
+            }
+            Resolved::Holder => {}
+            Resolved::Nobody => {
+                reason = Exhaustion::NoTarget;
+                break;
+            }
         }
-        Exhaustion::NoTarget
-    } else {
-        Exhaustion::ChainEnd
-    };
+    }
     let every = match policy.spec().after_last {
         AfterLast::Stop => None,
         AfterLast::Repeat { every_seconds } => Some(every_seconds),
@@ -287,17 +296,44 @@ fn breached(
     }
 }
 
-/// The user id level `level` escalates to, if it can be resolved. Blank ids count as absent, so
-/// an empty override or manager column never "escalates" to nobody.
-fn resolve_target(snapshot: &Snapshot, policy: &Policy, level: u32) -> Option<String> {
-    if level == 1
-        && let Some(id) = present(&snapshot.escalation_target)
-    {
-        return Some(id.to_owned());
+/// Whom a level escalates to.
+enum Resolved {
+    /// This user, who does not hold the workflow.
+    To(String),
+    /// Only the user who holds it already: the next level is tried.
+    Holder,
+    /// No one (`manager` with no manager): exhausted until the org chart names one.
+    Nobody,
+}
+
+/// Whom level `level` escalates to: level 1's override if the workflow has one, else the
+/// policy's target (also when the override is the holder: the policy's level 1 may still
+/// name someone above). Blank ids count as absent, so an empty override or manager column
+/// never "escalates" to nobody.
+fn resolve_target(snapshot: &Snapshot, policy: &Policy, level: u32) -> Resolved {
+    let overridden = if level == 1 {
+        present(&snapshot.escalation_target)
+    } else {
+        None
+    };
+    let configured = match policy.target(level) {
+        Some(Target::User(id)) => Some(id.as_str()),
+        Some(Target::Manager) => present(&snapshot.assignee_manager),
+        None => None,
+    };
+    let mut holder = false;
+    for id in [overridden, configured].into_iter().flatten() {
+        if id == snapshot.assignee {
+            holder = true;
+        } else {
+            return Resolved::To(id.to_owned());
+        }
     }
-    match policy.target(level)? {
-        Target::User(id) => Some(id.clone()),
-        Target::Manager => present(&snapshot.assignee_manager).map(str::to_owned),
+    // a missing manager wins over the holder: giving the assignee a manager moves it on
+    if holder && configured.is_some() {
+        Resolved::Holder
+    } else {
+        Resolved::Nobody
     }
 }
 

@@ -383,6 +383,80 @@ fn the_override_applies_to_level_one_only() {
     ));
 }
 
+fn chain(targets: &[Target]) -> Policy {
+    Policy::new(PolicySpec {
+        levels: targets
+            .iter()
+            .map(|t| LevelSpec {
+                target: t.clone(),
+                sla_seconds: 24 * HOUR,
+            })
+            .collect(),
+        ..Policy::default_policy().spec().clone()
+    })
+    .unwrap()
+}
+
+/// Escalating from someone to themselves tells no one: a level naming only the holder is
+/// passed over (an override kept across a new stage falls back to the policy's own target).
+#[test]
+fn a_level_naming_the_holder_is_passed_over() {
+    let escalates = |d: Decision, want_level: u32, want: &str| match d {
+        Decision::Escalate { level, target, .. } => {
+            assert_eq!((level, target.as_str()), (want_level, want));
+        }
+        other => panic!("want escalate to {want} at {want_level}, got {other:?}"),
+    };
+    let breached = at(24, 0, 0);
+    // carol, the override, was escalated to, then kept the workflow into a new stage: the
+    // default policy's level 1 (her manager) is who hears of the next breach
+    let default = Policy::default_policy();
+    let carol = Snapshot {
+        assignee: "carol".into(),
+        assignee_manager: Some("dave".into()),
+        escalation_target: Some("carol".into()),
+        ..snapshot(&default)
+    };
+    escalates(evaluate(&carol, &default, None, breached), 1, "dave");
+    // ... and with no manager, the workflow waits for one (no_target), as without an override
+    let orphan = Snapshot {
+        assignee_manager: None,
+        ..carol.clone()
+    };
+    assert!(matches!(
+        evaluate(&orphan, &default, None, breached),
+        Decision::Exhausted {
+            reason: Exhaustion::NoTarget,
+            ..
+        }
+    ));
+    // the director's own request goes over the director's level to the vp's
+    let ladder = chain(&[Target::User("director".into()), Target::User("vp".into())]);
+    let director = Snapshot {
+        assignee: "director".into(),
+        escalation_target: None,
+        ..snapshot(&ladder)
+    };
+    escalates(evaluate(&director, &ladder, None, breached), 2, "vp");
+    // a chain with no one above the holder ends
+    let short = chain(&[Target::User("director".into())]);
+    let top = Snapshot {
+        deadlines: schedule(start(), 0, 0, &short, None).unwrap(),
+        ..director
+    };
+    assert!(matches!(
+        evaluate(&top, &short, None, breached),
+        Decision::Exhausted {
+            level: 0,
+            reason: Exhaustion::ChainEnd,
+            ..
+        }
+    ));
+    // an override that is someone else still wins over the policy
+    let alice = snapshot(&default);
+    escalates(evaluate(&alice, &default, None, breached), 1, "erin");
+}
+
 #[test]
 fn next_check_is_the_warning_until_reminded_then_the_deadline() {
     let policy = Policy::default_policy();

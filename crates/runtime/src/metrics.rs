@@ -111,7 +111,7 @@ pub fn describe() {
     );
     describe_gauge!(
         COMPLIANCE,
-        "Share of open workflows that are not past their deadline."
+        "Share of open workflows within their SLA: never escalated in their current stage and not past their deadline (1 when none is open)."
     );
     describe_gauge!(QUEUE_DEPTH, "Jobs waiting in each queue.");
     describe_gauge!(

@@ -68,32 +68,58 @@ pub const RELEASE_ITEMS: i64 = 500;
 impl Store {
     /// Of the claimed deliveries `ids`, marks `obsolete` (never to be sent) those to people
     /// whose workflow has moved on since they were written: it is completed or cancelled, or,
-    /// for a reminder, escalated since (its level is not the reminder's). A reminder that "will
-    /// be escalated" must not reach anyone after the workflow was closed or escalated because
-    /// a relay was down or a sender died mid-lease (I4). Events and webhooks are facts and
-    /// always go out; digests (no workflow) too. Returns the ids marked. Bounded by the claim:
+    /// for a reminder, escalated (its level is not the reminder's), moved to another stage (its
+    /// cycle is not the reminder's) or reassigned (its assignee is not the one reminded) since.
+    /// A reminder that "will be escalated" must not reach anyone after the workflow was closed
+    /// or moved on because a relay was down or a sender died mid-lease (I4). Reminders written
+    /// before they carried `cycle` and `assignee_id` are judged by their level alone. Events and
+    /// webhooks are facts and always go out; digests (no workflow) too. Returns the ids marked. Bounded by the claim:
     /// checking the whole due backlog before each claim of 16 would read it again and again.
     pub async fn obsolete_deliveries(&self, ids: &[i64]) -> Result<Vec<i64>> {
-        const WHY: &str = "CASE WHEN w.status IN ('completed', 'cancelled')
-                               THEN 'not sent: the workflow is ' || w.status || ' since'
-                               ELSE 'not sent: the workflow was escalated since' END";
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // (escalated, moved to another stage, reassigned) since the reminder `o` was written
+        let pg_moved = [
+            "w.escalation_level::text <> o.payload->>'level'",
+            "w.cycle::text <> COALESCE(o.payload->>'cycle', w.cycle::text)",
+            "w.assignee <> COALESCE(o.payload->>'assignee_id', w.assignee)",
+        ];
+        let sqlite_moved = [
+            "w.escalation_level <> json_extract(o.payload, '$.level')",
+            "w.cycle <> COALESCE(json_extract(o.payload, '$.cycle'), w.cycle)",
+            "w.assignee <> COALESCE(json_extract(o.payload, '$.assignee_id'), w.assignee)",
+        ];
+        let why = |[escalated, staged, _]: [&str; 3]| {
+            format!(
+                "CASE WHEN w.status IN ('completed', 'cancelled')
+                      THEN 'not sent: the workflow is ' || w.status || ' since'
+                      WHEN {escalated} THEN 'not sent: the workflow was escalated since'
+                      WHEN {staged} THEN 'not sent: the workflow moved to another stage since'
+                      ELSE 'not sent: the workflow was reassigned since' END"
+            )
+        };
+        let stale = |moved: [&str; 3], kind: &str| {
+            format!(
+                "(w.status IN ('completed', 'cancelled')
+                  OR ({kind} = 'reminder' AND ({} OR {} OR {})))",
+                moved[0], moved[1], moved[2]
+            )
+        };
         let rows = match self {
             Store::Postgres(s) => {
                 let sql = format!(
                     "UPDATE outbox SET status = 'obsolete', last_error = stale.why
-                     FROM (SELECT o.id, {WHY} AS why
+                     FROM (SELECT o.id, {why} AS why
                            FROM outbox o JOIN workflows w ON w.id = o.workflow_id
                            WHERE o.id = ANY($1) AND o.status IN ('pending', 'failed')
                              AND o.channel IN ('email', 'sms', 'slack')
-                             AND (w.status IN ('completed', 'cancelled')
-                                  OR (o.payload->>'kind' = 'reminder'
-                                      AND w.escalation_level::text <> o.payload->>'level'))
+                             AND {stale}
                            FOR UPDATE OF o) AS stale
                      WHERE outbox.id = stale.id
-                     RETURNING outbox.id"
+                     RETURNING outbox.id",
+                    why = why(pg_moved),
+                    stale = stale(pg_moved, "o.payload->>'kind'"),
                 );
                 sqlx::query_scalar::<_, i64>(trusted(sql))
                     .bind(ids)
@@ -103,17 +129,17 @@ impl Store {
             Store::Sqlite(s) => {
                 let sql = format!(
                     "UPDATE outbox SET status = 'obsolete',
-                         last_error = (SELECT {WHY} FROM workflows w WHERE w.id = outbox.workflow_id)
+                         last_error = (SELECT {why} FROM outbox o JOIN workflows w
+                                       ON w.id = o.workflow_id WHERE o.id = outbox.id)
                      WHERE id IN (SELECT o.id
                                   FROM outbox o JOIN workflows w ON w.id = o.workflow_id
                                   WHERE o.id IN (SELECT value FROM json_each(?1))
                                     AND o.status IN ('pending', 'failed')
                                     AND o.channel IN ('email', 'sms', 'slack')
-                                    AND (w.status IN ('completed', 'cancelled')
-                                         OR (json_extract(o.payload, '$.kind') = 'reminder'
-                                             AND w.escalation_level
-                                                 <> json_extract(o.payload, '$.level'))))
-                     RETURNING id"
+                                    AND {stale})
+                     RETURNING id",
+                    why = why(sqlite_moved),
+                    stale = stale(sqlite_moved, "json_extract(o.payload, '$.kind')"),
                 );
                 let ids = format!(
                     "[{}]",

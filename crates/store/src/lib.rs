@@ -436,8 +436,8 @@ impl Store {
         dispatch!(self, s => s.earliest_next_check().await)
     }
 
-    /// Open workflows by SLA state as of `as_of`: (ok, warning, breached).
-    pub async fn sla_counts(&self, as_of: DateTime<Utc>) -> Result<(i64, i64, i64)> {
+    /// Open workflows by SLA state as of `as_of`, and how many are within their SLA.
+    pub async fn sla_counts(&self, as_of: DateTime<Utc>) -> Result<SlaCounts> {
         dispatch!(self, s => s.sla_counts(as_of).await)
     }
 
@@ -466,14 +466,16 @@ impl Store {
         })
     }
 
-    /// A recipient's in-app notifications, newest first.
+    /// A recipient's in-app notifications, newest first; with `before`, only those older than
+    /// that notification id (the next page after one that ended there).
     pub async fn inbox(
         &self,
         recipient: &str,
         unread_only: bool,
+        before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<Notification>> {
-        dispatch!(self, s => s.inbox(recipient, unread_only, limit).await)
+        dispatch!(self, s => s.inbox(recipient, unread_only, before, limit).await)
     }
 
     /// Marks a notification read; false if it was read already.

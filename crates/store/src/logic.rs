@@ -194,6 +194,25 @@ pub fn check_real_as_of(as_of: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> 
     })
 }
 
+/// How far ahead of this machine's clock a new workflow's `stage_started_at` may be: clock
+/// skew between the caller and the service.
+pub const STARTED_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Refuses a stage said to start in the future: its SLA clock would not run until then, so a
+/// typo (2062 for 2026) or local time sent as UTC would silence its reminders and escalations.
+fn check_started(started: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    if started <= now + STARTED_SKEW {
+        return Ok(started);
+    }
+    Err(StoreError::Invalid {
+        field: "stage_started_at",
+        message: format!(
+            "is {}s in the future: a stage's SLA clock starts when it starts (omit it for now)",
+            (started - now).num_seconds()
+        ),
+    })
+}
+
 /// Checks the caller-supplied fields of a new workflow, naming the first bad one.
 pub fn validate_new(new: &NewWorkflow) -> Result<()> {
     let required = [
@@ -242,7 +261,7 @@ pub fn plan_create(
 ) -> Result<(Workflow, NewAudit)> {
     validate_new(new)?;
     let started = match new.stage_started_at {
-        Some(t) => crate::time::check_instant("stage_started_at", t)?,
+        Some(t) => check_started(crate::time::check_instant("stage_started_at", t)?, now)?,
         None => now,
     };
     let deadlines = deadlines_for(&policy.policy, calendar, started, 0, 0)?;

@@ -352,6 +352,59 @@ pub struct BatchCounts {
     pub failed: i32,
 }
 
+/// Open workflows (pending or escalated; not on hold) by the state of their SLA clock, and how
+/// many of them are within their SLA.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlaCounts {
+    /// Before the current level's warning.
+    pub ok: i64,
+    /// Past the warning, before the deadline.
+    pub warning: i64,
+    /// Past the current level's deadline.
+    pub breached: i64,
+    /// Never escalated in their current stage and not past their deadline: the workflows
+    /// meeting their SLA. An escalated workflow missed it, whatever its new level's clock says.
+    pub compliant: i64,
+}
+
+impl SlaCounts {
+    /// All open workflows counted.
+    pub fn open(&self) -> i64 {
+        self.ok + self.warning + self.breached
+    }
+
+    /// The share of open workflows meeting their SLA ([`SlaCounts::compliant`]); 1 when none
+    /// is open, so an idle system does not alert.
+    pub fn compliance_ratio(&self) -> f64 {
+        let open = self.open();
+        if open <= 0 {
+            1.0
+        } else {
+            self.compliant as f64 / open as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod sla_counts_tests {
+    use super::SlaCounts;
+
+    #[test]
+    fn compliance_is_the_share_never_escalated_nor_breached_and_one_when_idle() {
+        let c = |ok, warning, breached, compliant| SlaCounts {
+            ok,
+            warning,
+            breached,
+            compliant,
+        };
+        assert_eq!(c(0, 0, 0, 0).compliance_ratio(), 1.0);
+        assert_eq!(c(6, 2, 2, 8).compliance_ratio(), 0.8);
+        // two of the eight on their clock were escalated to get there
+        assert_eq!(c(6, 2, 2, 6).compliance_ratio(), 0.6);
+        assert_eq!(c(0, 0, 3, 0).compliance_ratio(), 0.0);
+    }
+}
+
 /// An in-app notification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -31,9 +31,9 @@ const RULES: &[(&str, &str, &str)] = &[
     ),
     (
         "I1",
-        "escalation level differs from the escalations recorded in this cycle",
+        "escalation level differs from the last escalation recorded in this cycle",
         "SELECT CAST(w.id AS TEXT) AS subject FROM workflows w
-         LEFT JOIN (SELECT workflow_id, cycle, count(*) AS n FROM audit_logs
+         LEFT JOIN (SELECT workflow_id, cycle, max(level) AS n FROM audit_logs
                     WHERE action = 'escalate' GROUP BY workflow_id, cycle) e
            ON e.workflow_id = w.id AND e.cycle = w.cycle
          WHERE w.escalation_level <> COALESCE(e.n, 0)",

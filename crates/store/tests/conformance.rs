@@ -241,7 +241,18 @@ async fn create_rejects_bad_input_naming_the_field(db: &TestDb) {
             ..
         })
     ));
+    // a stage starting in the future would keep its SLA clock stopped until then
+    let mut w = new_workflow("PO-2");
+    w.stage_started_at = Some(t0() + Duration::hours(2));
+    match db.store.create_workflow(&w, t0()).await {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "stage_started_at"),
+        r => panic!("expected invalid stage_started_at, got {r:?}"),
+    }
     assert_eq!(db.store.table_counts().await.unwrap().workflows, 0);
+    // a few minutes of clock skew are not a mistake
+    w.stage_started_at = Some(t0() + Duration::minutes(4));
+    let skewed = db.store.create_workflow(&w, t0()).await.unwrap().workflow;
+    assert_eq!(skewed.stage_started_at, t0() + Duration::minutes(4));
 }
 
 async fn new_workflows_get_the_policy_deadlines(db: &TestDb) {
@@ -643,14 +654,16 @@ async fn a_deadline_that_is_never_is_never_due(db: &TestDb) {
     assert_eq!((w.warn_at, w.due_at), (never, never), "{w:?}");
     let read = s.get_workflow(w.id).await.unwrap();
     assert_eq!((read.warn_at, read.due_at), (never, never), "{read:?}");
-    // and so is a deadline that falls after the end of 9999 without a calendar
+    // and so is a deadline that falls after the end of 9999 without a calendar (created
+    // then: a stage may not start in the future)
+    let eleven_pm = "9999-12-31T23:00:00Z".parse().unwrap();
     let late = s
         .create_workflow(
             &NewWorkflow {
-                stage_started_at: Some("9999-12-31T23:00:00Z".parse().unwrap()),
+                stage_started_at: Some(eleven_pm),
                 ..new_workflow("LATE-1")
             },
-            t0(),
+            eleven_pm,
         )
         .await
         .unwrap()
@@ -664,7 +677,15 @@ async fn a_deadline_that_is_never_is_never_due(db: &TestDb) {
     assert!(s.due_ranges(soon, 10).await.unwrap().is_empty());
     let earliest = s.earliest_next_check().await.unwrap();
     assert!(earliest.is_none_or(|t| t > soon), "{earliest:?}");
-    assert_eq!(s.sla_counts(soon).await.unwrap(), (2, 0, 0));
+    assert_eq!(
+        s.sla_counts(soon).await.unwrap(),
+        SlaCounts {
+            ok: 2,
+            warning: 0,
+            breached: 0,
+            compliant: 2
+        }
+    );
 }
 
 async fn claim_returns_only_due_open_workflows_oldest_first(db: &TestDb) {
@@ -672,7 +693,11 @@ async fn claim_returns_only_due_open_workflows_oldest_first(db: &TestDb) {
     let a = create(s, "A").await;
     let mut later = new_workflow("B");
     later.stage_started_at = Some(t0() + Duration::hours(1));
-    let b = s.create_workflow(&later, t0()).await.unwrap().workflow;
+    let b = s
+        .create_workflow(&later, t0() + Duration::hours(1))
+        .await
+        .unwrap()
+        .workflow;
     let c = create(s, "C").await;
     s.transition(c.id, &Transition::Hold, &ctx(t0()))
         .await
@@ -725,7 +750,11 @@ async fn peeking_sees_what_a_claim_holds_and_takes_nothing_from_the_next_claim(d
     let a = create(s, "PA").await;
     let mut later = new_workflow("PB");
     later.stage_started_at = Some(t0() + Duration::hours(1));
-    let b = s.create_workflow(&later, t0()).await.unwrap().workflow;
+    let b = s
+        .create_workflow(&later, t0() + Duration::hours(1))
+        .await
+        .unwrap()
+        .workflow;
     let now = t0() + Duration::hours(23);
     let ids = |due: &[DueWorkflow]| due.iter().map(|d| d.workflow.id).collect::<Vec<_>>();
 
@@ -1166,14 +1195,47 @@ async fn listing_filters_and_paginates(db: &TestDb) {
     assert_eq!(by(sla(SlaStatus::Ok)).await, 1);
     assert_eq!(by(sla(SlaStatus::Warning)).await, 1);
     assert_eq!(by(sla(SlaStatus::Breached)).await, 2);
-    assert_eq!(s.sla_counts(t0()).await.unwrap(), (1, 1, 2));
+    let counts = SlaCounts {
+        ok: 1,
+        warning: 1,
+        breached: 2,
+        compliant: 2,
+    };
+    assert_eq!(s.sla_counts(t0()).await.unwrap(), counts);
+    // escalating the 40-hour one starts its next level's clock (OK again), but it has missed
+    // its SLA: it leaves the compliant ones
+    let w = s.get_workflow(ids[4]).await.unwrap();
+    let mut escalate = remind(&w, t0(), None);
+    let change = &mut escalate.changes[0];
+    change.status = Status::Escalated;
+    change.level = 1;
+    change.reminded_at = None;
+    change.escalated_at = Some(t0());
+    change.warn_at = t0() + Duration::hours(22);
+    change.due_at = t0() + Duration::hours(24);
+    change.next_check_at = Some(change.warn_at);
+    escalate.audits[0].action = "escalate";
+    escalate.audits[0].level = 1;
+    escalate.notifications.clear();
+    escalate.outbox.clear();
+    let mut tx = s.begin_batch().await.unwrap();
+    assert_eq!(tx.apply(&escalate, t0()).await.unwrap().changed, [w.id]);
+    tx.commit().await.unwrap();
+    let counts = SlaCounts {
+        ok: 2,
+        breached: 1,
+        ..counts
+    };
+    assert_eq!(s.sla_counts(t0()).await.unwrap(), counts);
+    assert_eq!(counts.compliance_ratio(), 0.5);
+    // the escalated one has its new level's deadline: only the 30-hour one is due
     assert_eq!(
         by(WorkflowFilter {
             due_before: Some(t0()),
             ..Default::default()
         })
         .await,
-        2
+        1
     );
 }
 
@@ -1192,7 +1254,15 @@ async fn bulk_load_yields_the_workload_distribution(db: &TestDb) {
     while generator.remaining() > 0 {
         s.bulk_load(&generator.next_chunk(700)).await.unwrap();
     }
-    assert_eq!(s.sla_counts(t0()).await.unwrap(), (1_400, 300, 300));
+    assert_eq!(
+        s.sla_counts(t0()).await.unwrap(),
+        SlaCounts {
+            ok: 1_400,
+            warning: 300,
+            breached: 300,
+            compliant: 1_700
+        }
+    );
     assert_eq!(s.count_due(t0()).await.unwrap(), 600);
     let counts = s.table_counts().await.unwrap();
     assert_eq!((counts.workflows, counts.audit_logs), (2_000, 2_000));
@@ -1211,7 +1281,7 @@ async fn inbox_lists_and_marks_read(db: &TestDb) {
     let mut tx = s.begin_batch().await.unwrap();
     tx.apply(&remind(&w, now, None), now).await.unwrap();
     tx.commit().await.unwrap();
-    let inbox = s.inbox("alice", true, 10).await.unwrap();
+    let inbox = s.inbox("alice", true, None, 10).await.unwrap();
     assert_eq!(inbox.len(), 1);
     assert!(s.mark_notification_read(inbox[0].id, now).await.unwrap());
     assert!(
@@ -1219,9 +1289,9 @@ async fn inbox_lists_and_marks_read(db: &TestDb) {
             .await
             .unwrap()
     );
-    assert!(s.inbox("alice", true, 10).await.unwrap().is_empty());
+    assert!(s.inbox("alice", true, None, 10).await.unwrap().is_empty());
     assert_eq!(
-        s.inbox("alice", false, 10).await.unwrap()[0].read_at,
+        s.inbox("alice", false, None, 10).await.unwrap()[0].read_at,
         Some(now)
     );
     assert!(matches!(
@@ -1522,11 +1592,22 @@ async fn sent_deliveries_are_pruned_after_their_retention_and_others_kept(db: &T
 async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
     let s = &db.store;
     let now = t0() + Duration::hours(23);
-    let [completed, cancelled, escalated, open] = [
+    let [
+        completed,
+        cancelled,
+        escalated,
+        open,
+        advanced,
+        reassigned,
+        old,
+    ] = [
         create(s, "MO-1").await,
         create(s, "MO-2").await,
         create(s, "MO-3").await,
         create(s, "MO-4").await,
+        create(s, "MO-5").await,
+        create(s, "MO-6").await,
+        create(s, "MO-7").await,
     ];
     let mut tx = s.begin_batch().await.unwrap();
     for (w, level) in [
@@ -1534,10 +1615,19 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
         (&cancelled, 0),
         (&escalated, 1),
         (&open, 0),
+        (&advanced, 0),
+        (&reassigned, 0),
+        (&old, 0),
     ] {
         let mut e = remind(w, now, None);
         // `escalated`'s reminder is of level 1: the workflow (at 0 here) is elsewhere now
-        e.outbox[0].payload = serde_json::json!({ "kind": "reminder", "level": level });
+        e.outbox[0].payload = serde_json::json!({
+            "kind": "reminder", "level": level, "cycle": w.cycle, "assignee_id": w.assignee,
+        });
+        if w.id == old.id {
+            // written before reminders named their cycle and assignee: judged by its level
+            e.outbox[0].payload = serde_json::json!({ "kind": "reminder", "level": 0 });
+        }
         e.outbox.push(NewOutbox {
             channel: "email",
             recipient: "boss@example.com".into(),
@@ -1562,12 +1652,24 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
     s.transition(cancelled.id, &Transition::Cancel, &ctx(later))
         .await
         .unwrap();
+    let next_stage = Transition::Advance {
+        stage: "Finance".into(),
+        assignee: None,
+    };
+    let to_zoe = Transition::Reassign { to: "zoe".into() };
+    for (w, t) in [
+        (&advanced, &next_stage),
+        (&reassigned, &to_zoe),
+        (&old, &to_zoe),
+    ] {
+        s.transition(w.id, t, &ctx(later)).await.unwrap();
+    }
 
     let claimed = s
         .claim_deliveries(later, std::time::Duration::from_secs(60), 100)
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 12);
+    assert_eq!(claimed.len(), 21);
     let channel_of = |id: &i64| {
         claimed
             .iter()
@@ -1577,10 +1679,11 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
     };
     let ids: Vec<i64> = claimed.iter().map(|r| r.id).collect();
     let gone = s.obsolete_deliveries(&ids).await.unwrap();
-    // the reminders and escalation emails of the closed two, and the left level's reminder
+    // the reminders and escalation emails of the closed two, and the reminders of the left
+    // level, the left stage and the former assignee
     assert_eq!(
         gone.iter().map(channel_of).collect::<Vec<_>>(),
-        ["email"; 5]
+        ["email"; 7]
     );
     let obsolete = s.list_outbox(&["obsolete"], 100).await.unwrap();
     let mut why: Vec<(Uuid, String, String)> = obsolete
@@ -1620,6 +1723,16 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
             "reminder".to_owned(),
             "not sent: the workflow was escalated since".to_owned(),
         ),
+        (
+            advanced.id,
+            "reminder".to_owned(),
+            "not sent: the workflow moved to another stage since".to_owned(),
+        ),
+        (
+            reassigned.id,
+            "reminder".to_owned(),
+            "not sent: the workflow was reassigned since".to_owned(),
+        ),
     ];
     want.sort();
     assert_eq!(why, want);
@@ -1639,6 +1752,13 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
         (open.id, "email".to_owned()),
         (open.id, "email".to_owned()),
         (open.id, "event".to_owned()),
+        (advanced.id, "email".to_owned()),
+        (advanced.id, "event".to_owned()),
+        (reassigned.id, "email".to_owned()),
+        (reassigned.id, "event".to_owned()),
+        (old.id, "email".to_owned()),
+        (old.id, "email".to_owned()),
+        (old.id, "event".to_owned()),
     ];
     want.sort();
     assert_eq!(rest, want);

@@ -385,7 +385,7 @@ impl Engine {
         let applied = tx
             .apply_with(&planned.effects, Utc::now(), EffectInserts::Idempotent)
             .await?;
-        tx.commit().await?;
+        escalator_jobs::attempt::committing(tx.commit()).await?;
         metrics::counter!(m::FAILURES).increment(1);
         tracing::error!(
             workflow_id = %id,
@@ -460,7 +460,9 @@ impl Engine {
             }
         };
         let applied_at = started.elapsed();
-        tx.commit().await?;
+        // shielded from the attempt's deadline: a COMMIT once sent takes effect, and what it
+        // wrote must then be counted (I6) and the job reported done, not dead
+        escalator_jobs::attempt::committing(tx.commit()).await?;
         escalator_runtime::failpoint::hit("batch-committed");
 
         // Metrics count what was committed, so that they reconcile with the audit log (I6).

@@ -181,8 +181,10 @@ pub fn build(
                     next_check_at: Some(deadlines.warn_at),
                     ..reschedule(w, None)
                 });
+                // a level naming the holder may have been passed over: from_level says so
                 let details = serde_json::json!({
                     "missed_due_at": w.due_at, "new_due_at": deadlines.due_at, "stage": w.stage,
+                    "from_level": w.escalation_level,
                 });
                 e.audit("escalate", *level, Some(&w.assignee), target, details);
                 if settings.events {
@@ -395,6 +397,8 @@ impl<'w> Effect<'w> {
         let common = serde_json::json!({
             "kind": kind.notification_kind(), "workflow_id": w.id, "title": w.title,
             "due_at": w.due_at, "level": level, "check_run_id": self.check_run_id,
+            // what a reminder is about, checked again before it is sent (obsolete_deliveries)
+            "cycle": w.cycle, "assignee_id": w.assignee,
         });
         let with = |extra: serde_json::Value| {
             let mut p = common.clone();
@@ -943,9 +947,22 @@ mod tests {
         assert_eq!(p.effects.notifications.len(), 1);
         assert_eq!(p.effects.notifications[0].recipient, "mgr");
         assert_eq!(p.effects.outbox.len(), 1);
-        assert!(
-            p.effects.outbox[0].payload.get("hold").is_none(),
-            "reminders are not digested"
+        let payload = &p.effects.outbox[0].payload;
+        assert!(payload.get("hold").is_none(), "reminders are not digested");
+        // what the deliverer checks again before sending (the template's `assignee` is a
+        // display name, hence a key of its own)
+        assert_eq!(
+            (
+                &payload["assignee_id"],
+                &payload["cycle"],
+                &payload["level"]
+            ),
+            (
+                &serde_json::json!("mgr"),
+                &serde_json::json!(1),
+                &serde_json::json!(0)
+            ),
+            "{payload}"
         );
     }
 }

@@ -26,7 +26,7 @@ pub async fn show(
     let recipient = query.filled("recipient").map(str::to_owned);
     let unread = query.filled("unread").is_some();
     let items = match &recipient {
-        Some(r) => s.store.inbox(r, unread, SHOWN).await?,
+        Some(r) => s.store.inbox(r, unread, None, SHOWN).await?,
         None => Vec::new(),
     };
     let body = html! {

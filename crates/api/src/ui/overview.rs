@@ -13,7 +13,6 @@ use super::layout::{Nav, at, countdown, opt_at, page, span};
 use super::session::Session;
 use super::{FormData, UiResult};
 use crate::AppState;
-use crate::metrics::compliance_ratio;
 
 /// How many workflows the "breaching within the hour" table shows.
 const SOON: u32 = 25;
@@ -74,7 +73,8 @@ pub async fn show(
         s.store.beat_leases(),
         s.queues.stats(),
     );
-    let (ok, warning, breached) = counts?;
+    let counts = counts?;
+    let (ok, warning, breached) = (counts.ok, counts.warning, counts.breached);
     let (soon, activity, runs, leases) = (soon?, activity?, runs?, leases?);
     if let Err(e) = &queues {
         tracing::warn!(error = %e, "console: cannot read queue depths");
@@ -86,14 +86,14 @@ pub async fn show(
             .map_or(0, |(_, n)| *n)
     };
     let last_finished = runs.iter().filter_map(|r| r.finished_at).max();
-    let compliance = compliance_ratio(ok, warning, breached) * 100.0;
+    let compliance = counts.compliance_ratio() * 100.0;
     let body = html! {
         h1 { "Overview" }
         div.cards {
             div.card { b.ok { (ok) } span { "open, on time" } }
             div.card { b.warning { (warning) } span { "open, warning" } }
             div.card { b.breached { (breached) } span { "open, breached" } }
-            div.card { b { (format!("{compliance:.1} %")) } span { "SLA compliance (open, not breached)" } }
+            div.card { b { (format!("{compliance:.1} %")) } span { "SLA compliance (open, never escalated, not breached)" } }
             div.card { b { (count_of("escalate")) } span { "escalations, last 24 h" } }
             div.card { b { (count_of("remind")) } span { "reminders, last 24 h" } }
         }

@@ -291,6 +291,36 @@ async fn policies_get_new_versions_and_bad_specs_name_the_field() {
         .await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
     assert_eq!(res.json()["spec"]["channels"], json!(["slack", "email"]));
+    // a level handing workflows to a user who does not exist, or has left, reaches no one
+    put(
+        &api,
+        "/api/v1/users/gone",
+        json!({ "display_name": "Gone", "active": false }),
+    )
+    .await;
+    for target in ["user:nobody", "user:gone"] {
+        let levels = json!([
+            { "target": "manager", "sla_seconds": 86_400 },
+            { "target": target, "sla_seconds": 86_400 },
+        ]);
+        let field = refused("levels", levels).await;
+        assert_eq!(field.as_deref(), Some("spec.levels[1].target"), "{target}");
+    }
+    put(
+        &api,
+        "/api/v1/users/nobody",
+        json!({ "display_name": "Nobody" }),
+    )
+    .await;
+    let mut named = spec.clone();
+    named["levels"] = json!([{ "target": "user:nobody", "sla_seconds": 86_400 }]);
+    let res = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "named", "name": "To nobody", "spec": named }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
     let mut bad = spec.clone();
     bad["calendar_id"] = json!("nowhere");
     let (_, field) = api

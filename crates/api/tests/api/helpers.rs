@@ -74,11 +74,16 @@ pub async fn spawn_api() -> TestApi {
 }
 
 pub async fn spawn_api_with(tokens: Tokens) -> TestApi {
+    spawn_api_on(&redis_url(), tokens).await
+}
+
+/// An api whose queues are on the Redis at `url`.
+pub async fn spawn_api_on(url: &str, tokens: Tokens) -> TestApi {
     let db = TestDb::postgres().await;
     let ns = RedisNamespace::new("api");
-    let queues = Queues::connect(&redis_url(), QueueNames::new(&ns.name))
+    let queues = Queues::connect(url, QueueNames::new(&ns.name))
         .await
-        .unwrap_or_else(|e| panic!("Redis is unreachable at {}: {e:?}", redis_url()));
+        .unwrap_or_else(|e| panic!("Redis is unreachable at {url}: {e:?}"));
     let state = AppState::new(db.store.clone(), queues.clone(), tokens, Some(recorder()));
     TestApi {
         router: router(state),

@@ -1,6 +1,7 @@
 //! Health probes, metrics and the in-app inbox.
 
 use axum::http::StatusCode;
+use escalator_api::Tokens;
 
 use crate::helpers::*;
 
@@ -26,6 +27,53 @@ async fn readyz_is_503_naming_the_database_when_it_is_gone() {
     assert_eq!(code, "not_ready");
     assert_eq!(field.as_deref(), Some("database"));
     assert_eq!(res.json()["checks"]["queue"], "ok");
+}
+
+/// Every api replica shares the one Redis: a failover must not take them all out of the
+/// Service, so Kubernetes asks with `optional=queue` and gets 200 "degraded", while the
+/// api's other work goes on and only enqueueing a check is refused.
+#[tokio::test]
+async fn readyz_names_a_lost_queue_and_answers_degraded_when_it_is_optional() {
+    let mut redis = escalator_testkit::services::PrivateRedis::start();
+    let api = spawn_api_on(&redis.url(), Tokens::none()).await;
+    let res = api.get("/readyz?optional=queue").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["status"], "ready");
+
+    redis.kill();
+    let res = api.get("/readyz").await;
+    let (code, field) = res.error(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        (code.as_str(), field.as_deref()),
+        ("not_ready", Some("queue"))
+    );
+    assert_eq!(res.json()["checks"]["database"], "ok");
+
+    let res = api.get("/readyz?optional=queue").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["status"], "degraded");
+    assert_eq!(v["checks"]["queue"], "failed");
+    assert_eq!(v["checks"]["database"], "ok");
+    // the api serves what needs no queue, and refuses to enqueue
+    api.create("R-1").await;
+    assert_eq!(api.get("/api/v1/workflows").await.status, StatusCode::OK);
+    let res = api.post("/api/v1/checks", serde_json::json!({})).await;
+    assert_eq!(
+        res.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        res.text()
+    );
+
+    // the database is never optional
+    let res = api.get("/readyz?optional=database").await;
+    let (_, field) = res.error(StatusCode::BAD_REQUEST);
+    assert_eq!(field.as_deref(), Some("optional"));
+    api.db.store.close().await;
+    let res = api.get("/readyz?optional=queue").await;
+    let (_, field) = res.error(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(field.as_deref(), Some("database"));
 }
 
 #[tokio::test]
@@ -113,6 +161,49 @@ async fn the_inbox_lists_a_recipients_notifications_and_marks_them_read() {
     // the outbox row of the reminder shows up in the metrics
     let text = api.get("/metrics").await.text();
     assert!(text.contains("escalator_outbox_pending 1"), "{text}");
+}
+
+/// A recipient with more notifications than a page holds reads them all, page by page,
+/// each once, newest first.
+#[tokio::test]
+async fn the_inbox_pages_through_everything_with_next_before() {
+    let api = spawn_api().await;
+    for i in 0..5 {
+        let w = api.create(&format!("P-{i}")).await;
+        remind(&api.db.store, w["id"].as_str().unwrap().parse().unwrap()).await;
+    }
+    let mut seen = Vec::new();
+    let mut uri = "/api/v1/notifications?recipient=alice&limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let res = api.get(&uri).await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+        let page = res.json();
+        pages += 1;
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["id"].as_i64().unwrap()),
+        );
+        match page["next_before"].as_i64() {
+            Some(b) => uri = format!("/api/v1/notifications?recipient=alice&limit=2&before={b}"),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end: {seen:?}");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seen:?}"
+    );
+    let (_, field) = api
+        .get("/api/v1/notifications?recipient=alice&before=0")
+        .await
+        .error(StatusCode::BAD_REQUEST);
+    assert_eq!(field.as_deref(), Some("before"));
 }
 
 #[tokio::test]

@@ -97,6 +97,23 @@ async fn bad_bodies_are_4xx_json_errors_naming_the_problem() {
         res.text()
     );
     assert_eq!(res.json()["error"]["field"], "title");
+
+    // references in the body are 422s naming them; a wrong address is the only 404
+    let mut body = workflow_body("PR-2");
+    body["policy_id"] = json!("no-such-policy");
+    let (_, field) = api
+        .post("/api/v1/workflows", body)
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("policy_id"));
+    // a stage starting in 2062 (for 2026) would never be reminded or escalated until then
+    let mut body = workflow_body("PR-2");
+    body["stage_started_at"] = json!("2062-01-05T09:00:00Z");
+    let (_, field) = api
+        .post("/api/v1/workflows", body)
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("stage_started_at"));
 }
 
 /// Identifiers are index keys: one past 200 characters is refused naming the field (an

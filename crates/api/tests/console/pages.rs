@@ -203,7 +203,7 @@ async fn the_inbox_lists_a_persons_notifications_and_marks_them_read() {
     let page = c.get("/ui/inbox?recipient=alice&unread=1", None).await;
     page.assert_ok();
     assert!(page.html.contains("Reminder: Laptop"));
-    let id = c.db.store.inbox("alice", true, 10).await.unwrap()[0].id;
+    let id = c.db.store.inbox("alice", true, None, 10).await.unwrap()[0].id;
     let res = c
         .post(
             &format!("/ui/inbox/{id}/read"),
@@ -219,7 +219,7 @@ async fn the_inbox_lists_a_persons_notifications_and_marks_them_read() {
     );
     assert!(
         c.db.store
-            .inbox("alice", true, 10)
+            .inbox("alice", true, None, 10)
             .await
             .unwrap()
             .is_empty()

@@ -94,13 +94,16 @@ pub async fn run(database_url: &str, args: SeedArgs) -> anyhow::Result<()> {
         .await
         .context("vacuuming the seeded tables")?;
 
-    let (ok, warning, breached) = store.sla_counts(plan.now).await?;
+    let c = store.sla_counts(plan.now).await?;
     out!(
-        "seeded {} workflows and {} users in {:.1}s; open workflows in the database as of {}: {ok} ok, {warning} warning, {breached} breached",
+        "seeded {} workflows and {} users in {:.1}s; open workflows in the database as of {}: {} ok, {} warning, {} breached",
         plan.workflows,
         escalator_store::seed::USER_POOL,
         started.elapsed().as_secs_f64(),
         plan.now.to_rfc3339(),
+        c.ok,
+        c.warning,
+        c.breached,
     );
     store.close().await;
     Ok(())

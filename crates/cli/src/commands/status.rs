@@ -56,9 +56,13 @@ async fn queue_report() -> anyhow::Result<()> {
 
 async fn database_report(store: &escalator_store::Store) -> anyhow::Result<()> {
     let now = Utc::now();
-    let (ok, warning, breached) = store.sla_counts(now).await?;
+    let c = store.sla_counts(now).await?;
     out!(
-        "workflows: ok={ok} warning={warning} breached={breached} due_now={} next_check={}",
+        "workflows: ok={} warning={} breached={} compliance={:.1}% due_now={} next_check={}",
+        c.ok,
+        c.warning,
+        c.breached,
+        c.compliance_ratio() * 100.0,
         store.count_due(now).await?,
         store
             .earliest_next_check()

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{PgStore, rows};
 use crate::TableCounts;
 use crate::error::{Result, StoreError};
-use crate::model::{CheckRun, NewCheckRun, Notification, OutboxEntry};
+use crate::model::{CheckRun, NewCheckRun, Notification, OutboxEntry, SlaCounts};
 use crate::rows::{CHECK_RUN_COLUMNS, NOTIFICATION_COLUMNS, OUTBOX_COLUMNS};
 
 impl PgStore {
@@ -136,37 +136,42 @@ impl PgStore {
         Ok(row.try_get("t")?)
     }
 
-    pub(crate) async fn sla_counts(&self, as_of: DateTime<Utc>) -> Result<(i64, i64, i64)> {
+    pub(crate) async fn sla_counts(&self, as_of: DateTime<Utc>) -> Result<SlaCounts> {
         let row = sqlx::query(
             "SELECT count(*) FILTER (WHERE warn_at > $1) AS ok,
                     count(*) FILTER (WHERE warn_at <= $1 AND due_at > $1) AS warning,
-                    count(*) FILTER (WHERE due_at <= $1) AS breached
+                    count(*) FILTER (WHERE due_at <= $1) AS breached,
+                    count(*) FILTER (WHERE status = 'pending' AND due_at > $1) AS compliant
              FROM workflows WHERE status IN ('pending', 'escalated')",
         )
         .bind(as_of)
         .fetch_one(&self.pool)
         .await?;
-        Ok((
-            row.try_get("ok")?,
-            row.try_get("warning")?,
-            row.try_get("breached")?,
-        ))
+        Ok(SlaCounts {
+            ok: row.try_get("ok")?,
+            warning: row.try_get("warning")?,
+            breached: row.try_get("breached")?,
+            compliant: row.try_get("compliant")?,
+        })
     }
 
     pub(crate) async fn inbox(
         &self,
         recipient: &str,
         unread_only: bool,
+        before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<Notification>> {
         let sql = format!(
             "SELECT {NOTIFICATION_COLUMNS} FROM notifications
-             WHERE recipient = $1 AND (NOT $2 OR read_at IS NULL) ORDER BY id DESC LIMIT $3"
+             WHERE recipient = $1 AND (NOT $2 OR read_at IS NULL) AND id < $4
+             ORDER BY id DESC LIMIT $3"
         );
         let rows = sqlx::query(crate::rows::trusted(sql))
             .bind(recipient)
             .bind(unread_only)
             .bind(i64::from(limit.clamp(1, 1000)))
+            .bind(before.unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(rows::notification).collect()
