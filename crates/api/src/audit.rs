@@ -3,22 +3,46 @@
 
 use axum::Json;
 use axum::extract::State;
-use escalator_store::AuditEntry;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use escalator_store::{AuditEntry, AuditPosition};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::error::{ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{PathParams, QueryParams, workflow_id};
 use crate::workflows::{MAX_LIMIT, page_limit};
 
 /// Audit rows.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
-    /// Oldest first.
+    /// Oldest first (the global log: in commit order).
     pub items: Vec<AuditEntry>,
-    /// Pass as `after` for the next page (global log only); null when this page is the last.
+    /// Global log only: the position after this page's last row, to pass as `cursor`; absent
+    /// when the page is empty (nothing more yet: ask again later with the same cursor).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_after: Option<i64>,
+    pub next_cursor: Option<String>,
+}
+
+/// An opaque cursor for a position in the global log.
+fn encode_cursor(p: AuditPosition) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}.{}", p.xact, p.id))
+}
+
+/// The position a cursor stands for; 400 naming `cursor` when it is not one of ours.
+fn decode_cursor(cursor: &str) -> ApiResult<AuditPosition> {
+    let bad = || ApiError::bad_request("cursor", "not a cursor returned by this api");
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (xact, id) = text.split_once('.').ok_or_else(bad)?;
+    let (xact, id) = (
+        xact.parse().map_err(|_| bad())?,
+        id.parse().map_err(|_| bad())?,
+    );
+    if xact < 0 || id < 0 {
+        return Err(bad());
+    }
+    Ok(AuditPosition { xact, id })
 }
 
 #[utoipa::path(get, path = "/api/v1/workflows/{id}/audit", tag = "audit",
@@ -37,7 +61,7 @@ pub async fn workflow_trail(
     s.store.get_workflow(id).await?;
     Ok(Json(AuditPage {
         items: s.store.workflow_audit(id).await?,
-        next_after: None,
+        next_cursor: None,
     }))
 }
 
@@ -46,8 +70,8 @@ pub async fn workflow_trail(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
-    /// Only rows after this id (`next_after` of the previous page).
-    pub after: Option<i64>,
+    /// Only rows after this position (`next_cursor` of the previous page).
+    pub cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
@@ -59,15 +83,37 @@ pub struct AuditQuery {
         (status = 200, description = "a page of the global log, oldest first", body = AuditPage),
         (status = 400, description = "bad query parameter", body = ErrorBody),
     ))]
-/// `GET /api/v1/audit`: the global log, oldest first, paged by row id.
+/// `GET /api/v1/audit`: the global log in commit order, cursor-paged. A row appears only once
+/// no row can commit before it any more, so a reader following `next_cursor` sees every row
+/// exactly once, however writers interleave.
 pub async fn log(
     State(s): State<AppState>,
     QueryParams(q): QueryParams<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     let limit = page_limit(q.limit, MAX_LIMIT)?;
-    let items = s.store.list_audit(q.after.unwrap_or(0), limit).await?;
-    let next_after = (items.len() == limit as usize)
-        .then(|| items.last().map(|a| a.id))
-        .flatten();
-    Ok(Json(AuditPage { items, next_after }))
+    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let (items, last) = s.store.list_audit(after, limit).await?;
+    Ok(Json(AuditPage {
+        items,
+        next_cursor: last.map(encode_cursor),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let p = AuditPosition { xact: 771, id: 42 };
+        assert_eq!(decode_cursor(&encode_cursor(p)).unwrap(), p);
+        for bad in [
+            "nope!",
+            "",
+            &URL_SAFE_NO_PAD.encode("7"),
+            &URL_SAFE_NO_PAD.encode("-1.2"),
+        ] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -317,9 +317,17 @@ impl Store {
         dispatch!(self, s => s.workflow_audit(id).await)
     }
 
-    /// The global audit log after row `after_id`, oldest first.
-    pub async fn list_audit(&self, after_id: i64, limit: u32) -> Result<Vec<AuditEntry>> {
-        dispatch!(self, s => s.list_audit(after_id, limit).await)
+    /// A page of the global audit log after `after` (from its start when None), in commit
+    /// order, with the position of its last row. Only rows no later commit can fall behind are
+    /// returned: on PostgreSQL, those of transactions older than every one still running
+    /// (an id is taken at INSERT but visible only at COMMIT, so paging by id alone passed over
+    /// rows that committed late); SQLite commits one writer at a time, in id order.
+    pub async fn list_audit(
+        &self,
+        after: Option<AuditPosition>,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, Option<AuditPosition>)> {
+        dispatch!(self, s => s.list_audit(after, limit).await)
     }
 
     /// Records a check run. Returns None when the slot already has one (UNIQUE slot: I3).

@@ -244,6 +244,16 @@ impl AuditReason {
     }
 }
 
+/// Where a reader of the global audit log stands: after the row `id` written by transaction
+/// `xact` (PostgreSQL's `xid8`; 0 for rows older than that column and on SQLite).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AuditPosition {
+    /// The writing transaction.
+    pub xact: i64,
+    /// The row.
+    pub id: i64,
+}
+
 /// One audit row (append-only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

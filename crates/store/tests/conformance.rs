@@ -415,7 +415,10 @@ async fn audit_logs_refuse_update_and_delete(db: &TestDb) {
         assert!(err.to_string().contains("append-only"), "{err}");
     }
     assert_eq!(db.store.table_counts().await.unwrap().audit_logs, 1);
-    assert_eq!(db.store.list_audit(0, 10).await.unwrap()[0].actor, "bob");
+    assert_eq!(
+        db.store.list_audit(None, 10).await.unwrap().0[0].actor,
+        "bob"
+    );
 }
 
 async fn policies_are_versioned_and_immutable(db: &TestDb) {
@@ -1107,7 +1110,7 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
         ("succeeded", 2, Some(now))
     );
     assert_eq!(
-        s.list_audit(0, 10).await.unwrap()[1].check_run_id,
+        s.list_audit(None, 10).await.unwrap().0[1].check_run_id,
         Some(run.id)
     );
 
@@ -1762,4 +1765,85 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
     ];
     want.sort();
     assert_eq!(rest, want);
+}
+
+/// PostgreSQL takes an audit row's id at INSERT but shows the row at COMMIT: a batch still
+/// running holds a lower id than a transition committed meanwhile. A reader paging by id
+/// passed the batch's rows for good; paged in commit order, it sees every row once.
+#[tokio::test]
+async fn the_global_audit_log_pages_in_commit_order_on_postgres() {
+    let db = TestDb::postgres().await;
+    let s = &db.store;
+    let a = create(s, "AUD-1").await;
+    let now = t0() + Duration::hours(23);
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(&remind(&a, now, None), now).await.unwrap();
+    create(s, "AUD-2").await;
+    let (first, cursor) = s.list_audit(None, 100).await.unwrap();
+    tx.commit().await.unwrap();
+    let (rest, end) = s.list_audit(cursor, 100).await.unwrap();
+    let seen: Vec<(String, String)> = first
+        .iter()
+        .chain(&rest)
+        .map(|e| (e.action.clone(), e.to_assignee.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|(action, _)| action == "remind").count(),
+        1,
+        "{seen:?}"
+    );
+    // the position after the last row finds nothing more, and keeps its place
+    let (none, kept) = s.list_audit(end, 100).await.unwrap();
+    assert!(none.is_empty() && kept.is_none(), "{none:?}");
+    // a later row is found from there
+    create(s, "AUD-3").await;
+    let (later, _) = s.list_audit(end, 100).await.unwrap();
+    assert_eq!(later.len(), 1, "{later:?}");
+}
+
+/// A dump restored into another PostgreSQL cluster brings transaction ids that cluster has
+/// not reached: the global log would hide those rows. `migrate` clears them, the only
+/// change the append-only log accepts.
+#[tokio::test]
+async fn audit_rows_restored_from_another_cluster_are_shown_after_migrate() {
+    let db = TestDb::postgres().await;
+    let s = &db.store;
+    create(s, "RST-1").await;
+    let Store::Postgres(pg) = s else {
+        unreachable!()
+    };
+    // a row as a restore leaves it: written by a transaction far beyond this cluster's
+    sqlx::query(
+        "INSERT INTO audit_logs (workflow_id, action, reason, actor, from_assignee, to_assignee,
+                                 level, cycle, policy_version, elapsed_seconds, check_run_id,
+                                 details, created_at, xact_id)
+         SELECT workflow_id, action, reason, 'restored', from_assignee, to_assignee, level,
+                cycle, policy_version, elapsed_seconds, check_run_id, details, created_at,
+                (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text::xid8
+         FROM audit_logs",
+    )
+    .execute(pg.pool())
+    .await
+    .unwrap();
+    let actors = |page: Vec<AuditEntry>| page.into_iter().map(|e| e.actor).collect::<Vec<_>>();
+    assert_eq!(actors(s.list_audit(None, 10).await.unwrap().0).len(), 1);
+    // other changes are refused as before
+    let err = sqlx::query("UPDATE audit_logs SET xact_id = NULL, actor = 'mallory'")
+        .execute(pg.pool())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    s.migrate().await.unwrap();
+    let all = actors(s.list_audit(None, 10).await.unwrap().0);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.contains(&"restored".to_owned()), "{all:?}");
+    // and a second migrate finds nothing to clear: this cluster's own rows keep their ids
+    create(s, "RST-2").await;
+    s.migrate().await.unwrap();
+    let xacts: i64 = sqlx::query_scalar("SELECT count(xact_id) FROM audit_logs")
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+    assert_eq!(xacts, 1);
 }

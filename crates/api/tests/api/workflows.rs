@@ -348,13 +348,25 @@ async fn transitions_check_versions_and_status_and_are_audited() {
 
     let page = api.get("/api/v1/audit?limit=4").await.json();
     assert_eq!(page["items"].as_array().unwrap().len(), 4);
-    let after = page["next_after"].as_i64().unwrap();
+    let cursor = page["next_cursor"].as_str().unwrap();
     let rest = api
-        .get(&format!("/api/v1/audit?after={after}"))
+        .get(&format!("/api/v1/audit?cursor={cursor}"))
         .await
         .json();
     assert_eq!(rest["items"].as_array().unwrap().len(), 2);
-    assert!(rest.get("next_after").is_none());
+    // the end, for now: the cursor after the last row finds nothing yet, and keeps its place
+    let cursor = rest["next_cursor"].as_str().unwrap();
+    let end = api
+        .get(&format!("/api/v1/audit?cursor={cursor}"))
+        .await
+        .json();
+    assert!(end["items"].as_array().unwrap().is_empty());
+    assert!(end.get("next_cursor").is_none());
+    let (_, field) = api
+        .get("/api/v1/audit?cursor=nope!")
+        .await
+        .error(StatusCode::BAD_REQUEST);
+    assert_eq!(field.as_deref(), Some("cursor"));
 }
 
 #[tokio::test]

@@ -86,6 +86,25 @@ impl PgStore {
 
     pub(crate) async fn migrate(&self) -> Result<()> {
         PG_MIGRATOR.run(&self.pool).await?;
+        // Audit rows carrying transaction ids this cluster has not reached come from another
+        // one (a dump restored here): the global log would hide them until it got there, and
+        // sort this cluster's rows before them. They are cleared, sorting first (migration 20).
+        let cleared = sqlx::query(
+            "UPDATE audit_logs SET xact_id = NULL
+             WHERE xact_id IS NOT NULL AND EXISTS (
+               SELECT 1 FROM audit_logs
+               WHERE COALESCE(xact_id, '0'::xid8) >= pg_snapshot_xmax(pg_current_snapshot()))",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if cleared > 0 {
+            tracing::warn!(
+                rows = cleared,
+                "audit rows written by another PostgreSQL cluster (a restored dump): their \
+                 transaction ids cleared, so the global log shows them first"
+            );
+        }
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use escalator_policy::SlaStatus;
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{PgStore, get_calendar, get_policy, rows};
@@ -11,7 +11,8 @@ use crate::effects::NewAudit;
 use crate::error::{Result, StoreError};
 use crate::logic;
 use crate::model::{
-    AuditEntry, Created, NewWorkflow, Transition, TransitionContext, Workflow, WorkflowFilter,
+    AuditEntry, AuditPosition, Created, NewWorkflow, Transition, TransitionContext, Workflow,
+    WorkflowFilter,
 };
 use crate::rows::{AUDIT_COLUMNS, WORKFLOW_COLUMNS};
 
@@ -183,15 +184,36 @@ impl PgStore {
         rows.iter().map(rows::audit).collect()
     }
 
-    pub(crate) async fn list_audit(&self, after_id: i64, limit: u32) -> Result<Vec<AuditEntry>> {
-        let sql =
-            format!("SELECT {AUDIT_COLUMNS} FROM audit_logs WHERE id > $1 ORDER BY id LIMIT $2");
+    pub(crate) async fn list_audit(
+        &self,
+        after: Option<AuditPosition>,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, Option<AuditPosition>)> {
+        // (transaction, id) order, up to the oldest transaction still running: every row of
+        // an older one is visible now, and every later row sorts after them
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS}, COALESCE(xact_id, '0'::xid8)::text::bigint AS xact
+             FROM audit_logs
+             WHERE (COALESCE(xact_id, '0'::xid8), id) > ($1::bigint::text::xid8, $2)
+               AND COALESCE(xact_id, '0'::xid8) < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY COALESCE(xact_id, '0'::xid8), id LIMIT $3"
+        );
+        let after = after.unwrap_or_default();
         let rows = sqlx::query(crate::rows::trusted(sql))
-            .bind(after_id)
+            .bind(after.xact)
+            .bind(after.id)
             .bind(i64::from(limit.clamp(1, 1000)))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(rows::audit).collect()
+        let items = rows.iter().map(rows::audit).collect::<Result<Vec<_>>>()?;
+        let last = match (rows.last(), items.last()) {
+            (Some(row), Some(item)) => Some(AuditPosition {
+                xact: row.try_get("xact")?,
+                id: item.id,
+            }),
+            _ => None,
+        };
+        Ok((items, last))
     }
 }
 

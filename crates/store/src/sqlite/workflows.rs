@@ -11,7 +11,8 @@ use crate::effects::NewAudit;
 use crate::error::{Result, StoreError};
 use crate::logic;
 use crate::model::{
-    AuditEntry, Created, NewWorkflow, Transition, TransitionContext, Workflow, WorkflowFilter,
+    AuditEntry, AuditPosition, Created, NewWorkflow, Transition, TransitionContext, Workflow,
+    WorkflowFilter,
 };
 use crate::rows::{AUDIT_COLUMNS, WORKFLOW_COLUMNS};
 use crate::time::{sqlite_opt, sqlite_ts};
@@ -179,15 +180,22 @@ impl SqliteStore {
         rows.iter().map(rows::audit).collect()
     }
 
-    pub(crate) async fn list_audit(&self, after_id: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+    pub(crate) async fn list_audit(
+        &self,
+        after: Option<AuditPosition>,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, Option<AuditPosition>)> {
+        // one writer at a time: ids become visible in their own order
         let sql =
             format!("SELECT {AUDIT_COLUMNS} FROM audit_logs WHERE id > ?1 ORDER BY id LIMIT ?2");
         let rows = sqlx::query(crate::rows::trusted(sql))
-            .bind(after_id)
+            .bind(after.map_or(0, |a| a.id))
             .bind(i64::from(limit.clamp(1, 1000)))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(rows::audit).collect()
+        let items = rows.iter().map(rows::audit).collect::<Result<Vec<_>>>()?;
+        let last = items.last().map(|a| AuditPosition { xact: 0, id: a.id });
+        Ok((items, last))
     }
 }
 
