@@ -143,7 +143,11 @@ impl Deliverer {
             tracing::info!(released, "released held deliveries of unfinished runs");
         }
         for round in 0..max_rounds {
-            if round > 0 && until.is_some_and(|t| std::time::Instant::now() >= t) {
+            // no new claim once the process is stopping: the round under way finishes and is
+            // recorded within the grace period; one claimed then would be cut off mid-send and
+            // its messages sent again after the lease
+            let out_of_time = round > 0 && until.is_some_and(|t| std::time::Instant::now() >= t);
+            if out_of_time || escalator_runtime::shutdown::stopping() {
                 report.more = true;
                 break;
             }

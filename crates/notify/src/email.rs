@@ -90,12 +90,13 @@ impl Mailer {
                 let envelope = message.envelope().clone();
                 let raw = message.formatted();
                 match send_raw(transport, *deadline, &envelope, &raw).await {
-                    Err(NotifyError::Permanent(why)) if envelope.to().len() > 1 => {
-                        // A relay refusing one recipient (RCPT TO: 550 no such user) fails
-                        // the whole transaction before DATA, so nobody got it: one address
-                        // of someone who left must not cost the new assignee the escalation.
+                    Err(e) if envelope.to().len() > 1 && e.refused() => {
+                        // A relay refusing one recipient (RCPT TO: 550 no such user, or for
+                        // now: 450 mailbox full) fails the whole transaction before DATA, so
+                        // nobody got it: one address of someone who left, or whose mailbox is
+                        // full, must not cost the new assignee the escalation.
                         tracing::warn!(
-                            key = %entry.idempotency_key, error = %why,
+                            key = %entry.idempotency_key, error = %e.failure,
                             "the relay refused the message; sending to each recipient alone"
                         );
                         let primaries = addresses_in(&entry.payload, "to")
@@ -104,7 +105,7 @@ impl Mailer {
                             .collect::<Vec<_>>();
                         one_by_one(transport, *deadline, &envelope, &raw, &primaries, entry).await
                     }
-                    other => other,
+                    other => other.map_err(|e| e.failure),
                 }
             }
             Mailer::Files { transport, dir, .. } => {
@@ -116,20 +117,45 @@ impl Mailer {
     }
 }
 
+/// A failed SMTP transaction: how it counts, and the relay's reply code if it answered.
+#[derive(Debug)]
+struct SmtpFailure {
+    failure: NotifyError,
+    reply: Option<u16>,
+}
+
+impl SmtpFailure {
+    /// Whether the relay refused the message (a 4xx or 5xx reply, for good or for now), which
+    /// may be about one recipient only, rather than being unreachable, silent or refusing
+    /// escalator's credentials (the configuration: every message would fail alike).
+    fn refused(&self) -> bool {
+        match self.failure {
+            NotifyError::Permanent(_) => true,
+            _ => self.reply.is_some_and(|c| (400..500).contains(&c)),
+        }
+    }
+}
+
 /// One SMTP transaction within `deadline`, its failure classified.
 async fn send_raw(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     deadline: Duration,
     envelope: &Envelope,
     raw: &[u8],
-) -> Result<(), NotifyError> {
+) -> Result<(), SmtpFailure> {
     match tokio::time::timeout(deadline, transport.send_raw(envelope, raw)).await {
-        Err(_) => Err(NotifyError::Transient(format!(
-            "SMTP: no answer within {} s",
-            deadline.as_secs_f64()
-        ))),
+        Err(_) => Err(SmtpFailure {
+            failure: NotifyError::Transient(format!(
+                "SMTP: no answer within {} s",
+                deadline.as_secs_f64()
+            )),
+            reply: None,
+        }),
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(smtp_failure(&e)),
+        Ok(Err(e)) => Err(SmtpFailure {
+            failure: smtp_failure(&e),
+            reply: e.status().map(u16::from),
+        }),
     }
 }
 
@@ -181,7 +207,10 @@ async fn one_by_one(
     for rcpt in order.into_iter().take(limit) {
         let single = Envelope::new(envelope.from().cloned(), vec![rcpt.clone()])
             .map_err(|e| NotifyError::Permanent(format!("envelope for {rcpt}: {e}")))?;
-        match send_raw(transport, deadline, &single, raw).await {
+        match send_raw(transport, deadline, &single, raw)
+            .await
+            .map_err(|e| e.failure)
+        {
             Ok(()) => delivered.push(rcpt),
             Err(NotifyError::Transient(why)) if delivered.is_empty() => {
                 return Err(NotifyError::Transient(why));
@@ -245,38 +274,63 @@ pub fn build(entry: &OutboxEntry, from: Mailbox) -> Result<Message, NotifyError>
             sanitize(&entry.idempotency_key)
         )));
     // One unusable address (a user's typo, an empty string) must not cost everyone else the
-    // message: it is left out and logged. Only when no primary recipient is left does the
-    // message fail, for good.
-    let mut usable = 0;
-    for address in &to {
-        match mailbox(address) {
-            Ok(m) => {
-                builder = builder.to(m);
-                usable += 1;
-            }
-            Err(e) if to.len() > 1 => {
-                tracing::warn!(key = %entry.idempotency_key, error = %e, "recipient left out")
-            }
-            Err(e) => return Err(e),
-        }
+    // message: it is left out and logged. Only when nobody is left does the message fail, for
+    // good.
+    let usable = |addresses: Vec<String>| -> Vec<String> {
+        addresses
+            .into_iter()
+            .filter(|a| match mailbox(a) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(key = %entry.idempotency_key, error = %e, "recipient left out");
+                    false
+                }
+            })
+            .collect()
+    };
+    let (primary, copies) = primaries_and_copies(usable(to.clone()), usable(list("cc")), entry)
+        .ok_or_else(|| NotifyError::Permanent(format!("no valid recipient among {to:?}")))?;
+    for address in primary {
+        builder = builder.to(mailbox(&address)?);
     }
-    if usable == 0 {
-        return Err(NotifyError::Permanent(format!(
-            "no valid recipient among {to:?}"
-        )));
-    }
-    for address in list("cc") {
-        match mailbox(&address) {
-            Ok(m) => builder = builder.cc(m),
-            Err(e) => {
-                tracing::warn!(key = %entry.idempotency_key, error = %e, "copy recipient left out")
-            }
-        }
+    for address in copies {
+        builder = builder.cc(mailbox(&address)?);
     }
     builder
         .header(ContentType::TEXT_PLAIN)
         .body(body)
         .map_err(|e| NotifyError::Permanent(format!("cannot build the message: {e}")))
+}
+
+/// The usable primary and copy addresses of a message, each named once (letters in either
+/// case): a provider refuses a message naming one address twice (SendGrid: 400, for good).
+/// With no usable primary, the first copy takes its place (logged): a typo in the new
+/// assignee's address must not cost the people copied the message. None when nobody is left.
+pub fn primaries_and_copies(
+    to: Vec<String>,
+    cc: Vec<String>,
+    entry: &OutboxEntry,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut to: Vec<String> = to
+        .into_iter()
+        .filter(|a| seen.insert(a.to_lowercase()))
+        .collect();
+    let mut cc: Vec<String> = cc
+        .into_iter()
+        .filter(|a| seen.insert(a.to_lowercase()))
+        .collect();
+    if to.is_empty() {
+        if cc.is_empty() {
+            return None;
+        }
+        tracing::warn!(
+            key = %entry.idempotency_key,
+            "no usable primary recipient: the first copy recipient takes its place"
+        );
+        to.push(cc.remove(0));
+    }
+    Some((to, cc))
 }
 
 /// The addresses under `key` of an email payload: a list, or one string.
@@ -291,10 +345,28 @@ pub fn addresses_in(payload: &serde_json::Value, key: &str) -> Vec<String> {
     }
 }
 
-fn mailbox(address: &str) -> Result<Mailbox, NotifyError> {
-    address
-        .parse()
-        .map_err(|e| NotifyError::Permanent(format!("invalid address {address:?}: {e}")))
+/// The mailbox of `address`, its domain in ASCII (punycode, `ana@bücher.de` →
+/// `ana@xn--bcher-kva.de`): a relay without SMTPUTF8 (Amazon SES has none) refuses any
+/// non-ASCII address, and that refusal failed the whole message on every attempt. A
+/// non-ASCII local part has no ASCII form and is refused here, leaving that recipient out.
+pub fn mailbox(address: &str) -> Result<Mailbox, NotifyError> {
+    let invalid =
+        |why: String| NotifyError::Permanent(format!("invalid address {address:?}: {why}"));
+    let ascii = if address.is_ascii() {
+        address.to_owned()
+    } else {
+        let (local, domain) = address
+            .rsplit_once('@')
+            .ok_or_else(|| invalid("no @".into()))?;
+        if !local.is_ascii() {
+            return Err(invalid(
+                "the part before @ is not ASCII, which relays without SMTPUTF8 refuse".into(),
+            ));
+        }
+        let domain = idna::domain_to_ascii(domain).map_err(|e| invalid(e.to_string()))?;
+        format!("{local}@{domain}")
+    };
+    ascii.parse().map_err(|e| invalid(format!("{e}")))
 }
 
 fn sanitize(key: &str) -> String {

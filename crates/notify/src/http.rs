@@ -177,24 +177,24 @@ impl HttpChannels {
         let usable = |key: &str| -> Vec<String> {
             crate::email::addresses_in(p, key)
                 .into_iter()
-                .filter(|a| match a.parse::<Mailbox>() {
-                    Ok(_) => true,
+                .filter_map(|a| match crate::email::mailbox(&a) {
+                    // the ASCII form: a non-ASCII domain in punycode
+                    Ok(m) => Some(m.email.to_string()),
                     Err(e) => {
                         tracing::warn!(key = %entry.idempotency_key, address = %a, error = %e,
                             "recipient left out");
-                        false
+                        None
                     }
                 })
                 .collect()
         };
-        let to = usable("to");
-        if to.is_empty() {
-            return Err(NotifyError::Permanent(format!(
-                "no valid recipient among {:?}",
-                crate::email::addresses_in(p, "to")
-            )));
-        }
-        let cc = usable("cc");
+        let (to, cc) = crate::email::primaries_and_copies(usable("to"), usable("cc"), entry)
+            .ok_or_else(|| {
+                NotifyError::Permanent(format!(
+                    "no valid recipient among {:?}",
+                    crate::email::addresses_in(p, "to")
+                ))
+            })?;
         let mut personalization =
             json!({ "to": to.iter().map(|a| json!({ "email": a })).collect::<Vec<_>>() });
         if !cc.is_empty() {

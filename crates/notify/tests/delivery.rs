@@ -12,6 +12,10 @@ use escalator_testkit::TestDb;
 use escalator_testkit::smtp::{Picky, picky_smtp_sink, smtp_sink};
 use tokio::net::TcpListener;
 
+mod common;
+
+use common::deliverer;
+
 /// Writes `n` email outbox rows the way a batch does.
 async fn outbox(store: &Store, n: usize, to: &str) {
     let effects = BatchEffects {
@@ -32,23 +36,6 @@ async fn outbox(store: &Store, n: usize, to: &str) {
     let mut tx = store.begin_batch().await.unwrap();
     tx.apply(&effects, Utc::now()).await.unwrap();
     tx.commit().await.unwrap();
-}
-
-fn deliverer(store: &Store, port: u16) -> Deliverer {
-    Deliverer {
-        store: store.clone(),
-        mailer: Some(
-            Mailer::smtp(
-                &format!("smtp://127.0.0.1:{port}"),
-                "escalator <e@example.com>",
-            )
-            .unwrap(),
-        ),
-        http: None,
-        templates: Default::default(),
-        max_attempts: 3,
-        lease: Duration::from_secs(60),
-    }
 }
 
 async fn statuses(store: &Store) -> Vec<String> {
@@ -212,6 +199,66 @@ async fn a_recipient_the_relay_refuses_is_left_out_and_the_others_get_the_messag
     assert!(
         error.contains("delivered to the copies only: mgr@example.com"),
         "{row:?}"
+    );
+}
+
+/// A relay refusing one copy recipient for now (`RCPT TO`: 450, a full mailbox, an address
+/// being verified) ended the transaction for everyone, on every attempt, until the row was
+/// dead: the new assignee never got the escalation. The others get it, as for a 550; the
+/// primary deferred is retried later, nobody having it yet.
+#[tokio::test]
+async fn a_recipient_the_relay_defers_does_not_hold_the_message_back_from_the_others() {
+    let db = TestDb::postgres().await;
+    escalation_email(
+        &db.store,
+        "boss@example.com",
+        &["mgr@example.com", "full@example.com"],
+    )
+    .await;
+    let picky = Picky {
+        defer_recipients_containing: Some("full@"),
+        ..Picky::default()
+    };
+    let (port, _, envelopes) = picky_smtp_sink(picky).await;
+    let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.retried, report.dead), (1, 0, 0));
+    assert_eq!(
+        *envelopes.lock().unwrap(),
+        [
+            vec!["boss@example.com".to_owned()],
+            vec!["mgr@example.com".to_owned()]
+        ]
+    );
+
+    let db = TestDb::postgres().await;
+    escalation_email(&db.store, "full@example.com", &["mgr@example.com"]).await;
+    let (port, _, envelopes) = picky_smtp_sink(picky).await;
+    let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.retried, report.dead), (0, 1, 0));
+    assert!(envelopes.lock().unwrap().is_empty(), "nobody has it yet");
+}
+
+/// An address of a non-ASCII domain goes out in its ASCII form (a relay without SMTPUTF8,
+/// such as Amazon SES, refused the whole message on every attempt); one whose part before the
+/// @ has no ASCII form is left out, and the others get the message.
+#[tokio::test]
+async fn non_ascii_addresses_are_sent_in_ascii_or_left_out() {
+    let db = TestDb::postgres().await;
+    escalation_email(
+        &db.store,
+        "ana@bücher.de",
+        &["josé@example.com", "mgr@example.com"],
+    )
+    .await;
+    let (port, _, envelopes) = picky_smtp_sink(Picky::default()).await;
+    let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.retried, report.dead), (1, 0, 0));
+    assert_eq!(
+        *envelopes.lock().unwrap(),
+        [vec![
+            "ana@xn--bcher-kva.de".to_owned(),
+            "mgr@example.com".to_owned()
+        ]]
     );
 }
 

@@ -256,6 +256,52 @@ async fn refused_credentials_are_retried_and_unusable_copies_left_out() {
     );
 }
 
+/// SendGrid refuses, with a 400 (for good), a message naming one address twice across `to`
+/// and `cc`, letters in any case: two users sharing a mailbox cost everyone the escalation.
+/// Each address is named once; a non-ASCII domain goes in its ASCII form; with no usable
+/// primary address the first copy takes its place.
+#[tokio::test]
+async fn each_address_is_named_once_and_in_ascii() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/mail/send"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&server)
+        .await;
+    let mut shared = email(1);
+    shared.payload["to"] = serde_json::json!(["Head@example.com"]);
+    shared.payload["cc"] =
+        serde_json::json!(["head@example.com", "emp@bücher.de", "EMP@bücher.de"]);
+    let mut typo = email(2);
+    typo.payload["to"] = serde_json::json!(["ana..lopez@corp.com"]);
+    typo.payload["cc"] = serde_json::json!(["mgr@example.com"]);
+    outbox(&db.store, vec![shared, typo]).await;
+    let r = deliverer(&db.store, config(&server.uri()))
+        .drain(10, 10)
+        .await
+        .unwrap();
+    assert_eq!((r.sent, r.retried, r.dead), (2, 0, 0));
+    let mut sent: Vec<serde_json::Value> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.body_json::<serde_json::Value>().unwrap()["personalizations"][0].clone())
+        .collect();
+    sent.sort_by_key(|p| p["to"].to_string());
+    assert_eq!(
+        sent,
+        [
+            serde_json::json!({
+                "to": [{ "email": "Head@example.com" }],
+                "cc": [{ "email": "emp@xn--bcher-kva.de" }],
+            }),
+            serde_json::json!({ "to": [{ "email": "mgr@example.com" }] }),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn a_rejected_request_is_dead_at_once() {
     let db = TestDb::postgres().await;

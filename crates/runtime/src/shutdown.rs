@@ -1,7 +1,28 @@
 //! Shutdown signals: SIGTERM (Kubernetes) or SIGINT (Ctrl-C) start a graceful stop.
 
-/// Resolves when the process is asked to stop.
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process has been asked to stop. Long loops inside a job (the outbox drain)
+/// ask before starting more work: in-flight jobs get only the grace period to finish, and
+/// work cut off after it (a message the relay took, unrecorded) would be done again later.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Marks the process as stopping (done by [`signal`] when a signal arrives).
+pub fn request_stop() {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
+/// Resolves when the process is asked to stop, having marked it [`stopping`].
 pub async fn signal() {
+    wait_for_signal().await;
+    request_stop();
+}
+
+async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

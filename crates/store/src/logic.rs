@@ -81,20 +81,23 @@ pub(crate) const MANAGER_CYCLE_SQLITE: &str = "WITH RECURSIVE chain (start, at, 
         WHERE u.manager_id IS NOT NULL AND c.at <> c.start AND c.depth < 1000)
     SELECT start FROM chain WHERE at = start ORDER BY start LIMIT 1";
 
-/// Workflows exhausted because their `manager` level had no one to escalate to can move on
-/// once their assignee has a manager: a user write makes the open, unscheduled, exhausted
-/// workflows of every user it gave a manager (`$1`: the ids written) due at `$2`, in its own
+/// Workflows exhausted because their `manager` level had no one to escalate to (no manager,
+/// or an inactive one) can move on once their assignee has an active manager: a user write
+/// makes the open, unscheduled, exhausted workflows of every user it gave an active manager,
+/// or whose manager it (re)activated (`$1`: the ids written), due at `$2`, in its own
 /// transaction. The next check escalates them (a resolved target wins over the recorded
 /// exhaustion); one exhausted at the end of its chain is evaluated once and unscheduled again.
 pub(crate) const REARM_EXHAUSTED_PG: &str = "UPDATE workflows SET next_check_at = $2
-    WHERE assignee IN (SELECT id FROM users WHERE id = ANY($1) AND manager_id IS NOT NULL)
+    WHERE assignee IN (SELECT u.id FROM users u JOIN users m ON m.id = u.manager_id AND m.active
+                       WHERE u.id = ANY($1) OR m.id = ANY($1))
       AND status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
       AND next_check_at IS NULL";
 
 /// [`REARM_EXHAUSTED_PG`] on SQLite (`?1`: the ids as a JSON array).
 pub(crate) const REARM_EXHAUSTED_SQLITE: &str = "UPDATE workflows SET next_check_at = ?2
-    WHERE assignee IN (SELECT id FROM users
-                       WHERE id IN (SELECT value FROM json_each(?1)) AND manager_id IS NOT NULL)
+    WHERE assignee IN (SELECT u.id FROM users u JOIN users m ON m.id = u.manager_id AND m.active
+                       WHERE u.id IN (SELECT value FROM json_each(?1))
+                          OR m.id IN (SELECT value FROM json_each(?1)))
       AND status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
       AND next_check_at IS NULL";
 
@@ -108,8 +111,11 @@ pub(crate) fn manager_cycle(id: &str) -> StoreError {
 }
 
 /// Checks an email address enough that a relay will take it: `local@domain`, one `@`, no
-/// spaces, control characters or angle brackets, at most 254 characters. An unusable address
-/// used to be stored as given and then left out of every message sent to that user.
+/// spaces, control characters or angle brackets, at most 254 characters; an ASCII local part
+/// of dot-separated words (no leading, trailing or doubled dot: `ana..lopez@` cannot be
+/// sent); a domain of dot-separated labels, none empty or starting or ending with `-` (a
+/// non-ASCII domain is sent in its ASCII form). An unusable address used to be stored as
+/// given and then left out of every message sent to that user.
 pub fn check_email(field: &'static str, value: &str) -> Result<()> {
     let invalid = |message: &str| {
         Err(StoreError::Invalid {
@@ -126,17 +132,23 @@ pub fn check_email(field: &'static str, value: &str) -> Result<()> {
     {
         return invalid("must be a bare address such as ana@example.com");
     }
-    match value.split_once('@') {
-        Some((local, domain))
-            if !local.is_empty()
-                && !domain.is_empty()
-                && !domain.contains('@')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.') =>
-        {
-            Ok(())
-        }
-        _ => invalid("must be an address such as ana@example.com"),
+    let Some((local, domain)) = value.split_once('@') else {
+        return invalid("must be an address such as ana@example.com");
+    };
+    if !local.is_ascii() {
+        return invalid(
+            "must have an ASCII part before the @ (most relays refuse others; a non-ASCII \
+             domain is fine)",
+        );
+    }
+    let local_ok = local.split('.').all(|w| !w.is_empty());
+    let domain_ok = domain
+        .split('.')
+        .all(|w| !w.is_empty() && !w.starts_with('-') && !w.ends_with('-') && !w.contains('@'));
+    if local_ok && domain_ok {
+        Ok(())
+    } else {
+        invalid("must be an address such as ana@example.com")
     }
 }
 

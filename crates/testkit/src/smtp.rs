@@ -37,6 +37,9 @@ pub struct Picky {
     /// `RCPT TO` of an address containing this gets `550 5.1.1 no such user` (the
     /// transaction goes on, as real relays do; lettre then gives up before DATA).
     pub refuse_recipients_containing: Option<&'static str>,
+    /// `RCPT TO` of an address containing this gets `450 4.2.2 mailbox full, try later` (a
+    /// temporary refusal: a full mailbox, greylisting, an address being verified).
+    pub defer_recipients_containing: Option<&'static str>,
     /// Advertise `AUTH PLAIN` and answer every AUTH with `535 5.7.8 credentials invalid`.
     pub refuse_credentials: bool,
 }
@@ -115,9 +118,13 @@ async fn sink(
                         },
                         "RCPT" => {
                             let to = line.split_once(':').map_or("", |(_, a)| a.trim());
-                            match picky.refuse_recipients_containing {
-                                Some(marker) if to.contains(marker) => {
+                            let marked = |m: Option<&str>| m.is_some_and(|m| to.contains(m));
+                            match () {
+                                _ if marked(picky.refuse_recipients_containing) => {
                                     b"550 5.1.1 no such user\r\n"
+                                }
+                                _ if marked(picky.defer_recipients_containing) => {
+                                    b"450 4.2.2 mailbox full, try later\r\n"
                                 }
                                 _ => {
                                     rcpts.push(to.trim_matches(['<', '>']).to_owned());

@@ -498,6 +498,11 @@ impl<'w> Effect<'w> {
         {
             audit.details["skipped_inactive"] = serde_json::json!(skipped);
         }
+        // two people sharing a mailbox (a person under two ids, a team address) get it once:
+        // a provider refuses a message naming one address twice (SendGrid: 400, for good)
+        let mut seen = std::collections::HashSet::new();
+        to.retain(|a| seen.insert(a.to_lowercase()));
+        cc.retain(|a| seen.insert(a.to_lowercase()));
         if to.is_empty() {
             // the direct recipient takes no email: the first copied one gets the message
             if cc.is_empty() {
@@ -748,6 +753,22 @@ mod tests {
             &settings(5),
         );
         assert!(off.effects.outbox.iter().all(|o| o.channel != "event"));
+    }
+
+    /// Two user records sharing one mailbox (letters in another case too): the address is
+    /// named once, or SendGrid refuses the whole message for good.
+    #[test]
+    fn an_address_shared_by_two_recipients_is_named_once() {
+        let due = [workflow(1, "mgr", "emp", "Buy chairs")];
+        let (_, mut emp) = user("emp", None);
+        emp.email = Some("Head@Example.com".into());
+        let users: HashMap<_, _> = [user("head", None), user("mgr", None), ("emp".into(), emp)]
+            .into_iter()
+            .collect();
+        let p = build_with(&due, &[escalate("head")], &users, run(), t0(), &settings(0));
+        let email = &p.effects.outbox[0];
+        assert_eq!(email.payload["to"], serde_json::json!(["head@example.com"]));
+        assert_eq!(email.payload["cc"], serde_json::json!(["mgr@example.com"]));
     }
 
     #[test]

@@ -42,8 +42,9 @@ const DUE_LOCKED: &str = "FOR UPDATE OF w SKIP LOCKED";
 /// instant.
 fn due_query(lock: &str) -> String {
     format!(
-        "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
+        "SELECT {WORKFLOW_COLUMNS}, m.id AS assignee_manager
          FROM workflows w LEFT JOIN users u ON u.id = w.assignee
+              LEFT JOIN users m ON m.id = u.manager_id AND m.active
          WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
            AND (w.next_check_at, w.id) >= (COALESCE($3, '-infinity'::timestamptz),
                                            COALESCE($5, '{NIL}'::uuid))
@@ -60,8 +61,9 @@ const NIL: &str = "00000000-0000-0000-0000-000000000000";
 /// Workflow $2 if it is open and due at $1; `lock` as in [`due_query`].
 fn one_query(lock: &str) -> String {
     format!(
-        "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
+        "SELECT {WORKFLOW_COLUMNS}, m.id AS assignee_manager
          FROM workflows w LEFT JOIN users u ON u.id = w.assignee
+              LEFT JOIN users m ON m.id = u.manager_id AND m.active
          WHERE w.id = $2 AND w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
          {lock}"
     )

@@ -36,8 +36,9 @@ impl SqliteStore {
 /// locks: a claim is exclusive because its transaction holds the write lock.
 fn due_query() -> String {
     format!(
-        "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
+        "SELECT {WORKFLOW_COLUMNS}, m.id AS assignee_manager
          FROM workflows w LEFT JOIN users u ON u.id = w.assignee
+              LEFT JOIN users m ON m.id = u.manager_id AND m.active
          WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1
            AND (w.next_check_at, w.id) >= (COALESCE(?3, ''), COALESCE(?5, ''))
            AND (w.next_check_at, w.id) < (COALESCE(?4, '~'), COALESCE(?6, ''))
@@ -48,8 +49,9 @@ fn due_query() -> String {
 /// Workflow ?2 if it is open and due at ?1.
 fn one_query() -> String {
     format!(
-        "SELECT {WORKFLOW_COLUMNS}, u.manager_id AS assignee_manager
+        "SELECT {WORKFLOW_COLUMNS}, m.id AS assignee_manager
          FROM workflows w LEFT JOIN users u ON u.id = w.assignee
+              LEFT JOIN users m ON m.id = u.manager_id AND m.active
          WHERE w.id = ?2 AND w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1"
     )
 }
