@@ -101,7 +101,8 @@ impl Mailer {
                         );
                         let primaries = addresses_in(&entry.payload, "to")
                             .iter()
-                            .filter_map(|a| a.parse::<Address>().ok())
+                            // as the envelope names them (a domain in ASCII)
+                            .filter_map(|a| mailbox(a).ok().map(|m| m.email))
                             .collect::<Vec<_>>();
                         one_by_one(transport, *deadline, &envelope, &raw, &primaries, entry).await
                     }
