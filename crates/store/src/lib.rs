@@ -59,6 +59,10 @@ pub struct StoreConfig {
     /// new connections (each took ~90 ms to set up on the benchmark machine); one-shot commands
     /// keep none.
     pub min_connections: u32,
+    /// How long PostgreSQL may take to give a connection before the attempt fails (the pool
+    /// retries a refused one meanwhile): 10 s for services, which outlast a database
+    /// restarting; a one-shot command says sooner that the database is unreachable.
+    pub patience: std::time::Duration,
 }
 
 impl StoreConfig {
@@ -68,7 +72,14 @@ impl StoreConfig {
             url: url.into(),
             max_connections: 10,
             min_connections: 0,
+            patience: std::time::Duration::from_secs(10),
         }
+    }
+
+    /// The same settings, giving up on a connection after `patience` (see `patience`).
+    pub fn patient_for(mut self, patience: std::time::Duration) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// The same settings, keeping `n` connections open when idle (see `min_connections`).

@@ -56,13 +56,21 @@ pub const KEPT_OPEN: u32 = 4;
 /// the variable; like services, refuses a database without this build's schema (`verify` on
 /// an unmigrated file said only "no such table: audit_logs").
 pub async fn connect(url: &str) -> anyhow::Result<Store> {
-    require_schema(connect_with(StoreConfig::new(url)).await?, url).await
+    require_schema(connect_with(one_shot(url)).await?, url).await
+}
+
+/// How long a one-shot command waits for PostgreSQL to give a connection: a refused or
+/// unreachable database is reported after this, not after a service's 10 s.
+const ONE_SHOT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn one_shot(url: &str) -> StoreConfig {
+    StoreConfig::new(url).patient_for(ONE_SHOT_PATIENCE)
 }
 
 /// [`connect`] whatever the schema: for `escalator migrate`, which brings it, and `status`,
 /// which reports the queues before it checks the schema ([`require_schema`]).
 pub async fn connect_any_schema(url: &str) -> anyhow::Result<Store> {
-    connect_with(StoreConfig::new(url)).await
+    connect_with(one_shot(url)).await
 }
 
 /// Binds `ESCALATOR_METRICS_ADDR` at start-up, so that a taken port stops a worker or beat

@@ -54,7 +54,7 @@ impl PgStore {
             })
             .max_connections(config.max_connections)
             .min_connections(config.min_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(config.patience)
             .connect_with(options.clone())
             .await;
         match pool {
