@@ -3,15 +3,15 @@
 
 use axum::Json;
 use axum::extract::State;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use escalator_store::{AuditEntry, AuditPosition};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{PathParams, QueryParams, workflow_id};
-use crate::workflows::{MAX_LIMIT, page_limit};
+use crate::workflows::{
+    MAX_LIMIT, bad_cursor, decode_cursor_parts, encode_cursor_parts, page_limit,
+};
 
 /// Audit rows.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -26,23 +26,22 @@ pub struct AuditPage {
 
 /// An opaque cursor for a position in the global log.
 fn encode_cursor(p: AuditPosition) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}.{}", p.xact, p.id))
+    encode_cursor_parts(p.xact, p.id)
 }
 
 /// The position a cursor stands for; 400 naming `cursor` when it is not one of ours.
 fn decode_cursor(cursor: &str) -> ApiResult<AuditPosition> {
-    let bad = || ApiError::bad_request("cursor", "not a cursor returned by this api");
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let (xact, id) = text.split_once('.').ok_or_else(bad)?;
-    let (xact, id) = (
-        xact.parse().map_err(|_| bad())?,
-        id.parse().map_err(|_| bad())?,
-    );
-    if xact < 0 || id < 0 {
-        return Err(bad());
-    }
-    Ok(AuditPosition { xact, id })
+    let (xact, id) = decode_cursor_parts(cursor)?;
+    let number = |s: String| {
+        s.parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(bad_cursor)
+    };
+    Ok(AuditPosition {
+        xact: number(xact)?,
+        id: number(id)?,
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/workflows/{id}/audit", tag = "audit",
@@ -101,6 +100,9 @@ pub async fn log(
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     #[test]
@@ -111,7 +113,7 @@ mod tests {
             "nope!",
             "",
             &URL_SAFE_NO_PAD.encode("7"),
-            &URL_SAFE_NO_PAD.encode("-1.2"),
+            &URL_SAFE_NO_PAD.encode("-1/2"),
         ] {
             assert!(decode_cursor(bad).is_err(), "{bad}");
         }

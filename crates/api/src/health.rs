@@ -14,6 +14,17 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::QueryParams;
 
+/// What a probe bounded by [`PROBE_TIMEOUT`] failed with, if it failed.
+fn failure<T, E: std::error::Error + 'static>(
+    probe: Result<Result<T, E>, tokio::time::error::Elapsed>,
+) -> Option<String> {
+    match probe {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(crate::error::chain(&e)),
+        Err(_) => Some("timed out".to_owned()),
+    }
+}
+
 /// How long a readiness probe waits for each dependency.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -67,30 +78,29 @@ pub async fn readyz(
         tokio::time::timeout(PROBE_TIMEOUT, s.store.ping()),
         tokio::time::timeout(PROBE_TIMEOUT, s.queues.stats()),
     );
-    let db = match db {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(crate::error::chain(&e)),
-        Err(_) => Some("timed out".to_owned()),
-    };
-    let queue = match queue {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(crate::error::chain(&e)),
-        Err(_) => Some("timed out".to_owned()),
-    };
-    let state = |e: &Option<String>| if e.is_some() { "failed" } else { "ok" };
-    let checks = json!({ "database": state(&db), "queue": state(&queue) });
-    for (name, e) in [("database", &db), ("queue", &queue)] {
-        if let Some(e) = e {
+    // each dependency: (name, its failure, whether that failure leaves the api ready)
+    let dependencies = [
+        ("database", failure(db), false),
+        ("queue", failure(queue), queue_optional),
+    ];
+    let mut checks = serde_json::Map::new();
+    let (mut failed, mut degraded) = (Vec::new(), false);
+    for (name, error, optional) in &dependencies {
+        checks.insert(
+            (*name).into(),
+            json!(if error.is_some() { "failed" } else { "ok" }),
+        );
+        if let Some(e) = error {
             tracing::warn!(dependency = name, error = %e, "not ready");
+            if *optional {
+                degraded = true;
+            } else {
+                failed.push(*name);
+            }
         }
     }
-    let failed: Vec<&str> = [("database", &db), ("queue", &queue)]
-        .into_iter()
-        .filter(|(name, e)| e.is_some() && !(*name == "queue" && queue_optional))
-        .map(|(name, _)| name)
-        .collect();
     if failed.is_empty() {
-        let status = if queue.is_some() { "degraded" } else { "ready" };
+        let status = if degraded { "degraded" } else { "ready" };
         return Ok((
             StatusCode::OK,
             Json(json!({ "status": status, "checks": checks })),

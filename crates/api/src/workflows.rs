@@ -181,21 +181,40 @@ pub struct WorkflowPage {
     pub next_cursor: Option<String>,
 }
 
+/// An opaque cursor of two parts (a position in a list ordered by both).
+pub fn encode_cursor_parts(
+    first: impl std::fmt::Display,
+    second: impl std::fmt::Display,
+) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{first}/{second}"))
+}
+
+/// The 400 for a cursor this api did not hand out.
+pub fn bad_cursor() -> ApiError {
+    ApiError::bad_request("cursor", "not a cursor returned by this api")
+}
+
+/// The two parts of a cursor made by [`encode_cursor_parts`]; [`bad_cursor`] otherwise.
+pub fn decode_cursor_parts(cursor: &str) -> ApiResult<(String, String)> {
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad_cursor())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad_cursor())?;
+    let (first, second) = raw.split_once('/').ok_or_else(bad_cursor)?;
+    Ok((first.to_owned(), second.to_owned()))
+}
+
 /// An opaque cursor for the position after (created_at, id).
 pub fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}/{id}", created_at.timestamp_micros()))
+    encode_cursor_parts(created_at.timestamp_micros(), id)
 }
 
 /// The position a cursor stands for; 400 naming `cursor` when it is not one of ours.
 pub fn decode_cursor(cursor: &str) -> ApiResult<(DateTime<Utc>, Uuid)> {
-    let bad = || ApiError::bad_request("cursor", "not a cursor returned by this api");
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let raw = String::from_utf8(raw).map_err(|_| bad())?;
-    let (micros, id) = raw.split_once('/').ok_or_else(bad)?;
+    let bad = bad_cursor;
+    let (micros, id) = decode_cursor_parts(cursor)?;
     let micros: i64 = micros.parse().map_err(|_| bad())?;
     let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
     escalator_store::time::check_instant("cursor", at).map_err(|_| bad())?;
-    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+    Ok((at, Uuid::parse_str(&id).map_err(|_| bad())?))
 }
 
 /// Checks `limit` against 1..=max.

@@ -274,22 +274,7 @@ pub fn build(entry: &OutboxEntry, from: Mailbox) -> Result<Message, NotifyError>
             "<{}@escalator>",
             sanitize(&entry.idempotency_key)
         )));
-    // One unusable address (a user's typo, an empty string) must not cost everyone else the
-    // message: it is left out and logged. Only when nobody is left does the message fail, for
-    // good.
-    let usable = |addresses: Vec<String>| -> Vec<String> {
-        addresses
-            .into_iter()
-            .filter(|a| match mailbox(a) {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(key = %entry.idempotency_key, error = %e, "recipient left out");
-                    false
-                }
-            })
-            .collect()
-    };
-    let (primary, copies) = primaries_and_copies(usable(to.clone()), usable(list("cc")), entry)
+    let (primary, copies) = usable_recipients(entry)
         .ok_or_else(|| NotifyError::Permanent(format!("no valid recipient among {to:?}")))?;
     for address in primary {
         builder = builder.to(mailbox(&address)?);
@@ -303,32 +288,54 @@ pub fn build(entry: &OutboxEntry, from: Mailbox) -> Result<Message, NotifyError>
         .map_err(|e| NotifyError::Permanent(format!("cannot build the message: {e}")))
 }
 
-/// The usable primary and copy addresses of a message, each named once (letters in either
-/// case): a provider refuses a message naming one address twice (SendGrid: 400, for good).
-/// With no usable primary, the first copy takes its place (logged): a typo in the new
-/// assignee's address must not cost the people copied the message. None when nobody is left.
-pub fn primaries_and_copies(
-    to: Vec<String>,
-    cc: Vec<String>,
-    entry: &OutboxEntry,
-) -> Option<(Vec<String>, Vec<String>)> {
-    let mut seen = std::collections::HashSet::new();
-    let mut to: Vec<String> = to
-        .into_iter()
-        .filter(|a| seen.insert(a.to_lowercase()))
-        .collect();
-    let mut cc: Vec<String> = cc
-        .into_iter()
-        .filter(|a| seen.insert(a.to_lowercase()))
-        .collect();
+/// The primary and copy addresses of an email row a relay or provider can take, in their
+/// ASCII form ([`mailbox`]), as [`primaries_and_copies`] names them. One unusable address (a
+/// user's typo, an empty string) must not cost everyone else the message: it is left out and
+/// logged, as is a copy recipient standing in for an unusable primary one. None when nobody
+/// is left: the message fails for good.
+pub fn usable_recipients(entry: &OutboxEntry) -> Option<(Vec<String>, Vec<String>)> {
+    let usable = |key: &str| -> Vec<String> {
+        addresses_in(&entry.payload, key)
+            .into_iter()
+            .filter_map(|a| match mailbox(&a) {
+                Ok(m) => Some(m.email.to_string()),
+                Err(e) => {
+                    tracing::warn!(key = %entry.idempotency_key, error = %e, "recipient left out");
+                    None
+                }
+            })
+            .collect()
+    };
+    let to = usable("to");
     if to.is_empty() {
-        if cc.is_empty() {
-            return None;
-        }
         tracing::warn!(
             key = %entry.idempotency_key,
             "no usable primary recipient: the first copy recipient takes its place"
         );
+    }
+    primaries_and_copies(to, usable("cc"))
+}
+
+/// `to` and `cc` with each address named once (letters in either case): a provider refuses a
+/// message naming one address twice (SendGrid: 400, for good), and two people may share a
+/// mailbox. With no primary, the first copy takes its place: a typo in the new assignee's
+/// address, or an assignee taking no email, must not cost the people copied the message.
+/// None when nobody is left.
+pub fn primaries_and_copies(
+    to: Vec<String>,
+    cc: Vec<String>,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut once = |list: Vec<String>| -> Vec<String> {
+        list.into_iter()
+            .filter(|a| seen.insert(a.to_lowercase()))
+            .collect()
+    };
+    let (mut to, mut cc) = (once(to), once(cc));
+    if to.is_empty() {
+        if cc.is_empty() {
+            return None;
+        }
         to.push(cc.remove(0));
     }
     Some((to, cc))

@@ -174,27 +174,12 @@ impl HttpChannels {
         let p = &entry.payload;
         // as over SMTP: an unusable address is left out rather than failing the message for
         // everyone (the provider refuses the whole request with a 400)
-        let usable = |key: &str| -> Vec<String> {
-            crate::email::addresses_in(p, key)
-                .into_iter()
-                .filter_map(|a| match crate::email::mailbox(&a) {
-                    // the ASCII form: a non-ASCII domain in punycode
-                    Ok(m) => Some(m.email.to_string()),
-                    Err(e) => {
-                        tracing::warn!(key = %entry.idempotency_key, address = %a, error = %e,
-                            "recipient left out");
-                        None
-                    }
-                })
-                .collect()
-        };
-        let (to, cc) = crate::email::primaries_and_copies(usable("to"), usable("cc"), entry)
-            .ok_or_else(|| {
-                NotifyError::Permanent(format!(
-                    "no valid recipient among {:?}",
-                    crate::email::addresses_in(p, "to")
-                ))
-            })?;
+        let (to, cc) = crate::email::usable_recipients(entry).ok_or_else(|| {
+            NotifyError::Permanent(format!(
+                "no valid recipient among {:?}",
+                crate::email::addresses_in(p, "to")
+            ))
+        })?;
         let mut personalization =
             json!({ "to": to.iter().map(|a| json!({ "email": a })).collect::<Vec<_>>() });
         if !cc.is_empty() {

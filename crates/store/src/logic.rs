@@ -193,16 +193,30 @@ pub const AS_OF_SKEW: chrono::Duration = chrono::Duration::minutes(1);
 /// Refuses a real (writing) check dated in the future: it would remind and escalate workflows
 /// before their deadlines. A dry run may look ahead.
 pub fn check_real_as_of(as_of: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
-    if as_of <= now + AS_OF_SKEW {
+    not_ahead(
+        "as_of",
+        as_of,
+        now + AS_OF_SKEW,
+        now,
+        "a real check would act before the deadlines (a dry run can look ahead)",
+    )
+}
+
+/// Refuses `at` (the value of `field`) past `latest`, saying how far ahead of `now` it is and
+/// `why` that is wrong.
+fn not_ahead(
+    field: &'static str,
+    at: DateTime<Utc>,
+    latest: DateTime<Utc>,
+    now: DateTime<Utc>,
+    why: &str,
+) -> Result<()> {
+    if at <= latest {
         return Ok(());
     }
     Err(StoreError::Invalid {
-        field: "as_of",
-        message: format!(
-            "is {}s in the future: a real check would act before the deadlines (a dry run can \
-             look ahead)",
-            (as_of - now).num_seconds()
-        ),
+        field,
+        message: format!("is {}s in the future: {why}", (at - now).num_seconds()),
     })
 }
 
@@ -213,16 +227,9 @@ pub const STARTED_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 /// Refuses a stage said to start in the future: its SLA clock would not run until then, so a
 /// typo (2062 for 2026) or local time sent as UTC would silence its reminders and escalations.
 fn check_started(started: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
-    if started <= now + STARTED_SKEW {
-        return Ok(started);
-    }
-    Err(StoreError::Invalid {
-        field: "stage_started_at",
-        message: format!(
-            "is {}s in the future: a stage's SLA clock starts when it starts (omit it for now)",
-            (started - now).num_seconds()
-        ),
-    })
+    let why = "a stage's SLA clock starts when it starts (omit it for now)";
+    not_ahead("stage_started_at", started, now + STARTED_SKEW, now, why)?;
+    Ok(started)
 }
 
 /// Checks the caller-supplied fields of a new workflow, naming the first bad one.

@@ -498,18 +498,11 @@ impl<'w> Effect<'w> {
         {
             audit.details["skipped_inactive"] = serde_json::json!(skipped);
         }
-        // two people sharing a mailbox (a person under two ids, a team address) get it once:
-        // a provider refuses a message naming one address twice (SendGrid: 400, for good)
-        let mut seen = std::collections::HashSet::new();
-        to.retain(|a| seen.insert(a.to_lowercase()));
-        cc.retain(|a| seen.insert(a.to_lowercase()));
-        if to.is_empty() {
-            // the direct recipient takes no email: the first copied one gets the message
-            if cc.is_empty() {
-                return;
-            }
-            to.push(cc.remove(0));
-        }
+        // each address once (two people may share a mailbox); the first copied one stands in
+        // for a direct recipient taking no email
+        let Some((to, cc)) = escalator_notify::email::primaries_and_copies(to, cc) else {
+            return;
+        };
         let Some((mut fields, user_id, role)) = email else {
             return;
         };
