@@ -1,5 +1,6 @@
 //! The pure decision: given a workflow's snapshot and `now`, what the clock wants done.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -126,6 +127,10 @@ pub struct Snapshot {
     pub assignee_manager: Option<String>,
     /// Per-workflow override of level 1's target.
     pub escalation_target: Option<String>,
+    /// Users known to have left (`active: false`): a level naming one of them is passed over
+    /// as if it named the holder, since an inactive user receives nothing. Empty unless the
+    /// caller found such a target ([`Decision::Escalate`] to an inactive user).
+    pub passed_over: BTreeSet<String>,
 }
 
 /// Why the chain cannot go further.
@@ -255,7 +260,7 @@ fn breached(
     // chart was fixed since (a manager assigned), the workflow should move on. A level naming
     // only whoever holds the workflow already (an override kept across a new stage, a
     // reassignment to the next level's user) is passed over: escalating from someone to
-    // themselves tells no one.
+    // themselves tells no one. So is one naming a user who has left (`passed_over`).
     let mut reason = Exhaustion::ChainEnd;
     for next in snapshot.level + 1..=policy.level_count() {
         match resolve_target(snapshot, policy, next) {
@@ -270,7 +275,11 @@ fn breached(
                 reason = Exhaustion::NoTarget;
                 break;
             }
-            Resolved::Holder => {}
+            Resolved::Holder { gone } => {
+                if gone {
+                    reason = Exhaustion::NoTarget;
+                }
+            }
             Resolved::Nobody => {
                 reason = Exhaustion::NoTarget;
                 break;
@@ -300,8 +309,12 @@ fn breached(
 enum Resolved {
     /// This user, who does not hold the workflow.
     To(String),
-    /// Only the user who holds it already: the next level is tried.
-    Holder,
+    /// Only the user who holds it already, or one who has left (`gone`): the next level is
+    /// tried.
+    Holder {
+        /// The level's target has left: if no later level resolves, no one could be reached.
+        gone: bool,
+    },
     /// No one (`manager` with no manager): exhausted until the org chart names one.
     Nobody,
 }
@@ -322,16 +335,19 @@ fn resolve_target(snapshot: &Snapshot, policy: &Policy, level: u32) -> Resolved 
         None => None,
     };
     let mut holder = false;
+    let mut gone = false;
     for id in [overridden, configured].into_iter().flatten() {
         if id == snapshot.assignee {
             holder = true;
+        } else if snapshot.passed_over.contains(id) {
+            gone = true;
         } else {
             return Resolved::To(id.to_owned());
         }
     }
     // a missing manager wins over the holder: giving the assignee a manager moves it on
-    if holder && configured.is_some() {
-        Resolved::Holder
+    if (holder || gone) && configured.is_some() {
+        Resolved::Holder { gone }
     } else {
         Resolved::Nobody
     }

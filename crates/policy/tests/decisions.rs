@@ -31,6 +31,7 @@ fn snapshot(policy: &Policy) -> Snapshot {
         assignee: "alice".into(),
         assignee_manager: Some("bob".into()),
         escalation_target: Some("erin".into()),
+        passed_over: Default::default(),
     }
 }
 
@@ -455,6 +456,48 @@ fn a_level_naming_the_holder_is_passed_over() {
     // an override that is someone else still wins over the policy
     let alice = snapshot(&default);
     escalates(evaluate(&alice, &default, None, breached), 1, "erin");
+}
+
+#[test]
+fn a_level_naming_someone_who_has_left_is_passed_over() {
+    let breached = at(24, 0, 0);
+    let gone = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect();
+    // the override has left: level 1 falls back to the policy's target, the manager
+    let default = Policy::default_policy();
+    let alice = Snapshot {
+        passed_over: gone(&["erin"]),
+        ..snapshot(&default)
+    };
+    match evaluate(&alice, &default, None, breached) {
+        Decision::Escalate { level, target, .. } => {
+            assert_eq!((level, target.as_str()), (1, "bob"))
+        }
+        other => panic!("want escalate to bob, got {other:?}"),
+    }
+    // the director named by level 1 has left: the vp of level 2 hears of it
+    let ladder = chain(&[Target::User("director".into()), Target::User("vp".into())]);
+    let clerk = Snapshot {
+        escalation_target: None,
+        passed_over: gone(&["director"]),
+        ..snapshot(&ladder)
+    };
+    match evaluate(&clerk, &ladder, None, breached) {
+        Decision::Escalate { level, target, .. } => assert_eq!((level, target.as_str()), (2, "vp")),
+        other => panic!("want escalate to vp at 2, got {other:?}"),
+    }
+    // everyone above has left: no one can be reached, which is not the end of the chain
+    let deserted = Snapshot {
+        passed_over: gone(&["director", "vp"]),
+        ..clerk
+    };
+    assert!(matches!(
+        evaluate(&deserted, &ladder, None, breached),
+        Decision::Exhausted {
+            level: 0,
+            reason: Exhaustion::NoTarget,
+            ..
+        }
+    ));
 }
 
 #[test]

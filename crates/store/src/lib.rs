@@ -248,6 +248,11 @@ impl Store {
         dispatch!(self, s => s.get_user(id).await)
     }
 
+    /// The users with these ids (in any order; unknown ids are left out), in one query.
+    pub async fn users_by_id(&self, ids: &[String]) -> Result<Vec<User>> {
+        dispatch!(self, s => s.users_by_id(ids).await)
+    }
+
     /// Users ordered by id, after `after`.
     pub async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<User>> {
         dispatch!(self, s => s.list_users(after, limit).await)

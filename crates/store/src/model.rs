@@ -154,6 +154,7 @@ impl Workflow {
             assignee: self.assignee.clone(),
             assignee_manager,
             escalation_target: self.escalation_target.clone(),
+            passed_over: std::collections::BTreeSet::new(),
         }
     }
 }

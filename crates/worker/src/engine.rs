@@ -2,7 +2,7 @@
 //! a check out into batches, and the batch that claims, decides and applies. The apalis glue
 //! (attempts, dead-lettering) lives in `jobs.rs`; everything here is safe to run twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -11,7 +11,9 @@ use escalator_jobs::payload::MAX_FANOUT;
 use escalator_jobs::{CheckWorkflows, DeliverNotifications, EscalateBatch, Queues, Scope};
 use escalator_policy::{Calendar, Decision, Policy};
 use escalator_runtime::metrics as m;
-use escalator_store::{Applied, DueRange, DueWorkflow, EffectInserts, Store, StoreError, User};
+use escalator_store::{
+    Applied, BatchTx, DueRange, DueWorkflow, EffectInserts, Store, StoreError, User,
+};
 
 use crate::plan::{self, BatchRef, Rules};
 
@@ -421,17 +423,13 @@ impl Engine {
         // a late check (a backlog, an outage) escalates what was due at its as_of, and starts
         // the new levels' clocks now
         let at = plan::applied_at(job.as_of, Utc::now());
-        let decisions = decide_all(&due, &policies, &calendars, job.as_of, at);
-        let ids = plan::recipients_needed(&due, &decisions);
-        let users: HashMap<String, User> = if ids.is_empty() {
-            HashMap::new()
-        } else {
-            tx.users(&ids)
-                .await?
-                .into_iter()
-                .map(|u| (u.id.clone(), u))
-                .collect()
+        let rules = RulesFound {
+            policies: &policies,
+            calendars: &calendars,
         };
+        let (decisions, users) = rules
+            .decide(&due, job.as_of, at, People::Batch(&mut tx))
+            .await?;
         let channels: plan::PolicyChannels = policies
             .iter()
             .filter_map(|(k, p)| p.spec().channels.clone().map(|c| (k.clone(), c)))
@@ -605,7 +603,13 @@ impl Engine {
         };
         let (policies, calendars) = self.rules_for(&due).await;
         let at = plan::applied_at(as_of, Utc::now());
-        let decisions = decide_all(&due, &policies, &calendars, as_of, at);
+        let rules = RulesFound {
+            policies: &policies,
+            calendars: &calendars,
+        };
+        let (decisions, _) = rules
+            .decide(&due, as_of, at, People::Store(&self.store))
+            .await?;
         let items = due
             .into_iter()
             .zip(decisions)
@@ -615,28 +619,84 @@ impl Engine {
     }
 }
 
-/// Evaluates every claimed workflow with its pinned policy and calendar: due at `as_of`,
-/// applied at `at`.
-fn decide_all(
-    due: &[DueWorkflow],
-    policies: &HashMap<PolicyKey, Arc<Policy>>,
-    calendars: &HashMap<String, Calendar>,
-    as_of: DateTime<Utc>,
-    at: DateTime<Utc>,
-) -> Vec<Option<Decision>> {
-    plan::decide(
-        due,
-        |w| {
-            let policy = policies.get(&(w.policy_id.clone(), w.policy_version))?;
-            let calendar = match &policy.spec().calendar_id {
-                Some(c) => Some(calendars.get(c)?),
-                None => None,
-            };
-            Some(Rules { policy, calendar })
-        },
-        as_of,
-        at,
-    )
+/// Where a decision reads the users it names.
+enum People<'a> {
+    /// In the batch's transaction, in one query.
+    Batch(&'a mut BatchTx),
+    /// Outside any transaction (a dry run, which must lock nothing).
+    Store(&'a Store),
+}
+
+impl People<'_> {
+    /// The users among `ids` that exist.
+    async fn load(&mut self, ids: &[String]) -> Result<Vec<User>, StoreError> {
+        match self {
+            People::Batch(tx) => tx.users(ids).await,
+            People::Store(store) => store.users_by_id(ids).await,
+        }
+    }
+}
+
+/// The policies and calendars a batch's workflows are pinned to, as found.
+struct RulesFound<'a> {
+    policies: &'a HashMap<PolicyKey, Arc<Policy>>,
+    calendars: &'a HashMap<String, Calendar>,
+}
+
+impl RulesFound<'_> {
+    /// Evaluates every claimed workflow with its pinned policy and calendar: due at `as_of`,
+    /// applied at `at`; with the users the effects need, read from `people`. An escalation to a user who has left (`active: false`: they would
+    /// hold the workflow and be told nothing) is decided again with that user passed over, so
+    /// the next level, or no one (`no_target`), takes their place. Each round passes over at
+    /// least one more user, so this ends; a batch whose targets are all active decides once.
+    async fn decide(
+        &self,
+        due: &[DueWorkflow],
+        as_of: DateTime<Utc>,
+        at: DateTime<Utc>,
+        mut people: People<'_>,
+    ) -> Result<(Vec<Option<Decision>>, HashMap<String, User>), StoreError> {
+        let mut gone = BTreeSet::new();
+        let mut users: HashMap<String, User> = HashMap::new();
+        loop {
+            let decisions = plan::decide(
+                due,
+                |w| {
+                    let policy = self
+                        .policies
+                        .get(&(w.policy_id.clone(), w.policy_version))?;
+                    let calendar = match &policy.spec().calendar_id {
+                        Some(c) => Some(self.calendars.get(c)?),
+                        None => None,
+                    };
+                    Some(Rules { policy, calendar })
+                },
+                &gone,
+                as_of,
+                at,
+            );
+            let missing: Vec<String> = plan::recipients_needed(due, &decisions)
+                .into_iter()
+                .filter(|id| !users.contains_key(id))
+                .collect();
+            if !missing.is_empty() {
+                let found = people.load(&missing).await?;
+                users.extend(found.into_iter().map(|u| (u.id.clone(), u)));
+            }
+            let left: Vec<&String> = decisions
+                .iter()
+                .filter_map(|d| match d {
+                    Some(Decision::Escalate { target, .. }) => Some(target),
+                    _ => None,
+                })
+                .filter(|target| users.get(*target).is_some_and(|u| !u.active))
+                .collect();
+            if left.is_empty() {
+                return Ok((decisions, users));
+            }
+            gone.extend(left.into_iter().cloned());
+        }
+    }
 }
 
 /// A dry run's findings.

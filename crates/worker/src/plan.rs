@@ -71,17 +71,20 @@ pub fn recipients_needed(due: &[DueWorkflow], decisions: &[Option<Decision>]) ->
 }
 
 /// Evaluates every claimed workflow as due at `as_of`, new deadlines from `at`
-/// ([`escalator_policy::evaluate_applied`]); None where its rules are missing.
+/// ([`escalator_policy::evaluate_applied`]), passing over the users in `gone` (who have left);
+/// None where its rules are missing.
 pub fn decide<'a>(
     due: &[DueWorkflow],
     rules: impl Fn(&Workflow) -> Option<Rules<'a>>,
+    gone: &BTreeSet<String>,
     as_of: DateTime<Utc>,
     at: DateTime<Utc>,
 ) -> Vec<Option<Decision>> {
     due.iter()
         .map(|d| {
             let r = rules(&d.workflow)?;
-            let snapshot = d.workflow.snapshot(d.assignee_manager.clone());
+            let mut snapshot = d.workflow.snapshot(d.assignee_manager.clone());
+            snapshot.passed_over.clone_from(gone);
             Some(escalator_policy::evaluate_applied(
                 &snapshot, r.policy, r.calendar, as_of, at,
             ))

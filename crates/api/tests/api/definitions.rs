@@ -493,6 +493,103 @@ async fn a_workflow_whose_manager_has_left_waits_for_an_active_one() {
         .await;
 }
 
+/// A user named by a policy's level, or as a workflow's own escalation target, who has left
+/// since (inactive) was still escalated to: the workflow became theirs and nobody active was
+/// told. They are passed over: the next level (or the policy's level 1 for an override) takes
+/// their place, and with nobody left above, the workflow is exhausted for want of a target.
+#[tokio::test]
+async fn a_target_who_has_left_is_passed_over() {
+    let api = spawn_api().await;
+    let person = |name: &str| json!({ "display_name": name });
+    users(
+        &api,
+        &[
+            ("director", person("Director")),
+            ("vp", person("VP")),
+            ("boss", person("Boss")),
+            ("erin", person("Erin")),
+            (
+                "alice",
+                json!({ "display_name": "Alice", "manager_id": "boss" }),
+            ),
+        ],
+    )
+    .await;
+    let all = api.get("/api/v1/policies").await.json();
+    let mut spec = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "default")
+        .unwrap()["spec"]
+        .clone();
+    spec["levels"] = json!([
+        { "target": "user:director", "sla_seconds": 86_400 },
+        { "target": "user:vp", "sla_seconds": 86_400 },
+    ]);
+    let res = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "ladder", "name": "Ladder", "spec": spec }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    let create = async |external_id: &str, policy: &str, target: Option<&str>| {
+        let mut body = workflow_body(external_id);
+        body["policy_id"] = json!(policy);
+        if let Some(target) = target {
+            body["escalation_target"] = json!(target);
+        }
+        let w = api.post("/api/v1/workflows", body).await;
+        assert_eq!(w.status, StatusCode::CREATED, "{}", w.text());
+        let w = w.json();
+        let due_at: chrono::DateTime<chrono::Utc> = w["due_at"].as_str().unwrap().parse().unwrap();
+        (w["id"].as_str().unwrap().to_owned(), due_at)
+    };
+    let ladder = create("LEFT-DIRECTOR", "ladder", None).await;
+    let erin = create("LEFT-OVERRIDE", "default", Some("erin")).await;
+    let deserted = create("LEFT-EVERYONE", "ladder", None).await;
+    let inactive = |name: &str| json!({ "display_name": name, "active": false });
+    users(
+        &api,
+        &[
+            ("director", inactive("Director")),
+            ("erin", inactive("Erin")),
+        ],
+    )
+    .await;
+    let after = |due_at| due_at + chrono::Duration::minutes(1);
+    let held_by = async |id: &str| {
+        let w = api
+            .db
+            .store
+            .get_workflow(id.parse().unwrap())
+            .await
+            .unwrap();
+        (w.assignee, w.escalation_level, w.exhausted_at.is_some())
+    };
+
+    check(&api, &ladder.0, after(ladder.1)).await;
+    assert_eq!(held_by(&ladder.0).await, ("vp".into(), 2, false));
+    check(&api, &erin.0, after(erin.1)).await;
+    assert_eq!(held_by(&erin.0).await, ("boss".into(), 1, false));
+    users(&api, &[("vp", inactive("VP"))]).await;
+    check(&api, &deserted.0, after(deserted.1)).await;
+    assert_eq!(held_by(&deserted.0).await, ("alice".into(), 0, true));
+    let audit = api
+        .get(&format!("/api/v1/workflows/{}/audit", deserted.0))
+        .await
+        .json();
+    let reasons: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "exhausted")
+        .map(|a| &a["details"]["reason"])
+        .collect();
+    assert_eq!(reasons, [&json!("no_target")], "{audit}");
+}
+
 /// An exhausted workflow was left unscheduled for good by two transitions: reassigning one
 /// exhausted for want of a target (the new assignee has a manager) and resuming one whose
 /// policy repeats its notifications after the chain (they stopped after a hold). Both are

@@ -104,6 +104,21 @@ impl PgStore {
     }
 }
 
+/// The users with these ids, in one query (unknown ids are left out).
+pub(crate) async fn users_by_id<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    ids: &[String],
+) -> Result<Vec<crate::model::User>> {
+    let rows = sqlx::query(
+        "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users
+         WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(rows::user).collect()
+}
+
 fn due(row: &sqlx::postgres::PgRow) -> Result<DueWorkflow> {
     Ok(DueWorkflow {
         workflow: rows::workflow(row)?,
@@ -404,14 +419,7 @@ impl PgBatch {
     }
 
     pub(crate) async fn users(&mut self, ids: &[String]) -> Result<Vec<crate::model::User>> {
-        let rows = sqlx::query(
-            "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users
-             WHERE id = ANY($1)",
-        )
-        .bind(ids)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.iter().map(rows::user).collect()
+        users_by_id(&mut *self.tx, ids).await
     }
 
     pub(crate) async fn commit(self) -> Result<()> {

@@ -30,6 +30,25 @@ impl SqliteStore {
     }
 }
 
+/// The users with these ids, in one query (unknown ids are left out).
+pub(crate) async fn users_by_id<'e>(
+    db: impl sqlx::SqliteExecutor<'e>,
+    ids: &[String],
+) -> Result<Vec<crate::model::User>> {
+    let ids = serde_json::to_string(ids).map_err(|source| StoreError::Json {
+        context: "user ids",
+        source,
+    })?;
+    let rows = sqlx::query(
+        "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users
+         WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(rows::user).collect()
+}
+
 /// Open workflows due at ?1 in the range from (?3, ?5) to (?4, ?6) of `(next_check_at, id)`
 /// ([`DueRange`]; a bound without its id is `''`, below every id), in that order, at most ?2:
 /// row comparisons on the partial index workflows_due `(next_check_at, id)`. SQLite has no row
@@ -422,18 +441,7 @@ impl SqliteBatch {
     }
 
     pub(crate) async fn users(&mut self, ids: &[String]) -> Result<Vec<crate::model::User>> {
-        let ids = serde_json::to_string(ids).map_err(|source| StoreError::Json {
-            context: "user ids",
-            source,
-        })?;
-        let rows = sqlx::query(
-            "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users
-             WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(ids)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.iter().map(rows::user).collect()
+        users_by_id(&mut *self.tx, ids).await
     }
 
     pub(crate) async fn commit(self) -> Result<()> {

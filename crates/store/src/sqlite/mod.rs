@@ -147,6 +147,10 @@ impl SqliteStore {
         Ok(rearmed)
     }
 
+    pub(crate) async fn users_by_id(&self, ids: &[String]) -> Result<Vec<User>> {
+        batch::users_by_id(&self.pool, ids).await
+    }
+
     pub(crate) async fn get_user(&self, id: &str) -> Result<User> {
         let row = sqlx::query(
             "SELECT id, display_name, email, phone, slack, manager_id, active, channels FROM users WHERE id = ?1",
