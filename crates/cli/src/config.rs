@@ -220,6 +220,16 @@ impl DeliverySettings {
                         reason: "expected smtp://host:port or smtps://host:port".into(),
                     });
                 }
+                if plain_with_password(&url) {
+                    return Err(ConfigError {
+                        name: "ESCALATOR_SMTP_URL",
+                        value: url,
+                        reason: "smtp:// with a user and password sends them unencrypted (and \
+                                 most relays refuse it): use smtp://user:pass@host:587?tls=required \
+                                 (STARTTLS) or smtps://user:pass@host:465"
+                            .into(),
+                    });
+                }
                 EmailConfig::Smtp {
                     url,
                     from: from.clone(),
@@ -433,6 +443,21 @@ impl ApiSettings {
     }
 }
 
+/// Whether `url` is plain `smtp://` carrying credentials without `tls=required`: lettre then
+/// never starts TLS (also `tls=opportunistic` goes on in the clear when the relay offers no
+/// STARTTLS), so the password crosses the network as sent.
+fn plain_with_password(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("smtp://") else {
+        return false;
+    };
+    let (authority, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, query),
+        None => (rest, ""),
+    };
+    let authority = authority.split('/').next().unwrap_or_default();
+    authority.contains('@') && !query.split('&').any(|kv| kv == "tls=required")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +564,33 @@ mod tests {
             assert_eq!(e.name, name);
             assert_eq!(text.matches(name).count(), 1, "{text}");
             assert!(!text.contains('\n'), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_password_is_never_sent_to_a_relay_in_the_clear() {
+        let smtp = |url: &str| DeliverySettings::from_env(&env(&[("ESCALATOR_SMTP_URL", url)]));
+        for refused in [
+            "smtp://mailer:hunter2@relay.example.net:587",
+            "smtp://mailer:hunter2@relay.example.net:587?tls=opportunistic",
+            "smtp://mailer:hunter2@relay.example.net:587/?tls=none",
+        ] {
+            let e = smtp(refused).unwrap_err();
+            assert_eq!(e.name, "ESCALATOR_SMTP_URL");
+            let text = e.to_string();
+            assert!(
+                text.contains("tls=required") && !text.contains("hunter2"),
+                "{text}"
+            );
+        }
+        for taken in [
+            "smtp://mailer:hunter2@relay.example.net:587?tls=required",
+            "smtp://mailer:hunter2@relay.example.net:587/?tls=required&helo=escalator",
+            "smtps://mailer:hunter2@relay.example.net:465",
+            "smtp://mailpit:1025",
+            "smtp://relay.example.net:25?tls=opportunistic",
+        ] {
+            assert!(smtp(taken).is_ok(), "{taken}");
         }
     }
 

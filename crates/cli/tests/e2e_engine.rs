@@ -576,6 +576,65 @@ async fn a_workflow_the_database_refuses_holds_back_no_other() {
     assert!(stop(worker).success());
 }
 
+/// `enqueue check --workflow` takes a workflow's uuid or its external id, also an external id
+/// that is itself a uuid (callers' own ids often are): such an id used to be looked up only as
+/// escalator's uuid and reported "not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_workflow_is_checked_by_its_uuid_or_its_external_id() {
+    let w = World::new().await;
+    w.seed(1_000);
+    let escalator_store::Store::Postgres(pg) = &w.db.store else {
+        unreachable!()
+    };
+    let due: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM workflows WHERE due_at <= $1 ORDER BY id LIMIT 2")
+            .bind(chrono::DateTime::parse_from_rfc3339(SEED_TIME).unwrap())
+            .fetch_all(pg.pool())
+            .await
+            .unwrap();
+    let theirs = uuid::Uuid::new_v4().simple().to_string();
+    sqlx::query("UPDATE workflows SET external_id = $1 WHERE id = $2")
+        .bind(&theirs)
+        .bind(due[1])
+        .execute(pg.pool())
+        .await
+        .unwrap();
+    let worker = w.worker(free_port());
+    let check = |workflow: &str| {
+        w.command(&[
+            "enqueue",
+            "check",
+            "--workflow",
+            workflow,
+            "--as-of",
+            SEED_TIME,
+            "--wait",
+        ])
+        .output()
+        .unwrap()
+    };
+    for workflow in [due[0].to_string(), theirs] {
+        let out = check(&workflow);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{workflow}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(field(&text, "escalated"), 1, "{workflow}: {text}");
+    }
+    let nobody = uuid::Uuid::new_v4().to_string();
+    let out = check(&nobody);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&nobody) && stderr.contains("not found"),
+        "{stderr}"
+    );
+    w.verify();
+    assert!(stop(worker).success());
+}
+
 /// `rediss://`: the worker and the CLI over a Redis that speaks only TLS, its certificate
 /// trusted through `SSL_CERT_FILE` (a managed Redis with in-transit encryption, a private CA);
 /// the same Redis with a certificate nobody vouched for is refused, saying why.

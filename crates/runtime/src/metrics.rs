@@ -54,9 +54,10 @@ pub const DURATION_BUCKETS: &[f64] = &[
 pub const LATENCY_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 86400.0,
 ];
-/// Buckets of single-job durations, seconds.
+/// Buckets of single-job durations, seconds: up to and past the default attempt limit
+/// (`ESCALATOR_JOB_TIMEOUT`, 120 s), so a job nearing it is seen, not drawn at the top bucket.
 pub const JOB_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
 /// Installs the global recorder with buckets and help texts, returning the handle that

@@ -56,6 +56,22 @@ struct CheckArgs {
     timeout: u64,
 }
 
+/// The workflow `w` names: its uuid, or else its external id. Callers often use uuids (or
+/// hex digests, which parse as uuids) as their own ids, so a uuid that is no workflow's id is
+/// looked up as an external id before "not found".
+async fn find_workflow(
+    store: &escalator_store::Store,
+    w: &str,
+) -> escalator_store::Result<escalator_store::Workflow> {
+    if let Ok(id) = Uuid::parse_str(w) {
+        match store.get_workflow(id).await {
+            Err(escalator_store::StoreError::NotFound { .. }) => {}
+            found => return found,
+        }
+    }
+    store.get_workflow_by_external_id(w).await
+}
+
 /// Runs the subcommand.
 pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     let args = match args.what {
@@ -66,22 +82,12 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     let store = super::connect(database_url).await?;
     let scope = match &args.workflow {
         None => Scope::All,
-        Some(w) => match Uuid::parse_str(w) {
-            Ok(id) => Scope::Workflow(
-                store
-                    .get_workflow(id)
-                    .await
-                    .with_context(|| format!("--workflow {w}"))?
-                    .id,
-            ),
-            Err(_) => Scope::Workflow(
-                store
-                    .get_workflow_by_external_id(w)
-                    .await
-                    .with_context(|| format!("--workflow {w}"))?
-                    .id,
-            ),
-        },
+        Some(w) => Scope::Workflow(
+            find_workflow(&store, w)
+                .await
+                .with_context(|| format!("--workflow {w}"))?
+                .id,
+        ),
     };
     let queues = super::connect_queues_once(&queue_config).await?;
     // --wait reports enqueue -> finished, as the benchmark defines a tick
