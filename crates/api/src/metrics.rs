@@ -28,45 +28,71 @@ pub struct FleetCache {
     last: tokio::sync::Mutex<Option<Instant>>,
 }
 
+/// How long one fleet read may take. The reads run side by side, so a scrape answers within
+/// about this long even when the database or Redis hangs (a held lock, a failover): each
+/// read used to wait out the pool's 10 s, one after another, past Prometheus' scrape timeout,
+/// and every api metric vanished exactly during the incident.
+pub const FLEET_READ_TIMEOUT: Duration = crate::health::PROBE_TIMEOUT;
+
+/// `read`'s answer, or None (logged, naming `what`) if it failed or took longer than
+/// [`FLEET_READ_TIMEOUT`].
+async fn bounded<T, E: std::fmt::Display>(
+    what: &'static str,
+    read: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(FLEET_READ_TIMEOUT, read).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "metrics: cannot read {what}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout = ?FLEET_READ_TIMEOUT,
+                "metrics: reading {what} took too long; its gauges keep their last values"
+            );
+            None
+        }
+    }
+}
+
 /// Reads the fleet-wide numbers into gauges unless they are fresher than [`FLEET_TTL`]. A
-/// failed read leaves its gauges at their previous values and is logged; the scrape still
-/// answers with everything else.
+/// failed or slow read ([`FLEET_READ_TIMEOUT`]) leaves its gauges at their previous values
+/// and is logged; the scrape still answers with everything else.
 async fn refresh_fleet(s: &AppState) {
     let mut last = s.fleet.last.lock().await;
     if last.is_some_and(|t| t.elapsed() < FLEET_TTL) {
         return;
     }
-    match s.store.sla_counts(Utc::now()).await {
-        Ok(c) => {
-            metrics::gauge!(OPEN, "sla_status" => "ok").set(c.ok as f64);
-            metrics::gauge!(OPEN, "sla_status" => "warning").set(c.warning as f64);
-            metrics::gauge!(OPEN, "sla_status" => "breached").set(c.breached as f64);
-            metrics::gauge!(COMPLIANCE).set(c.compliance_ratio());
-        }
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot count open workflows"),
+    let now = Utc::now();
+    let (sla, queues, outbox, runs) = tokio::join!(
+        bounded("the open workflows", s.store.sla_counts(now)),
+        bounded("the queue depths", s.queues.stats()),
+        bounded("the outbox", s.store.outbox_backlog(now)),
+        bounded(
+            "the recent check runs",
+            s.store.recent_check_runs(RECENT_RUNS)
+        ),
+    );
+    if let Some(c) = sla {
+        metrics::gauge!(OPEN, "sla_status" => "ok").set(c.ok as f64);
+        metrics::gauge!(OPEN, "sla_status" => "warning").set(c.warning as f64);
+        metrics::gauge!(OPEN, "sla_status" => "breached").set(c.breached as f64);
+        metrics::gauge!(COMPLIANCE).set(c.compliance_ratio());
     }
-    match s.queues.stats().await {
-        Ok(stats) => {
-            let mut dead = 0;
-            for q in stats {
-                metrics::gauge!(QUEUE_DEPTH, "queue" => q.queue.clone()).set(q.pending as f64);
-                dead += q.dead;
-            }
-            metrics::gauge!(DEAD_JOBS).set(dead as f64);
+    if let Some(stats) = queues {
+        let mut dead = 0;
+        for q in stats {
+            metrics::gauge!(QUEUE_DEPTH, "queue" => q.queue.clone()).set(q.pending as f64);
+            dead += q.dead;
         }
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot read queue depths"),
+        metrics::gauge!(DEAD_JOBS).set(dead as f64);
     }
-    match s.store.outbox_backlog(chrono::Utc::now()).await {
-        Ok((waiting, _due)) => metrics::gauge!(OUTBOX_PENDING).set(waiting as f64),
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot count the outbox"),
+    if let Some((waiting, _due)) = outbox {
+        metrics::gauge!(OUTBOX_PENDING).set(waiting as f64);
     }
-    match s.store.recent_check_runs(RECENT_RUNS).await {
-        Ok(runs) => {
-            if let Some(t) = runs.iter().filter_map(|r| r.finished_at).max() {
-                metrics::gauge!(LAST_CHECK).set(t.timestamp_micros() as f64 / 1e6);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot read recent check runs"),
+    if let Some(t) = runs.iter().flatten().filter_map(|r| r.finished_at).max() {
+        metrics::gauge!(LAST_CHECK).set(t.timestamp_micros() as f64 / 1e6);
     }
     *last = Some(Instant::now());
 }
