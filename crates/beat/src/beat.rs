@@ -61,6 +61,8 @@ pub struct Beat {
     renewed: std::time::Instant,
     /// The latest slot with a run, once leading.
     last_slot: Option<DateTime<Utc>>,
+    /// The latest slot already counted missed ([`crate::plan::SlotPlan::counted`]).
+    counted_slot: Option<DateTime<Utc>>,
     /// The deadline check in flight, so that one is not enqueued per wake-up.
     deadline_run: Option<InFlight>,
     /// When the outbox was last swept for deliveries whose job was lost.
@@ -109,6 +111,17 @@ struct InFlight {
     moved_at: DateTime<Utc>,
 }
 
+impl InFlight {
+    /// Run `id`, just enqueued at `now`.
+    fn queued(id: i64, now: DateTime<Utc>) -> Self {
+        InFlight {
+            id,
+            progress: ("queued".into(), 0),
+            moved_at: now,
+        }
+    }
+}
+
 impl Beat {
     /// A beat that is not leading yet.
     pub fn new(store: Store, queues: Queues, config: BeatConfig, health: Health) -> Self {
@@ -120,6 +133,7 @@ impl Beat {
             lease: None,
             renewed: std::time::Instant::now(),
             last_slot: None,
+            counted_slot: None,
             deadline_run: None,
             swept: None,
             sweep_failing: false,
@@ -180,6 +194,7 @@ impl Beat {
         let plan = plan_slots(
             &self.config.schedule,
             self.last_slot,
+            self.counted_slot,
             now,
             chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(1)),
         );
@@ -190,9 +205,21 @@ impl Beat {
                 "scheduled slots missed (coalesced or older than the catch-up window)"
             );
         }
-        if let Some((slot, coalesced)) = plan.run {
-            self.enqueue(Some(slot), "beat", coalesced, now).await?;
-            self.last_slot = Some(slot);
+        self.counted_slot = plan.counted;
+        match plan.run {
+            Some((slot, coalesced)) => {
+                let run = self.enqueue(Some(slot), "beat", coalesced, now).await?;
+                self.last_slot = Some(slot);
+                // the slot's check covers every due deadline too: a deadline check beside it
+                // doubled the planning and claiming at the busiest moments
+                if let Some(id) = run
+                    && self.deadline_run.is_none()
+                {
+                    self.deadline_run = Some(InFlight::queued(id, now));
+                }
+            }
+            // all older than the window: none will run, and they are counted
+            None => self.last_slot = plan.newest.max(self.last_slot),
         }
         // deadlines
         if let Some(mut flight) = self.deadline_run.take() {
@@ -222,11 +249,7 @@ impl Beat {
             self.deadline_run = self
                 .enqueue(None, "deadline", 1, now)
                 .await?
-                .map(|id| InFlight {
-                    id,
-                    progress: ("queued".into(), 0),
-                    moved_at: now,
-                });
+                .map(|id| InFlight::queued(id, now));
         }
         if self.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
             self.swept = Some(std::time::Instant::now());
@@ -320,13 +343,29 @@ impl Beat {
             if self.renewed.elapsed() < ttl / 3 {
                 return Ok(true);
             }
-            if self.store.renew_lease(lease, ttl).await? {
-                self.renewed = std::time::Instant::now();
-                return Ok(true);
+            match self.store.renew_lease(lease, ttl).await {
+                Ok(true) => {
+                    self.renewed = std::time::Instant::now();
+                    return Ok(true);
+                }
+                Ok(false) => {
+                    tracing::warn!(epoch = lease.epoch, "lease lost: another beat leads now");
+                    self.stand_down();
+                }
+                Err(e) => {
+                    // the lease has run out in the database by now: this beat schedules
+                    // nothing, and must not go on reporting itself the leader (NoBeatLeader
+                    // stayed silent for as long as a lone beat could not reach the database)
+                    if self.renewed.elapsed() >= ttl {
+                        tracing::warn!(
+                            epoch = lease.epoch,
+                            "lease not renewed within its time to live: no longer leading"
+                        );
+                        self.stand_down();
+                    }
+                    return Err(e.into());
+                }
             }
-            tracing::warn!(epoch = lease.epoch, "lease lost: another beat leads now");
-            self.lease = None;
-            metrics::gauge!(m::BEAT_LEADER).set(0.0);
         }
         match self
             .store
@@ -341,6 +380,7 @@ impl Beat {
                 self.renewed = std::time::Instant::now();
                 self.lease = Some(lease);
                 self.last_slot = self.store.last_scheduled_slot().await?;
+                self.counted_slot = None;
                 self.deadline_run = None;
                 self.running = false;
                 metrics::gauge!(m::BEAT_LEADER).set(1.0);
@@ -401,10 +441,18 @@ impl Beat {
             }
             Fenced::NotLeader => {
                 tracing::warn!("lease lost before enqueueing; standing down");
-                self.lease = None;
-                metrics::gauge!(m::BEAT_LEADER).set(0.0);
+                self.stand_down();
                 Ok(None)
             }
         }
+    }
+
+    /// Stops leading: no lease, and the gauges only a leader keeps up to date are cleared (a
+    /// standby's last outbox count, frozen, won the fleet's `max()` and kept OutboxBacklog
+    /// firing while the real backlog drained).
+    fn stand_down(&mut self) {
+        self.lease = None;
+        metrics::gauge!(m::BEAT_LEADER).set(0.0);
+        metrics::gauge!(m::OUTBOX_PENDING).set(0.0);
     }
 }

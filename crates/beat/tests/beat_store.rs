@@ -189,6 +189,106 @@ async fn slots_missed_while_down_run_once_coalesced() {
     assert_eq!(stats[0].pending, 3);
 }
 
+/// Slots missed are counted once. A business-hours schedule whose beat came back after the
+/// evening's last slot (all older than the catch-up window, so none runs) used to count the
+/// same slots again on every step, every few seconds, all night: MissedTicks fired until
+/// morning.
+#[tokio::test]
+async fn slots_missed_while_down_are_counted_once() {
+    let metrics = escalator_runtime::metrics::install().unwrap();
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        BeatConfig {
+            schedule: Schedule::parse("0 */15 8-18 * * MON-FRI", "UTC").unwrap(),
+            ..config("a", Duration::from_secs(3_600), Duration::from_secs(30))
+        },
+        Health::new(Duration::from_secs(60)),
+    );
+    // Wednesday 17:00 runs; the beat is then away until 20:00: 17:15 .. 18:45 are missed
+    beat.step(utc("2026-11-25T17:00:00.500Z")).await.unwrap();
+    for t in ["20:00:00", "20:00:05", "20:00:10", "23:30:00"] {
+        beat.step(utc(&format!("2026-11-25T{t}Z"))).await.unwrap();
+    }
+    assert_eq!(
+        scheduled(&db.store).await,
+        [(utc("2026-11-25T17:00:00Z"), 1)]
+    );
+    let text = metrics.render();
+    assert!(text.contains("escalator_missed_ticks_total 7\n"), "{text}");
+    // the next morning's first slot runs, on its own
+    beat.step(utc("2026-11-26T08:00:01Z")).await.unwrap();
+    assert_eq!(
+        scheduled(&db.store).await.last(),
+        Some(&(utc("2026-11-26T08:00:00Z"), 1))
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("escalator_missed_ticks_total 7\n")
+    );
+}
+
+/// A leader that cannot reach the database past its lease no longer reports itself leading:
+/// the lease has run out, nothing is scheduled, and a lone beat's gauge stayed at 1, so the
+/// NoBeatLeader alert never fired.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_database_past_its_lease_stands_down() {
+    let metrics = escalator_runtime::metrics::install().unwrap();
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let lease = Duration::from_millis(900);
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(600), lease),
+        Health::new(Duration::from_secs(60)),
+    );
+    let now = Utc::now();
+    beat.step(now).await.unwrap();
+    assert!(metrics.render().contains("escalator_beat_leader 1\n"));
+    db.store.close().await;
+    // within its lease a failed renewal is retried, still leading
+    tokio::time::sleep(lease / 2).await;
+    assert!(beat.step(Utc::now()).await.is_err());
+    assert!(metrics.render().contains("escalator_beat_leader 1\n"));
+    tokio::time::sleep(lease).await;
+    assert!(beat.step(Utc::now()).await.is_err());
+    let text = metrics.render();
+    assert!(text.contains("escalator_beat_leader 0\n"), "{text}");
+    assert!(text.contains("escalator_outbox_pending 0\n"), "{text}");
+}
+
+/// A slot's check covers the deadlines that are due at it: a deadline check was enqueued
+/// beside it in the same step, doubling the planning and claiming at the busiest moments.
+#[tokio::test]
+async fn a_slot_with_due_deadlines_enqueues_one_check() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let slot = utc("2026-11-25T12:15:00Z");
+    workflow_started(&db.store, slot - chrono::Duration::hours(23), slot).await;
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    beat.step(slot + chrono::Duration::milliseconds(300))
+        .await
+        .unwrap();
+    beat.step(slot + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(scheduled(&db.store).await, [(slot, 1)]);
+    assert_eq!(deadline_runs(&db.store).await.len(), 0);
+    assert_eq!(q.stats().await.unwrap()[0].pending, 1);
+}
+
 #[tokio::test]
 async fn a_standby_beat_enqueues_nothing_and_a_zombie_leader_is_fenced_off() {
     let db = TestDb::postgres().await;

@@ -372,16 +372,33 @@ impl BeatSettings {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         );
+        let lease_ttl = seconds(src, "ESCALATOR_LEASE_TTL", Duration::from_secs(15))?;
+        // the leader steps (and re-reads the earliest deadline) at least every third of its
+        // lease, to renew it: a longer recheck would silently change nothing (unset, the
+        // default gives way to a short lease)
+        let deadline_recheck = seconds(
+            src,
+            "ESCALATOR_DEADLINE_RECHECK",
+            Duration::from_secs(5).min(lease_ttl / 3),
+        )?;
+        if deadline_recheck > lease_ttl / 3 {
+            return Err(ConfigError {
+                name: "ESCALATOR_DEADLINE_RECHECK",
+                value: deadline_recheck.as_secs_f64().to_string(),
+                reason: format!(
+                    "the beat re-reads the earliest deadline at least every third of \
+                     ESCALATOR_LEASE_TTL ({} s) as it renews its lease: set at most that, or \
+                     raise ESCALATOR_LEASE_TTL",
+                    (lease_ttl / 3).as_secs_f64()
+                ),
+            });
+        }
         Ok(BeatSettings {
             beat: BeatConfig {
                 schedule,
                 catchup: seconds(src, "ESCALATOR_CATCHUP", Duration::from_secs(3_600))?,
-                lease_ttl: seconds(src, "ESCALATOR_LEASE_TTL", Duration::from_secs(15))?,
-                deadline_recheck: seconds(
-                    src,
-                    "ESCALATOR_DEADLINE_RECHECK",
-                    Duration::from_secs(5),
-                )?,
+                lease_ttl,
+                deadline_recheck,
                 holder,
                 done_retention: escalator_beat::DONE_JOB_RETENTION,
                 outbox_retention: seconds_or_never(
@@ -554,6 +571,16 @@ mod tests {
         let e =
             WorkerSettings::from_env(&env(&[("ESCALATOR_SHUTDOWN_TIMEOUT", "soon")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_SHUTDOWN_TIMEOUT");
+        let e = BeatSettings::from_env(&env(&[("ESCALATOR_DEADLINE_RECHECK", "60")])).unwrap_err();
+        assert_eq!(e.name, "ESCALATOR_DEADLINE_RECHECK");
+        assert!(e.reason.contains("ESCALATOR_LEASE_TTL (5 s)"), "{e}");
+        let longer = [
+            ("ESCALATOR_DEADLINE_RECHECK", "60"),
+            ("ESCALATOR_LEASE_TTL", "180"),
+        ];
+        assert!(BeatSettings::from_env(&env(&longer)).is_ok());
+        let short = BeatSettings::from_env(&env(&[("ESCALATOR_LEASE_TTL", "3")])).unwrap();
+        assert_eq!(short.beat.deadline_recheck, Duration::from_secs(1));
         // named once, on one line (the schedule's message named it again)
         for (name, value) in [
             ("ESCALATOR_SCHEDULE", "bogus"),
