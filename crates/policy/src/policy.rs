@@ -210,6 +210,17 @@ impl Policy {
         }
         if let AfterLast::Repeat { every_seconds } = spec.after_last {
             check_duration("after_last.every_seconds", every_seconds)?;
+            // every exhausted workflow is renotified (audit, in-app rows, an email) each time,
+            // and the beat wakes for it: seconds meant as minutes flooded the outbox
+            if every_seconds < MIN_REPEAT_SECONDS {
+                return Err(PolicyError::new(
+                    "after_last.every_seconds",
+                    format!(
+                        "must be at least {MIN_REPEAT_SECONDS} (renotifying more often floods \
+                         the people told), got {every_seconds}"
+                    ),
+                ));
+            }
         }
         check_chain(&spec.levels)?;
         if let Some(channels) = &spec.channels {
@@ -276,6 +287,9 @@ impl Policy {
         self.spec.levels.get(index)
     }
 }
+
+/// The shortest interval between renotifications after the chain ([`AfterLast::Repeat`]).
+pub const MIN_REPEAT_SECONDS: i64 = 60;
 
 fn check_duration(field: &str, seconds: i64) -> Result<(), PolicyError> {
     if seconds <= 0 {
@@ -548,11 +562,17 @@ mod tests {
 
     #[test]
     fn a_non_positive_repeat_interval_is_rejected() {
-        let spec = PolicySpec {
+        let zero = PolicySpec {
             after_last: AfterLast::Repeat { every_seconds: 0 },
             ..spec()
         };
-        assert_eq!(field_of(spec), "after_last.every_seconds");
+        assert_eq!(field_of(zero), "after_last.every_seconds");
+        let every = |every_seconds| PolicySpec {
+            after_last: AfterLast::Repeat { every_seconds },
+            ..spec()
+        };
+        assert_eq!(field_of(every(59)), "after_last.every_seconds");
+        assert!(Policy::new(every(60)).is_ok());
     }
 
     #[test]

@@ -83,15 +83,21 @@ pub(crate) const MANAGER_CYCLE_SQLITE: &str = "WITH RECURSIVE chain (start, at, 
 
 /// Workflows exhausted because their `manager` level had no one to escalate to (no manager,
 /// or an inactive one) can move on once their assignee has an active manager: a user write
-/// makes the open, unscheduled, exhausted workflows of every user it gave an active manager,
-/// or whose manager it (re)activated (`$1`: the ids written), due at `$2`, in its own
-/// transaction. The next check escalates them (a resolved target wins over the recorded
-/// exhaustion); one exhausted at the end of its chain is evaluated once and unscheduled again.
-pub(crate) const REARM_EXHAUSTED_PG: &str = "UPDATE workflows SET next_check_at = $2
+/// makes the open, exhausted workflows of every user it gave an active manager, or whose
+/// manager it (re)activated (`$1`: the ids written), due at `$2`, in its own transaction: the
+/// unscheduled ones (a `stop` policy), and those below their policy's last level whose next
+/// renotification (a `repeat` policy) lies later, which used to wait for it, up to a day. The
+/// next check escalates them (a resolved target wins over the recorded exhaustion); one
+/// exhausted at the end of its chain is evaluated once and unscheduled again.
+pub(crate) const REARM_EXHAUSTED_PG: &str = "UPDATE workflows w SET next_check_at = $2
     WHERE assignee IN (SELECT u.id FROM users u JOIN users m ON m.id = u.manager_id AND m.active
                        WHERE u.id = ANY($1) OR m.id = ANY($1))
       AND status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
-      AND next_check_at IS NULL";
+      AND (next_check_at IS NULL
+           OR (next_check_at > $2
+               AND escalation_level < (SELECT jsonb_array_length(p.spec->'levels')
+                                       FROM escalation_policies p
+                                       WHERE p.id = w.policy_id AND p.version = w.policy_version)))";
 
 /// [`REARM_EXHAUSTED_PG`] on SQLite (`?1`: the ids as a JSON array).
 pub(crate) const REARM_EXHAUSTED_SQLITE: &str = "UPDATE workflows SET next_check_at = ?2
@@ -99,7 +105,12 @@ pub(crate) const REARM_EXHAUSTED_SQLITE: &str = "UPDATE workflows SET next_check
                        WHERE u.id IN (SELECT value FROM json_each(?1))
                           OR m.id IN (SELECT value FROM json_each(?1)))
       AND status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
-      AND next_check_at IS NULL";
+      AND (next_check_at IS NULL
+           OR (next_check_at > ?2
+               AND escalation_level < (SELECT json_array_length(p.spec, '$.levels')
+                                       FROM escalation_policies p
+                                       WHERE p.id = workflows.policy_id
+                                         AND p.version = workflows.policy_version)))";
 
 /// The error of a user write that would make `id` its own (indirect) manager: "escalate to
 /// the manager" would go round for ever.
@@ -478,8 +489,10 @@ pub fn plan_transition(
             }
             next.assignee = to.clone();
             // an exhausted workflow waiting for nobody may now have a target (the new
-            // assignee's manager): looked at again, as a user write with a manager does
-            if next.status.is_open() && next.next_check_at.is_none() {
+            // assignee's manager): looked at again, as a user write with a manager does; also
+            // under a repeating policy, whose next renotification could be a day away
+            if next.status.is_open() && (next.next_check_at.is_none() || levels_left(&next, policy))
+            {
                 next.next_check_at = exhausted_next_check(&next, policy, now);
             }
         }
@@ -548,6 +561,10 @@ pub fn open_next_check(w: &Workflow) -> Option<DateTime<Utc>> {
 /// wins; at the end of its chain it is unscheduled again). None for others. Resume used to
 /// leave an exhausted workflow unscheduled for good: a repeating policy's renotifications
 /// stopped after a hold, and a `no_target` exhaustion stayed stuck after a reassign.
+///
+/// A workflow exhausted below its last level (a target that did not resolve: `no_target`) is
+/// looked at `now` under a repeating policy too: its next renotification may be a day away,
+/// and the target the transition may have given it would wait for it.
 pub fn exhausted_next_check(
     w: &Workflow,
     policy: &Policy,
@@ -557,11 +574,18 @@ pub fn exhausted_next_check(
         return None;
     }
     match policy.spec().after_last {
-        escalator_policy::AfterLast::Repeat { every_seconds } => {
+        escalator_policy::AfterLast::Repeat { every_seconds } if !levels_left(w, policy) => {
             Some(escalator_policy::seconds_after(now, every_seconds))
         }
-        escalator_policy::AfterLast::Stop => Some(now),
+        _ => Some(now),
     }
+}
+
+/// Whether `w` is exhausted below its policy's last level: its chain stopped for want of a
+/// target, not at its end, so a target that appears moves it on.
+fn levels_left(w: &Workflow, policy: &Policy) -> bool {
+    w.exhausted_at.is_some()
+        && u32::try_from(w.escalation_level).unwrap_or(0) < policy.level_count()
 }
 
 fn deadlines_for(

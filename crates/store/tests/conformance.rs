@@ -46,6 +46,7 @@ conformance!(
     policies_are_versioned_and_immutable,
     users_and_calendars_round_trip,
     user_writes_never_make_the_manager_chain_circular,
+    a_manager_given_moves_exhausted_workflows_on_at_once,
     claim_returns_only_due_open_workflows_oldest_first,
     a_deadline_that_is_never_is_never_due,
     peeking_sees_what_a_claim_holds_and_takes_nothing_from_the_next_claim,
@@ -479,6 +480,71 @@ fn reporting_to(id: &str, manager: Option<&str>) -> User {
         active: true,
         channels: None,
     }
+}
+
+/// A user write that gives an assignee a manager makes their workflows exhausted for want of
+/// a target due at once: unscheduled ones (`stop`), and, under a repeating policy, those below
+/// the chain's last level whose next renotification lies later (they waited for it, up to a
+/// day). One at the end of its chain keeps its renotification time.
+async fn a_manager_given_moves_exhausted_workflows_on_at_once(db: &TestDb) {
+    let s = &db.store;
+    let nagging = Policy::new(escalator_policy::PolicySpec {
+        after_last: escalator_policy::AfterLast::Repeat {
+            every_seconds: 86_400,
+        },
+        ..Policy::default_policy().spec().clone()
+    })
+    .unwrap();
+    s.create_policy_version("nagging", "Nagging", &nagging)
+        .await
+        .unwrap();
+    let on_nagging = |external_id: &str| NewWorkflow {
+        policy_id: Some("nagging".into()),
+        ..new_workflow(external_id)
+    };
+    // whole seconds, as stored; after the write below
+    let later = Utc.timestamp_opt(Utc::now().timestamp(), 0).unwrap() + Duration::days(3);
+    let mut exhausted = Vec::new();
+    for (external_id, level, next) in [
+        ("NO-TARGET", 0, Some(later)),
+        ("STOPPED", 0, None),
+        ("CHAIN-END", 1, Some(later)),
+    ] {
+        let w = s
+            .create_workflow(&on_nagging(external_id), t0())
+            .await
+            .unwrap()
+            .workflow;
+        let mut change = remind(&w, t0(), None).changes.remove(0);
+        change.level = level;
+        change.exhausted_at = Some(t0() + Duration::days(1));
+        change.next_check_at = next;
+        let mut tx = s.begin_batch().await.unwrap();
+        tx.apply(
+            &BatchEffects {
+                changes: vec![change],
+                ..BatchEffects::default()
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        exhausted.push(w.id);
+    }
+    let before = Utc::now();
+    s.upsert_users(&[
+        reporting_to("boss", None),
+        reporting_to("alice", Some("boss")),
+    ])
+    .await
+    .unwrap();
+    let next = async |id| s.get_workflow(id).await.unwrap().next_check_at;
+    for id in &exhausted[..2] {
+        let next = next(*id).await.unwrap();
+        assert!(before <= next && next <= Utc::now(), "{next}");
+    }
+    assert_eq!(next(exhausted[2]).await, Some(later));
 }
 
 /// A cycle in the manager chain makes "escalate to the manager" go round for ever. The api

@@ -590,6 +590,99 @@ async fn a_target_who_has_left_is_passed_over() {
     assert_eq!(reasons, [&json!("no_target")], "{audit}");
 }
 
+/// The default policy with `after_last: repeat` hourly, as policy "nagging"; `levels` of its
+/// escalation chain (0: the default's one `manager` level; else that many `manager` levels).
+async fn nagging_policy(api: &TestApi, levels: usize) {
+    let all = api.get("/api/v1/policies").await.json();
+    let mut spec = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "default")
+        .unwrap()["spec"]
+        .clone();
+    spec["after_last"] = json!({ "kind": "repeat", "every_seconds": 3_600 });
+    if levels > 0 {
+        let level = json!({ "target": "manager", "sla_seconds": 86_400 });
+        spec["levels"] = json!(vec![level; levels]);
+    }
+    let res = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "nagging", "name": "Nagging", "spec": spec }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+}
+
+/// Under a repeating policy an exhausted workflow always has a next check (its next
+/// renotification), and the moves that give it a target (its assignee given a manager,
+/// a reassignment) waited for that one, up to a day, where a `stop` policy's moved on at
+/// once. Below the chain's last level they now make it due at once too.
+#[tokio::test]
+async fn a_repeating_policy_moves_on_as_soon_as_a_target_appears() {
+    let api = spawn_api().await;
+    let dave = (
+        "dave",
+        json!({ "display_name": "Dave", "manager_id": "boss" }),
+    );
+    let boss = ("boss", json!({ "display_name": "Boss" }));
+    users(
+        &api,
+        &[boss, ("alice", json!({ "display_name": "Alice" })), dave],
+    )
+    .await;
+    nagging_policy(&api, 2).await;
+    let due_now = async |uuid: uuid::Uuid| {
+        let next = api.db.store.get_workflow(uuid).await.unwrap().next_check_at;
+        next.is_some_and(|t| t <= chrono::Utc::now())
+    };
+    let escalated_to_boss = async |id: &str, uuid: uuid::Uuid, due_at| {
+        check(&api, id, due_at + chrono::Duration::minutes(2)).await;
+        let w = api.db.store.get_workflow(uuid).await.unwrap();
+        assert_eq!(
+            (w.assignee.as_str(), w.escalation_level),
+            ("boss", 1),
+            "{w:?}"
+        );
+    };
+
+    // alice is given a manager
+    let (id, uuid, due_at) = exhausted_at_its_deadline(&api, "REPEAT-MGR", Some("nagging")).await;
+    assert!(!due_now(uuid).await, "renotification an hour away");
+    let alice = (
+        "alice",
+        json!({ "display_name": "Alice", "manager_id": "boss" }),
+    );
+    users(&api, &[alice]).await;
+    assert!(due_now(uuid).await, "not due at once");
+    escalated_to_boss(&id, uuid, due_at).await;
+
+    // reassigned to someone with a manager
+    users(&api, &[("alice", json!({ "display_name": "Alice" }))]).await;
+    let (id, uuid, due_at) =
+        exhausted_at_its_deadline(&api, "REPEAT-REASSIGN", Some("nagging")).await;
+    let res = api
+        .post(
+            &format!("/api/v1/workflows/{id}/reassign"),
+            json!({ "to": "dave" }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert!(due_now(uuid).await, "not due at once");
+    escalated_to_boss(&id, uuid, due_at).await;
+
+    // held and resumed (a manager may have been given meanwhile): looked at again at once
+    let (id, uuid, _) = exhausted_at_its_deadline(&api, "REPEAT-RESUME", Some("nagging")).await;
+    for action in ["hold", "resume"] {
+        let res = api
+            .post(&format!("/api/v1/workflows/{id}/{action}"), json!({}))
+            .await;
+        assert_eq!(res.status, StatusCode::OK, "{action}: {}", res.text());
+    }
+    assert!(due_now(uuid).await, "not due at once");
+}
+
 /// An exhausted workflow was left unscheduled for good by two transitions: reassigning one
 /// exhausted for want of a target (the new assignee has a manager) and resuming one whose
 /// policy repeats its notifications after the chain (they stopped after a hold). Both are
@@ -630,32 +723,24 @@ async fn reassigning_or_resuming_an_exhausted_workflow_schedules_it_again() {
         "{w:?}"
     );
 
-    // a repeating policy: held and resumed, it renotifies an hour after the resume
-    let all = api.get("/api/v1/policies").await.json();
-    let mut spec = all["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["id"] == "default")
-        .unwrap()["spec"]
-        .clone();
-    spec["after_last"] = json!({ "kind": "repeat", "every_seconds": 3_600 });
-    let res = api
-        .post(
-            "/api/v1/policies",
-            json!({ "id": "nagging", "name": "Nagging", "spec": spec }),
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
-    let (id, uuid, _) = exhausted("EX-RESUME", Some("nagging")).await;
+    // a repeating policy: held and resumed at the end of its chain, it renotifies an hour
+    // after the resume
+    nagging_policy(&api, 0).await;
+    let mut body = workflow_body("EX-RESUME");
+    body["policy_id"] = json!("nagging");
+    body["assignee"] = json!("dave");
+    let w = api.post("/api/v1/workflows", body).await.json();
+    let id = w["id"].as_str().unwrap().to_owned();
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let due_at: chrono::DateTime<chrono::Utc> = w["due_at"].as_str().unwrap().parse().unwrap();
+    check(&api, &id, due_at + chrono::Duration::minutes(1)).await;
+    let escalated = api.db.store.get_workflow(uuid).await.unwrap();
+    assert_eq!(escalated.escalation_level, 1, "{escalated:?}");
+    check(&api, &id, escalated.due_at + chrono::Duration::minutes(1)).await;
+    let w = api.db.store.get_workflow(uuid).await.unwrap();
     assert!(
-        api.db
-            .store
-            .get_workflow(uuid)
-            .await
-            .unwrap()
-            .next_check_at
-            .is_some()
+        w.exhausted_at.is_some() && w.next_check_at.is_some(),
+        "{w:?}"
     );
     for action in ["hold", "resume"] {
         let res = api
