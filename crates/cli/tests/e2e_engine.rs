@@ -572,7 +572,16 @@ async fn a_workflow_the_database_refuses_holds_back_no_other() {
     );
     // the others are done: a second check at the same instant finds nothing
     assert_eq!(w.check(), (0, 0));
-    w.verify();
+    // and verify names the one left past its deadline, and only it
+    let out = w.command(&["verify"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].starts_with(&format!("I1 {poison}: past its deadline")),
+        "{text}"
+    );
     assert!(stop(worker).success());
 }
 

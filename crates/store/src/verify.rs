@@ -1,5 +1,7 @@
-//! `escalator verify`: the invariants I1, I2, I4 and I5 checked over the whole database, in
-//! portable SQL that runs unchanged on PostgreSQL and SQLite.
+//! `escalator verify`: the invariants I1 to I5 checked over the whole database, in
+//! portable SQL that runs unchanged on PostgreSQL and SQLite. Besides effects made twice or
+//! without their audit, it names effects that are missing: a workflow the last complete check
+//! of every workflow should have escalated or reminded, and left as it was.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -10,7 +12,7 @@ use crate::{Store, rows::trusted};
 /// One broken promise, with the workflow it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
-    /// I1, I2, I4 or I5.
+    /// I1 to I5.
     pub invariant: &'static str,
     /// What is wrong, in words.
     pub rule: &'static str,
@@ -21,8 +23,49 @@ pub struct Violation {
 /// At most this many rows are reported per rule.
 const LIMIT: u32 = 100;
 
+/// Open workflows, `w`, with the last complete check of every workflow (succeeded, not a dry
+/// run, the latest instant), `r`, that nothing has touched since that check started (no audit
+/// row since): each one due at its `as_of` must have been acted on by it. No row before the
+/// first check.
+macro_rules! untouched_since_last_full_check {
+    () => {
+        "SELECT CAST(w.id AS TEXT) AS subject FROM workflows w
+         CROSS JOIN (SELECT as_of, started_at FROM check_runs
+                     WHERE status = 'succeeded' AND scope = 'all' AND NOT dry_run
+                       AND started_at IS NOT NULL
+                     ORDER BY as_of DESC, id DESC LIMIT 1) r
+         WHERE w.status IN ('pending', 'escalated') AND w.exhausted_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM audit_logs a
+                           WHERE a.workflow_id = w.id AND a.created_at >= r.started_at)"
+    };
+}
+
 /// (invariant, rule, query returning one text column `subject`).
 const RULES: &[(&str, &str, &str)] = &[
+    (
+        "I1",
+        "past its deadline at the last complete check, yet neither escalated nor exhausted \
+         (set aside as a failure, or passed over)",
+        concat!(
+            untouched_since_last_full_check!(),
+            " AND w.due_at <= r.as_of"
+        ),
+    ),
+    (
+        "I2",
+        "in its warning window at the last complete check, yet not reminded",
+        concat!(
+            untouched_since_last_full_check!(),
+            " AND w.reminded_at IS NULL AND w.warn_at < w.due_at
+              AND w.warn_at <= r.as_of AND r.as_of < w.due_at"
+        ),
+    ),
+    (
+        "I3",
+        "a check run counts more batches done than it has (a batch counted twice)",
+        "SELECT 'check_runs ' || CAST(id AS TEXT) AS subject FROM check_runs
+         WHERE batches_done > batches",
+    ),
     (
         "I1",
         "escalated twice at the same level of one SLA cycle",

@@ -60,6 +60,7 @@ conformance!(
     bulk_load_yields_the_workload_distribution,
     inbox_lists_and_marks_read,
     verify_passes_a_healthy_database_and_names_tampering,
+    verify_names_what_the_last_complete_check_left_undone,
     workflows_and_check_runs_are_never_deleted,
     due_ranges_cut_the_due_workflows_into_disjoint_slices,
     due_ranges_cut_workflows_that_share_one_instant,
@@ -1364,6 +1365,47 @@ async fn inbox_lists_and_marks_read(db: &TestDb) {
         s.mark_notification_read(999_999, now).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+/// `verify` counted effects made twice, never effects missing: a workflow past its deadline
+/// that every check passed over (set aside for ever, a lost batch) left it clean. It names the
+/// open workflows that the last complete check of every workflow should have escalated or
+/// reminded and that nothing has touched since; not those written after it started.
+async fn verify_names_what_the_last_complete_check_left_undone(db: &TestDb) {
+    let s = &db.store;
+    let started = |external_id: &str, hours: i64| NewWorkflow {
+        stage_started_at: Some(t0() + Duration::hours(hours)),
+        ..new_workflow(external_id)
+    };
+    // due at t0 + 24 h; warned at t0 + 24 h, due at t0 + 26 h; not due until t0 + 34 h
+    let mut ids = Vec::new();
+    for (external_id, hours) in [("LATE", 0), ("WARNED", 2), ("FINE", 10)] {
+        let w = s
+            .create_workflow(&started(external_id, hours), t0() + Duration::hours(hours))
+            .await
+            .unwrap()
+            .workflow;
+        ids.push(w.id.to_string());
+    }
+    // no complete check yet: nothing is owed
+    assert_eq!(s.verify().await.unwrap(), []);
+    let check = t0() + Duration::hours(25);
+    escalator_testkit::started_run(s, "cli", 0, check).await;
+    let found = s.verify().await.unwrap();
+    let named: Vec<(&str, &str)> = found
+        .iter()
+        .map(|v| (v.invariant, v.subject.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [("I1", ids[0].as_str()), ("I2", ids[1].as_str())],
+        "{found:?}"
+    );
+    // a workflow opened after the check began is the next check's
+    s.create_workflow(&started("AFTER", 0), check + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(s.verify().await.unwrap().len(), 2);
 }
 
 async fn verify_passes_a_healthy_database_and_names_tampering(db: &TestDb) {

@@ -10,7 +10,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     store.close().await;
     if violations.is_empty() {
         out!(
-            "verify: ok — I1, I2, I4, I5 hold over {} workflows, {} audit rows, {} notifications, {} outbox rows",
+            "verify: ok — I1 to I5 hold over {} workflows, {} audit rows, {} notifications, {} outbox rows",
             counts.workflows,
             counts.audit_logs,
             counts.notifications,
