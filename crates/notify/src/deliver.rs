@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use escalator_runtime::metrics as m;
-use escalator_store::{DeliveryOutcome, OutboxEntry, Store, StoreError};
+use escalator_store::{DeliveryOutcome, FollowUp, OutboxEntry, Store, StoreError};
 use futures_util::StreamExt as _;
 
+use crate::email::Deferred;
 use crate::{HttpChannels, Mailer, NotifyError, Templates};
 
 /// The wait before attempt `attempts + 1`: 30 s doubling per attempt up to 1 h, scaled by a
@@ -63,6 +64,9 @@ pub struct DeliveryReport {
     pub retried: u32,
     /// Given up.
     pub dead: u32,
+    /// Recipients a relay deferred after others had the message: each got a row of its own,
+    /// sent later.
+    pub deferred: u32,
     /// Not sent: the workflow was closed (or, for a reminder, escalated) before they went out.
     pub obsolete: u32,
     /// Stopped at `max_rounds` with rows possibly left: the caller should go on (a delivery
@@ -158,6 +162,7 @@ impl Deliverer {
                 .store
                 .claim_deliveries(now, self.lease, per_round)
                 .await?;
+            let claimed_at = std::time::Instant::now();
             if claimed.is_empty() {
                 break;
             }
@@ -187,13 +192,15 @@ impl Deliverer {
                 // owned parts: the future must not borrow across the stream (Send bounds)
                 let this = self.clone();
                 async move {
-                    let outcome = this.attempt(&entry).await;
-                    (entry, outcome)
+                    let (outcome, follow_ups) = this.attempt(&entry).await;
+                    (entry, outcome, follow_ups)
                 }
             }))
             .buffer_unordered(PARALLEL_SENDS);
-            let mut record_error = None;
-            while let Some((entry, outcome)) = sends.next().await {
+            // outcomes whose write failed (the database restarting, a pool timeout): written
+            // again once the round's sends are done, until shortly before the lease ends
+            let mut unrecorded = Vec::new();
+            while let Some((entry, outcome, follow_ups)) = sends.next().await {
                 let label = match &outcome {
                     DeliveryOutcome::Sent => {
                         report.sent += 1;
@@ -222,33 +229,33 @@ impl Deliverer {
                 };
                 metrics::counter!(m::NOTIFICATIONS, "channel" => entry.channel.clone(), "outcome" => label)
                     .increment(1);
-                // a failed record does not stop the round: the sends still in flight finish
+                let follow_ups = (!follow_ups.is_empty()).then(|| {
+                    report.deferred += u32::try_from(follow_ups.len()).unwrap_or(u32::MAX);
+                    metrics::counter!(m::NOTIFICATIONS, "channel" => entry.channel.clone(), "outcome" => "deferred")
+                        .increment(follow_ups.len() as u64);
+                    let due = Utc::now()
+                        + chrono::Duration::from_std(retry_delay(1, 0.5 + rand::random::<f64>()))
+                            .unwrap_or(chrono::Duration::seconds(30));
+                    let (note, rows) = follow_up_rows(&entry, follow_ups);
+                    (note, rows, due)
+                });
+                let done = Recorded {
+                    entry,
+                    outcome,
+                    follow_ups,
+                };
+                // a failed write does not stop the round: the sends still in flight finish
                 // and are recorded if they can be, instead of being cut off mid-conversation
                 // (a provider may have taken them already) and sent again after the lease
-                let recorded = match self
-                    .store
-                    .record_delivery(entry.id, entry.attempts, &outcome, Utc::now())
-                    .await
-                {
-                    Ok(recorded) => recorded,
+                match self.record(&done).await {
+                    Ok(recorded) => not_recorded(&done, recorded),
                     Err(e) => {
-                        tracing::error!(id = entry.id, error = %e, "cannot record a delivery's outcome; it is retried after its lease");
-                        record_error.get_or_insert(e);
-                        true
+                        tracing::warn!(id = done.entry.id, error = %e, "cannot record a delivery's outcome yet; trying again after the round");
+                        unrecorded.push(done);
                     }
-                };
-                if !recorded {
-                    tracing::warn!(
-                        id = entry.id,
-                        attempts = entry.attempts,
-                        "outcome not recorded: the row was claimed again or finished meanwhile \
-                         (this attempt outlasted its lease)"
-                    );
                 }
             }
-            if let Some(e) = record_error {
-                return Err(e);
-            }
+            self.record_again(unrecorded, claimed_at).await?;
             if count < per_round as usize {
                 break;
             }
@@ -257,10 +264,79 @@ impl Deliverer {
         Ok(report)
     }
 
-    async fn attempt(&self, entry: &OutboxEntry) -> DeliveryOutcome {
+    /// Writes an attempt's outcome (and its follow-up rows); false when the claim had lost
+    /// its row (another claimed it since, or it finished meanwhile).
+    async fn record(&self, done: &Recorded) -> Result<bool, StoreError> {
+        let Recorded {
+            entry,
+            outcome,
+            follow_ups,
+        } = done;
+        match follow_ups {
+            None => {
+                self.store
+                    .record_delivery(entry.id, entry.attempts, outcome, Utc::now())
+                    .await
+            }
+            Some((note, rows, due)) => {
+                self.store
+                    .record_sent_with_follow_ups(
+                        entry.id,
+                        entry.attempts,
+                        note,
+                        rows,
+                        *due,
+                        Utc::now(),
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// Writes again the outcomes whose write failed, with a growing pause, until a tenth of
+    /// the lease is left (the rows then come back to a sender: what was sent is sent again).
+    /// A provider has taken these messages already; a database restart used to have every one
+    /// of them sent a second time. The first write that still fails is the error.
+    async fn record_again(
+        &self,
+        mut unrecorded: Vec<Recorded>,
+        claimed_at: std::time::Instant,
+    ) -> Result<(), StoreError> {
+        let give_up = claimed_at + self.lease - self.lease / 10;
+        let mut pause = Duration::from_millis(200);
+        while !unrecorded.is_empty() {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+            let mut still = Vec::new();
+            for done in unrecorded {
+                match self.record(&done).await {
+                    Ok(recorded) => not_recorded(&done, recorded),
+                    Err(e) if std::time::Instant::now() + pause >= give_up => {
+                        tracing::error!(
+                            id = done.entry.id, error = %e,
+                            "cannot record a delivery's outcome; it is sent again after its lease"
+                        );
+                        return Err(e);
+                    }
+                    Err(_) => still.push(done),
+                }
+            }
+            unrecorded = still;
+        }
+        Ok(())
+    }
+
+    /// The outcome of one attempt, with what it sent for the recipients a relay deferred (the
+    /// row's payload as sent, and who) when it is `Sent`.
+    async fn attempt(
+        &self,
+        entry: &OutboxEntry,
+    ) -> (DeliveryOutcome, Vec<(Deferred, OutboxEntry)>) {
         let result = self.send(entry).await;
-        match result {
-            Ok(()) => DeliveryOutcome::Sent,
+        let outcome = match result {
+            Ok(deferred) => {
+                return (DeliveryOutcome::Sent, deferred);
+            }
             Err(NotifyError::Transient(error)) | Err(NotifyError::Config(error))
                 if entry.attempts < self.max_attempts =>
             {
@@ -284,7 +360,8 @@ impl Deliverer {
             Err(e) => DeliveryOutcome::Dead {
                 error: e.to_string(),
             },
-        }
+        };
+        (outcome, Vec::new())
     }
 
     /// A row whose text is written at delivery, rendered for its channel: a digest, or an
@@ -305,16 +382,24 @@ impl Deliverer {
         if ctx["greeting"].as_str().is_none_or(str::is_empty) {
             ctx["greeting"] = serde_json::json!("Hello");
         }
-        let t = &self.templates;
+        // an override that fails to render falls back to the built-in digest, as every other
+        // message does: it used to make every digest dead, `outbox retry` included, until the
+        // file was fixed, and the escalations it held were never emailed
+        let count = ctx["count"].as_u64().unwrap_or(0);
+        let fallback = format!("{count} workflows were escalated to you");
+        let part = |name: &str| {
+            self.templates
+                .render_or_builtin("digest", name, &ctx, &fallback)
+        };
         let mut out = entry.clone();
         let q = &mut out.payload;
-        q["subject"] = t.render("digest", "subject.txt", &ctx)?.into();
+        q["subject"] = part("subject.txt").into();
         match entry.channel.as_str() {
-            "sms" => q["body"] = t.render("digest", "sms.txt", &ctx)?.into(),
-            "slack" => q["text"] = t.render("digest", "slack.txt", &ctx)?.into(),
+            "sms" => q["body"] = part("sms.txt").into(),
+            "slack" => q["text"] = part("slack.txt").into(),
             _ => {
-                q["body"] = t.render("digest", "body.txt", &ctx)?.into();
-                q["html"] = t.render("digest", "body.html", &ctx)?.into();
+                q["body"] = part("body.txt").into();
+                q["html"] = part("body.html").into();
             }
         }
         Ok(Some(out))
@@ -336,15 +421,19 @@ impl Deliverer {
         out
     }
 
-    /// Sends one row through its channel's sender.
-    async fn send(&self, entry: &OutboxEntry) -> Result<(), NotifyError> {
+    /// Sends one row through its channel's sender; `Ok` names the recipients a relay deferred,
+    /// each with the row as sent (its text rendered).
+    async fn send(&self, entry: &OutboxEntry) -> Result<Vec<(Deferred, OutboxEntry)>, NotifyError> {
         let expanded = self.expand(entry)?;
         let entry = expanded.as_ref().unwrap_or(entry);
         let http = |what: &str, var: &str| {
             NotifyError::Config(format!("{what} is not configured ({var})"))
         };
-        match (entry.channel.as_str(), &self.mailer, &self.http) {
-            ("email", Some(mailer), _) => mailer.send(entry).await,
+        let sent = match (entry.channel.as_str(), &self.mailer, &self.http) {
+            ("email", Some(mailer), _) => {
+                let deferred = mailer.send(entry).await?;
+                return Ok(deferred.into_iter().map(|d| (d, entry.clone())).collect());
+            }
             ("email", None, Some(h)) if h.has_email() => h.send_email(entry).await,
             ("email", None, _) => Err(http(
                 "email",
@@ -359,8 +448,66 @@ impl Deliverer {
             (other, _, _) => Err(NotifyError::Permanent(format!(
                 "no sender for channel {other:?}"
             ))),
-        }
+        };
+        sent.map(|()| Vec::new())
     }
+}
+
+/// An attempt's outcome to write: the row as claimed, how it went, and for a row sent with
+/// recipients deferred, its note, follow-up rows and when they are due.
+struct Recorded {
+    entry: OutboxEntry,
+    outcome: DeliveryOutcome,
+    follow_ups: Option<(String, Vec<FollowUp>, DateTime<Utc>)>,
+}
+
+/// Logs an outcome the claim could not write because it had lost its row.
+fn not_recorded(done: &Recorded, recorded: bool) {
+    if !recorded {
+        tracing::warn!(
+            id = done.entry.id,
+            attempts = done.entry.attempts,
+            "outcome not recorded: the row was claimed again or finished meanwhile \
+             (this attempt outlasted its lease)"
+        );
+    }
+}
+
+/// The `sent` note of a row some of whose recipients a relay deferred, and a row of its own
+/// for each: the message as sent (its text rendered, so everyone reads the same), to that
+/// address alone (`envelope`), under the parent's Message-ID (`message_key`).
+fn follow_up_rows(
+    parent: &OutboxEntry,
+    deferred: Vec<(Deferred, OutboxEntry)>,
+) -> (String, Vec<FollowUp>) {
+    let message_key = parent.payload["message_key"]
+        .as_str()
+        .unwrap_or(&parent.idempotency_key)
+        .to_owned();
+    let mut notes = Vec::with_capacity(deferred.len());
+    let rows = deferred
+        .into_iter()
+        .map(|(d, sent)| {
+            notes.push(format!("{} ({})", d.address, d.error));
+            let mut payload = sent.payload;
+            payload["envelope"] = serde_json::json!([d.address]);
+            payload["message_key"] = serde_json::json!(message_key);
+            FollowUp {
+                idempotency_key: format!(
+                    "{}:rcpt:{}",
+                    parent.idempotency_key,
+                    d.address.to_ascii_lowercase()
+                ),
+                recipient: d.address,
+                payload,
+            }
+        })
+        .collect();
+    let note = format!(
+        "sent; deferred for now, each sent later alone: {}",
+        notes.join("; ")
+    );
+    (note, rows)
 }
 
 #[cfg(test)]

@@ -75,20 +75,26 @@ impl Mailer {
         })
     }
 
-    /// Sends the email described by an outbox row.
-    pub async fn send(&self, entry: &OutboxEntry) -> Result<(), NotifyError> {
+    /// Sends the email described by an outbox row. `Ok` names the recipients the relay
+    /// deferred after another had taken the message ([`Deferred`]): each is to get it later,
+    /// alone (a follow-up row). A row naming an `envelope` (a follow-up) goes to those
+    /// addresses only, with the headers of the whole message.
+    pub async fn send(&self, entry: &OutboxEntry) -> Result<Vec<Deferred>, NotifyError> {
         let from = match self {
             Mailer::Smtp { from, .. } | Mailer::Files { from, .. } => from.clone(),
         };
-        let message = build(entry, from)?;
+        let message = build(entry, from.clone())?;
+        let envelope = match envelope_of(entry, &from)? {
+            Some(only) => only,
+            None => message.envelope().clone(),
+        };
+        let raw = message.formatted();
         match self {
             Mailer::Smtp {
                 transport,
                 deadline,
                 ..
             } => {
-                let envelope = message.envelope().clone();
-                let raw = message.formatted();
                 match send_raw(transport, *deadline, &envelope, &raw).await {
                     Err(e) if envelope.to().len() > 1 && e.refused() => {
                         // A relay refusing one recipient (RCPT TO: 550 no such user, or for
@@ -106,16 +112,44 @@ impl Mailer {
                             .collect::<Vec<_>>();
                         one_by_one(transport, *deadline, &envelope, &raw, &primaries, entry).await
                     }
-                    other => other.map_err(|e| e.failure),
+                    other => other.map(|()| Vec::new()).map_err(|e| e.failure),
                 }
             }
-            Mailer::Files { transport, dir, .. } => {
-                transport.send(message).await.map(|_| ()).map_err(|e| {
-                    NotifyError::Transient(format!("writing to {}: {e}", dir.display()))
-                })
-            }
+            Mailer::Files { transport, dir, .. } => transport
+                .send_raw(&envelope, &raw)
+                .await
+                .map(|_| Vec::new())
+                .map_err(|e| NotifyError::Transient(format!("writing to {}: {e}", dir.display()))),
         }
     }
+}
+
+/// A recipient the relay deferred (a 4xx, no answer in time, or not tried: more than
+/// [`MAX_SENT_ALONE`]) after another recipient had taken the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferred {
+    /// The address, as the envelope named it (a domain in ASCII).
+    pub address: String,
+    /// Why it did not get the message now.
+    pub error: String,
+}
+
+/// The envelope of a row that names its recipients apart from its headers (`envelope`: a
+/// follow-up for recipients the relay deferred), or None.
+fn envelope_of(entry: &OutboxEntry, from: &Mailbox) -> Result<Option<Envelope>, NotifyError> {
+    let Some(list) = entry.payload.get("envelope") else {
+        return Ok(None);
+    };
+    let addresses = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .map(|a| mailbox(a).map(|m| m.email))
+        .collect::<Result<Vec<_>, _>>()?;
+    Envelope::new(Some(from.email.clone()), addresses)
+        .map(Some)
+        .map_err(|e| NotifyError::Permanent(format!("envelope {list}: {e}")))
 }
 
 /// A failed SMTP transaction: how it counts, and the relay's reply code if it answered.
@@ -181,10 +215,13 @@ fn smtp_failure(e: &lettre::transport::smtp::Error) -> NotifyError {
 pub const MAX_SENT_ALONE: u32 = 4;
 
 /// Sends `raw` to each envelope recipient in a transaction of its own, the primary recipients
-/// first. A recipient refused for good is left out (logged). A transient failure before
-/// anyone has it fails the attempt (retried later, nobody gets it twice); after someone has it,
-/// that recipient is left out too, since a retry would send the others the message again. The
-/// message fails for good when every primary recipient was refused.
+/// first. A recipient refused for good is left out (logged). One deferred (a 4xx, no answer in
+/// time) or not tried (more than [`MAX_SENT_ALONE`]) is returned once someone else has the
+/// message, to get it later alone: a retry of the row would send the others the message again,
+/// and dropping it (as before) lost the escalation for that person, a primary deferred for an
+/// hour (a full mailbox) the copies too, never tried. Nobody having it and someone deferred,
+/// the attempt fails for now (retried later, nobody gets it twice). The message fails for good
+/// when every primary recipient was refused for good.
 async fn one_by_one(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     deadline: Duration,
@@ -192,30 +229,25 @@ async fn one_by_one(
     raw: &[u8],
     primaries: &[Address],
     entry: &OutboxEntry,
-) -> Result<(), NotifyError> {
+) -> Result<Vec<Deferred>, NotifyError> {
     let mut order: Vec<&Address> = envelope.to().iter().collect();
     order.sort_by_key(|a| !primaries.contains(a));
     let mut delivered: Vec<&Address> = Vec::new();
+    let mut deferred: Vec<(&Address, String)> = Vec::new();
     let mut refused = Vec::new();
     let limit = MAX_SENT_ALONE as usize;
     for rcpt in order.iter().skip(limit) {
-        tracing::warn!(
-            key = %entry.idempotency_key, recipient = %rcpt,
-            "recipient left out: more than {limit} to send one by one"
-        );
-        refused.push(format!("{rcpt}: not tried (more than {limit} recipients)"));
+        deferred.push((rcpt, format!("not tried (more than {limit} recipients)")));
     }
-    for rcpt in order.into_iter().take(limit) {
-        let single = Envelope::new(envelope.from().cloned(), vec![rcpt.clone()])
+    for rcpt in order.iter().take(limit) {
+        let single = Envelope::new(envelope.from().cloned(), vec![(*rcpt).clone()])
             .map_err(|e| NotifyError::Permanent(format!("envelope for {rcpt}: {e}")))?;
         match send_raw(transport, deadline, &single, raw)
             .await
             .map_err(|e| e.failure)
         {
             Ok(()) => delivered.push(rcpt),
-            Err(NotifyError::Transient(why)) if delivered.is_empty() => {
-                return Err(NotifyError::Transient(why));
-            }
+            Err(NotifyError::Transient(why)) => deferred.push((rcpt, why)),
             Err(e) => {
                 tracing::warn!(
                     key = %entry.idempotency_key, recipient = %rcpt, error = %e,
@@ -225,13 +257,32 @@ async fn one_by_one(
             }
         }
     }
-    if delivered.iter().any(|a| primaries.contains(a)) {
-        Ok(())
-    } else if delivered.is_empty() {
-        Err(NotifyError::Permanent(format!(
-            "the relay refused every primary recipient ({})",
-            refused.join("; ")
-        )))
+    let primary_left = |list: &[&Address]| list.iter().any(|a| primaries.contains(a));
+    let deferred_addresses: Vec<&Address> = deferred.iter().map(|(a, _)| *a).collect();
+    if delivered.is_empty() {
+        return Err(match deferred.first() {
+            // nobody has it: all of it again later
+            Some((_, why)) => NotifyError::Transient(why.clone()),
+            None => NotifyError::Permanent(format!(
+                "the relay refused every primary recipient ({})",
+                refused.join("; ")
+            )),
+        });
+    }
+    if primary_left(&delivered) || primary_left(&deferred_addresses) {
+        for (rcpt, why) in &deferred {
+            tracing::warn!(
+                key = %entry.idempotency_key, recipient = %rcpt, error = %why,
+                "recipient deferred: it gets the message later, alone"
+            );
+        }
+        Ok(deferred
+            .into_iter()
+            .map(|(address, error)| Deferred {
+                address: address.to_string(),
+                error,
+            })
+            .collect())
     } else {
         // said in the dead row, so that whoever retries it (`escalator outbox retry`) knows
         // these people get the message a second time
@@ -269,10 +320,11 @@ pub fn build(entry: &OutboxEntry, from: Mailbox) -> Result<Message, NotifyError>
     let mut builder = Message::builder()
         .from(from)
         .subject(subject)
-        // the idempotency key as Message-ID: a resend after a crash is recognisably the same
+        // the idempotency key as Message-ID: a resend after a crash is recognisably the same;
+        // a follow-up for deferred recipients is the same message (`message_key`)
         .message_id(Some(format!(
             "<{}@escalator>",
-            sanitize(&entry.idempotency_key)
+            sanitize(p["message_key"].as_str().unwrap_or(&entry.idempotency_key))
         )));
     let (primary, copies) = usable_recipients(entry)
         .ok_or_else(|| NotifyError::Permanent(format!("no valid recipient among {to:?}")))?;

@@ -180,6 +180,14 @@ impl HttpChannels {
                 crate::email::addresses_in(p, "to")
             ))
         })?;
+        // a follow-up for recipients an SMTP relay deferred (the sender was switched since)
+        // goes to them alone: the others have it
+        let envelope: Vec<String> = crate::email::addresses_in(p, "envelope");
+        let (to, cc) = if p.get("envelope").is_some() {
+            (envelope, Vec::new())
+        } else {
+            (to, cc)
+        };
         let mut personalization =
             json!({ "to": to.iter().map(|a| json!({ "email": a })).collect::<Vec<_>>() });
         if !cc.is_empty() {

@@ -204,8 +204,10 @@ async fn a_recipient_the_relay_refuses_is_left_out_and_the_others_get_the_messag
 
 /// A relay refusing one copy recipient for now (`RCPT TO`: 450, a full mailbox, an address
 /// being verified) ended the transaction for everyone, on every attempt, until the row was
-/// dead: the new assignee never got the escalation. The others get it, as for a 550; the
-/// primary deferred is retried later, nobody having it yet.
+/// dead: the new assignee never got the escalation. The others get it, as for a 550; the one
+/// deferred gets it later, alone (a row of its own). A primary recipient deferred (its
+/// mailbox full for hours) no longer holds the message back from the copies either: they were
+/// never tried, and once the row died nobody had it.
 #[tokio::test]
 async fn a_recipient_the_relay_defers_does_not_hold_the_message_back_from_the_others() {
     let db = TestDb::postgres().await;
@@ -234,8 +236,141 @@ async fn a_recipient_the_relay_defers_does_not_hold_the_message_back_from_the_ot
     escalation_email(&db.store, "full@example.com", &["mgr@example.com"]).await;
     let (port, _, envelopes) = picky_smtp_sink(picky).await;
     let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!(
+        (report.sent, report.retried, report.dead, report.deferred),
+        (1, 0, 0, 1)
+    );
+    assert_eq!(
+        *envelopes.lock().unwrap(),
+        [vec!["mgr@example.com".to_owned()]]
+    );
+    let keys: Vec<String> = db
+        .store
+        .list_outbox(&[], 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| format!("{} {}", o.idempotency_key, o.status))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "escalate:9:1:1:email sent",
+            "escalate:9:1:1:email:rcpt:full@example.com pending"
+        ]
+    );
+
+    // nobody takes it: all of it later, nobody having it yet
+    let db = TestDb::postgres().await;
+    escalation_email(&db.store, "full@example.com", &["also.full@example.org"]).await;
+    let (port, _, envelopes) = picky_smtp_sink(picky).await;
+    let report = deliverer(&db.store, port).drain(10, 10).await.unwrap();
     assert_eq!((report.sent, report.retried, report.dead), (0, 1, 0));
     assert!(envelopes.lock().unwrap().is_empty(), "nobody has it yet");
+}
+
+/// The copy a relay deferred gets the message later, once, alone, as the same message (its
+/// headers, its text, its Message-ID); the others are not sent it again. It used to be
+/// dropped: logged, and the row recorded `sent`.
+async fn a_copy_the_relay_defers_gets_the_message_later_once(db: TestDb) {
+    escalation_email(
+        &db.store,
+        "boss@example.com",
+        &["mgr@example.com", "full@example.com"],
+    )
+    .await;
+    let picky = Picky {
+        defer_recipients_containing: Some("full@"),
+        ..Picky::default()
+    };
+    let (port, received, envelopes) = picky_smtp_sink(picky).await;
+    let now = Utc::now();
+    let r = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!((r.sent, r.retried, r.dead, r.deferred), (1, 0, 0, 1));
+    let rows = db.store.list_outbox(&[], 10).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let parent = &rows[0];
+    assert_eq!(parent.status, "sent");
+    assert!(
+        parent
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("full@example.com")),
+        "{parent:?}"
+    );
+    let later = &rows[1];
+    assert_eq!(
+        (
+            later.idempotency_key.as_str(),
+            later.status.as_str(),
+            later.attempts,
+            later.recipient.as_str()
+        ),
+        (
+            "escalate:9:1:1:email:rcpt:full@example.com",
+            "pending",
+            0,
+            "full@example.com"
+        )
+    );
+    assert!(
+        later.next_attempt_at >= now + chrono::Duration::seconds(10),
+        "backs off first: {later:?}"
+    );
+    // not due yet
+    let r = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!((r.sent, r.retried), (0, 0));
+    // still full: retried as a row of its own, nobody else sent it again, no follow-up of it
+    let r = deliverer(&db.store, port)
+        .drain_as_of(now + chrono::Duration::minutes(2), 10, 10)
+        .await
+        .unwrap();
+    assert_eq!((r.sent, r.retried, r.dead, r.deferred), (0, 1, 0, 0));
+    assert_eq!(db.store.list_outbox(&[], 10).await.unwrap().len(), 2);
+    assert_eq!(envelopes.lock().unwrap().len(), 2);
+    // room again: sent once, to that copy alone, as the same message
+    let (port2, received2, envelopes2) = picky_smtp_sink(Picky::default()).await;
+    let r = deliverer(&db.store, port2)
+        .drain_as_of(now + chrono::Duration::hours(2), 10, 10)
+        .await
+        .unwrap();
+    assert_eq!(r.sent, 1);
+    assert_eq!(
+        *envelopes2.lock().unwrap(),
+        [vec!["full@example.com".to_owned()]]
+    );
+    let late = received2.lock().unwrap()[0].clone();
+    let first = received.lock().unwrap()[0].clone();
+    let header = |m: &str, name: &str| {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for name in ["Message-ID:", "To:", "Cc:", "Subject:"] {
+        assert_eq!(header(&late, name), header(&first, name), "{name}\n{late}");
+    }
+    assert!(
+        header(&late, "Message-ID:").contains("escalate.9.1.1.email@escalator"),
+        "{late}"
+    );
+    // and never again
+    let r = deliverer(&db.store, port2)
+        .drain_as_of(now + chrono::Duration::days(1), 10, 10)
+        .await
+        .unwrap();
+    assert_eq!(r.sent, 0);
+    assert_eq!(statuses(&db.store).await, ["sent", "sent"]);
+}
+
+#[tokio::test]
+async fn a_copy_the_relay_defers_gets_the_message_later_once_on_postgres() {
+    a_copy_the_relay_defers_gets_the_message_later_once(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_copy_the_relay_defers_gets_the_message_later_once_on_sqlite() {
+    a_copy_the_relay_defers_gets_the_message_later_once(TestDb::sqlite().await).await;
 }
 
 /// An address of a non-ASCII domain goes out in its ASCII form (a relay without SMTPUTF8,
@@ -564,4 +699,43 @@ async fn a_reminder_of_a_workflow_completed_meanwhile_is_never_sent() {
         )
     );
     assert_eq!(rows[1].status, "sent");
+}
+
+/// A message the relay took whose outcome could not be written at once (the database
+/// restarting, a pool timeout) was left to its lease and then sent a second time. The write is
+/// tried again after the round, until shortly before the lease ends: one message, `sent`.
+#[tokio::test]
+async fn an_outcome_the_database_refuses_at_first_is_written_later_not_sent_twice() {
+    let db = TestDb::postgres().await;
+    let escalator_store::Store::Postgres(pg) = &db.store else {
+        unreachable!()
+    };
+    for statement in [
+        "CREATE SEQUENCE refused_writes",
+        "CREATE FUNCTION refuse_two_writes() RETURNS trigger AS $$
+         BEGIN
+           IF NEW.status = 'sent' AND nextval('refused_writes') <= 2 THEN
+             RAISE EXCEPTION 'the database is restarting';
+           END IF;
+           RETURN NEW;
+         END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse_two_writes BEFORE UPDATE ON outbox
+         FOR EACH ROW EXECUTE FUNCTION refuse_two_writes()",
+    ] {
+        sqlx::query(statement).execute(pg.pool()).await.unwrap();
+    }
+    let (port, received) = smtp_sink(None).await;
+    outbox(&db.store, 1, "boss@example.com").await;
+    let d = deliverer(&db.store, port);
+    let report = d.drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.retried, report.dead), (1, 0, 0));
+    assert_eq!(statuses(&db.store).await, ["sent"]);
+    assert_eq!(received.lock().unwrap().len(), 1);
+    // after the lease nothing is due: it is not sent again
+    let later = d
+        .drain_as_of(Utc::now() + chrono::Duration::minutes(5), 10, 10)
+        .await
+        .unwrap();
+    assert_eq!(later.sent, 0);
+    assert_eq!(received.lock().unwrap().len(), 1);
 }

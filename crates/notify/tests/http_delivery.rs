@@ -765,6 +765,47 @@ async fn digests_are_written_out_at_delivery_with_user_text_escaped_in_html() {
     assert!(text.contains("• Buy &lt;script&gt;"), "{text}");
 }
 
+/// A digest override that parses but fails to render (a filter core minijinja lacks, a
+/// typo) made every digest dead on its first attempt, `outbox retry` included, and the
+/// escalations it held were never emailed; every other message falls back to the built-in
+/// template, and so does the digest now.
+#[tokio::test]
+async fn a_digest_override_that_fails_to_render_falls_back_to_the_built_in_one() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    outbox(
+        &db.store,
+        vec![NewOutbox {
+            channel: "email",
+            recipient: "head".into(),
+            workflow_id: None,
+            payload: serde_json::json!({
+                "kind": "digest", "to": ["head@example.com"], "cc": [], "count": 2,
+                "items": [{ "title": "one" }, { "title": "two" }], "greeting": "Head",
+            }),
+            idempotency_key: "digest:1:head:email:1".into(),
+        }],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("digest.subject.txt"),
+        "{{ count | nosuch }}",
+    )
+    .unwrap();
+    let mut d = deliverer(&db.store, config(&server.uri()));
+    d.templates = escalator_notify::Templates::from_dir(dir.path()).unwrap();
+    let report = d.drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.dead), (1, 0));
+    let requests = server.received_requests().await.unwrap();
+    let email: serde_json::Value = requests[0].body_json().unwrap();
+    assert_eq!(email["subject"], "2 workflows were escalated to you");
+}
+
 /// A user's own Slack webhook that answers an error with an endless body: only its first
 /// kilobytes are read (the whole body was read into memory until the request's deadline, and
 /// the reason then lost), and the send fails at once naming what the endpoint said.

@@ -31,6 +31,19 @@ pub enum DeliveryOutcome {
     },
 }
 
+/// A delivery of an email to one recipient the relay deferred after another had taken the
+/// message: a row of its own, written with the parent's `sent` ([`Store::record_sent_with_follow_ups`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUp {
+    /// The deferred address.
+    pub recipient: String,
+    /// The parent's payload as sent (its text rendered), naming this recipient alone in
+    /// `envelope` and the parent's key in `message_key` (the Message-ID of every delivery).
+    pub payload: serde_json::Value,
+    /// `{parent key}:rcpt:{address}`: unique, so recording twice writes one row.
+    pub idempotency_key: String,
+}
+
 /// Packs (group, items) into consecutive chunks of whole groups holding at most `limit` items
 /// each, except that a group larger than `limit` is a chunk of its own.
 fn pack(groups: &[(String, i64)], limit: i64) -> Vec<Vec<String>> {
@@ -268,6 +281,117 @@ impl Store {
             .rows_affected(),
         };
         Ok(recorded == 1)
+    }
+
+    /// Records a claimed row `sent` (fenced by `attempts`, as [`Store::record_delivery`]), with
+    /// `note` as its last error (who was deferred), and in the same transaction writes one
+    /// pending row per deferred recipient (`follow_ups`), due at `due`, carrying the parent's
+    /// channel, workflow and run. Nothing is written unless the `sent` is: a claim that lost
+    /// its row (lease run out) writes no follow-up, and a follow-up's unique key makes a
+    /// second recording write none. Returns whether the outcome was recorded.
+    pub async fn record_sent_with_follow_ups(
+        &self,
+        id: i64,
+        attempts: i32,
+        note: &str,
+        follow_ups: &[FollowUp],
+        due: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let recipients: Vec<&str> = follow_ups.iter().map(|f| f.recipient.as_str()).collect();
+        let keys: Vec<&str> = follow_ups
+            .iter()
+            .map(|f| f.idempotency_key.as_str())
+            .collect();
+        match self {
+            Store::Postgres(s) => {
+                let mut tx = s.pool().begin().await?;
+                let recorded = sqlx::query(
+                    "UPDATE outbox SET status = 'sent', last_error = $3, next_attempt_at = $4,
+                         sent_at = $4
+                     WHERE id = $1 AND attempts = $2 AND status IN ('pending', 'failed')",
+                )
+                .bind(id)
+                .bind(attempts)
+                .bind(note)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if recorded {
+                    let payloads: Vec<&serde_json::Value> =
+                        follow_ups.iter().map(|f| &f.payload).collect();
+                    sqlx::query(
+                        "INSERT INTO outbox (channel, recipient, workflow_id, check_run_id,
+                             payload, idempotency_key, next_attempt_at, created_at)
+                         SELECT o.channel, f.recipient, o.workflow_id, o.check_run_id,
+                             f.payload, f.idempotency_key, $5, $6
+                         FROM outbox o,
+                              UNNEST($2::text[], $3::jsonb[], $4::text[])
+                                  AS f (recipient, payload, idempotency_key)
+                         WHERE o.id = $1
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(&recipients)
+                    .bind(&payloads)
+                    .bind(&keys)
+                    .bind(due)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(recorded)
+            }
+            Store::Sqlite(s) => {
+                let rows: Vec<serde_json::Value> = follow_ups
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "recipient": f.recipient,
+                            "payload": f.payload.to_string(),
+                            "idempotency_key": f.idempotency_key,
+                        })
+                    })
+                    .collect();
+                let rows = serde_json::Value::Array(rows).to_string();
+                let mut tx = s.pool().begin_with(sqlite::BEGIN_WRITE).await?;
+                let recorded = sqlx::query(
+                    "UPDATE outbox SET status = 'sent', last_error = ?3, next_attempt_at = ?4,
+                         sent_at = ?4
+                     WHERE id = ?1 AND attempts = ?2 AND status IN ('pending', 'failed')",
+                )
+                .bind(id)
+                .bind(attempts)
+                .bind(note)
+                .bind(sqlite_ts(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if recorded {
+                    sqlx::query(
+                        "INSERT INTO outbox (channel, recipient, workflow_id, check_run_id,
+                             payload, idempotency_key, next_attempt_at, created_at)
+                         SELECT o.channel, f.value->>'recipient', o.workflow_id, o.check_run_id,
+                             f.value->>'payload', f.value->>'idempotency_key', ?3, ?4
+                         FROM outbox o, json_each(?2) AS f
+                         WHERE o.id = ?1
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(rows)
+                    .bind(sqlite_ts(due))
+                    .bind(sqlite_ts(now))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(recorded)
+            }
+        }
     }
 
     /// Releases held deliveries left behind: their run finished (the worker that finished it
