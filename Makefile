@@ -23,7 +23,12 @@ ALONE = test(dev_demo_escalates_within_ninety_seconds_and_resumes_after_ctrl_c) 
 	| test(a_leader_frozen_past_its_lease_is_replaced_and_never_doubles_a_slot)
 
 test-faults: services ## The fault-injection suite (docs/reliability.md): restarts, kills, outages; asserts the invariants
-	$(CARGO) nextest run --locked --no-fail-fast --workspace --no-capture -E '$(FAULTS)'
+	$(CARGO) nextest run --locked --no-fail-fast --workspace --no-capture -E '($(FAULTS)) & not ($(ALONE) | $(FAULTS_ALONE))'
+	$(CARGO) nextest run --locked --no-fail-fast --workspace --no-capture --test-threads 1 -E '($(FAULTS)) & ($(ALONE) | $(FAULTS_ALONE))'
+
+# Fault scenarios that assert slot timing (a beat down across slots, then one coalesced run):
+# one at a time, as ALONE in `make test`, not beside scenarios seeding 20,000 workflows
+FAULTS_ALONE = test(f4_a_beat_down_across_several_slots_runs_them_once_coalesced)
 
 # F1-F11: the faults binary plus the scenarios that live with their own suites (docs/reliability.md)
 FAULTS = (binary(faults) & not test(/^soak_/)) | test(a_worker_killed_mid_run_loses_nothing_and_doubles_nothing) \
@@ -80,4 +85,4 @@ fuzz-api: services ## schemathesis against a live api from its own OpenAPI docum
 
 validate-deploy-live: services ## A real Prometheus scrapes a running api, worker and beat; every dashboard query must return data
 	$(CARGO) build --locked -p escalator
-	@scripts/validate-deploy.sh --live
+	@LIVE_REQUIRED=1 scripts/validate-deploy.sh --live

@@ -62,7 +62,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // given, not defaulted: `escalator dev` names what it does not use
+    let database_url_given = matches
+        .value_source("database_url")
+        .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
     telemetry::init(&cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,7 +90,10 @@ fn main() -> ExitCode {
             Command::Worker => commands::worker::run(&cli.database_url).await,
             Command::Beat => commands::beat::run(&cli.database_url).await,
             Command::Api => commands::api::run(&cli.database_url).await,
-            Command::Dev(args) => commands::dev::run(args).await,
+            Command::Dev(args) => {
+                let ignored = database_url_given.then_some(cli.database_url.as_str());
+                commands::dev::run(args, ignored).await
+            }
             Command::Enqueue(args) => commands::enqueue::run(&cli.database_url, args).await,
             Command::Check(args) => commands::check::run(&cli.database_url, args).await,
             Command::Verify => commands::verify::run(&cli.database_url).await,

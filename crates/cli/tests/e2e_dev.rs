@@ -128,3 +128,73 @@ async fn dev_demo_escalates_within_ninety_seconds_and_resumes_after_ctrl_c() {
     }
     assert!(interrupt(child).success());
 }
+
+/// `escalator dev` runs the worker and the beat with the same variables as the services, checked
+/// the same way: it used to run with its own fixed settings, silently ignoring them (a bad value
+/// included), to name the default mail folder when `ESCALATOR_EMAIL_DIR` chose another, and to
+/// ignore `--database-url` without a word.
+#[test]
+fn dev_honours_the_settings_and_says_what_it_does_not_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dev.db");
+    let escalator = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_escalator"));
+        c.env_remove("DATABASE_URL")
+            .env_remove("ESCALATOR_SMTP_URL")
+            .env_remove("RUST_LOG");
+        c
+    };
+    let port = free_port().to_string();
+    let dev_args = ["dev", "--db", db.to_str().unwrap(), "--port", port.as_str()];
+
+    let refused = escalator()
+        .args(dev_args)
+        .env("ESCALATOR_WORKER_CONCURRENCY", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("ESCALATOR_WORKER_CONCURRENCY"), "{stderr}");
+
+    let mail = dir.path().join("letters");
+    let mut child = escalator()
+        .args(["--database-url", "sqlite://elsewhere.db"])
+        .args(dev_args)
+        .env("ESCALATOR_EMAIL_DIR", &mail)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut banner = String::new();
+    while !banner.contains("note ") {
+        match lines_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                banner.push_str(&line);
+                banner.push('\n');
+            }
+            Err(e) => panic!("{e}: no note in the banner:\n{banner}"),
+        }
+    }
+    assert!(
+        banner.contains(&format!("one .eml per message in {}/", mail.display())),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("sqlite://elsewhere.db") && banner.contains(db.to_str().unwrap()),
+        "{banner}"
+    );
+    assert!(interrupt(child).success());
+}

@@ -381,12 +381,32 @@ async fn garbage_on_every_queue_is_dead_lettered_counted_and_survived() {
     // dead jobs can be listed and put back (garbage dies again, and is counted again)
     let out = w.run(&["jobs", "dead"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 dead job(s)"));
-    let out = w.run(&["jobs", "retry", "--all-dead"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("3 job(s) back in their queue"));
     assert!(
         metrics.contains("workflow_escalation_duration_seconds_bucket"),
         "histograms need buckets"
     );
+    let out = w.run(&["jobs", "retry", "--all-dead"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 job(s) back in their queue"));
+    // ... and they were: each ran again, died again, and was counted again
+    let started = Instant::now();
+    loop {
+        let metrics = reqwest_metrics(port).await;
+        let again = ["checks", "batches", "noop"].iter().all(|queue| {
+            metrics.contains(&format!(
+                "escalator_jobs_total{{queue=\"{queue}\",outcome=\"malformed\"}} 2"
+            ))
+        });
+        if again {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the retried garbage did not run again:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = w.run(&["jobs", "dead"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 dead job(s)"));
     w.verify();
     assert!(stop(worker).success());
 }

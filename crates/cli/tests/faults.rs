@@ -372,6 +372,8 @@ async fn f5a_redis_emptied_mid_run_the_next_sweep_completes_the_work() {
         worker.restarts
     );
     assert!(escalated > 0, "the flush lost nothing?");
+    // the batches it was waiting for are gone: the run cannot finish by itself
+    assert_eq!(lost.status, "running", "{lost:?}");
     assert_eq!(sweep(&w, &mut worker).await, (0, 0));
     assert_exact(&w, 20_000).await;
     assert!(worker.stop().success());
@@ -397,6 +399,10 @@ async fn f5b_redis_restarted_mid_run_the_next_sweep_completes_the_work() {
          {reminded} reminders, {escalated} escalations left; worker restarts {})",
         seconds(killed),
         worker.restarts
+    );
+    assert!(
+        reminded + escalated > 0,
+        "the outage cost the run nothing: killed too late to test anything"
     );
     assert_eq!(sweep(&w, &mut worker).await, (0, 0));
     assert_exact(&w, 20_000).await;
@@ -432,6 +438,9 @@ async fn f6_postgres_restarted_mid_run_jobs_retry_and_nothing_is_partial() {
     );
     let (reminded, escalated) = sweep(&w, &mut worker).await;
     eprintln!("F6: interrupted run {first:?}, final sweep found ({reminded}, {escalated})");
+    // retries absorbed the outage: the interrupted run itself did all the work, counted once
+    assert_eq!(first, (3_000, 3_000), "the interrupted run's own counts");
+    assert_eq!((reminded, escalated), (0, 0), "left for the sweep");
     // the outage was absorbed by retries: no job died
     let metrics = reqwest_metrics(worker.metrics_port).await;
     let jobs: Vec<&str> = metrics
@@ -471,6 +480,13 @@ async fn f2_a_worker_killed_at_twenty_random_moments_loses_and_doubles_nothing()
         kills.push(format!("{delay}ms:{}/{}", r.batches_done, r.batches));
     }
     eprintln!("F2: kills (lifetime:batches done) {}", kills.join(" "));
+    // the kills fell on a run at work, not all on workers still starting up
+    let during = w.db.store.get_check_run(id).await.unwrap();
+    assert!(
+        during.batches_done > 0,
+        "no batch committed during the 20 kills: {}",
+        kills.join(" ")
+    );
     let last_kill = Instant::now();
     let mut worker = Supervised::start(&w);
     let first = await_run(&w, &mut worker, id, Duration::from_secs(150)).await;

@@ -751,6 +751,36 @@ mod tests {
         assert!(off.effects.outbox.iter().all(|o| o.channel != "event"));
     }
 
+    /// A workflow whose policy or calendar could not be read (no decision) is set aside: only
+    /// its next check moves, 5 minutes on, and it counts as the batch's failure, named.
+    #[test]
+    fn a_workflow_without_its_rules_is_set_aside_and_counted_failed() {
+        let due = [
+            workflow(1, "emp", "boss", "Buy chairs"),
+            workflow(2, "emp", "boss", "Buy desks"),
+        ];
+        let users: HashMap<String, User> = [user("emp", None), user("boss", None)]
+            .into_iter()
+            .collect();
+        let p = build_with(
+            &due,
+            &[None, Some(Decision::Nothing)],
+            &users,
+            run(),
+            t0(),
+            &settings(5),
+        );
+        assert_eq!((p.effects.counts.checked, p.effects.counts.failed), (2, 1));
+        assert_eq!(p.failures.len(), 1);
+        assert_eq!(p.failures[0].0, due[0].workflow.id);
+        let set_aside = &p.effects.changes[0];
+        assert_eq!(set_aside.id, due[0].workflow.id);
+        assert_eq!(set_aside.next_check_at, Some(t0() + SET_ASIDE));
+        assert_eq!(set_aside.level, due[0].workflow.escalation_level);
+        assert_eq!(set_aside.assignee, due[0].workflow.assignee);
+        assert!(p.effects.audits.is_empty() && p.effects.outbox.is_empty());
+    }
+
     /// Two user records sharing one mailbox (letters in another case too): the address is
     /// named once, or SendGrid refuses the whole message for good.
     #[test]

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::Utc;
-use escalator_beat::{Beat, BeatConfig, Schedule};
+use escalator_beat::Beat;
 use escalator_jobs::{QueueNames, Queues};
 use escalator_policy::{AfterLast, LevelSpec, Policy, PolicySpec, Target, Warning};
 use escalator_runtime::serve::Health;
 use escalator_store::{NewWorkflow, Store, StoreConfig, StoreError, User};
-use escalator_worker::{Engine, EngineConfig, PolicyCache, WorkerConfig};
+use escalator_worker::{Engine, PolicyCache, WorkerConfig};
 
 /// Arguments of `escalator dev`.
 #[derive(Debug, clap::Args)]
@@ -30,8 +30,17 @@ pub struct DevArgs {
     port: u16,
 }
 
-/// Runs until Ctrl-C.
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+/// Runs until Ctrl-C. `ignored_database_url` is a `--database-url` / `DATABASE_URL` given for
+/// the other commands: dev keeps its data in `--db`, and says so instead of ignoring it.
+pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::Result<()> {
+    // the same variables as the worker and the beat, checked the same way (a bad value stops
+    // dev at start-up, naming it); dev only re-reads deadlines more often when unset
+    let env = escalator_runtime::config::ProcessEnv;
+    let settings = crate::config::WorkerSettings::from_env(&env)?;
+    let mut beat_config = crate::config::BeatSettings::from_env(&env)?.beat;
+    if escalator_runtime::config::Source::get(&env, "ESCALATOR_DEADLINE_RECHECK").is_none() {
+        beat_config.deadline_recheck = beat_config.deadline_recheck.min(Duration::from_secs(2));
+    }
     let url = format!("sqlite://{}", args.db.display());
     let mut config = StoreConfig::new(url.clone());
     config.max_connections = 8;
@@ -55,21 +64,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let engine = Engine {
         store: store.clone(),
         queues: queues.clone(),
-        config: EngineConfig::default(),
+        config: settings.engine,
         policies: PolicyCache::default(),
     };
     let worker_config = WorkerConfig {
         name: "dev".into(),
-        ..WorkerConfig::default()
-    };
-    let beat_config = BeatConfig {
-        schedule: Schedule::parse("0 */15 * * * *", "UTC")?,
-        catchup: Duration::from_secs(3_600),
-        lease_ttl: Duration::from_secs(15),
-        deadline_recheck: Duration::from_secs(2),
-        holder: format!("dev-{}", std::process::id()),
-        done_retention: escalator_beat::DONE_JOB_RETENTION,
-        outbox_retention: Some(escalator_beat::OUTBOX_RETENTION),
+        ..settings.worker
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -125,10 +125,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         });
     }
     banner(&store, args.port, args.demo).await;
-    if matches!(delivery.email, crate::config::EmailConfig::Files { .. }) {
+    if let crate::config::EmailConfig::Files { dir, .. } = &delivery.email {
+        println!("  email       one .eml per message in {}/", dir.display());
+        println!();
+    }
+    if let Some(url) = ignored_database_url {
+        let shown = escalator_runtime::config::redact(url);
         println!(
-            "  email       one .eml per message in {}/",
-            mail_dir.display()
+            "  note        --database-url / DATABASE_URL ({shown}) is for the other commands: \
+             dev keeps its data in {} (--db)",
+            args.db.display()
         );
         println!();
     }
