@@ -241,7 +241,7 @@ async fn a_leader_cut_off_from_the_database_past_its_lease_stands_down() {
     let db = TestDb::postgres().await;
     let ns = RedisNamespace::new("beat");
     let q = queues(&ns).await;
-    let lease = Duration::from_millis(900);
+    let lease = Duration::from_secs(3);
     let mut beat = Beat::new(
         db.store.clone(),
         q.clone(),
@@ -294,7 +294,9 @@ async fn a_standby_beat_enqueues_nothing_and_a_zombie_leader_is_fenced_off() {
     let db = TestDb::postgres().await;
     let ns = RedisNamespace::new("beat");
     let q = queues(&ns).await;
-    let lease = Duration::from_secs(1);
+    // seconds of margin either side, not hundreds of milliseconds: a loaded machine's step
+    // must not outlast the lease by accident
+    let lease = Duration::from_secs(4);
     let mut a = Beat::new(
         db.store.clone(),
         q.clone(),
@@ -313,7 +315,7 @@ async fn a_standby_beat_enqueues_nothing_and_a_zombie_leader_is_fenced_off() {
     assert_eq!(scheduled(&db.store).await.len(), 1, "the standby enqueued");
 
     // a freezes past its lease; b takes over and runs the next slot
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    tokio::time::sleep(lease + Duration::from_millis(500)).await;
     b.step(utc("2026-11-25T12:15:02Z")).await.unwrap();
     assert_eq!(scheduled(&db.store).await.len(), 2);
     // a wakes up believing it leads: its renewal fails and it records nothing

@@ -927,14 +927,15 @@ async fn a_failed_record_cuts_off_no_send_in_flight() {
 /// Every row of a claim is sent before its lease runs out, however many rows a drain is asked
 /// for: claims take at most two waves of parallel sends. One claim of all 40 rows here needed
 /// five waves of 0.3 s against a 1 s lease, and a second sender starting after the lease sent
-/// the late rows again.
+/// the late rows again. (Times here are three times those: a wave of 0.9 s, a 3 s lease, so
+/// that two waves leave more than a second to spare on a loaded machine, and five do not fit.)
 #[tokio::test]
 async fn a_second_sender_never_resends_what_a_slow_first_one_holds() {
     let db = TestDb::postgres().await;
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/slow"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(900)))
         .mount(&server)
         .await;
     let slow = format!("{}/slow", server.uri());
@@ -949,10 +950,10 @@ async fn a_second_sender_never_resends_what_a_slow_first_one_holds() {
         .collect();
     outbox(&db.store, rows).await;
     let mut first = deliverer(&db.store, config(&server.uri()));
-    first.lease = Duration::from_secs(1);
+    first.lease = Duration::from_secs(3);
     let second = first.clone();
     let (a, b) = tokio::join!(first.drain(40, 1), async {
-        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        tokio::time::sleep(Duration::from_millis(3_300)).await;
         second.drain(40, 1).await
     });
     let (a, b) = (a.unwrap(), b.unwrap());

@@ -152,10 +152,22 @@ pub fn check_email(field: &'static str, value: &str) -> Result<()> {
              domain is fine)",
         );
     }
-    let local_ok = local.split('.').all(|w| !w.is_empty());
-    let domain_ok = domain
-        .split('.')
-        .all(|w| !w.is_empty() && !w.starts_with('-') && !w.ends_with('-') && !w.contains('@'));
+    // what the mail library sends (a dot-atom local part of at most 64 characters; labels of
+    // at most 63, letters, digits and hyphens when ASCII): an address it cannot parse was
+    // accepted here, then left out of every message, a copy recipient taking the direct
+    // recipient's place and text
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c);
+    let local_ok = local.len() <= 64
+        && local
+            .split('.')
+            .all(|w| !w.is_empty() && w.chars().all(atext));
+    let domain_ok = domain.split('.').all(|w| {
+        !w.is_empty()
+            && !w.starts_with('-')
+            && !w.ends_with('-')
+            && w.chars().count() <= 63
+            && (!w.is_ascii() || w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    });
     if local_ok && domain_ok {
         Ok(())
     } else {

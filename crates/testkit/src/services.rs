@@ -96,13 +96,17 @@ impl PrivateRedis {
         } else {
             command.args(["--port", &self.port.to_string()]);
         }
+        // its log kept, so that a server that could not start (its port taken by another
+        // test's listener) says why, instead of the test talking to whatever answers there
+        let log_path = self.dir.path().join("redis-server.log");
+        let log = std::fs::File::create(&log_path).expect("create the redis-server log");
         let child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("the redis-server log"))
+            .stderr(log)
             .spawn()
             .expect("start redis-server (is it installed?)");
         self.child = Some(child);
@@ -110,6 +114,16 @@ impl PrivateRedis {
         wait_for("redis-server", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
+        // a bind failure ends the server within milliseconds
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(child) = self.child.as_mut()
+            && !matches!(child.try_wait(), Ok(None))
+        {
+            panic!(
+                "redis-server on port {port} exited at start; another process answers there:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
     }
 }
 

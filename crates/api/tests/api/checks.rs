@@ -173,7 +173,9 @@ async fn a_dry_run_reports_what_a_check_would_do_and_writes_nothing() {
     let items = report["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["workflow_id"], b["id"]);
-    assert_ne!(items[0]["action"], "remind", "{report}");
+    // past its deadline, and alice has no manager (no user record): no one to escalate to
+    assert_eq!(items[0]["action"], "exhausted", "{report}");
+    assert_eq!(report["escalate"], 0, "{report}");
 
     // nothing was written or queued: same versions, same audit, no run, empty queues
     for w in [&a, &b] {

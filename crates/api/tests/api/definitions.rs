@@ -128,6 +128,12 @@ async fn users_are_upserted_and_circular_or_unknown_managers_refused() {
         "ana@corp..com",
         "ana@-corp.com",
         "josé@example.com",
+        // the mail library parses none of these: the previous assignee was sent the new
+        // assignee's "escalated to you" in their place
+        "jane(sales)@corp.com",
+        "a:b@corp.com",
+        "ana@corp_eu.com",
+        "ana@corp.com]",
     ] {
         let (message, field) = put(
             &api,
@@ -138,7 +144,20 @@ async fn users_are_upserted_and_circular_or_unknown_managers_refused() {
         .error(StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(field.as_deref(), Some("email"), "{bad:?}: {message}");
     }
-    for good in ["bob.o'neil+ops@mail.example.com", "ana@bücher.de"] {
+    let long_local = format!("{}@corp.com", "a".repeat(65));
+    let (_, field) = put(
+        &api,
+        "/api/v1/users/zed",
+        json!({ "display_name": "Zed", "email": long_local }),
+    )
+    .await
+    .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("email"));
+    for good in [
+        "bob.o'neil+ops@mail.example.com",
+        "ana@bücher.de",
+        "x_y{z}#1@example-mail.co",
+    ] {
         let res = put(
             &api,
             "/api/v1/users/zed",
