@@ -609,6 +609,20 @@ async fn a_target_who_has_left_is_passed_over() {
     assert_eq!(reasons, [&json!("no_target")], "{audit}");
 }
 
+/// Boss, Alice without a manager, and Dave reporting to Boss.
+async fn boss_alice_and_dave(api: &TestApi) {
+    let dave = (
+        "dave",
+        json!({ "display_name": "Dave", "manager_id": "boss" }),
+    );
+    let boss = ("boss", json!({ "display_name": "Boss" }));
+    users(
+        api,
+        &[boss, ("alice", json!({ "display_name": "Alice" })), dave],
+    )
+    .await;
+}
+
 /// The default policy with `after_last: repeat` hourly, as policy "nagging"; `levels` of its
 /// escalation chain (0: the default's one `manager` level; else that many `manager` levels).
 async fn nagging_policy(api: &TestApi, levels: usize) {
@@ -641,16 +655,7 @@ async fn nagging_policy(api: &TestApi, levels: usize) {
 #[tokio::test]
 async fn a_repeating_policy_moves_on_as_soon_as_a_target_appears() {
     let api = spawn_api().await;
-    let dave = (
-        "dave",
-        json!({ "display_name": "Dave", "manager_id": "boss" }),
-    );
-    let boss = ("boss", json!({ "display_name": "Boss" }));
-    users(
-        &api,
-        &[boss, ("alice", json!({ "display_name": "Alice" })), dave],
-    )
-    .await;
+    boss_alice_and_dave(&api).await;
     nagging_policy(&api, 2).await;
     let due_now = async |uuid: uuid::Uuid| {
         let next = api.db.store.get_workflow(uuid).await.unwrap().next_check_at;
@@ -710,16 +715,7 @@ async fn a_repeating_policy_moves_on_as_soon_as_a_target_appears() {
 #[tokio::test]
 async fn reassigning_or_resuming_an_exhausted_workflow_schedules_it_again() {
     let api = spawn_api().await;
-    let dave = (
-        "dave",
-        json!({ "display_name": "Dave", "manager_id": "boss" }),
-    );
-    let boss = ("boss", json!({ "display_name": "Boss" }));
-    users(
-        &api,
-        &[boss, ("alice", json!({ "display_name": "Alice" })), dave],
-    )
-    .await;
+    boss_alice_and_dave(&api).await;
     let exhausted = async |external_id: &str, policy: Option<&str>| {
         exhausted_at_its_deadline(&api, external_id, policy).await
     };
