@@ -192,15 +192,15 @@ impl Deliverer {
                 // owned parts: the future must not borrow across the stream (Send bounds)
                 let this = self.clone();
                 async move {
-                    let (outcome, follow_ups) = this.attempt(&entry).await;
-                    (entry, outcome, follow_ups)
+                    let (outcome, deferrals) = this.attempt(&entry).await;
+                    (entry, outcome, deferrals)
                 }
             }))
             .buffer_unordered(PARALLEL_SENDS);
             // outcomes whose write failed (the database restarting, a pool timeout): written
             // again once the round's sends are done, until shortly before the lease ends
             let mut unrecorded = Vec::new();
-            while let Some((entry, outcome, follow_ups)) = sends.next().await {
+            while let Some((entry, outcome, deferrals)) = sends.next().await {
                 let label = match &outcome {
                     DeliveryOutcome::Sent => {
                         report.sent += 1;
@@ -229,14 +229,15 @@ impl Deliverer {
                 };
                 metrics::counter!(m::NOTIFICATIONS, "channel" => entry.channel.clone(), "outcome" => label)
                     .increment(1);
-                let follow_ups = (!follow_ups.is_empty()).then(|| {
-                    report.deferred += u32::try_from(follow_ups.len()).unwrap_or(u32::MAX);
+                let follow_ups = deferrals.map(|d| {
+                    let n = d.recipients.len();
+                    report.deferred += u32::try_from(n).unwrap_or(u32::MAX);
                     metrics::counter!(m::NOTIFICATIONS, "channel" => entry.channel.clone(), "outcome" => "deferred")
-                        .increment(follow_ups.len() as u64);
+                        .increment(n as u64);
                     let due = Utc::now()
                         + chrono::Duration::from_std(retry_delay(1, 0.5 + rand::random::<f64>()))
                             .unwrap_or(chrono::Duration::seconds(30));
-                    let (note, rows) = follow_up_rows(&entry, follow_ups);
+                    let (note, rows) = follow_up_rows(&entry, d);
                     (note, rows, due)
                 });
                 let done = Recorded {
@@ -326,17 +327,11 @@ impl Deliverer {
         Ok(())
     }
 
-    /// The outcome of one attempt, with what it sent for the recipients a relay deferred (the
-    /// row's payload as sent, and who) when it is `Sent`.
-    async fn attempt(
-        &self,
-        entry: &OutboxEntry,
-    ) -> (DeliveryOutcome, Vec<(Deferred, OutboxEntry)>) {
+    /// The outcome of one attempt, with the recipients a relay deferred when it is `Sent`.
+    async fn attempt(&self, entry: &OutboxEntry) -> (DeliveryOutcome, Option<Deferrals>) {
         let result = self.send(entry).await;
         let outcome = match result {
-            Ok(deferred) => {
-                return (DeliveryOutcome::Sent, deferred);
-            }
+            Ok(deferrals) => return (DeliveryOutcome::Sent, deferrals),
             Err(NotifyError::Transient(error)) | Err(NotifyError::Config(error))
                 if entry.attempts < self.max_attempts =>
             {
@@ -361,7 +356,7 @@ impl Deliverer {
                 error: e.to_string(),
             },
         };
-        (outcome, Vec::new())
+        (outcome, None)
     }
 
     /// A row whose text is written at delivery, rendered for its channel: a digest, or an
@@ -422,8 +417,8 @@ impl Deliverer {
     }
 
     /// Sends one row through its channel's sender; `Ok` names the recipients a relay deferred,
-    /// each with the row as sent (its text rendered).
-    async fn send(&self, entry: &OutboxEntry) -> Result<Vec<(Deferred, OutboxEntry)>, NotifyError> {
+    /// if any.
+    async fn send(&self, entry: &OutboxEntry) -> Result<Option<Deferrals>, NotifyError> {
         let expanded = self.expand(entry)?;
         let entry = expanded.as_ref().unwrap_or(entry);
         let http = |what: &str, var: &str| {
@@ -431,8 +426,11 @@ impl Deliverer {
         };
         let sent = match (entry.channel.as_str(), &self.mailer, &self.http) {
             ("email", Some(mailer), _) => {
-                let deferred = mailer.send(entry).await?;
-                return Ok(deferred.into_iter().map(|d| (d, entry.clone())).collect());
+                let recipients = mailer.send(entry).await?;
+                return Ok((!recipients.is_empty()).then(|| Deferrals {
+                    sent: entry.payload.clone(),
+                    recipients,
+                }));
             }
             ("email", None, Some(h)) if h.has_email() => h.send_email(entry).await,
             ("email", None, _) => Err(http(
@@ -449,8 +447,15 @@ impl Deliverer {
                 "no sender for channel {other:?}"
             ))),
         };
-        sent.map(|()| Vec::new())
+        sent.map(|()| None)
     }
+}
+
+/// What a sent email left for later: the recipients the relay deferred, and the payload as
+/// sent (its text rendered), which each of them is to get.
+struct Deferrals {
+    sent: serde_json::Value,
+    recipients: Vec<Deferred>,
 }
 
 /// An attempt's outcome to write: the row as claimed, how it went, and for a row sent with
@@ -476,20 +481,18 @@ fn not_recorded(done: &Recorded, recorded: bool) {
 /// The `sent` note of a row some of whose recipients a relay deferred, and a row of its own
 /// for each: the message as sent (its text rendered, so everyone reads the same), to that
 /// address alone (`envelope`), under the parent's Message-ID (`message_key`).
-fn follow_up_rows(
-    parent: &OutboxEntry,
-    deferred: Vec<(Deferred, OutboxEntry)>,
-) -> (String, Vec<FollowUp>) {
+fn follow_up_rows(parent: &OutboxEntry, deferrals: Deferrals) -> (String, Vec<FollowUp>) {
     let message_key = parent.payload["message_key"]
         .as_str()
         .unwrap_or(&parent.idempotency_key)
         .to_owned();
-    let mut notes = Vec::with_capacity(deferred.len());
-    let rows = deferred
+    let mut notes = Vec::with_capacity(deferrals.recipients.len());
+    let rows = deferrals
+        .recipients
         .into_iter()
-        .map(|(d, sent)| {
+        .map(|d| {
             notes.push(format!("{} ({})", d.address, d.error));
-            let mut payload = sent.payload;
+            let mut payload = deferrals.sent.clone();
             payload["envelope"] = serde_json::json!([d.address]);
             payload["message_key"] = serde_json::json!(message_key);
             FollowUp {

@@ -31,6 +31,17 @@ pub enum DeliveryOutcome {
     },
 }
 
+/// An attempt's outcome on a claimed row ($1 id, $2 status, $3 error, $4 next attempt, $5 sent
+/// at, $6 the attempt count the claim returned): the count fences the write ([`Store::record_delivery`]).
+const RECORD_PG: &str = "UPDATE outbox SET status = $2, last_error = $3, next_attempt_at = $4,
+        sent_at = COALESCE($5, sent_at)
+    WHERE id = $1 AND attempts = $6 AND status IN ('pending', 'failed')";
+
+/// [`RECORD_PG`] on SQLite.
+const RECORD_SQLITE: &str = "UPDATE outbox SET status = ?2, last_error = ?3, next_attempt_at = ?4,
+        sent_at = COALESCE(?5, sent_at)
+    WHERE id = ?1 AND attempts = ?6 AND status IN ('pending', 'failed')";
+
 /// A delivery of an email to one recipient the relay deferred after another had taken the
 /// message: a row of its own, written with the parent's `sent` ([`Store::record_sent_with_follow_ups`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -251,34 +262,26 @@ impl Store {
             DeliveryOutcome::Dead { error } => ("dead", Some(error.as_str()), now, None),
         };
         let recorded = match self {
-            Store::Postgres(s) => sqlx::query(
-                "UPDATE outbox SET status = $2, last_error = $3, next_attempt_at = $4,
-                         sent_at = COALESCE($5, sent_at)
-                     WHERE id = $1 AND attempts = $6 AND status IN ('pending', 'failed')",
-            )
-            .bind(id)
-            .bind(status)
-            .bind(error)
-            .bind(next)
-            .bind(sent)
-            .bind(attempts)
-            .execute(s.pool())
-            .await?
-            .rows_affected(),
-            Store::Sqlite(s) => sqlx::query(
-                "UPDATE outbox SET status = ?2, last_error = ?3, next_attempt_at = ?4,
-                         sent_at = COALESCE(?5, sent_at)
-                     WHERE id = ?1 AND attempts = ?6 AND status IN ('pending', 'failed')",
-            )
-            .bind(id)
-            .bind(status)
-            .bind(error)
-            .bind(sqlite_ts(next))
-            .bind(sent.map(sqlite_ts))
-            .bind(attempts)
-            .execute(s.pool())
-            .await?
-            .rows_affected(),
+            Store::Postgres(s) => sqlx::query(RECORD_PG)
+                .bind(id)
+                .bind(status)
+                .bind(error)
+                .bind(next)
+                .bind(sent)
+                .bind(attempts)
+                .execute(s.pool())
+                .await?
+                .rows_affected(),
+            Store::Sqlite(s) => sqlx::query(RECORD_SQLITE)
+                .bind(id)
+                .bind(status)
+                .bind(error)
+                .bind(sqlite_ts(next))
+                .bind(sent.map(sqlite_ts))
+                .bind(attempts)
+                .execute(s.pool())
+                .await?
+                .rows_affected(),
         };
         Ok(recorded == 1)
     }
@@ -306,18 +309,16 @@ impl Store {
         match self {
             Store::Postgres(s) => {
                 let mut tx = s.pool().begin().await?;
-                let recorded = sqlx::query(
-                    "UPDATE outbox SET status = 'sent', last_error = $3, next_attempt_at = $4,
-                         sent_at = $4
-                     WHERE id = $1 AND attempts = $2 AND status IN ('pending', 'failed')",
-                )
-                .bind(id)
-                .bind(attempts)
-                .bind(note)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+                let recorded = sqlx::query(RECORD_PG)
+                    .bind(id)
+                    .bind("sent")
+                    .bind(note)
+                    .bind(now)
+                    .bind(now)
+                    .bind(attempts)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
                     == 1;
                 if recorded {
                     let payloads: Vec<&serde_json::Value> =
@@ -358,18 +359,16 @@ impl Store {
                     .collect();
                 let rows = serde_json::Value::Array(rows).to_string();
                 let mut tx = s.pool().begin_with(sqlite::BEGIN_WRITE).await?;
-                let recorded = sqlx::query(
-                    "UPDATE outbox SET status = 'sent', last_error = ?3, next_attempt_at = ?4,
-                         sent_at = ?4
-                     WHERE id = ?1 AND attempts = ?2 AND status IN ('pending', 'failed')",
-                )
-                .bind(id)
-                .bind(attempts)
-                .bind(note)
-                .bind(sqlite_ts(now))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+                let recorded = sqlx::query(RECORD_SQLITE)
+                    .bind(id)
+                    .bind("sent")
+                    .bind(note)
+                    .bind(sqlite_ts(now))
+                    .bind(sqlite_ts(now))
+                    .bind(attempts)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
                     == 1;
                 if recorded {
                     sqlx::query(
