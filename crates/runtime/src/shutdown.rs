@@ -11,36 +11,82 @@ pub fn stopping() -> bool {
     STOPPING.load(Ordering::SeqCst)
 }
 
-/// Marks the process as stopping (done by [`signal`] when a signal arrives).
+/// Marks the process as stopping (done by [`Listener::stopped`] when a signal arrives).
 pub fn request_stop() {
     STOPPING.store(true, Ordering::SeqCst);
 }
 
-/// Resolves when the process is asked to stop, having marked it [`stopping`].
-pub async fn signal() {
-    wait_for_signal().await;
-    request_stop();
+/// SIGTERM and SIGINT caught from the moment [`listen`] returns, so that a signal sent
+/// once a command has said it is running (a banner, "listening on") starts the graceful stop
+/// instead of killing the process mid-start.
+#[derive(Debug)]
+pub struct Listener {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
 }
 
-async fn wait_for_signal() {
+/// Starts catching SIGTERM and SIGINT now. Call it inside the runtime, once start-up that
+/// should die on a signal (waiting for a database) is over.
+pub fn listen() -> Listener {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received: shutting down"),
-                }
-            }
+        let catch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the process");
-                let _ = tokio::signal::ctrl_c().await;
+                tracing::warn!(error = %e, "cannot listen for {name}");
+                None
             }
+        };
+        Listener {
+            term: catch(SignalKind::terminate(), "SIGTERM"),
+            interrupt: catch(SignalKind::interrupt(), "SIGINT"),
         }
     }
     #[cfg(not(unix))]
     {
+        Listener {}
+    }
+}
+
+impl Listener {
+    /// Resolves on the first signal, having marked the process [`stopping`].
+    pub async fn stopped(self) {
+        self.wait().await;
+        request_stop();
+    }
+
+    #[cfg(unix)]
+    async fn wait(self) {
+        let Listener {
+            mut term,
+            mut interrupt,
+        } = self;
+        let term = async {
+            match term.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let interrupt = async {
+            match interrupt.as_mut() {
+                Some(s) => s.recv().await,
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    Some(())
+                }
+            }
+        };
+        tokio::select! {
+            _ = term => tracing::info!("SIGTERM received: shutting down"),
+            _ = interrupt => tracing::info!("SIGINT received: shutting down"),
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn wait(self) {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

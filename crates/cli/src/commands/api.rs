@@ -22,6 +22,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("cannot listen on ESCALATOR_API_ADDR={}", settings.addr))?;
+    let signals = escalator_runtime::shutdown::listen();
     if settings.insecure && !authenticated && !settings.addr.ip().is_loopback() {
         tracing::warn!(
             addr = %settings.addr,
@@ -30,7 +31,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %settings.addr, authenticated, "api listening on http://{}", settings.addr);
     let served = axum::serve(listener, escalator_api::router(state))
-        .with_graceful_shutdown(escalator_runtime::shutdown::signal())
+        .with_graceful_shutdown(signals.stopped())
         .await
         .context("serving the api");
     store.close().await;

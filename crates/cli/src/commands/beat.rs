@@ -28,6 +28,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         .unwrap_or(std::time::Duration::from_secs(900));
     let health =
         Health::new(period * 2 + settings.beat.lease_ttl + std::time::Duration::from_secs(5));
+    let signals = escalator_runtime::shutdown::listen();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = {
         let mut rx = stop_rx.clone();
@@ -40,7 +41,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         })
     };
     let beat = Beat::new(store.clone(), queues, settings.beat.clone(), health);
-    let result = beat.run(escalator_runtime::shutdown::signal()).await;
+    let result = beat.run(signals.stopped()).await;
     let _ = stop_tx.send(true);
     if let Ok(Err(e)) = server.await {
         tracing::error!(error = %e, addr = %settings.metrics_addr, "metrics server failed");

@@ -90,6 +90,8 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     }
     escalator_worker::message::configure(delivery.message_settings()?);
     let deliverer = delivery.deliverer(&store)?;
+    // Ctrl-C from here on stops gracefully: the banner below invites it
+    let signals = escalator_runtime::shutdown::listen();
     // every part runs until the stop signal; one that ends before it is a failure of `dev`
     let mut parts = tokio::task::JoinSet::new();
     {
@@ -139,7 +141,7 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         println!();
     }
     let early = tokio::select! {
-        _ = escalator_runtime::shutdown::signal() => None,
+        _ = signals.stopped() => None,
         Some(done) = parts.join_next() => Some(done),
     };
     let _ = stop_tx.send(true);

@@ -28,6 +28,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         config: settings.engine,
         policies: PolicyCache::default(),
     };
+    let signals = escalator_runtime::shutdown::listen();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = {
         let mut rx = stop_rx.clone();
@@ -39,11 +40,14 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
             escalator_runtime::serve::serve(listener, metrics, health, stopped).await
         })
     };
-    let signal = async {
-        escalator_runtime::shutdown::signal().await;
-    };
-    let outcome =
-        escalator_worker::run(engine, settings.worker.clone(), deliverer, health, signal).await;
+    let outcome = escalator_worker::run(
+        engine,
+        settings.worker.clone(),
+        deliverer,
+        health,
+        signals.stopped(),
+    )
+    .await;
     let _ = stop_tx.send(true);
     match server.await {
         Ok(Err(e)) => {
