@@ -55,7 +55,8 @@ async fn delivered(received: &Arc<Mutex<Vec<String>>>, store: &Store, n: usize) 
     received.lock().unwrap().clone()
 }
 
-/// The Message-ID each outbox row is sent with (its idempotency key, made header-safe).
+/// The Message-ID each outbox row is sent with (its idempotency key or, for a digest, the key
+/// naming its items, made header-safe, on the default sender's domain).
 fn message_id(key: &str) -> String {
     let safe: String = key
         .chars()
@@ -67,7 +68,7 @@ fn message_id(key: &str) -> String {
             }
         })
         .collect();
-    format!("<{safe}@escalator>")
+    format!("<{safe}@localhost>")
 }
 
 fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
@@ -84,11 +85,13 @@ async fn outbox_keys(store: &Store) -> BTreeSet<String> {
     let escalator_store::Store::Postgres(pg) = store else {
         panic!("PostgreSQL expected")
     };
-    let keys: Vec<String> =
-        sqlx::query_scalar("SELECT idempotency_key FROM outbox WHERE channel = 'email'")
-            .fetch_all(pg.pool())
-            .await
-            .unwrap();
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT COALESCE(payload->>'message_key', idempotency_key) FROM outbox \
+             WHERE channel = 'email'",
+    )
+    .fetch_all(pg.pool())
+    .await
+    .unwrap();
     keys.iter().map(|k| message_id(k)).collect()
 }
 

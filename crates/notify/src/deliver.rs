@@ -329,6 +329,24 @@ impl Deliverer {
 
     /// The outcome of one attempt, with the recipients a relay deferred when it is `Sent`.
     async fn attempt(&self, entry: &OutboxEntry) -> (DeliveryOutcome, Option<Deferrals>) {
+        // a claim past the limit: the last attempt's outcome was never written (its sender
+        // died mid-send, a message that crashes it included, or could not reach the database).
+        // It was claimed again after its lease for ever; the relay may have taken it, so it is
+        // not sent again unasked.
+        if entry.attempts > self.max_attempts {
+            return (
+                DeliveryOutcome::Dead {
+                    error: format!(
+                        "claimed {} times, the last {} without an outcome recorded (the sender \
+                         stopped mid-send or could not record it; the message may have gone \
+                         out): not sent again (`escalator outbox retry` sends it)",
+                        entry.attempts,
+                        entry.attempts - self.max_attempts
+                    ),
+                },
+                None,
+            );
+        }
         let result = self.send(entry).await;
         let outcome = match result {
             Ok(deferrals) => return (DeliveryOutcome::Sent, deferrals),

@@ -317,15 +317,16 @@ pub fn build(entry: &OutboxEntry, from: Mailbox) -> Result<Message, NotifyError>
         .unwrap_or("escalator notification")
         .replace(['\r', '\n'], " ");
     let body = p["body"].as_str().unwrap_or_default().to_owned();
+    // the idempotency key as Message-ID: a resend after a crash is recognisably the same;
+    // a follow-up for deferred recipients, or a digest, names its message (`message_key`)
+    let message_id = message_id(
+        p["message_key"].as_str().unwrap_or(&entry.idempotency_key),
+        &from,
+    );
     let mut builder = Message::builder()
         .from(from)
         .subject(subject)
-        // the idempotency key as Message-ID: a resend after a crash is recognisably the same;
-        // a follow-up for deferred recipients is the same message (`message_key`)
-        .message_id(Some(format!(
-            "<{}@escalator>",
-            sanitize(p["message_key"].as_str().unwrap_or(&entry.idempotency_key))
-        )));
+        .message_id(Some(message_id));
     let (primary, copies) = usable_recipients(entry)
         .ok_or_else(|| NotifyError::Permanent(format!("no valid recipient among {to:?}")))?;
     for address in primary {
@@ -429,6 +430,17 @@ pub fn mailbox(address: &str) -> Result<Mailbox, NotifyError> {
     ascii.parse().map_err(|e| invalid(format!("{e}")))
 }
 
+/// `<key@domain>`, the domain being the sender's (ESCALATOR_EMAIL_FROM), as RFC 5322 asks of
+/// a Message-ID's right-hand side: a bare `escalator` is no domain, and spam filters score it.
+fn message_id(key: &str, from: &Mailbox) -> String {
+    let domain = idna::domain_to_ascii(from.email.domain())
+        .map(|d| sanitize(&d))
+        .ok()
+        .filter(|d| !d.is_empty() && !d.starts_with('.') && !d.ends_with('.') && !d.contains(".."))
+        .unwrap_or_else(|| "escalator.invalid".into());
+    format!("<{}@{domain}>", sanitize(key))
+}
+
 fn sanitize(key: &str) -> String {
     key.chars()
         .map(|c| {
@@ -463,6 +475,38 @@ mod tests {
         }
     }
 
+    /// The Message-ID's right-hand side was a bare `escalator`, not a domain (RFC 5322 asks
+    /// for one that makes the id unique; spam filters score the rest).
+    #[test]
+    fn message_ids_are_on_the_senders_domain() {
+        let id = |from: &str, key: &str| {
+            let from = from.parse::<Mailbox>().unwrap_or_else(|_| {
+                Mailbox::new(None, from.parse::<lettre::Address>().unwrap())
+            });
+            message_id(key, &from)
+        };
+        assert_eq!(
+            id("Escalator <noreply@corp.example.com>", "remind:w:1:email"),
+            "<remind.w.1.email@corp.example.com>"
+        );
+        assert_eq!(id("e@bücher.example", "k"), "<k@xn--bcher-kva.example>");
+        assert_eq!(id("e@[127.0.0.1]", "k"), "<k@escalator.invalid>");
+        let digest = entry(serde_json::json!({
+            "to": ["boss@example.com"], "subject": "s", "body": "b",
+            "message_key": "digest:00ff"
+        }));
+        let text = String::from_utf8(
+            build(&digest, "e@example.com".parse().unwrap())
+                .unwrap()
+                .formatted(),
+        )
+        .unwrap();
+        assert!(
+            text.contains("Message-ID: <digest.00ff@example.com>"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn messages_carry_to_cc_subject_and_the_idempotency_key() {
         let e = entry(serde_json::json!({
@@ -478,7 +522,7 @@ mod tests {
         assert!(text.contains("To: boss@example.com"), "{text}");
         assert!(text.contains("Cc: a@example.com, b@example.com"), "{text}");
         assert!(
-            text.contains("Message-ID: <escalate.1.1.1.email@escalator>"),
+            text.contains("Message-ID: <escalate.1.1.1.email@example.com>"),
             "{text}"
         );
         assert!(!text.contains("\r\nBcc:"), "header injection: {text}");

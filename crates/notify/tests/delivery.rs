@@ -70,7 +70,7 @@ async fn every_message_is_sent_once(db: TestDb) {
     assert!(first.contains("Subject: Escalated #0"), "{first}");
     assert!(first.contains("Cc: cc@example.com"), "{first}");
     assert!(
-        first.contains("Message-ID: <escalate.0.1.1.email@escalator>"),
+        first.contains("Message-ID: <escalate.0.1.1.email@example.com>"),
         "{first}"
     );
     assert_eq!(db.store.outbox_backlog(Utc::now()).await.unwrap(), (0, 0));
@@ -124,6 +124,41 @@ async fn a_temporary_refusal_is_retried_later_and_a_permanent_one_is_dead() {
         1
     );
     assert_eq!(statuses(&db.store).await, ["pending"]);
+}
+
+/// A row whose every attempt ended without an outcome written (its sender killed mid-send,
+/// each time by the same message, say) was claimed again after each lease for ever, past the
+/// attempt limit. The claim after the last one makes it dead, unsent: the relay may have it.
+#[tokio::test]
+async fn a_row_claimed_past_its_attempt_limit_without_an_outcome_is_dead_unsent() {
+    let db = TestDb::postgres().await;
+    outbox(&db.store, 1, "boss@example.com").await;
+    let (port, received) = smtp_sink(None).await;
+    let d = deliverer(&db.store, port);
+    // three senders each claim it and die before writing what happened
+    let mut now = Utc::now();
+    for attempt in 1..=d.max_attempts {
+        let claimed = db.store.claim_deliveries(now, d.lease, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].attempts, attempt);
+        now += chrono::Duration::from_std(d.lease).unwrap() + chrono::Duration::seconds(1);
+    }
+    let report = d.drain_as_of(now, 10, 10).await.unwrap();
+    assert_eq!((report.sent, report.dead), (0, 1), "{report:?}");
+    assert!(received.lock().unwrap().is_empty());
+    let row = &db.store.list_outbox(&[], 10).await.unwrap()[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("dead", 4));
+    let error = row.last_error.as_deref().unwrap_or("");
+    assert!(error.contains("without an outcome recorded"), "{row:?}");
+    // nothing more is claimed; an operator's retry sends it
+    let later = now + chrono::Duration::hours(1);
+    assert_eq!(
+        d.drain_as_of(later, 10, 10).await.unwrap(),
+        Default::default()
+    );
+    db.store.retry_dead_deliveries(None, later).await.unwrap();
+    assert_eq!(d.drain_as_of(later, 10, 10).await.unwrap().sent, 1);
+    assert_eq!(received.lock().unwrap().len(), 1);
 }
 
 /// One email row as an escalation writes it: to the new assignee, cc the others.

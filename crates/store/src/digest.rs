@@ -186,9 +186,30 @@ fn digest(run: i64, group: &str, head: i64, items: &[NewOutbox], now: DateTime<U
             "kind": "digest", "to": to, "cc": [], "user": group.split(':').next(),
             "greeting": first.payload["greeting"], "check_run_id": run,
             "count": items.len(), "items": listed, "created_at": now,
+            "message_key": digest_message_key(items),
         }),
         idempotency_key: format!("digest:{run}:{group}:{head}"),
     }
+}
+
+/// The Message-ID key of a digest: its run and first held row are numbers from database
+/// sequences, which a restored database hands out again, and mail systems drop a message whose
+/// Message-ID they have seen. The digest is named by what it lists instead (each item's key
+/// names its workflow's uuid, level and cycle): the same items, the same message.
+fn digest_message_key(items: &[NewOutbox]) -> String {
+    use sha2::Digest as _;
+    let mut keys: Vec<&str> = items.iter().map(|o| o.idempotency_key.as_str()).collect();
+    keys.sort_unstable();
+    let mut hash = sha2::Sha256::new();
+    for key in keys {
+        hash.update(key.as_bytes());
+        hash.update(b"\n");
+    }
+    let hex: String = hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("digest:{hex}")
 }
 
 #[cfg(test)]
@@ -227,6 +248,9 @@ mod tests {
         assert_eq!(digests.len(), 1);
         let d = digests[0];
         assert_eq!(d.idempotency_key, "digest:9:head:email:1");
+        let message_key = d.payload["message_key"].as_str().unwrap();
+        assert!(message_key.starts_with("digest:"), "{message_key}");
+        assert_eq!(message_key.len(), "digest:".len() + 32, "{message_key}");
         assert_eq!(d.payload["count"], 6);
         assert_eq!(d.payload["to"], json!(["head@example.com"]));
         assert_eq!(d.payload["items"][5]["title"], "W6");
@@ -241,6 +265,38 @@ mod tests {
                 .any(|o| o.idempotency_key == "escalate:7:1:1:email")
         );
         assert_eq!(out.len(), 1 + 6 + 1);
+    }
+
+    /// A digest's Message-ID was made of its run and first held row, numbers a restored
+    /// database hands out again: a new digest then reached its recipient under an old one's
+    /// Message-ID, and mail systems drop such a message as a duplicate.
+    #[test]
+    fn a_digest_is_named_by_what_it_lists_not_by_sequence_numbers() {
+        let key = |run: i64, rows: &[HeldRow]| {
+            let out = coalesce(run, rows, Utc::now()).unwrap();
+            let d = out.iter().find(|o| o.payload["kind"] == "digest").unwrap();
+            (
+                d.idempotency_key.clone(),
+                d.payload["message_key"].as_str().unwrap().to_owned(),
+            )
+        };
+        let before: Vec<HeldRow> = (1..=6).map(|i| held(i, "head", "email", 5)).collect();
+        // after a restore: the same run and row numbers, other workflows
+        let after: Vec<HeldRow> = (1..=6)
+            .map(|i| {
+                let mut r = held(i + 100, "head", "email", 5);
+                r.id = i;
+                r
+            })
+            .collect();
+        let (before_key, before_message) = key(9, &before);
+        let (after_key, after_message) = key(9, &after);
+        assert_eq!(before_key, after_key);
+        assert_ne!(before_message, after_message);
+        // the same items (listed in any order, by any run) are the same message
+        let mut again: Vec<HeldRow> = (1..=6).map(|i| held(i, "head", "email", 5)).collect();
+        again.reverse();
+        assert_eq!(key(10, &again).1, before_message);
     }
 
     /// The copies used to carry the direct recipient's message ("Escalated to you…", greeting
