@@ -97,12 +97,7 @@ impl StoreError {
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Tls(_) => true,
-                sqlx::Error::Database(db) => matches!(
-                    db.code().as_deref(),
-                    // serialization_failure, deadlock_detected, admin shutdown, cannot connect now,
-                    // SQLITE_BUSY, SQLITE_LOCKED
-                    Some("40001" | "40P01" | "57P01" | "57P03" | "5" | "6" | "517")
-                ),
+                sqlx::Error::Database(db) => db.code().as_deref().is_some_and(transient_code),
                 _ => false,
             },
             _ => false,
@@ -115,5 +110,55 @@ impl StoreError {
     }
 }
 
+/// Whether a database error code means "the same statement may succeed later". PostgreSQL:
+/// connection exceptions (class 08), insufficient resources (53: disk full, out of memory,
+/// too many connections), serialization failure and deadlock, an administrator's or a crash's
+/// shutdown and "cannot connect now" (57P01–57P03), a lock wait past `lock_timeout` (55P03),
+/// and a read-only transaction (25006: a failover left the address on a standby until DNS
+/// moves). These were permanent, so a batch or a planner meeting one died on its first attempt
+/// or set its workflows aside, where a retry after the backoff succeeds. A statement cancelled
+/// by `statement_timeout` (57014) stays permanent: a batch it cuts is worked one workflow at a
+/// time instead, which a retry of the same batch would not do. SQLite: busy and locked, with
+/// their extended codes.
+pub(crate) fn transient_code(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "40001"
+                | "40P01"
+                | "57P01"
+                | "57P02"
+                | "57P03"
+                | "55P03"
+                | "25006"
+                | "5"
+                | "6"
+                | "261"
+                | "262"
+                | "517"
+                | "773"
+        )
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_codes_are_transient_and_refusals_are_not() {
+        for code in [
+            "08006", "08001", "53100", "53200", "53300", "40001", "40P01", "57P01", "57P02",
+            "57P03", "55P03", "25006", "5", "6", "517", "773",
+        ] {
+            assert!(transient_code(code), "{code}");
+        }
+        // unique and check violations, a syntax error, statement_timeout, SQLITE_CONSTRAINT
+        for code in ["23505", "23514", "42601", "57014", "19", "2067"] {
+            assert!(!transient_code(code), "{code}");
+        }
+    }
+}

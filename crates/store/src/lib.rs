@@ -231,13 +231,14 @@ impl Store {
             }
         }
         // one transaction: the upsert, the cycle check, and the re-arming of workflows
-        // exhausted for want of a manager (logic::REARM_EXHAUSTED_PG)
+        // exhausted for want of a manager or of a `user:` target (logic::REARM_EXHAUSTED_PG,
+        // logic::REARM_TARGETS_PG)
         let now = time::micros(Utc::now());
         let rearmed = dispatch!(self, s => s.upsert_users(users, now).await)?;
         if rearmed > 0 {
             tracing::info!(
                 rearmed,
-                "exhausted workflows due again: their assignee has a manager now"
+                "exhausted workflows due again: someone to escalate them to is active now"
             );
         }
         Ok(())
@@ -547,6 +548,33 @@ impl BatchTx {
         limit: u32,
     ) -> Result<Vec<DueWorkflow>> {
         dispatch_tx!(self, t => t.claim_due(as_of, range, limit).await)
+    }
+
+    /// [`BatchTx::claim_due_in`] that waits for rows other transactions hold rather than
+    /// passing them over (on SQLite, where no other writer holds any, the same claim). For a
+    /// transaction that holds no workflow yet.
+    pub async fn claim_due_waiting_in(
+        &mut self,
+        as_of: DateTime<Utc>,
+        range: &DueRange,
+        limit: u32,
+    ) -> Result<Vec<DueWorkflow>> {
+        match self {
+            BatchTx::Postgres(t) => t.claim_due_waiting(as_of, range, limit).await,
+            BatchTx::Sqlite(t) => t.claim_due(as_of, range, limit).await,
+        }
+    }
+
+    /// Whether `range` holds workflows due at `as_of` besides the `claimed` this transaction
+    /// took: rows another transaction holds, which a claim passes over, still count until it
+    /// commits. A short claim alone does not prove a slice drained.
+    pub async fn others_due_in(
+        &mut self,
+        as_of: DateTime<Utc>,
+        range: &DueRange,
+        claimed: usize,
+    ) -> Result<bool> {
+        dispatch_tx!(self, t => t.others_due(as_of, range, claimed).await)
     }
 
     /// Claims one workflow if it is open and due at `as_of` (single-workflow checks).

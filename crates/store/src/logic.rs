@@ -112,6 +112,43 @@ pub(crate) const REARM_EXHAUSTED_SQLITE: &str = "UPDATE workflows SET next_check
                                        WHERE p.id = workflows.policy_id
                                          AND p.version = workflows.policy_version)))";
 
+/// Workflows exhausted because a `user:` target had left (a policy level naming them, or the
+/// workflow's own `escalation_target`) can move on once that user is active again: a user
+/// write makes the open, exhausted workflows whose override or policy level names an active
+/// user it wrote (`$1`: the ids written) due at `$2`, under the same conditions as
+/// [`REARM_EXHAUSTED_PG`]. A user written who was active already costs an exhausted workflow
+/// one evaluation at most: one whose target is still missing is exhausted again, unscheduled.
+pub(crate) const REARM_TARGETS_PG: &str = "UPDATE workflows w SET next_check_at = $2
+    WHERE status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
+      AND (next_check_at IS NULL
+           OR (next_check_at > $2
+               AND escalation_level < (SELECT jsonb_array_length(p.spec->'levels')
+                                       FROM escalation_policies p
+                                       WHERE p.id = w.policy_id AND p.version = w.policy_version)))
+      AND (escalation_target IN (SELECT u.id FROM users u WHERE u.id = ANY($1) AND u.active)
+           OR EXISTS (SELECT 1 FROM escalation_policies p,
+                             jsonb_array_elements(p.spec->'levels') l
+                      WHERE p.id = w.policy_id AND p.version = w.policy_version
+                        AND l->>'target' IN (SELECT 'user:' || u.id FROM users u
+                                             WHERE u.id = ANY($1) AND u.active)))";
+
+/// [`REARM_TARGETS_PG`] on SQLite (`?1`: the ids as a JSON array).
+pub(crate) const REARM_TARGETS_SQLITE: &str = "UPDATE workflows SET next_check_at = ?2
+    WHERE status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
+      AND (next_check_at IS NULL
+           OR (next_check_at > ?2
+               AND escalation_level < (SELECT json_array_length(p.spec, '$.levels')
+                                       FROM escalation_policies p
+                                       WHERE p.id = workflows.policy_id
+                                         AND p.version = workflows.policy_version)))
+      AND (escalation_target IN (SELECT u.id FROM users u
+                                 WHERE u.id IN (SELECT value FROM json_each(?1)) AND u.active)
+           OR EXISTS (SELECT 1 FROM escalation_policies p, json_each(p.spec, '$.levels') l
+                      WHERE p.id = workflows.policy_id AND p.version = workflows.policy_version
+                        AND json_extract(l.value, '$.target') IN (
+                            SELECT 'user:' || u.id FROM users u
+                            WHERE u.id IN (SELECT value FROM json_each(?1)) AND u.active)))";
+
 /// The error of a user write that would make `id` its own (indirect) manager: "escalate to
 /// the manager" would go round for ever.
 pub(crate) fn manager_cycle(id: &str) -> StoreError {

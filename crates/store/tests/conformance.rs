@@ -47,6 +47,7 @@ conformance!(
     users_and_calendars_round_trip,
     user_writes_never_make_the_manager_chain_circular,
     a_manager_given_moves_exhausted_workflows_on_at_once,
+    a_target_back_moves_exhausted_workflows_on_at_once,
     claim_returns_only_due_open_workflows_oldest_first,
     a_deadline_that_is_never_is_never_due,
     peeking_sees_what_a_claim_holds_and_takes_nothing_from_the_next_claim,
@@ -546,6 +547,75 @@ async fn a_manager_given_moves_exhausted_workflows_on_at_once(db: &TestDb) {
         assert!(before <= next && next <= Utc::now(), "{next}");
     }
     assert_eq!(next(exhausted[2]).await, Some(later));
+}
+
+/// Exhausts `w` at its level 0: no one to escalate it to, unscheduled (a `stop` policy).
+async fn exhaust(s: &Store, w: &Workflow) {
+    let mut change = remind(w, t0(), None).changes.remove(0);
+    change.exhausted_at = Some(t0() + Duration::days(1));
+    change.next_check_at = None;
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(
+        &BatchEffects {
+            changes: vec![change],
+            ..BatchEffects::default()
+        },
+        t0(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// A workflow exhausted because its `user:` target (a policy level, or its own
+/// `escalation_target`) had left stayed unscheduled for good once that user came back, where
+/// one waiting for a manager moved on: a write making the user active makes it due at once.
+async fn a_target_back_moves_exhausted_workflows_on_at_once(db: &TestDb) {
+    let s = &db.store;
+    let mut spec = Policy::default_policy().spec().clone();
+    spec.levels[0].target = escalator_policy::Target::User("erin".into());
+    s.create_policy_version("named", "Named", &Policy::new(spec).unwrap())
+        .await
+        .unwrap();
+    let with = |external_id: &str, target: Option<&str>, policy: Option<&str>| NewWorkflow {
+        escalation_target: target.map(Into::into),
+        policy_id: policy.map(Into::into),
+        ..new_workflow(external_id)
+    };
+    let mut exhausted = Vec::new();
+    for new in [
+        with("OVERRIDE", Some("dave"), None),
+        with("LEVEL", None, Some("named")),
+        with("ELSEWHERE", Some("frank"), None),
+    ] {
+        let w = s.create_workflow(&new, t0()).await.unwrap().workflow;
+        exhaust(s, &w).await;
+        exhausted.push(w.id);
+    }
+    let next = async |id| s.get_workflow(id).await.unwrap().next_check_at;
+    // written, but not there: nothing moves
+    s.upsert_users(&[User {
+        active: false,
+        ..reporting_to("dave", None)
+    }])
+    .await
+    .unwrap();
+    for id in &exhausted {
+        assert_eq!(next(*id).await, None);
+    }
+    let before = Utc::now();
+    s.upsert_users(&[reporting_to("dave", None), reporting_to("erin", None)])
+        .await
+        .unwrap();
+    for id in &exhausted[..2] {
+        let next = next(*id).await.unwrap();
+        assert!(before <= next && next <= Utc::now(), "{next}");
+    }
+    assert_eq!(
+        next(exhausted[2]).await,
+        None,
+        "nobody named frank came back"
+    );
 }
 
 /// A cycle in the manager chain makes "escalate to the manager" go round for ever. The api
@@ -1484,6 +1554,29 @@ async fn verify_passes_a_healthy_database_and_names_tampering(db: &TestDb) {
             "{found:?}"
         );
     }
+    // the trigger refusing UPDATEs of audit rows dropped: I5 is unguarded
+    let guards = |found: &[escalator_store::verify::Violation]| {
+        found
+            .iter()
+            .filter(|v| v.rule == "the audit log's append-only triggers are missing")
+            .count()
+    };
+    assert_eq!(guards(&s.verify().await.unwrap()), 0);
+    match s {
+        Store::Postgres(p) => {
+            sqlx::query("DROP TRIGGER audit_logs_update_only_xact ON audit_logs")
+                .execute(p.pool())
+                .await
+                .unwrap();
+        }
+        Store::Sqlite(p) => {
+            sqlx::query("DROP TRIGGER audit_logs_no_update")
+                .execute(p.pool())
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(guards(&s.verify().await.unwrap()), 1);
 }
 
 async fn workflows_and_check_runs_are_never_deleted(db: &TestDb) {

@@ -55,3 +55,58 @@ async fn a_service_pool_opens_and_keeps_its_idle_connections() {
     service.close().await;
     assert_eq!(open_connections(&mut conn).await, baseline);
 }
+
+/// A lock wait past `lock_timeout` and a write refused by a read-only transaction (a failover
+/// leaving the address on a standby for a while) were permanent errors: a batch meeting one
+/// died on its first attempt instead of being retried after its backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_timeout_and_a_read_only_database_are_worth_a_retry() {
+    let db = TestDb::postgres().await;
+    let escalator_store::Store::Postgres(pg) = &db.store else {
+        panic!("PostgreSQL expected")
+    };
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let mut waiter = pg.pool().acquire().await.unwrap();
+    sqlx::query("SET lock_timeout = '50ms'")
+        .execute(&mut *waiter)
+        .await
+        .unwrap();
+    let e = sqlx::query("SELECT count(*) FROM users")
+        .execute(&mut *waiter)
+        .await
+        .unwrap_err();
+    let e = escalator_store::StoreError::from(e);
+    assert!(e.is_transient(), "{e:?}");
+    tx.rollback().await.unwrap();
+    sqlx::query("RESET lock_timeout")
+        .execute(&mut *waiter)
+        .await
+        .unwrap();
+
+    sqlx::query("SET default_transaction_read_only = on")
+        .execute(&mut *waiter)
+        .await
+        .unwrap();
+    let e = sqlx::query("DELETE FROM users")
+        .execute(&mut *waiter)
+        .await
+        .unwrap_err();
+    let e = escalator_store::StoreError::from(e);
+    assert!(e.is_transient(), "{e:?}");
+    // a refusal stays a refusal
+    sqlx::query("RESET default_transaction_read_only")
+        .execute(&mut *waiter)
+        .await
+        .unwrap();
+    let e = sqlx::query("INSERT INTO users (id) VALUES (NULL)")
+        .execute(&mut *waiter)
+        .await
+        .unwrap_err();
+    assert!(!escalator_store::StoreError::from(e).is_transient());
+    drop(waiter);
+}

@@ -411,13 +411,33 @@ impl Engine {
         let started = Instant::now();
         let mut tx = self.store.begin_batch().await?;
         let limit = self.config.batch_size.saturating_add(1);
+        let mut held_elsewhere = false;
         let due: Vec<DueWorkflow> = match only {
             // the nil id claims nothing: a transaction that only records completion
             Some(id) if id.is_nil() => Vec::new(),
             Some(id) => tx.claim_one(id, job.as_of).await?.into_iter().collect(),
-            None => tx.claim_due_in(job.as_of, &job.slice, limit).await?,
+            None => {
+                let mut due = tx.claim_due_in(job.as_of, &job.slice, limit).await?;
+                // A short claim drains the slice unless another transaction holds some of its
+                // rows (SKIP LOCKED passed them over): another copy of this job, run twice, or
+                // a transition. Marking the batch done then reported the run finished while
+                // that copy was still writing. Holding nothing, this round waits for them;
+                // holding rows, it commits its own and the next round waits.
+                if due.len() < limit as usize
+                    && tx.others_due_in(job.as_of, &job.slice, due.len()).await?
+                {
+                    if due.is_empty() {
+                        due = tx
+                            .claim_due_waiting_in(job.as_of, &job.slice, limit)
+                            .await?;
+                    } else {
+                        held_elsewhere = true;
+                    }
+                }
+                due
+            }
         };
-        let drained = due.len() < limit as usize;
+        let drained = due.len() < limit as usize && !held_elsewhere;
         let finishes = finish.index(drained);
         let (policies, calendars) = self.rules_for(&due).await;
         // a late check (a backlog, an outage) escalates what was due at its as_of, and starts

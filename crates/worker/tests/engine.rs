@@ -170,6 +170,67 @@ async fn a_retried_planner_counts_the_batches_the_first_attempt_pushed() {
     );
 }
 
+/// A copy of a batch job run while another copy held the slice's rows (a job run twice, a
+/// transition) claimed nothing (SKIP LOCKED passed the rows over), took its short claim for
+/// a drained slice and marked the batch done: the run read `succeeded` while the first copy
+/// was still writing, and stayed so had that copy then failed, its workflows untouched. It
+/// now waits for the rows, and takes over those still due once the holder is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_run_twice_at_once_is_done_only_when_its_slice_is() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("engine");
+    let engine = engine(&db, &ns).await;
+    let as_of = utc("2026-11-26T13:00:00Z");
+    for i in 0..3 {
+        workflow_named(&db.store, &format!("T-{i}"), utc("2026-11-25T09:00:00Z")).await;
+    }
+    let run = new_run(&db.store, Scope::All, as_of).await;
+    let job = CheckWorkflows {
+        check_run_id: run.id,
+        as_of,
+        scope: Scope::All,
+    };
+    assert_eq!(
+        engine.check_workflows(&job).await.unwrap(),
+        Planned::FannedOut { due: 3, batches: 1 }
+    );
+    let plan = db.store.save_check_run_plan(run.id, &[]).await.unwrap();
+    let batch = EscalateBatch {
+        check_run_id: run.id,
+        as_of,
+        batch_index: 0,
+        slice: plan[0],
+    };
+    // the first copy has claimed the slice and is still deciding
+    let mut first = db.store.begin_batch().await.unwrap();
+    let held = first.claim_due_in(as_of, &plan[0], 100).await.unwrap();
+    assert_eq!(held.len(), 3);
+    let second = {
+        let engine = engine.clone();
+        let batch = batch.clone();
+        tokio::spawn(async move { engine.escalate_batch(&batch).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = db.store.get_check_run(run.id).await.unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.batches_done),
+        ("running", 0),
+        "done while the first copy writes: {r:?}"
+    );
+    assert!(!second.is_finished());
+    // the first copy fails: the second one does the slice, and the batch is done
+    first.rollback().await.unwrap();
+    let outcome = second.await.unwrap().unwrap();
+    assert_eq!(outcome.applied.changed.len(), 3, "{outcome:?}");
+    let r = db.store.get_check_run(run.id).await.unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.escalated, r.batches_done),
+        ("succeeded", 3, 1),
+        "{r:?}"
+    );
+    assert_eq!(db.store.verify().await.unwrap(), vec![]);
+}
+
 /// Workflows sharing one deadline (snapped to the start of business hours, imported in bulk)
 /// were one slice, since slices were cut by instant only: one batch job took them all, round
 /// after round, while the other workers idled. They are now cut by id as well, into as many

@@ -133,7 +133,54 @@ impl PgBatch {
         range: &DueRange,
         limit: u32,
     ) -> Result<Vec<DueWorkflow>> {
-        let sql = due_query(DUE_LOCKED);
+        self.claim_due_with(DUE_LOCKED, as_of, range, limit).await
+    }
+
+    /// [`PgBatch::claim_due`] that waits for the rows other transactions hold instead of
+    /// passing them over, then takes those still due once they commit (or all, if they roll
+    /// back). Only for a transaction that holds no workflow yet: one holding rows could wait
+    /// on a transaction waiting on it.
+    pub(crate) async fn claim_due_waiting(
+        &mut self,
+        as_of: DateTime<Utc>,
+        range: &DueRange,
+        limit: u32,
+    ) -> Result<Vec<DueWorkflow>> {
+        self.claim_due_with("FOR UPDATE OF w", as_of, range, limit)
+            .await
+    }
+
+    /// Whether the range holds due workflows besides the `claimed` this transaction took: the
+    /// rows a claim passed over because another transaction holds them (another copy of the
+    /// same batch, a transition) still read as due until that transaction commits.
+    pub(crate) async fn others_due(
+        &mut self,
+        as_of: DateTime<Utc>,
+        range: &DueRange,
+        claimed: usize,
+    ) -> Result<bool> {
+        let sql = format!("SELECT count(*) FROM ({}) t", due_query(""));
+        let wanted = i64::try_from(claimed).unwrap_or(i64::MAX - 1) + 1;
+        let found: i64 = sqlx::query_scalar(crate::rows::trusted(sql))
+            .bind(as_of)
+            .bind(wanted)
+            .bind(range.from)
+            .bind(range.until)
+            .bind(range.from_id)
+            .bind(range.until_id)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(found >= wanted)
+    }
+
+    async fn claim_due_with(
+        &mut self,
+        lock: &str,
+        as_of: DateTime<Utc>,
+        range: &DueRange,
+        limit: u32,
+    ) -> Result<Vec<DueWorkflow>> {
+        let sql = due_query(lock);
         let rows = sqlx::query(crate::rows::trusted(sql))
             .bind(as_of)
             .bind(i64::from(limit))

@@ -163,12 +163,18 @@ impl PgStore {
             tx.rollback().await?;
             return Err(crate::logic::manager_cycle(&id));
         }
-        let rearmed = sqlx::query(crate::logic::REARM_EXHAUSTED_PG)
-            .bind(&ids)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let mut rearmed = 0;
+        for rearm in [
+            crate::logic::REARM_EXHAUSTED_PG,
+            crate::logic::REARM_TARGETS_PG,
+        ] {
+            rearmed += sqlx::query(rearm)
+                .bind(&ids)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
         tx.commit().await?;
         Ok(rearmed)
     }

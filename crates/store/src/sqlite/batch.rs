@@ -136,6 +136,28 @@ impl SqliteBatch {
         rows.iter().map(due).collect()
     }
 
+    /// Whether the range holds due workflows besides the `claimed` this transaction took (as
+    /// on PostgreSQL; the write lock taken at BEGIN keeps other writers out, so none hold any).
+    pub(crate) async fn others_due(
+        &mut self,
+        as_of: DateTime<Utc>,
+        range: &DueRange,
+        claimed: usize,
+    ) -> Result<bool> {
+        let sql = format!("SELECT count(*) FROM ({}) t", due_query());
+        let wanted = i64::try_from(claimed).unwrap_or(i64::MAX - 1) + 1;
+        let found: i64 = sqlx::query_scalar(crate::rows::trusted(sql))
+            .bind(sqlite_ts(as_of))
+            .bind(wanted)
+            .bind(sqlite_opt(range.from))
+            .bind(sqlite_opt(range.until))
+            .bind(range.from_id.map(|id| id.to_string()))
+            .bind(range.until_id.map(|id| id.to_string()))
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(found >= wanted)
+    }
+
     pub(crate) async fn claim_one(
         &mut self,
         id: Uuid,

@@ -137,12 +137,18 @@ impl SqliteStore {
             tx.rollback().await?;
             return Err(crate::logic::manager_cycle(&id));
         }
-        let rearmed = sqlx::query(crate::logic::REARM_EXHAUSTED_SQLITE)
-            .bind(&ids)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let mut rearmed = 0;
+        for rearm in [
+            crate::logic::REARM_EXHAUSTED_SQLITE,
+            crate::logic::REARM_TARGETS_SQLITE,
+        ] {
+            rearmed += sqlx::query(rearm)
+                .bind(&ids)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
         tx.commit().await?;
         Ok(rearmed)
     }
