@@ -39,3 +39,23 @@ impl QueueError {
         QueueError::Apalis(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_message_says_what_redis_said() {
+        let e = QueueError::from(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        )));
+        let text = escalator_runtime::error::with_causes(&e);
+        assert!(text.starts_with("redis: "), "{text}");
+        assert!(text.contains("read only replica"), "{text}");
+        assert_eq!(
+            escalator_runtime::error::with_causes(&QueueError::Config("x".into())),
+            "configuration: x"
+        );
+    }
+}

@@ -17,4 +17,4 @@ pub use payload::{CheckWorkflows, DeliverNotifications, EscalateBatch, Noop, Sco
 pub use poll::{PollObserver, ReliableInterval};
 pub use queues::{BACKLOG_PATIENCE, DeadJob, MAX_DUE, MAX_QUEUED_DELIVERIES, QueueStats, Queues};
 pub use settings::{QueueNames, WorkerSettings, unique_worker_name};
-pub use worker::{Stopped, register_redis, register_sqlite, run_supervised};
+pub use worker::{Stopped, backstop, register_redis, register_sqlite, run_supervised};

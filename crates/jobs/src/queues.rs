@@ -193,7 +193,12 @@ impl Queues {
         let Err(e) = self.push_check(job).await else {
             return Ok(());
         };
-        let why = format!("the check could not be enqueued: {e}");
+        // with its causes: the error alone reads "redis", not what Redis said (out of memory,
+        // a read-only replica after a failover)
+        let why = format!(
+            "the check could not be enqueued: {}",
+            escalator_runtime::error::with_causes(&e)
+        );
         if let Err(f) = store
             .fail_check_run(job.check_run_id, &why, chrono::Utc::now())
             .await

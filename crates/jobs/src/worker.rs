@@ -19,6 +19,16 @@ use crate::{
     Incoming, LenientJson, QueueError, ReliableInterval, WorkerSettings, unique_worker_name,
 };
 
+/// The time after which tower drops a handler whatever it is doing: a backstop for a handler
+/// that never returns, beyond anything [`attempt::guarded`](crate::attempt::guarded) allows
+/// (its deadline twice when a commit is under way) plus a margin for what follows the attempt
+/// (metrics, marking a run failed). It was the attempt time plus 5 s, which dropped a handler
+/// waiting for a COMMIT already sent: the effects committed uncounted and, on the last
+/// attempt, the job dead.
+pub fn backstop(attempt_timeout: Duration) -> Duration {
+    attempt_timeout * 2 + Duration::from_secs(30)
+}
+
 /// Registers a worker for `T` on a Redis queue. The handler is
 /// `async fn(Incoming<T>, Attempt, Data<S>) -> Result<(), BoxDynError>`.
 pub fn register_redis<T, S, H, Fut>(
@@ -51,7 +61,7 @@ where
             // worker's single task
             .parallelize(tokio::spawn)
             .retry(policy.clone())
-            .timeout(settings.attempt_timeout + Duration::from_secs(5))
+            .timeout(backstop(settings.attempt_timeout))
             .catch_panic()
             .build(handler.clone())
     }))
@@ -88,7 +98,7 @@ where
             // worker's single task
             .parallelize(tokio::spawn)
             .retry(policy.clone())
-            .timeout(settings.attempt_timeout + Duration::from_secs(5))
+            .timeout(backstop(settings.attempt_timeout))
             .catch_panic()
             .build(handler.clone())
     }))

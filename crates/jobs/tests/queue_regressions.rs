@@ -47,6 +47,8 @@ struct Counters {
     attempts: AtomicUsize,
     malformed: AtomicUsize,
     fail: AtomicBool,
+    /// Each attempt commits from just before its deadline until well after it.
+    slow_commit: Option<Duration>,
 }
 
 type State = Arc<Counters>;
@@ -60,6 +62,15 @@ async fn handler(job: Incoming<Noop>, at: Attempt, state: Data<State>) -> Result
         }
     };
     state.attempts.fetch_add(1, Ordering::SeqCst);
+    if let Some(limit) = state.slow_commit {
+        attempt::guarded(limit, async {
+            tokio::time::sleep(limit.mul_f64(0.95)).await;
+            attempt::committing(tokio::time::sleep(limit.mul_f64(0.85))).await;
+            Ok(())
+        })
+        .await
+        .map_err(|f| attempt::verdict(&at, 3, f))?;
+    }
     if state.fail.load(Ordering::SeqCst) {
         return Err(attempt::verdict(
             &at,
@@ -290,6 +301,36 @@ async fn a_failing_job_is_dead_after_exactly_its_attempts_and_can_be_retried() {
     })
     .await;
     assert_eq!(noop_stats(&queues).await.dead, 0);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// An attempt whose deadline passed while it committed waits for the commit (`guarded`), but
+/// the worker's own timeout, 5 s past the deadline, dropped it mid-commit all the same: the
+/// effects committed, uncounted, and the job was tried again (dead on its last attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_committing_past_its_deadline_is_not_cut_off() {
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    // committing from 7.6 s to 14.4 s: past the old cut (8 + 5 s), within guarded's 16 s
+    let limit = Duration::from_secs(8);
+    assert!(backstop(limit) > limit * 2);
+    let state = Arc::new(Counters {
+        slow_commit: Some(limit),
+        ..Counters::default()
+    });
+    let mut s = settings(&ns.names.noop);
+    s.attempt_timeout = limit;
+    let (stop, task) = spawn_worker(&queues, s, state.clone());
+    queues.push_noops(1).await.unwrap();
+    wait_until("the job to finish", Duration::from_secs(40), async || {
+        state.ok.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state.attempts.load(Ordering::SeqCst), 1, "tried again");
+    let stats = noop_stats(&queues).await;
+    assert_eq!((stats.dead, stats.pending), (0, 0), "{stats:?}");
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
