@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -185,9 +185,136 @@ pub async fn require_token(
     next.run(req).await
 }
 
+/// Whether the request comes from a page of another origin: its `Origin` does not name the
+/// host the request was sent to (`Host`, or `X-Forwarded-Host` when a reverse proxy rewrote
+/// it). No `Origin` (scripts, old browsers) is not foreign.
+pub(crate) fn foreign_origin(headers: &HeaderMap) -> bool {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let Some(origin) = header(header::ORIGIN) else {
+        return false;
+    };
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let forwarded = header(header::HeaderName::from_static("x-forwarded-host"))
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    let host = header(header::HOST);
+    !(host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
+        || forwarded.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)))
+}
+
+/// Middleware for an api without tokens (`escalator dev`, a loopback api): anybody who can
+/// reach it may use it, and a web page in the user's browser can reach it too. A page of another
+/// site could write to it with a "simple" request (a POST without a JSON content type needs no
+/// CORS preflight), and one reaching it through DNS rebinding could read it as well. So, with
+/// no tokens, writes from another site's page are refused (`Sec-Fetch-Site`, `Origin`) and, on
+/// loopback ([`AppState::answering_only_to_localhost`]), any request naming another host.
+/// Scripts (curl, the CLI) send neither header and are not affected.
+pub async fn guard_unauthenticated(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !state.tokens.is_empty() {
+        return next.run(req).await;
+    }
+    match refused_without_tokens(req.method(), req.headers(), state.local_only) {
+        Some(why) => ApiError::client(StatusCode::FORBIDDEN, "forbidden", why).into_response(),
+        None => next.run(req).await,
+    }
+}
+
+fn refused_without_tokens(
+    method: &Method,
+    headers: &HeaderMap,
+    local_only: bool,
+) -> Option<String> {
+    if local_only && let Some(host) = headers.get(header::HOST) {
+        let host = String::from_utf8_lossy(host.as_bytes());
+        if !is_local_host(&host) {
+            return Some(format!(
+                "this api has no tokens and answers only to localhost, not to Host {host:?} \
+                 (a page of another site reaching it by DNS rebinding); set \
+                 ESCALATOR_API_TOKENS to serve it under another name"
+            ));
+        }
+    }
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let site = headers
+        .get(header::HeaderName::from_static("sec-fetch-site"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site") {
+        return Some(format!(
+            "a write from a page of another site (Sec-Fetch-Site: {site}) is refused by an \
+             api without tokens"
+        ));
+    }
+    if foreign_origin(headers) {
+        let origin = headers
+            .get(header::ORIGIN)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        return Some(format!(
+            "a write from a page of {origin:?} is refused by an api without tokens: it takes \
+             writes from its own pages and from scripts"
+        ));
+    }
+    None
+}
+
+/// `localhost`, a `*.localhost` name, a 127.0.0.0/8 address or `[::1]`, with or without a port.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    let name = name.to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_local_names_are_local_hosts() {
+        for local in [
+            "localhost",
+            "LOCALHOST:5000",
+            "app.localhost:8080",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.1.2.3:80",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(is_local_host(local), "{local}");
+        }
+        for foreign in [
+            "evil.example",
+            "evil.example:5000",
+            "localhost.evil.example",
+            "10.0.0.1:5000",
+            "[::2]:5000",
+            "",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!is_local_host(foreign), "{foreign}");
+        }
+    }
 
     #[test]
     fn tokens_parse_names_secrets_and_scopes() {

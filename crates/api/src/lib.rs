@@ -62,6 +62,8 @@ pub struct AppState {
     fleet: Arc<metrics::FleetCache>,
     /// Requests running longer are answered 408 and abandoned.
     pub request_timeout: Duration,
+    /// Without tokens, refuse requests naming a host other than localhost (DNS rebinding).
+    pub(crate) local_only: bool,
 }
 
 impl AppState {
@@ -79,7 +81,16 @@ impl AppState {
             metrics,
             fleet: Arc::new(metrics::FleetCache::default()),
             request_timeout: REQUEST_TIMEOUT,
+            local_only: false,
         }
+    }
+
+    /// The same state answering only to `localhost`, `127.0.0.1` and `[::1]` while it has no
+    /// tokens: for an api listening on loopback, which a web page could otherwise reach through
+    /// DNS rebinding ([`auth::guard_unauthenticated`]).
+    pub fn answering_only_to_localhost(mut self) -> Self {
+        self.local_only = true;
+        self
     }
 
     /// The same state with another request timeout.
@@ -145,6 +156,10 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard_unauthenticated,
+        ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(

@@ -88,6 +88,11 @@ impl Modify for CommonResponses {
                 (false, item.patch.as_mut()),
             ] {
                 let Some(op) = op else { continue };
+                if open {
+                    // no token needed: an empty list overrides the document's bearer
+                    // requirement, which these operations were shown to have
+                    op.security = Some(Vec::new());
+                }
                 let has_body = op.request_body.is_some();
                 let responses = &mut op.responses.responses;
                 let mut add = |code: &str, description: &str| {
@@ -114,7 +119,11 @@ impl Modify for CommonResponses {
                 if !open {
                     add("401", "no bearer token, or an unknown one");
                     if !reads {
-                        add("403", "a read-scoped token cannot change anything");
+                        add(
+                            "403",
+                            "a read-scoped token cannot change anything; without tokens, a \
+                             write from a page of another site",
+                        );
                     }
                 }
                 if has_body {

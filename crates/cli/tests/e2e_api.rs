@@ -74,6 +74,51 @@ async fn the_api_serves_workflows_and_metrics_and_stops_on_sigterm() {
     assert!(stop(child).success());
 }
 
+/// Without tokens on loopback the api answers only to local names: a web page reaching it by
+/// DNS rebinding (its own name resolving to 127.0.0.1) read it, and wrote to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_api_without_tokens_answers_only_to_localhost() {
+    let world = World::new().await;
+    world.run(&["migrate"]);
+    let port = free_port();
+    let child = world
+        .command(&["api"])
+        .env("ESCALATOR_API_ADDR", format!("127.0.0.1:{port}"))
+        .env_remove("ESCALATOR_API_TOKENS")
+        .env_remove("ESCALATOR_API_INSECURE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while http_get(port, "/healthz").await.0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the api did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = http_get(port, "/api/v1/workflows").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_request(
+        port,
+        "GET",
+        "/api/v1/workflows",
+        &[("Host", "rebound.example:80")],
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = http_request(
+        port,
+        "POST",
+        "/api/v1/checks",
+        &[("Host", "localhost"), ("Sec-Fetch-Site", "cross-site")],
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(stop(child).success());
+}
+
 #[test]
 fn an_unauthenticated_api_beyond_loopback_is_refused_naming_both_variables() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_escalator"))

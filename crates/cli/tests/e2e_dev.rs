@@ -97,6 +97,19 @@ async fn dev_demo_escalates_within_ninety_seconds_and_resumes_after_ctrl_c() {
         .clone();
     assert!(items.iter().any(|n| n["kind"] == "escalation"), "{inbox}");
 
+    // an api without tokens: no page of another site writes to it, no other name reads it
+    let (status, body) = http_request(
+        port,
+        "POST",
+        "/api/v1/checks",
+        &[("Host", "localhost"), ("Origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) =
+        http_request(port, "GET", "/api/v1/users", &[("Host", "evil.example")]).await;
+    assert_eq!(status, 403, "{body}");
+
     // email went to the folder next to the database
     let mail = dir.path().join("dev.db.mail");
     let waited = Instant::now();

@@ -98,24 +98,11 @@ fn cookie_secret(req: &Request) -> Option<String> {
         .and_then(|raw| String::from_utf8(raw).ok())
 }
 
-/// A page on another origin posting here: refused even before the CSRF token is looked at.
-/// The origin must name the host the request was sent to (`Host`, or `X-Forwarded-Host` when a
-/// reverse proxy rewrote it). A request without `Origin` (old browsers, scripts) is left to
-/// the CSRF token.
+/// A page on another origin posting here: refused even before the CSRF token is looked at
+/// ([`crate::auth::foreign_origin`]). A request without `Origin` (old browsers, scripts) is
+/// left to the CSRF token.
 fn foreign_origin(req: &Request) -> bool {
-    let header = |name| {
-        req.headers()
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    let Some(origin) = header(header::ORIGIN) else {
-        return false;
-    };
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    let forwarded = header(header::HeaderName::from_static("x-forwarded-host"))
-        .and_then(|v| v.split(',').next())
-        .map(str::trim);
-    ![header(header::HOST), forwarded].contains(&Some(origin_host))
+    crate::auth::foreign_origin(req.headers())
 }
 
 fn forbidden(message: &str) -> Response {
@@ -228,12 +215,39 @@ pub async fn require_admin(
 /// Clears the cookie.
 const CLEAR_COOKIE: &str = "escalator_console=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0";
 
-/// Only console paths are followed after login (no open redirect).
+/// Only console paths are followed after login (no open redirect), made of what a Location
+/// header can carry: a control character in `next` (a crafted link's `%0A`) answered the
+/// login with a bare 500 that still set the cookie.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with("/ui") && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        Some(n)
+            if n.starts_with("/ui")
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            n.into()
+        }
         _ => "/ui".into(),
     }
+}
+
+/// Whether the login form was posted over HTTPS (its page's origin, or a TLS-terminating
+/// proxy's `X-Forwarded-Proto`): the cookie, which holds the token itself, is then `Secure`
+/// and never goes out over plain HTTP. Over plain HTTP (a local try-out) a `Secure` cookie
+/// would be dropped by the browser, and signing in would fail.
+fn posted_over_https(headers: &axum::http::HeaderMap) -> bool {
+    let value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    value("origin").starts_with("https://")
+        || value("x-forwarded-proto")
+            .split(',')
+            .next()
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
 }
 
 fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Response {
@@ -268,6 +282,11 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
     if foreign_origin(&req) {
         return forbidden("this form was posted from another site");
     }
+    let secure = if posted_over_https(req.headers()) {
+        "; Secure"
+    } else {
+        ""
+    };
     let Ok(bytes) = axum::body::to_bytes(req.into_body(), crate::BODY_LIMIT).await else {
         return UiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large")
             .into_response();
@@ -283,7 +302,7 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
         );
     }
     let cookie = format!(
-        "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict",
+        "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict{secure}",
         URL_SAFE_NO_PAD.encode(presented)
     );
     let mut res = Redirect::to(&next).into_response();

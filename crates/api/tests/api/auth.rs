@@ -124,3 +124,99 @@ async fn health_and_metrics_need_no_token() {
         assert_eq!(res.status, StatusCode::OK, "{uri}: {}", res.text());
     }
 }
+
+/// An api without tokens (`escalator dev`, a loopback api) took writes from any web page the
+/// user visited: a POST without a JSON content type needs no CORS preflight, so a page of
+/// another site could create workflows, policies and checks; one reaching it through DNS
+/// rebinding (its own name resolving to 127.0.0.1) could read users and workflows as well.
+#[tokio::test]
+async fn without_tokens_pages_of_other_sites_can_neither_write_nor_rebind() {
+    let api = spawn_local_api().await;
+    let here = [("host", "127.0.0.1:5000")];
+    // scripts send no Origin: they work as before
+    let res = api.send(Method::POST, "/api/v1/checks", None, &here).await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.text());
+    // the api's own pages (the console, /docs) post with their own origin
+    let res = api
+        .send(
+            Method::POST,
+            "/api/v1/workflows",
+            body(),
+            &[
+                ("host", "localhost:5000"),
+                ("origin", "http://localhost:5000"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+
+    // another site's page, with a body a browser sends without a preflight
+    for headers in [
+        vec![
+            ("origin", "https://evil.example"),
+            ("content-type", "text/plain"),
+        ],
+        vec![("origin", "null"), ("content-type", "text/plain")],
+        vec![
+            ("sec-fetch-site", "cross-site"),
+            ("content-type", "text/plain"),
+        ],
+    ] {
+        let headers: Vec<_> = here.iter().copied().chain(headers).collect();
+        let res = api
+            .send(
+                Method::POST,
+                "/api/v1/workflows",
+                Some(workflow_body("EVIL-1").to_string().into_bytes()),
+                &headers,
+            )
+            .await;
+        let (code, _) = res.error(StatusCode::FORBIDDEN);
+        assert_eq!(code, "forbidden");
+        assert!(res.text().contains("without tokens"), "{}", res.text());
+    }
+    let listed = api.get("/api/v1/workflows").await.json();
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["external_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["A-1"], "a refused write wrote nothing");
+
+    // a name of another site resolving to 127.0.0.1 (DNS rebinding): not even a read
+    for host in ["evil.example:5000", "evil.example"] {
+        let res = api
+            .send(Method::GET, "/api/v1/users", None, &[("host", host)])
+            .await;
+        res.error(StatusCode::FORBIDDEN);
+        assert!(
+            res.text().contains("ESCALATOR_API_TOKENS"),
+            "{}",
+            res.text()
+        );
+    }
+    for host in ["localhost:5000", "127.0.0.1", "[::1]:5000"] {
+        let res = api
+            .send(Method::GET, "/api/v1/users", None, &[("host", host)])
+            .await;
+        assert_eq!(res.status, StatusCode::OK, "{host}: {}", res.text());
+    }
+
+    // with tokens, the token decides
+    let api = spawn_secured().await;
+    let res = api
+        .send(
+            Method::POST,
+            "/api/v1/workflows",
+            body(),
+            &[
+                ("authorization", ADMIN),
+                ("origin", "https://ci.example"),
+                ("host", "escalator.example"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+}

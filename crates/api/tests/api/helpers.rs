@@ -79,12 +79,33 @@ pub async fn spawn_api_with(tokens: Tokens) -> TestApi {
 
 /// An api whose queues are on the Redis at `url`.
 pub async fn spawn_api_on(url: &str, tokens: Tokens) -> TestApi {
+    spawn_api_state(url, tokens, |s| s).await
+}
+
+/// An api without tokens listening on loopback, as `escalator dev` serves it.
+pub async fn spawn_local_api() -> TestApi {
+    spawn_api_state(&redis_url(), Tokens::none(), |s| {
+        s.answering_only_to_localhost()
+    })
+    .await
+}
+
+async fn spawn_api_state(
+    url: &str,
+    tokens: Tokens,
+    adjust: impl FnOnce(AppState) -> AppState,
+) -> TestApi {
     let db = TestDb::postgres().await;
     let ns = RedisNamespace::new("api");
     let queues = Queues::connect(url, QueueNames::new(&ns.name))
         .await
         .unwrap_or_else(|e| panic!("Redis is unreachable at {url}: {e:?}"));
-    let state = AppState::new(db.store.clone(), queues.clone(), tokens, Some(recorder()));
+    let state = adjust(AppState::new(
+        db.store.clone(),
+        queues.clone(),
+        tokens,
+        Some(recorder()),
+    ));
     TestApi {
         router: router(state),
         db,

@@ -80,6 +80,34 @@ async fn a_wrong_token_is_refused_and_a_right_one_sets_a_strict_http_only_cookie
         .await;
     assert_eq!(away.location.as_deref(), Some("/ui"));
 
+    // a control character in `next` (a crafted link's %0A) answered a bare 500
+    for next in ["/ui\r\n", "/ui\x7f", "/ui x"] {
+        let odd = c
+            .post("/ui/login", None, &[("token", READER), ("next", next)])
+            .await;
+        assert_eq!(odd.status, StatusCode::SEE_OTHER, "{next:?}: {}", odd.html);
+        assert_eq!(odd.location.as_deref(), Some("/ui"), "{next:?}");
+    }
+    // signed in over HTTPS, the cookie (the token itself) never travels over plain HTTP
+    for (name, value) in [
+        ("origin", "https://escalator.example"),
+        ("x-forwarded-proto", "https"),
+    ] {
+        let req = axum::http::Request::post("/ui/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("host", "escalator.example")
+            .header(name, value)
+            .body(axum::body::Body::from(format!("token={READER}&next=/ui")))
+            .unwrap();
+        let res = tower::ServiceExt::oneshot(c.router.clone(), req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+        let cookie = res.headers()["set-cookie"].to_str().unwrap();
+        assert!(cookie.ends_with("; Secure"), "{name}: {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "over plain HTTP: {cookie}");
+
     c.get("/ui", Some(&cookie_of(READER))).await.assert_ok();
     // a cookie holding an unknown token is cleared, not trusted
     let stale = c

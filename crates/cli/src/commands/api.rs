@@ -17,8 +17,11 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let store = super::connect_service(database_url).await?;
     let queues = super::connect_queues(&queue_config).await?;
     let authenticated = !settings.tokens.is_empty();
-    let state = AppState::new(store.clone(), queues, settings.tokens, Some(metrics))
+    let mut state = AppState::new(store.clone(), queues, settings.tokens, Some(metrics))
         .with_request_timeout(settings.timeout);
+    if !authenticated && settings.addr.ip().is_loopback() {
+        state = state.answering_only_to_localhost();
+    }
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("cannot listen on ESCALATOR_API_ADDR={}", settings.addr))?;

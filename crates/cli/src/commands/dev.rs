@@ -116,7 +116,8 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         queues.clone(),
         escalator_api::Tokens::none(),
         Some(metrics),
-    );
+    )
+    .answering_only_to_localhost();
     {
         let stop = stopped();
         parts.spawn(async move {

@@ -180,11 +180,26 @@ pub async fn reqwest_metrics(port: u16) -> String {
 
 /// GET `path` on 127.0.0.1:`port` with a bare HTTP/1.0 request: (status, body).
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path, &[("Host", "localhost")]).await
+}
+
+/// A bodiless request with these headers; (0, "") when nothing listens on `port`.
+#[allow(dead_code)]
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return (0, String::new());
     };
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.0\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
