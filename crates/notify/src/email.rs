@@ -480,9 +480,9 @@ mod tests {
     #[test]
     fn message_ids_are_on_the_senders_domain() {
         let id = |from: &str, key: &str| {
-            let from = from.parse::<Mailbox>().unwrap_or_else(|_| {
-                Mailbox::new(None, from.parse::<lettre::Address>().unwrap())
-            });
+            let from = from
+                .parse::<Mailbox>()
+                .unwrap_or_else(|_| Mailbox::new(None, from.parse::<lettre::Address>().unwrap()));
             message_id(key, &from)
         };
         assert_eq!(

@@ -45,13 +45,29 @@ fn due_query(lock: &str) -> String {
         "SELECT {WORKFLOW_COLUMNS}, m.id AS assignee_manager
          FROM workflows w LEFT JOIN users u ON u.id = w.assignee
               LEFT JOIN users m ON m.id = u.manager_id AND m.active
-         WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
+         WHERE {}
+         ORDER BY w.next_check_at, w.id LIMIT $2
+         {lock}",
+        due_in_range()
+    )
+}
+
+/// The rows of [`due_query`], counted up to $2 (an index scan of the slice, no join).
+fn due_count_query() -> String {
+    format!(
+        "SELECT count(*) FROM (SELECT 1 FROM workflows w WHERE {} LIMIT $2) t",
+        due_in_range()
+    )
+}
+
+/// The conditions of [`due_query`].
+fn due_in_range() -> String {
+    format!(
+        "w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
            AND (w.next_check_at, w.id) >= (COALESCE($3, '-infinity'::timestamptz),
                                            COALESCE($5, '{NIL}'::uuid))
            AND (w.next_check_at, w.id) < (COALESCE($4, 'infinity'::timestamptz),
-                                          COALESCE($6, '{NIL}'::uuid))
-         ORDER BY w.next_check_at, w.id LIMIT $2
-         {lock}"
+                                          COALESCE($6, '{NIL}'::uuid))"
     )
 }
 
@@ -159,7 +175,7 @@ impl PgBatch {
         range: &DueRange,
         claimed: usize,
     ) -> Result<bool> {
-        let sql = format!("SELECT count(*) FROM ({}) t", due_query(""));
+        let sql = due_count_query();
         let wanted = i64::try_from(claimed).unwrap_or(i64::MAX - 1) + 1;
         let found: i64 = sqlx::query_scalar(crate::rows::trusted(sql))
             .bind(as_of)

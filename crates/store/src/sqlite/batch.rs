@@ -58,12 +58,15 @@ fn due_query() -> String {
         "SELECT {WORKFLOW_COLUMNS}, m.id AS assignee_manager
          FROM workflows w LEFT JOIN users u ON u.id = w.assignee
               LEFT JOIN users m ON m.id = u.manager_id AND m.active
-         WHERE w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1
-           AND (w.next_check_at, w.id) >= (COALESCE(?3, ''), COALESCE(?5, ''))
-           AND (w.next_check_at, w.id) < (COALESCE(?4, '~'), COALESCE(?6, ''))
+         WHERE {DUE_IN_RANGE}
          ORDER BY w.next_check_at, w.id LIMIT ?2"
     )
 }
+
+/// The conditions of [`due_query`].
+const DUE_IN_RANGE: &str = "w.status IN ('pending', 'escalated') AND w.next_check_at <= ?1
+           AND (w.next_check_at, w.id) >= (COALESCE(?3, ''), COALESCE(?5, ''))
+           AND (w.next_check_at, w.id) < (COALESCE(?4, '~'), COALESCE(?6, ''))";
 
 /// Workflow ?2 if it is open and due at ?1.
 fn one_query() -> String {
@@ -144,7 +147,9 @@ impl SqliteBatch {
         range: &DueRange,
         claimed: usize,
     ) -> Result<bool> {
-        let sql = format!("SELECT count(*) FROM ({}) t", due_query());
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM workflows w WHERE {DUE_IN_RANGE} LIMIT ?2) t"
+        );
         let wanted = i64::try_from(claimed).unwrap_or(i64::MAX - 1) + 1;
         let found: i64 = sqlx::query_scalar(crate::rows::trusted(sql))
             .bind(sqlite_ts(as_of))
