@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use escalator_store::{AuditEntry, AuditPosition};
+use escalator_store::{AuditEntry, AuditPosition, TrailPage};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
@@ -18,8 +18,9 @@ use crate::workflows::{
 pub struct AuditPage {
     /// Oldest first (the global log: in commit order).
     pub items: Vec<AuditEntry>,
-    /// Global log only: the position after this page's last row, to pass as `cursor`; absent
-    /// when the page is empty (nothing more yet: ask again later with the same cursor).
+    /// The position after this page's last row, to pass as `cursor`. The global log: absent
+    /// when the page is empty (nothing more yet: ask again later with the same cursor). A
+    /// workflow's trail: present only when the page is full (there may be more).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
@@ -44,24 +45,54 @@ fn decode_cursor(cursor: &str) -> ApiResult<AuditPosition> {
     })
 }
 
+/// The query of `GET /api/v1/workflows/{id}/audit`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TrailQuery {
+    /// Only rows after this position (`next_cursor` of the previous page).
+    pub cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
 #[utoipa::path(get, path = "/api/v1/workflows/{id}/audit", tag = "audit",
-    params(("id" = Uuid, Path, description = "workflow id")),
+    params(("id" = Uuid, Path, description = "workflow id"), TrailQuery),
     responses(
-        (status = 200, description = "the trail, oldest first", body = AuditPage),
+        (status = 200, description = "the trail, oldest first, a page at a time", body = AuditPage),
+        (status = 400, description = "bad query parameter", body = ErrorBody),
         (status = 404, description = "unknown workflow", body = ErrorBody),
     ))]
-/// `GET /api/v1/workflows/{id}/audit`: the workflow's whole trail, oldest first.
+/// `GET /api/v1/workflows/{id}/audit`: the workflow's trail, oldest first, up to 1,000 rows a
+/// page. It answered the whole trail at once, which a repeating policy grows by a row a minute
+/// on a workflow nobody acts on.
 pub async fn workflow_trail(
     State(s): State<AppState>,
     PathParams(id): PathParams<String>,
+    QueryParams(q): QueryParams<TrailQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     let id = workflow_id(&id)?;
+    let limit = match q.limit {
+        None => MAX_LIMIT,
+        given => page_limit(given, MAX_LIMIT)?,
+    };
+    let after = match q.cursor.as_deref() {
+        Some(c) => decode_cursor(c)?.id,
+        None => 0,
+    };
     // 404 for an unknown workflow rather than an empty trail.
     s.store.get_workflow(id).await?;
-    Ok(Json(AuditPage {
-        items: s.store.workflow_audit(id).await?,
-        next_cursor: None,
-    }))
+    let items = s
+        .store
+        .workflow_audit_page(id, TrailPage::After(after), limit)
+        .await?;
+    let full = items.len() >= limit as usize;
+    let next_cursor = items
+        .last()
+        .filter(|_| full)
+        .map(|a| encode_cursor(AuditPosition { xact: 0, id: a.id }));
+    Ok(Json(AuditPage { items, next_cursor }))
 }
 
 /// The query of `GET /api/v1/audit`.

@@ -329,9 +329,23 @@ impl Store {
         dispatch!(self, s => s.transition(id, transition, &ctx).await)
     }
 
-    /// A workflow's audit trail, oldest first.
+    /// A workflow's whole audit trail, oldest first: for tools and tests. A repeating policy
+    /// adds a row a minute to a workflow nobody acts on, so readers serving people page it
+    /// ([`Store::workflow_audit_page`]).
     pub async fn workflow_audit(&self, id: Uuid) -> Result<Vec<AuditEntry>> {
-        dispatch!(self, s => s.workflow_audit(id).await)
+        self.workflow_audit_page(id, TrailPage::After(0), u32::MAX)
+            .await
+    }
+
+    /// At most `limit` rows of a workflow's audit trail, oldest first: those after an audit
+    /// row id, or the newest.
+    pub async fn workflow_audit_page(
+        &self,
+        id: Uuid,
+        page: TrailPage,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>> {
+        dispatch!(self, s => s.workflow_audit_page(id, page, limit).await)
     }
 
     /// A page of the global audit log after `after` (from its start when None), in commit
@@ -377,6 +391,13 @@ impl Store {
     /// Marks a run failed with a message.
     pub async fn fail_check_run(&self, id: i64, error: &str, now: DateTime<Utc>) -> Result<()> {
         dispatch!(self, s => s.fail_check_run(id, error, now).await)
+    }
+
+    /// Puts a failed run back in progress (its planner job retried after it died): `queued`
+    /// when it never started, `running` otherwise, its error cleared. False when it was not
+    /// failed.
+    pub async fn reopen_check_run(&self, id: i64) -> Result<bool> {
+        dispatch!(self, s => s.reopen_check_run(id).await)
     }
 
     /// Up to `limit` open workflows due at `as_of`, oldest deadline first — what a claim would
@@ -508,9 +529,9 @@ impl Store {
         dispatch!(self, s => s.mark_notification_read(id, now).await)
     }
 
-    /// A workflow's in-app notifications.
-    pub async fn workflow_notifications(&self, id: Uuid) -> Result<Vec<Notification>> {
-        dispatch!(self, s => s.workflow_notifications(id).await)
+    /// A workflow's newest `limit` in-app notifications, oldest first.
+    pub async fn workflow_notifications(&self, id: Uuid, limit: u32) -> Result<Vec<Notification>> {
+        dispatch!(self, s => s.workflow_notifications(id, limit).await)
     }
 
     /// Outbox rows of these statuses (every status when empty), oldest first.
@@ -527,6 +548,15 @@ impl Store {
     pub async fn bulk_load(&self, workflows: &[Workflow]) -> Result<()> {
         dispatch!(self, s => s.bulk_load(workflows).await)
     }
+}
+
+/// Which rows of a workflow's audit trail a page holds ([`Store::workflow_audit_page`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrailPage {
+    /// Those after this audit row id, oldest first (0: from the start).
+    After(i64),
+    /// The newest.
+    Newest,
 }
 
 impl BatchTx {

@@ -40,6 +40,7 @@ conformance!(
     create_rejects_bad_input_naming_the_field,
     new_workflows_get_the_policy_deadlines,
     transitions_write_audit_rows_and_reschedule,
+    a_workflows_trail_is_read_a_page_at_a_time,
     transitions_refuse_stale_versions_and_closed_workflows,
     advance_starts_a_new_cycle,
     audit_logs_refuse_update_and_delete,
@@ -419,6 +420,50 @@ async fn audit_logs_refuse_update_and_delete(db: &TestDb) {
     }
     assert_eq!(db.store.table_counts().await.unwrap().audit_logs, 1);
     assert_eq!(audit_log_from(&db.store, None, 1).await.0[0].actor, "bob");
+}
+
+/// A workflow's trail was read whole by the api and the console: a repeating policy adds a row
+/// a minute to a workflow nobody acts on (43,000 a month), and its page answered tens of MB.
+async fn a_workflows_trail_is_read_a_page_at_a_time(db: &TestDb) {
+    let s = &db.store;
+    let w = create(s, "PAGED").await;
+    for i in 0..3 {
+        let at = t0() + Duration::minutes(2 * i);
+        s.transition(w.id, &Transition::Hold, &ctx(at))
+            .await
+            .unwrap();
+        s.transition(w.id, &Transition::Resume, &ctx(at + Duration::minutes(1)))
+            .await
+            .unwrap();
+    }
+    let whole = s.workflow_audit(w.id).await.unwrap();
+    let actions = |rows: &[AuditEntry]| rows.iter().map(|a| a.action.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        actions(&whole),
+        [
+            "create", "hold", "resume", "hold", "resume", "hold", "resume"
+        ]
+    );
+    let first = s
+        .workflow_audit_page(w.id, TrailPage::After(0), 3)
+        .await
+        .unwrap();
+    assert_eq!(first, whole[..3]);
+    let next = s
+        .workflow_audit_page(w.id, TrailPage::After(first[2].id), 3)
+        .await
+        .unwrap();
+    assert_eq!(next, whole[3..6]);
+    let last = s
+        .workflow_audit_page(w.id, TrailPage::After(next[2].id), 3)
+        .await
+        .unwrap();
+    assert_eq!(last, whole[6..]);
+    let newest = s
+        .workflow_audit_page(w.id, TrailPage::Newest, 2)
+        .await
+        .unwrap();
+    assert_eq!(newest, whole[5..], "the newest, oldest first");
 }
 
 async fn policies_are_versioned_and_immutable(db: &TestDb) {
@@ -953,7 +998,7 @@ async fn fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it(db: &T
         (applied.audits, applied.notifications, applied.outbox),
         (1, 0, 1)
     );
-    assert_eq!(s.workflow_notifications(w.id).await.unwrap().len(), 1);
+    assert_eq!(s.workflow_notifications(w.id, 100).await.unwrap().len(), 1);
     assert_eq!(s.get_workflow(w.id).await.unwrap().reminded_at, Some(now));
 
     // a fresh insert of keys nobody wrote succeeds
@@ -1060,7 +1105,7 @@ async fn effects_apply_set_wise_and_only_once(db: &TestDb) {
         (counts.audit_logs, counts.notifications, counts.outbox),
         (2, 1, 1)
     );
-    let inbox = s.workflow_notifications(w.id).await.unwrap();
+    let inbox = s.workflow_notifications(w.id, 100).await.unwrap();
     assert_eq!(inbox[0].recipient, "u0011");
     let outbox = s.list_outbox(&["pending"], 10).await.unwrap();
     assert_eq!(

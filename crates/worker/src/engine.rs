@@ -163,7 +163,21 @@ impl Engine {
     /// running: a planner that runs twice pushes nothing twice, and one that crashes half-way
     /// is simply run again.
     pub async fn check_workflows(&self, job: &CheckWorkflows) -> Result<Planned, EngineError> {
-        let run = self.store.get_check_run(job.check_run_id).await?;
+        let mut run = self.store.get_check_run(job.check_run_id).await?;
+        // A planner that died marked its run failed on its last attempt; its job retried
+        // (`escalator jobs retry`, the console) found the run failed and did nothing, reported
+        // done. It runs the check now: a run that never started is planned again (with the
+        // plan it saved, if any), a single-workflow one runs its round again.
+        if run.status == "failed"
+            && (run.started_at.is_none() || matches!(job.scope, Scope::Workflow(_)))
+            && self.store.reopen_check_run(run.id).await?
+        {
+            tracing::info!(
+                check_run_id = run.id,
+                "a failed check run's planner runs again"
+            );
+            run = self.store.get_check_run(run.id).await?;
+        }
         // A single-workflow check marks its run running, then runs its one round: a retry of an
         // attempt that failed in that round finds it running and must run the round again (the
         // round is idempotent, and counts its batch once), or the run would stay running for

@@ -231,6 +231,79 @@ async fn a_batch_run_twice_at_once_is_done_only_when_its_slice_is() {
     assert_eq!(db.store.verify().await.unwrap(), vec![]);
 }
 
+/// Dead jobs are retryable (`escalator jobs retry`), yet a dead planner's job retried found
+/// its run failed and did nothing, reported done; a dead batch retried did its slice and left
+/// the run failed for good. The planner now runs the check, and the batch that completes the
+/// run marks it succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_dead_jobs_finish_the_runs_they_failed() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("engine");
+    let mut engine = engine(&db, &ns).await;
+    engine.config.batch_size = 2;
+    let as_of = utc("2026-11-26T13:00:00Z");
+    for i in 0..3 {
+        let started = utc("2026-11-25T09:00:00Z") + chrono::Duration::minutes(i);
+        workflow_named(&db.store, &format!("R-{i}"), started).await;
+    }
+    let run = new_run(&db.store, Scope::All, as_of).await;
+    let job = CheckWorkflows {
+        check_run_id: run.id,
+        as_of,
+        scope: Scope::All,
+    };
+    // the planner died on its last attempt (as jobs::check_workflows marks it)
+    let failed = "planner failed after 5 attempt(s): the database is unreachable";
+    db.store
+        .fail_check_run(run.id, failed, Utc::now())
+        .await
+        .unwrap();
+    // its job retried: the check is planned after all
+    assert_eq!(
+        engine.check_workflows(&job).await.unwrap(),
+        Planned::FannedOut { due: 3, batches: 2 }
+    );
+    let r = db.store.get_check_run(run.id).await.unwrap();
+    assert_eq!((r.status.as_str(), r.error.as_deref()), ("running", None));
+
+    let plan = db.store.save_check_run_plan(run.id, &[]).await.unwrap();
+    let batch = |i: usize| EscalateBatch {
+        check_run_id: run.id,
+        as_of,
+        batch_index: i32::try_from(i).unwrap(),
+        slice: plan[i],
+    };
+    engine.escalate_batch(&batch(0)).await.unwrap();
+    // batch 1 died (as jobs::escalate_batch marks it)
+    db.store
+        .fail_check_run(run.id, "batch 1 dead after 5 attempt(s)", Utc::now())
+        .await
+        .unwrap();
+    // a duplicate of the done batch changes nothing
+    engine.escalate_batch(&batch(0)).await.unwrap();
+    let r = db.store.get_check_run(run.id).await.unwrap();
+    assert_eq!((r.status.as_str(), r.batches_done), ("failed", 1), "{r:?}");
+    // the dead batch retried: the run is complete
+    engine.escalate_batch(&batch(1)).await.unwrap();
+    let r = db.store.get_check_run(run.id).await.unwrap();
+    assert_eq!(
+        (
+            r.status.as_str(),
+            r.escalated,
+            r.batches_done,
+            r.error.as_deref()
+        ),
+        ("succeeded", 3, 2, None),
+        "{r:?}"
+    );
+    // and a planner retried once the run is done does nothing
+    assert_eq!(
+        engine.check_workflows(&job).await.unwrap(),
+        Planned::AlreadyDone
+    );
+    assert_eq!(db.store.verify().await.unwrap(), vec![]);
+}
+
 /// Workflows sharing one deadline (snapped to the start of business hours, imported in bulk)
 /// were one slice, since slices were cut by instant only: one batch job took them all, round
 /// after round, while the other workers idled. They are now cut by id as well, into as many

@@ -153,6 +153,9 @@ pub async fn list(
     Ok(page("Workflows", Nav::Workflows, Some(&session), note, body).into_response())
 }
 
+/// Audit entries and notifications a workflow's page shows at most (the newest).
+const SHOWN_ROWS: u32 = 200;
+
 /// `GET /ui/workflows/{id}`: the clock, the actions, the audit timeline and the deliveries.
 pub async fn show(
     State(s): State<AppState>,
@@ -162,12 +165,26 @@ pub async fn show(
 ) -> UiResult {
     let id = parse_id(&id)?;
     let w = s.store.get_workflow(id).await?;
-    let (audit, notifications, outbox) = tokio::join!(
-        s.store.workflow_audit(id),
-        s.store.workflow_notifications(id),
+    // the newest rows only: a repeating policy adds some every minute to a workflow nobody acts
+    // on, and the page rendered them all (100,000 table rows after a month)
+    let (audit, notifications, outbox, policy) = tokio::join!(
+        s.store
+            .workflow_audit_page(id, escalator_store::TrailPage::Newest, SHOWN_ROWS),
+        s.store.workflow_notifications(id, SHOWN_ROWS),
         s.store.workflow_outbox(id),
+        s.store.get_policy(&w.policy_id, w.policy_version),
     );
     let (audit, notifications, outbox) = (audit?, notifications?, outbox?);
+    // who an escalation goes to: the workflow's own target, else its policy's first level
+    // (the page said "the assignee's manager" for a policy naming someone)
+    let target = match (&w.escalation_target, &policy) {
+        (Some(t), _) => t.clone(),
+        (None, Ok(p)) => match p.policy.spec().levels.first().map(|l| &l.target) {
+            Some(escalator_policy::Target::User(u)) => format!("{u} (the policy's first level)"),
+            _ => "the assignee's manager".to_owned(),
+        },
+        (None, Err(_)) => "as the policy says (it cannot be read)".to_owned(),
+    };
     let now = Utc::now();
     let paused_now = w.paused_at.map_or(0, |p| (now - p).num_seconds().max(0));
     let body = html! {
@@ -177,7 +194,7 @@ pub async fn show(
             dt { "kind · stage" } dd { (w.kind) " · " (w.stage) }
             dt { "status" } dd { (w.status.as_str()) }
             dt { "assignee" } dd { (w.assignee) " (initiator " (w.initiator) ")" }
-            dt { "escalation target" } dd { (w.escalation_target.as_deref().unwrap_or("the assignee's manager")) }
+            dt { "escalation target" } dd { (target) }
             dt { "policy" } dd { (w.policy_id) " v" (w.policy_version) }
             dt { "stage started" } dd { (at(w.stage_started_at)) }
             dt { "warns" } dd { (at(w.warn_at)) " (" (countdown(w.warn_at, now)) ")" }
@@ -193,6 +210,10 @@ pub async fn show(
         } }
         @if session.scope == Scope::Admin { (actions(&session, &w)) }
         h2 id="audit" { "Audit timeline" }
+        @if audit.len() >= SHOWN_ROWS as usize {
+            p.muted { "The newest " (SHOWN_ROWS) " entries; the whole trail: "
+                a href={ "/api/v1/workflows/" (w.id) "/audit" } { "/api/v1/workflows/" (w.id) "/audit" } }
+        }
         div.scroll { table {
             thead { tr { th { "when" } th { "what" } th { "who" } th { "why" } th { "level" } th { "policy" } th.hide-sm { "details" } } }
             tbody {
@@ -216,6 +237,9 @@ pub async fn show(
             }
         } }
         h2 { "In-app notifications" }
+        @if notifications.len() >= SHOWN_ROWS as usize {
+            p.muted { "The newest " (SHOWN_ROWS) "." }
+        }
         div.scroll { table {
             thead { tr { th { "when" } th { "to" } th { "kind" } th { "subject" } th { "read" } } }
             tbody {

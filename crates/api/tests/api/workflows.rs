@@ -345,6 +345,36 @@ async fn transitions_check_versions_and_status_and_are_audited() {
     assert_eq!(audit["items"][1]["reason"], "api");
     assert_eq!(audit["items"][1]["actor"], "api");
     assert_eq!(audit["items"][2]["details"]["comment"], "back from leave");
+    assert!(audit.get("next_cursor").is_none(), "{audit}");
+
+    // the trail a page at a time (it was answered whole, however long): pages of 4
+    let first = api
+        .get(&format!("/api/v1/workflows/{id}/audit?limit=4"))
+        .await
+        .json();
+    assert_eq!(first["items"].as_array().unwrap().len(), 4);
+    assert_eq!(first["items"][3]["action"], "reassign");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = api
+        .get(&format!(
+            "/api/v1/workflows/{id}/audit?limit=4&cursor={cursor}"
+        ))
+        .await
+        .json();
+    let rest: Vec<&str> = rest["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(rest, ["advance", "complete"]);
+    for bad in ["limit=0", "limit=1001", "cursor=nope!"] {
+        let (_, field) = api
+            .get(&format!("/api/v1/workflows/{id}/audit?{bad}"))
+            .await
+            .error(StatusCode::BAD_REQUEST);
+        assert!(field.is_some(), "{bad}");
+    }
 
     // the global log in pages of 4, following next_cursor: every row once. A row shows once
     // every older transaction of the PostgreSQL cluster has ended (the tests beside this one

@@ -193,6 +193,65 @@ async fn a_workflow_page_shows_its_clock_timeline_and_deliveries_and_acts() {
     assert_eq!(res.status, StatusCode::NOT_FOUND);
 }
 
+/// A workflow's page rendered its whole trail (100,000 table rows after a month of a repeating
+/// policy nobody answered) and named "the assignee's manager" as the escalation target of a
+/// workflow whose policy names someone.
+#[tokio::test]
+async fn a_workflow_page_shows_its_newest_rows_and_who_it_escalates_to() {
+    let c = console(Tokens::none()).await;
+    let s = &c.db.store;
+    let mut spec = escalator_policy::Policy::default_policy().spec().clone();
+    spec.levels[0].target = escalator_policy::Target::User("cfo".into());
+    s.create_policy_version(
+        "default",
+        "Named",
+        &escalator_policy::Policy::new(spec).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut new = escalator_testkit::new_workflow("NAMED-1", chrono::Utc::now());
+    new.escalation_target = None;
+    let w = s
+        .create_workflow(&new, chrono::Utc::now())
+        .await
+        .unwrap()
+        .workflow;
+    let page = c.get(&format!("/ui/workflows/{}", w.id), None).await;
+    page.assert_ok();
+    assert!(page.html.contains("cfo (the policy"), "{}", page.html);
+    assert!(!page.html.contains("The newest"), "{}", page.html);
+
+    for i in 0..101 {
+        for t in [
+            escalator_store::Transition::Hold,
+            escalator_store::Transition::Resume,
+        ] {
+            let ctx = escalator_store::TransitionContext {
+                actor: format!("op{i}"),
+                reason: escalator_store::AuditReason::Manual,
+                expected_version: None,
+                comment: None,
+                now: chrono::Utc::now(),
+            };
+            s.transition(w.id, &t, &ctx).await.unwrap();
+        }
+    }
+    assert_eq!(s.workflow_audit(w.id).await.unwrap().len(), 203);
+    let page = c.get(&format!("/ui/workflows/{}", w.id), None).await;
+    page.assert_ok();
+    assert!(
+        page.html.contains("The newest 200 entries"),
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains("op100"), "the newest rows are shown");
+    assert!(
+        !page.html.contains("<b>create</b>"),
+        "the oldest are left out"
+    );
+    assert_eq!(page.html.matches("<td><b>").count(), 200);
+}
+
 #[tokio::test]
 async fn the_inbox_lists_a_persons_notifications_and_marks_them_read() {
     let c = console(Tokens::none()).await;

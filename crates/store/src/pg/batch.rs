@@ -259,9 +259,16 @@ impl PgBatch {
                 "UPDATE check_runs SET checked = checked + $2, reminded = reminded + $3,
                      escalated = escalated + $4, failed = failed + $5,
                      batches_done = batches_done + $6,
-                     status = CASE WHEN status = 'running' AND batches_done + $6 >= batches
+                     status = CASE WHEN (status = 'running' OR (status = 'failed' AND $6 = 1
+                                                 AND started_at IS NOT NULL))
+                                        AND batches_done + $6 >= batches
                                    THEN 'succeeded' ELSE status END,
-                     finished_at = CASE WHEN status = 'running' AND batches_done + $6 >= batches
+                     error = CASE WHEN status = 'failed' AND $6 = 1 AND started_at IS NOT NULL
+                                       AND batches_done + $6 >= batches
+                                  THEN NULL ELSE error END,
+                     finished_at = CASE WHEN (status = 'running' OR (status = 'failed' AND $6 = 1
+                                                 AND started_at IS NOT NULL))
+                                        AND batches_done + $6 >= batches
                                    THEN $7 ELSE finished_at END
                  WHERE id = $1
                  RETURNING status = 'succeeded' AND finished_at = $7 AS completed",

@@ -174,13 +174,37 @@ impl PgStore {
         Ok(next)
     }
 
-    pub(crate) async fn workflow_audit(&self, id: Uuid) -> Result<Vec<AuditEntry>> {
-        let sql =
-            format!("SELECT {AUDIT_COLUMNS} FROM audit_logs WHERE workflow_id = $1 ORDER BY id");
-        let rows = sqlx::query(crate::rows::trusted(sql))
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
+    pub(crate) async fn workflow_audit_page(
+        &self,
+        id: Uuid,
+        page: crate::TrailPage,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>> {
+        let rows = match page {
+            crate::TrailPage::After(after) => {
+                let sql = format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_logs WHERE workflow_id = $1 AND id > $2
+                     ORDER BY id LIMIT $3"
+                );
+                sqlx::query(crate::rows::trusted(sql))
+                    .bind(id)
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            crate::TrailPage::Newest => {
+                let sql = format!(
+                    "SELECT {AUDIT_COLUMNS} FROM (SELECT {AUDIT_COLUMNS} FROM audit_logs
+                     WHERE workflow_id = $1 ORDER BY id DESC LIMIT $2) t ORDER BY id"
+                );
+                sqlx::query(crate::rows::trusted(sql))
+                    .bind(id)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
         rows.iter().map(rows::audit).collect()
     }
 

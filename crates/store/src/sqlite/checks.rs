@@ -94,6 +94,18 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub(crate) async fn reopen_check_run(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE check_runs SET error = NULL, finished_at = NULL,
+                 status = CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END
+             WHERE id = ?1 AND status = 'failed'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub(crate) async fn count_due(&self, as_of: DateTime<Utc>) -> Result<i64> {
         let row = sqlx::query(
             "SELECT count(*) AS n FROM workflows
@@ -206,12 +218,18 @@ impl SqliteStore {
         }
     }
 
-    pub(crate) async fn workflow_notifications(&self, id: Uuid) -> Result<Vec<Notification>> {
+    pub(crate) async fn workflow_notifications(
+        &self,
+        id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<Notification>> {
         let sql = format!(
-            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE workflow_id = ?1 ORDER BY id"
+            "SELECT {NOTIFICATION_COLUMNS} FROM (SELECT {NOTIFICATION_COLUMNS} FROM notifications
+             WHERE workflow_id = ?1 ORDER BY id DESC LIMIT ?2) t ORDER BY id"
         );
         let rows = sqlx::query(crate::rows::trusted(sql))
             .bind(id.to_string())
+            .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(rows::notification).collect()
