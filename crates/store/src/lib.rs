@@ -550,6 +550,16 @@ impl Store {
     }
 }
 
+/// How many batch transactions a pool of `max_connections` runs at once: all but two. A batch
+/// round holds its transaction's connection while it reads a policy or a calendar through the
+/// pool; with as many rounds as connections (`ESCALATOR_WORKER_CONCURRENCY` above the pool's
+/// 10), every one waited for a second connection until the pool's timeout, and failed. Rounds
+/// beyond this wait for a slot holding no connection, so one is always left for those reads.
+pub(crate) fn batch_slots(max_connections: u32) -> std::sync::Arc<tokio::sync::Semaphore> {
+    let slots = usize::try_from(max_connections.saturating_sub(2).max(1)).unwrap_or(1);
+    std::sync::Arc::new(tokio::sync::Semaphore::new(slots))
+}
+
 /// Which rows of a workflow's audit trail a page holds ([`Store::workflow_audit_page`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrailPage {

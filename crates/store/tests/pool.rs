@@ -110,3 +110,36 @@ async fn a_lock_timeout_and_a_read_only_database_are_worth_a_retry() {
     assert!(!escalator_store::StoreError::from(e).is_transient());
     drop(waiter);
 }
+
+/// A batch round holds its transaction's connection while it reads a policy or a calendar
+/// through the pool. With as many rounds at once as the pool has connections (a worker
+/// concurrency above 10), each waited for a second connection until the pool's timeout, and
+/// every batch failed. Batch transactions now leave two connections to the rest: one beyond
+/// that waits, holding none, for a transaction to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_transactions_always_leave_a_connection_for_their_reads() {
+    let db = TestDb::postgres().await;
+    let mut config = StoreConfig::new(db.url.clone()).patient_for(Duration::from_secs(2));
+    config.max_connections = 2;
+    let store = Store::connect(&config).await.unwrap();
+    let first = store.begin_batch().await.unwrap();
+    let second = {
+        let store = store.clone();
+        tokio::spawn(async move { store.begin_batch().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "a second batch took the pool's last connections");
+    // the first round reads its policy and its users through the pool meanwhile
+    let read = tokio::time::timeout(Duration::from_secs(1), store.get_policy("default", 1))
+        .await
+        .expect("the read waited for a connection");
+    assert_eq!(read.unwrap().version, 1);
+    first.commit().await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(2), second)
+        .await
+        .expect("the second batch never started")
+        .unwrap()
+        .unwrap();
+    second.rollback().await.unwrap();
+    store.close().await;
+}

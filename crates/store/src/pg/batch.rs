@@ -20,12 +20,19 @@ use crate::rows::WORKFLOW_COLUMNS;
 #[derive(Debug)]
 pub struct PgBatch {
     tx: Transaction<'static, Postgres>,
+    /// Held until the transaction ends ([`crate::batch_slots`]).
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl PgStore {
     pub(crate) async fn begin_batch(&self) -> Result<PgBatch> {
+        let slot = std::sync::Arc::clone(&self.batch_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
         Ok(PgBatch {
             tx: self.pool.begin().await?,
+            _slot: slot,
         })
     }
 }

@@ -39,6 +39,8 @@ use crate::{PG_MIGRATOR, StoreConfig};
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Batch transactions running at once ([`crate::batch_slots`]).
+    batch_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl PgStore {
@@ -58,7 +60,7 @@ impl PgStore {
             .connect_with(options.clone())
             .await;
         match pool {
-            Ok(pool) => Ok(PgStore { pool }),
+            Ok(pool) => Ok(PgStore::from_pool(pool)),
             // the pool retries a refused connection until its timeout and then says only that
             // it timed out: one more attempt outside it names the cause (refused, unknown host,
             // authentication) — bounded, since a host that drops packets would hold it for
@@ -76,7 +78,10 @@ impl PgStore {
 
     /// Wraps an existing pool (tests).
     pub fn from_pool(pool: PgPool) -> Self {
-        PgStore { pool }
+        PgStore {
+            batch_slots: crate::batch_slots(pool.options().get_max_connections()),
+            pool,
+        }
     }
 
     /// The pool, for crates that need raw access (apalis-postgres, verification queries).

@@ -20,12 +20,19 @@ use crate::time::{sqlite_opt, sqlite_ts};
 #[derive(Debug)]
 pub struct SqliteBatch {
     tx: Transaction<'static, Sqlite>,
+    /// Held until the transaction ends ([`crate::batch_slots`]).
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl SqliteStore {
     pub(crate) async fn begin_batch(&self) -> Result<SqliteBatch> {
+        let slot = std::sync::Arc::clone(&self.batch_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
         Ok(SqliteBatch {
             tx: self.pool.begin_with(BEGIN_WRITE).await?,
+            _slot: slot,
         })
     }
 }

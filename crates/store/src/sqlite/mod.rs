@@ -44,6 +44,8 @@ pub(crate) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Batch transactions running at once ([`crate::batch_slots`]).
+    batch_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl SqliteStore {
@@ -64,7 +66,10 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            batch_slots: crate::batch_slots(pool.options().get_max_connections()),
+            pool,
+        })
     }
 
     /// The pool, for crates that need raw access (apalis-sqlite, verification queries).
