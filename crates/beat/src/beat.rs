@@ -94,6 +94,11 @@ const PRUNE_SENT: u32 = 5_000;
 /// deadline enqueues another. A second check beside a slow one is harmless (I1, I2).
 pub const DEADLINE_RUN_PATIENCE: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
 
+/// A check run queued or running this long without progress is marked failed by the sweep
+/// (`Store::fail_stale_check_runs`): far beyond any job's attempts and backoff, and a run that
+/// moves again afterwards (its jobs ran after all) is reopened or completed.
+pub const STALE_RUN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
 /// Logs what one of the sweep's prunings did; a failure only waits for the next sweep.
 fn log_pruned<E: std::fmt::Display>(what: &'static str, pruned: Result<u64, E>) {
     match pruned {
@@ -253,6 +258,7 @@ impl Beat {
         }
         if self.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
             self.swept = Some(std::time::Instant::now());
+            self.fail_stale_runs(now).await;
             let swept = self.sweep_outbox(now).await;
             self.sweep_failing = swept.is_err();
             swept?;
@@ -311,6 +317,21 @@ impl Beat {
             tracing::debug!(due, "outbox sweep enqueued a delivery job");
         }
         Ok(())
+    }
+
+    /// Marks failed the runs that stopped moving an hour ago ([`STALE_RUN`]), so that they
+    /// stop reading `running` (and waiters, dashboards and the run's held digests stop
+    /// waiting for them). Their digests are released by the outbox sweep right after.
+    async fn fail_stale_runs(&self, now: DateTime<Utc>) {
+        match self.store.fail_stale_check_runs(now, STALE_RUN).await {
+            Ok(ids) if ids.is_empty() => {}
+            Ok(ids) => tracing::warn!(
+                runs = ?ids,
+                "check runs without progress for an hour marked failed: their jobs were lost \
+                 or died unrecorded; their workflows stay due for the next check"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot look for stale check runs"),
+        }
     }
 
     /// Forgets jobs that finished over `done_retention` ago, a bounded number per sweep,

@@ -630,3 +630,40 @@ async fn the_sweep_deletes_delivered_messages_past_their_retention() {
     beat.step(now + chrono::Duration::seconds(1)).await.unwrap();
     assert_eq!(keys().await, ["new-sent", "old-dead", "old-failed"]);
 }
+
+/// The sweep fails a run that has not moved for an hour (its jobs lost, or dead unrecorded):
+/// it read `running` for ever, to `status`, the api and `enqueue check --wait`.
+#[tokio::test]
+async fn the_sweep_fails_runs_that_stopped_moving_an_hour_ago() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let now = utc("2026-11-25T12:07:00Z");
+    let lost = escalator_testkit::queued_run(
+        &db.store,
+        "cli",
+        "all",
+        now - chrono::Duration::minutes(61),
+    )
+    .await;
+    let young = escalator_testkit::queued_run(
+        &db.store,
+        "cli",
+        "all",
+        now - chrono::Duration::minutes(59),
+    )
+    .await;
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    beat.step(now).await.unwrap();
+    let status = |id| {
+        let store = db.store.clone();
+        async move { store.get_check_run(id).await.unwrap().status }
+    };
+    assert_eq!(status(lost.id).await, "failed");
+    assert_eq!(status(young.id).await, "queued");
+}

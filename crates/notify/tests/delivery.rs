@@ -386,7 +386,7 @@ async fn a_copy_the_relay_defers_gets_the_message_later_once(db: TestDb) {
         assert_eq!(header(&late, name), header(&first, name), "{name}\n{late}");
     }
     assert!(
-        header(&late, "Message-ID:").contains("escalate.9.1.1.email@escalator"),
+        header(&late, "Message-ID:").contains("escalate.9.1.1.email@example.com"),
         "{late}"
     );
     // and never again

@@ -396,8 +396,28 @@ impl Store {
     /// Puts a failed run back in progress (its planner job retried after it died): `queued`
     /// when it never started, `running` otherwise, its error cleared. False when it was not
     /// failed.
-    pub async fn reopen_check_run(&self, id: i64) -> Result<bool> {
-        dispatch!(self, s => s.reopen_check_run(id).await)
+    pub async fn reopen_check_run(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
+        let now = time::micros(now);
+        dispatch!(self, s => s.reopen_check_run(id, now).await)
+    }
+
+    /// Marks failed, a hundred at most, the runs still queued or running that have not moved
+    /// (started, committed a batch, been reopened) for `patience`: their jobs were lost (a Redis
+    /// failover) or died without recording it, and they read `running` for ever. Their
+    /// workflows stay due for the next check; should their jobs run after all, the run is
+    /// reopened (its planner) or completed (its last batch). Returns their ids.
+    pub async fn fail_stale_check_runs(
+        &self,
+        now: DateTime<Utc>,
+        patience: chrono::Duration,
+    ) -> Result<Vec<i64>> {
+        let now = time::micros(now);
+        let error = format!(
+            "no progress for {} minutes: its jobs were lost or died without recording it; the \
+             workflows it had not handled stay due for the next check",
+            patience.num_minutes()
+        );
+        dispatch!(self, s => s.fail_stale_check_runs(now, now - patience, &error).await)
     }
 
     /// Up to `limit` open workflows due at `as_of`, oldest deadline first — what a claim would

@@ -58,6 +58,7 @@ conformance!(
     stale_claims_write_nothing,
     concurrent_batches_never_share_a_workflow,
     check_runs_have_one_per_slot_and_count_batches,
+    runs_that_stopped_moving_are_failed_and_reopen_when_they_move,
     listing_filters_and_paginates,
     bulk_load_yields_the_workload_distribution,
     inbox_lists_and_marks_read,
@@ -464,6 +465,54 @@ async fn a_workflows_trail_is_read_a_page_at_a_time(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(newest, whole[5..], "the newest, oldest first");
+}
+
+/// A run whose jobs were lost (a Redis failover) or died without recording it read `running`
+/// (or `queued`) for ever. One that has not moved for the patience given is failed; one that
+/// moved since, or is young, is kept; a failed one that moves again is reopened.
+async fn runs_that_stopped_moving_are_failed_and_reopen_when_they_move(db: &TestDb) {
+    let s = &db.store;
+    let now = t0() + Duration::hours(5);
+    let run = |hours_ago: i64| async move {
+        escalator_testkit::queued_run(s, "cli", "all", now - Duration::hours(hours_ago)).await
+    };
+    let lost = run(2).await;
+    let stalled = run(3).await;
+    s.start_check_run(stalled.id, 2, now - Duration::hours(3))
+        .await
+        .unwrap();
+    let moving = run(3).await;
+    s.start_check_run(moving.id, 2, now - Duration::minutes(10))
+        .await
+        .unwrap();
+    let young = run(0).await;
+    let failed = s
+        .fail_stale_check_runs(now, Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(failed, [lost.id, stalled.id]);
+    for (id, status) in [
+        (lost.id, "failed"),
+        (stalled.id, "failed"),
+        (moving.id, "running"),
+        (young.id, "queued"),
+    ] {
+        let r = s.get_check_run(id).await.unwrap();
+        assert_eq!(r.status, status, "{r:?}");
+    }
+    let r = s.get_check_run(lost.id).await.unwrap();
+    assert!(r.error.unwrap().contains("no progress for 60 minutes"));
+    // the lost run's planner runs after all: reopened, it is not failed again at once
+    assert!(s.reopen_check_run(lost.id, now).await.unwrap());
+    assert!(!s.reopen_check_run(moving.id, now).await.unwrap(), "not failed");
+    assert_eq!(s.get_check_run(lost.id).await.unwrap().status, "queued");
+    assert_eq!(s.get_check_run(stalled.id).await.unwrap().status, "failed");
+    assert!(
+        s.fail_stale_check_runs(now, Duration::hours(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn policies_are_versioned_and_immutable(db: &TestDb) {

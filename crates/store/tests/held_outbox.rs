@@ -33,7 +33,27 @@ on_both!(
     held_rows_become_one_digest_when_their_run_finishes,
     held_rows_of_a_run_that_never_finishes_are_released_once_they_are_stale,
     a_run_with_more_groups_than_one_release_takes_is_released_whole,
+    a_threshold_beyond_what_is_stored_is_released_like_any_other,
 );
+
+/// SQLite stored a threshold above i32::MAX as it was and could not read it back: the release
+/// of its run failed, every group held beside it included, on every sweep. PostgreSQL
+/// clamped it; both do now.
+async fn a_threshold_beyond_what_is_stored_is_released_like_any_other(db: &TestDb) {
+    let s = &db.store;
+    let id = run(s, 1).await;
+    let rows = vec![
+        email("huge", "head@example.com").held_for_digest("head", u32::MAX),
+        email("other", "other@example.com").held_for_digest("other", 5),
+    ];
+    let a = apply(s, id, 0, rows).await;
+    assert_eq!((a.held, a.run_completed), (2, true));
+    assert_eq!(s.release_run_held(id, now()).await.unwrap(), 2);
+    assert_eq!(
+        keys(s).await,
+        ["escalate:huge:email", "escalate:other:email"]
+    );
+}
 
 fn now() -> DateTime<Utc> {
     "2026-11-25T12:00:00Z".parse().unwrap()

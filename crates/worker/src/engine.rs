@@ -170,7 +170,7 @@ impl Engine {
         // plan it saved, if any), a single-workflow one runs its round again.
         if run.status == "failed"
             && (run.started_at.is_none() || matches!(job.scope, Scope::Workflow(_)))
-            && self.store.reopen_check_run(run.id).await?
+            && self.store.reopen_check_run(run.id, Utc::now()).await?
         {
             tracing::info!(
                 check_run_id = run.id,

@@ -265,7 +265,7 @@ impl PgBatch {
             let done = sqlx::query(
                 "UPDATE check_runs SET checked = checked + $2, reminded = reminded + $3,
                      escalated = escalated + $4, failed = failed + $5,
-                     batches_done = batches_done + $6,
+                     batches_done = batches_done + $6, progress_at = $7,
                      status = CASE WHEN (status = 'running' OR (status = 'failed' AND $6 = 1
                                                  AND started_at IS NOT NULL))
                                         AND batches_done + $6 >= batches

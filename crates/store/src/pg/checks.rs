@@ -64,6 +64,7 @@ impl PgStore {
     ) -> Result<CheckRun> {
         sqlx::query(
             "UPDATE check_runs SET batches = $2, started_at = COALESCE(started_at, $3),
+                 progress_at = $3,
                  status = CASE WHEN batches_done >= $2 THEN 'succeeded' ELSE 'running' END,
                  finished_at = CASE WHEN batches_done >= $2 THEN $3 ELSE NULL END
              WHERE id = $1 AND status = 'queued'",
@@ -94,16 +95,39 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn reopen_check_run(&self, id: i64) -> Result<bool> {
+    pub(crate) async fn reopen_check_run(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE check_runs SET error = NULL, finished_at = NULL,
+            "UPDATE check_runs SET error = NULL, finished_at = NULL, progress_at = $2,
                  status = CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END
              WHERE id = $1 AND status = 'failed'",
         )
         .bind(id)
+        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn fail_stale_check_runs(
+        &self,
+        now: DateTime<Utc>,
+        before: DateTime<Utc>,
+        error: &str,
+    ) -> Result<Vec<i64>> {
+        let ids = sqlx::query_scalar(
+            "UPDATE check_runs SET status = 'failed', finished_at = $1, error = $3
+             WHERE id IN (SELECT id FROM check_runs
+                          WHERE status IN ('queued', 'running')
+                            AND COALESCE(progress_at, created_at) < $2
+                          ORDER BY id LIMIT 100)
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(before)
+        .bind(error)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
     }
 
     pub(crate) async fn count_due(&self, as_of: DateTime<Utc>) -> Result<i64> {

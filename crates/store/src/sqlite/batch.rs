@@ -219,7 +219,7 @@ impl SqliteBatch {
             let done = sqlx::query(
                 "UPDATE check_runs SET checked = checked + ?2, reminded = reminded + ?3,
                      escalated = escalated + ?4, failed = failed + ?5,
-                     batches_done = batches_done + ?6,
+                     batches_done = batches_done + ?6, progress_at = ?7,
                      status = CASE WHEN (status = 'running' OR (status = 'failed' AND ?6 = 1
                                                  AND started_at IS NOT NULL))
                                         AND batches_done + ?6 >= batches
@@ -411,7 +411,10 @@ impl SqliteBatch {
             .iter()
             .map(|h| {
                 Ok(serde_json::json!({
-                    "group_key": h.group_key, "threshold": h.threshold,
+                    // clamped as on PostgreSQL: read back as an i32, a larger one failed
+                    // the release of every group held beside it
+                    "group_key": h.group_key,
+                    "threshold": i32::try_from(h.threshold).unwrap_or(i32::MAX),
                     "item": serde_json::to_string(&digest::item(h.outbox))?,
                     "idempotency_key": h.outbox.idempotency_key,
                 }))
