@@ -115,7 +115,8 @@ pub struct PutUser {
     pub display_name: String,
     /// Email address.
     pub email: Option<String>,
-    /// Phone number.
+    /// Phone number for SMS: an optional `+`, then 7 to 15 digits (spaces, dots, dashes and
+    /// parentheses allowed between them), at most 32 characters.
     pub phone: Option<String>,
     /// Slack member id or handle (letters, digits, `.`, `_`, `-`), or the `https://` URL of the
     /// user's own incoming webhook (workers send only to `ESCALATOR_SLACK_USER_WEBHOOKS`).
@@ -186,6 +187,9 @@ pub async fn put(
     }
     if let Some(slack) = &body.slack {
         escalator_store::logic::check_slack("slack", slack)?;
+    }
+    if let Some(phone) = &body.phone {
+        escalator_store::logic::check_phone("phone", phone)?;
     }
     if let Some(channels) = &body.channels {
         escalator_policy::check_channels("channels", channels)

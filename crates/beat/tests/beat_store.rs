@@ -639,20 +639,12 @@ async fn the_sweep_fails_runs_that_stopped_moving_an_hour_ago() {
     let ns = RedisNamespace::new("beat");
     let q = queues(&ns).await;
     let now = utc("2026-11-25T12:07:00Z");
-    let lost = escalator_testkit::queued_run(
-        &db.store,
-        "cli",
-        "all",
-        now - chrono::Duration::minutes(61),
-    )
-    .await;
-    let young = escalator_testkit::queued_run(
-        &db.store,
-        "cli",
-        "all",
-        now - chrono::Duration::minutes(59),
-    )
-    .await;
+    let lost =
+        escalator_testkit::queued_run(&db.store, "cli", "all", now - chrono::Duration::minutes(61))
+            .await;
+    let young =
+        escalator_testkit::queued_run(&db.store, "cli", "all", now - chrono::Duration::minutes(59))
+            .await;
     let mut beat = Beat::new(
         db.store.clone(),
         q.clone(),

@@ -246,6 +246,36 @@ pub fn check_slack(field: &'static str, value: &str) -> Result<()> {
     }
 }
 
+/// Checks a phone number enough that an SMS provider may take it: an optional leading `+`,
+/// then 7 to 15 digits (E.164), spaces, dots, dashes and parentheses between them allowed, at
+/// most 32 characters in all. Anything was stored (an empty string, "call me", 60 KB of
+/// text), and each SMS to that user then died at the provider.
+pub fn check_phone(field: &'static str, value: &str) -> Result<()> {
+    let digits = value.chars().filter(char::is_ascii_digit).count();
+    let body = value.strip_prefix('+').unwrap_or(value);
+    let ok = value.chars().count() <= 32
+        && (7..=15).contains(&digits)
+        && body
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == '(')
+        && body
+            .chars()
+            .all(|c| c.is_ascii_digit() || " .-()".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            field,
+            message: format!(
+                "must be a phone number: an optional +, then 7 to 15 digits (spaces, dots, \
+                 dashes and parentheses allowed between them), at most 32 characters (got \
+                 {value:?}; null removes it)"
+            ),
+        })
+    }
+}
+
 /// How far ahead of this machine's clock a real check's `as_of` may be: clock skew between
 /// the caller and the service, no more.
 pub const AS_OF_SKEW: chrono::Duration = chrono::Duration::minutes(1);

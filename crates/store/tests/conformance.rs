@@ -504,7 +504,10 @@ async fn runs_that_stopped_moving_are_failed_and_reopen_when_they_move(db: &Test
     assert!(r.error.unwrap().contains("no progress for 60 minutes"));
     // the lost run's planner runs after all: reopened, it is not failed again at once
     assert!(s.reopen_check_run(lost.id, now).await.unwrap());
-    assert!(!s.reopen_check_run(moving.id, now).await.unwrap(), "not failed");
+    assert!(
+        !s.reopen_check_run(moving.id, now).await.unwrap(),
+        "not failed"
+    );
     assert_eq!(s.get_check_run(lost.id).await.unwrap().status, "queued");
     assert_eq!(s.get_check_run(stalled.id).await.unwrap().status, "failed");
     assert!(

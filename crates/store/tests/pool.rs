@@ -128,7 +128,10 @@ async fn batch_transactions_always_leave_a_connection_for_their_reads() {
         tokio::spawn(async move { store.begin_batch().await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "a second batch took the pool's last connections");
+    assert!(
+        !second.is_finished(),
+        "a second batch took the pool's last connections"
+    );
     // the first round reads its policy and its users through the pool meanwhile
     let read = tokio::time::timeout(Duration::from_secs(1), store.get_policy("default", 1))
         .await

@@ -60,6 +60,33 @@ async fn a_users_channels_are_validated_stored_and_kept_when_omitted() {
             "{bad}: {field:?}"
         );
     }
+    // a phone number an SMS provider could never take is refused, naming the field
+    for bad in [
+        "",
+        "call me",
+        "+",
+        "12345",
+        "+1 555 0100 ext. 7",
+        &"5".repeat(40),
+    ] {
+        let (_, field) = put(
+            &api,
+            "/api/v1/users/carol",
+            json!({ "display_name": "Carol", "phone": bad }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(field.as_deref(), Some("phone"), "{bad:?}");
+    }
+    for good in ["+1 (555) 010-0100", "0049.30.1234567", "+15550100"] {
+        let res = put(
+            &api,
+            "/api/v1/users/carol",
+            json!({ "display_name": "Carol", "phone": good }),
+        )
+        .await;
+        assert_eq!(res.status, StatusCode::OK, "{good}: {}", res.text());
+    }
     // a user who never chose shows null
     put(
         &api,
