@@ -226,6 +226,9 @@ async fn a_worker_killed_mid_run_loses_nothing_and_doubles_nothing() {
         .push(("ESCALATOR_BATCH_SIZE".into(), "50".into()));
     w.extra_env
         .push(("ESCALATOR_HEARTBEAT_INTERVAL".into(), "1".into()));
+    // orphans are re-run after the grace period and two heartbeats: 3 s
+    w.extra_env
+        .push(("ESCALATOR_SHUTDOWN_TIMEOUT".into(), "1".into()));
     w.extra_env
         .push(("ESCALATOR_WORKER_CONCURRENCY".into(), "1".into()));
     w.seed(40_000);

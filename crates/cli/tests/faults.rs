@@ -340,6 +340,9 @@ fn small_batches(w: &mut World) {
         .push(("ESCALATOR_BATCH_SIZE".into(), "50".into()));
     w.extra_env
         .push(("ESCALATOR_HEARTBEAT_INTERVAL".into(), "1".into()));
+    // orphans are re-run after the grace period and two heartbeats: 3 s
+    w.extra_env
+        .push(("ESCALATOR_SHUTDOWN_TIMEOUT".into(), "1".into()));
     w.extra_env
         .push(("ESCALATOR_WORKER_CONCURRENCY".into(), "1".into()));
 }
@@ -467,6 +470,9 @@ async fn f2_a_worker_killed_at_twenty_random_moments_loses_and_doubles_nothing()
         .push(("ESCALATOR_BATCH_SIZE".into(), "50".into()));
     w.extra_env
         .push(("ESCALATOR_HEARTBEAT_INTERVAL".into(), "1".into()));
+    // orphans are re-run after the grace period and two heartbeats: 3 s
+    w.extra_env
+        .push(("ESCALATOR_SHUTDOWN_TIMEOUT".into(), "1".into()));
     w.seed(20_000);
     let id = enqueue_check(&w).await;
     let mut kills = Vec::new();

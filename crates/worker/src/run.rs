@@ -28,8 +28,8 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
     /// Idle polling period.
     pub poll_interval: Duration,
-    /// Liveness heartbeat; a worker silent for three of them is declared dead and its jobs
-    /// are re-run by the others.
+    /// Liveness heartbeat; a worker silent for three of them, or for its shutdown grace and
+    /// two more, is declared dead and its jobs are re-run by the others.
     pub heartbeat: Duration,
     /// Prefix of worker names (the pod name in Kubernetes).
     pub name: String,
@@ -75,7 +75,18 @@ fn settings(config: &WorkerConfig, queue: &str, on_poll: &PollObserver) -> Worke
     s.attempt_timeout = config.attempt_timeout;
     s.poll_interval = config.poll_interval;
     s.heartbeat = config.heartbeat;
+    s.missed_heartbeats = missed_heartbeats(config.heartbeat, config.shutdown_timeout);
     s
+}
+
+/// How many heartbeats a worker may miss before its jobs are re-run by others: at least 3,
+/// and enough that its shutdown grace ends first. A draining worker polls no more, and so
+/// sends no heartbeat: with 3 × 10 s against a 30 s grace, another worker took a job back
+/// from one still finishing it (20 s after SIGTERM, at worst) and ran it alongside.
+fn missed_heartbeats(heartbeat: Duration, grace: Duration) -> usize {
+    let beat = heartbeat.as_millis().max(1);
+    let grace_beats = usize::try_from(grace.as_millis().div_ceil(beat)).unwrap_or(usize::MAX);
+    grace_beats.saturating_add(2).max(3)
 }
 
 /// Runs the checks, batches and no-op workers until `shutdown` resolves.
@@ -205,5 +216,34 @@ mod tests {
         assert_eq!(d.fetch_batch, 1);
         let batches = settings(&config, "escalator:batches", &on_poll);
         assert_eq!(batches.attempt_timeout, config.attempt_timeout);
+    }
+
+    /// A worker's jobs are not re-run by others while its shutdown grace lasts (a draining
+    /// worker sends no heartbeat): its silence must outlast the grace by a heartbeat, counted
+    /// from a heartbeat just before the SIGTERM.
+    #[test]
+    fn a_draining_worker_is_not_declared_dead_before_its_grace_ends() {
+        for (heartbeat, grace) in [(10, 30), (1, 30), (10, 5), (1, 1), (7, 60), (10, 0)] {
+            let (heartbeat, grace) = (Duration::from_secs(heartbeat), Duration::from_secs(grace));
+            let config = WorkerConfig {
+                heartbeat,
+                shutdown_timeout: grace,
+                ..WorkerConfig::default()
+            };
+            let s = settings(&config, "escalator:batches", &PollObserver::new(|| {}));
+            let window = heartbeat * u32::try_from(s.missed_heartbeats).unwrap();
+            assert!(s.missed_heartbeats >= 3, "{heartbeat:?} {grace:?}");
+            assert!(
+                window > grace + heartbeat,
+                "{heartbeat:?} {grace:?}: {window:?}"
+            );
+        }
+        // the defaults: 10 s × 5
+        let s = settings(
+            &WorkerConfig::default(),
+            "escalator:batches",
+            &PollObserver::new(|| {}),
+        );
+        assert_eq!(s.missed_heartbeats, 5);
     }
 }
