@@ -120,7 +120,7 @@ impl Tokens {
 }
 
 /// Equality whose time does not depend on where the inputs differ (only on their lengths).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

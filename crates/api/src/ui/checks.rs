@@ -145,19 +145,24 @@ pub async fn show(
         "Checks",
         Nav::Checks,
         Some(&session),
-        query.filled("note"),
+        super::note(&query, &session),
         body,
     )
     .into_response())
 }
 
 /// `POST /ui/checks`: records and enqueues a run, then shows it.
-pub async fn run(State(s): State<AppState>, Extension(form): Extension<FormData>) -> UiResult {
+pub async fn run(
+    State(s): State<AppState>,
+    Extension(session): Extension<Session>,
+    Extension(form): Extension<FormData>,
+) -> UiResult {
     let (scope, as_of) = target(&s, &form).await?;
     let (_, queued) = enqueue(&s, scope, as_of, Utc::now()).await?;
     Ok(done(
         &format!("/ui/checks/{}", queued.0.check_run_id),
         "check queued",
+        &session,
     ))
 }
 
@@ -199,7 +204,7 @@ pub async fn show_run(
         &format!("Check #{id}"),
         Nav::Checks,
         Some(&session),
-        query.filled("note"),
+        super::note(&query, &session),
         body,
     )
     .into_response())

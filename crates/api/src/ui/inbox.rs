@@ -65,7 +65,7 @@ pub async fn show(
         "Inbox",
         Nav::Inbox,
         Some(&session),
-        query.filled("note"),
+        super::note(&query, &session),
         body,
     )
     .into_response())
@@ -74,6 +74,7 @@ pub async fn show(
 /// `POST /ui/inbox/{id}/read`: idempotent; back to the inbox it was clicked in.
 pub async fn mark_read(
     State(s): State<AppState>,
+    Extension(session): Extension<Session>,
     Extension(form): Extension<FormData>,
     Path(id): Path<String>,
 ) -> UiResult {
@@ -90,5 +91,5 @@ pub async fn mark_read(
         ),
         None => "/ui/inbox".into(),
     };
-    Ok(done(&back, "marked read"))
+    Ok(done(&back, "marked read", &session))
 }

@@ -202,11 +202,30 @@ impl IntoResponse for UiError {
 /// What a console handler answers.
 pub type UiResult<T = Response> = Result<T, UiError>;
 
-/// POST-redirect-GET: back to `to` with a one-line note shown on the next page.
-pub fn done(to: &str, note: &str) -> Response {
+/// POST-redirect-GET: back to `to` with a one-line note shown on the next page, signed for
+/// the session that acted ([`note`]).
+pub fn done(to: &str, note: &str, session: &session::Session) -> Response {
     let sep = if to.contains('?') { '&' } else { '?' };
-    let query = serde_urlencoded::to_string([("note", note)]).unwrap_or_default();
+    let query = serde_urlencoded::to_string([("note", note), ("sig", &note_tag(session, note))])
+        .unwrap_or_default();
     Redirect::to(&format!("{to}{sep}{query}")).into_response()
+}
+
+/// The note a page shows in its status banner: only one [`done`] signed for this session. Any
+/// text in `?note=` was shown there as if the console said it ("your session expired: send
+/// your admin token to …" in a link).
+pub fn note<'a>(query: &'a FormData, session: &session::Session) -> Option<&'a str> {
+    let note = query.filled("note")?;
+    let tag = query.get("sig")?;
+    crate::auth::constant_time_eq(note_tag(session, note).as_bytes(), tag.as_bytes())
+        .then_some(note)
+}
+
+fn note_tag(session: &session::Session, note: &str) -> String {
+    use base64::Engine as _;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, session.csrf.as_bytes());
+    let tag = ring::hmac::sign(&key, note.trim().as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag.as_ref()[..16])
 }
 
 async fn not_found() -> UiError {

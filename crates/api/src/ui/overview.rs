@@ -141,6 +141,6 @@ pub async fn show(
         }
     };
     let note = uri.query().map(FormData::parse_str);
-    let note = note.as_ref().and_then(|f| f.filled("note"));
+    let note = note.as_ref().and_then(|f| super::note(f, &session));
     Ok(page("Overview", Nav::Overview, Some(&session), note, body).into_response())
 }

@@ -78,7 +78,7 @@ pub async fn show(
         "Queues",
         Nav::Queues,
         Some(&session),
-        query.filled("note"),
+        super::note(&query, &session),
         body,
     )
     .into_response())
@@ -92,6 +92,7 @@ fn urlencode(s: &str) -> String {
 /// `POST /ui/queues/{queue}/{id}/retry`: the dead job back in its queue, attempts reset.
 pub async fn retry_job(
     State(s): State<AppState>,
+    Extension(session): Extension<Session>,
     Path((queue, id)): Path<(String, String)>,
 ) -> UiResult {
     if !s.queues.names().all().contains(&queue.as_str()) {
@@ -106,11 +107,19 @@ pub async fn retry_job(
             format!("no dead job {id:?} in {queue} (retried already?)"),
         ));
     }
-    Ok(done("/ui/queues", &format!("job {id} is back in {queue}")))
+    Ok(done(
+        "/ui/queues",
+        &format!("job {id} is back in {queue}"),
+        &session,
+    ))
 }
 
 /// `POST /ui/outbox/{id}/retry`: the dead delivery back in line.
-pub async fn retry_delivery(State(s): State<AppState>, Path(id): Path<String>) -> UiResult {
+pub async fn retry_delivery(
+    State(s): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> UiResult {
     let id: i64 = id
         .parse()
         .ok()
@@ -125,5 +134,6 @@ pub async fn retry_delivery(State(s): State<AppState>, Path(id): Path<String>) -
     Ok(done(
         "/ui/queues",
         &format!("delivery #{id} will be sent again"),
+        &session,
     ))
 }

@@ -149,7 +149,7 @@ pub async fn list(
             @if let Some(l) = &next_link { a href=(l) rel="next" { "next page »" } }
         }
     };
-    let note = query.filled("note");
+    let note = super::note(&query, &session);
     Ok(page("Workflows", Nav::Workflows, Some(&session), note, body).into_response())
 }
 
@@ -275,7 +275,7 @@ pub async fn show(
         &w.title,
         Nav::Workflows,
         Some(&session),
-        query.filled("note"),
+        super::note(&query, &session),
         body,
     )
     .into_response())
@@ -351,5 +351,6 @@ pub async fn act(
     Ok(done(
         &format!("/ui/workflows/{id}"),
         &format!("{} done", transition.action()),
+        &session,
     ))
 }

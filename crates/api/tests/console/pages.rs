@@ -114,12 +114,23 @@ async fn a_workflow_page_shows_its_clock_timeline_and_deliveries_and_acts() {
         )
         .await;
     assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.html);
-    assert_eq!(
-        res.location.as_deref(),
-        Some(format!("{path}?note=hold+done").as_str())
+    let location = res.location.clone().unwrap();
+    assert!(
+        location.starts_with(&format!("{path}?note=hold+done&sig=")),
+        "{location}"
     );
-    let after = c.get(res.location.as_deref().unwrap(), None).await;
+    let after = c.get(&location, None).await;
     assert!(after.html.contains("hold done"));
+    // a note in a link made by someone else is not shown as the console's word (it was)
+    for forged in [
+        format!("{path}?note=Send+your+token+to+evil%40example.com"),
+        format!("{path}?note=Send+your+token&sig=AAAAAAAAAAAAAAAAAAAAAA"),
+        location.replace("note=hold+done", "note=Send+your+token"),
+    ] {
+        let page = c.get(&forged, None).await;
+        page.assert_ok();
+        assert!(!page.html.contains("Send your token"), "{forged}");
+    }
     assert!(after.html.contains("on hold since"));
     // the page shown before the hold is stale now
     let stale = c
