@@ -114,13 +114,22 @@ fn transition_of(action: Action, b: &TransitionBody) -> ApiResult<Transition> {
     })
 }
 
-/// The version an `If-Match` header names: `3`, `"3"` or `W/"3"`.
+/// The version an `If-Match` header names: `3`, `"3"` or `W/"3"`; `*` (any version of a
+/// workflow that exists, as HTTP defines it) names none. It was refused with 400.
 pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<i32>> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let bad = || ApiError::bad_request("If-Match", "expected the workflow's version, e.g. \"3\"");
+    let bad = || {
+        ApiError::bad_request(
+            "If-Match",
+            "expected the workflow's version, e.g. \"3\" (one version, or *)",
+        )
+    };
     let s = v.to_str().map_err(|_| bad())?.trim();
+    if s == "*" {
+        return Ok(None);
+    }
     let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
     s.parse().map(Some).map_err(|_| bad())
 }
@@ -129,7 +138,7 @@ pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<i32>> {
     params(
         ("id" = Uuid, Path, description = "workflow id"),
         ("action" = Action, Path, description = "the transition"),
-        ("If-Match" = Option<String>, Header, description = "the version the change applies to, e.g. \"3\""),
+        ("If-Match" = Option<String>, Header, description = "the version the change applies to, e.g. \"3\" (* or none: any)"),
     ),
     request_body(content = Option<TransitionBody>, description = "optional"),
     responses(
@@ -183,7 +192,11 @@ mod tests {
         }
         let mut h = HeaderMap::new();
         h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
-        assert!(if_match(&h).is_err());
+        assert_eq!(if_match(&h).unwrap(), None);
+        for bad in ["\"3\", \"4\"", "three", ""] {
+            h.insert(header::IF_MATCH, HeaderValue::from_static(bad));
+            assert!(if_match(&h).is_err(), "{bad}");
+        }
     }
 
     #[test]
