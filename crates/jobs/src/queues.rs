@@ -272,7 +272,7 @@ impl Queues {
             match self {
                 Queues::Redis { conn, .. } => {
                     let mut conn = conn.clone();
-                    wait_for_room(&mut conn, queue, chunk.len()).await?;
+                    let lock = wait_for_room(&mut conn, queue, chunk.len()).await?;
                     let config = WorkerSettings::new("producer", queue).redis_config();
                     let tasks = chunk
                         .iter()
@@ -284,9 +284,11 @@ impl Queues {
                             })
                         })
                         .collect::<Result<Vec<_>, QueueError>>()?;
-                    apalis_redis::queries::push_tasks(&mut conn, &config, &tasks)
+                    let pushed = apalis_redis::queries::push_tasks(&mut conn, &config, &tasks)
                         .await
-                        .map_err(QueueError::apalis)?;
+                        .map_err(QueueError::apalis);
+                    lock.release(&mut conn).await;
+                    pushed?;
                 }
                 Queues::Sqlite { pool, .. } => {
                     let config = WorkerSettings::new("producer", queue).sqlite_config();
@@ -458,25 +460,90 @@ async fn refuse_evicting_redis(conn: &mut ConnectionManager) -> Result<(), Queue
     }
 }
 
-/// Waits until `queue` has room for `incoming` more due jobs.
+/// Waits until `queue` has room for `incoming` more due jobs, and returns holding the queue's
+/// push lock: the look and the push that follows are one step for every pusher of every
+/// process. Planners that waited for room together used to see it together and each push a
+/// chunk, past what apalis-redis's fetch can take (about 8,000 due: the queue wedges).
 async fn wait_for_room(
     conn: &mut ConnectionManager,
     queue: &str,
     incoming: usize,
-) -> Result<(), QueueError> {
+) -> Result<PushLock, QueueError> {
     let started = Instant::now();
     loop {
-        let due = due_jobs(conn, queue).await?;
-        if due + incoming as u64 <= MAX_DUE {
-            return Ok(());
-        }
-        if started.elapsed() > BACKLOG_PATIENCE {
+        let lock = PushLock::take(conn, queue).await?;
+        if let Some(lock) = lock {
+            let due = match due_jobs(conn, queue).await {
+                Ok(due) => due,
+                Err(e) => {
+                    lock.release(conn).await;
+                    return Err(e);
+                }
+            };
+            if due + incoming as u64 <= MAX_DUE {
+                return Ok(lock);
+            }
+            lock.release(conn).await;
+            if started.elapsed() > BACKLOG_PATIENCE {
+                return Err(QueueError::Backlogged {
+                    queue: queue.to_owned(),
+                    due,
+                });
+            }
+        } else if started.elapsed() > BACKLOG_PATIENCE {
             return Err(QueueError::Backlogged {
                 queue: queue.to_owned(),
-                due,
+                due: due_jobs(conn, queue).await?,
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A queue's push lock in Redis (`<queue>:push-lock`), held from the look at its backlog to
+/// the end of the push; it expires by itself after [`PUSH_LOCK_TTL`] should its holder die.
+#[derive(Debug)]
+struct PushLock {
+    key: String,
+    token: String,
+}
+
+/// How long a push lock outlives a holder that never releases it.
+const PUSH_LOCK_TTL: Duration = Duration::from_secs(10);
+
+impl PushLock {
+    /// The lock, or None while another pusher holds it.
+    async fn take(
+        conn: &mut ConnectionManager,
+        queue: &str,
+    ) -> Result<Option<PushLock>, QueueError> {
+        let key = format!("{queue}:push-lock");
+        let token = uuid::Uuid::new_v4().to_string();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(PUSH_LOCK_TTL.as_millis()).unwrap_or(10_000))
+            .query_async(conn)
+            .await?;
+        Ok(taken.map(|_| PushLock { key, token }))
+    }
+
+    /// Releases the lock if it is still this holder's (an expired one may be another's now).
+    /// A failure only leaves it to expire.
+    async fn release(self, conn: &mut ConnectionManager) {
+        let released: redis::RedisResult<i64> = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                 return redis.call('DEL', KEYS[1]) else return 0 end",
+        )
+        .key(&self.key)
+        .arg(&self.token)
+        .invoke_async(conn)
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(key = %self.key, error = %e, "cannot release a push lock; it expires by itself");
+        }
     }
 }
 

@@ -335,6 +335,36 @@ async fn an_attempt_committing_past_its_deadline_is_not_cut_off() {
     task.await.unwrap().unwrap();
 }
 
+/// Pushers waiting for room in a backlogged queue (planners of runs started together) saw it
+/// together and each pushed a chunk, past what apalis-redis's fetch can take (it wedges at
+/// about 8,000 due). The look at the backlog and the push are one step now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushers_waiting_for_room_never_overfill_a_queue_together() {
+    let ns = Ns::new();
+    let queues = redis_queues(&ns).await;
+    queues.push_noops(2_900).await.unwrap();
+    let pushes: Vec<_> = (0..8)
+        .map(|_| {
+            let queues = queues.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(3), queues.push_noops(1_000)).await
+            })
+        })
+        .collect();
+    let mut pushed = 0;
+    for p in pushes {
+        if let Ok(done) = p.await.unwrap() {
+            done.unwrap();
+            pushed += 1;
+        }
+    }
+    // no worker takes any: one chunk had room, the others waited for it
+    assert_eq!(pushed, 1);
+    let stats = noop_stats(&queues).await;
+    assert_eq!(stats.pending, 3_900, "{stats:?}");
+    assert!(stats.pending <= MAX_DUE);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_jobs_pushed_through_the_helpers_are_all_processed() {
     // apalis-redis 1.0's fetch fails for good once ~8,000 jobs are due at once; the helpers
