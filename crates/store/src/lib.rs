@@ -610,18 +610,19 @@ impl BatchTx {
         dispatch_tx!(self, t => t.claim_due(as_of, range, limit).await)
     }
 
-    /// [`BatchTx::claim_due_in`] that waits for rows other transactions hold rather than
-    /// passing them over (on SQLite, where no other writer holds any, the same claim). For a
-    /// transaction that holds no workflow yet.
+    /// [`BatchTx::claim_due_in`] that waits, up to `patience`, for rows other transactions
+    /// hold rather than passing them over (on SQLite, where no other writer holds any, the same
+    /// claim); None when they were held longer. For a transaction that holds no workflow yet.
     pub async fn claim_due_waiting_in(
         &mut self,
         as_of: DateTime<Utc>,
         range: &DueRange,
         limit: u32,
-    ) -> Result<Vec<DueWorkflow>> {
+        patience: std::time::Duration,
+    ) -> Result<Option<Vec<DueWorkflow>>> {
         match self {
-            BatchTx::Postgres(t) => t.claim_due_waiting(as_of, range, limit).await,
-            BatchTx::Sqlite(t) => t.claim_due(as_of, range, limit).await,
+            BatchTx::Postgres(t) => t.claim_due_waiting(as_of, range, limit, patience).await,
+            BatchTx::Sqlite(t) => t.claim_due(as_of, range, limit).await.map(Some),
         }
     }
 

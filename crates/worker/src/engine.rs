@@ -133,6 +133,12 @@ impl BatchOutcome {
 /// batch, so it takes one).
 const MAX_ROUNDS: usize = 10_000;
 
+/// How long a batch waits for workflows of its slice that another transaction holds before
+/// leaving them to the next check: enough for another copy of the same job to commit its
+/// round, not for a transaction left open (an idle session, a cut-off worker) to hold every
+/// later check over the slice until its attempts run out.
+pub const HELD_ROW_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Whether a transaction of a batch also marks the batch done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Finish {
@@ -435,15 +441,26 @@ impl Engine {
                 // A short claim drains the slice unless another transaction holds some of its
                 // rows (SKIP LOCKED passed them over): another copy of this job, run twice, or
                 // a transition. Marking the batch done then reported the run finished while
-                // that copy was still writing. Holding nothing, this round waits for them;
-                // holding rows, it commits its own and the next round waits.
+                // that copy was still writing. Holding nothing, this round waits for them (a
+                // copy's round commits within a second or so); holding rows, it commits its
+                // own and the next round waits. Rows held past HELD_ROW_PATIENCE (a
+                // transaction left open) are left for the next check, as before.
                 if due.len() < limit as usize
                     && tx.others_due_in(job.as_of, &job.slice, due.len()).await?
                 {
                     if due.is_empty() {
-                        due = tx
-                            .claim_due_waiting_in(job.as_of, &job.slice, limit)
-                            .await?;
+                        match tx
+                            .claim_due_waiting_in(job.as_of, &job.slice, limit, HELD_ROW_PATIENCE)
+                            .await?
+                        {
+                            Some(taken) => due = taken,
+                            None => tracing::warn!(
+                                check_run_id = job.check_run_id,
+                                batch = job.batch_index,
+                                "workflows of this batch are held by a transaction open for over \
+                                 {HELD_ROW_PATIENCE:?}: they stay due for the next check"
+                            ),
+                        }
                     } else {
                         held_elsewhere = true;
                     }

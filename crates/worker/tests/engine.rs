@@ -210,7 +210,8 @@ async fn a_batch_run_twice_at_once_is_done_only_when_its_slice_is() {
         let batch = batch.clone();
         tokio::spawn(async move { engine.escalate_batch(&batch).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // the second copy waits for the rows the first one holds
+    wait_for_a_lock_wait(&db).await;
     let r = db.store.get_check_run(run.id).await.unwrap();
     assert_eq!(
         (r.status.as_str(), r.batches_done),
@@ -229,6 +230,85 @@ async fn a_batch_run_twice_at_once_is_done_only_when_its_slice_is() {
         "{r:?}"
     );
     assert_eq!(db.store.verify().await.unwrap(), vec![]);
+}
+
+/// Waits until a session of the test database waits for a lock another holds.
+async fn wait_for_a_lock_wait(db: &TestDb) {
+    let Store::Postgres(pg) = &db.store else {
+        unreachable!()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND a.datname = current_database()",
+        )
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nobody waited for the held rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The wait for rows another transaction holds is bounded: a transaction left open (an idle
+/// session, a worker cut off from the network) held every later check over its slice until
+/// the attempts ran out, where the row used to be passed over and left for the next check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_held_by_a_transaction_left_open_is_left_for_the_next_check() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("engine");
+    let engine = engine(&db, &ns).await;
+    let as_of = utc("2026-11-26T13:00:00Z");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(workflow_named(&db.store, &format!("H-{i}"), utc("2026-11-25T09:00:00Z")).await);
+    }
+    let Store::Postgres(pg) = &db.store else {
+        unreachable!()
+    };
+    let mut idle = pg.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM workflows WHERE id = $1 FOR UPDATE")
+        .bind(ids[1])
+        .execute(&mut *idle)
+        .await
+        .unwrap();
+    let run = new_run(&db.store, Scope::All, as_of).await;
+    let job = CheckWorkflows {
+        check_run_id: run.id,
+        as_of,
+        scope: Scope::All,
+    };
+    assert_eq!(
+        engine.check_workflows(&job).await.unwrap(),
+        Planned::FannedOut { due: 3, batches: 1 }
+    );
+    let plan = db.store.save_check_run_plan(run.id, &[]).await.unwrap();
+    let outcome = engine
+        .escalate_batch(&EscalateBatch {
+            check_run_id: run.id,
+            as_of,
+            batch_index: 0,
+            slice: plan[0],
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.applied.changed.len(), 2, "{outcome:?}");
+    let r = db.store.get_check_run(run.id).await.unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.escalated, r.batches_done),
+        ("succeeded", 2, 1),
+        "{r:?}"
+    );
+    idle.rollback().await.unwrap();
+    // the held one is still due: the next check escalates it
+    assert_eq!(db.store.count_due(as_of).await.unwrap(), 1);
 }
 
 /// Dead jobs are retryable (`escalator jobs retry`), yet a dead planner's job retried found

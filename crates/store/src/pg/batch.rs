@@ -12,7 +12,7 @@ use super::workflows::insert_audits;
 use super::{PgStore, rows};
 use crate::digest::{self, HeldRow};
 use crate::effects::{Applied, BatchEffects, EffectInserts, HeldOutbox, NewOutbox, split_held};
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::model::{DueRange, DueWorkflow};
 use crate::rows::WORKFLOW_COLUMNS;
 
@@ -161,16 +161,53 @@ impl PgBatch {
 
     /// [`PgBatch::claim_due`] that waits for the rows other transactions hold instead of
     /// passing them over, then takes those still due once they commit (or all, if they roll
-    /// back). Only for a transaction that holds no workflow yet: one holding rows could wait
-    /// on a transaction waiting on it.
+    /// back); None when they are held longer than `patience` (a transaction left open: the
+    /// transaction goes on as if the wait had not been). Only for a transaction that holds no
+    /// workflow yet: one holding rows could wait on a transaction waiting on it.
     pub(crate) async fn claim_due_waiting(
         &mut self,
         as_of: DateTime<Utc>,
         range: &DueRange,
         limit: u32,
-    ) -> Result<Vec<DueWorkflow>> {
-        self.claim_due_with("FOR UPDATE OF w", as_of, range, limit)
+        patience: std::time::Duration,
+    ) -> Result<Option<Vec<DueWorkflow>>> {
+        // the wait's own lock_timeout, in a savepoint: its error would otherwise abort the
+        // whole transaction, and the setting would outlive the claim
+        sqlx::query("SAVEPOINT claim_waiting")
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(crate::rows::trusted(format!(
+            "SET LOCAL lock_timeout = {}",
+            patience.as_millis().max(1)
+        )))
+        .execute(&mut *self.tx)
+        .await?;
+        match self
+            .claim_due_with("FOR UPDATE OF w", as_of, range, limit)
             .await
+        {
+            Ok(due) => {
+                sqlx::query("SET LOCAL lock_timeout = DEFAULT")
+                    .execute(&mut *self.tx)
+                    .await?;
+                sqlx::query("RELEASE SAVEPOINT claim_waiting")
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(Some(due))
+            }
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some("55P03") =>
+            {
+                for sql in [
+                    "ROLLBACK TO SAVEPOINT claim_waiting",
+                    "RELEASE SAVEPOINT claim_waiting",
+                ] {
+                    sqlx::query(sql).execute(&mut *self.tx).await?;
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether the range holds due workflows besides the `claimed` this transaction took: the
