@@ -97,7 +97,7 @@ pub const DEADLINE_RUN_PATIENCE: chrono::TimeDelta = chrono::TimeDelta::minutes(
 /// A check run queued or running this long without progress is marked failed by the sweep
 /// (`Store::fail_stale_check_runs`): far beyond any job's attempts and backoff, and a run that
 /// moves again afterwards (its jobs ran after all) is reopened or completed.
-pub const STALE_RUN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+pub const STALE_RUN: chrono::TimeDelta = chrono::TimeDelta::hours(6);
 
 /// Logs what one of the sweep's prunings did; a failure only waits for the next sweep.
 fn log_pruned<E: std::fmt::Display>(what: &'static str, pruned: Result<u64, E>) {
@@ -319,7 +319,7 @@ impl Beat {
         Ok(())
     }
 
-    /// Marks failed the runs that stopped moving an hour ago ([`STALE_RUN`]), so that they
+    /// Marks failed the runs that stopped moving six hours ago ([`STALE_RUN`]), so that they
     /// stop reading `running` (and waiters, dashboards and the run's held digests stop
     /// waiting for them). Their digests are released by the outbox sweep right after.
     async fn fail_stale_runs(&self, now: DateTime<Utc>) {
@@ -327,7 +327,7 @@ impl Beat {
             Ok(ids) if ids.is_empty() => {}
             Ok(ids) => tracing::warn!(
                 runs = ?ids,
-                "check runs without progress for an hour marked failed: their jobs were lost \
+                "check runs without progress for six hours marked failed: their jobs were lost \
                  or died unrecorded; their workflows stay due for the next check"
             ),
             Err(e) => tracing::warn!(error = %e, "cannot look for stale check runs"),

@@ -6,7 +6,8 @@ pub mod plan;
 pub mod schedule;
 
 pub use beat::{
-    Beat, BeatConfig, BeatError, DEADLINE_RUN_PATIENCE, DONE_JOB_RETENTION, LEASE, OUTBOX_RETENTION,
+    Beat, BeatConfig, BeatError, DEADLINE_RUN_PATIENCE, DONE_JOB_RETENTION, LEASE,
+    OUTBOX_RETENTION, STALE_RUN,
 };
 pub use plan::{SlotPlan, plan_slots};
 pub use schedule::{Schedule, ScheduleError};

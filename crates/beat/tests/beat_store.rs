@@ -631,20 +631,28 @@ async fn the_sweep_deletes_delivered_messages_past_their_retention() {
     assert_eq!(keys().await, ["new-sent", "old-dead", "old-failed"]);
 }
 
-/// The sweep fails a run that has not moved for an hour (its jobs lost, or dead unrecorded):
+/// The sweep fails a run that has not moved for six hours (its jobs lost, or dead unrecorded):
 /// it read `running` for ever, to `status`, the api and `enqueue check --wait`.
 #[tokio::test]
-async fn the_sweep_fails_runs_that_stopped_moving_an_hour_ago() {
+async fn the_sweep_fails_runs_that_stopped_moving_for_hours() {
     let db = TestDb::postgres().await;
     let ns = RedisNamespace::new("beat");
     let q = queues(&ns).await;
     let now = utc("2026-11-25T12:07:00Z");
-    let lost =
-        escalator_testkit::queued_run(&db.store, "cli", "all", now - chrono::Duration::minutes(61))
-            .await;
-    let young =
-        escalator_testkit::queued_run(&db.store, "cli", "all", now - chrono::Duration::minutes(59))
-            .await;
+    let lost = escalator_testkit::queued_run(
+        &db.store,
+        "cli",
+        "all",
+        now - escalator_beat::STALE_RUN - chrono::Duration::minutes(1),
+    )
+    .await;
+    let young = escalator_testkit::queued_run(
+        &db.store,
+        "cli",
+        "all",
+        now - escalator_beat::STALE_RUN + chrono::Duration::minutes(1),
+    )
+    .await;
     let mut beat = Beat::new(
         db.store.clone(),
         q.clone(),

@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use crate::effects::NewAudit;
 use crate::error::{Result, StoreError};
-use crate::model::{Created, NewWorkflow, PolicyRecord, Transition, TransitionContext, Workflow};
+use crate::model::{
+    Created, NewWorkflow, PolicyRecord, Transition, TransitionContext, User, Workflow,
+};
 
 /// The actor recorded for changes made by the SLA clock.
 pub const SLA_ACTOR: &str = "escalator";
@@ -112,12 +114,12 @@ pub(crate) const REARM_EXHAUSTED_SQLITE: &str = "UPDATE workflows SET next_check
                                        WHERE p.id = workflows.policy_id
                                          AND p.version = workflows.policy_version)))";
 
-/// Workflows exhausted because a `user:` target had left (a policy level naming them, or the
-/// workflow's own `escalation_target`) can move on once that user is active again: a user
-/// write makes the open, exhausted workflows whose override or policy level names an active
-/// user it wrote (`$1`: the ids written) due at `$2`, under the same conditions as
-/// [`REARM_EXHAUSTED_PG`]. A user written who was active already costs an exhausted workflow
-/// one evaluation at most: one whose target is still missing is exhausted again, unscheduled.
+/// Workflows exhausted because a `user:` target had left (the policy level they wait at, or,
+/// at level 0, the workflow's own `escalation_target`) can move on once that user is back: a
+/// user write makes due at `$2`, under the same conditions as [`REARM_EXHAUSTED_PG`], the open
+/// exhausted workflows whose next target is one of `$1`, the users it made active that were
+/// inactive or missing before it ([`reactivated`]). Any write of any user named anywhere in a
+/// policy used to re-arm them, and a repeating policy then renotified at every HR sync.
 pub(crate) const REARM_TARGETS_PG: &str = "UPDATE workflows w SET next_check_at = $2
     WHERE status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
       AND (next_check_at IS NULL
@@ -125,12 +127,11 @@ pub(crate) const REARM_TARGETS_PG: &str = "UPDATE workflows w SET next_check_at 
                AND escalation_level < (SELECT jsonb_array_length(p.spec->'levels')
                                        FROM escalation_policies p
                                        WHERE p.id = w.policy_id AND p.version = w.policy_version)))
-      AND (escalation_target IN (SELECT u.id FROM users u WHERE u.id = ANY($1) AND u.active)
-           OR EXISTS (SELECT 1 FROM escalation_policies p,
-                             jsonb_array_elements(p.spec->'levels') l
+      AND ((escalation_level = 0 AND escalation_target = ANY($1))
+           OR EXISTS (SELECT 1 FROM escalation_policies p
                       WHERE p.id = w.policy_id AND p.version = w.policy_version
-                        AND l->>'target' IN (SELECT 'user:' || u.id FROM users u
-                                             WHERE u.id = ANY($1) AND u.active)))";
+                        AND p.spec->'levels'->w.escalation_level->>'target'
+                            IN (SELECT 'user:' || x FROM unnest($1::text[]) x)))";
 
 /// [`REARM_TARGETS_PG`] on SQLite (`?1`: the ids as a JSON array).
 pub(crate) const REARM_TARGETS_SQLITE: &str = "UPDATE workflows SET next_check_at = ?2
@@ -141,13 +142,23 @@ pub(crate) const REARM_TARGETS_SQLITE: &str = "UPDATE workflows SET next_check_a
                                        FROM escalation_policies p
                                        WHERE p.id = workflows.policy_id
                                          AND p.version = workflows.policy_version)))
-      AND (escalation_target IN (SELECT u.id FROM users u
-                                 WHERE u.id IN (SELECT value FROM json_each(?1)) AND u.active)
-           OR EXISTS (SELECT 1 FROM escalation_policies p, json_each(p.spec, '$.levels') l
+      AND ((escalation_level = 0
+            AND escalation_target IN (SELECT value FROM json_each(?1)))
+           OR EXISTS (SELECT 1 FROM escalation_policies p
                       WHERE p.id = workflows.policy_id AND p.version = workflows.policy_version
-                        AND json_extract(l.value, '$.target') IN (
-                            SELECT 'user:' || u.id FROM users u
-                            WHERE u.id IN (SELECT value FROM json_each(?1)) AND u.active)))";
+                        AND json_extract(p.spec, '$.levels[' || workflows.escalation_level
+                                                 || '].target')
+                            IN (SELECT 'user:' || value FROM json_each(?1))))";
+
+/// The users of a write who are active after it and were not before (inactive, or not there
+/// at all): only their return can give an exhausted workflow a target it lacked.
+pub(crate) fn reactivated(users: &[User], active_before: &[String]) -> Vec<String> {
+    users
+        .iter()
+        .filter(|u| u.active && !active_before.contains(&u.id))
+        .map(|u| u.id.clone())
+        .collect()
+}
 
 /// The error of a user write that would make `id` its own (indirect) manager: "escalate to
 /// the manager" would go round for ever.

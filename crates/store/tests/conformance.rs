@@ -516,6 +516,21 @@ async fn runs_that_stopped_moving_are_failed_and_reopen_when_they_move(db: &Test
             .unwrap()
             .is_empty()
     );
+    // failed while its planner was still pushing its batches (waiting for room in a full
+    // queue): the planner's start of the run wins, or its batches would complete a run that
+    // reads failed for good
+    let slow = run(2).await;
+    assert_eq!(
+        s.fail_stale_check_runs(now, Duration::hours(1))
+            .await
+            .unwrap(),
+        [slow.id]
+    );
+    let started = s.start_check_run(slow.id, 1, now).await.unwrap();
+    assert_eq!(
+        (started.status.as_str(), started.error.as_deref()),
+        ("running", None)
+    );
 }
 
 async fn policies_are_versioned_and_immutable(db: &TestDb) {
@@ -713,6 +728,17 @@ async fn a_target_back_moves_exhausted_workflows_on_at_once(db: &TestDb) {
         None,
         "nobody named frank came back"
     );
+    // a write of someone who was there all along (an HR sync) re-arms nothing: a repeating
+    // policy renotified at every such write
+    let w = s.get_workflow(exhausted[0]).await.unwrap();
+    exhaust(s, &w).await;
+    s.upsert_users(&[User {
+        display_name: "Dave, again".into(),
+        ..reporting_to("dave", None)
+    }])
+    .await
+    .unwrap();
+    assert_eq!(next(exhausted[0]).await, None);
 }
 
 /// A cycle in the manager chain makes "escalate to the manager" go round for ever. The api

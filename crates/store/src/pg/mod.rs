@@ -143,6 +143,12 @@ impl PgStore {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('escalator:users:managers'))")
             .execute(&mut *tx)
             .await?;
+        let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        let active_before: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1) AND active")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
         // Parents first would be needed for the manager FK if it were checked row by row; a
         // single statement checks it at the end, so any order within the batch works.
         sqlx::query(
@@ -159,7 +165,6 @@ impl PgStore {
         .bind(json)
         .execute(&mut *tx)
         .await?;
-        let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
         let circular: Option<String> = sqlx::query_scalar(crate::logic::MANAGER_CYCLE_PG)
             .bind(&ids)
             .fetch_optional(&mut *tx)
@@ -168,13 +173,16 @@ impl PgStore {
             tx.rollback().await?;
             return Err(crate::logic::manager_cycle(&id));
         }
-        let mut rearmed = 0;
-        for rearm in [
-            crate::logic::REARM_EXHAUSTED_PG,
-            crate::logic::REARM_TARGETS_PG,
-        ] {
-            rearmed += sqlx::query(rearm)
-                .bind(&ids)
+        let mut rearmed = sqlx::query(crate::logic::REARM_EXHAUSTED_PG)
+            .bind(&ids)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let back = crate::logic::reactivated(users, &active_before);
+        if !back.is_empty() {
+            rearmed += sqlx::query(crate::logic::REARM_TARGETS_PG)
+                .bind(&back)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?

@@ -64,10 +64,11 @@ impl SqliteStore {
     ) -> Result<CheckRun> {
         sqlx::query(
             "UPDATE check_runs SET batches = ?2, started_at = COALESCE(started_at, ?3),
-                 progress_at = ?3,
+                 progress_at = ?3, error = NULL,
                  status = CASE WHEN batches_done >= ?2 THEN 'succeeded' ELSE 'running' END,
                  finished_at = CASE WHEN batches_done >= ?2 THEN ?3 ELSE NULL END
-             WHERE id = ?1 AND status = 'queued'",
+             WHERE id = ?1
+               AND (status = 'queued' OR (status = 'failed' AND started_at IS NULL))",
         )
         .bind(id)
         .bind(batches)

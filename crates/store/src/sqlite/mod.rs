@@ -115,6 +115,12 @@ impl SqliteStore {
         sqlx::query("PRAGMA defer_foreign_keys = ON")
             .execute(&mut *tx)
             .await?;
+        let active_before: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM users WHERE id IN (SELECT value FROM json_each(?1)) AND active",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO users (id, display_name, email, phone, slack, manager_id, active,
                  channels, created_at, updated_at)
@@ -142,13 +148,17 @@ impl SqliteStore {
             tx.rollback().await?;
             return Err(crate::logic::manager_cycle(&id));
         }
-        let mut rearmed = 0;
-        for rearm in [
-            crate::logic::REARM_EXHAUSTED_SQLITE,
-            crate::logic::REARM_TARGETS_SQLITE,
-        ] {
-            rearmed += sqlx::query(rearm)
-                .bind(&ids)
+        let mut rearmed = sqlx::query(crate::logic::REARM_EXHAUSTED_SQLITE)
+            .bind(&ids)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let back = crate::logic::reactivated(users, &active_before);
+        if !back.is_empty() {
+            let back = serde_json::to_string(&back).map_err(malformed)?;
+            rearmed += sqlx::query(crate::logic::REARM_TARGETS_SQLITE)
+                .bind(&back)
                 .bind(&now)
                 .execute(&mut *tx)
                 .await?
