@@ -221,7 +221,7 @@ pub async fn guard_unauthenticated(
     if !state.tokens.is_empty() {
         return next.run(req).await;
     }
-    match refused_without_tokens(req.method(), req.headers(), state.local_only) {
+    match refused_without_tokens(req.method(), req.headers(), state.local_only.as_deref()) {
         Some(why) => ApiError::client(StatusCode::FORBIDDEN, "forbidden", why).into_response(),
         None => next.run(req).await,
     }
@@ -230,15 +230,18 @@ pub async fn guard_unauthenticated(
 fn refused_without_tokens(
     method: &Method,
     headers: &HeaderMap,
-    local_only: bool,
+    local_only: Option<&Vec<String>>,
 ) -> Option<String> {
-    if local_only && let Some(host) = headers.get(header::HOST) {
+    if let Some(also) = local_only
+        && let Some(host) = headers.get(header::HOST)
+    {
         let host = String::from_utf8_lossy(host.as_bytes());
-        if !is_local_host(&host) {
+        if !is_local_host(&host) && !also.contains(&host_name(&host)) {
             return Some(format!(
                 "this api has no tokens and answers only to localhost, not to Host {host:?} \
-                 (a page of another site reaching it by DNS rebinding); set \
-                 ESCALATOR_API_TOKENS to serve it under another name"
+                 (a page of another site reaching it by DNS rebinding); behind a proxy or \
+                 tunnel that keeps this name, add it to ESCALATOR_API_ALLOWED_HOSTS, or set \
+                 ESCALATOR_API_TOKENS (not in `escalator dev`)"
             ));
         }
     }
@@ -268,8 +271,22 @@ fn refused_without_tokens(
     None
 }
 
-/// `localhost`, a `*.localhost` name, a 127.0.0.0/8 address or `[::1]`, with or without a port.
+/// `localhost`, a `*.localhost` name, a 127.0.0.0/8 address or `[::1]` (or its IPv4-mapped
+/// form), with or without a port or a trailing dot.
 fn is_local_host(host: &str) -> bool {
+    let name = host_name(host);
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| match ip {
+            std::net::IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            v4 => v4.is_loopback(),
+        })
+}
+
+/// The name of a Host header: without its port, brackets or trailing dot, in lower case.
+fn host_name(host: &str) -> String {
     let name = match host.strip_prefix('[') {
         Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
         None => match host.rsplit_once(':') {
@@ -277,12 +294,7 @@ fn is_local_host(host: &str) -> bool {
             _ => host,
         },
     };
-    let name = name.to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -300,6 +312,8 @@ mod tests {
             "127.1.2.3:80",
             "[::1]:5000",
             "[::1]",
+            "localhost.:5000",
+            "[::ffff:127.0.0.1]:5000",
         ] {
             assert!(is_local_host(local), "{local}");
         }

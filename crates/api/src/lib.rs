@@ -62,8 +62,9 @@ pub struct AppState {
     fleet: Arc<metrics::FleetCache>,
     /// Requests running longer are answered 408 and abandoned.
     pub request_timeout: Duration,
-    /// Without tokens, refuse requests naming a host other than localhost (DNS rebinding).
-    pub(crate) local_only: bool,
+    /// Without tokens, the only hosts requests may name besides localhost (DNS rebinding);
+    /// None: any.
+    pub(crate) local_only: Option<Arc<Vec<String>>>,
 }
 
 impl AppState {
@@ -81,15 +82,16 @@ impl AppState {
             metrics,
             fleet: Arc::new(metrics::FleetCache::default()),
             request_timeout: REQUEST_TIMEOUT,
-            local_only: false,
+            local_only: None,
         }
     }
 
-    /// The same state answering only to `localhost`, `127.0.0.1` and `[::1]` while it has no
-    /// tokens: for an api listening on loopback, which a web page could otherwise reach through
-    /// DNS rebinding ([`auth::guard_unauthenticated`]).
-    pub fn answering_only_to_localhost(mut self) -> Self {
-        self.local_only = true;
+    /// The same state answering only to `localhost`, `127.0.0.1`, `[::1]` and `also` (host
+    /// names, lower case: a proxy or tunnel in front that keeps the public Host) while it has
+    /// no tokens: for an api listening on loopback, which a web page could otherwise reach
+    /// through DNS rebinding ([`auth::guard_unauthenticated`]).
+    pub fn answering_only_to_localhost(mut self, also: Vec<String>) -> Self {
+        self.local_only = Some(Arc::new(also));
         self
     }
 

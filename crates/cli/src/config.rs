@@ -423,6 +423,34 @@ pub struct ApiSettings {
     pub insecure: bool,
     /// Requests running longer are answered 408 (`ESCALATOR_API_TIMEOUT`, seconds).
     pub timeout: Duration,
+    /// Host names a loopback api without tokens answers to besides the local ones
+    /// (`ESCALATOR_API_ALLOWED_HOSTS`): a proxy or tunnel in front that keeps the public Host.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// `ESCALATOR_API_ALLOWED_HOSTS`: comma-separated host names (no port), for `api` and `dev`.
+pub fn allowed_hosts(src: &dyn Source) -> Result<Vec<String>, ConfigError> {
+    let Some(value) = src.get("ESCALATOR_API_ALLOWED_HOSTS") else {
+        return Ok(Vec::new());
+    };
+    let mut hosts = Vec::new();
+    for host in value.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let ok = host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
+        if !ok {
+            return Err(ConfigError {
+                name: "ESCALATOR_API_ALLOWED_HOSTS",
+                value: value.clone(),
+                reason: format!(
+                    "{host:?} is not a host name (letters, digits, '.', '-'; no port, no scheme)"
+                ),
+            });
+        }
+        hosts.push(host.trim_end_matches('.').to_ascii_lowercase());
+    }
+    Ok(hosts)
 }
 
 impl ApiSettings {
@@ -456,6 +484,7 @@ impl ApiSettings {
             tokens,
             insecure,
             timeout,
+            allowed_hosts: allowed_hosts(src)?,
         })
     }
 }
@@ -565,6 +594,17 @@ mod tests {
     fn errors_name_the_variable() {
         let e = QueueConfig::from_env(&env(&[("REDIS_URL", "http://nope")])).unwrap_err();
         assert_eq!(e.name, "REDIS_URL");
+        // the names a loopback api without tokens also answers to: host names only
+        let hosts = allowed_hosts(&env(&[(
+            "ESCALATOR_API_ALLOWED_HOSTS",
+            " Escalator.Example., dev.internal ",
+        )]))
+        .unwrap();
+        assert_eq!(hosts, ["escalator.example", "dev.internal"]);
+        for bad in ["https://escalator.example", "escalator.example:5000", "a b"] {
+            let e = allowed_hosts(&env(&[("ESCALATOR_API_ALLOWED_HOSTS", bad)])).unwrap_err();
+            assert_eq!(e.name, "ESCALATOR_API_ALLOWED_HOSTS", "{bad}");
+        }
         let e =
             WorkerSettings::from_env(&env(&[("ESCALATOR_WORKER_CONCURRENCY", "0")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_WORKER_CONCURRENCY");

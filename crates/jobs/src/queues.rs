@@ -272,7 +272,6 @@ impl Queues {
             match self {
                 Queues::Redis { conn, .. } => {
                     let mut conn = conn.clone();
-                    let lock = wait_for_room(&mut conn, queue, chunk.len()).await?;
                     let config = WorkerSettings::new("producer", queue).redis_config();
                     let tasks = chunk
                         .iter()
@@ -284,6 +283,9 @@ impl Queues {
                             })
                         })
                         .collect::<Result<Vec<_>, QueueError>>()?;
+                    // held from here to the end of the push (released on every path but a
+                    // cancelled future: then it expires after PUSH_LOCK_TTL)
+                    let lock = wait_for_room(&mut conn, queue, chunk.len()).await?;
                     let pushed = apalis_redis::queries::push_tasks(&mut conn, &config, &tasks)
                         .await
                         .map_err(QueueError::apalis);

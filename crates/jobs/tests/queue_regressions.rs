@@ -347,7 +347,7 @@ async fn pushers_waiting_for_room_never_overfill_a_queue_together() {
         .map(|_| {
             let queues = queues.clone();
             tokio::spawn(async move {
-                tokio::time::timeout(Duration::from_secs(3), queues.push_noops(1_000)).await
+                tokio::time::timeout(Duration::from_secs(8), queues.push_noops(1_000)).await
             })
         })
         .collect();

@@ -329,17 +329,19 @@ impl Deliverer {
 
     /// The outcome of one attempt, with the recipients a relay deferred when it is `Sent`.
     async fn attempt(&self, entry: &OutboxEntry) -> (DeliveryOutcome, Option<Deferrals>) {
-        // a claim past the limit: the last attempt's outcome was never written (its sender
-        // died mid-send, a message that crashes it included, or could not reach the database).
-        // It was claimed again after its lease for ever; the relay may have taken it, so it is
-        // not sent again unasked.
-        if entry.attempts > self.max_attempts {
+        // claims past the limit: the outcomes of the last ones were never written (their
+        // sender was killed mid-round, or crashed on this very message, or could not reach the
+        // database). Such a row was claimed again after its lease for ever. A claim cut off
+        // before its send still gets its attempt (UNRECORDED_GRACE more); beyond them the row
+        // is dead, unsent, since the relay may have taken it.
+        if entry.attempts > self.max_attempts.saturating_add(UNRECORDED_GRACE) {
             return (
                 DeliveryOutcome::Dead {
                     error: format!(
                         "claimed {} times, the last {} without an outcome recorded (the sender \
-                         stopped mid-send or could not record it; the message may have gone \
-                         out): not sent again (`escalator outbox retry` sends it)",
+                         was stopped mid-round or crashed on it, or could not record it; it may \
+                         or may not have gone out): not sent again (`escalator outbox retry` \
+                         sends it)",
                         entry.attempts,
                         entry.attempts - self.max_attempts
                     ),
@@ -495,6 +497,10 @@ fn not_recorded(done: &Recorded, recorded: bool) {
         );
     }
 }
+
+/// Claims beyond the attempt limit a row may get when the outcomes of the last ones were never
+/// written: a sender killed mid-round leaves claimed rows it never sent.
+const UNRECORDED_GRACE: i32 = 2;
 
 /// The `sent` note of a row some of whose recipients a relay deferred, and a row of its own
 /// for each: the message as sent (its text rendered, so everyone reads the same), to that

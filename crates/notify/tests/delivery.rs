@@ -128,16 +128,30 @@ async fn a_temporary_refusal_is_retried_later_and_a_permanent_one_is_dead() {
 
 /// A row whose every attempt ended without an outcome written (its sender killed mid-send,
 /// each time by the same message, say) was claimed again after each lease for ever, past the
-/// attempt limit. The claim after the last one makes it dead, unsent: the relay may have it.
+/// attempt limit. Two claims past it, it is dead, unsent: the relay may have it. A claim cut
+/// off before its send (a sender killed mid-round) still leaves it its attempt.
 #[tokio::test]
 async fn a_row_claimed_past_its_attempt_limit_without_an_outcome_is_dead_unsent() {
+    // claimed up to the limit, each claim cut off: it still gets a real attempt
     let db = TestDb::postgres().await;
     outbox(&db.store, 1, "boss@example.com").await;
     let (port, received) = smtp_sink(None).await;
     let d = deliverer(&db.store, port);
-    // three senders each claim it and die before writing what happened
     let mut now = Utc::now();
-    for attempt in 1..=d.max_attempts {
+    for _ in 0..d.max_attempts {
+        db.store.claim_deliveries(now, d.lease, 10).await.unwrap();
+        now += chrono::Duration::from_std(d.lease).unwrap() + chrono::Duration::seconds(1);
+    }
+    assert_eq!(d.drain_as_of(now, 10, 10).await.unwrap().sent, 1);
+    assert_eq!(received.lock().unwrap().len(), 1);
+
+    let db = TestDb::postgres().await;
+    outbox(&db.store, 1, "boss@example.com").await;
+    let (port, received) = smtp_sink(None).await;
+    let d = deliverer(&db.store, port);
+    // five senders each claim it and die before writing what happened
+    let mut now = Utc::now();
+    for attempt in 1..=d.max_attempts + 2 {
         let claimed = db.store.claim_deliveries(now, d.lease, 10).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].attempts, attempt);
@@ -147,7 +161,7 @@ async fn a_row_claimed_past_its_attempt_limit_without_an_outcome_is_dead_unsent(
     assert_eq!((report.sent, report.dead), (0, 1), "{report:?}");
     assert!(received.lock().unwrap().is_empty());
     let row = &db.store.list_outbox(&[], 10).await.unwrap()[0];
-    assert_eq!((row.status.as_str(), row.attempts), ("dead", 4));
+    assert_eq!((row.status.as_str(), row.attempts), ("dead", 6));
     let error = row.last_error.as_deref().unwrap_or("");
     assert!(error.contains("without an outcome recorded"), "{row:?}");
     // nothing more is claimed; an operator's retry sends it

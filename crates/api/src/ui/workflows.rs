@@ -211,8 +211,8 @@ pub async fn show(
         @if session.scope == Scope::Admin { (actions(&session, &w)) }
         h2 id="audit" { "Audit timeline" }
         @if audit.len() >= SHOWN_ROWS as usize {
-            p.muted { "The newest " (SHOWN_ROWS) " entries; the whole trail: "
-                a href={ "/api/v1/workflows/" (w.id) "/audit" } { "/api/v1/workflows/" (w.id) "/audit" } }
+            p.muted { "The newest " (SHOWN_ROWS) " entries; the whole trail, a page at a time: "
+                code { "GET /api/v1/workflows/" (w.id) "/audit" } " (with an API token when tokens are set)" }
         }
         div.scroll { table {
             thead { tr { th { "when" } th { "what" } th { "who" } th { "why" } th { "level" } th { "policy" } th.hide-sm { "details" } } }

@@ -197,7 +197,13 @@ async fn without_tokens_pages_of_other_sites_can_neither_write_nor_rebind() {
             res.text()
         );
     }
-    for host in ["localhost:5000", "127.0.0.1", "[::1]:5000"] {
+    // and to a name given (a proxy in front keeping the public Host)
+    for host in [
+        "localhost:5000",
+        "127.0.0.1",
+        "[::1]:5000",
+        "Escalator.Example:443",
+    ] {
         let res = api
             .send(Method::GET, "/api/v1/users", None, &[("host", host)])
             .await;

@@ -85,7 +85,7 @@ pub async fn spawn_api_on(url: &str, tokens: Tokens) -> TestApi {
 /// An api without tokens listening on loopback, as `escalator dev` serves it.
 pub async fn spawn_local_api() -> TestApi {
     spawn_api_state(&redis_url(), Tokens::none(), |s| {
-        s.answering_only_to_localhost()
+        s.answering_only_to_localhost(vec!["escalator.example".into()])
     })
     .await
 }

@@ -20,7 +20,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let mut state = AppState::new(store.clone(), queues, settings.tokens, Some(metrics))
         .with_request_timeout(settings.timeout);
     if !authenticated && settings.addr.ip().is_loopback() {
-        state = state.answering_only_to_localhost();
+        state = state.answering_only_to_localhost(settings.allowed_hosts.clone());
     }
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await

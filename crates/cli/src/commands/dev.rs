@@ -117,7 +117,7 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         escalator_api::Tokens::none(),
         Some(metrics),
     )
-    .answering_only_to_localhost();
+    .answering_only_to_localhost(crate::config::allowed_hosts(&env)?);
     {
         let stop = stopped();
         parts.spawn(async move {
