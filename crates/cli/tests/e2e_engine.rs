@@ -703,3 +703,57 @@ async fn the_queues_run_over_tls_and_refuse_an_untrusted_certificate() {
     assert!(!text.contains("UNREACHABLE"), "{text}");
     assert!(stop(worker).success());
 }
+
+/// `enqueue check --wait` ended at the first failed read of its run, with exit 1, the code of
+/// a failed check: a database restarting under a script's wait read as a failed check. It
+/// keeps reading until `--timeout`, and reports the run once the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_enqueue_rides_out_a_database_that_goes_away() {
+    let w = World::new().await;
+    w.seed(1_000);
+    let (relay, through) = Relay::to_server_of(&w.db.url).await;
+    let waiting = w
+        .command(&[
+            "enqueue",
+            "check",
+            "--as-of",
+            SEED_TIME,
+            "--wait",
+            "--timeout",
+            "120",
+        ])
+        .env("DATABASE_URL", &through)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // once the run is enqueued, the database goes away for a while (no worker yet: the run
+    // stays queued meanwhile)
+    let started = Instant::now();
+    while rows(&w.db.store, "SELECT count(*) FROM check_runs").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing enqueued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    relay.restore();
+    let worker = w.worker(free_port());
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("status=succeeded"), "{stdout}");
+    assert_eq!(field(&stdout, "escalated"), 150, "{stdout}");
+    assert!(stderr.contains("cannot read it"), "{stderr}");
+    assert!(stderr.contains("the database answers again"), "{stderr}");
+    assert!(stop(worker).success());
+}

@@ -48,7 +48,8 @@ struct CheckArgs {
     /// Evaluate the SLA clock at this instant (RFC 3339); default: now.
     #[arg(long, value_parser = super::parse_time)]
     as_of: Option<DateTime<Utc>>,
-    /// Wait for the run to finish and print its counts; exit non-zero if it failed.
+    /// Wait for the run to finish and print its counts; exit 1 if it failed (a database that
+    /// goes away meanwhile is waited for).
     #[arg(long)]
     wait: bool,
     /// With --wait: give up after this many seconds (exit 2).
@@ -131,8 +132,38 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     }
     let deadline = Duration::from_secs(args.timeout);
     let mut last_report = Instant::now();
+    let mut unread: Option<String> = None;
     loop {
-        let r = store.get_check_run(run.id).await?;
+        // a database blip (a restart, a failover) while waiting is not a failed check: exit 1
+        // says the run failed, and it ended the wait at the first error
+        let r = match store.get_check_run(run.id).await {
+            Ok(r) => {
+                if unread.take().is_some() {
+                    eprintln!("check run {}: the database answers again", run.id);
+                }
+                r
+            }
+            Err(e) => {
+                let why = escalator_runtime::error::with_causes(&e);
+                if started.elapsed() > deadline {
+                    eprintln!(
+                        "error: check run {} could not be read when --timeout {}s ran out: \
+                         {why}; see `escalator status` once the database answers",
+                        run.id, args.timeout
+                    );
+                    std::process::exit(2);
+                }
+                if unread.is_none() {
+                    eprintln!(
+                        "check run {}: cannot read it ({why}); trying again until --timeout",
+                        run.id
+                    );
+                }
+                unread = Some(why);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
         if r.status == "succeeded" || r.status == "failed" {
             // seconds: enqueue -> finished as the database recorded them (the benchmark's
             // definition); waited: what this process observed, polling included

@@ -214,3 +214,80 @@ pub async fn http_request(
         .unwrap_or_default();
     (status, body)
 }
+
+/// A TCP relay to a database whose link can be cut: every connection through it dropped and
+/// new ones refused until it is restored (a database restarting, a failover), without touching
+/// the database other tests share.
+#[allow(dead_code)]
+pub struct Relay {
+    /// The relay's address on 127.0.0.1.
+    pub port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+#[allow(dead_code)]
+impl Relay {
+    /// A relay to the server of `url` (`scheme://user@host:port/db…`) and `url` through it.
+    pub async fn to_server_of(url: &str) -> (Relay, String) {
+        use std::sync::atomic::Ordering;
+        let after_at = url.split_once('@').map(|(_, rest)| rest).unwrap();
+        let authority = after_at.split(['/', '?']).next().unwrap().to_owned();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let (down, links, upstream) = (down.clone(), links.clone(), authority.clone());
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if down.load(Ordering::SeqCst) {
+                        continue; // dropped: refused
+                    }
+                    let upstream = upstream.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            })
+        };
+        let through = url.replacen(&authority, &format!("127.0.0.1:{port}"), 1);
+        (
+            Relay {
+                port,
+                down,
+                links,
+                accept,
+            },
+            through,
+        )
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
