@@ -184,17 +184,7 @@ async fn a_batch_run_twice_at_once_is_done_only_when_its_slice_is() {
     for i in 0..3 {
         workflow_named(&db.store, &format!("T-{i}"), utc("2026-11-25T09:00:00Z")).await;
     }
-    let run = new_run(&db.store, Scope::All, as_of).await;
-    let job = CheckWorkflows {
-        check_run_id: run.id,
-        as_of,
-        scope: Scope::All,
-    };
-    assert_eq!(
-        engine.check_workflows(&job).await.unwrap(),
-        Planned::FannedOut { due: 3, batches: 1 }
-    );
-    let plan = db.store.save_check_run_plan(run.id, &[]).await.unwrap();
+    let (run, plan) = one_batch_run(&engine, &db, as_of, 3).await;
     let batch = EscalateBatch {
         check_run_id: run.id,
         as_of,
@@ -230,6 +220,28 @@ async fn a_batch_run_twice_at_once_is_done_only_when_its_slice_is() {
         "{r:?}"
     );
     assert_eq!(db.store.verify().await.unwrap(), vec![]);
+}
+
+/// A check of everything due at `as_of` (`due` workflows), planned as one batch; its run and
+/// its slices.
+async fn one_batch_run(
+    engine: &Engine,
+    db: &TestDb,
+    as_of: DateTime<Utc>,
+    due: i64,
+) -> (escalator_store::CheckRun, Vec<escalator_store::DueRange>) {
+    let run = new_run(&db.store, Scope::All, as_of).await;
+    let job = CheckWorkflows {
+        check_run_id: run.id,
+        as_of,
+        scope: Scope::All,
+    };
+    assert_eq!(
+        engine.check_workflows(&job).await.unwrap(),
+        Planned::FannedOut { due, batches: 1 }
+    );
+    let plan = db.store.save_check_run_plan(run.id, &[]).await.unwrap();
+    (run, plan)
 }
 
 /// Waits until a session of the test database waits for a lock another holds.
@@ -279,17 +291,7 @@ async fn a_row_held_by_a_transaction_left_open_is_left_for_the_next_check() {
         .execute(&mut *idle)
         .await
         .unwrap();
-    let run = new_run(&db.store, Scope::All, as_of).await;
-    let job = CheckWorkflows {
-        check_run_id: run.id,
-        as_of,
-        scope: Scope::All,
-    };
-    assert_eq!(
-        engine.check_workflows(&job).await.unwrap(),
-        Planned::FannedOut { due: 3, batches: 1 }
-    );
-    let plan = db.store.save_check_run_plan(run.id, &[]).await.unwrap();
+    let (run, plan) = one_batch_run(&engine, &db, as_of, 3).await;
     let outcome = engine
         .escalate_batch(&EscalateBatch {
             check_run_id: run.id,
