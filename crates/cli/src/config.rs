@@ -68,12 +68,17 @@ impl WorkerSettings {
         let concurrency = bounded(src, "ESCALATOR_WORKER_CONCURRENCY", 2, 1..=256)?;
         let max_attempts = bounded(src, "ESCALATOR_MAX_ATTEMPTS", 5, 1..=25)?;
         let name = string(src, "HOSTNAME", "worker");
+        let attempt_timeout = seconds(src, "ESCALATOR_JOB_TIMEOUT", Duration::from_secs(120))?;
         Ok(WorkerSettings {
-            engine: EngineConfig { batch_size },
+            engine: EngineConfig {
+                batch_size,
+                // half the attempt: the planner's error names a backlog before its deadline
+                push_patience: attempt_timeout / 2,
+            },
             worker: WorkerConfig {
                 concurrency: concurrency as usize,
                 max_attempts: max_attempts as usize,
-                attempt_timeout: seconds(src, "ESCALATOR_JOB_TIMEOUT", Duration::from_secs(120))?,
+                attempt_timeout,
                 shutdown_timeout: seconds(
                     src,
                     "ESCALATOR_SHUTDOWN_TIMEOUT",

@@ -757,3 +757,45 @@ async fn a_waiting_enqueue_rides_out_a_database_that_goes_away() {
     assert!(stderr.contains("the database answers again"), "{stderr}");
     assert!(stop(worker).success());
 }
+
+/// With `--wait`, `enqueue check` waited the queue's own five minutes for room in a backlogged
+/// checks queue, whatever `--timeout` said. It gives up at `--timeout` with exit 2, its run
+/// marked failed naming the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_enqueue_gives_up_on_a_backlogged_queue_at_its_timeout() {
+    let w = World::new().await;
+    w.run(&["migrate"]);
+    let names = escalator_jobs::QueueNames::new(&w.namespace.name);
+    // as many jobs due on the checks queue as a push leaves room for, and no worker
+    let backlog = escalator_jobs::QueueNames {
+        noop: names.checks.clone(),
+        ..names
+    };
+    let queues = escalator_jobs::Queues::connect(&escalator_testkit::redis_url(), backlog)
+        .await
+        .unwrap();
+    queues.push_noops(escalator_jobs::MAX_DUE).await.unwrap();
+    let command = w.command(&["enqueue", "check", "--wait", "--timeout", "2"]);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut command = command;
+        command.output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not enqueued within --timeout 2s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("jobs due after waiting"), "{stderr}");
+    assert_eq!(
+        rows(
+            &w.db.store,
+            "SELECT count(*) FROM check_runs WHERE status = 'failed'"
+        )
+        .await,
+        1
+    );
+}

@@ -172,13 +172,23 @@ impl Queues {
     /// ids again that Redis still holds keys for, for a day: every new run was dropped as a
     /// duplicate and stayed `queued`.)
     pub async fn push_check(&self, job: &CheckWorkflows) -> Result<(), QueueError> {
+        self.push_check_within(job, BACKLOG_PATIENCE).await
+    }
+
+    /// [`Queues::push_check`] that waits at most `patience` for a backlogged checks queue.
+    pub async fn push_check_within(
+        &self,
+        job: &CheckWorkflows,
+        patience: Duration,
+    ) -> Result<(), QueueError> {
         let key = format!(
             "check:{}:{}",
             job.check_run_id,
             job.as_of.timestamp_micros()
         );
         let queue = self.names().checks.clone();
-        self.push(&queue, vec![(Some(key), job.clone())]).await
+        self.push_within(&queue, vec![(Some(key), job.clone())], patience)
+            .await
     }
 
     /// Pushes the job of check run `job.check_run_id`, as beat, api and CLI enqueue a check. If
@@ -190,7 +200,19 @@ impl Queues {
         store: &escalator_store::Store,
         job: &CheckWorkflows,
     ) -> Result<(), QueueError> {
-        let Err(e) = self.push_check(job).await else {
+        self.push_check_or_fail_run_within(store, job, BACKLOG_PATIENCE)
+            .await
+    }
+
+    /// [`Queues::push_check_or_fail_run`] that waits at most `patience` for a backlogged
+    /// checks queue (`enqueue check --wait --timeout`).
+    pub async fn push_check_or_fail_run_within(
+        &self,
+        store: &escalator_store::Store,
+        job: &CheckWorkflows,
+        patience: Duration,
+    ) -> Result<(), QueueError> {
+        let Err(e) = self.push_check_within(job, patience).await else {
             return Ok(());
         };
         // with its causes: the error alone reads "redis", not what Redis said (out of memory,
@@ -211,6 +233,17 @@ impl Queues {
     /// Enqueues a run's batch jobs, keyed by (run, `as_of`, index): a planner that runs twice
     /// pushes each batch once.
     pub async fn push_batches(&self, jobs: &[EscalateBatch]) -> Result<(), QueueError> {
+        self.push_batches_within(jobs, BACKLOG_PATIENCE).await
+    }
+
+    /// [`Queues::push_batches`] that waits at most `patience` for a backlogged batches queue:
+    /// a planner gives up before its attempt's deadline, so that its run's error names the
+    /// backlog (it read "attempt timed out").
+    pub async fn push_batches_within(
+        &self,
+        jobs: &[EscalateBatch],
+        patience: Duration,
+    ) -> Result<(), QueueError> {
         let keyed = jobs
             .iter()
             .map(|j| {
@@ -226,7 +259,7 @@ impl Queues {
             })
             .collect();
         let queue = self.names().batches.clone();
-        self.push(&queue, keyed).await
+        self.push_within(&queue, keyed, patience).await
     }
 
     /// Enqueues a delivery job, unless [`MAX_QUEUED_DELIVERIES`] are waiting already: returns
@@ -268,6 +301,19 @@ impl Queues {
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static,
     {
+        self.push_within(queue, jobs, BACKLOG_PATIENCE).await
+    }
+
+    /// [`Queues::push`] that waits at most `patience` for a backlog to drain.
+    async fn push_within<T>(
+        &self,
+        queue: &str,
+        jobs: Vec<(Option<String>, T)>,
+        patience: Duration,
+    ) -> Result<(), QueueError>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static,
+    {
         for chunk in jobs.chunks(CHUNK) {
             match self {
                 Queues::Redis { conn, .. } => {
@@ -285,7 +331,7 @@ impl Queues {
                         .collect::<Result<Vec<_>, QueueError>>()?;
                     // held from here to the end of the push (released on every path but a
                     // cancelled future: then it expires after PUSH_LOCK_TTL)
-                    let lock = wait_for_room(&mut conn, queue, chunk.len()).await?;
+                    let lock = wait_for_room(&mut conn, queue, chunk.len(), patience).await?;
                     let pushed = apalis_redis::queries::push_tasks(&mut conn, &config, &tasks)
                         .await
                         .map_err(QueueError::apalis);
@@ -470,6 +516,7 @@ async fn wait_for_room(
     conn: &mut ConnectionManager,
     queue: &str,
     incoming: usize,
+    patience: Duration,
 ) -> Result<PushLock, QueueError> {
     let started = Instant::now();
     loop {
@@ -486,13 +533,13 @@ async fn wait_for_room(
                 return Ok(lock);
             }
             lock.release(conn).await;
-            if started.elapsed() > BACKLOG_PATIENCE {
+            if started.elapsed() > patience {
                 return Err(QueueError::Backlogged {
                     queue: queue.to_owned(),
                     due,
                 });
             }
-        } else if started.elapsed() > BACKLOG_PATIENCE {
+        } else if started.elapsed() > patience {
             return Err(QueueError::Backlogged {
                 queue: queue.to_owned(),
                 due: due_jobs(conn, queue).await?,

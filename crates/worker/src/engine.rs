@@ -43,11 +43,18 @@ impl EngineError {
 pub struct EngineConfig {
     /// Workflows per batch (and per transaction).
     pub batch_size: u32,
+    /// How long a planner waits for room in a backlogged batches queue before its attempt
+    /// fails naming the backlog: less than the attempt's deadline, which otherwise cut it off
+    /// first with "attempt timed out".
+    pub push_patience: std::time::Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { batch_size: 500 }
+        EngineConfig {
+            batch_size: 500,
+            push_patience: std::time::Duration::from_secs(60),
+        }
     }
 }
 
@@ -234,7 +241,9 @@ impl Engine {
             })
             .collect();
         let batches = i32::try_from(jobs.len()).unwrap_or(i32::MAX);
-        self.queues.push_batches(&jobs).await?;
+        self.queues
+            .push_batches_within(&jobs, self.config.push_patience)
+            .await?;
         let run = self
             .store
             .start_check_run(run.id, batches, Utc::now())

@@ -507,3 +507,39 @@ async fn a_late_check_gives_the_new_assignee_the_whole_sla() {
     );
     assert_eq!(db.store.get_workflow(id).await.unwrap().version, w.version);
 }
+
+/// A planner facing a backlogged batches queue waited the queue's own five minutes, past its
+/// attempt's deadline (two minutes), so its run's error read "attempt timed out" and never
+/// named the backlog. It waits `push_patience` (half the attempt) and fails naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planner_facing_a_backlog_fails_naming_it_before_its_deadline() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("engine");
+    let mut engine = engine(&db, &ns).await;
+    engine.config.push_patience = Duration::from_millis(500);
+    let names = QueueNames::new(&ns.name);
+    let backlog = Queues::connect(
+        &redis_url(),
+        QueueNames {
+            noop: names.batches.clone(),
+            ..names
+        },
+    )
+    .await
+    .unwrap();
+    backlog.push_noops(escalator_jobs::MAX_DUE).await.unwrap();
+    let as_of = utc("2026-11-26T13:00:00Z");
+    workflow(&db.store, utc("2026-11-25T09:00:00Z")).await;
+    let run = new_run(&db.store, Scope::All, as_of).await;
+    let e = engine
+        .check_workflows(&CheckWorkflows {
+            check_run_id: run.id,
+            as_of,
+            scope: Scope::All,
+        })
+        .await
+        .unwrap_err();
+    let text = escalator_runtime::error::with_causes(&e);
+    assert!(text.contains("jobs due after waiting"), "{text}");
+    assert!(text.contains(":batches"), "{text}");
+}

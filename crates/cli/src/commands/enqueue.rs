@@ -118,10 +118,27 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         as_of,
         scope,
     };
-    queues
-        .push_check_or_fail_run(&store, &job)
+    // with --wait, a backlogged checks queue is waited for no longer than --timeout (it was
+    // the queue's own five minutes): exit 2, as for a run still running
+    let patience = if args.wait {
+        Duration::from_secs(args.timeout)
+    } else {
+        escalator_jobs::BACKLOG_PATIENCE
+    };
+    if let Err(e) = queues
+        .push_check_or_fail_run_within(&store, &job, patience)
         .await
-        .with_context(|| format!("enqueueing check run {} (marked failed)", run.id))?;
+    {
+        let why = escalator_runtime::error::with_causes(&e);
+        if args.wait && matches!(e, escalator_jobs::QueueError::Backlogged { .. }) {
+            eprintln!(
+                "error: check run {} not enqueued within --timeout {}s (marked failed): {why}",
+                run.id, args.timeout
+            );
+            std::process::exit(2);
+        }
+        bail!("enqueueing check run {} (marked failed): {why}", run.id);
+    }
     if !args.wait {
         out!(
             "check_run_id={} as_of={} scope={scope} status=queued",
