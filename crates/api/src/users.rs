@@ -126,8 +126,20 @@ pub struct PutUser {
     /// Default true.
     pub active: Option<bool>,
     /// Channels besides in-app, from `email`, `sms`, `slack`, `webhook`, each once (`[]`:
-    /// in-app only). Omitted: the stored choice is kept (none: the policy's, else email).
-    pub channels: Option<Vec<String>>,
+    /// in-app only). Omitted: the stored choice is kept; null: back to the default (the
+    /// policy's, else email).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub channels: Option<Option<Vec<String>>>,
+}
+
+/// A field that may be absent (None), null (Some(None)) or given (Some(Some)).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Refuses a manager that does not exist or whose chain reaches `id` (a cycle would make
@@ -191,7 +203,7 @@ pub async fn put(
     if let Some(phone) = &body.phone {
         escalator_store::logic::check_phone("phone", phone)?;
     }
-    if let Some(channels) = &body.channels {
+    if let Some(Some(channels)) = &body.channels {
         escalator_policy::check_channels("channels", channels)
             .map_err(|e| ApiError::invalid(e.field, e.message))?;
     }
@@ -206,9 +218,14 @@ pub async fn put(
         slack: body.slack,
         manager_id: body.manager_id,
         active: body.active.unwrap_or(true),
-        channels: body.channels,
+        channels: body.channels.clone().flatten(),
     };
     s.store.upsert_users(std::slice::from_ref(&user)).await?;
+    // null: the choice is dropped (an omitted list keeps it; null used to keep it too, and the
+    // default could never be had back)
+    if body.channels == Some(None) {
+        s.store.clear_user_channels(&user.id).await?;
+    }
     // the stored row: an omitted channel list keeps the one already there
     Ok(Json(s.store.get_user(&user.id).await?.into()))
 }

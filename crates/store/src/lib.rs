@@ -249,6 +249,25 @@ impl Store {
         dispatch!(self, s => s.get_user(id).await)
     }
 
+    /// Drops a user's choice of channels: they are reached on the policy's, else by email.
+    pub async fn clear_user_channels(&self, id: &str) -> Result<()> {
+        match self {
+            Store::Postgres(s) => {
+                sqlx::query("UPDATE users SET channels = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(s.pool())
+                    .await?;
+            }
+            Store::Sqlite(s) => {
+                sqlx::query("UPDATE users SET channels = NULL WHERE id = ?1")
+                    .bind(id)
+                    .execute(s.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The users with these ids (in any order; unknown ids are left out), in one query.
     pub async fn users_by_id(&self, ids: &[String]) -> Result<Vec<User>> {
         dispatch!(self, s => s.users_by_id(ids).await)

@@ -60,6 +60,15 @@ async fn a_users_channels_are_validated_stored_and_kept_when_omitted() {
             "{bad}: {field:?}"
         );
     }
+    // null: back to the default (it kept the stored list, and the default was lost for good)
+    let res = put(
+        &api,
+        "/api/v1/users/carol",
+        json!({ "display_name": "Carol", "channels": null }),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert!(res.json()["channels"].is_null(), "{}", res.text());
     // a phone number an SMS provider could never take is refused, naming the field
     for bad in [
         "",
