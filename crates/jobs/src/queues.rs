@@ -520,29 +520,29 @@ async fn wait_for_room(
 ) -> Result<PushLock, QueueError> {
     let started = Instant::now();
     loop {
-        let lock = PushLock::take(conn, queue).await?;
-        if let Some(lock) = lock {
-            let due = match due_jobs(conn, queue).await {
-                Ok(due) => due,
+        // the backlog as seen under the lock, or None while another pusher holds it
+        let seen = match PushLock::take(conn, queue).await? {
+            Some(lock) => match due_jobs(conn, queue).await {
+                Ok(due) if due + incoming as u64 <= MAX_DUE => return Ok(lock),
+                Ok(due) => {
+                    lock.release(conn).await;
+                    Some(due)
+                }
                 Err(e) => {
                     lock.release(conn).await;
                     return Err(e);
                 }
+            },
+            None => None,
+        };
+        if started.elapsed() > patience {
+            let due = match seen {
+                Some(due) => due,
+                None => due_jobs(conn, queue).await?,
             };
-            if due + incoming as u64 <= MAX_DUE {
-                return Ok(lock);
-            }
-            lock.release(conn).await;
-            if started.elapsed() > patience {
-                return Err(QueueError::Backlogged {
-                    queue: queue.to_owned(),
-                    due,
-                });
-            }
-        } else if started.elapsed() > patience {
             return Err(QueueError::Backlogged {
                 queue: queue.to_owned(),
-                due: due_jobs(conn, queue).await?,
+                due,
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -205,11 +205,7 @@ fn digest_message_key(items: &[NewOutbox]) -> String {
         hash.update(key.as_bytes());
         hash.update(b"\n");
     }
-    let hex: String = hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("digest:{hex}")
+    format!("digest:{}", hex::encode(&hash.finalize()[..16]))
 }
 
 #[cfg(test)]

@@ -629,21 +629,7 @@ async fn a_manager_given_moves_exhausted_workflows_on_at_once(db: &TestDb) {
             .await
             .unwrap()
             .workflow;
-        let mut change = remind(&w, t0(), None).changes.remove(0);
-        change.level = level;
-        change.exhausted_at = Some(t0() + Duration::days(1));
-        change.next_check_at = next;
-        let mut tx = s.begin_batch().await.unwrap();
-        tx.apply(
-            &BatchEffects {
-                changes: vec![change],
-                ..BatchEffects::default()
-            },
-            t0(),
-        )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
+        exhaust_at(s, &w, level, next).await;
         exhausted.push(w.id);
     }
     let before = Utc::now();
@@ -663,9 +649,15 @@ async fn a_manager_given_moves_exhausted_workflows_on_at_once(db: &TestDb) {
 
 /// Exhausts `w` at its level 0: no one to escalate it to, unscheduled (a `stop` policy).
 async fn exhaust(s: &Store, w: &Workflow) {
+    exhaust_at(s, w, 0, None).await;
+}
+
+/// Exhausts `w` at `level`, its next check at `next` (None: unscheduled).
+async fn exhaust_at(s: &Store, w: &Workflow, level: i32, next: Option<DateTime<Utc>>) {
     let mut change = remind(w, t0(), None).changes.remove(0);
+    change.level = level;
     change.exhausted_at = Some(t0() + Duration::days(1));
-    change.next_check_at = None;
+    change.next_check_at = next;
     let mut tx = s.begin_batch().await.unwrap();
     tx.apply(
         &BatchEffects {
