@@ -269,17 +269,29 @@ def k8s_invariants(rendered_path):
         if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
             fail(f"{cname} livenessProbe must GET /healthz")
 
-    # graceful shutdown: the pod must outlive ESCALATOR_SHUTDOWN_TIMEOUT
+    # graceful shutdown: the pod must outlive ESCALATOR_SHUTDOWN_TIMEOUT (the worker's own
+    # value if its container sets one), and a worker's must cover a delivery round under way:
+    # two waves of sends of up to ESCALATOR_SMTP_TIMEOUT each, or they are cut off mid-send
     shutdown = env_value(objs, "ESCALATOR_SHUTDOWN_TIMEOUT")
     worker = deps.get("escalator-worker")
     if shutdown is None:
         fail("ConfigMap does not set ESCALATOR_SHUTDOWN_TIMEOUT")
     elif worker:
-        grace = worker["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
-        if not grace > float(shutdown):
+        spec = worker["spec"]["template"]["spec"]
+        own = {e["name"]: e.get("value") for c in spec["containers"] for e in c.get("env", [])}
+        shutdown = float(own.get("ESCALATOR_SHUTDOWN_TIMEOUT") or shutdown)
+        smtp = float(own.get("ESCALATOR_SMTP_TIMEOUT")
+                     or env_value(objs, "ESCALATOR_SMTP_TIMEOUT") or 30)
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        if not grace > shutdown:
             fail(
                 f"Deployment/escalator-worker: terminationGracePeriodSeconds {grace} must "
-                f"exceed ESCALATOR_SHUTDOWN_TIMEOUT {shutdown}"
+                f"exceed ESCALATOR_SHUTDOWN_TIMEOUT {shutdown:g}"
+            )
+        if shutdown < 2 * smtp:
+            fail(
+                f"Deployment/escalator-worker: ESCALATOR_SHUTDOWN_TIMEOUT {shutdown:g} must "
+                f"cover a delivery round, 2 x ESCALATOR_SMTP_TIMEOUT ({smtp:g})"
             )
 
     # the api keeps serving through a preStop pause while its endpoint goes, then finishes
@@ -313,6 +325,16 @@ def k8s_invariants(rendered_path):
                     if kind == "Secret" and src[key]["name"] in EXTERNAL_SECRETS:
                         continue
                     fail(f"{w['metadata']['name']}: envFrom {kind}/{src[key]['name']} missing")
+            for e in c.get("env", []):
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and ref["name"] not in by.get("Secret", {}) | dict.fromkeys(EXTERNAL_SECRETS):
+                    fail(f"{w['metadata']['name']}: env {e['name']} from Secret/{ref['name']} missing")
+            # each role sees only the secrets it reads: the whole escalator Secret holds the
+            # api's admin tokens and the relay's password
+            for src in c.get("envFrom", []):
+                if "secretRef" in src:
+                    fail(f"{w['metadata']['name']}: envFrom Secret/{src['secretRef']['name']} "
+                         "hands every key to every role; name the keys (secretKeyRef)")
 
     # selectors: Services and PDBs select existing pods
     pod_labels = [
@@ -400,6 +422,16 @@ def k8s_invariants(rendered_path):
 # --- compose ------------------------------------------------------------------------------
 
 
+def go_seconds(text):
+    """Seconds in a Go duration as compose writes it (`1m30s`, `45s`, `1.5s`)."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"([0-9.]+)(ms|h|m|s)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        fail(f"cannot read the duration {text!r}")
+        return 0.0
+    return sum(float(n) * units[u] for n, u in parts)
+
+
 def compose_invariants(json_path):
     c = json.load(open(json_path))
     svcs = c.get("services", {})
@@ -424,6 +456,19 @@ def compose_invariants(json_path):
         fail("worker: published ports prevent --scale")
     if svcs.get("migrate", {}).get("command", [])[:1] != ["migrate"]:
         fail("migrate: command should be ['migrate']")
+    # a socket check passes while the image's first start still runs its socket-only server:
+    # migrate would then find nothing on TCP, fail, and nothing would start
+    pg_check = " ".join(svcs.get("postgres", {}).get("healthcheck", {}).get("test", []))
+    if "pg_isready -h " not in pg_check:
+        fail(f"postgres: healthcheck {pg_check!r} must check over TCP (pg_isready -h 127.0.0.1)")
+    # as in Kubernetes: a worker's shutdown covers a delivery round, and the grace covers that
+    worker = svcs.get("worker", {})
+    shutdown = float(worker.get("environment", {}).get("ESCALATOR_SHUTDOWN_TIMEOUT") or 30)
+    smtp = float(worker.get("environment", {}).get("ESCALATOR_SMTP_TIMEOUT") or 30)
+    grace = go_seconds(str(worker.get("stop_grace_period", "10s")))
+    if shutdown < 2 * smtp or not grace > shutdown:
+        fail(f"worker: stop_grace_period {grace:g} s > ESCALATOR_SHUTDOWN_TIMEOUT {shutdown:g} s "
+             f">= 2 x ESCALATOR_SMTP_TIMEOUT ({smtp:g} s) does not hold")
     prom = svcs.get("prometheus", {})
     if not any(str(v.get("source", "")).endswith("deploy/prometheus") for v in prom.get("volumes", [])):
         fail("prometheus: deploy/prometheus is not mounted")
