@@ -329,8 +329,8 @@ impl Queues {
                             })
                         })
                         .collect::<Result<Vec<_>, QueueError>>()?;
-                    // held from here to the end of the push (released on every path but a
-                    // cancelled future: then it expires after PUSH_LOCK_TTL)
+                    // held from here to the end of the push (a cancelled push releases it
+                    // when dropped)
                     let lock = wait_for_room(&mut conn, queue, chunk.len(), patience).await?;
                     let pushed = apalis_redis::queries::push_tasks(&mut conn, &config, &tasks)
                         .await
@@ -551,10 +551,22 @@ async fn wait_for_room(
 
 /// A queue's push lock in Redis (`<queue>:push-lock`), held from the look at its backlog to
 /// the end of the push; it expires by itself after [`PUSH_LOCK_TTL`] should its holder die.
-#[derive(Debug)]
+/// Dropped unreleased (a push cancelled by its caller's timeout, a client gone, shutdown), it
+/// releases itself from a task of its own: other pushers would wait out the TTL.
 struct PushLock {
     key: String,
     token: String,
+    /// Taken by [`PushLock::release`]; still here on drop means the lock is still held.
+    conn: Option<ConnectionManager>,
+}
+
+impl std::fmt::Debug for PushLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushLock")
+            .field("key", &self.key)
+            .field("held", &self.conn.is_some())
+            .finish()
+    }
 }
 
 /// How long a push lock outlives a holder that never releases it.
@@ -576,23 +588,49 @@ impl PushLock {
             .arg(u64::try_from(PUSH_LOCK_TTL.as_millis()).unwrap_or(10_000))
             .query_async(conn)
             .await?;
-        Ok(taken.map(|_| PushLock { key, token }))
+        Ok(taken.map(|_| PushLock {
+            key,
+            token,
+            conn: Some(conn.clone()),
+        }))
     }
 
     /// Releases the lock if it is still this holder's (an expired one may be another's now).
     /// A failure only leaves it to expire.
-    async fn release(self, conn: &mut ConnectionManager) {
-        let released: redis::RedisResult<i64> = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-                 return redis.call('DEL', KEYS[1]) else return 0 end",
-        )
-        .key(&self.key)
-        .arg(&self.token)
-        .invoke_async(conn)
-        .await;
-        if let Err(e) = released {
-            tracing::warn!(key = %self.key, error = %e, "cannot release a push lock; it expires by itself");
+    async fn release(mut self, conn: &mut ConnectionManager) {
+        self.conn = None;
+        unlock(conn, &self.key, &self.token).await;
+    }
+}
+
+impl Drop for PushLock {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        // outside a runtime (never, in practice) it is left to expire
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (key, token) = (
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.token),
+            );
+            runtime.spawn(async move { unlock(&mut conn, &key, &token).await });
         }
+    }
+}
+
+/// Deletes push lock `key` if it still holds `token`.
+async fn unlock(conn: &mut ConnectionManager, key: &str, token: &str) {
+    let released: redis::RedisResult<i64> = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             return redis.call('DEL', KEYS[1]) else return 0 end",
+    )
+    .key(key)
+    .arg(token)
+    .invoke_async(conn)
+    .await;
+    if let Err(e) = released {
+        tracing::warn!(key = %key, error = %e, "cannot release a push lock; it expires by itself");
     }
 }
 

@@ -365,6 +365,57 @@ async fn pushers_waiting_for_room_never_overfill_a_queue_together() {
     assert!(stats.pending <= MAX_DUE);
 }
 
+/// A push cancelled while it held its queue's push lock (its caller's timeout, a client gone)
+/// left the lock to expire: every other pusher of that queue waited 10 s. The lock releases
+/// itself when dropped. A Redis answering in 0.5 s makes the push slow enough to cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_cancelled_while_it_holds_the_lock_releases_it() {
+    let ns = Ns::new();
+    let slow = Queues::connect(
+        &slow_redis(Duration::from_millis(500)).await,
+        ns.names.clone(),
+    )
+    .await
+    .unwrap();
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let lock = format!("{}:push-lock", ns.names.noop);
+    let mut held = async || -> bool {
+        redis::cmd("EXISTS")
+            .arg(&lock)
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap()
+            == 1
+    };
+    let push = tokio::spawn(async move { slow.push_noops(1).await });
+    wait_until(
+        "the push to take its lock",
+        Duration::from_secs(10),
+        async || held().await,
+    )
+    .await;
+    // the lock's reply reaches the pusher 0.5 s after Redis set it; then it looks at the
+    // backlog and pushes, 0.5 s each: cancel it in the middle
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    assert!(
+        held().await,
+        "the push let its lock go before it was cancelled"
+    );
+    push.abort();
+    assert!(push.await.unwrap_err().is_cancelled());
+    // released through the slow Redis (0.5 s), well before the lock's 10 s expiry
+    wait_until(
+        "the cancelled push's lock to be released",
+        Duration::from_secs(4),
+        async || !held().await,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_jobs_pushed_through_the_helpers_are_all_processed() {
     // apalis-redis 1.0's fetch fails for good once ~8,000 jobs are due at once; the helpers
