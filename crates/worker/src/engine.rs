@@ -249,8 +249,11 @@ impl Engine {
             .start_check_run(run.id, batches, Utc::now())
             .await?;
         tracing::info!(check_run_id = run.id, due, batches, as_of = %job.as_of, "check planned");
+        // every batch committed before this start (a planner retried after its push): the run
+        // finishes here, and its digests are decided here, as a last batch would
         if run.status == "succeeded" {
             record_run_finished(&self.store, run.id).await;
+            self.release_digests(run.id).await;
         }
         Ok(Planned::FannedOut { due, batches })
     }

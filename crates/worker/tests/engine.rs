@@ -386,6 +386,88 @@ async fn retried_dead_jobs_finish_the_runs_they_failed() {
     assert_eq!(db.store.verify().await.unwrap(), vec![]);
 }
 
+/// A planner retried after its batches had all committed finishes the run itself (its start
+/// finds every batch done). It marked the run succeeded but left the run's escalation emails
+/// held for digests until a delivery drain or the beat's sweep happened by: it now decides
+/// them, as the batch finishing a run does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_its_planner_finishes_has_its_held_emails_decided() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("engine");
+    let mut engine = engine(&db, &ns).await;
+    engine.config.batch_size = 2;
+    let user = |id: &str| escalator_store::User {
+        id: id.into(),
+        display_name: id.into(),
+        email: Some(format!("{id}@example.com")),
+        phone: None,
+        slack: None,
+        manager_id: None,
+        active: true,
+        channels: None,
+    };
+    db.store
+        .upsert_users(&[user("alice"), user("bob"), user("carol")])
+        .await
+        .unwrap();
+    let as_of = utc("2026-11-26T13:00:00Z");
+    for i in 0..3 {
+        let started = utc("2026-11-25T09:00:00Z") + chrono::Duration::minutes(i);
+        workflow_named(&db.store, &format!("P-{i}"), started).await;
+    }
+    let run = new_run(&db.store, Scope::All, as_of).await;
+    // the first attempt cut and saved its plan, pushed the batches and died before it
+    // started the run; the batches ran
+    let cut = db.store.due_ranges(as_of, 2).await.unwrap();
+    let plan = db.store.save_check_run_plan(run.id, &cut).await.unwrap();
+    assert_eq!(plan.len(), 2);
+    for (i, slice) in plan.iter().enumerate() {
+        engine
+            .escalate_batch(&EscalateBatch {
+                check_run_id: run.id,
+                as_of,
+                batch_index: i32::try_from(i).unwrap(),
+                slice: *slice,
+            })
+            .await
+            .unwrap();
+    }
+    let Store::Postgres(pg) = &db.store else {
+        unreachable!()
+    };
+    let held = async || -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox_held WHERE check_run_id = $1")
+            .bind(run.id)
+            .fetch_one(pg.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        held().await,
+        3,
+        "the three escalation emails wait for the run's end"
+    );
+    // the planner's retry finds every batch done and finishes the run
+    let job = CheckWorkflows {
+        check_run_id: run.id,
+        as_of,
+        scope: Scope::All,
+    };
+    engine.check_workflows(&job).await.unwrap();
+    let r = db.store.get_check_run(run.id).await.unwrap();
+    assert_eq!((r.status.as_str(), r.escalated), ("succeeded", 3), "{r:?}");
+    assert_eq!(held().await, 0, "the finished run's emails are still held");
+    let emails: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE check_run_id = $1 AND recipient = 'carol@example.com'",
+    )
+    .bind(run.id)
+    .fetch_one(pg.pool())
+    .await
+    .unwrap();
+    assert_eq!(emails, 3);
+    assert_eq!(db.store.verify().await.unwrap(), vec![]);
+}
+
 /// Workflows sharing one deadline (snapped to the start of business hours, imported in bulk)
 /// were one slice, since slices were cut by instant only: one batch job took them all, round
 /// after round, while the other workers idled. They are now cut by id as well, into as many
