@@ -94,7 +94,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         };
     parsed.map_err(|(path, inner)| match inner.classify() {
         serde_json::error::Category::Data => {
-            let message = inner.to_string();
+            let message = time_hint(json_terms(&inner.to_string()));
             ApiError::Client {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: "invalid",
@@ -110,6 +110,62 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     })
 }
 
+/// serde's words for a JSON object where its type names leak ("expected struct CreateWorkflow
+/// with 10 elements", said of an array) in the words of the API's documents.
+fn json_terms(message: &str) -> String {
+    const STRUCT: &str = "expected struct ";
+    let Some(at) = message.find(STRUCT) else {
+        return message.to_owned();
+    };
+    let rest = &message[at + STRUCT.len()..];
+    let name = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    let mut rest = &rest[name..];
+    // " with 10 elements" (a sequence's length, meaningless for an object)
+    if let Some(after) = rest.strip_prefix(" with ")
+        && let Some(end) = after.find(" element")
+        && after[..end].bytes().all(|b| b.is_ascii_digit())
+    {
+        let after = &after[end + " element".len()..];
+        rest = after.strip_prefix('s').unwrap_or(after);
+    }
+    json_terms(&format!("{}expected a JSON object{rest}", &message[..at]))
+}
+
+/// A time that does not parse fails with chrono's words alone ("premature end of input": a
+/// time without its UTC offset reads as a body cut short): say what a time looks like.
+fn time_hint(message: String) -> String {
+    const CHRONO: [&str; 5] = [
+        "premature end of input",
+        "input contains invalid characters",
+        "input is out of range",
+        "trailing input",
+        "input is not enough for unique date and time",
+    ];
+    if CHRONO.iter().any(|c| message.starts_with(c)) {
+        format!(
+            "{message}: expected an RFC 3339 time with its UTC offset, such as 2026-11-25T12:00:00Z"
+        )
+    } else {
+        message
+    }
+}
+
+/// Every request body is a JSON object. serde also reads a struct from an array of its field
+/// values in order, so `["T-1", "Title", …]` created a workflow: refused before parsing.
+fn object_body(bytes: &[u8]) -> ApiResult<()> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::Client {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid",
+            field: None,
+            message: "the request body must be a JSON object ({\"field\": value, …})".into(),
+        }),
+    }
+}
+
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
@@ -122,6 +178,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 "the request body is empty; expected a JSON object",
             ));
         }
+        object_body(&bytes)?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -134,6 +191,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJsonBody(T::default()));
         }
+        object_body(&bytes)?;
         parse_json(&bytes).map(OptionalJsonBody)
     }
 }
@@ -179,7 +237,7 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> ApiResult<T> {
     let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let message = e.inner().to_string();
+        let message = time_hint(e.inner().to_string());
         let err = ApiError::client(StatusCode::BAD_REQUEST, "bad_query", message.clone());
         match field_of(&path, &message) {
             Some(f) => err.with_field(f),
@@ -250,6 +308,35 @@ mod tests {
         match e {
             ApiError::Client { status, field, .. } => (status, field),
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serde_type_names_become_json_objects() {
+        assert_eq!(
+            json_terms(
+                "invalid length 0, expected struct CreateWorkflow with 10 elements at line 1 column 2"
+            ),
+            "invalid length 0, expected a JSON object at line 1 column 2"
+        );
+        assert_eq!(
+            json_terms("invalid type: integer `5`, expected struct Level"),
+            "invalid type: integer `5`, expected a JSON object"
+        );
+        assert_eq!(
+            json_terms("expected struct A with 1 element, or expected struct B_2"),
+            "expected a JSON object, or expected a JSON object"
+        );
+        assert_eq!(json_terms("missing field `title`"), "missing field `title`");
+        assert!(time_hint("premature end of input at line 1 column 9".into()).contains("RFC 3339"));
+        assert_eq!(
+            time_hint("missing field `as_of`".into()),
+            "missing field `as_of`"
+        );
+        assert!(object_body(b"  {}").is_ok());
+        for not_an_object in [&b"[]"[..], b"[\"T-1\"]", b"\"x\"", b"3", b"null"] {
+            let e = object_body(not_an_object).unwrap_err();
+            assert_eq!(field(e).0, StatusCode::UNPROCESSABLE_ENTITY);
         }
     }
 

@@ -114,6 +114,44 @@ async fn bad_bodies_are_4xx_json_errors_naming_the_problem() {
         .await
         .error(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(field.as_deref(), Some("stage_started_at"));
+
+    // serde reads a struct from an array of its field values too: a positional array made a
+    // workflow, and `[]` was told to be "struct CreateWorkflow with 10 elements"
+    let positional = json!([
+        "PR-3", "T", "approval", "S", "u2", "dave", null, null, null, null
+    ]);
+    for body in [positional, json!([]), json!("PR-3")] {
+        let res = api.post("/api/v1/workflows", body.clone()).await;
+        let (code, _) = res.error(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(code, "invalid");
+        assert!(
+            res.text().contains("must be a JSON object"),
+            "{}",
+            res.text()
+        );
+    }
+    let listed = api.get("/api/v1/workflows").await.json();
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["external_id"] != "PR-3"),
+        "{listed}"
+    );
+    // a time without its UTC offset says what a time looks like, not "premature end of input"
+    let mut body = workflow_body("PR-3");
+    body["stage_started_at"] = json!("2026-12-07T07:00:00");
+    let res = api.post("/api/v1/workflows", body).await;
+    assert!(
+        res.text().contains("such as 2026-11-25T12:00:00Z"),
+        "{}",
+        res.text()
+    );
+    assert_eq!(
+        res.error(StatusCode::UNPROCESSABLE_ENTITY).1.as_deref(),
+        Some("stage_started_at")
+    );
 }
 
 /// Identifiers are index keys: one past 200 characters is refused naming the field (an
