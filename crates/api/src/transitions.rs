@@ -158,7 +158,8 @@ pub async fn transition(
 ) -> ApiResult<Response> {
     let id = workflow_id(&id)?;
     let transition = transition_of(Action::parse(&action)?, &body)?;
-    let expected_version = match (if_match(&headers)?, body.expected_version) {
+    let from_header = if_match(&headers)?;
+    let expected_version = match (from_header, body.expected_version) {
         (Some(h), Some(b)) if h != b => {
             return Err(ApiError::bad_request(
                 "expected_version",
@@ -174,7 +175,15 @@ pub async fn transition(
         comment: body.comment,
         now: Utc::now(),
     };
-    let w = s.store.transition(id, &transition, &ctx).await?;
+    let w = match s.store.transition(id, &transition, &ctx).await {
+        // a stale version named by the header is the header's fault, not a body field's
+        Err(e @ escalator_store::StoreError::VersionConflict { .. })
+            if from_header.is_some() && body.expected_version.is_none() =>
+        {
+            return Err(ApiError::from(e).with_field("If-Match"));
+        }
+        done => done?,
+    };
     Ok(workflow_response(StatusCode::OK, w))
 }
 

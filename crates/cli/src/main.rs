@@ -1,6 +1,15 @@
 //! The `escalator` binary: parses the command line and environment, sets up logging, and hands
 //! over to the command. Everything worth testing lives in the libraries.
 
+/// `eprintln!` that cannot panic: stderr may be a closed pipe (`escalator status 2>&1 | head
+/// -1`), and `eprintln!` then panicked (exit 101) over a message nobody could read.
+macro_rules! stderr_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod commands;
 mod config;
 mod telemetry;
@@ -79,7 +88,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            stderr_line!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -110,7 +119,7 @@ fn main() -> ExitCode {
             // each cause once: sqlx's errors print their source themselves, and `{e:#}` said
             // `database "x" does not exist at line 948` twice
             let e: &(dyn std::error::Error + 'static) = e.as_ref();
-            eprintln!("error: {}", escalator_runtime::error::with_causes(e));
+            stderr_line!("error: {}", escalator_runtime::error::with_causes(e));
             ExitCode::FAILURE
         }
     }

@@ -10,7 +10,7 @@ pub fn init(format: &str) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
             // logging is not up yet: say it on stderr, and go on with the default level
-            eprintln!("warning: RUST_LOG={v:?} is not a valid filter ({e}); logging at info");
+            stderr_line!("warning: RUST_LOG={v:?} is not a valid filter ({e}); logging at info");
             default()
         }),
         _ => default(),

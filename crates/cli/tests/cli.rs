@@ -105,6 +105,8 @@ fn an_unreachable_database_is_a_clear_error() {
 #[test]
 fn seed_before_migrate_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
+    // a database file without the schema (a missing one is refused: the test below)
+    std::fs::File::create(dir.path().join("empty.db")).unwrap();
     let url = format!("sqlite://{}", dir.path().join("empty.db").display());
     let out = escalator(&url, &["seed", "--workflows", "10"]);
     assert!(!out.status.success());
@@ -147,6 +149,53 @@ fn seed_before_migrate_says_what_to_do() {
             text(&out.stderr)
         );
     }
+}
+
+/// A mistyped SQLite path made every command create an empty database there and advise
+/// `escalator migrate`, which then made it a healthy-looking database with nothing in it
+/// (`verify`: "ok over 0 workflows"). Only `migrate` creates a missing file; the rest name it.
+#[test]
+fn only_migrate_creates_a_missing_sqlite_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.db");
+    let url = format!("sqlite://{}", file.display());
+    let queue = format!("sqlite://{}", dir.path().join("typo.db.queue").display());
+    for args in [
+        &["verify"][..],
+        &["status"],
+        &["check", "--dry-run"],
+        &["outbox", "list"],
+        &["seed", "--workflows", "10"],
+        &["enqueue", "check"],
+        &["worker"],
+        &["beat"],
+        &["api"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("ESCALATOR_QUEUE_URL", &queue)
+            .env("ESCALATOR_METRICS_ADDR", "127.0.0.1:0")
+            .env("ESCALATOR_API_ADDR", "127.0.0.1:0")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "there is no SQLite database at {}",
+                file.display()
+            )),
+            "{args:?}: {stderr}"
+        );
+        assert!(!file.exists(), "{args:?} created {}", file.display());
+    }
+    let out = escalator(&url, &["migrate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(file.exists());
+    let out = escalator(&url, &["verify"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -373,6 +422,7 @@ fn retrying_a_job_of_an_unknown_queue_names_the_queues() {
 #[tokio::test]
 async fn services_refuse_a_database_without_this_builds_schema() {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::File::create(dir.path().join("empty.db")).unwrap();
     let empty = format!("sqlite://{}", dir.path().join("empty.db").display());
     let db = TestDb::postgres().await;
     let escalator_store::Store::Postgres(pg) = &db.store else {

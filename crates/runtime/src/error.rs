@@ -4,10 +4,10 @@
 /// failed`): what dead jobs, failed runs and logs show. Displaying only the outermost error
 /// left operators with "store".
 pub fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
+    let mut out = without_server_line(&e.to_string()).to_owned();
     let mut cause = e.source();
     while let Some(c) = cause {
-        let text = c.to_string();
+        let text = without_server_line(&c.to_string()).to_owned();
         // an error that already prints its cause would repeat it
         if !out.ends_with(&text) {
             out.push_str(": ");
@@ -16,6 +16,17 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+/// `text` without the ` at line 948` sqlx puts after a PostgreSQL error: a line of the
+/// server's own C source, which reads as if something in the user's input were at fault.
+fn without_server_line(text: &str) -> &str {
+    match text.rsplit_once(" at line ") {
+        Some((before, line)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => {
+            before
+        }
+        _ => text,
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +62,18 @@ mod tests {
         let inner = Layer("timed out", None);
         let outer = Layer("redis: timed out", Some(Box::new(inner)));
         assert_eq!(with_causes(&outer), "redis: timed out");
+    }
+
+    #[test]
+    fn postgresqls_source_lines_are_left_out() {
+        let root = Layer("database \"x\" does not exist at line 948", None);
+        let e = Layer("cannot connect", Some(Box::new(root)));
+        assert_eq!(
+            with_causes(&e),
+            "cannot connect: database \"x\" does not exist"
+        );
+        // a JSON position is the user's, and stays
+        let json = Layer("expected value at line 1 column 2", None);
+        assert_eq!(with_causes(&json), "expected value at line 1 column 2");
     }
 }

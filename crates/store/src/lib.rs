@@ -63,6 +63,10 @@ pub struct StoreConfig {
     /// retries a refused one meanwhile): 10 s for services, which outlast a database
     /// restarting; a one-shot command says sooner that the database is unreachable.
     pub patience: std::time::Duration,
+    /// Whether a missing SQLite file is created (`escalator migrate`, `escalator dev`). The
+    /// other commands refuse it: a mistyped path made an empty database that `migrate` then
+    /// turned into a healthy-looking one with nothing in it.
+    pub create_missing: bool,
 }
 
 impl StoreConfig {
@@ -73,7 +77,14 @@ impl StoreConfig {
             max_connections: 10,
             min_connections: 0,
             patience: std::time::Duration::from_secs(10),
+            create_missing: true,
         }
+    }
+
+    /// The same settings, refusing to create a missing SQLite file (see `create_missing`).
+    pub fn existing_only(mut self) -> Self {
+        self.create_missing = false;
+        self
     }
 
     /// The same settings, giving up on a connection after `patience` (see `patience`).

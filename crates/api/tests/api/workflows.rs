@@ -287,8 +287,10 @@ async fn transitions_check_versions_and_status_and_are_audited() {
             &[("if-match", "\"7\"")],
         )
         .await;
-    let (code, _) = res.error(StatusCode::PRECONDITION_FAILED);
+    let (code, field) = res.error(StatusCode::PRECONDITION_FAILED);
     assert_eq!(code, "version_conflict");
+    // the header was stale, not a body field the client never sent
+    assert_eq!(field.as_deref(), Some("If-Match"));
 
     let res = api
         .send(

@@ -15,6 +15,12 @@ use escalator_runtime::serve::Health;
 use escalator_store::{NewWorkflow, Store, StoreConfig, StoreError, User};
 use escalator_worker::{Engine, PolicyCache, WorkerConfig};
 
+/// Where `escalator dev` keeps its data unless told (`--db`).
+const DEFAULT_DB: &str = "escalator-dev.db";
+
+/// The api's port unless told (`--port`).
+const DEFAULT_PORT: u16 = 5000;
+
 /// Arguments of `escalator dev`.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -22,10 +28,10 @@ pub struct DevArgs {
     #[arg(long)]
     demo: bool,
     /// The SQLite database file (the queues go next to it, in `<file>.queue`).
-    #[arg(long, default_value = "escalator-dev.db")]
+    #[arg(long, default_value = DEFAULT_DB)]
     db: PathBuf,
     /// Port of the api (1–65535: the printed URLs name it).
-    #[arg(long, default_value_t = 5000,
+    #[arg(long, default_value_t = DEFAULT_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
 }
@@ -164,8 +170,16 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         }
     }
     store.close().await;
+    // the command that opens this data again: a plain `escalator dev` opens the default file
+    let mut again = String::from("escalator dev");
+    if args.db != std::path::Path::new(DEFAULT_DB) {
+        again.push_str(&format!(" --db {}", args.db.display()));
+    }
+    if args.port != DEFAULT_PORT {
+        again.push_str(&format!(" --port {}", args.port));
+    }
     println!(
-        "stopped; your data is in {} (run `escalator dev` again to resume)",
+        "stopped; your data is in {} (run `{again}` again to resume)",
         args.db.display()
     );
     match failure {

@@ -36,7 +36,7 @@ struct NoopArgs {
     #[arg(long)]
     wait: bool,
     /// With --wait: give up after this many seconds (exit 2).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
 }
 
@@ -53,7 +53,7 @@ struct CheckArgs {
     #[arg(long)]
     wait: bool,
     /// With --wait: give up after this many seconds (exit 2).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
 }
 
@@ -131,9 +131,10 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     {
         let why = escalator_runtime::error::with_causes(&e);
         if args.wait && matches!(e, escalator_jobs::QueueError::Backlogged { .. }) {
-            eprintln!(
+            stderr_line!(
                 "error: check run {} not enqueued within --timeout {}s (marked failed): {why}",
-                run.id, args.timeout
+                run.id,
+                args.timeout
             );
             std::process::exit(2);
         }
@@ -156,22 +157,23 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         let r = match store.get_check_run(run.id).await {
             Ok(r) => {
                 if unread.take().is_some() {
-                    eprintln!("check run {}: the database answers again", run.id);
+                    stderr_line!("check run {}: the database answers again", run.id);
                 }
                 r
             }
             Err(e) => {
                 let why = escalator_runtime::error::with_causes(&e);
                 if started.elapsed() > deadline {
-                    eprintln!(
+                    stderr_line!(
                         "error: check run {} could not be read when --timeout {}s ran out: \
                          {why}; see `escalator status` once the database answers",
-                        run.id, args.timeout
+                        run.id,
+                        args.timeout
                     );
                     std::process::exit(2);
                 }
                 if unread.is_none() {
-                    eprintln!(
+                    stderr_line!(
                         "check run {}: cannot read it ({why}); trying again until --timeout",
                         run.id
                     );
@@ -209,15 +211,19 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
             } else {
                 "a batch may be retrying or dead: see `escalator status` and `escalator jobs dead`"
             };
-            eprintln!(
+            stderr_line!(
                 "error: check run {} still {} after {}s (batches done {}/{}); {hint}",
-                r.id, r.status, args.timeout, r.batches_done, r.batches
+                r.id,
+                r.status,
+                args.timeout,
+                r.batches_done,
+                r.batches
             );
             std::process::exit(2);
         }
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = Instant::now();
-            eprintln!(
+            stderr_line!(
                 "check run {}: {} after {:.0}s, batches done {}/{}",
                 r.id,
                 r.status,
@@ -268,9 +274,10 @@ async fn noops(args: NoopArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         if started.elapsed() > deadline {
-            eprintln!(
+            stderr_line!(
                 "error: {done} of {} no-op jobs done after {}s; is a worker running?",
-                args.count, args.timeout
+                args.count,
+                args.timeout
             );
             std::process::exit(2);
         }

@@ -16,9 +16,9 @@ pub struct JobsArgs {
 enum What {
     /// List dead jobs (attempts exhausted, or malformed payloads) of every queue.
     Dead {
-        /// Most jobs per queue.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// Most jobs per queue (1 or more).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
     },
     /// Put a dead job (or every dead job) back in its queue with its attempts reset.
     Retry {
@@ -37,7 +37,9 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
     let queues = super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv)?).await?;
     match args.what {
         What::Dead { limit } => {
-            let dead = queues.dead_jobs(limit).await?;
+            let dead = queues
+                .dead_jobs(usize::try_from(limit).unwrap_or(usize::MAX))
+                .await?;
             for d in &dead {
                 let payload: String = d.payload.chars().take(160).collect();
                 out!(
@@ -97,6 +99,6 @@ async fn retry_all(queues: &escalator_jobs::Queues) -> anyhow::Result<usize> {
         if this_round == 0 || per_queue.values().all(|n| *n < ROUND) {
             return Ok(retried);
         }
-        eprintln!("{retried} dead job(s) back in their queue so far");
+        stderr_line!("{retried} dead job(s) back in their queue so far");
     }
 }

@@ -56,7 +56,7 @@ pub const KEPT_OPEN: u32 = 4;
 /// the variable; like services, refuses a database without this build's schema (`verify` on
 /// an unmigrated file said only "no such table: audit_logs").
 pub async fn connect(url: &str) -> anyhow::Result<Store> {
-    require_schema(connect_with(one_shot(url)).await?, url).await
+    require_schema(connect_with(one_shot(url).existing_only()).await?, url).await
 }
 
 /// How long a one-shot command waits for PostgreSQL to give a connection: a refused or
@@ -67,10 +67,16 @@ fn one_shot(url: &str) -> StoreConfig {
     StoreConfig::new(url).patient_for(ONE_SHOT_PATIENCE)
 }
 
-/// [`connect`] whatever the schema: for `escalator migrate`, which brings it, and `status`,
-/// which reports the queues before it checks the schema ([`require_schema`]).
+/// [`connect`] whatever the schema, for `escalator migrate`, which brings it (creating a
+/// missing SQLite file).
 pub async fn connect_any_schema(url: &str) -> anyhow::Result<Store> {
     connect_with(one_shot(url)).await
+}
+
+/// [`connect`] whatever the schema, to an existing database: for `status`, which reports the
+/// queues before it checks the schema ([`require_schema`]).
+pub async fn connect_existing(url: &str) -> anyhow::Result<Store> {
+    connect_with(one_shot(url).existing_only()).await
 }
 
 /// Binds `ESCALATOR_METRICS_ADDR` at start-up, so that a taken port stops a worker or beat
@@ -91,7 +97,12 @@ pub async fn bind_metrics(addr: std::net::SocketAddr) -> anyhow::Result<tokio::n
 /// upgrade): the process would otherwise take jobs and fail every one of them.
 pub async fn connect_service(url: &str) -> anyhow::Result<Store> {
     require_schema(
-        connect_with(StoreConfig::new(url).keeping_open(KEPT_OPEN)).await?,
+        connect_with(
+            StoreConfig::new(url)
+                .keeping_open(KEPT_OPEN)
+                .existing_only(),
+        )
+        .await?,
         url,
     )
     .await

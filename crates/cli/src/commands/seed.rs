@@ -88,7 +88,7 @@ pub async fn run(database_url: &str, args: SeedArgs) -> anyhow::Result<()> {
     }
     generator.await.context("the generator thread failed")?;
     bar.finish_and_clear();
-    eprintln!("vacuuming and analyzing the loaded tables, as autovacuum would");
+    stderr_line!("vacuuming and analyzing the loaded tables, as autovacuum would");
     store
         .settle()
         .await

@@ -9,7 +9,7 @@ use crate::config::QueueConfig;
 /// reached (the report is what an operator reads first in an incident); the command then
 /// exits non-zero naming what failed.
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
-    let store = super::connect_any_schema(database_url).await?;
+    let store = super::connect_existing(database_url).await?;
     let queues_failed = match queue_report().await {
         Ok(()) => None,
         Err(e) => {

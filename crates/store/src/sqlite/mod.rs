@@ -49,10 +49,24 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database file in WAL mode with foreign keys on.
+    /// Opens the database file in WAL mode with foreign keys on, creating it if missing when
+    /// `config.create_missing`.
     pub async fn connect(config: &StoreConfig) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(&config.url)?
-            .create_if_missing(true)
+        let options = SqliteConnectOptions::from_str(&config.url)?;
+        let file = options.get_filename();
+        let in_memory = file.as_os_str().is_empty() || file.as_os_str() == ":memory:";
+        if !config.create_missing && !in_memory && !file.exists() {
+            return Err(StoreError::Invalid {
+                field: "DATABASE_URL",
+                message: format!(
+                    "there is no SQLite database at {} (`escalator migrate` creates one; \
+                     `escalator dev` keeps its own in escalator-dev.db)",
+                    file.display()
+                ),
+            });
+        }
+        let options = options
+            .create_if_missing(config.create_missing)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
