@@ -191,11 +191,58 @@ fn only_migrate_creates_a_missing_sqlite_database() {
         );
         assert!(!file.exists(), "{args:?} created {}", file.display());
     }
+    // migrate creates it, and says what it applied; a second run that nothing was
     let out = escalator(&url, &["migrate"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("migrations applied"), "{log}");
     assert!(file.exists());
+    let out = escalator(&url, &["migrate"]);
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        log.contains("already up to date; nothing to apply"),
+        "{log}"
+    );
     let out = escalator(&url, &["verify"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// `escalator status 2>&1 | head -1`: the command's error written to a reader already gone
+/// panicked (exit 101) instead of exiting 1.
+#[test]
+fn an_error_written_to_a_closed_stderr_is_still_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("none.db").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("verify")
+        .env("DATABASE_URL", &url)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // the reader goes before the command has anything to say
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+}
+
+/// A limit or timeout of 0 answered nonsense: "0 dead job(s)" with dead jobs there, "is a
+/// worker running?" with one running. Both are refused as usage errors (exit 2).
+#[test]
+fn zero_limits_and_timeouts_are_usage_errors() {
+    for args in [
+        &["jobs", "dead", "--limit", "0"][..],
+        &["enqueue", "check", "--wait", "--timeout", "0"],
+        &["enqueue", "noop", "--wait", "--timeout", "0"],
+    ] {
+        let out = escalator("sqlite://unused.db", args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("0"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]

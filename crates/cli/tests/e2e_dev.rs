@@ -210,4 +210,14 @@ fn dev_honours_the_settings_and_says_what_it_does_not_use() {
         "{banner}"
     );
     assert!(interrupt(child).success());
+    // the hint on the way out opens this data again (a plain `escalator dev` opened the
+    // default file)
+    let farewell = lines_rx.iter().collect::<Vec<_>>().join("\n");
+    assert!(
+        farewell.contains(&format!(
+            "run `escalator dev --db {} --port {port}` again to resume",
+            db.display()
+        )),
+        "{farewell}"
+    );
 }
