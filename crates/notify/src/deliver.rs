@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use escalator_runtime::metrics as m;
-use escalator_store::{DeliveryOutcome, FollowUp, OutboxEntry, Store, StoreError};
+use escalator_store::{DeliveryOutcome, FollowUp, OutboxEntry, ParentOutcome, Store, StoreError};
 use futures_util::StreamExt as _;
 
 use crate::email::Deferred;
@@ -280,11 +280,19 @@ impl Deliverer {
                     .await
             }
             Some((note, rows, due)) => {
+                // dead when only copies took it: its error first, then who gets it later
+                let (parent, note) = match outcome {
+                    DeliveryOutcome::Dead { error } => {
+                        (ParentOutcome::Dead, format!("{error}; {note}"))
+                    }
+                    _ => (ParentOutcome::Sent, format!("sent; {note}")),
+                };
                 self.store
-                    .record_sent_with_follow_ups(
+                    .record_with_follow_ups(
                         entry.id,
                         entry.attempts,
-                        note,
+                        parent,
+                        &note,
                         rows,
                         *due,
                         Utc::now(),
@@ -327,7 +335,8 @@ impl Deliverer {
         Ok(())
     }
 
-    /// The outcome of one attempt, with the recipients a relay deferred when it is `Sent`.
+    /// The outcome of one attempt, with the recipients a relay deferred when it is `Sent`, or
+    /// `Dead` because only copies took it.
     async fn attempt(&self, entry: &OutboxEntry) -> (DeliveryOutcome, Option<Deferrals>) {
         // claims past the limit: the outcomes of the last ones were never written (their
         // sender was killed mid-round, or crashed on this very message, or could not reach the
@@ -351,6 +360,18 @@ impl Deliverer {
         }
         let result = self.send(entry).await;
         let outcome = match result {
+            Ok(Some(Deferrals {
+                primaries_refused: Some(error),
+                sent,
+                recipients,
+            })) => {
+                let deferrals = Deferrals {
+                    sent,
+                    recipients,
+                    primaries_refused: None,
+                };
+                return (DeliveryOutcome::Dead { error }, Some(deferrals));
+            }
             Ok(deferrals) => return (DeliveryOutcome::Sent, deferrals),
             Err(NotifyError::Transient(error)) | Err(NotifyError::Config(error))
                 if entry.attempts < self.max_attempts =>
@@ -446,10 +467,17 @@ impl Deliverer {
         };
         let sent = match (entry.channel.as_str(), &self.mailer, &self.http) {
             ("email", Some(mailer), _) => {
-                let recipients = mailer.send(entry).await?;
-                return Ok((!recipients.is_empty()).then(|| Deferrals {
+                let taken = mailer.send(entry).await?;
+                if taken.deferred.is_empty() {
+                    return match taken.primaries_refused {
+                        Some(why) => Err(NotifyError::Permanent(why)),
+                        None => Ok(None),
+                    };
+                }
+                return Ok(Some(Deferrals {
                     sent: entry.payload.clone(),
-                    recipients,
+                    recipients: taken.deferred,
+                    primaries_refused: taken.primaries_refused,
                 }));
             }
             ("email", None, Some(h)) if h.has_email() => h.send_email(entry).await,
@@ -472,10 +500,12 @@ impl Deliverer {
 }
 
 /// What a sent email left for later: the recipients the relay deferred, and the payload as
-/// sent (its text rendered), which each of them is to get.
+/// sent (its text rendered), which each of them is to get; and why the row is dead anyway
+/// when only copies took it.
 struct Deferrals {
     sent: serde_json::Value,
     recipients: Vec<Deferred>,
+    primaries_refused: Option<String>,
 }
 
 /// An attempt's outcome to write: the row as claimed, how it went, and for a row sent with
@@ -531,7 +561,7 @@ fn follow_up_rows(parent: &OutboxEntry, deferrals: Deferrals) -> (String, Vec<Fo
         })
         .collect();
     let note = format!(
-        "sent; deferred for now, each sent later alone: {}",
+        "deferred for now, each sent later alone: {}",
         notes.join("; ")
     );
     (note, rows)

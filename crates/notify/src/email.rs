@@ -75,11 +75,12 @@ impl Mailer {
         })
     }
 
-    /// Sends the email described by an outbox row. `Ok` names the recipients the relay
-    /// deferred after another had taken the message ([`Deferred`]): each is to get it later,
-    /// alone (a follow-up row). A row naming an `envelope` (a follow-up) goes to those
-    /// addresses only, with the headers of the whole message.
-    pub async fn send(&self, entry: &OutboxEntry) -> Result<Vec<Deferred>, NotifyError> {
+    /// Sends the email described by an outbox row. `Ok` says who has it: the recipients the
+    /// relay deferred after another had taken the message ([`Deferred`]), each to get it
+    /// later, alone (a follow-up row), and whether only copies took it ([`Taken`]). A row
+    /// naming an `envelope` (a follow-up) goes to those addresses only, with the headers of the
+    /// whole message.
+    pub async fn send(&self, entry: &OutboxEntry) -> Result<Taken, NotifyError> {
         let from = match self {
             Mailer::Smtp { from, .. } | Mailer::Files { from, .. } => from.clone(),
         };
@@ -105,23 +106,36 @@ impl Mailer {
                             key = %entry.idempotency_key, error = %e.failure,
                             "the relay refused the message; sending to each recipient alone"
                         );
-                        let primaries = addresses_in(&entry.payload, "to")
+                        // the To: the message was built with (a copy stands in for primaries
+                        // none of which is usable), as the envelope names them
+                        let primaries = usable_recipients(entry)
+                            .map(|(to, _)| to)
+                            .unwrap_or_default()
                             .iter()
-                            // as the envelope names them (a domain in ASCII)
                             .filter_map(|a| mailbox(a).ok().map(|m| m.email))
                             .collect::<Vec<_>>();
                         one_by_one(transport, *deadline, &envelope, &raw, &primaries, entry).await
                     }
-                    other => other.map(|()| Vec::new()).map_err(|e| e.failure),
+                    other => other.map(|()| Taken::default()).map_err(|e| e.failure),
                 }
             }
             Mailer::Files { transport, dir, .. } => transport
                 .send_raw(&envelope, &raw)
                 .await
-                .map(|_| Vec::new())
+                .map(|_| Taken::default())
                 .map_err(|e| NotifyError::Transient(format!("writing to {}: {e}", dir.display()))),
         }
     }
+}
+
+/// Who has a message the relay took.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// Recipients it deferred: each gets the message later, alone.
+    pub deferred: Vec<Deferred>,
+    /// Set when it refused every primary recipient for good and only copies took it: the row
+    /// is dead, saying so, while the copies it deferred still get their rows.
+    pub primaries_refused: Option<String>,
 }
 
 /// A recipient the relay deferred (a 4xx, no answer in time, or not tried: more than
@@ -229,7 +243,7 @@ async fn one_by_one(
     raw: &[u8],
     primaries: &[Address],
     entry: &OutboxEntry,
-) -> Result<Vec<Deferred>, NotifyError> {
+) -> Result<Taken, NotifyError> {
     let mut order: Vec<&Address> = envelope.to().iter().collect();
     order.sort_by_key(|a| !primaries.contains(a));
     let mut delivered: Vec<&Address> = Vec::new();
@@ -269,31 +283,36 @@ async fn one_by_one(
             )),
         });
     }
-    if primary_left(&delivered) || primary_left(&deferred_addresses) {
-        for (rcpt, why) in &deferred {
-            tracing::warn!(
-                key = %entry.idempotency_key, recipient = %rcpt, error = %why,
-                "recipient deferred: it gets the message later, alone"
-            );
-        }
-        Ok(deferred
+    // someone has it: each one deferred gets it later, alone. With every primary recipient
+    // refused for good the row is dead, but a copy deferred still gets it (it was dropped).
+    let primaries_refused =
+        (!primary_left(&delivered) && !primary_left(&deferred_addresses)).then(|| {
+            // said in the dead row, so that whoever retries it (`escalator outbox retry`) knows
+            // these people get the message a second time
+            let copies: Vec<String> = delivered.iter().map(|a| a.to_string()).collect();
+            format!(
+                "the relay refused every primary recipient ({}); delivered to the copies only: \
+                 {} (a retry sends it to them again)",
+                refused.join("; "),
+                copies.join(", ")
+            )
+        });
+    for (rcpt, why) in &deferred {
+        tracing::warn!(
+            key = %entry.idempotency_key, recipient = %rcpt, error = %why,
+            "recipient deferred: it gets the message later, alone"
+        );
+    }
+    Ok(Taken {
+        deferred: deferred
             .into_iter()
             .map(|(address, error)| Deferred {
                 address: address.to_string(),
                 error,
             })
-            .collect())
-    } else {
-        // said in the dead row, so that whoever retries it (`escalator outbox retry`) knows
-        // these people get the message a second time
-        let copies: Vec<String> = delivered.iter().map(|a| a.to_string()).collect();
-        Err(NotifyError::Permanent(format!(
-            "the relay refused every primary recipient ({}); delivered to the copies only: {} \
-             (a retry sends it to them again)",
-            refused.join("; "),
-            copies.join(", ")
-        )))
-    }
+            .collect(),
+        primaries_refused,
+    })
 }
 
 fn parse_from(from: &str) -> Result<Mailbox, NotifyError> {

@@ -318,6 +318,65 @@ async fn a_recipient_the_relay_defers_does_not_hold_the_message_back_from_the_ot
     assert!(envelopes.lock().unwrap().is_empty(), "nobody has it yet");
 }
 
+/// The new assignee's address refused for good, one copy taking the message and the other
+/// deferred for now: the row was dead and the deferred copy never got the escalation (no
+/// follow-up was written for a dead row). The row is still dead, saying why, and the deferred
+/// copy gets it later, alone.
+async fn a_copy_deferred_while_the_primary_is_refused_still_gets_the_message(db: TestDb) {
+    escalation_email(
+        &db.store,
+        "gone@example.com",
+        &["mgr@example.com", "full@example.com"],
+    )
+    .await;
+    let picky = Picky {
+        refuse_recipients_containing: Some("gone@"),
+        defer_recipients_containing: Some("full@"),
+        ..Picky::default()
+    };
+    let (port, _, envelopes) = picky_smtp_sink(picky).await;
+    let now = Utc::now();
+    let r = deliverer(&db.store, port).drain(10, 10).await.unwrap();
+    assert_eq!((r.sent, r.retried, r.dead, r.deferred), (0, 0, 1, 1));
+    assert_eq!(
+        *envelopes.lock().unwrap(),
+        [vec!["mgr@example.com".to_owned()]]
+    );
+    let rows = db.store.list_outbox(&[], 10).await.unwrap();
+    let summary: Vec<String> = rows
+        .iter()
+        .map(|o| format!("{} {}", o.idempotency_key, o.status))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "escalate:9:1:1:email dead",
+            "escalate:9:1:1:email:rcpt:full@example.com pending"
+        ]
+    );
+    let error = rows[0].last_error.as_deref().unwrap_or_default();
+    for said in [
+        "every primary recipient",
+        "gone@example.com",
+        "delivered to the copies only: mgr@example.com",
+        "full@example.com",
+    ] {
+        assert!(error.contains(said), "{said}: {error}");
+    }
+    assert_eq!(rows[0].sent_at, None, "{:?}", rows[0]);
+    // room again: the deferred copy gets it, alone; nobody else again
+    let (port2, _, envelopes2) = picky_smtp_sink(Picky::default()).await;
+    let r = deliverer(&db.store, port2)
+        .drain_as_of(now + chrono::Duration::hours(2), 10, 10)
+        .await
+        .unwrap();
+    assert_eq!((r.sent, r.dead), (1, 0));
+    assert_eq!(
+        *envelopes2.lock().unwrap(),
+        [vec!["full@example.com".to_owned()]]
+    );
+}
+
 /// The copy a relay deferred gets the message later, once, alone, as the same message (its
 /// headers, its text, its Message-ID); the others are not sent it again. It used to be
 /// dropped: logged, and the row recorded `sent`.
@@ -420,6 +479,18 @@ async fn a_copy_the_relay_defers_gets_the_message_later_once_on_postgres() {
 #[tokio::test]
 async fn a_copy_the_relay_defers_gets_the_message_later_once_on_sqlite() {
     a_copy_the_relay_defers_gets_the_message_later_once(TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn a_copy_deferred_while_the_primary_is_refused_still_gets_the_message_on_postgres() {
+    a_copy_deferred_while_the_primary_is_refused_still_gets_the_message(TestDb::postgres().await)
+        .await;
+}
+
+#[tokio::test]
+async fn a_copy_deferred_while_the_primary_is_refused_still_gets_the_message_on_sqlite() {
+    a_copy_deferred_while_the_primary_is_refused_still_gets_the_message(TestDb::sqlite().await)
+        .await;
 }
 
 /// An address of a non-ASCII domain goes out in its ASCII form (a relay without SMTPUTF8,

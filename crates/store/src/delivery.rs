@@ -43,7 +43,7 @@ const RECORD_SQLITE: &str = "UPDATE outbox SET status = ?2, last_error = ?3, nex
     WHERE id = ?1 AND attempts = ?6 AND status IN ('pending', 'failed')";
 
 /// A delivery of an email to one recipient the relay deferred after another had taken the
-/// message: a row of its own, written with the parent's `sent` ([`Store::record_sent_with_follow_ups`]).
+/// message: a row of its own, written with the parent's outcome ([`Store::record_with_follow_ups`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FollowUp {
     /// The deferred address.
@@ -53,6 +53,15 @@ pub struct FollowUp {
     pub payload: serde_json::Value,
     /// `{parent key}:rcpt:{address}`: unique, so recording twice writes one row.
     pub idempotency_key: String,
+}
+
+/// What becomes of a row whose deferred recipients get rows of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentOutcome {
+    /// A primary recipient took it.
+    Sent,
+    /// The relay refused every primary recipient for good; only copies took it.
+    Dead,
 }
 
 /// Packs (group, items) into consecutive chunks of whole groups holding at most `limit` items
@@ -286,16 +295,19 @@ impl Store {
         Ok(recorded == 1)
     }
 
-    /// Records a claimed row `sent` (fenced by `attempts`, as [`Store::record_delivery`]), with
-    /// `note` as its last error (who was deferred), and in the same transaction writes one
-    /// pending row per deferred recipient (`follow_ups`), due at `due`, carrying the parent's
-    /// channel, workflow and run. Nothing is written unless the `sent` is: a claim that lost
-    /// its row (lease run out) writes no follow-up, and a follow-up's unique key makes a
-    /// second recording write none. Returns whether the outcome was recorded.
-    pub async fn record_sent_with_follow_ups(
+    /// Records a claimed row `sent`, or `dead` when only copies took it (`parent`; fenced by
+    /// `attempts`, as [`Store::record_delivery`]), with `note` as its last error (who was
+    /// deferred), and in the same transaction writes one pending row per deferred recipient
+    /// (`follow_ups`), due at `due`, carrying the parent's channel, workflow and run. Nothing is
+    /// written unless the outcome is: a claim that lost its row (lease run out) writes no
+    /// follow-up, and a follow-up's unique key makes a second recording write none. Returns
+    /// whether the outcome was recorded.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_with_follow_ups(
         &self,
         id: i64,
         attempts: i32,
+        parent: ParentOutcome,
         note: &str,
         follow_ups: &[FollowUp],
         due: DateTime<Utc>,
@@ -306,15 +318,19 @@ impl Store {
             .iter()
             .map(|f| f.idempotency_key.as_str())
             .collect();
+        let (status, sent_at) = match parent {
+            ParentOutcome::Sent => ("sent", Some(now)),
+            ParentOutcome::Dead => ("dead", None),
+        };
         match self {
             Store::Postgres(s) => {
                 let mut tx = s.pool().begin().await?;
                 let recorded = sqlx::query(RECORD_PG)
                     .bind(id)
-                    .bind("sent")
+                    .bind(status)
                     .bind(note)
                     .bind(now)
-                    .bind(now)
+                    .bind(sent_at)
                     .bind(attempts)
                     .execute(&mut *tx)
                     .await?
@@ -361,10 +377,10 @@ impl Store {
                 let mut tx = s.pool().begin_with(sqlite::BEGIN_WRITE).await?;
                 let recorded = sqlx::query(RECORD_SQLITE)
                     .bind(id)
-                    .bind("sent")
+                    .bind(status)
                     .bind(note)
                     .bind(sqlite_ts(now))
-                    .bind(sqlite_ts(now))
+                    .bind(sent_at.map(sqlite_ts))
                     .bind(attempts)
                     .execute(&mut *tx)
                     .await?
