@@ -73,6 +73,18 @@ pub struct Beat {
     /// This process has led for at least one step since taking the lease (its lateness is a
     /// running leader's, not a restart's).
     running: bool,
+    /// A slot's run whose job could not be pushed (Redis down): pushed again at the next
+    /// steps, as that run, until it goes or the catch-up window passes. Proposed again, the
+    /// slot found its run and was counted a duplicate tick; it never ran.
+    unpushed: Option<Unpushed>,
+}
+
+/// A slot's run recorded but not enqueued.
+#[derive(Debug, Clone, Copy)]
+struct Unpushed {
+    id: i64,
+    slot: DateTime<Utc>,
+    as_of: DateTime<Utc>,
 }
 
 /// How often the leader looks for due deliveries that no job is coming for.
@@ -143,6 +155,7 @@ impl Beat {
             swept: None,
             sweep_failing: false,
             running: false,
+            unpushed: None,
         }
     }
 
@@ -196,6 +209,9 @@ impl Beat {
             self.config.catchup
         };
         self.running = true;
+        if let Some(u) = self.unpushed.take() {
+            self.push_again(u, window, now).await?;
+        }
         let plan = plan_slots(
             &self.config.schedule,
             self.last_slot,
@@ -404,6 +420,7 @@ impl Beat {
                 self.counted_slot = None;
                 self.deadline_run = None;
                 self.running = false;
+                self.unpushed = None;
                 metrics::gauge!(m::BEAT_LEADER).set(1.0);
                 self.health.touch();
                 Ok(true)
@@ -439,11 +456,19 @@ impl Beat {
                     as_of: now,
                     scope: Scope::All,
                 };
-                // a failed push marks the run failed: its slot is taken, so a retry would find
-                // a duplicate and push nothing either
-                self.queues
-                    .push_check_or_fail_run(&self.store, &job)
-                    .await?;
+                // a failed push marks the run failed; its slot is taken (proposed again it would
+                // be a duplicate), so the next steps push that run again
+                if let Err(e) = self.queues.push_check_or_fail_run(&self.store, &job).await {
+                    if let Some(slot) = slot {
+                        self.last_slot = Some(slot);
+                        self.unpushed = Some(Unpushed {
+                            id: run.id,
+                            slot,
+                            as_of: now,
+                        });
+                    }
+                    return Err(e.into());
+                }
                 metrics::gauge!(m::BEAT_LAST_ENQUEUE).set(now.timestamp() as f64);
                 self.health.touch();
                 tracing::info!(
@@ -466,6 +491,41 @@ impl Beat {
                 Ok(None)
             }
         }
+    }
+
+    /// Pushes again the job of a slot's run whose push failed, the run back to `queued`; still
+    /// failing, it is kept for the next step. Past the catch-up `window` the slot is given up
+    /// and counted missed (its run stays failed, naming why; the due workflows are checked by
+    /// the next slot or deadline check).
+    async fn push_again(
+        &mut self,
+        u: Unpushed,
+        window: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(), BeatError> {
+        let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(1));
+        if now - u.slot > window {
+            metrics::counter!(m::MISSED_TICKS).increment(1);
+            tracing::warn!(check_run_id = u.id, slot = %u.slot, "a slot whose check could not be enqueued is past the catch-up window: missed");
+            return Ok(());
+        }
+        self.store.reopen_check_run(u.id, now).await?;
+        let job = CheckWorkflows {
+            check_run_id: u.id,
+            as_of: u.as_of,
+            scope: Scope::All,
+        };
+        if let Err(e) = self.queues.push_check_or_fail_run(&self.store, &job).await {
+            self.unpushed = Some(u);
+            return Err(e.into());
+        }
+        metrics::gauge!(m::BEAT_LAST_ENQUEUE).set(now.timestamp() as f64);
+        self.health.touch();
+        tracing::info!(check_run_id = u.id, slot = %u.slot, "check enqueued after its push had failed");
+        if self.deadline_run.is_none() {
+            self.deadline_run = Some(InFlight::queued(u.id, now));
+        }
+        Ok(())
     }
 
     /// Stops leading: no lease, and the gauges only a leader keeps up to date are cleared (a

@@ -465,7 +465,9 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
 }
 
 /// A slot whose job cannot be pushed (Redis down) is recorded as a failed run naming the
-/// cause: it used to stay `queued` for ever, its slot taken, so no retry pushed it either.
+/// cause: it used to stay `queued` for ever, its slot taken. Then the next step proposed the
+/// slot again, found its run and counted a duplicate tick: the slot never ran. Its run is
+/// pushed again once Redis is back.
 #[tokio::test]
 async fn a_slot_that_cannot_be_enqueued_is_a_failed_run_not_a_queued_one() {
     let db = TestDb::postgres().await;
@@ -488,9 +490,38 @@ async fn a_slot_that_cannot_be_enqueued_is_a_failed_run_not_a_queued_one() {
     assert_eq!(runs[0].status, "failed", "{runs:?}");
     let error = runs[0].error.clone().unwrap_or_default();
     assert!(error.contains("could not be enqueued"), "{error}");
-    // the beat goes on: the slot is not recorded twice, and the next one is tried again
+    // the beat goes on: the slot is not recorded twice, and its run is tried again
     let _ = beat.step(utc("2026-11-25T12:01:00Z")).await;
-    assert_eq!(db.store.recent_check_runs(10).await.unwrap().len(), 1);
+    let runs = db.store.recent_check_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].status, "failed", "{runs:?}");
+    // Redis back: the same run is enqueued, queued again, its error gone
+    redis.restart();
+    let mut pushed = false;
+    for _ in 0..50 {
+        if beat.step(utc("2026-11-25T12:02:00Z")).await.is_ok() {
+            pushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pushed, "the beat never got through to the restarted Redis");
+    let runs = db.store.recent_check_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(
+        (
+            runs[0].slot,
+            runs[0].status.as_str(),
+            runs[0].error.as_deref()
+        ),
+        (Some(utc("2026-11-25T12:00:00Z")), "queued", None),
+        "{runs:?}"
+    );
+    let q = Queues::connect(&redis.url(), QueueNames::new("beat-down"))
+        .await
+        .unwrap();
+    let checks = q.stats().await.unwrap()[0].clone();
+    assert_eq!(checks.pending, 1, "{checks:?}");
 }
 
 /// The sweep prunes finished jobs past their retention from the queues (apalis keeps them for
