@@ -187,20 +187,34 @@ impl Deliverer {
                 });
             }
             // sends of one round run side by side (each row is its own claim); outcomes are
-            // recorded as they come
+            // recorded as they come. Once the process is stopping no send starts (a send is
+            // started when its future is first polled): the second wave would outlast the
+            // grace period, be cut off mid-send and go out again after the lease. Those rows
+            // are handed back instead.
             let mut sends = futures_util::stream::iter(claimed.into_iter().map(|entry| {
                 // owned parts: the future must not borrow across the stream (Send bounds)
                 let this = self.clone();
                 async move {
+                    if escalator_runtime::shutdown::stopping() {
+                        return Err(entry);
+                    }
                     let (outcome, deferrals) = this.attempt(&entry).await;
-                    (entry, outcome, deferrals)
+                    Ok((entry, outcome, deferrals))
                 }
             }))
             .buffer_unordered(PARALLEL_SENDS);
             // outcomes whose write failed (the database restarting, a pool timeout): written
             // again once the round's sends are done, until shortly before the lease ends
             let mut unrecorded = Vec::new();
-            while let Some((entry, outcome, deferrals)) = sends.next().await {
+            let mut not_started = Vec::new();
+            while let Some(sent) = sends.next().await {
+                let (entry, outcome, deferrals) = match sent {
+                    Ok(sent) => sent,
+                    Err(entry) => {
+                        not_started.push((entry.id, entry.attempts));
+                        continue;
+                    }
+                };
                 let label = match &outcome {
                     DeliveryOutcome::Sent => {
                         report.sent += 1;
@@ -257,6 +271,18 @@ impl Deliverer {
                 }
             }
             self.record_again(unrecorded, claimed_at).await?;
+            if !not_started.is_empty() {
+                let back = self
+                    .store
+                    .unclaim_deliveries(&not_started, Utc::now())
+                    .await?;
+                tracing::info!(
+                    handed_back = back,
+                    "stopping: deliveries claimed but not started are due again for another sender"
+                );
+                report.more = true;
+                break;
+            }
             if count < per_round as usize {
                 break;
             }

@@ -295,6 +295,51 @@ impl Store {
         Ok(recorded == 1)
     }
 
+    /// Hands back claimed rows that were never tried (the sender is stopping): due again at
+    /// `now`, their claim undone (`attempts` back by one), each only if that claim still holds
+    /// it (`attempts` as claimed, still waiting). Returns how many went back.
+    pub async fn unclaim_deliveries(
+        &self,
+        claims: &[(i64, i32)],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = claims.iter().map(|c| c.0).collect();
+        let attempts: Vec<i32> = claims.iter().map(|c| c.1).collect();
+        let done = match self {
+            Store::Postgres(s) => sqlx::query(
+                "UPDATE outbox o SET attempts = o.attempts - 1, next_attempt_at = $3
+                     FROM UNNEST($1::bigint[], $2::int[]) AS c(id, attempts)
+                     WHERE o.id = c.id AND o.attempts = c.attempts
+                       AND o.status IN ('pending', 'failed')",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(now)
+            .execute(s.pool())
+            .await?
+            .rows_affected(),
+            Store::Sqlite(s) => {
+                let pairs = serde_json::to_string(&claims).unwrap_or_else(|_| "[]".into());
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts - 1, next_attempt_at = ?2
+                     WHERE status IN ('pending', 'failed') AND EXISTS (
+                         SELECT 1 FROM json_each(?1) AS c
+                         WHERE json_extract(c.value, '$[0]') = outbox.id
+                           AND json_extract(c.value, '$[1]') = outbox.attempts)",
+                )
+                .bind(pairs)
+                .bind(sqlite_ts(now))
+                .execute(s.pool())
+                .await?
+                .rows_affected()
+            }
+        };
+        Ok(done)
+    }
+
     /// Records a claimed row `sent`, or `dead` when only copies took it (`parent`; fenced by
     /// `attempts`, as [`Store::record_delivery`]), with `note` as its last error (who was
     /// deferred), and in the same transaction writes one pending row per deferred recipient
