@@ -262,7 +262,7 @@ impl DeliverySettings {
         if events && http.webhook.is_none() {
             return Err(ConfigError {
                 name: "ESCALATOR_EVENTS",
-                value: "true".into(),
+                value: src.get("ESCALATOR_EVENTS").unwrap_or_else(|| "true".into()),
                 reason: "escalation events go to ESCALATOR_WEBHOOK_URL, which is not set".into(),
             });
         }
@@ -587,6 +587,9 @@ mod tests {
         let e = DeliverySettings::from_env(&env(&[("ESCALATOR_EVENTS", "true")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_EVENTS");
         assert!(e.to_string().contains("ESCALATOR_WEBHOOK_URL"), "{e}");
+        // the value as written, not as read
+        let e = DeliverySettings::from_env(&env(&[("ESCALATOR_EVENTS", "1")])).unwrap_err();
+        assert!(e.to_string().contains("ESCALATOR_EVENTS=\"1\""), "{e}");
         let e = DeliverySettings::from_env(&env(&[("ESCALATOR_EVENTS", "often")])).unwrap_err();
         assert_eq!(e.name, "ESCALATOR_EVENTS");
         // as .env.example writes it

@@ -32,7 +32,7 @@ struct Cli {
     database_url: String,
 
     /// Log format: "text" for people, "json" for log collectors.
-    #[arg(long, env = "ESCALATOR_LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "json"])]
+    #[arg(long, env = "ESCALATOR_LOG_FORMAT", default_value = "text", global = true, value_parser = log_format)]
     log_format: String,
 
     #[command(subcommand)]
@@ -68,6 +68,15 @@ enum Command {
     Jobs(commands::jobs::JobsArgs),
     /// Deliveries in the outbox: list (`--dead`) and retry.
     Outbox(commands::outbox::OutboxArgs),
+}
+
+/// `--log-format` / `ESCALATOR_LOG_FORMAT`: clap's own refusal named only the flag, though
+/// the value mostly comes from the variable.
+fn log_format(value: &str) -> Result<String, String> {
+    match value {
+        "text" | "json" => Ok(value.to_owned()),
+        _ => Err("expected text or json (set by --log-format or ESCALATOR_LOG_FORMAT)".into()),
+    }
 }
 
 fn main() -> ExitCode {

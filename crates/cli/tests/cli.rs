@@ -207,6 +207,44 @@ fn only_migrate_creates_a_missing_sqlite_database() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// `seed --now 1970-01-01T00:00:00Z` wrote stages started in 1969, outside the years every
+/// other write is held to; refused before the database is touched.
+#[test]
+fn seed_refuses_a_now_whose_workflows_fall_outside_the_stored_years() {
+    for (now, extra) in [
+        ("1970-01-01T00:00:00Z", &[][..]),
+        ("9999-12-31T12:00:00Z", &[]),
+        ("2026-12-07T00:00:00Z", &["--due-within", "999999999999"]),
+    ] {
+        let mut args = vec!["seed", "--now", now];
+        args.extend_from_slice(extra);
+        let out = escalator("sqlite://never-created.db", &args);
+        assert_eq!(out.status.code(), Some(1), "{now}");
+        assert!(
+            text(&out.stderr).contains("1970-9999"),
+            "{now}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!std::path::Path::new("never-created.db").exists());
+}
+
+/// A bad ESCALATOR_LOG_FORMAT was refused naming only `--log-format`.
+#[test]
+fn a_bad_log_format_names_its_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("status")
+        .env("ESCALATOR_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("'xml'") && stderr.contains("ESCALATOR_LOG_FORMAT"),
+        "{stderr}"
+    );
+}
+
 /// `escalator status 2>&1 | head -1`: the command's error written to a reader already gone
 /// panicked (exit 101) instead of exiting 1.
 #[test]

@@ -316,8 +316,12 @@ async fn one_by_one(
 }
 
 fn parse_from(from: &str) -> Result<Mailbox, NotifyError> {
-    from.parse()
-        .map_err(|e| NotifyError::Config(format!("ESCALATOR_EMAIL_FROM={from:?}: {e}")))
+    from.parse().map_err(|e| {
+        NotifyError::Config(format!(
+            "ESCALATOR_EMAIL_FROM={from:?}: {e}: expected an address your relay accepts, \
+                 alone or with a name, such as `escalator <escalator@your-domain.example>`"
+        ))
+    })
 }
 
 /// The message of an outbox row: `payload` holds `to`, `cc`, `subject`, `body`. Invalid

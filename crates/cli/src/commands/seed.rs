@@ -30,8 +30,50 @@ pub struct SeedArgs {
     due_within: Option<u64>,
 }
 
+/// Refuses a `--now` (with `--due-within`) whose seeded instants — stages started up to 72 h
+/// before it, deadlines up to 24 h or `--due-within` after it — would fall outside the years
+/// 1970-9999 every other write is held to (`--now 1970-01-01T00:00:00Z` wrote 1969 rows).
+fn seeded_span_in_range(plan: &SeedPlan) -> anyhow::Result<()> {
+    let after = match plan.due_within {
+        None => chrono::Duration::hours(24),
+        Some(secs) => i64::try_from(secs)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .unwrap_or(chrono::Duration::MAX)
+            .max(chrono::Duration::hours(24)),
+    };
+    let span = plan
+        .now
+        .checked_sub_signed(chrono::Duration::hours(72))
+        .zip(plan.now.checked_add_signed(after));
+    let fits = span.is_some_and(|(first, last)| {
+        escalator_store::time::check_instant("--now", first).is_ok()
+            && escalator_store::time::check_instant("--now", last).is_ok()
+    });
+    if !fits {
+        bail!(
+            "--now {}: the seeded workflows would start up to 72 h before it and fall due up to {} \
+             after it, outside the years 1970-9999 that escalator stores",
+            plan.now.to_rfc3339(),
+            if plan.due_within.is_some() {
+                "--due-within"
+            } else {
+                "24 h"
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Seeds users and workflows.
 pub async fn run(database_url: &str, args: SeedArgs) -> anyhow::Result<()> {
+    let plan = SeedPlan {
+        workflows: args.workflows,
+        seed: args.seed,
+        now: args.now.unwrap_or_else(Utc::now),
+        due_within: args.due_within,
+    };
+    seeded_span_in_range(&plan)?;
     let store = super::connect(database_url).await?;
     match store.latest_policy("default").await {
         Ok(_) => {}
@@ -40,12 +82,6 @@ pub async fn run(database_url: &str, args: SeedArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).context("cannot read the schema: has `escalator migrate` run?"),
     }
-    let plan = SeedPlan {
-        workflows: args.workflows,
-        seed: args.seed,
-        now: args.now.unwrap_or_else(Utc::now),
-        due_within: args.due_within,
-    };
     let first = format!("seed-{}-{:07}", plan.seed, 0);
     match store.get_workflow_by_external_id(&first).await {
         Err(StoreError::NotFound { .. }) => {}
