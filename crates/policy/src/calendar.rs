@@ -21,8 +21,8 @@ const SECONDS_PER_DAY: u32 = 86_400;
 const MAX_GAP_SECONDS: i64 = 2 * SECONDS_PER_DAY as i64;
 
 /// How many local days past its start a deadline is looked for: 1,000 years, so that the
-/// longest SLA a policy takes (100 years) is found on any calendar with 20 minutes of work a
-/// week or more. A deadline further out is never ([`DateTime::<Utc>::MAX_UTC`]), as one past the
+/// longest SLA a policy takes (100 years) is found on any calendar with 17 hours of work a week
+/// or more (with an hour a week, SLAs of up to ~52,000 hours, 6 years, are found). A deadline further out is never ([`DateTime::<Utc>::MAX_UTC`]), as one past the
 /// end of representable time already was. Without the bound a calendar with little working time
 /// (one second a week) and a long SLA walked day by day to the year 262,143: ~95 million days,
 /// 1.6 s of CPU for each workflow scheduled (release build), while a check held its batch's rows.

@@ -85,15 +85,17 @@ pub(crate) const MANAGER_CYCLE_SQLITE: &str = "WITH RECURSIVE chain (start, at, 
 
 /// Workflows exhausted because their `manager` level had no one to escalate to (no manager,
 /// or an inactive one) can move on once their assignee has an active manager: a user write
-/// makes the open, exhausted workflows of every user it gave an active manager, or whose
-/// manager it (re)activated (`$1`: the ids written), due at `$2`, in its own transaction: the
+/// makes the open, exhausted workflows of every user it gave an active manager they did not
+/// have (`$1`, [`given_a_manager`]), or whose manager it made active (`$3`, [`reactivated`]),
+/// due at `$2`, in its own transaction (any write of a user with an active manager, an HR
+/// sync, used to, and a repeating policy renotified at every one): the
 /// unscheduled ones (a `stop` policy), and those below their policy's last level whose next
 /// renotification (a `repeat` policy) lies later, which used to wait for it, up to a day. The
 /// next check escalates them (a resolved target wins over the recorded exhaustion); one
 /// exhausted at the end of its chain is evaluated once and unscheduled again.
 pub(crate) const REARM_EXHAUSTED_PG: &str = "UPDATE workflows w SET next_check_at = $2
     WHERE assignee IN (SELECT u.id FROM users u JOIN users m ON m.id = u.manager_id AND m.active
-                       WHERE u.id = ANY($1) OR m.id = ANY($1))
+                       WHERE u.id = ANY($1) OR m.id = ANY($3))
       AND status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
       AND (next_check_at IS NULL
            OR (next_check_at > $2
@@ -101,11 +103,11 @@ pub(crate) const REARM_EXHAUSTED_PG: &str = "UPDATE workflows w SET next_check_a
                                        FROM escalation_policies p
                                        WHERE p.id = w.policy_id AND p.version = w.policy_version)))";
 
-/// [`REARM_EXHAUSTED_PG`] on SQLite (`?1`: the ids as a JSON array).
+/// [`REARM_EXHAUSTED_PG`] on SQLite (`?1`, `?3`: the ids as JSON arrays).
 pub(crate) const REARM_EXHAUSTED_SQLITE: &str = "UPDATE workflows SET next_check_at = ?2
     WHERE assignee IN (SELECT u.id FROM users u JOIN users m ON m.id = u.manager_id AND m.active
                        WHERE u.id IN (SELECT value FROM json_each(?1))
-                          OR m.id IN (SELECT value FROM json_each(?1)))
+                          OR m.id IN (SELECT value FROM json_each(?3)))
       AND status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
       AND (next_check_at IS NULL
            OR (next_check_at > ?2
@@ -114,12 +116,15 @@ pub(crate) const REARM_EXHAUSTED_SQLITE: &str = "UPDATE workflows SET next_check
                                        WHERE p.id = workflows.policy_id
                                          AND p.version = workflows.policy_version)))";
 
-/// Workflows exhausted because a `user:` target had left (the policy level they wait at, or,
-/// at level 0, the workflow's own `escalation_target`) can move on once that user is back: a
-/// user write makes due at `$2`, under the same conditions as [`REARM_EXHAUSTED_PG`], the open
-/// exhausted workflows whose next target is one of `$1`, the users it made active that were
-/// inactive or missing before it ([`reactivated`]). Any write of any user named anywhere in a
-/// policy used to re-arm them, and a repeating policy then renotified at every HR sync.
+/// Workflows exhausted because a `user:` target had left (a policy level from the one they
+/// wait at on, or, at level 0, the workflow's own `escalation_target`) can move on once that
+/// user is back: a user write makes due at `$2`, under the same conditions as
+/// [`REARM_EXHAUSTED_PG`], the open exhausted workflows that one of `$1` may escalate to, the
+/// users it made active that were inactive or missing before it ([`reactivated`]). Any write
+/// of any user named anywhere in a policy used to re-arm them, and a repeating policy then
+/// renotified at every HR sync. Any later level counts, not only the next: a decision passes
+/// over levels naming the holder or someone gone to the first that resolves, so a workflow
+/// whose next level was gone too waited on a later one, and stayed unscheduled for good.
 pub(crate) const REARM_TARGETS_PG: &str = "UPDATE workflows w SET next_check_at = $2
     WHERE status IN ('pending', 'escalated') AND exhausted_at IS NOT NULL
       AND (next_check_at IS NULL
@@ -128,9 +133,11 @@ pub(crate) const REARM_TARGETS_PG: &str = "UPDATE workflows w SET next_check_at 
                                        FROM escalation_policies p
                                        WHERE p.id = w.policy_id AND p.version = w.policy_version)))
       AND ((escalation_level = 0 AND escalation_target = ANY($1))
-           OR EXISTS (SELECT 1 FROM escalation_policies p
+           OR EXISTS (SELECT 1 FROM escalation_policies p,
+                          jsonb_array_elements(p.spec->'levels') WITH ORDINALITY AS l(v, n)
                       WHERE p.id = w.policy_id AND p.version = w.policy_version
-                        AND p.spec->'levels'->w.escalation_level->>'target'
+                        AND l.n > w.escalation_level
+                        AND l.v->>'target'
                             IN (SELECT 'user:' || x FROM unnest($1::text[]) x)))";
 
 /// [`REARM_TARGETS_PG`] on SQLite (`?1`: the ids as a JSON array).
@@ -144,18 +151,42 @@ pub(crate) const REARM_TARGETS_SQLITE: &str = "UPDATE workflows SET next_check_a
                                          AND p.version = workflows.policy_version)))
       AND ((escalation_level = 0
             AND escalation_target IN (SELECT value FROM json_each(?1)))
-           OR EXISTS (SELECT 1 FROM escalation_policies p
+           OR EXISTS (SELECT 1 FROM escalation_policies p, json_each(p.spec, '$.levels') AS l
                       WHERE p.id = workflows.policy_id AND p.version = workflows.policy_version
-                        AND json_extract(p.spec, '$.levels[' || workflows.escalation_level
-                                                 || '].target')
+                        AND l.key >= workflows.escalation_level
+                        AND json_extract(l.value, '$.target')
                             IN (SELECT 'user:' || value FROM json_each(?1))))";
+
+/// A written user as it was before the write.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct UserBefore {
+    pub(crate) id: String,
+    pub(crate) manager_id: Option<String>,
+    pub(crate) active: bool,
+}
 
 /// The users of a write who are active after it and were not before (inactive, or not there
 /// at all): only their return can give an exhausted workflow a target it lacked.
-pub(crate) fn reactivated(users: &[User], active_before: &[String]) -> Vec<String> {
+pub(crate) fn reactivated(users: &[User], before: &[UserBefore]) -> Vec<String> {
     users
         .iter()
-        .filter(|u| u.active && !active_before.contains(&u.id))
+        .filter(|u| u.active && !before.iter().any(|b| b.id == u.id && b.active))
+        .map(|u| u.id.clone())
+        .collect()
+}
+
+/// The users of a write given a manager they did not have before it (one where there was
+/// none, or another): only then may their workflows waiting for a manager have one now.
+pub(crate) fn given_a_manager(users: &[User], before: &[UserBefore]) -> Vec<String> {
+    users
+        .iter()
+        .filter(|u| {
+            u.manager_id.is_some()
+                && before
+                    .iter()
+                    .find(|b| b.id == u.id)
+                    .is_none_or(|b| b.manager_id != u.manager_id)
+        })
         .map(|u| u.id.clone())
         .collect()
 }

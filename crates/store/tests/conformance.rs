@@ -645,6 +645,33 @@ async fn a_manager_given_moves_exhausted_workflows_on_at_once(db: &TestDb) {
         assert!(before <= next && next <= Utc::now(), "{next}");
     }
     assert_eq!(next(exhausted[2]).await, Some(later));
+
+    // the same users written again, unchanged (an HR sync every few minutes), re-arm nothing:
+    // any write of a user with an active manager did, and the repeating policy renotified at
+    // every one instead of daily
+    let w = s.get_workflow(exhausted[0]).await.unwrap();
+    exhaust_at(s, &w, 0, Some(later)).await;
+    for _ in 0..2 {
+        s.upsert_users(&[
+            reporting_to("boss", None),
+            reporting_to("alice", Some("boss")),
+        ])
+        .await
+        .unwrap();
+    }
+    assert_eq!(next(exhausted[0]).await, Some(later));
+    // a manager who had left and comes back does
+    s.upsert_users(&[User {
+        active: false,
+        ..reporting_to("boss", None)
+    }])
+    .await
+    .unwrap();
+    assert_eq!(next(exhausted[0]).await, Some(later));
+    let before = Utc::now();
+    s.upsert_users(&[reporting_to("boss", None)]).await.unwrap();
+    let back = next(exhausted[0]).await.unwrap();
+    assert!(before <= back && back <= Utc::now(), "{back}");
 }
 
 /// Exhausts `w` at its level 0: no one to escalate it to, unscheduled (a `stop` policy).
@@ -678,7 +705,16 @@ async fn a_target_back_moves_exhausted_workflows_on_at_once(db: &TestDb) {
     let s = &db.store;
     let mut spec = Policy::default_policy().spec().clone();
     spec.levels[0].target = escalator_policy::Target::User("erin".into());
-    s.create_policy_version("named", "Named", &Policy::new(spec).unwrap())
+    s.create_policy_version("named", "Named", &Policy::new(spec.clone()).unwrap())
+        .await
+        .unwrap();
+    // two named levels: both gone at the breach, the decision passed over the first to the
+    // second, and found no one
+    spec.levels[0].target = escalator_policy::Target::User("hank".into());
+    let mut second = spec.levels[0].clone();
+    second.target = escalator_policy::Target::User("gina".into());
+    spec.levels.push(second);
+    s.create_policy_version("two-named", "Two named", &Policy::new(spec).unwrap())
         .await
         .unwrap();
     let with = |external_id: &str, target: Option<&str>, policy: Option<&str>| NewWorkflow {
@@ -691,6 +727,7 @@ async fn a_target_back_moves_exhausted_workflows_on_at_once(db: &TestDb) {
         with("OVERRIDE", Some("dave"), None),
         with("LEVEL", None, Some("named")),
         with("ELSEWHERE", Some("frank"), None),
+        with("LATER-LEVEL", None, Some("two-named")),
     ] {
         let w = s.create_workflow(&new, t0()).await.unwrap().workflow;
         exhaust(s, &w).await;
@@ -720,6 +757,13 @@ async fn a_target_back_moves_exhausted_workflows_on_at_once(db: &TestDb) {
         None,
         "nobody named frank came back"
     );
+    // the second level's target back: the decision would escalate to her (it waited on the
+    // next level only, and stayed unscheduled for good)
+    assert_eq!(next(exhausted[3]).await, None);
+    let before = Utc::now();
+    s.upsert_users(&[reporting_to("gina", None)]).await.unwrap();
+    let back = next(exhausted[3]).await.unwrap();
+    assert!(before <= back && back <= Utc::now(), "{back}");
     // a write of someone who was there all along (an HR sync) re-arms nothing: a repeating
     // policy renotified at every such write
     let w = s.get_workflow(exhausted[0]).await.unwrap();

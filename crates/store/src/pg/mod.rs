@@ -144,8 +144,8 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
-        let active_before: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1) AND active")
+        let before: Vec<crate::logic::UserBefore> =
+            sqlx::query_as("SELECT id, manager_id, active FROM users WHERE id = ANY($1)")
                 .bind(&ids)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -173,13 +173,19 @@ impl PgStore {
             tx.rollback().await?;
             return Err(crate::logic::manager_cycle(&id));
         }
-        let mut rearmed = sqlx::query(crate::logic::REARM_EXHAUSTED_PG)
-            .bind(&ids)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let back = crate::logic::reactivated(users, &active_before);
+        // only what the write changed moves exhausted workflows on (not an HR sync's rewrite)
+        let given = crate::logic::given_a_manager(users, &before);
+        let back = crate::logic::reactivated(users, &before);
+        let mut rearmed = 0;
+        if !given.is_empty() || !back.is_empty() {
+            rearmed += sqlx::query(crate::logic::REARM_EXHAUSTED_PG)
+                .bind(&given)
+                .bind(now)
+                .bind(&back)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
         if !back.is_empty() {
             rearmed += sqlx::query(crate::logic::REARM_TARGETS_PG)
                 .bind(&back)

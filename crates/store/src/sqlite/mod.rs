@@ -129,8 +129,8 @@ impl SqliteStore {
         sqlx::query("PRAGMA defer_foreign_keys = ON")
             .execute(&mut *tx)
             .await?;
-        let active_before: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM users WHERE id IN (SELECT value FROM json_each(?1)) AND active",
+        let before: Vec<crate::logic::UserBefore> = sqlx::query_as(
+            "SELECT id, manager_id, active FROM users WHERE id IN (SELECT value FROM json_each(?1))",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
@@ -162,15 +162,24 @@ impl SqliteStore {
             tx.rollback().await?;
             return Err(crate::logic::manager_cycle(&id));
         }
-        let mut rearmed = sqlx::query(crate::logic::REARM_EXHAUSTED_SQLITE)
-            .bind(&ids)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let back = crate::logic::reactivated(users, &active_before);
-        if !back.is_empty() {
-            let back = serde_json::to_string(&back).map_err(malformed)?;
+        // only what the write changed moves exhausted workflows on (not an HR sync's rewrite)
+        let given = crate::logic::given_a_manager(users, &before);
+        let back = crate::logic::reactivated(users, &before);
+        let back = (!back.is_empty())
+            .then(|| serde_json::to_string(&back).map_err(malformed))
+            .transpose()?;
+        let mut rearmed = 0;
+        if !given.is_empty() || back.is_some() {
+            let given = serde_json::to_string(&given).map_err(malformed)?;
+            rearmed += sqlx::query(crate::logic::REARM_EXHAUSTED_SQLITE)
+                .bind(&given)
+                .bind(&now)
+                .bind(back.as_deref().unwrap_or("[]"))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        if let Some(back) = back {
             rearmed += sqlx::query(crate::logic::REARM_TARGETS_SQLITE)
                 .bind(&back)
                 .bind(&now)
