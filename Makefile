@@ -42,8 +42,8 @@ FAULTS = (binary(faults) & not test(/^soak_/)) | test(a_worker_killed_mid_run_lo
 soak: services ## Not in CI: SOAK_MINUTES (30) of 100 checks over 200,000 workflows; RSS and connections stay flat
 	SOAK_MINUTES=$${SOAK_MINUTES:-30} $(CARGO) nextest run --locked -p escalator --profile soak --no-capture -E 'binary(faults) & test(/^soak_/)'
 
-test-unit: ## Only the tests that need no services
-	$(CARGO) nextest run --workspace --locked -E 'not binary(conformance) and not binary(cli) and not binary(faults)'
+test-unit: ## Only the tests that need no services (unit tests and the policy's own suites)
+	$(CARGO) nextest run --workspace --locked -E 'kind(lib) | kind(bin) | binary(calendar_days) | binary(decisions) | binary(properties)'
 
 lint: fmt-check clippy ## rustfmt check and clippy with warnings as errors
 

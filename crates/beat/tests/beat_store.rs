@@ -195,7 +195,7 @@ async fn slots_missed_while_down_run_once_coalesced() {
 /// morning.
 #[tokio::test]
 async fn slots_missed_while_down_are_counted_once() {
-    let metrics = escalator_runtime::metrics::install().unwrap();
+    let metrics = recorder();
     let db = TestDb::postgres().await;
     let ns = RedisNamespace::new("beat");
     let q = queues(&ns).await;
@@ -237,7 +237,7 @@ async fn slots_missed_while_down_are_counted_once() {
 /// NoBeatLeader alert never fired.
 #[tokio::test]
 async fn a_leader_cut_off_from_the_database_past_its_lease_stands_down() {
-    let metrics = escalator_runtime::metrics::install().unwrap();
+    let metrics = recorder();
     let db = TestDb::postgres().await;
     let ns = RedisNamespace::new("beat");
     let q = queues(&ns).await;
@@ -464,6 +464,14 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
     assert_eq!(deliveries.pending, 1);
 }
 
+/// The process-wide metrics recorder, installed once for the tests of this binary (a second
+/// install fails in one process; nextest gives each test its own, `cargo test` does not).
+fn recorder() -> &'static escalator_runtime::metrics::Handle {
+    static HANDLE: std::sync::OnceLock<escalator_runtime::metrics::Handle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| escalator_runtime::metrics::install().expect("install the recorder"))
+}
+
 /// A slot whose job cannot be pushed (Redis down) is recorded as a failed run naming the
 /// cause: it used to stay `queued` for ever, its slot taken. Then the next step proposed the
 /// slot again, found its run and counted a duplicate tick: the slot never ran. Its run is
@@ -490,8 +498,13 @@ async fn a_slot_that_cannot_be_enqueued_is_a_failed_run_not_a_queued_one() {
     assert_eq!(runs[0].status, "failed", "{runs:?}");
     let error = runs[0].error.clone().unwrap_or_default();
     assert!(error.contains("could not be enqueued"), "{error}");
-    // the beat goes on: the slot is not recorded twice, and its run is tried again
-    let _ = beat.step(utc("2026-11-25T12:01:00Z")).await;
+    // the beat goes on: the slot is not recorded twice, and its run is tried again (Redis
+    // still down: the step fails on that push)
+    let again = beat.step(utc("2026-11-25T12:01:00Z")).await;
+    assert!(
+        matches!(again, Err(escalator_beat::BeatError::Queue(_))),
+        "{again:?}"
+    );
     let runs = db.store.recent_check_runs(10).await.unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0].status, "failed", "{runs:?}");

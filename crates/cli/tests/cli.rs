@@ -268,17 +268,23 @@ fn an_error_written_to_a_closed_stderr_is_still_exit_1() {
 /// worker running?" with one running. Both are refused as usage errors (exit 2).
 #[test]
 fn zero_limits_and_timeouts_are_usage_errors() {
-    for args in [
-        &["jobs", "dead", "--limit", "0"][..],
-        &["enqueue", "check", "--wait", "--timeout", "0"],
-        &["enqueue", "noop", "--wait", "--timeout", "0"],
+    for (args, flag) in [
+        (&["jobs", "dead", "--limit", "0"][..], "--limit"),
+        (
+            &["enqueue", "check", "--wait", "--timeout", "0"],
+            "--timeout",
+        ),
+        (
+            &["enqueue", "noop", "--wait", "--timeout", "0"],
+            "--timeout",
+        ),
     ] {
         let out = escalator("sqlite://unused.db", args);
+        let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(
-            text(&out.stderr).contains("0"),
-            "{args:?}: {}",
-            text(&out.stderr)
+            stderr.contains("invalid value '0'") && stderr.contains(flag),
+            "{args:?}: {stderr}"
         );
     }
 }

@@ -5,6 +5,9 @@
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// The handle `install` returns (what renders the exposition text).
+pub use metrics_exporter_prometheus::PrometheusHandle as Handle;
+
 /// Workflows evaluated by checks.
 pub const CHECKED: &str = "workflow_tasks_checked_total";
 /// Escalations committed.

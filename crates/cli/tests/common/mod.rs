@@ -43,6 +43,8 @@ impl World {
         let mut c = Command::new(env!("CARGO_BIN_EXE_escalator"));
         c.args(args)
             .env("DATABASE_URL", &self.db.url)
+            // the Redis the test itself uses (TEST_REDIS_URL); a private one overrides it
+            .env("REDIS_URL", escalator_testkit::redis_url())
             .env("ESCALATOR_QUEUE_NAMESPACE", &self.namespace.name)
             .env("ESCALATOR_POLL_INTERVAL", "0.05")
             // the engine and fault suites count one email per escalation; digests (on by
