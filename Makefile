@@ -39,7 +39,7 @@ FAULTS = (binary(faults) & not test(/^soak_/)) | test(a_worker_killed_mid_run_lo
 	| test(garbage_on_every_queue_is_dead_lettered_counted_and_survived) \
 	| test(a_relay_that_accepts_and_never_answers_is_timed_out_and_retried)
 
-soak: services ## Not in CI: SOAK_MINUTES (30) of 100 checks over 200,000 workflows; RSS and connections stay flat
+soak: services ## SOAK_MINUTES (30; CI runs 1) of 100 checks over 200,000 workflows; RSS and connections stay flat
 	SOAK_MINUTES=$${SOAK_MINUTES:-30} $(CARGO) nextest run --locked -p escalator --profile soak --no-capture -E 'binary(faults) & test(/^soak_/)'
 
 test-unit: ## Only the tests that need no services (unit tests and the policy's own suites)

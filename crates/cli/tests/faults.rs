@@ -1020,16 +1020,20 @@ async fn beat_slots(w: &World) -> Vec<(chrono::DateTime<chrono::Utc>, i32)> {
     out
 }
 
+/// The resident memory of process `pid`; a value that cannot be read fails the test (read as
+/// 0, every sample passed the growth check).
 fn rss_kib(pid: u32) -> i64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"))
 }
 
-/// `make soak` (not in CI): SOAK_MINUTES (default 30) of 100 checks over 200,000 workflows,
+/// `make soak` (CI runs it with SOAK_MINUTES=1, back to back): SOAK_MINUTES (default 30) of 100
+/// checks over 200,000 workflows,
 /// 1,000 new ones arriving before each; the worker's RSS and the database connections stay
 /// flat, every check finds exactly the newcomers' share, and the totals are exact at the end.
 /// `make test-faults` leaves it out by name (its filter), `make soak` selects it.
