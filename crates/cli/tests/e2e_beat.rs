@@ -69,20 +69,30 @@ async fn a_leader_frozen_past_its_lease_is_replaced_and_never_doubles_a_slot() {
         .push(("ESCALATOR_SCHEDULE".into(), "* * * * * *".into()));
     w.extra_env.push(("ESCALATOR_CATCHUP".into(), "60".into()));
     w.extra_env.push(("ESCALATOR_LEASE_TTL".into(), "2".into()));
+    // waits for `enough` runs (a start-up slowed by a busy machine is waited for, not failed)
+    let runs_reach = async |enough: usize, what: &str| {
+        let started = std::time::Instant::now();
+        loop {
+            let n = slots(&w).await.len();
+            if n >= enough {
+                return n;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{what}: {n} runs after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
     let first = w.beat(free_port());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // the first beat leads (it started first) before the second starts
+    runs_reach(1, "the first beat did not lead").await;
     let second = w.beat(free_port());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // the first beat leads (it started first): freeze it well past its lease
+    runs_reach(4, "the first beat stopped leading").await;
+    // freeze the leader well past its lease: the standby takes over
     let before = slots(&w).await.len();
-    assert!(before >= 4, "the first beat did not lead: {before} runs");
     signal(&first, "-STOP");
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let during = slots(&w).await.len();
-    assert!(
-        during > before + 2,
-        "the standby did not take over ({before} -> {during})"
-    );
+    runs_reach(before + 3, "the standby did not take over").await;
     // resume the zombie: it must notice it lost the lease and enqueue nothing twice
     signal(&first, "-CONT");
     tokio::time::sleep(Duration::from_secs(5)).await;
