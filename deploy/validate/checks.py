@@ -270,8 +270,9 @@ def k8s_invariants(rendered_path):
             fail(f"{cname} livenessProbe must GET /healthz")
 
     # graceful shutdown: the pod must outlive ESCALATOR_SHUTDOWN_TIMEOUT (the worker's own
-    # value if its container sets one), and a worker's must cover a delivery round under way:
-    # two waves of sends of up to ESCALATOR_SMTP_TIMEOUT each, or they are cut off mid-send
+    # value if its container sets one), and a worker's must cover the sends under way (no new
+    # one starts once stopping): a message at its ESCALATOR_SMTP_TIMEOUT and a recipient of it
+    # sent again alone, or they are cut off mid-send
     shutdown = env_value(objs, "ESCALATOR_SHUTDOWN_TIMEOUT")
     worker = deps.get("escalator-worker")
     if shutdown is None:
@@ -291,7 +292,7 @@ def k8s_invariants(rendered_path):
         if shutdown < 2 * smtp:
             fail(
                 f"Deployment/escalator-worker: ESCALATOR_SHUTDOWN_TIMEOUT {shutdown:g} must "
-                f"cover a delivery round, 2 x ESCALATOR_SMTP_TIMEOUT ({smtp:g})"
+                f"cover a send under way, 2 x ESCALATOR_SMTP_TIMEOUT ({smtp:g})"
             )
 
     # the api keeps serving through a preStop pause while its endpoint goes, then finishes
@@ -335,6 +336,26 @@ def k8s_invariants(rendered_path):
                 if "secretRef" in src:
                     fail(f"{w['metadata']['name']}: envFrom Secret/{src['secretRef']['name']} "
                          "hands every key to every role; name the keys (secretKeyRef)")
+
+    # ...and each role gets every secret it reads: a credential left out reaches no process
+    needs = {
+        "escalator-api": {"DATABASE_URL", "REDIS_URL", "ESCALATOR_API_TOKENS"},
+        "escalator-worker": {"DATABASE_URL", "REDIS_URL", "ESCALATOR_SMTP_URL",
+                             "ESCALATOR_SENDGRID_KEY", "ESCALATOR_TWILIO_SID",
+                             "ESCALATOR_TWILIO_TOKEN", "ESCALATOR_SLACK_WEBHOOK_URL",
+                             "ESCALATOR_SLACK_USER_WEBHOOKS", "ESCALATOR_WEBHOOK_SECRET"},
+        "escalator-beat": {"DATABASE_URL", "REDIS_URL"},
+        "escalator-migrate": {"DATABASE_URL"},
+    }
+    for w in workloads:
+        want = needs.get(w["metadata"]["name"])
+        if want is None:
+            continue
+        got = {e["name"] for c in w["spec"]["template"]["spec"]["containers"]
+               for e in c.get("env", []) if (e.get("valueFrom") or {}).get("secretKeyRef")}
+        if want - got:
+            fail(f"{w['metadata']['name']}: secrets it reads are not given to it: "
+                 f"{sorted(want - got)}")
 
     # selectors: Services and PDBs select existing pods
     pod_labels = [
@@ -461,7 +482,7 @@ def compose_invariants(json_path):
     pg_check = " ".join(svcs.get("postgres", {}).get("healthcheck", {}).get("test", []))
     if "pg_isready -h " not in pg_check:
         fail(f"postgres: healthcheck {pg_check!r} must check over TCP (pg_isready -h 127.0.0.1)")
-    # as in Kubernetes: a worker's shutdown covers a delivery round, and the grace covers that
+    # as in Kubernetes: a worker's shutdown covers the sends under way, and the grace covers that
     worker = svcs.get("worker", {})
     shutdown = float(worker.get("environment", {}).get("ESCALATOR_SHUTDOWN_TIMEOUT") or 30)
     smtp = float(worker.get("environment", {}).get("ESCALATOR_SMTP_TIMEOUT") or 30)
