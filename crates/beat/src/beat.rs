@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use escalator_jobs::{CheckWorkflows, DeliverNotifications, Queues, Scope};
+use escalator_jobs::{CheckWorkflows, DeliverNotifications, Queues, Scope, UNQUEUED};
 use escalator_runtime::metrics as m;
 use escalator_runtime::serve::Health;
 use escalator_store::{Fenced, Lease, NewCheckRun, Store};
@@ -209,7 +209,7 @@ impl Beat {
             self.config.catchup
         };
         self.running = true;
-        if let Some(u) = self.unpushed.take() {
+        if let Some(u) = self.unpushed {
             self.push_again(u, window, now).await?;
         }
         let plan = plan_slots(
@@ -420,7 +420,7 @@ impl Beat {
                 self.counted_slot = None;
                 self.deadline_run = None;
                 self.running = false;
-                self.unpushed = None;
+                self.unpushed = self.unpushed_slot_run().await?;
                 metrics::gauge!(m::BEAT_LEADER).set(1.0);
                 self.health.touch();
                 Ok(true)
@@ -493,6 +493,29 @@ impl Beat {
         }
     }
 
+    /// The latest slot's run, if its job was never pushed (its error says so, and it never
+    /// started): a beat that failed to push it lost the lease or was restarted (its liveness
+    /// probe fails while every step does) before it could push it again.
+    async fn unpushed_slot_run(&self) -> Result<Option<Unpushed>, BeatError> {
+        let Some(slot) = self.last_slot else {
+            return Ok(None);
+        };
+        let runs = self.store.recent_check_runs(20).await?;
+        Ok(runs
+            .iter()
+            .find(|r| r.slot == Some(slot))
+            .filter(|r| {
+                r.status == "failed"
+                    && r.started_at.is_none()
+                    && r.error.as_deref().is_some_and(|e| e.starts_with(UNQUEUED))
+            })
+            .map(|r| Unpushed {
+                id: r.id,
+                slot,
+                as_of: r.as_of,
+            }))
+    }
+
     /// Pushes again the job of a slot's run whose push failed, the run back to `queued`; still
     /// failing, it is kept for the next step. Past the catch-up `window` the slot is given up
     /// and counted missed (its run stays failed, naming why; the due workflows are checked by
@@ -503,22 +526,28 @@ impl Beat {
         window: Duration,
         now: DateTime<Utc>,
     ) -> Result<(), BeatError> {
+        // kept until it is pushed or given up: a database that fails here is tried again
         let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(1));
         if now - u.slot > window {
+            self.unpushed = None;
             metrics::counter!(m::MISSED_TICKS).increment(1);
             tracing::warn!(check_run_id = u.id, slot = %u.slot, "a slot whose check could not be enqueued is past the catch-up window: missed");
             return Ok(());
         }
-        self.store.reopen_check_run(u.id, now).await?;
+        if !self.store.reopen_check_run(u.id, now).await? {
+            // no longer failed: pushed and started meanwhile (another leader, a retry by hand)
+            self.unpushed = None;
+            return Ok(());
+        }
         let job = CheckWorkflows {
             check_run_id: u.id,
             as_of: u.as_of,
             scope: Scope::All,
         };
-        if let Err(e) = self.queues.push_check_or_fail_run(&self.store, &job).await {
-            self.unpushed = Some(u);
-            return Err(e.into());
-        }
+        self.queues
+            .push_check_or_fail_run(&self.store, &job)
+            .await?;
+        self.unpushed = None;
         metrics::gauge!(m::BEAT_LAST_ENQUEUE).set(now.timestamp() as f64);
         self.health.touch();
         tracing::info!(check_run_id = u.id, slot = %u.slot, "check enqueued after its push had failed");

@@ -508,8 +508,20 @@ async fn a_slot_that_cannot_be_enqueued_is_a_failed_run_not_a_queued_one() {
     let runs = db.store.recent_check_runs(10).await.unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0].status, "failed", "{runs:?}");
-    // Redis back: the same run is enqueued, queued again, its error gone
+    // the beat restarted meanwhile (its liveness probe fails while every step does): what it
+    // kept in memory is gone, and the next leader finds the run from its error. Redis is back.
+    drop(beat);
     redis.restart();
+    let q = Queues::connect(&redis.url(), QueueNames::new("beat-down"))
+        .await
+        .unwrap();
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q,
+        config("a", Duration::from_secs(600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    // the same run is enqueued, queued again, its error gone
     let mut pushed = false;
     for _ in 0..50 {
         if beat.step(utc("2026-11-25T12:02:00Z")).await.is_ok() {

@@ -15,6 +15,8 @@ pub use codec::{Incoming, LenientJson};
 pub use error::QueueError;
 pub use payload::{CheckWorkflows, DeliverNotifications, EscalateBatch, Noop, Scope};
 pub use poll::{PollObserver, ReliableInterval};
-pub use queues::{BACKLOG_PATIENCE, DeadJob, MAX_DUE, MAX_QUEUED_DELIVERIES, QueueStats, Queues};
+pub use queues::{
+    BACKLOG_PATIENCE, DeadJob, MAX_DUE, MAX_QUEUED_DELIVERIES, QueueStats, Queues, UNQUEUED,
+};
 pub use settings::{QueueNames, WorkerSettings, unique_worker_name};
 pub use worker::{Stopped, backstop, register_redis, register_sqlite, run_supervised};

@@ -92,6 +92,11 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// How the error of a run whose job could not be pushed begins
+/// ([`Queues::push_check_or_fail_run`]): a beat taking the lease recognises its slot's run by it
+/// and pushes that run again.
+pub const UNQUEUED: &str = "the check could not be enqueued";
+
 impl Queues {
     /// Connects to `redis://…` or opens (creating, migrating) `sqlite://…`, for a long-running
     /// service: a Redis that is down or restarting is retried for several seconds, at start-up
@@ -217,10 +222,7 @@ impl Queues {
         };
         // with its causes: the error alone reads "redis", not what Redis said (out of memory,
         // a read-only replica after a failover)
-        let why = format!(
-            "the check could not be enqueued: {}",
-            escalator_runtime::error::with_causes(&e)
-        );
+        let why = format!("{UNQUEUED}: {}", escalator_runtime::error::with_causes(&e));
         if let Err(f) = store
             .fail_check_run(job.check_run_id, &why, chrono::Utc::now())
             .await
