@@ -580,28 +580,34 @@ impl PushLock {
         conn: &mut ConnectionManager,
         queue: &str,
     ) -> Result<Option<PushLock>, QueueError> {
-        let key = format!("{queue}:push-lock");
-        let token = uuid::Uuid::new_v4().to_string();
+        // armed before the SET: a push cancelled while it waits for the reply releases what
+        // it may have taken (the token keeps it from deleting anyone else's)
+        let mut lock = PushLock {
+            key: format!("{queue}:push-lock"),
+            token: uuid::Uuid::new_v4().to_string(),
+            conn: Some(conn.clone()),
+        };
         let taken: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&token)
+            .arg(&lock.key)
+            .arg(&lock.token)
             .arg("NX")
             .arg("PX")
             .arg(u64::try_from(PUSH_LOCK_TTL.as_millis()).unwrap_or(10_000))
             .query_async(conn)
             .await?;
-        Ok(taken.map(|_| PushLock {
-            key,
-            token,
-            conn: Some(conn.clone()),
-        }))
+        if taken.is_none() {
+            // another pusher's: nothing of ours to release
+            lock.conn = None;
+            return Ok(None);
+        }
+        Ok(Some(lock))
     }
 
     /// Releases the lock if it is still this holder's (an expired one may be another's now).
-    /// A failure only leaves it to expire.
+    /// A failure only leaves it to expire. Cancelled meanwhile, the drop releases it again.
     async fn release(mut self, conn: &mut ConnectionManager) {
-        self.conn = None;
         unlock(conn, &self.key, &self.token).await;
+        self.conn = None;
     }
 }
 

@@ -70,6 +70,7 @@ conformance!(
     outbox_backlog_counts_undelivered_rows,
     sent_deliveries_are_pruned_after_their_retention_and_others_kept,
     deliveries_of_workflows_that_moved_on_are_never_sent,
+    claimed_deliveries_handed_back_are_due_again,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -1869,6 +1870,48 @@ async fn outbox_backlog_counts_undelivered_rows(db: &TestDb) {
         (2, 0)
     );
     assert_eq!(s.outbox_backlog(now).await.unwrap(), (2, 2));
+}
+
+/// A sender that stops mid-round hands back the rows it claimed and never tried: due at once,
+/// their claim undone. Only a claim that still holds its row hands it back (one claimed again
+/// since, or finished, is left as it is).
+async fn claimed_deliveries_handed_back_are_due_again(db: &TestDb) {
+    let s = &db.store;
+    let now = t0() + Duration::hours(23);
+    let mut made = Vec::new();
+    for i in 0..3 {
+        made.push(create(s, &format!("HB-{i}")).await);
+    }
+    let mut tx = s.begin_batch().await.unwrap();
+    for w in &made {
+        tx.apply(&remind(w, now, None), now).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let lease = std::time::Duration::from_secs(600);
+    let claimed = s.claim_deliveries(now, lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert!(claimed.iter().all(|c| c.attempts == 1));
+    // nobody else can claim them now
+    assert!(s.claim_deliveries(now, lease, 10).await.unwrap().is_empty());
+    // one was sent meanwhile: its claim no longer holds a waiting row
+    assert!(
+        s.record_delivery(claimed[2].id, 1, &DeliveryOutcome::Sent, now)
+            .await
+            .unwrap()
+    );
+    let claims: Vec<(i64, i32)> = claimed.iter().map(|c| (c.id, c.attempts)).collect();
+    // a stale claim (attempts as of an older one) hands back nothing
+    let stale: Vec<(i64, i32)> = claims.iter().map(|c| (c.0, 0)).collect();
+    assert_eq!(s.unclaim_deliveries(&stale, now).await.unwrap(), 0);
+    assert_eq!(s.unclaim_deliveries(&claims, now).await.unwrap(), 2);
+    let again = s.claim_deliveries(now, lease, 10).await.unwrap();
+    let mut ids: Vec<i64> = again.iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    let mut want = vec![claimed[0].id, claimed[1].id];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    // the claim undone: this is their first attempt again
+    assert!(again.iter().all(|c| c.attempts == 1), "{again:?}");
 }
 
 async fn sent_deliveries_are_pruned_after_their_retention_and_others_kept(db: &TestDb) {

@@ -155,3 +155,27 @@ async fn batch_transactions_always_leave_a_connection_for_their_reads() {
     second.rollback().await.unwrap();
     store.close().await;
 }
+
+/// A store told not to create a missing SQLite file names the file it did not find, and an
+/// in-memory database (which has no file; sqlx names it `file:sqlx-in-memory-N`) still opens.
+#[tokio::test]
+async fn an_existing_only_store_refuses_a_missing_file_and_opens_memory() {
+    let missing = std::env::temp_dir().join(format!("escalator-typo-{}.db", uuid::Uuid::new_v4()));
+    let e = Store::connect(
+        &StoreConfig::new(format!("sqlite://{}", missing.display())).existing_only(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "there is no SQLite database at {}",
+            missing.display()
+        )),
+        "{e}"
+    );
+    assert!(!missing.exists());
+    let memory = Store::connect(&StoreConfig::new("sqlite::memory:").existing_only())
+        .await
+        .unwrap();
+    memory.ping().await.unwrap();
+}

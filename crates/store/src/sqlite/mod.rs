@@ -54,7 +54,8 @@ impl SqliteStore {
     pub async fn connect(config: &StoreConfig) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(&config.url)?;
         let file = options.get_filename();
-        let in_memory = file.as_os_str().is_empty() || file.as_os_str() == ":memory:";
+        // by the URL: sqlx names an in-memory database `file:sqlx-in-memory-N`
+        let in_memory = config.url.contains(":memory:") || config.url.contains("mode=memory");
         if !config.create_missing && !in_memory && !file.exists() {
             return Err(StoreError::Invalid {
                 field: "DATABASE_URL",
