@@ -968,7 +968,6 @@ async fn f4_a_beat_down_across_several_slots_runs_them_once_coalesced() {
     }
     beat.kill().unwrap(); // SIGKILL: its lease is left to expire
     beat.wait().unwrap();
-    let before = beat_slots(&w).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let restarted = Instant::now();
     let beat = w.beat(free_port());
