@@ -8,6 +8,7 @@ use axum::response::Response;
 use chrono::Utc;
 use escalator_store::{AuditReason, Transition, TransitionContext};
 use serde::Deserialize;
+use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Actor;
@@ -114,31 +115,80 @@ fn transition_of(action: Action, b: &TransitionBody) -> ApiResult<Transition> {
     })
 }
 
-/// The version an `If-Match` header names: `3`, `"3"` or `W/"3"`; `*` (any version of a
-/// workflow that exists, as HTTP defines it) names none. It was refused with 400.
-pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<i32>> {
+/// The versions an `If-Match` header names: `3`, `"3"` or `W/"3"`, or a list of them (`"3",
+/// "4"`, as HTTP allows: any of them); `*` (any version of a workflow that exists, as HTTP
+/// defines it) names none. `*` and lists were refused with 400.
+pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<Vec<i32>>> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
     let bad = || {
         ApiError::bad_request(
             "If-Match",
-            "expected the workflow's version, e.g. \"3\" (one version, or *)",
+            "expected the workflow's version, e.g. \"3\" (a version, a list of them, or *)",
         )
     };
     let s = v.to_str().map_err(|_| bad())?.trim();
     if s == "*" {
         return Ok(None);
     }
-    let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
-    s.parse().map(Some).map_err(|_| bad())
+    let versions = s
+        .split(',')
+        .map(|tag| {
+            let tag = tag.trim();
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            let bare = tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(tag);
+            bare.parse::<i32>().map_err(|_| bad())
+        })
+        .collect::<ApiResult<Vec<i32>>>()?;
+    Ok(Some(versions))
+}
+
+/// The one version a transition is to find: the body's `expected_version`, or the header's
+/// (of a list, the one the workflow is at now: the store's conditional write still refuses
+/// it if it moves on meanwhile). None: any version.
+async fn expected_version(
+    s: &AppState,
+    id: Uuid,
+    header: Option<Vec<i32>>,
+    body: Option<i32>,
+) -> ApiResult<Option<i32>> {
+    let Some(listed) = header else {
+        return Ok(body);
+    };
+    if let Some(b) = body {
+        if !listed.contains(&b) {
+            return Err(ApiError::bad_request(
+                "expected_version",
+                format!("expected_version {b} disagrees with If-Match {listed:?}"),
+            ));
+        }
+        return Ok(Some(b));
+    }
+    if let [one] = listed[..] {
+        return Ok(Some(one));
+    }
+    let now = s.store.get_workflow(id).await?.version;
+    if listed.contains(&now) {
+        Ok(Some(now))
+    } else {
+        Err(ApiError::client(
+            StatusCode::PRECONDITION_FAILED,
+            "version_conflict",
+            format!("workflow {id} is at version {now}, none of {listed:?}"),
+        )
+        .with_field("If-Match"))
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/workflows/{id}/{action}", tag = "workflows",
     params(
         ("id" = Uuid, Path, description = "workflow id"),
         ("action" = Action, Path, description = "the transition"),
-        ("If-Match" = Option<String>, Header, description = "the version the change applies to, e.g. \"3\" (* or none: any)"),
+        ("If-Match" = Option<String>, Header, description = "the version the change applies to, e.g. \"3\", or a list of them (any); * or none: any"),
     ),
     request_body(content = Option<TransitionBody>, description = "optional"),
     responses(
@@ -159,15 +209,8 @@ pub async fn transition(
     let id = workflow_id(&id)?;
     let transition = transition_of(Action::parse(&action)?, &body)?;
     let from_header = if_match(&headers)?;
-    let expected_version = match (from_header, body.expected_version) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(ApiError::bad_request(
-                "expected_version",
-                format!("expected_version {b} disagrees with If-Match {h}"),
-            ));
-        }
-        (h, b) => h.or(b),
-    };
+    let header_named = from_header.is_some();
+    let expected_version = expected_version(&s, id, from_header, body.expected_version).await?;
     let ctx = TransitionContext {
         actor: actor.0,
         reason: AuditReason::Api,
@@ -178,7 +221,7 @@ pub async fn transition(
     let w = match s.store.transition(id, &transition, &ctx).await {
         // a stale version named by the header is the header's fault, not a body field's
         Err(e @ escalator_store::StoreError::VersionConflict { .. })
-            if from_header.is_some() && body.expected_version.is_none() =>
+            if header_named && body.expected_version.is_none() =>
         {
             return Err(ApiError::from(e).with_field("If-Match"));
         }
@@ -197,12 +240,17 @@ mod tests {
         for v in ["3", "\"3\"", "W/\"3\""] {
             let mut h = HeaderMap::new();
             h.insert(header::IF_MATCH, HeaderValue::from_static(v));
-            assert_eq!(if_match(&h).unwrap(), Some(3), "{v}");
+            assert_eq!(if_match(&h).unwrap(), Some(vec![3]), "{v}");
         }
         let mut h = HeaderMap::new();
         h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
         assert_eq!(if_match(&h).unwrap(), None);
-        for bad in ["\"3\", \"4\"", "three", ""] {
+        h.insert(
+            header::IF_MATCH,
+            HeaderValue::from_static("\"3\", W/\"4\",5"),
+        );
+        assert_eq!(if_match(&h).unwrap(), Some(vec![3, 4, 5]));
+        for bad in ["\"3\", \"four\"", "three", "", "\"3"] {
             h.insert(header::IF_MATCH, HeaderValue::from_static(bad));
             assert!(if_match(&h).is_err(), "{bad}");
         }

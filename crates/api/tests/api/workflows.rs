@@ -304,10 +304,47 @@ async fn transitions_check_versions_and_status_and_are_audited() {
     assert_eq!(res.json()["status"], "on_hold");
     assert_eq!(res.headers["etag"], "\"2\"");
 
+    // a list of versions, as HTTP allows (it was a 400): any of them will do, none is a 412
+    let res = api
+        .send(
+            Method::POST,
+            &format!("/api/v1/workflows/{id}/resume"),
+            None,
+            &[("if-match", "\"1\", \"5\"")],
+        )
+        .await;
+    let (code, field) = res.error(StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        (code.as_str(), field.as_deref()),
+        ("version_conflict", Some("If-Match"))
+    );
+    let res = api
+        .send(
+            Method::POST,
+            &format!("/api/v1/workflows/{id}/resume"),
+            Some(
+                json!({ "expected_version": 2, "comment": "back from leave" })
+                    .to_string()
+                    .into_bytes(),
+            ),
+            &[("if-match", "\"1\", \"2\"")],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["status"], "pending");
+    let res = api
+        .send(
+            Method::POST,
+            &format!("/api/v1/workflows/{id}/hold"),
+            None,
+            &[("if-match", "W/\"2\", \"3\"")],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     let res = api
         .post(
             &format!("/api/v1/workflows/{id}/resume"),
-            json!({ "expected_version": 2, "comment": "back from leave" }),
+            json!({ "expected_version": 4 }),
         )
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text());
@@ -379,7 +416,7 @@ async fn transitions_check_versions_and_status_and_are_audited() {
     assert_eq!(
         actions,
         [
-            "create", "hold", "resume", "reassign", "advance", "complete"
+            "create", "hold", "resume", "hold", "resume", "reassign", "advance", "complete"
         ]
     );
     assert_eq!(audit["items"][1]["reason"], "api");
@@ -387,17 +424,17 @@ async fn transitions_check_versions_and_status_and_are_audited() {
     assert_eq!(audit["items"][2]["details"]["comment"], "back from leave");
     assert!(audit.get("next_cursor").is_none(), "{audit}");
 
-    // the trail a page at a time (it was answered whole, however long): pages of 4
+    // the trail a page at a time (it was answered whole, however long): pages of 6
     let first = api
-        .get(&format!("/api/v1/workflows/{id}/audit?limit=4"))
+        .get(&format!("/api/v1/workflows/{id}/audit?limit=6"))
         .await
         .json();
-    assert_eq!(first["items"].as_array().unwrap().len(), 4);
-    assert_eq!(first["items"][3]["action"], "reassign");
+    assert_eq!(first["items"].as_array().unwrap().len(), 6);
+    assert_eq!(first["items"][5]["action"], "reassign");
     let cursor = first["next_cursor"].as_str().unwrap();
     let rest = api
         .get(&format!(
-            "/api/v1/workflows/{id}/audit?limit=4&cursor={cursor}"
+            "/api/v1/workflows/{id}/audit?limit=6&cursor={cursor}"
         ))
         .await
         .json();
@@ -421,7 +458,7 @@ async fn transitions_check_versions_and_status_and_are_audited() {
     // keep some open for a moment), so a page may come short and is asked again.
     let started = std::time::Instant::now();
     let (mut seen, mut cursor) = (Vec::new(), None::<String>);
-    while seen.len() < 6 && started.elapsed() < std::time::Duration::from_secs(30) {
+    while seen.len() < 8 && started.elapsed() < std::time::Duration::from_secs(30) {
         let uri = match &cursor {
             Some(c) => format!("/api/v1/audit?limit=4&cursor={c}"),
             None => "/api/v1/audit?limit=4".to_owned(),
@@ -436,7 +473,7 @@ async fn transitions_check_versions_and_status_and_are_audited() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
-    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(seen.len(), 8, "{seen:?}");
     assert!(
         seen.windows(2).all(|w| w[0] < w[1]),
         "once each, in order: {seen:?}"
