@@ -10,6 +10,15 @@ macro_rules! stderr_line {
     }};
 }
 
+/// `println!` that cannot panic, for output a reader may stop reading mid-way (`escalator
+/// dev | tee log`, then Ctrl-C: the reader goes first, and `println!` panicked, exit 101).
+macro_rules! stdout_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod commands;
 mod config;
 mod telemetry;
@@ -120,6 +129,8 @@ fn main() -> ExitCode {
             Command::Jobs(args) => commands::jobs::run(args).await,
         }
     });
+    // tasks left running (jobs abandoned past the grace period) are dropped, not waited for
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // the reader went away (`escalator status | head -1`): nothing more to say

@@ -134,3 +134,69 @@ fn an_unauthenticated_api_beyond_loopback_is_refused_naming_both_variables() {
     assert!(stderr.contains("ESCALATOR_API_TOKENS"), "{stderr}");
     assert!(stderr.contains("ESCALATOR_API_INSECURE=1"), "{stderr}");
 }
+
+/// A second SIGTERM (or Ctrl-C) ends the process at once, exit 130: the graceful stop waits for
+/// requests in flight (here one whose body never comes) for up to `ESCALATOR_API_TIMEOUT`, and
+/// a second signal did nothing meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_graceful_stop_at_once() {
+    let world = World::new().await;
+    world.run(&["migrate"]);
+    let port = free_port();
+    let mut child = world
+        .command(&["api"])
+        .env("ESCALATOR_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("ESCALATOR_API_TOKENS", format!("e2e:{TOKEN}:admin"))
+        .env("ESCALATOR_API_TIMEOUT", "60")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut held = loop {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the api did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // a request in flight: its headers, and half its body
+    held.write_all(
+        format!(
+            "POST /api/v1/workflows HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"external_id\":"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().to_string();
+    let term = || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(term().success());
+    // the graceful stop waits for that request
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the api did not wait");
+    assert!(term().success());
+    let second = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            second.elapsed() < Duration::from_secs(10),
+            "a second SIGTERM did not end the api"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(130));
+    drop(held);
+}

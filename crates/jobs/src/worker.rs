@@ -135,10 +135,16 @@ pub async fn run_supervised(
     tokio::pin!(run);
     tokio::select! {
         res = &mut run => {
+            // the process stops: long loops in jobs still running (the outbox drain) must
+            // start nothing more, as on a signal
+            escalator_runtime::shutdown::request_stop();
             res.map_err(QueueError::apalis)?;
             return Err(QueueError::Apalis("every worker exited before shutdown was requested".into()));
         }
         _ = fatal.notified() => {
+            // as on a signal: a drain kept sending for its whole budget, past the grace, and
+            // was cut off mid-send (what the provider took went out again after the lease)
+            escalator_runtime::shutdown::request_stop();
             ctx.shutdown().map_err(QueueError::apalis)?;
             let _ = tokio::time::timeout(grace, &mut run).await;
             return Err(QueueError::Apalis("a worker failed; see the log above".into()));

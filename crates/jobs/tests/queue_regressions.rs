@@ -484,6 +484,34 @@ async fn the_sqlite_queue_runs_the_same_worker_and_dead_letters_the_same_way() {
     task.await.unwrap().unwrap();
 }
 
+/// A worker that fails for good (here apalis-sqlite cannot decode a queue row's id) stops the
+/// process; the process was not marked stopping, so long loops inside running jobs (the outbox
+/// drain) went on starting sends for their whole budget, past the grace period, and were cut
+/// off mid-send. It is marked stopping as on a signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_fails_for_good_marks_the_process_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+    let queues = Queues::connect(&url, QueueNames::default()).await.unwrap();
+    queues.push_noops(1).await.unwrap();
+    let Queues::Sqlite { pool, .. } = &queues else {
+        unreachable!()
+    };
+    let bad = sqlx::query("UPDATE Jobs SET id = 'NOT-A-ULID'")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(bad.rows_affected(), 1);
+    assert!(!escalator_runtime::shutdown::stopping());
+    let (_stop, task) = spawn_worker(&queues, settings("escalator:noop"), State::default());
+    let ended = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the worker kept running on an undecodable queue")
+        .unwrap();
+    assert!(ended.is_err(), "{ended:?}");
+    assert!(escalator_runtime::shutdown::stopping());
+}
+
 /// A proxy in front of the test Redis that holds every reply for `delay`: a Redis slowed down
 /// (a loaded machine, a fork for a snapshot), not gone. Returns its URL.
 async fn slow_redis(delay: Duration) -> String {

@@ -52,18 +52,22 @@ pub fn listen() -> Listener {
 }
 
 impl Listener {
-    /// Resolves on the first signal, having marked the process [`stopping`].
-    pub async fn stopped(self) {
+    /// Resolves on the first signal, having marked the process [`stopping`]. A second signal
+    /// ends the process at once (exit 130): Ctrl-C twice did nothing while the graceful stop
+    /// waited, for up to its grace period.
+    pub async fn stopped(mut self) {
         self.wait().await;
         request_stop();
+        tokio::spawn(async move {
+            self.wait().await;
+            tracing::warn!("second signal: exiting now, without waiting for the graceful stop");
+            std::process::exit(130);
+        });
     }
 
     #[cfg(unix)]
-    async fn wait(self) {
-        let Listener {
-            mut term,
-            mut interrupt,
-        } = self;
+    async fn wait(&mut self) {
+        let Listener { term, interrupt } = self;
         let term = async {
             match term.as_mut() {
                 Some(s) => s.recv().await,
@@ -86,7 +90,7 @@ impl Listener {
     }
 
     #[cfg(not(unix))]
-    async fn wait(self) {
+    async fn wait(&mut self) {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -135,17 +135,17 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     }
     banner(&store, args.port, args.demo).await;
     if let crate::config::EmailConfig::Files { dir, .. } = &delivery.email {
-        println!("  email       one .eml per message in {}/", dir.display());
-        println!();
+        stdout_line!("  email       one .eml per message in {}/", dir.display());
+        stdout_line!();
     }
     if let Some(url) = ignored_database_url {
         let shown = escalator_runtime::config::redact(url);
-        println!(
+        stdout_line!(
             "  note        --database-url / DATABASE_URL ({shown}) is for the other commands: \
              dev keeps its data in {} (--db)",
             args.db.display()
         );
-        println!();
+        stdout_line!();
     }
     let early = tokio::select! {
         _ = signals.stopped() => None,
@@ -160,6 +160,8 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
             Err(e) => ("a part", format!("it panicked: {e}")),
         };
         tracing::error!(part, error = %why, "stopped unexpectedly; stopping the rest");
+        // what still runs starts nothing more (the outbox drain's sends), as on a signal
+        escalator_runtime::shutdown::request_stop();
         failure = Some(format!("the {part} stopped unexpectedly: {why}"));
     }
     while let Some(done) = parts.join_next().await {
@@ -178,7 +180,7 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     if args.port != DEFAULT_PORT {
         again.push_str(&format!(" --port {}", args.port));
     }
-    println!(
+    stdout_line!(
         "stopped; your data is in {} (run `{again}` again to resume)",
         args.db.display()
     );
@@ -271,12 +273,12 @@ async fn demo(store: &Store) -> anyhow::Result<()> {
 
 async fn banner(store: &Store, port: u16, demo: bool) {
     let base = format!("http://127.0.0.1:{port}");
-    println!();
-    println!("escalator dev is running (Ctrl-C to stop)");
-    println!("  console     {base}/ui");
-    println!("  api         {base}/api/v1/workflows  (explore it: {base}/docs)");
-    println!("  metrics     {base}/metrics");
-    println!("  health      {base}/healthz");
+    stdout_line!();
+    stdout_line!("escalator dev is running (Ctrl-C to stop)");
+    stdout_line!("  console     {base}/ui");
+    stdout_line!("  api         {base}/api/v1/workflows  (explore it: {base}/docs)");
+    stdout_line!("  metrics     {base}/metrics");
+    stdout_line!("  health      {base}/healthz");
     if demo {
         let filter = escalator_store::WorkflowFilter {
             status: Some(escalator_policy::Status::Pending),
@@ -286,20 +288,20 @@ async fn banner(store: &Store, port: u16, demo: bool) {
         if let Ok(list) = store.list_workflows(&filter).await
             && let Some(w) = list.iter().rev().find(|w| w.title == "Laptop purchase")
         {
-            println!("  audit trail {base}/api/v1/workflows/{}/audit", w.id);
-            println!("  manager     {base}/api/v1/notifications?recipient=bob");
-            println!("  dept. head  {base}/api/v1/notifications?recipient=carol");
-            println!(
+            stdout_line!("  audit trail {base}/api/v1/workflows/{}/audit", w.id);
+            stdout_line!("  manager     {base}/api/v1/notifications?recipient=bob");
+            stdout_line!("  dept. head  {base}/api/v1/notifications?recipient=carol");
+            stdout_line!(
                 "  \"{}\" is assigned to {}, due {}",
                 w.title,
                 w.assignee,
                 w.due_at.format("%H:%M:%S UTC")
             );
         }
-        println!(
+        stdout_line!(
             "  watch: a reminder in ~30 s, an escalation to the manager in ~60 s, to the \
              department head in ~2 min"
         );
     }
-    println!();
+    stdout_line!();
 }

@@ -56,15 +56,28 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         Err(e) => tracing::error!(error = %e, "metrics server panicked"),
         Ok(Ok(())) => {}
     }
-    store.close().await;
-    match outcome.context("worker stopped")? {
-        Stopped::Drained => tracing::info!("worker stopped: all in-flight jobs finished"),
-        Stopped::GraceExpired => tracing::warn!(
-            "worker stopped: jobs still running after ESCALATOR_SHUTDOWN_TIMEOUT were abandoned \
+    let outcome = outcome.context("worker stopped");
+    match &outcome {
+        Ok(Stopped::Drained) => {
+            store.close().await;
+            tracing::info!("worker stopped: all in-flight jobs finished");
+        }
+        // jobs past the grace still hold connections: closing the pool would wait for them,
+        // past the grace the process was given (and be killed for it)
+        Ok(Stopped::GraceExpired) => tracing::warn!(
+            "worker stopping: jobs still running after ESCALATOR_SHUTDOWN_TIMEOUT are abandoned \
              (they will be re-run; their effects are idempotent)"
         ),
+        Err(_) => {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), store.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!("database connections still held by running jobs: not waited for");
+            }
+        }
     }
-    Ok(())
+    outcome.map(|_| ())
 }
 
 /// Whether the queue backend is embedded (for messages).
