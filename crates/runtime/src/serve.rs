@@ -72,8 +72,20 @@ async fn render(
 }
 
 async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
-    let (silent, ok) = s.health.check();
-    if ok {
+    report(&s.health)
+}
+
+/// What `/healthz` answers. A process stopping is alive: it finishes its jobs for up to its
+/// grace period (75 s for the shipped workers) and polls nothing meanwhile, so its progress
+/// stops; it read "stalled" after a minute, and a liveness probe would kill it mid-drain.
+fn report(health: &Health) -> (StatusCode, String) {
+    let (silent, ok) = health.check();
+    if crate::shutdown::stopping() {
+        (
+            StatusCode::OK,
+            format!("stopping: finishing in-flight jobs; last progress {silent}s ago\n"),
+        )
+    } else if ok {
         (StatusCode::OK, format!("ok: last progress {silent}s ago\n"))
     } else {
         (
@@ -107,4 +119,22 @@ pub async fn serve(
         .await;
     upkeep_task.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_process_is_unhealthy_unless_it_is_stopping() {
+        let health = Health::new(Duration::from_secs(30));
+        assert_eq!(report(&health).0, StatusCode::OK);
+        health.last.store(unix_now() - 100, Ordering::Relaxed);
+        let (status, text) = report(&health);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+        crate::shutdown::request_stop();
+        let (status, text) = report(&health);
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert!(text.starts_with("stopping"), "{text}");
+    }
 }
