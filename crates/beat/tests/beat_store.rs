@@ -480,15 +480,19 @@ fn recorder() -> &'static escalator_runtime::metrics::Handle {
 async fn a_slot_that_cannot_be_enqueued_is_a_failed_run_not_a_queued_one() {
     let db = TestDb::postgres().await;
     let mut redis = escalator_testkit::services::PrivateRedis::start();
-    let q = Queues::connect(&redis.url(), QueueNames::new("beat-down"))
-        .await
-        .unwrap();
-    let mut beat = Beat::new(
-        db.store.clone(),
-        q,
-        config("a", Duration::from_secs(600), Duration::from_secs(30)),
-        Health::new(Duration::from_secs(60)),
-    );
+    // a beat on that Redis (started again below, as after a restart)
+    let start = async |url: String| {
+        let q = Queues::connect(&url, QueueNames::new("beat-down"))
+            .await
+            .unwrap();
+        Beat::new(
+            db.store.clone(),
+            q,
+            config("a", Duration::from_secs(600), Duration::from_secs(30)),
+            Health::new(Duration::from_secs(60)),
+        )
+    };
+    let mut beat = start(redis.url()).await;
     redis.kill();
     let err = beat.step(utc("2026-11-25T12:00:00.500Z")).await;
     assert!(err.is_err(), "{err:?}");
@@ -512,15 +516,7 @@ async fn a_slot_that_cannot_be_enqueued_is_a_failed_run_not_a_queued_one() {
     // kept in memory is gone, and the next leader finds the run from its error. Redis is back.
     drop(beat);
     redis.restart();
-    let q = Queues::connect(&redis.url(), QueueNames::new("beat-down"))
-        .await
-        .unwrap();
-    let mut beat = Beat::new(
-        db.store.clone(),
-        q,
-        config("a", Duration::from_secs(600), Duration::from_secs(30)),
-        Health::new(Duration::from_secs(60)),
-    );
+    let mut beat = start(redis.url()).await;
     // the same run is enqueued, queued again, its error gone
     let mut pushed = false;
     for _ in 0..50 {

@@ -386,19 +386,15 @@ impl Deliverer {
         }
         let result = self.send(entry).await;
         let outcome = match result {
-            Ok(Some(Deferrals {
-                primaries_refused: Some(error),
-                sent,
-                recipients,
-            })) => {
-                let deferrals = Deferrals {
-                    sent,
-                    recipients,
-                    primaries_refused: None,
+            Ok(Some(mut d)) => {
+                // dead when only copies took it; its deferred copies still get their rows
+                let outcome = match d.primaries_refused.take() {
+                    Some(error) => DeliveryOutcome::Dead { error },
+                    None => DeliveryOutcome::Sent,
                 };
-                return (DeliveryOutcome::Dead { error }, Some(deferrals));
+                return (outcome, Some(d));
             }
-            Ok(deferrals) => return (DeliveryOutcome::Sent, deferrals),
+            Ok(None) => return (DeliveryOutcome::Sent, None),
             Err(NotifyError::Transient(error)) | Err(NotifyError::Config(error))
                 if entry.attempts < self.max_attempts =>
             {

@@ -14,29 +14,7 @@ use tokio::net::TcpListener;
 
 mod common;
 
-use common::deliverer;
-
-/// Writes `n` email outbox rows the way a batch does.
-async fn outbox(store: &Store, n: usize, to: &str) {
-    let effects = BatchEffects {
-        outbox: (0..n)
-            .map(|i| NewOutbox {
-                channel: "email",
-                recipient: to.into(),
-                workflow_id: None,
-                payload: serde_json::json!({
-                    "to": [to], "cc": ["cc@example.com"], "subject": format!("Escalated #{i}"),
-                    "body": "It is overdue."
-                }),
-                idempotency_key: format!("escalate:{i}:1:1:email"),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let mut tx = store.begin_batch().await.unwrap();
-    tx.apply(&effects, Utc::now()).await.unwrap();
-    tx.commit().await.unwrap();
-}
+use common::{deliverer, outbox};
 
 async fn statuses(store: &Store) -> Vec<String> {
     store

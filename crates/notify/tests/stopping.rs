@@ -7,32 +7,13 @@
 
 mod common;
 
-use chrono::Utc;
-use escalator_store::{BatchEffects, NewOutbox};
 use escalator_testkit::TestDb;
 use escalator_testkit::smtp::smtp_sink;
 
 #[tokio::test]
 async fn a_stopping_worker_claims_no_more_deliveries() {
     let db = TestDb::postgres().await;
-    let effects = BatchEffects {
-        outbox: (0..40)
-            .map(|i| NewOutbox {
-                channel: "email",
-                recipient: "boss@example.com".into(),
-                workflow_id: None,
-                payload: serde_json::json!({
-                    "to": ["boss@example.com"], "subject": format!("Escalated #{i}"),
-                    "body": "It is overdue."
-                }),
-                idempotency_key: format!("escalate:{i}:1:1:email"),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let mut tx = db.store.begin_batch().await.unwrap();
-    tx.apply(&effects, Utc::now()).await.unwrap();
-    tx.commit().await.unwrap();
+    common::outbox(&db.store, 40, "boss@example.com").await;
     let (port, received) = smtp_sink(None).await;
     let deliverer = common::deliverer(&db.store, port);
     // a first round goes out as usual

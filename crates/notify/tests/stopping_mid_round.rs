@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use escalator_notify::{Deliverer, Mailer};
-use escalator_store::{BatchEffects, NewOutbox};
 use escalator_testkit::TestDb;
 use tokio::net::TcpListener;
 
@@ -21,24 +20,7 @@ use tokio::net::TcpListener;
 #[tokio::test]
 async fn a_stopping_sender_starts_no_send_and_hands_its_rows_back() {
     let db = TestDb::postgres().await;
-    let effects = BatchEffects {
-        outbox: (0..16)
-            .map(|i| NewOutbox {
-                channel: "email",
-                recipient: "boss@example.com".into(),
-                workflow_id: None,
-                payload: serde_json::json!({
-                    "to": ["boss@example.com"], "subject": format!("Escalated #{i}"),
-                    "body": "It is overdue."
-                }),
-                idempotency_key: format!("escalate:{i}:1:1:email"),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let mut tx = db.store.begin_batch().await.unwrap();
-    tx.apply(&effects, Utc::now()).await.unwrap();
-    tx.commit().await.unwrap();
+    common::outbox(&db.store, 16, "boss@example.com").await;
     // a relay that accepts connections and never answers: each send runs to its deadline
     let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = relay.local_addr().unwrap().port();
