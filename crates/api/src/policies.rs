@@ -18,10 +18,10 @@ fn invalid_spec(prefix: &str, e: PolicyError) -> ApiError {
     ApiError::invalid(format!("{prefix}.{}", e.field), e.message)
 }
 
-/// 422 naming `field` when the calendar `id` does not exist.
-async fn require_calendar(s: &AppState, id: &str, field: &str) -> ApiResult<()> {
+/// The calendar `id`, or a 422 naming `field` when it does not exist.
+async fn require_calendar(s: &AppState, id: &str, field: &str) -> ApiResult<Calendar> {
     match s.store.get_calendar(id).await {
-        Ok(_) => Ok(()),
+        Ok(calendar) => Ok(calendar),
         Err(StoreError::NotFound { .. }) => Err(ApiError::invalid(
             field,
             format!("calendar {id:?} not found"),
@@ -151,7 +151,7 @@ pub struct NewPolicyVersion {
     request_body = NewPolicyVersion,
     responses(
         (status = 201, description = "the new version (running workflows keep theirs)", body = PolicyView),
-        (status = 422, description = "invalid spec, unknown calendar, or a level's user unknown or inactive; field names the value", body = ErrorBody),
+        (status = 422, description = "invalid spec, unknown calendar, an SLA the calendar cannot reach within 1,000 years, or a level's user unknown or inactive; field names the value", body = ErrorBody),
     ))]
 /// `POST /api/v1/policies`: stores the next version of a policy. Versions are immutable;
 /// workflows stay on the version they were created with.
@@ -163,12 +163,18 @@ pub async fn create_version(
     if body.name.trim().is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));
     }
-    if let Some(calendar) = &body.spec.calendar_id {
-        require_calendar(&s, calendar, "spec.calendar_id").await?;
-    }
+    let calendar = match &body.spec.calendar_id {
+        Some(id) => Some(require_calendar(&s, id, "spec.calendar_id").await?),
+        None => None,
+    };
     escalator_policy::check_targets(&body.spec).map_err(|e| invalid_spec("spec", e))?;
     require_target_users(&s, &body.spec).await?;
     let policy = Policy::new(body.spec).map_err(|e| invalid_spec("spec", e))?;
+    if let Some(calendar) = &calendar {
+        policy
+            .check_reachable_on(calendar, Utc::now())
+            .map_err(|e| invalid_spec("spec", e))?;
+    }
     let record = s
         .store
         .create_policy_version(&body.id, &body.name, &policy)
@@ -209,7 +215,7 @@ pub async fn get_calendar(
     request_body(content = Object, description = "`timezone` (IANA), `windows` [{day, start, end}], `holidays` [date]"),
     responses(
         (status = 200, description = "created or replaced", body = CalendarView),
-        (status = 422, description = "invalid calendar (e.g. unknown timezone); field names the value", body = ErrorBody),
+        (status = 422, description = "invalid calendar (e.g. unknown timezone), or too little working time for an SLA of a policy measured on it; field names the value", body = ErrorBody),
     ))]
 /// `PUT /api/v1/calendars/{id}`: creates or replaces a calendar.
 pub async fn put_calendar(
@@ -219,6 +225,20 @@ pub async fn put_calendar(
 ) -> ApiResult<Json<CalendarView>> {
     escalator_store::logic::check_id("id", &id).map_err(ApiError::bad_request_from)?;
     let calendar = Calendar::new(spec).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    // a calendar with less working time must still reach every SLA measured on it, or the
+    // workflows that start a level on it would wait for ever
+    let now = Utc::now();
+    for record in s.store.policies_on_calendar(&id).await? {
+        if let Err(e) = record.policy.check_reachable_on(&calendar, now) {
+            return Err(ApiError::invalid(
+                "windows",
+                format!(
+                    "policy {:?} version {} is measured on this calendar, and its {}: {}",
+                    record.id, record.version, e.field, e.message
+                ),
+            ));
+        }
+    }
     s.store.put_calendar(&id, &calendar).await?;
     Ok(Json(CalendarView {
         spec: calendar.spec().clone(),

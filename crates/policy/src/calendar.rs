@@ -144,6 +144,16 @@ impl Calendar {
         self.tz
     }
 
+    /// Seconds of work in an ordinary week (no holiday, no DST change): the sum of the
+    /// windows.
+    pub fn weekly_working_seconds(&self) -> i64 {
+        self.windows
+            .iter()
+            .flatten()
+            .map(|w| i64::from(w.end - w.start))
+            .sum()
+    }
+
     /// Whether `t` falls inside a working window.
     pub fn is_working(&self, t: DateTime<Utc>) -> bool {
         let date = self.local_date(t);

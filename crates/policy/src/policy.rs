@@ -6,7 +6,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::PolicyError;
+use chrono::{DateTime, Utc};
+
+use crate::{Calendar, PolicyError};
 
 /// The longest duration a policy may name (about 100 years).
 ///
@@ -282,6 +284,46 @@ impl Policy {
         })
     }
 
+    /// Checks that every level's SLA can be measured on `calendar` (the policy's
+    /// `calendar_id`) from `from`: a deadline further out than the calendar's horizon (1,000
+    /// years) is never, so a workflow on such a level would never be reminded or escalated. The
+    /// error names the longest level's `sla_seconds`; with 17 hours of work a week or more,
+    /// every SLA a policy takes is reachable.
+    pub fn check_reachable_on(
+        &self,
+        calendar: &Calendar,
+        from: DateTime<Utc>,
+    ) -> Result<(), PolicyError> {
+        let longest = (0..=self.level_count())
+            .filter_map(|level| Some((level, self.sla_seconds(level)?)))
+            .max_by_key(|&(level, sla)| (sla, std::cmp::Reverse(level)));
+        let Some((level, sla)) = longest else {
+            return Ok(());
+        };
+        if calendar.add_business_seconds(from, sla) < DateTime::<Utc>::MAX_UTC {
+            return Ok(());
+        }
+        let field = match level {
+            0 => "sla_seconds".to_owned(),
+            n => format!("levels[{}].sla_seconds", n - 1),
+        };
+        let weekly = calendar.weekly_working_seconds();
+        let weekly = if weekly >= 3_600 {
+            format!("{:.1} hours", weekly as f64 / 3_600.0)
+        } else {
+            format!("{weekly} seconds")
+        };
+        Err(PolicyError::new(
+            field,
+            format!(
+                "{sla} seconds of work would take more than 1,000 years on calendar {:?} \
+                 ({weekly} of work a week): its deadline would never come; shorten the SLA \
+                 or give the calendar more working time",
+                self.spec.calendar_id.as_deref().unwrap_or("24x7"),
+            ),
+        ))
+    }
+
     fn level(&self, level: u32) -> Option<&LevelSpec> {
         let index = usize::try_from(level).ok()?.checked_sub(1)?;
         self.spec.levels.get(index)
@@ -402,6 +444,64 @@ mod tests {
             target: Target::User(id.into()),
             sla_seconds,
         }
+    }
+
+    /// A policy whose longest SLA takes more than the horizon's 1,000 years of work on its
+    /// calendar was accepted, and every workflow on it waited for a deadline that never came.
+    #[test]
+    fn an_sla_the_calendar_cannot_reach_is_refused_naming_the_level() {
+        use crate::{CalendarSpec, WindowSpec};
+        let calendar = |end: &str| {
+            Calendar::new(CalendarSpec {
+                timezone: "Europe/London".into(),
+                windows: vec![WindowSpec {
+                    day: chrono::Weekday::Mon,
+                    start: "09:00".into(),
+                    end: end.into(),
+                }],
+                holidays: vec![],
+            })
+            .unwrap()
+        };
+        let from = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut long = spec();
+        long.calendar_id = Some("thin".into());
+        long.levels[0].sla_seconds = 60 * 365 * 86_400;
+        let policy = Policy::new(long).unwrap();
+        // one minute of work a week: 60 years of work would take ~1.9 million years
+        let err = policy
+            .check_reachable_on(&calendar("09:01"), from)
+            .unwrap_err();
+        assert_eq!(err.field, "levels[0].sla_seconds");
+        assert!(err.message.contains("\"thin\""), "{}", err.message);
+        assert!(err.message.contains("60 seconds of work a week"), "{}", err.message);
+        // 17 hours a week reach the longest SLA a policy takes, at any level
+        assert!(policy.check_reachable_on(&calendar("24:00"), from).is_ok());
+        let mut longest = spec();
+        longest.sla_seconds = MAX_DURATION_SECONDS;
+        let office = Calendar::new(CalendarSpec {
+            timezone: "America/New_York".into(),
+            windows: [chrono::Weekday::Mon, chrono::Weekday::Tue]
+                .into_iter()
+                .map(|day| WindowSpec {
+                    day,
+                    start: "08:00".into(),
+                    end: "16:30".into(),
+                })
+                .collect(),
+            holidays: vec![],
+        })
+        .unwrap();
+        let policy = Policy::new(longest).unwrap();
+        assert!(policy.check_reachable_on(&office, from).is_ok());
+        // and level 0 is named as such when it is the one out of reach
+        let err = policy
+            .check_reachable_on(&calendar("10:00"), from)
+            .unwrap_err();
+        assert_eq!(err.field, "sla_seconds");
+        assert!(err.message.contains("1.0 hours of work a week"), "{}", err.message);
     }
 
     #[test]

@@ -324,6 +324,12 @@ impl Store {
         dispatch!(self, s => s.list_policies().await)
     }
 
+    /// Every version of every policy measured on calendar `calendar_id`, by id and version:
+    /// running workflows stay on the version they started with, so old versions count too.
+    pub async fn policies_on_calendar(&self, calendar_id: &str) -> Result<Vec<PolicyRecord>> {
+        dispatch!(self, s => s.policies_on_calendar(calendar_id).await)
+    }
+
     /// Opens a workflow on the latest version of its policy. Idempotent on `external_id`: the
     /// same body returns the existing workflow (`created: false`), a different body is an
     /// `ExternalIdConflict`.

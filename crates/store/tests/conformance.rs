@@ -912,6 +912,26 @@ async fn users_and_calendars_round_trip(db: &TestDb) {
     let cal = escalator_policy::Calendar::new(spec).unwrap();
     s.put_calendar("uk", &cal).await.unwrap();
     assert_eq!(s.get_calendar("uk").await.unwrap(), cal);
+
+    // the policies measured on a calendar, every version (running workflows keep theirs)
+    assert!(s.policies_on_calendar("uk").await.unwrap().is_empty());
+    let mut on_uk = Policy::default_policy().spec().clone();
+    on_uk.calendar_id = Some("uk".into());
+    for name in ["First", "Second"] {
+        s.create_policy_version("office", name, &Policy::new(on_uk.clone()).unwrap())
+            .await
+            .unwrap();
+    }
+    s.create_policy_version("office", "Third, 24x7", &Policy::default_policy())
+        .await
+        .unwrap();
+    s.create_policy_version("elsewhere", "24x7", &Policy::default_policy())
+        .await
+        .unwrap();
+    let on = s.policies_on_calendar("uk").await.unwrap();
+    let got: Vec<_> = on.iter().map(|p| (p.id.as_str(), p.version)).collect();
+    assert_eq!(got, [("office", 1), ("office", 2)]);
+    assert_eq!(on[1].name, "Second");
 }
 
 /// A deadline past the calendar's horizon is never (`DateTime::<Utc>::MAX_UTC`, year 262143).

@@ -288,6 +288,65 @@ async fn calendars_are_validated_naming_the_field() {
         .error(StatusCode::NOT_FOUND);
 }
 
+/// An SLA that its calendar cannot reach within 1,000 years of work was accepted, and every
+/// workflow on that level waited for a deadline that never came; so was a calendar edit that
+/// left a policy's SLA out of reach.
+#[tokio::test]
+async fn an_sla_the_calendar_cannot_reach_is_refused_with_the_policy_or_the_calendar() {
+    let api = spawn_api().await;
+    let hour_a_week = json!({
+        "timezone": "Europe/London",
+        "windows": [{ "day": "Mon", "start": "09:00", "end": "10:00" }],
+    });
+    let res = put(&api, "/api/v1/calendars/thin", hour_a_week).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let spec = |sla_seconds: i64| {
+        json!({
+            "sla_seconds": 86_400, "warning": { "kind": "before", "seconds": 3_600 },
+            "levels": [{ "target": "manager", "sla_seconds": sla_seconds }],
+            "calendar_id": "thin",
+        })
+    };
+    // 20 years of work at an hour a week: ~5,500 years
+    let res = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "glacial", "name": "Glacial", "spec": spec(20 * 365 * 86_400) }),
+        )
+        .await;
+    let (code, field) = res.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code, "invalid");
+    assert_eq!(field.as_deref(), Some("spec.levels[0].sla_seconds"));
+    let message = res.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("\"thin\"") && message.contains("1.0 hours of work a week"),
+        "{message}"
+    );
+    // a year of work is ~168 years of weeks: found
+    let res = api
+        .post(
+            "/api/v1/policies",
+            json!({ "id": "slow", "name": "Slow", "spec": spec(365 * 86_400) }),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    // cutting the calendar to a minute a week would leave that year of work out of reach
+    let minute_a_week = json!({
+        "timezone": "Europe/London",
+        "windows": [{ "day": "Mon", "start": "09:00", "end": "09:01" }],
+    });
+    let res = put(&api, "/api/v1/calendars/thin", minute_a_week).await;
+    let (_, field) = res.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("windows"));
+    let message = res.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("policy \"slow\" version 1") && message.contains("levels[0].sla_seconds"),
+        "{message}"
+    );
+    let kept = api.get("/api/v1/calendars/thin").await.json();
+    assert_eq!(kept["spec"]["windows"][0]["end"], "10:00", "{kept}");
+}
+
 #[tokio::test]
 async fn policies_get_new_versions_and_bad_specs_name_the_field() {
     let api = spawn_api().await;

@@ -289,6 +289,17 @@ impl SqliteStore {
         .await?;
         rows.iter().map(rows::policy).collect()
     }
+
+    pub(crate) async fn policies_on_calendar(&self, calendar_id: &str) -> Result<Vec<PolicyRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, version, name, spec, created_at FROM escalation_policies
+             WHERE calendar_id = ?1 ORDER BY id, version",
+        )
+        .bind(calendar_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::policy).collect()
+    }
 }
 
 /// One policy version (`None` = newest), on any executor.
