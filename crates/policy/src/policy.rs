@@ -476,7 +476,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.field, "levels[0].sla_seconds");
         assert!(err.message.contains("\"thin\""), "{}", err.message);
-        assert!(err.message.contains("60 seconds of work a week"), "{}", err.message);
+        assert!(
+            err.message.contains("60 seconds of work a week"),
+            "{}",
+            err.message
+        );
         // 17 hours a week reach the longest SLA a policy takes, at any level
         assert!(policy.check_reachable_on(&calendar("24:00"), from).is_ok());
         let mut longest = spec();
@@ -501,7 +505,11 @@ mod tests {
             .check_reachable_on(&calendar("10:00"), from)
             .unwrap_err();
         assert_eq!(err.field, "sla_seconds");
-        assert!(err.message.contains("1.0 hours of work a week"), "{}", err.message);
+        assert!(
+            err.message.contains("1.0 hours of work a week"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

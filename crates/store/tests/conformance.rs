@@ -49,6 +49,7 @@ conformance!(
     user_writes_never_make_the_manager_chain_circular,
     a_manager_given_moves_exhausted_workflows_on_at_once,
     a_target_back_moves_exhausted_workflows_on_at_once,
+    a_manager_given_beside_a_round_still_moves_its_exhaustion_on,
     claim_returns_only_due_open_workflows_oldest_first,
     a_deadline_that_is_never_is_never_due,
     peeking_sees_what_a_claim_holds_and_takes_nothing_from_the_next_claim,
@@ -673,6 +674,50 @@ async fn a_manager_given_moves_exhausted_workflows_on_at_once(db: &TestDb) {
     s.upsert_users(&[reporting_to("boss", None)]).await.unwrap();
     let back = next(exhausted[0]).await.unwrap();
     assert!(before <= back && back <= Utc::now(), "{back}");
+}
+
+/// A round claimed a workflow whose assignee had no manager; a user write gave them one and,
+/// finding nothing exhausted yet, re-armed nothing; the round then exhausted the workflow,
+/// unscheduled for good. On PostgreSQL the user write now waits for the rounds in flight (the
+/// rounds take its lock shared); SQLite runs one writer at a time anyway.
+async fn a_manager_given_beside_a_round_still_moves_its_exhaustion_on(db: &TestDb) {
+    let s = &db.store;
+    let w = create(s, "BESIDE-1").await;
+    let mut round = s.begin_batch().await.unwrap();
+    let claimed = round.claim_due(t0() + Duration::days(3), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].assignee_manager, None);
+    let store = s.clone();
+    let write = tokio::spawn(async move {
+        store
+            .upsert_users(&[
+                reporting_to("boss", None),
+                reporting_to("alice", Some("boss")),
+            ])
+            .await
+    });
+    // the write waits for the round (it finished at once before, re-arming nothing)
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !write.is_finished(),
+        "the user write did not wait for the round"
+    );
+    let mut change = remind(&w, t0(), None).changes.remove(0);
+    change.exhausted_at = Some(t0() + Duration::days(1));
+    change.next_check_at = None;
+    let effects = BatchEffects {
+        changes: vec![change],
+        ..BatchEffects::default()
+    };
+    round.apply(&effects, t0()).await.unwrap();
+    round.commit().await.unwrap();
+    write.await.unwrap().unwrap();
+    let after = s.get_workflow(w.id).await.unwrap();
+    assert!(after.exhausted_at.is_some(), "{after:?}");
+    let next = after
+        .next_check_at
+        .expect("the manager given made it due again");
+    assert!(next <= Utc::now(), "{next}");
 }
 
 /// Exhausts `w` at its level 0: no one to escalate it to, unscheduled (a `stop` policy).
@@ -2185,6 +2230,80 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
     ];
     want.sort();
     assert_eq!(rest, want);
+}
+
+/// A claim that waited on a reassign's row lock reread the workflow (the new assignee) but
+/// joined the old assignee's user rows to it: the new assignee had no manager, and the round
+/// exhausted a workflow whose manager was there.
+#[tokio::test]
+async fn a_claim_waiting_on_a_reassign_reads_the_new_assignees_manager_on_postgres() {
+    let db = TestDb::postgres().await;
+    let s = &db.store;
+    let Store::Postgres(pg) = s else {
+        unreachable!()
+    };
+    s.upsert_users(&[
+        reporting_to("am", None),
+        reporting_to("bm", None),
+        reporting_to("alice", Some("am")),
+        reporting_to("bob", Some("bm")),
+    ])
+    .await
+    .unwrap();
+    let (one, other) = (create(s, "REASSIGN-1").await, create(s, "REASSIGN-2").await);
+    let as_of = t0() + Duration::days(3);
+    for claim_one in [true, false] {
+        let w = if claim_one { &one } else { &other };
+        let mut reassign = pg.pool().begin().await.unwrap();
+        sqlx::query("UPDATE workflows SET assignee = 'bob', version = version + 1 WHERE id = $1")
+            .bind(w.id)
+            .execute(&mut *reassign)
+            .await
+            .unwrap();
+        let store = s.clone();
+        let id = w.id;
+        let claim = tokio::spawn(async move {
+            let mut round = store.begin_batch().await.unwrap();
+            let due = if claim_one {
+                round.claim_one(id, as_of).await.unwrap()
+            } else {
+                let range = DueRange::default();
+                let patience = std::time::Duration::from_secs(30);
+                let due = round.claim_due_waiting_in(as_of, &range, 10, patience);
+                due.await
+                    .unwrap()
+                    .unwrap()
+                    .into_iter()
+                    .find(|d| d.workflow.id == id)
+            };
+            round.rollback().await.unwrap();
+            due
+        });
+        // the claim waits on the reassign's row lock
+        let started = std::time::Instant::now();
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                 WHERE NOT l.granted AND a.datname = current_database()",
+            )
+            .fetch_one(pg.pool())
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(started.elapsed().as_secs() < 30, "the claim never waited");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        reassign.commit().await.unwrap();
+        let due = claim.await.unwrap().expect("still due after the reassign");
+        assert_eq!(due.workflow.assignee, "bob");
+        assert_eq!(
+            due.assignee_manager.as_deref(),
+            Some("bm"),
+            "claim_one: {claim_one}"
+        );
+    }
 }
 
 /// PostgreSQL takes an audit row's id at INSERT but shows the row at COMMIT: a batch still

@@ -30,12 +30,19 @@ impl PgStore {
             .acquire_owned()
             .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        Ok(PgBatch {
-            tx: self.pool.begin().await?,
-            _slot: slot,
-        })
+        let mut tx = self.pool.begin().await?;
+        // A user write (exclusive, `upsert_users`) re-arms the workflows exhausted in its own
+        // snapshot. A round that had read "no manager" and exhausted a workflow after that
+        // write looked left it unscheduled for good: rounds and user writes are serialized, a
+        // user write waiting for the rounds in flight and later rounds seeing its users.
+        sqlx::query(USER_WRITES_SHARED).execute(&mut *tx).await?;
+        Ok(PgBatch { tx, _slot: slot })
     }
 }
+
+/// The shared side of the user writes' lock ([`super::USER_WRITES_LOCK`]).
+const USER_WRITES_SHARED: &str =
+    "SELECT pg_advisory_xact_lock_shared(hashtext('escalator:users:managers'))";
 
 /// What a claim adds to its query: the rows stay locked, and rows another transaction holds
 /// are passed over.
@@ -47,15 +54,27 @@ const DUE_LOCKED: &str = "FOR UPDATE OF w SKIP LOCKED";
 /// comparisons on the partial index workflows_due `(next_check_at, id)`, so this is an index
 /// range scan over the rows of the slice only, even inside a crowd of workflows sharing one
 /// instant.
+///
+/// The rows are locked in a subquery and the assignee's manager joined outside it: a lock that
+/// finds a row changed since the statement began (a reassign committed meanwhile) rereads that
+/// row, but rejoined the other tables' rows of the old one, so the claim read the new assignee
+/// with no manager, and exhausted the workflow for want of one.
 fn due_query(lock: &str) -> String {
-    format!(
-        "SELECT {WORKFLOW_COLUMNS}, m.id AS assignee_manager
-         FROM workflows w LEFT JOIN users u ON u.id = w.assignee
-              LEFT JOIN users m ON m.id = u.manager_id AND m.active
-         WHERE {}
-         ORDER BY w.next_check_at, w.id LIMIT $2
-         {lock}",
+    with_manager(&format!(
+        "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE {}
+         ORDER BY w.next_check_at, w.id LIMIT $2 {lock}",
         due_in_range()
+    ))
+}
+
+/// The rows of `locked` (a query over `workflows w`) with their assignee's active manager, in
+/// `(next_check_at, id)` order.
+fn with_manager(locked: &str) -> String {
+    format!(
+        "SELECT w.*, m.id AS assignee_manager
+         FROM ({locked}) w LEFT JOIN users u ON u.id = w.assignee
+              LEFT JOIN users m ON m.id = u.manager_id AND m.active
+         ORDER BY w.next_check_at, w.id"
     )
 }
 
@@ -83,13 +102,11 @@ const NIL: &str = "00000000-0000-0000-0000-000000000000";
 
 /// Workflow $2 if it is open and due at $1; `lock` as in [`due_query`].
 fn one_query(lock: &str) -> String {
-    format!(
-        "SELECT {WORKFLOW_COLUMNS}, m.id AS assignee_manager
-         FROM workflows w LEFT JOIN users u ON u.id = w.assignee
-              LEFT JOIN users m ON m.id = u.manager_id AND m.active
+    with_manager(&format!(
+        "SELECT {WORKFLOW_COLUMNS} FROM workflows w
          WHERE w.id = $2 AND w.status IN ('pending', 'escalated') AND w.next_check_at <= $1
          {lock}"
-    )
+    ))
 }
 
 impl PgStore {

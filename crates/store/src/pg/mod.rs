@@ -138,11 +138,10 @@ impl PgStore {
         })?;
         // User writes run one at a time (a transaction-scoped advisory lock), so
         // two concurrent writes cannot each pass the cycle check below and close a cycle
-        // together (a → b and b → a).
+        // together (a → b and b → a); and never beside a batch round, which takes the lock
+        // shared (`begin_batch`), so the re-arm below sees every exhaustion it could undo.
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('escalator:users:managers'))")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(USER_WRITES_LOCK).execute(&mut *tx).await?;
         let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
         let before: Vec<crate::logic::UserBefore> =
             sqlx::query_as("SELECT id, manager_id, active FROM users WHERE id = ANY($1)")
@@ -299,7 +298,10 @@ impl PgStore {
         rows.iter().map(rows::policy).collect()
     }
 
-    pub(crate) async fn policies_on_calendar(&self, calendar_id: &str) -> Result<Vec<PolicyRecord>> {
+    pub(crate) async fn policies_on_calendar(
+        &self,
+        calendar_id: &str,
+    ) -> Result<Vec<PolicyRecord>> {
         let rows = sqlx::query(
             "SELECT id, version, name, spec, created_at FROM escalation_policies
              WHERE calendar_id = $1 ORDER BY id, version",
@@ -310,6 +312,10 @@ impl PgStore {
         rows.iter().map(rows::policy).collect()
     }
 }
+
+/// The lock a user write holds for its transaction (exclusive); batch rounds take it shared.
+pub(crate) const USER_WRITES_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtext('escalator:users:managers'))";
 
 /// One policy version (`None` = newest), on any executor (pool or transaction).
 pub(crate) async fn get_policy<'e, E>(

@@ -290,7 +290,10 @@ impl SqliteStore {
         rows.iter().map(rows::policy).collect()
     }
 
-    pub(crate) async fn policies_on_calendar(&self, calendar_id: &str) -> Result<Vec<PolicyRecord>> {
+    pub(crate) async fn policies_on_calendar(
+        &self,
+        calendar_id: &str,
+    ) -> Result<Vec<PolicyRecord>> {
         let rows = sqlx::query(
             "SELECT id, version, name, spec, created_at FROM escalation_policies
              WHERE calendar_id = ?1 ORDER BY id, version",
