@@ -91,7 +91,14 @@ async fn refresh_fleet(s: &AppState) {
     if let Some((waiting, _due)) = outbox {
         metrics::gauge!(OUTBOX_PENDING).set(waiting as f64);
     }
-    if let Some(t) = runs.iter().flatten().filter_map(|r| r.finished_at).max() {
+    // as the workers set it: sweeps that succeeded. A failed run has a finish time too (a beat
+    // that cannot push to Redis fails every slot's run at once), and counting it kept
+    // CheckRunsStale silent through exactly the outage it is there for.
+    let swept = runs
+        .iter()
+        .flatten()
+        .filter(|r| r.status == "succeeded" && r.scope == "all");
+    if let Some(t) = swept.filter_map(|r| r.finished_at).max() {
         metrics::gauge!(LAST_CHECK).set(t.timestamp_micros() as f64 / 1e6);
     }
     *last = Some(Instant::now());

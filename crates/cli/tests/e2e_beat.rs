@@ -41,9 +41,30 @@ async fn two_beats_on_a_one_second_schedule_fire_every_slot_exactly_once() {
         .push(("ESCALATOR_SCHEDULE".into(), "* * * * * *".into()));
     w.extra_env.push(("ESCALATOR_CATCHUP".into(), "5".into()));
     w.extra_env.push(("ESCALATOR_LEASE_TTL".into(), "3".into()));
-    let a = w.beat(free_port());
-    let b = w.beat(free_port());
+    let ports = [free_port(), free_port()];
+    let a = w.beat(ports[0]);
+    let b = w.beat(ports[1]);
     tokio::time::sleep(Duration::from_secs(60)).await;
+    // one leader; the standby says 0 (it exported no series at all, so a dashboard could not
+    // tell a live standby from a dead one), and both count their ticks from 0
+    let mut leaders = Vec::new();
+    for port in ports {
+        let metrics = reqwest_metrics(port).await;
+        for series in [
+            "escalator_missed_ticks_total ",
+            "escalator_duplicate_ticks_suppressed_total ",
+        ] {
+            assert!(metrics.contains(series), "no {series} in\n{metrics}");
+        }
+        let leader = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("escalator_beat_leader "))
+            .unwrap_or_else(|| panic!("no leader gauge in\n{metrics}"))
+            .to_owned();
+        leaders.push(leader);
+    }
+    leaders.sort();
+    assert_eq!(leaders, ["0", "1"]);
     assert!(stop(a).success());
     assert!(stop(b).success());
     let runs = slots(&w).await;

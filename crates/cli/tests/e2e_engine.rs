@@ -338,6 +338,24 @@ async fn garbage_on_every_queue_is_dead_lettered_counted_and_survived() {
     w.seed(1_000);
     let port = free_port();
     let worker = w.worker(port);
+    // a worker reports its counters from 0, so that rate() sees their first increment
+    let started = Instant::now();
+    while http_get(port, "/healthz").await.0 == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest_metrics(port).await;
+    for line in [
+        "escalator_jobs_total{queue=\"batches\",outcome=\"dead\"} 0",
+        "escalator_notifications_total{channel=\"email\",outcome=\"dead\"} 0",
+        "workflow_escalation_failures_total{queue=\"checks\"} 0",
+        "workflow_tasks_escalated_total 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
     for queue in ["checks", "batches", "noop"] {
         let q = format!("{}:{queue}", w.namespace);
         escalator_testkit::raw_queue::push_raw(

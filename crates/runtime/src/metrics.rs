@@ -63,6 +63,57 @@ pub const JOB_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// The queues whose jobs a worker counts in [`JOBS`] (the bench's no-op queue aside).
+pub const JOB_QUEUES: [&str; 3] = ["checks", "batches", "deliveries"];
+/// The outcomes of [`JOBS`].
+pub const JOB_OUTCOMES: [&str; 4] = ["ok", "retry", "dead", "malformed"];
+/// The channels of [`NOTIFICATIONS`].
+pub const NOTIFICATION_CHANNELS: [&str; 5] = ["email", "sms", "slack", "webhook", "event"];
+/// The outcomes of [`NOTIFICATIONS`].
+pub const NOTIFICATION_OUTCOMES: [&str; 5] = ["sent", "retry", "dead", "obsolete", "deferred"];
+
+/// The processes whose series [`start_at_zero`] creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emitter {
+    /// `escalator worker`: checks, batches, deliveries.
+    Worker,
+    /// `escalator beat`.
+    Beat,
+}
+
+/// Creates the counters `emitter` reports at 0 (and a beat's leader gauge at 0). A counter the
+/// exporter first shows at 1 has no earlier sample, so `rate()` and `increase()` never see
+/// that first increment: one dead delivery, or the first failed batch of a worker KEDA just
+/// started, went unalerted.
+pub fn start_at_zero(emitter: Emitter) {
+    match emitter {
+        Emitter::Worker => {
+            for name in [CHECKED, ESCALATED, REMINDED, OVER_SLA, FAILURES] {
+                metrics::counter!(name).increment(0);
+            }
+            for queue in ["checks", "batches"] {
+                metrics::counter!(FAILURES, "queue" => queue).increment(0);
+            }
+            for queue in JOB_QUEUES {
+                for outcome in JOB_OUTCOMES {
+                    metrics::counter!(JOBS, "queue" => queue, "outcome" => outcome).increment(0);
+                }
+            }
+            for channel in NOTIFICATION_CHANNELS {
+                for outcome in NOTIFICATION_OUTCOMES {
+                    metrics::counter!(NOTIFICATIONS, "channel" => channel, "outcome" => outcome)
+                        .increment(0);
+                }
+            }
+        }
+        Emitter::Beat => {
+            metrics::counter!(MISSED_TICKS).increment(0);
+            metrics::counter!(DUPLICATE_TICKS).increment(0);
+            metrics::gauge!(BEAT_LEADER).set(0.0);
+        }
+    }
+}
+
 /// Installs the global recorder with buckets and help texts, returning the handle that
 /// renders the exposition. Call once per process, at start-up.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
@@ -93,7 +144,8 @@ pub fn describe() {
     describe_counter!(REMINDED, "Warning reminders committed.");
     describe_counter!(
         OVER_SLA,
-        "Workflows found past their SLA deadline by a check."
+        "SLA breaches met by checks: workflows escalated or exhausted past their level's \
+         deadline, once per level (renotifications after the chain are not counted)."
     );
     describe_counter!(
         FAILURES,
@@ -128,7 +180,7 @@ pub fn describe() {
     );
     describe_counter!(
         NOTIFICATIONS,
-        "Notification delivery attempts by channel and outcome (sent, retry, dead; obsolete: not sent, its workflow was closed or escalated first)."
+        "Notification delivery attempts by channel and outcome (sent, retry, dead; obsolete: not sent, its workflow was closed or escalated first; deferred: recipients the relay deferred, sent again on their own)."
     );
     describe_counter!(
         MISSED_TICKS,
@@ -144,7 +196,7 @@ pub fn describe() {
     );
     describe_counter!(
         JOBS,
-        "Jobs processed, by queue and outcome (ok, retry, dead)."
+        "Jobs processed, by queue and outcome (ok, retry, dead, malformed)."
     );
     describe_histogram!(
         JOB_DURATION,

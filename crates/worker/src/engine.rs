@@ -778,7 +778,10 @@ async fn record_run_finished(store: &Store, id: i64) {
             if let Some(done) = run.finished_at {
                 let secs = (done - run.created_at).num_milliseconds().max(0) as f64 / 1000.0;
                 metrics::histogram!(m::DURATION).record(secs);
-                metrics::gauge!(m::LAST_CHECK).set(done.timestamp() as f64);
+                // a check of one workflow is no sweep: it says nothing about the others
+                if run.scope == "all" {
+                    metrics::gauge!(m::LAST_CHECK).set(done.timestamp() as f64);
+                }
                 tracing::info!(
                     check_run_id = id,
                     checked = run.checked,

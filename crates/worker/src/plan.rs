@@ -219,7 +219,9 @@ pub fn build(
                 level,
                 next_check_at,
             } => {
-                out.over_sla.push(w.id);
+                // the breach was counted once, when the workflow escalated or was exhausted:
+                // counting each renotification made HighSLABreachRate fire for ever over a
+                // few workflows left at the end of a repeating chain
                 out.effects
                     .changes
                     .push(reschedule(w, Some(*next_check_at)));
@@ -779,6 +781,43 @@ mod tests {
         assert_eq!(set_aside.level, due[0].workflow.escalation_level);
         assert_eq!(set_aside.assignee, due[0].workflow.assignee);
         assert!(p.effects.audits.is_empty() && p.effects.outbox.is_empty());
+    }
+
+    /// A breach counts once, at the escalation or exhaustion that meets it; renotifying a
+    /// workflow left at the end of its chain is no new breach.
+    #[test]
+    fn only_escalations_and_exhaustions_count_as_breaches() {
+        let due = [
+            workflow(1, "emp", "boss", "Buy chairs"),
+            workflow(2, "emp", "boss", "Buy desks"),
+            workflow(3, "emp", "boss", "Buy lamps"),
+        ];
+        let users: HashMap<String, User> =
+            [user("emp", None), user("boss", None), user("head", None)]
+                .into_iter()
+                .collect();
+        let later = t0() + Duration::hours(1);
+        let p = build_with(
+            &due,
+            &[
+                escalate("head"),
+                Some(Decision::Exhausted {
+                    level: 0,
+                    reason: escalator_policy::Exhaustion::NoTarget,
+                    next_check_at: Some(later),
+                }),
+                Some(Decision::Renotify {
+                    level: 1,
+                    next_check_at: later,
+                }),
+            ],
+            &users,
+            run(),
+            t0(),
+            &settings(0),
+        );
+        assert_eq!(p.over_sla, [due[0].workflow.id, due[1].workflow.id]);
+        assert_eq!(p.effects.changes.len(), 3);
     }
 
     /// Two user records sharing one mailbox (letters in another case too): the address is

@@ -122,8 +122,20 @@ async fn metrics_include_the_fleet_wide_gauges() {
     api.create("M-1").await;
     api.create("M-2").await;
     // a run with no batch finishes when planned: its finish time is the last check
-    let now = chrono::Utc::now();
+    let now = chrono::Utc::now() - chrono::Duration::hours(1);
     escalator_testkit::started_run(&api.db.store, "api", 0, now).await;
+    // a later run that failed (its job could not be pushed), and a later check of one
+    // workflow, are no sweep: the last check stays the run above
+    let store = &api.db.store;
+    let failed = escalator_testkit::queued_run(store, "beat", "all", now).await;
+    let later = now + chrono::Duration::minutes(30);
+    store
+        .fail_check_run(failed.id, "Redis down", later)
+        .await
+        .unwrap();
+    let one = format!("workflow:{}", uuid::Uuid::nil());
+    let one = escalator_testkit::queued_run(store, "cli", &one, later).await;
+    store.start_check_run(one.id, 0, later).await.unwrap();
     let res = api.get("/api/v1/metrics/prometheus").await;
     assert_eq!(res.status, StatusCode::OK);
     assert!(
@@ -140,11 +152,20 @@ async fn metrics_include_the_fleet_wide_gauges() {
         "escalator_queue_depth{queue=",
         "escalator_dead_jobs 0",
         "escalator_outbox_pending 0",
-        "escalator_last_check_timestamp_seconds 1",
         "# HELP workflow_open ",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
+    let last: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("escalator_last_check_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no last check in:\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(
+        (last - now.timestamp() as f64).abs() < 1.0,
+        "{last} against {now}"
+    );
     assert_eq!(api.get("/metrics").await.status, StatusCode::OK);
 }
 

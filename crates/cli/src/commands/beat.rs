@@ -14,6 +14,7 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let listener = super::bind_metrics(settings.metrics_addr).await?;
     let metrics =
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
+    escalator_runtime::metrics::start_at_zero(escalator_runtime::metrics::Emitter::Beat);
     let store = super::connect_service(database_url).await?;
     let queues = super::connect_queues(&queue_config).await?;
     // unhealthy when no step has completed for two slot gaps plus a lease period (a leader

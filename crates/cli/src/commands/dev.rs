@@ -66,6 +66,12 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     }
     let metrics =
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
+    for emitter in [
+        escalator_runtime::metrics::Emitter::Worker,
+        escalator_runtime::metrics::Emitter::Beat,
+    ] {
+        escalator_runtime::metrics::start_at_zero(emitter);
+    }
     let health = Health::new(Duration::from_secs(300));
     let engine = Engine {
         store: store.clone(),
