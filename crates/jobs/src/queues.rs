@@ -159,6 +159,16 @@ impl Queues {
             }
             // where prune_done counts what it removed (Queues::finished)
             sqlx::query(SQLITE_PRUNED).execute(&pool).await?;
+            let unreadable = sqlx::query(SQLITE_UNREADABLE).execute(&pool).await?;
+            if unreadable.rows_affected() > 0 {
+                tracing::warn!(
+                    queue_url = url,
+                    rows = unreadable.rows_affected(),
+                    "queue rows whose id is not a ULID were made dead jobs (`escalator jobs \
+                     dead` lists them): apalis-sqlite cannot read them, and one stopped every \
+                     worker"
+                );
+            }
             Ok(Queues::Sqlite { pool, names })
         } else {
             Err(QueueError::UnsupportedUrl(url.to_owned()))
@@ -468,6 +478,12 @@ impl Queues {
         match self {
             Queues::Redis { conn, .. } => redis_retry(&mut conn.clone(), queue, id).await,
             Queues::Sqlite { pool, .. } => {
+                if !sqlite_readable_id(id) {
+                    return Err(QueueError::Config(format!(
+                        "job {id:?} cannot be retried: its id is not a ULID, and a worker \
+                         fetching it would stop (delete the row from the queue file instead)"
+                    )));
+                }
                 let done = sqlx::query(
                     "UPDATE Jobs SET status = 'Pending', attempts = 0, run_at = strftime('%s','now'),
                          lock_by = NULL, lock_at = NULL, done_at = NULL, last_result = NULL
@@ -740,6 +756,24 @@ fn pruned_key(queue: &str) -> String {
 }
 
 /// The same count on SQLite, in a table of the queue database (created on connecting).
+/// Makes dead jobs of the queue rows apalis-sqlite cannot read: an id that is not a ULID (26
+/// Crockford base32 characters, either case) or no attempt count. Its fetch fails on such a
+/// row, and a failed fetch stops the worker; the row stayed pending, so a hand-edited queue
+/// file stopped `escalator dev` at every start.
+const SQLITE_UNREADABLE: &str = "UPDATE Jobs SET status = 'Killed', done_at = strftime('%s', 'now'),
+     last_result = '{\"Err\": \"escalator: unreadable queue row (its id is not a ULID, or it has no attempts): made dead instead of stopping every worker\"}'
+ WHERE status IN ('Pending', 'Queued', 'Running') AND done_at IS NULL
+   AND (id IS NULL OR length(CAST(id AS BLOB)) <> 26
+        OR upper(id) GLOB '*[^0123456789ABCDEFGHJKMNPQRSTVWXYZ]*' OR attempts IS NULL)";
+
+/// Whether apalis-sqlite can read `id` as a task id (see [`SQLITE_UNREADABLE`]).
+fn sqlite_readable_id(id: &str) -> bool {
+    id.len() == 26
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b.is_ascii_alphabetic() && !b"ILOUilou".contains(&b)))
+}
+
 const SQLITE_PRUNED: &str = "CREATE TABLE IF NOT EXISTS escalator_pruned
     (job_type TEXT PRIMARY KEY, n INTEGER NOT NULL)";
 

@@ -512,6 +512,51 @@ async fn a_worker_that_fails_for_good_marks_the_process_stopping() {
     assert!(escalator_runtime::shutdown::stopping());
 }
 
+/// A queue row apalis-sqlite cannot read (a hand-edited id) stopped the worker at every start:
+/// opening the queue makes it a dead job, listed and refused a retry, and the worker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_sqlite_queue_row_is_made_dead_when_the_queue_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+    let first = Queues::connect(&url, QueueNames::default()).await.unwrap();
+    first.push_noops(1).await.unwrap();
+    let Queues::Sqlite { pool, .. } = &first else {
+        unreachable!()
+    };
+    sqlx::query("UPDATE Jobs SET id = 'NOT-A-ULID'")
+        .execute(pool)
+        .await
+        .unwrap();
+    first.push_noops(3).await.unwrap();
+    // a lower-case ULID is one apalis reads: left alone
+    sqlx::query("UPDATE Jobs SET id = lower(id) WHERE rowid = (SELECT max(rowid) FROM Jobs)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let queues = Queues::connect(&url, QueueNames::default()).await.unwrap();
+    let state = State::default();
+    let (stop, task) = spawn_worker(&queues, settings("escalator:noop"), state.clone());
+    wait_until("the readable jobs", Duration::from_secs(30), async || {
+        state.ok.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    let dead = queues.dead_jobs(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].id, "NOT-A-ULID");
+    assert!(
+        dead[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("unreadable queue row"),
+        "{dead:?}"
+    );
+    let refused = queues.retry_dead(&dead[0].queue, &dead[0].id).await;
+    assert!(format!("{refused:?}").contains("not a ULID"), "{refused:?}");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
 /// A proxy in front of the test Redis that holds every reply for `delay`: a Redis slowed down
 /// (a loaded machine, a fork for a snapshot), not gone. Returns its URL.
 async fn slow_redis(delay: Duration) -> String {

@@ -56,7 +56,8 @@ pub const DURATION_BUCKETS: &[f64] = &[
 /// Buckets of escalation latency, seconds: from deadline wake-ups (a tenth of a second; with
 /// 1 s as the first bound the panel drew every healthy escalation at 0.5 s) to sweeps (15 min).
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 86400.0,
+    0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+    86400.0,
 ];
 /// Buckets of single-job durations, seconds: up to and past the default attempt limit
 /// (`ESCALATOR_JOB_TIMEOUT`, 120 s), so a job nearing it is seen, not drawn at the top bucket.
