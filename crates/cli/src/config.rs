@@ -20,9 +20,16 @@ pub struct QueueConfig {
 }
 
 impl QueueConfig {
-    /// From the environment.
-    pub fn from_env(src: &dyn Source) -> Result<Self, ConfigError> {
-        let redis = string(src, "REDIS_URL", "redis://127.0.0.1:6379");
+    /// From the environment, for the database at `database_url`: with neither
+    /// `ESCALATOR_QUEUE_URL` nor `REDIS_URL` set, a database in an SQLite file keeps its queues
+    /// beside it in `FILE.queue`, as `escalator dev` does; anything else defaults to a local
+    /// Redis. (A command given only the dev database's URL pushed to a Redis no dev reads, and
+    /// its run stayed queued for hours.)
+    pub fn from_env(src: &dyn Source, database_url: &str) -> Result<Self, ConfigError> {
+        let redis = match (src.get("REDIS_URL"), sqlite_queue_beside(database_url)) {
+            (None, Some(beside)) => beside,
+            _ => string(src, "REDIS_URL", "redis://127.0.0.1:6379"),
+        };
         let url = string(src, "ESCALATOR_QUEUE_URL", &redis);
         let namespace = string(src, "ESCALATOR_QUEUE_NAMESPACE", "escalator");
         if namespace.is_empty() || namespace.contains(char::is_whitespace) {
@@ -48,6 +55,18 @@ impl QueueConfig {
         }
         Ok(QueueConfig { url, namespace })
     }
+}
+
+/// `sqlite://FILE.queue` for a database at `sqlite://FILE` (options dropped); None for other
+/// databases and in-memory SQLite.
+fn sqlite_queue_beside(database_url: &str) -> Option<String> {
+    let file = database_url.strip_prefix("sqlite:")?;
+    let file = file.split('?').next().unwrap_or(file);
+    let file = file.strip_prefix("//").unwrap_or(file);
+    if file.is_empty() || file.contains(":memory:") || database_url.contains("mode=memory") {
+        return None;
+    }
+    Some(format!("sqlite://{file}.queue"))
 }
 
 /// Settings of the worker role.
@@ -521,9 +540,31 @@ mod tests {
             .collect()
     }
 
+    /// The dev database's URL alone reaches the dev queues: the queue defaulted to a local
+    /// Redis, which no dev reads.
+    #[test]
+    fn an_sqlite_database_keeps_its_queues_beside_it_unless_told_otherwise() {
+        let url = |env_pairs: &[(&str, &str)], db: &str| {
+            QueueConfig::from_env(&env(env_pairs), db).unwrap().url
+        };
+        assert_eq!(
+            url(&[], "sqlite://escalator-dev.db"),
+            "sqlite://escalator-dev.db.queue"
+        );
+        assert_eq!(
+            url(&[], "sqlite:///var/lib/e.db?mode=rwc"),
+            "sqlite:///var/lib/e.db.queue"
+        );
+        assert_eq!(url(&[], "sqlite::memory:"), "redis://127.0.0.1:6379");
+        let redis = [("REDIS_URL", "redis://cache:6379")];
+        assert_eq!(url(&redis, "sqlite://e.db"), "redis://cache:6379");
+        let queue = [("ESCALATOR_QUEUE_URL", "sqlite://q.db")];
+        assert_eq!(url(&queue, "sqlite://e.db"), "sqlite://q.db");
+    }
+
     #[test]
     fn defaults_describe_a_local_redis_deployment() {
-        let q = QueueConfig::from_env(&env(&[])).unwrap();
+        let q = QueueConfig::from_env(&env(&[]), "postgres://db/escalator").unwrap();
         assert_eq!(q.url, "redis://127.0.0.1:6379");
         assert_eq!(q.namespace, "escalator");
         let w = WorkerSettings::from_env(&env(&[])).unwrap();
@@ -600,7 +641,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_variable() {
-        let e = QueueConfig::from_env(&env(&[("REDIS_URL", "http://nope")])).unwrap_err();
+        let e = QueueConfig::from_env(&env(&[("REDIS_URL", "http://nope")]), "sqlite://a.db")
+            .unwrap_err();
         assert_eq!(e.name, "REDIS_URL");
         // the names a loopback api without tokens also answers to: host names only
         let hosts = allowed_hosts(&env(&[(

@@ -126,7 +126,7 @@ fn main() -> ExitCode {
             Command::Verify => commands::verify::run(&cli.database_url).await,
             Command::Status => commands::status::run(&cli.database_url).await,
             Command::Outbox(args) => commands::outbox::run(&cli.database_url, args).await,
-            Command::Jobs(args) => commands::jobs::run(args).await,
+            Command::Jobs(args) => commands::jobs::run(&cli.database_url, args).await,
         }
     });
     // tasks left running (jobs abandoned past the grace period) are dropped, not waited for

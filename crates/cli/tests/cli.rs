@@ -497,6 +497,7 @@ fn retrying_a_job_of_an_unknown_queue_names_the_queues() {
     let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
         .args(["jobs", "retry", "batchez", "17"])
         .env("ESCALATOR_QUEUE_NAMESPACE", "cli-unknown-queue")
+        .env("REDIS_URL", escalator_testkit::redis_url())
         .env_remove("ESCALATOR_QUEUE_URL")
         .env_remove("RUST_LOG")
         .output()

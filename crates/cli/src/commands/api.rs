@@ -11,7 +11,7 @@ use crate::config::{ApiSettings, QueueConfig};
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
     // Configuration first: a refused setting must fail before any connection is made.
     let settings = ApiSettings::from_env(&ProcessEnv)?;
-    let queue_config = QueueConfig::from_env(&ProcessEnv)?;
+    let queue_config = QueueConfig::from_env(&ProcessEnv, database_url)?;
     let metrics =
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
     let store = super::connect_service(database_url).await?;

@@ -10,7 +10,7 @@ use crate::config::{BeatSettings, QueueConfig};
 /// Runs until SIGTERM/SIGINT, then releases the lease.
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let settings = BeatSettings::from_env(&ProcessEnv)?;
-    let queue_config = QueueConfig::from_env(&ProcessEnv)?;
+    let queue_config = QueueConfig::from_env(&ProcessEnv, database_url)?;
     let listener = super::bind_metrics(settings.metrics_addr).await?;
     let metrics =
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;

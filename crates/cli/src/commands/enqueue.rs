@@ -77,9 +77,9 @@ async fn find_workflow(
 pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     let args = match args.what {
         What::Check(a) => a,
-        What::Noop(a) => return noops(a).await,
+        What::Noop(a) => return noops(database_url, a).await,
     };
-    let queue_config = QueueConfig::from_env(&ProcessEnv)?;
+    let queue_config = QueueConfig::from_env(&ProcessEnv, database_url)?;
     let store = super::connect(database_url).await?;
     let scope = match &args.workflow {
         None => Scope::All,
@@ -247,8 +247,9 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Pushes no-op jobs; with --wait, follows the queue until all are done.
-async fn noops(args: NoopArgs) -> anyhow::Result<()> {
-    let queues = super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv)?).await?;
+async fn noops(database_url: &str, args: NoopArgs) -> anyhow::Result<()> {
+    let queues =
+        super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv, database_url)?).await?;
     let noop_queue = queues.names().noop.clone();
     let done_before = done_count(&queues, &noop_queue).await?;
     let started = Instant::now();

@@ -33,8 +33,9 @@ enum What {
 }
 
 /// Runs the subcommand.
-pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
-    let queues = super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv)?).await?;
+pub async fn run(database_url: &str, args: JobsArgs) -> anyhow::Result<()> {
+    let queues =
+        super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv, database_url)?).await?;
     match args.what {
         What::Dead { limit } => {
             let dead = queues

@@ -10,7 +10,7 @@ use crate::config::QueueConfig;
 /// exits non-zero naming what failed.
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let store = super::connect_existing(database_url).await?;
-    let queues_failed = match queue_report().await {
+    let queues_failed = match queue_report(database_url).await {
         Ok(()) => None,
         Err(e) => {
             out!("queues: UNREACHABLE: {e:#}");
@@ -26,8 +26,9 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn queue_report() -> anyhow::Result<()> {
-    let queues = super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv)?).await?;
+async fn queue_report(database_url: &str) -> anyhow::Result<()> {
+    let queues =
+        super::connect_queues_once(&QueueConfig::from_env(&ProcessEnv, database_url)?).await?;
     out!("queues ({}):", super::worker::describe(&queues));
     for q in queues.stats().await? {
         out!(

@@ -12,7 +12,7 @@ use crate::config::{QueueConfig, WorkerSettings};
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let settings = WorkerSettings::from_env(&ProcessEnv)?;
     let delivery = crate::config::DeliverySettings::from_env(&ProcessEnv)?;
-    let queue_config = QueueConfig::from_env(&ProcessEnv)?;
+    let queue_config = QueueConfig::from_env(&ProcessEnv, database_url)?;
     let listener = super::bind_metrics(settings.metrics_addr).await?;
     let metrics =
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
