@@ -73,17 +73,19 @@ pub struct Beat {
     /// This process has led for at least one step since taking the lease (its lateness is a
     /// running leader's, not a restart's).
     running: bool,
-    /// A slot's run whose job could not be pushed (Redis down): pushed again at the next
-    /// steps, as that run, until it goes or the catch-up window passes. Proposed again, the
-    /// slot found its run and was counted a duplicate tick; it never ran.
+    /// A slot's or a deadline check's run whose job could not be pushed (Redis down): pushed
+    /// again at the next steps, as that run, until it goes or (a slot) the catch-up window
+    /// passes. Proposed again, the slot found its run and was counted a duplicate tick; it
+    /// never ran. A deadline check was recorded anew at every step, a failed run a second.
     unpushed: Option<Unpushed>,
 }
 
-/// A slot's run recorded but not enqueued.
+/// A check run recorded but not enqueued.
 #[derive(Debug, Clone, Copy)]
 struct Unpushed {
     id: i64,
-    slot: DateTime<Utc>,
+    /// None for a deadline check.
+    slot: Option<DateTime<Utc>>,
     as_of: DateTime<Utc>,
 }
 
@@ -266,7 +268,10 @@ impl Beat {
             }
         }
         let earliest = self.store.earliest_next_check().await?;
-        if self.deadline_run.is_none() && earliest.is_some_and(|t| t <= now) {
+        if self.deadline_run.is_none()
+            && self.unpushed.is_none()
+            && earliest.is_some_and(|t| t <= now)
+        {
             self.deadline_run = self
                 .enqueue(None, "deadline", 1, now)
                 .await?
@@ -458,9 +463,13 @@ impl Beat {
                 };
                 // a failed push marks the run failed; its slot is taken (proposed again it would
                 // be a duplicate), so the next steps push that run again
+                // A deadline check's run is pushed again too: recorded anew at each step, a Redis
+                // that refused pushes for an hour left a failed run per second
                 if let Err(e) = self.queues.push_check_or_fail_run(&self.store, &job).await {
-                    if let Some(slot) = slot {
-                        self.last_slot = Some(slot);
+                    if slot.is_some() {
+                        self.last_slot = slot;
+                    }
+                    if slot.is_some() || self.unpushed.is_none() {
                         self.unpushed = Some(Unpushed {
                             id: run.id,
                             slot,
@@ -511,7 +520,7 @@ impl Beat {
             })
             .map(|r| Unpushed {
                 id: r.id,
-                slot,
+                slot: Some(slot),
                 as_of: r.as_of,
             }))
     }
@@ -528,10 +537,12 @@ impl Beat {
     ) -> Result<(), BeatError> {
         // kept until it is pushed or given up: a database that fails here is tried again
         let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(1));
-        if now - u.slot > window {
+        if let Some(slot) = u.slot
+            && now - slot > window
+        {
             self.unpushed = None;
             metrics::counter!(m::MISSED_TICKS).increment(1);
-            tracing::warn!(check_run_id = u.id, slot = %u.slot, "a slot whose check could not be enqueued is past the catch-up window: missed");
+            tracing::warn!(check_run_id = u.id, %slot, "a slot whose check could not be enqueued is past the catch-up window: missed");
             return Ok(());
         }
         if !self.store.reopen_check_run(u.id, now).await? {
@@ -550,7 +561,7 @@ impl Beat {
         self.unpushed = None;
         metrics::gauge!(m::BEAT_LAST_ENQUEUE).set(now.timestamp() as f64);
         self.health.touch();
-        tracing::info!(check_run_id = u.id, slot = %u.slot, "check enqueued after its push had failed");
+        tracing::info!(check_run_id = u.id, slot = ?u.slot, "check enqueued after its push had failed");
         if self.deadline_run.is_none() {
             self.deadline_run = Some(InFlight::queued(u.id, now));
         }

@@ -545,6 +545,57 @@ async fn a_slot_that_cannot_be_enqueued_is_a_failed_run_not_a_queued_one() {
     assert_eq!(checks.pending, 1, "{checks:?}");
 }
 
+/// A deadline check whose push failed was recorded anew at every step: a Redis down for an
+/// hour left a failed run a second. The beat now pushes that run again, as it does a slot's.
+#[tokio::test]
+async fn a_deadline_check_that_cannot_be_enqueued_is_pushed_again_not_recorded_again() {
+    let db = TestDb::postgres().await;
+    let mut redis = escalator_testkit::services::PrivateRedis::start();
+    let q = Queues::connect(&redis.url(), QueueNames::new("beat-deadline-down"))
+        .await
+        .unwrap();
+    // between slots (the 12:00 one is past a 1 s catch-up), a warning just passed
+    let t = utc("2026-11-25T12:07:00Z");
+    let started = t - chrono::Duration::hours(22) - chrono::Duration::seconds(1);
+    workflow_started(&db.store, started, t).await;
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q,
+        config("a", Duration::from_secs(1), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    redis.kill();
+    // each failing step waits out the connection's retries: three are enough to count
+    for s in 0..3 {
+        let step = beat.step(t + chrono::Duration::seconds(s)).await;
+        assert!(step.is_err(), "{step:?}");
+    }
+    let runs = deadline_runs(&db.store).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].status, "failed", "{runs:?}");
+    redis.restart();
+    let mut pushed = false;
+    for s in 3..100 {
+        if beat.step(t + chrono::Duration::seconds(s)).await.is_ok() {
+            pushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pushed, "the beat never got through to the restarted Redis");
+    let runs = deadline_runs(&db.store).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(
+        (runs[0].status.as_str(), runs[0].error.as_deref()),
+        ("queued", None),
+        "{runs:?}"
+    );
+    let q = Queues::connect(&redis.url(), QueueNames::new("beat-deadline-down"))
+        .await
+        .unwrap();
+    assert_eq!(q.stats().await.unwrap()[0].pending, 1);
+}
+
 /// The sweep prunes finished jobs past their retention from the queues (apalis keeps them for
 /// ever): here a done job finished long ago goes, a dead one stays.
 #[tokio::test]
