@@ -31,7 +31,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "escalator", version, about, long_about = None, propagate_version = true)]
 struct Cli {
-    /// Database: postgres://user@host/db or sqlite://path/to/file.db (created if missing).
+    /// Database: postgres://user@host/db or sqlite://path/to/file.db (only `migrate` creates a
+    /// missing SQLite file; `dev` uses --db instead).
     #[arg(
         long,
         env = "DATABASE_URL",

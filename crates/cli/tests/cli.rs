@@ -348,6 +348,30 @@ fn a_dry_run_leaves_nothing_behind() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// `dev` on a port already taken loaded its demo and started its worker before it found out:
+/// three more demo workflows at every failed start. It now stops before touching anything.
+#[test]
+fn dev_on_a_taken_port_stops_before_it_writes_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let db = dir.path().join("clash.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args(["dev", "--demo", "--port", &port, "--db"])
+        .arg(&db)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("cannot listen"),
+        "{}",
+        text(&out.stderr)
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Runs `escalator args` whose reader of standard output is gone before its first line.
 fn with_closed_stdout(database_url: &str, queue_url: Option<&str>, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_escalator"));

@@ -47,6 +47,12 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     if escalator_runtime::config::Source::get(&env, "ESCALATOR_DEADLINE_RECHECK").is_none() {
         beat_config.deadline_recheck = beat_config.deadline_recheck.min(Duration::from_secs(2));
     }
+    // the port first: a clash found after the demo was loaded and the worker started added
+    // three demo workflows at every failed start, and orphaned any job fetched meanwhile
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (is another escalator dev running? try --port)")
+    })?;
     let url = format!("sqlite://{}", args.db.display());
     let mut config = StoreConfig::new(url.clone());
     config.max_connections = 8;
@@ -119,10 +125,6 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         parts.spawn(async move { ("beat", beat.run(stop).await.map_err(|e| e.to_string())) });
     }
     // the api on loopback only, without tokens: the embedded mode is for one person's machine
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} (is another escalator dev running? try --port)")
-    })?;
     let state = escalator_api::AppState::new(
         store.clone(),
         queues.clone(),
