@@ -705,6 +705,18 @@ impl BatchTx {
         dispatch_tx!(self, t => t.apply(effects, now, inserts).await)
     }
 
+    /// Version `version` of policy `id`, read in this transaction: on SQLite a round holds the
+    /// only write lock, and reading through the pool waited for a connection that writers
+    /// blocked on that lock were holding (every write stalled for the busy timeout).
+    pub async fn policy(&mut self, id: &str, version: i32) -> Result<PolicyRecord> {
+        dispatch_tx!(self, t => t.policy(id, version).await)
+    }
+
+    /// Calendar `id`, read in this transaction (see [`BatchTx::policy`]).
+    pub async fn calendar(&mut self, id: &str) -> Result<Calendar> {
+        dispatch_tx!(self, t => t.calendar(id).await)
+    }
+
     /// The users with these ids (in any order; unknown ids are left out), in one query.
     pub async fn users(&mut self, ids: &[String]) -> Result<Vec<User>> {
         dispatch_tx!(self, t => t.users(ids).await)

@@ -50,6 +50,7 @@ conformance!(
     a_manager_given_moves_exhausted_workflows_on_at_once,
     a_target_back_moves_exhausted_workflows_on_at_once,
     a_manager_given_beside_a_round_still_moves_its_exhaustion_on,
+    a_round_reads_its_rules_while_the_writers_it_holds_up_fill_the_pool,
     claim_returns_only_due_open_workflows_oldest_first,
     a_deadline_that_is_never_is_never_due,
     peeking_sees_what_a_claim_holds_and_takes_nothing_from_the_next_claim,
@@ -718,6 +719,55 @@ async fn a_manager_given_beside_a_round_still_moves_its_exhaustion_on(db: &TestD
         .next_check_at
         .expect("the manager given made it due again");
     assert!(next <= Utc::now(), "{next}");
+}
+
+/// A round read its policies and calendars through the pool while it held the write lock
+/// (SQLite) or the user writes' lock (PostgreSQL): writers waiting on that lock held every
+/// other connection, and the round waited for one of them until the pool gave up (30 s), the
+/// writers with it. It reads them in its own transaction.
+async fn a_round_reads_its_rules_while_the_writers_it_holds_up_fill_the_pool(db: &TestDb) {
+    let s = &db.store;
+    let spec: escalator_policy::CalendarSpec = serde_json::from_value(serde_json::json!({
+        "timezone": "Europe/London",
+        "windows": [{ "day": "Mon", "start": "09:00", "end": "17:00" }],
+    }))
+    .unwrap();
+    s.put_calendar("uk", &escalator_policy::Calendar::new(spec).unwrap())
+        .await
+        .unwrap();
+    let mut round = s.begin_batch().await.unwrap();
+    // the pool's other connections (10 in all), each taken by a user write waiting on the round
+    let writers: Vec<_> = (0..9)
+        .map(|i| {
+            let store = s.clone();
+            tokio::spawn(async move {
+                store
+                    .upsert_users(&[reporting_to(&format!("w{i}"), None)])
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        writers.iter().all(|w| !w.is_finished()),
+        "the writers did not wait"
+    );
+    // a liveness bound, far below the pool's 30 s: the round does not wait on the writers
+    let bound = std::time::Duration::from_secs(10);
+    let calendar = tokio::time::timeout(bound, round.calendar("uk")).await;
+    assert!(calendar.expect("the round waited on its writers").is_ok());
+    let policy = tokio::time::timeout(bound, round.policy("default", 1)).await;
+    assert_eq!(
+        policy
+            .expect("the round waited on its writers")
+            .unwrap()
+            .version,
+        1
+    );
+    round.commit().await.unwrap();
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
 }
 
 /// Exhausts `w` at its level 0: no one to escalate it to, unscheduled (a `stop` policy).

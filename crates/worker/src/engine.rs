@@ -69,14 +69,14 @@ pub struct PolicyCache {
 type PolicyKey = (String, i32);
 
 impl PolicyCache {
-    async fn get(&self, store: &Store, id: &str, version: i32) -> Result<Arc<Policy>, StoreError> {
-        let key = (id.to_owned(), version);
-        if let Some(p) = self.policies.lock().ok().and_then(|m| m.get(&key).cloned()) {
+    /// Version `key` of a policy, read through `from` the first time.
+    async fn get(&self, from: &mut People<'_>, key: &PolicyKey) -> Result<Arc<Policy>, StoreError> {
+        if let Some(p) = self.policies.lock().ok().and_then(|m| m.get(key).cloned()) {
             return Ok(p);
         }
-        let p = Arc::new(store.get_policy(id, version).await?.policy);
+        let p = Arc::new(from.policy(&key.0, key.1).await?);
         if let Ok(mut map) = self.policies.lock() {
-            map.insert(key, p.clone());
+            map.insert(key.clone(), p.clone());
         }
         Ok(p)
     }
@@ -482,7 +482,7 @@ impl Engine {
         };
         let drained = due.len() < limit as usize && !held_elsewhere;
         let finishes = finish.index(drained);
-        let (policies, calendars) = self.rules_for(&due).await;
+        let (policies, calendars) = self.rules_for(&due, &mut People::Batch(&mut tx)).await;
         // a late check (a backlog, an outage) escalates what was due at its as_of, and starts
         // the new levels' clocks now
         let at = plan::applied_at(job.as_of, Utc::now());
@@ -603,11 +603,13 @@ impl Engine {
         }
     }
 
-    /// The policies and calendars the claimed workflows are pinned to; missing or corrupt
-    /// ones are left out (those workflows are set aside and counted as failures).
+    /// The policies and calendars the claimed workflows are pinned to, read through `from`;
+    /// missing or corrupt ones are left out (those workflows are set aside and counted as
+    /// failures).
     async fn rules_for(
         &self,
         due: &[DueWorkflow],
+        from: &mut People<'_>,
     ) -> (
         HashMap<(String, i32), Arc<Policy>>,
         HashMap<String, Calendar>,
@@ -619,12 +621,12 @@ impl Engine {
             if policies.contains_key(&key) {
                 continue;
             }
-            match self.policies.get(&self.store, &key.0, key.1).await {
+            match self.policies.get(from, &key).await {
                 Ok(p) => {
                     if let Some(c) = &p.spec().calendar_id
                         && !calendars.contains_key(c)
                     {
-                        match self.store.get_calendar(c).await {
+                        match from.calendar(c).await {
                             Ok(cal) => {
                                 calendars.insert(c.clone(), cal);
                             }
@@ -664,7 +666,7 @@ impl Engine {
                 (due.len() as i64, due)
             }
         };
-        let (policies, calendars) = self.rules_for(&due).await;
+        let (policies, calendars) = self.rules_for(&due, &mut People::Store(&self.store)).await;
         let at = plan::applied_at(as_of, Utc::now());
         let rules = RulesFound {
             policies: &policies,
@@ -682,7 +684,7 @@ impl Engine {
     }
 }
 
-/// Where a decision reads the users it names.
+/// Where a batch reads the users, policies and calendars it decides with.
 enum People<'a> {
     /// In the batch's transaction, in one query.
     Batch(&'a mut BatchTx),
@@ -696,6 +698,23 @@ impl People<'_> {
         match self {
             People::Batch(tx) => tx.users(ids).await,
             People::Store(store) => store.users_by_id(ids).await,
+        }
+    }
+
+    /// Version `version` of policy `id`.
+    async fn policy(&mut self, id: &str, version: i32) -> Result<Policy, StoreError> {
+        Ok(match self {
+            People::Batch(tx) => tx.policy(id, version).await?,
+            People::Store(store) => store.get_policy(id, version).await?,
+        }
+        .policy)
+    }
+
+    /// Calendar `id`.
+    async fn calendar(&mut self, id: &str) -> Result<Calendar, StoreError> {
+        match self {
+            People::Batch(tx) => tx.calendar(id).await,
+            People::Store(store) => store.get_calendar(id).await,
         }
     }
 }

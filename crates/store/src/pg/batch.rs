@@ -553,6 +553,18 @@ impl PgBatch {
         users_by_id(&mut *self.tx, ids).await
     }
 
+    pub(crate) async fn policy(
+        &mut self,
+        id: &str,
+        version: i32,
+    ) -> Result<crate::model::PolicyRecord> {
+        super::get_policy(&mut *self.tx, id, Some(version)).await
+    }
+
+    pub(crate) async fn calendar(&mut self, id: &str) -> Result<escalator_policy::Calendar> {
+        super::get_calendar(&mut *self.tx, id).await
+    }
+
     pub(crate) async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
         Ok(())
