@@ -36,13 +36,47 @@ pub struct DevArgs {
     port: u16,
 }
 
+/// The `sqlite://` URL of the file at `path`. sqlx decodes percent escapes in the path and
+/// reads what follows a `?` as options, so `%`, `?` and `#` are escaped: `--db 'a%20b.db'`
+/// opened `a b.db` while the banner and the mail folder named `a%20b.db`.
+fn sqlite_url(path: &str) -> String {
+    let mut url = String::from("sqlite://");
+    for c in path.chars() {
+        match c {
+            '%' => url.push_str("%25"),
+            '?' => url.push_str("%3F"),
+            '#' => url.push_str("%23"),
+            c => url.push(c),
+        }
+    }
+    url
+}
+
+/// `word` as a POSIX shell reads it back: quoted unless it is plain.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 /// Runs until Ctrl-C. `ignored_database_url` is a `--database-url` / `DATABASE_URL` given for
 /// the other commands: dev keeps its data in `--db`, and says so instead of ignoring it.
 pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::Result<()> {
     // the same variables as the worker and the beat, checked the same way (a bad value stops
     // dev at start-up, naming it); dev only re-reads deadlines more often when unset
     let env = escalator_runtime::config::ProcessEnv;
-    let settings = crate::config::WorkerSettings::from_env(&env)?;
+    let mut settings = crate::config::WorkerSettings::from_env(&env)?;
+    // four pollers every 25 ms kept an idle dev at about an eighth of a core on a laptop; a
+    // tenth of a second is no wait a person notices
+    if escalator_runtime::config::Source::get(&env, "ESCALATOR_POLL_INTERVAL").is_none() {
+        settings.worker.poll_interval = Duration::from_millis(100);
+    }
     let mut beat_config = crate::config::BeatSettings::from_env(&env)?.beat;
     if escalator_runtime::config::Source::get(&env, "ESCALATOR_DEADLINE_RECHECK").is_none() {
         beat_config.deadline_recheck = beat_config.deadline_recheck.min(Duration::from_secs(2));
@@ -53,7 +87,7 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another escalator dev running? try --port)")
     })?;
-    let url = format!("sqlite://{}", args.db.display());
+    let url = sqlite_url(&args.db.display().to_string());
     let mut config = StoreConfig::new(url.clone());
     config.max_connections = 8;
     let store = Store::connect(&config)
@@ -64,7 +98,7 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         .await
         .context("migrating the dev database")?;
     let queue_file = format!("{}.queue", args.db.display());
-    let queues = Queues::connect(&format!("sqlite://{queue_file}"), QueueNames::default())
+    let queues = Queues::connect(&sqlite_url(&queue_file), QueueNames::default())
         .await
         .with_context(|| format!("opening the queue database {queue_file}"))?;
     if args.demo {
@@ -183,7 +217,10 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     // the command that opens this data again: a plain `escalator dev` opens the default file
     let mut again = String::from("escalator dev");
     if args.db != std::path::Path::new(DEFAULT_DB) {
-        again.push_str(&format!(" --db {}", args.db.display()));
+        again.push_str(&format!(
+            " --db {}",
+            shell_word(&args.db.display().to_string())
+        ));
     }
     if args.port != DEFAULT_PORT {
         again.push_str(&format!(" --port {}", args.port));
@@ -312,4 +349,25 @@ async fn banner(store: &Store, port: u16, demo: bool) {
         );
     }
     stdout_line!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file opened is the file named, whatever characters its name holds.
+    #[test]
+    fn a_db_path_with_url_characters_opens_that_very_file() {
+        for path in ["/tmp/a%20b#c.db", "/tmp/what?.db", "/tmp/sp ace/plain.db"] {
+            let options: sqlx::sqlite::SqliteConnectOptions = sqlite_url(path).parse().unwrap();
+            assert_eq!(options.get_filename(), std::path::Path::new(path));
+        }
+    }
+
+    #[test]
+    fn the_resume_hint_quotes_what_a_shell_would_split() {
+        assert_eq!(shell_word("data/dev.db"), "data/dev.db");
+        assert_eq!(shell_word("my data/dev.db"), "'my data/dev.db'");
+        assert_eq!(shell_word("it's.db"), r"'it'\''s.db'");
+    }
 }
