@@ -24,6 +24,21 @@ pub use escalator_store::HOLD_LIMIT;
 /// Messages in flight at once within one drain.
 pub const PARALLEL_SENDS: usize = 8;
 
+/// A send that starts this long after its round's claim (behind a slow first wave) looks again
+/// whether its workflow moved on: the claim's look was seconds old by then, and a workflow
+/// completed meanwhile still got its reminder.
+const LOOK_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What became of one claimed row in a round.
+enum Started {
+    /// Tried: its outcome, and the recipients a relay deferred.
+    Tried(OutboxEntry, DeliveryOutcome, Option<Deferrals>),
+    /// Not started: the process is stopping.
+    Not(OutboxEntry),
+    /// Not sent: its workflow moved on since the claim (marked obsolete).
+    Obsolete(OutboxEntry),
+}
+
 /// Most rows one claim takes: two waves of parallel sends. Every row of a claim must be sent
 /// and recorded before its lease runs out, or another sender may claim and send it again; a
 /// round of 50 at 8 at a time against a relay taking its whole 30 s deadline per message needed
@@ -196,10 +211,18 @@ impl Deliverer {
                 let this = self.clone();
                 async move {
                     if escalator_runtime::shutdown::stopping() {
-                        return Err(entry);
+                        return Started::Not(entry);
+                    }
+                    if claimed_at.elapsed() >= LOOK_AGAIN_AFTER {
+                        match this.store.obsolete_deliveries(&[entry.id]).await {
+                            Ok(gone) if !gone.is_empty() => return Started::Obsolete(entry),
+                            Ok(_) => {}
+                            // the claim's look stands: sent as it would have been
+                            Err(e) => tracing::warn!(id = entry.id, error = %e, "cannot look again whether the delivery is obsolete; sending"),
+                        }
                     }
                     let (outcome, deferrals) = this.attempt(&entry).await;
-                    Ok((entry, outcome, deferrals))
+                    Started::Tried(entry, outcome, deferrals)
                 }
             }))
             .buffer_unordered(PARALLEL_SENDS);
@@ -209,9 +232,19 @@ impl Deliverer {
             let mut not_started = Vec::new();
             while let Some(sent) = sends.next().await {
                 let (entry, outcome, deferrals) = match sent {
-                    Ok(sent) => sent,
-                    Err(entry) => {
+                    Started::Tried(entry, outcome, deferrals) => (entry, outcome, deferrals),
+                    Started::Not(entry) => {
                         not_started.push((entry.id, entry.attempts));
+                        continue;
+                    }
+                    Started::Obsolete(entry) => {
+                        tracing::info!(
+                            id = entry.id,
+                            "delivery not sent: its workflow was closed or escalated since the claim"
+                        );
+                        report.obsolete += 1;
+                        metrics::counter!(m::NOTIFICATIONS, "channel" => entry.channel.clone(), "outcome" => "obsolete")
+                            .increment(1);
                         continue;
                     }
                 };

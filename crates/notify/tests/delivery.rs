@@ -799,6 +799,91 @@ async fn a_reminder_of_a_workflow_completed_meanwhile_is_never_sent() {
     assert_eq!(rows[1].status, "sent");
 }
 
+/// A round claims 16 rows and looks once whether their workflows moved on; its second wave of
+/// sends starts when the first frees a slot, seconds later against a slow relay. Workflows
+/// completed meanwhile still got their reminders. A send starting a while after its claim
+/// looks again.
+#[tokio::test]
+async fn a_send_starting_late_in_its_round_looks_again_whether_its_workflow_closed() {
+    use escalator_store::{AuditReason, Transition, TransitionContext};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let db = TestDb::postgres().await;
+    let s = &db.store;
+    let now = Utc::now();
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let new = escalator_testkit::new_workflow(&format!("LATE-{i}"), now);
+        ids.push(s.create_workflow(&new, now).await.unwrap().workflow.id);
+    }
+    let effects = BatchEffects {
+        outbox: ids
+            .iter()
+            .map(|id| NewOutbox {
+                channel: "email",
+                recipient: "alice@example.com".into(),
+                workflow_id: Some(*id),
+                payload: serde_json::json!({
+                    "kind": "reminder", "level": 0, "to": ["alice@example.com"], "cc": [],
+                    "subject": format!("Reminder {id}"), "body": "It will be escalated."
+                }),
+                idempotency_key: format!("remind:{id}:1:0:email"),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(&effects, now).await.unwrap();
+    tx.commit().await.unwrap();
+    // a relay that greets each connection after 5 s, in front of the sink
+    let (sink, received) = smtp_sink(None).await;
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = relay.local_addr().unwrap().port();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = relay.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", sink))
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    let d = deliverer(s, port);
+    let drain = tokio::spawn(async move { d.drain(16, 1).await });
+    // the first wave (8 at a time) is under way: then every workflow is completed
+    let started = std::time::Instant::now();
+    while connections.load(Ordering::SeqCst) < 8 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the first wave never reached the relay"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for id in &ids {
+        let ctx = TransitionContext {
+            actor: "alice".into(),
+            reason: AuditReason::Api,
+            expected_version: None,
+            comment: None,
+            now: Utc::now(),
+        };
+        s.transition(*id, &Transition::Complete, &ctx)
+            .await
+            .unwrap();
+    }
+    let report = drain.await.unwrap().unwrap();
+    assert_eq!((report.sent, report.obsolete), (8, 8), "{report:?}");
+    assert_eq!(received.lock().unwrap().len(), 8);
+    assert_eq!(connections.load(Ordering::SeqCst), 8);
+    let rows = s.list_outbox(&[], 100).await.unwrap();
+    let obsolete = rows.iter().filter(|o| o.status == "obsolete").count();
+    assert_eq!(obsolete, 8, "{rows:?}");
+}
+
 /// A message the relay took whose outcome could not be written at once (the database
 /// restarting, a pool timeout) was left to its lease and then sent a second time. The write is
 /// tried again after the round, until shortly before the lease ends: one message, `sent`.
