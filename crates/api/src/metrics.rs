@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use escalator_runtime::metrics::{
-    COMPLIANCE, DEAD_JOBS, LAST_CHECK, OPEN, OUTBOX_PENDING, QUEUE_DEPTH,
+    COMPLIANCE, DEAD_JOBS, FLEET_READ, LAST_CHECK, OPEN, OUTBOX_PENDING, QUEUE_DEPTH,
 };
 
 use crate::AppState;
@@ -74,6 +74,19 @@ async fn refresh_fleet(s: &AppState) {
             s.store.recent_check_runs(RECENT_RUNS)
         ),
     );
+    // when each source was last read: the gauges of a source that cannot be read keep their
+    // values, and without this nothing told a dashboard, KEDA or an alert they had gone stale
+    let read_at = now.timestamp() as f64;
+    for (source, read) in [
+        ("workflows", sla.is_some()),
+        ("queues", queues.is_some()),
+        ("outbox", outbox.is_some()),
+        ("check_runs", runs.is_some()),
+    ] {
+        if read {
+            metrics::gauge!(FLEET_READ, "source" => source).set(read_at);
+        }
+    }
     if let Some(c) = sla {
         metrics::gauge!(OPEN, "sla_status" => "ok").set(c.ok as f64);
         metrics::gauge!(OPEN, "sla_status" => "warning").set(c.warning as f64);

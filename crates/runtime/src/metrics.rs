@@ -38,6 +38,8 @@ pub const NOTIFICATIONS: &str = "escalator_notifications_total";
 pub const MISSED_TICKS: &str = "escalator_missed_ticks_total";
 /// Second enqueues of a slot refused.
 pub const DUPLICATE_TICKS: &str = "escalator_duplicate_ticks_suppressed_total";
+/// When the api last read each source of its fleet-wide gauges.
+pub const FLEET_READ: &str = "escalator_fleet_read_timestamp_seconds";
 /// When the last check run finished.
 pub const LAST_CHECK: &str = "escalator_last_check_timestamp_seconds";
 /// 1 while this beat holds the lease.
@@ -191,6 +193,10 @@ pub fn describe() {
     describe_counter!(
         DUPLICATE_TICKS,
         "Second attempts to run a slot that were refused."
+    );
+    describe_gauge!(
+        FLEET_READ,
+        "Unix time at which this api last read each source of the fleet-wide gauges (workflows, queues, outbox, check_runs); their values are as old as this."
     );
     describe_gauge!(
         LAST_CHECK,

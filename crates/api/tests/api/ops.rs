@@ -114,6 +114,20 @@ async fn a_scrape_answers_while_the_database_hangs() {
         "{text}"
     );
     assert!(text.contains("escalator_queue_depth{queue="), "{text}");
+    // and say how old they are: the database's sources were last read at the first scrape,
+    // Redis's at this one
+    let read_at = |text: &str, source: &str| -> f64 {
+        let prefix = format!("escalator_fleet_read_timestamp_seconds{{source=\"{source}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    for source in ["workflows", "outbox", "check_runs"] {
+        assert_eq!(read_at(&text, source), read_at(&first, source), "{source}");
+    }
+    assert!(read_at(&text, "queues") > read_at(&first, "queues"));
 }
 
 #[tokio::test]
