@@ -129,6 +129,10 @@ impl From<QueueError> for ApiError {
                     source: Box::new(e),
                 }
             }
+            QueueError::Unretryable { .. } => {
+                ApiError::client(StatusCode::CONFLICT, "unretryable", e.to_string())
+                    .with_field("id")
+            }
             e => ApiError::Internal(Box::new(e)),
         }
     }

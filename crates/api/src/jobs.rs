@@ -102,6 +102,7 @@ pub struct Retried {
     responses(
         (status = 200, description = "back in its queue with its attempts reset", body = Retried),
         (status = 404, description = "unknown queue, or no such dead job", body = ErrorBody),
+        (status = 409, description = "the dead job cannot run again (an SQLite queue row whose id apalis cannot read)", body = ErrorBody),
         (status = 503, description = "the queue is unavailable", body = ErrorBody),
     ))]
 /// `POST /api/v1/jobs/{queue}/{id}/retry`: puts a dead job back. Retrying twice is a 404 the

@@ -21,7 +21,7 @@ pub struct QueueConfig {
 
 impl QueueConfig {
     /// From the environment, for the database at `database_url`: with neither
-    /// `ESCALATOR_QUEUE_URL` nor `REDIS_URL` set, a database in an SQLite file keeps its queues
+    /// `ESCALATOR_QUEUE_URL` nor `REDIS_URL` set, a database in an existing SQLite file keeps its queues
     /// beside it in `FILE.queue`, as `escalator dev` does; anything else defaults to a local
     /// Redis. (A command given only the dev database's URL pushed to a Redis no dev reads, and
     /// its run stayed queued for hours.)
@@ -57,8 +57,9 @@ impl QueueConfig {
     }
 }
 
-/// `sqlite://FILE.queue` for a database at `sqlite://FILE` (options dropped); None for other
-/// databases and in-memory SQLite.
+/// `sqlite://FILE.queue` for a database at `sqlite://FILE` (options dropped) that exists; None
+/// for other databases, in-memory SQLite and a file that is not there (a mistyped path left a
+/// stray queue file beside it).
 fn sqlite_queue_beside(database_url: &str) -> Option<String> {
     let file = database_url.strip_prefix("sqlite:")?;
     let file = file.split('?').next().unwrap_or(file);
@@ -66,7 +67,9 @@ fn sqlite_queue_beside(database_url: &str) -> Option<String> {
     if file.is_empty() || file.contains(":memory:") || database_url.contains("mode=memory") {
         return None;
     }
-    Some(format!("sqlite://{file}.queue"))
+    std::path::Path::new(file)
+        .is_file()
+        .then(|| format!("sqlite://{file}.queue"))
 }
 
 /// Settings of the worker role.
@@ -547,19 +550,27 @@ mod tests {
         let url = |env_pairs: &[(&str, &str)], db: &str| {
             QueueConfig::from_env(&env(env_pairs), db).unwrap().url
         };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dev.db");
+        std::fs::write(&file, b"").unwrap();
+        let file = file.display().to_string();
         assert_eq!(
-            url(&[], "sqlite://escalator-dev.db"),
-            "sqlite://escalator-dev.db.queue"
+            url(&[], &format!("sqlite://{file}")),
+            format!("sqlite://{file}.queue")
         );
         assert_eq!(
-            url(&[], "sqlite:///var/lib/e.db?mode=rwc"),
-            "sqlite:///var/lib/e.db.queue"
+            url(&[], &format!("sqlite://{file}?mode=rwc")),
+            format!("sqlite://{file}.queue")
         );
         assert_eq!(url(&[], "sqlite::memory:"), "redis://127.0.0.1:6379");
+        // a database that is not there gets no queue file beside it
+        let missing = format!("sqlite://{}/typo.db", dir.path().display());
+        assert_eq!(url(&[], &missing), "redis://127.0.0.1:6379");
+        let db = format!("sqlite://{file}");
         let redis = [("REDIS_URL", "redis://cache:6379")];
-        assert_eq!(url(&redis, "sqlite://e.db"), "redis://cache:6379");
+        assert_eq!(url(&redis, &db), "redis://cache:6379");
         let queue = [("ESCALATOR_QUEUE_URL", "sqlite://q.db")];
-        assert_eq!(url(&queue, "sqlite://e.db"), "sqlite://q.db");
+        assert_eq!(url(&queue, &db), "sqlite://q.db");
     }
 
     #[test]

@@ -372,6 +372,45 @@ fn dev_on_a_taken_port_stops_before_it_writes_anything() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// `jobs retry --all-dead` stopped at a dead job that cannot run again (an SQLite queue row
+/// whose id apalis cannot read) and left every job after it dead: it says so and goes on.
+#[tokio::test]
+async fn retrying_every_dead_job_passes_over_one_that_cannot_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("q.db.queue").display());
+    let queues = escalator_jobs::Queues::connect(&url, escalator_jobs::QueueNames::default())
+        .await
+        .unwrap();
+    queues.push_noops(2).await.unwrap();
+    let escalator_jobs::Queues::Sqlite { pool, .. } = &queues else {
+        unreachable!()
+    };
+    for sql in [
+        "UPDATE Jobs SET id = 'NOT-A-ULID' WHERE rowid = (SELECT min(rowid) FROM Jobs)",
+        "UPDATE Jobs SET status = 'Killed', done_at = strftime('%s', 'now')",
+    ] {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    }
+    pool.close().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args(["jobs", "retry", "--all-dead"])
+        .env("ESCALATOR_QUEUE_URL", &url)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        text(&out.stdout).contains("1 job(s) back in their queue"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        stderr.contains("skipped: job \"NOT-A-ULID\" cannot be retried"),
+        "{stderr}"
+    );
+}
+
 /// Runs `escalator args` whose reader of standard output is gone before its first line.
 fn with_closed_stdout(database_url: &str, queue_url: Option<&str>, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_escalator"));

@@ -24,6 +24,14 @@ pub enum QueueError {
     /// Settings that cannot work.
     #[error("configuration: {0}")]
     Config(String),
+    /// A dead job that cannot run again: apalis-sqlite cannot read its row.
+    #[error(
+        "job {id:?} cannot be retried: its id is not a ULID, so a worker fetching it would stop; delete its row from the queue file instead"
+    )]
+    Unretryable {
+        /// The job's id as stored.
+        id: String,
+    },
     /// The queue stayed too full to push more without wedging apalis-redis's fetch.
     #[error("queue {queue} still has {due} jobs due after waiting; workers are not keeping up")]
     Backlogged {

@@ -479,10 +479,7 @@ impl Queues {
             Queues::Redis { conn, .. } => redis_retry(&mut conn.clone(), queue, id).await,
             Queues::Sqlite { pool, .. } => {
                 if !sqlite_readable_id(id) {
-                    return Err(QueueError::Config(format!(
-                        "job {id:?} cannot be retried: its id is not a ULID, and a worker \
-                         fetching it would stop (delete the row from the queue file instead)"
-                    )));
+                    return Err(QueueError::Unretryable { id: id.to_owned() });
                 }
                 let done = sqlx::query(
                     "UPDATE Jobs SET status = 'Pending', attempts = 0, run_at = strftime('%s','now'),
@@ -755,7 +752,6 @@ fn pruned_key(queue: &str) -> String {
     format!("{queue}:escalator-pruned")
 }
 
-/// The same count on SQLite, in a table of the queue database (created on connecting).
 /// Makes dead jobs of the queue rows apalis-sqlite cannot read: an id that is not a ULID (26
 /// Crockford base32 characters, either case) or no attempt count. Its fetch fails on such a
 /// row, and a failed fetch stops the worker; the row stayed pending, so a hand-edited queue
@@ -774,6 +770,7 @@ fn sqlite_readable_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b.is_ascii_alphabetic() && !b"ILOUilou".contains(&b)))
 }
 
+/// The same count on SQLite, in a table of the queue database (created on connecting).
 const SQLITE_PRUNED: &str = "CREATE TABLE IF NOT EXISTS escalator_pruned
     (job_type TEXT PRIMARY KEY, n INTEGER NOT NULL)";
 

@@ -552,7 +552,10 @@ async fn an_unreadable_sqlite_queue_row_is_made_dead_when_the_queue_opens() {
         "{dead:?}"
     );
     let refused = queues.retry_dead(&dead[0].queue, &dead[0].id).await;
-    assert!(format!("{refused:?}").contains("not a ULID"), "{refused:?}");
+    let Err(e @ escalator_jobs::QueueError::Unretryable { .. }) = refused else {
+        panic!("{refused:?}")
+    };
+    assert!(e.to_string().contains("not a ULID"), "{e}");
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

@@ -176,6 +176,21 @@ impl Store {
         dispatch!(self, s => s.migrate().await)
     }
 
+    /// Whether this SQLite file holds apalis-sqlite's job queues (a `Jobs` table) instead of
+    /// escalator's data: the queue file (`FILE.queue`) given as the database, an easy slip
+    /// that read as a schema to migrate, and `migrate` then failed on apalis' own migrations.
+    pub async fn holds_job_queues(&self) -> bool {
+        match self {
+            Store::Postgres(_) => false,
+            Store::Sqlite(s) => sqlx::query_scalar::<_, bool>(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'Jobs'",
+            )
+            .fetch_one(s.pool())
+            .await
+            .unwrap_or(false),
+        }
+    }
+
     /// The migrations of this build that the database has not applied, oldest first: empty
     /// when its schema is up to date (a newer schema, applied by a newer build, is fine).
     pub async fn missing_migrations(&self) -> Result<Vec<i64>> {

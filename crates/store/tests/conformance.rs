@@ -698,7 +698,7 @@ async fn a_manager_given_beside_a_round_still_moves_its_exhaustion_on(db: &TestD
             .await
     });
     // the write waits for the round (it finished at once before, re-arming nothing)
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    writers_waiting(db, 1).await;
     assert!(
         !write.is_finished(),
         "the user write did not wait for the round"
@@ -736,7 +736,8 @@ async fn a_round_reads_its_rules_while_the_writers_it_holds_up_fill_the_pool(db:
         .await
         .unwrap();
     let mut round = s.begin_batch().await.unwrap();
-    // the pool's other connections (10 in all), each taken by a user write waiting on the round
+    // the pool's other connections (10 in all on SQLite), each taken by a user write waiting
+    // on the round (on PostgreSQL, whose test pool has 5, the rest wait for a connection)
     let writers: Vec<_> = (0..9)
         .map(|i| {
             let store = s.clone();
@@ -747,7 +748,7 @@ async fn a_round_reads_its_rules_while_the_writers_it_holds_up_fill_the_pool(db:
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    writers_waiting(db, 9).await;
     assert!(
         writers.iter().all(|w| !w.is_finished()),
         "the writers did not wait"
@@ -767,6 +768,38 @@ async fn a_round_reads_its_rules_while_the_writers_it_holds_up_fill_the_pool(db:
     round.commit().await.unwrap();
     for w in writers {
         w.await.unwrap().unwrap();
+    }
+}
+
+/// Returns once `n` user writes wait on a round's lock (as many as the pool lets through, on
+/// PostgreSQL: seen in `pg_locks`, at most 30 s); SQLite shows no waiter, so there it gives
+/// them half a second.
+async fn writers_waiting(db: &TestDb, n: i64) {
+    use sqlx::Connection as _;
+    if !matches!(db.store, Store::Postgres(_)) {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        return;
+    }
+    // a connection of its own: the writers hold the pool's (the round one of its 5)
+    let mut watch = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let n = n.min(4);
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+             WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "only {waiting} writers wait"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
@@ -2280,6 +2313,28 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
     ];
     want.sort();
     assert_eq!(rest, want);
+}
+
+/// A user write waits for the rounds in flight, and every new round queues behind it: the
+/// wait is bounded, so a round left open (or a forgotten transaction holding a workflow the
+/// re-arm needs) fails the user write as unavailable instead of stopping every round.
+#[tokio::test]
+async fn a_user_write_waits_for_a_round_at_most_its_patience_on_postgres() {
+    let db = TestDb::postgres().await;
+    let s = &db.store;
+    let round = s.begin_batch().await.unwrap();
+    let err = s
+        .upsert_users(&[reporting_to("alice", None)])
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    // and a round that begins afterwards is not held up by it
+    round.commit().await.unwrap();
+    let next = s.begin_batch().await.unwrap();
+    next.commit().await.unwrap();
+    s.upsert_users(&[reporting_to("alice", None)])
+        .await
+        .unwrap();
 }
 
 /// A claim that waited on a reassign's row lock reread the workflow (the new assignee) but

@@ -92,8 +92,14 @@ async fn retry_all(queues: &escalator_jobs::Queues) -> anyhow::Result<usize> {
         }
         let mut this_round = 0;
         for d in &dead {
-            if queues.retry_dead(&d.queue, &d.id).await? {
-                this_round += 1;
+            match queues.retry_dead(&d.queue, &d.id).await {
+                Ok(true) => this_round += 1,
+                Ok(false) => {}
+                // stays dead, said each time: it must not stop the others going back
+                Err(e @ escalator_jobs::QueueError::Unretryable { .. }) => {
+                    stderr_line!("skipped: {e}");
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         retried += this_round;

@@ -5,6 +5,7 @@ use anyhow::Context as _;
 /// Runs the migrations and reports the backend.
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let store = super::connect_any_schema(database_url).await?;
+    super::refuse_a_queue_file(&store, database_url).await?;
     // what this run brings, so that it says so (a fresh database read "up to date" as if
     // nothing had been applied)
     let missing = store

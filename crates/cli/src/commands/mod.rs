@@ -115,6 +115,7 @@ pub async fn require_schema(store: Store, url: &str) -> anyhow::Result<Store> {
         .await
         .context("reading the schema version")?;
     if let Some(first) = missing.first() {
+        refuse_a_queue_file(&store, url).await?;
         store.close().await;
         anyhow::bail!(
             "the database at DATABASE_URL={} lacks {} of this build's migrations (from {first}): \
@@ -124,6 +125,19 @@ pub async fn require_schema(store: Store, url: &str) -> anyhow::Result<Store> {
         );
     }
     Ok(store)
+}
+
+/// An error naming the slip when the database at `url` is a queue file.
+pub async fn refuse_a_queue_file(store: &Store, url: &str) -> anyhow::Result<()> {
+    if store.holds_job_queues().await {
+        anyhow::bail!(
+            "DATABASE_URL={} is a queue file (it holds job queues, not escalator's data): \
+             give it as ESCALATOR_QUEUE_URL, and the database itself (the file without \
+             `.queue`) as DATABASE_URL",
+            redact(url)
+        );
+    }
+    Ok(())
 }
 
 async fn connect_with(config: StoreConfig) -> anyhow::Result<Store> {

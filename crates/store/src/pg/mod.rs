@@ -141,6 +141,10 @@ impl PgStore {
         // together (a → b and b → a); and never beside a batch round, which takes the lock
         // shared (`begin_batch`), so the re-arm below sees every exhaustion it could undo.
         let mut tx = self.pool.begin().await?;
+        // Bounded: while a user write waits for the lock, every new round queues behind it,
+        // and its re-arm could wait on a workflow a forgotten transaction holds. Past the
+        // bound it fails as unavailable (the api's 503), and the rounds go on.
+        sqlx::query(USER_WRITES_PATIENCE).execute(&mut *tx).await?;
         sqlx::query(USER_WRITES_LOCK).execute(&mut *tx).await?;
         let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
         let before: Vec<crate::logic::UserBefore> =
@@ -312,6 +316,9 @@ impl PgStore {
         rows.iter().map(rows::policy).collect()
     }
 }
+
+/// How long a user write waits for a lock (see `upsert_users`).
+const USER_WRITES_PATIENCE: &str = "SET LOCAL lock_timeout = '10s'";
 
 /// The lock a user write holds for its transaction (exclusive); batch rounds take it shared.
 pub(crate) const USER_WRITES_LOCK: &str =
