@@ -228,7 +228,8 @@ pub struct Applied {
 impl BatchEffects {
     /// Keep only the rows of workflows whose change was applied; rows with no workflow stay.
     /// Returns them (borrowed when every change applied, as it almost always does) and the
-    /// counts to add to the run, reminded and escalated counted from what is kept.
+    /// counts to add to the run, reminded, escalated, exhausted and renotified counted from
+    /// what is kept.
     pub(crate) fn retain_applied(&self, changed: &[Uuid]) -> (Cow<'_, BatchEffects>, BatchCounts) {
         let kept = if changed.len() == self.changes.len() {
             Cow::Borrowed(self)
@@ -238,10 +239,14 @@ impl BatchEffects {
         let mut counts = self.counts;
         counts.reminded = 0;
         counts.escalated = 0;
+        counts.exhausted = 0;
+        counts.renotified = 0;
         for a in &kept.audits {
             match a.action {
                 "remind" => counts.reminded += 1,
                 "escalate" => counts.escalated += 1,
+                "exhausted" => counts.exhausted += 1,
+                "notify" => counts.renotified += 1,
                 _ => {}
             }
         }

@@ -319,6 +319,12 @@ pub struct CheckRun {
     pub reminded: i32,
     /// Escalations written.
     pub escalated: i32,
+    /// Workflows found with no one left to escalate to.
+    #[serde(default)]
+    pub exhausted: i32,
+    /// Workflows renotified after their chain (a repeating policy).
+    #[serde(default)]
+    pub renotified: i32,
     /// Workflows that failed to process.
     pub failed: i32,
     /// Row creation.
@@ -359,6 +365,10 @@ pub struct BatchCounts {
     pub reminded: i32,
     /// Escalations applied.
     pub escalated: i32,
+    /// Exhaustions applied (no one left to escalate to).
+    pub exhausted: i32,
+    /// Renotifications applied (after the chain).
+    pub renotified: i32,
     /// Workflows that could not be processed.
     pub failed: i32,
 }

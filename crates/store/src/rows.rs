@@ -11,7 +11,8 @@ pub(crate) const WORKFLOW_COLUMNS: &str = "w.id, w.external_id, w.title, w.kind,
 pub(crate) const AUDIT_COLUMNS: &str = "id, workflow_id, action, reason, actor, from_assignee, \
     to_assignee, level, cycle, policy_version, elapsed_seconds, check_run_id, details, created_at";
 pub(crate) const CHECK_RUN_COLUMNS: &str = "id, slot, requested_by, scope, as_of, dry_run, \
-    status, coalesced, batches, batches_done, checked, reminded, escalated, failed, created_at, \
+    status, coalesced, batches, batches_done, checked, reminded, escalated, exhausted, renotified, \
+    failed, created_at, \
     started_at, finished_at, error";
 pub(crate) const NOTIFICATION_COLUMNS: &str =
     "id, recipient, workflow_id, kind, role, subject, body, read_at, created_at";
@@ -117,6 +118,8 @@ macro_rules! row_mappers {
                 checked: row.try_get("checked")?,
                 reminded: row.try_get("reminded")?,
                 escalated: row.try_get("escalated")?,
+                exhausted: row.try_get("exhausted")?,
+                renotified: row.try_get("renotified")?,
                 failed: row.try_get("failed")?,
                 created_at: row.try_get("created_at")?,
                 started_at: row.try_get("started_at")?,

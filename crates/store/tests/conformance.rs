@@ -1538,11 +1538,20 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
         (dup.status.as_str(), dup.batches_done, dup.reminded),
         ("running", 1, 1)
     );
-    let last = BatchEffects {
-        check_run_id: Some(run.id),
-        batch_index: Some(1),
-        ..Default::default()
-    };
+    // the last batch found one workflow with no one to escalate to and renotified another:
+    // counted as such (a run doing only this read as having done nothing)
+    let (h, i) = (create(s, "H").await, create(s, "I").await);
+    let mut last = remind(&h, now, Some(run.id));
+    last.batch_index = Some(1);
+    last.audits[0].action = "exhausted";
+    let renotify = remind(&i, now, Some(run.id));
+    last.changes.extend(renotify.changes);
+    last.audits
+        .extend(renotify.audits.into_iter().map(|a| NewAudit {
+            action: "notify",
+            ..a
+        }));
+    last.counts.checked = 2;
     let mut tx = s.begin_batch().await.unwrap();
     assert!(tx.apply(&last, now).await.unwrap().run_completed);
     tx.commit().await.unwrap();
@@ -1551,6 +1560,7 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
         (done.status.as_str(), done.batches_done, done.finished_at),
         ("succeeded", 2, Some(now))
     );
+    assert_eq!((done.reminded, done.exhausted, done.renotified), (1, 1, 1));
     assert_eq!(
         audit_log_from(s, None, 2).await.0[1].check_run_id,
         Some(run.id)

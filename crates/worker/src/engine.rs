@@ -132,6 +132,8 @@ impl BatchOutcome {
         a.counts.checked += b.counts.checked;
         a.counts.reminded += b.counts.reminded;
         a.counts.escalated += b.counts.escalated;
+        a.counts.exhausted += b.counts.exhausted;
+        a.counts.renotified += b.counts.renotified;
         a.counts.failed += b.counts.failed;
     }
 }
@@ -806,6 +808,8 @@ async fn record_run_finished(store: &Store, id: i64) {
                     checked = run.checked,
                     reminded = run.reminded,
                     escalated = run.escalated,
+                    exhausted = run.exhausted,
+                    renotified = run.renotified,
                     failed = run.failed,
                     seconds = secs,
                     "check run finished"

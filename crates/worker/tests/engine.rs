@@ -625,3 +625,48 @@ async fn a_planner_facing_a_backlog_fails_naming_it_before_its_deadline() {
     assert!(text.contains("jobs due after waiting"), "{text}");
     assert!(text.contains(":batches"), "{text}");
 }
+
+/// A run that only found workflows with no one left to escalate to, or renotified them after
+/// their chain, read "checked=1 reminded=0 escalated=0", as if it had done nothing: it counts
+/// both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_counts_the_workflows_it_exhausted_and_renotified() {
+    use escalator_policy::{AfterLast, Policy};
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("engine");
+    let engine = engine(&db, &ns).await;
+    let mut spec = Policy::default_policy().spec().clone();
+    spec.after_last = AfterLast::Repeat { every_seconds: 600 };
+    db.store
+        .create_policy_version("nagging", "Nagging", &Policy::new(spec).unwrap())
+        .await
+        .unwrap();
+    // on time (a late check starts the renotification clock when it runs)
+    let now = Utc::now();
+    let started = now - chrono::Duration::hours(25);
+    // no escalation target, and an assignee without a manager: no one to escalate to
+    let mut new = escalator_testkit::new_workflow("NO-ONE", started);
+    new.escalation_target = None;
+    new.policy_id = Some("nagging".into());
+    let id = db
+        .store
+        .create_workflow(&new, started)
+        .await
+        .unwrap()
+        .workflow
+        .id;
+    let mut counts = Vec::new();
+    for as_of in [now, now + chrono::Duration::minutes(11)] {
+        let run = new_run(&db.store, Scope::Workflow(id), as_of).await;
+        let job = CheckWorkflows {
+            check_run_id: run.id,
+            as_of,
+            scope: Scope::Workflow(id),
+        };
+        engine.check_workflows(&job).await.unwrap();
+        let r = db.store.get_check_run(run.id).await.unwrap();
+        assert_eq!(r.status, "succeeded", "{r:?}");
+        counts.push((r.checked, r.escalated, r.exhausted, r.renotified));
+    }
+    assert_eq!(counts, [(1, 0, 1, 0), (1, 0, 0, 1)]);
+}

@@ -191,6 +191,7 @@ pub async fn show_run(
             dt { "checked" } dd { (r.checked) }
             dt { "reminded" } dd { (r.reminded) }
             dt { "escalated" } dd { (r.escalated) }
+            dt { "exhausted · renotified" } dd { (r.exhausted) " · " (r.renotified) }
             dt { "failed" } dd { (r.failed) }
             dt { "queued · started · finished" } dd { (at(r.created_at)) " · " (opt_at(r.started_at)) " · " (opt_at(r.finished_at)) }
             dt { "took" } dd { (run_duration(&r).unwrap_or_else(|| "still running".into())) }

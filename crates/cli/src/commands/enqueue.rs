@@ -191,12 +191,14 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
                 .map(|f| (f - r.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6)
                 .unwrap_or(0.0);
             out!(
-                "check_run_id={} status={} checked={} reminded={} escalated={} failed={} seconds={seconds:.3} waited={:.3}",
+                "check_run_id={} status={} checked={} reminded={} escalated={} exhausted={} renotified={} failed={} seconds={seconds:.3} waited={:.3}",
                 r.id,
                 r.status,
                 r.checked,
                 r.reminded,
                 r.escalated,
+                r.exhausted,
+                r.renotified,
                 r.failed,
                 started.elapsed().as_secs_f64()
             );

@@ -74,7 +74,7 @@ async fn database_report(store: &escalator_store::Store) -> anyhow::Result<()> {
     out!("recent check runs:");
     for r in store.recent_check_runs(10).await? {
         out!(
-            "  #{:<6} {:<9} {:<8} as_of={} batches={}/{} checked={} reminded={} escalated={} failed={}",
+            "  #{:<6} {:<9} {:<8} as_of={} batches={}/{} checked={} reminded={} escalated={} exhausted={} renotified={} failed={}",
             r.id,
             r.status,
             r.requested_by,
@@ -84,6 +84,8 @@ async fn database_report(store: &escalator_store::Store) -> anyhow::Result<()> {
             r.checked,
             r.reminded,
             r.escalated,
+            r.exhausted,
+            r.renotified,
             r.failed
         );
     }

@@ -319,6 +319,7 @@ impl PgBatch {
             let done = sqlx::query(
                 "UPDATE check_runs SET checked = checked + $2, reminded = reminded + $3,
                      escalated = escalated + $4, failed = failed + $5,
+                     exhausted = exhausted + $8, renotified = renotified + $9,
                      batches_done = batches_done + $6, progress_at = $7,
                      status = CASE WHEN (status = 'running' OR (status = 'failed' AND $6 = 1
                                                  AND started_at IS NOT NULL))
@@ -341,6 +342,8 @@ impl PgBatch {
             .bind(c.failed)
             .bind(i32::from(first == 1))
             .bind(now)
+            .bind(c.exhausted)
+            .bind(c.renotified)
             .fetch_optional(&mut *self.tx)
             .await?;
             run_completed = match done {
