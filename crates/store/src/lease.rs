@@ -28,7 +28,7 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fenced {
     /// Recorded: enqueue it.
-    Created(CheckRun),
+    Created(Box<CheckRun>),
     /// The slot has a run already (another beat, or an earlier attempt): do not enqueue.
     DuplicateSlot,
     /// The lease was lost (expired or taken over): do not enqueue, stop acting as leader.
@@ -195,7 +195,7 @@ impl Store {
                     .await?;
                 let created = row.as_ref().map(crate::pg::check_run_row).transpose()?;
                 tx.commit().await?;
-                Ok(created.map_or(Fenced::DuplicateSlot, Fenced::Created))
+                Ok(created.map_or(Fenced::DuplicateSlot, |run| Fenced::Created(Box::new(run))))
             }
             Store::Sqlite(s) => {
                 let mut tx = s.pool().begin_with(crate::sqlite::BEGIN_WRITE).await?;
@@ -224,7 +224,7 @@ impl Store {
                     .await?;
                 let created = row.as_ref().map(crate::sqlite::check_run_row).transpose()?;
                 tx.commit().await?;
-                Ok(created.map_or(Fenced::DuplicateSlot, Fenced::Created))
+                Ok(created.map_or(Fenced::DuplicateSlot, |run| Fenced::Created(Box::new(run))))
             }
         }
     }
