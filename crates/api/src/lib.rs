@@ -9,6 +9,7 @@ pub mod checks;
 pub mod error;
 pub mod extract;
 pub mod health;
+mod http_metrics;
 pub mod jobs;
 pub mod metrics;
 pub mod notifications;
@@ -162,6 +163,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             state.clone(),
             auth::guard_unauthenticated,
         ))
+        .layer(axum::middleware::from_fn(http_metrics::tag_route))
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(
@@ -175,6 +177,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                 }))
                 .timeout(timeout),
         )
+        .layer(axum::middleware::from_fn(http_metrics::record))
 }
 
 /// A handler that panicked: 500 in our error shape (the panic is a bug, logged with its

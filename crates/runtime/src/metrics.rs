@@ -38,6 +38,10 @@ pub const NOTIFICATIONS: &str = "escalator_notifications_total";
 pub const MISSED_TICKS: &str = "escalator_missed_ticks_total";
 /// Second enqueues of a slot refused.
 pub const DUPLICATE_TICKS: &str = "escalator_duplicate_ticks_suppressed_total";
+/// HTTP requests the api answered, by method, route template and status.
+pub const HTTP_REQUESTS: &str = "escalator_http_requests_total";
+/// How long the api took to answer, by method and route template.
+pub const HTTP_DURATION: &str = "escalator_http_request_duration_seconds";
 /// When the api last read each source of its fleet-wide gauges.
 pub const FLEET_READ: &str = "escalator_fleet_read_timestamp_seconds";
 /// When the last check run finished.
@@ -60,6 +64,10 @@ pub const DURATION_BUCKETS: &[f64] = &[
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
     86400.0,
+];
+/// Buckets of api answers, seconds: up to the request timeout (`ESCALATOR_API_TIMEOUT`, 30 s).
+pub const HTTP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Buckets of single-job durations, seconds: up to and past the default attempt limit
 /// (`ESCALATOR_JOB_TIMEOUT`, 120 s), so a job nearing it is seen, not drawn at the top bucket.
@@ -125,6 +133,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(DURATION.into()), DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(LATENCY.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(JOB_DURATION.into()), JOB_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), HTTP_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -193,6 +202,15 @@ pub fn describe() {
     describe_counter!(
         DUPLICATE_TICKS,
         "Second attempts to run a slot that were refused."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests the api answered, by method, route template (unmatched: no route) and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "How long the api took to answer a request, by method and route template."
     );
     describe_gauge!(
         FLEET_READ,

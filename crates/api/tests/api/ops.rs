@@ -130,6 +130,31 @@ async fn a_scrape_answers_while_the_database_hangs() {
     assert!(read_at(&text, "queues") > read_at(&first, "queues"));
 }
 
+/// The api reports its requests by route template (not the raw path: one series per
+/// workflow id would be unbounded), method and status, with their durations in buckets.
+#[tokio::test]
+async fn requests_are_counted_by_route_template_method_and_status() {
+    let api = spawn_api().await;
+    let w = api.create("HTTP-1").await;
+    let id = w["id"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("/api/v1/workflows/{id}")).await.status,
+        StatusCode::OK
+    );
+    api.get("/nowhere").await.error(StatusCode::NOT_FOUND);
+    let text = api.get("/metrics").await.text();
+    for series in [
+        "escalator_http_requests_total{method=\"GET\",route=\"/api/v1/workflows/{id}\",status=\"200\"} 1",
+        "escalator_http_requests_total{method=\"POST\",route=\"/api/v1/workflows\",status=\"201\"} 1",
+        "escalator_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1",
+        "escalator_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/workflows/{id}\",le=\"0.005\"}",
+        "# HELP escalator_http_requests_total ",
+    ] {
+        assert!(text.contains(series), "{series:?} missing from:\n{text}");
+    }
+    assert!(!text.contains(id), "a raw path became a label:\n{text}");
+}
+
 #[tokio::test]
 async fn metrics_include_the_fleet_wide_gauges() {
     let api = spawn_api().await;
