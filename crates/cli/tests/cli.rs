@@ -411,6 +411,26 @@ async fn retrying_every_dead_job_passes_over_one_that_cannot_run_again() {
     );
 }
 
+/// The queue file given as the database (an easy slip with two files side by side) read as a
+/// schema to migrate, and `migrate` then failed on apalis' own migrations. It is named.
+#[tokio::test]
+async fn the_queue_file_given_as_the_database_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dev.db.queue");
+    let url = format!("sqlite://{}", file.display());
+    let queues = escalator_jobs::Queues::connect(&url, escalator_jobs::QueueNames::default())
+        .await
+        .unwrap();
+    drop(queues);
+    for args in [&["verify"][..], &["migrate"]] {
+        let out = escalator(&url, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("is a queue file"), "{args:?}: {stderr}");
+        assert!(stderr.contains("ESCALATOR_QUEUE_URL"), "{args:?}: {stderr}");
+    }
+}
+
 /// Runs `escalator args` whose reader of standard output is gone before its first line.
 fn with_closed_stdout(database_url: &str, queue_url: Option<&str>, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_escalator"));
