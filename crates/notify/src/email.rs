@@ -8,7 +8,7 @@ use escalator_store::OutboxEntry;
 use lettre::address::Envelope;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
-use lettre::{Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::NotifyError;
 
@@ -25,10 +25,8 @@ pub enum Mailer {
         /// connect only, and a relay that accepts and then never answers would hang a sender.
         deadline: Duration,
     },
-    /// A folder of `.eml` files (dev mode).
+    /// A folder of `.eml` files (dev mode), one per message, named by its idempotency key.
     Files {
-        /// The transport.
-        transport: AsyncFileTransport<Tokio1Executor>,
         /// The folder.
         dir: PathBuf,
         /// The From address.
@@ -69,7 +67,6 @@ impl Mailer {
             ))
         })?;
         Ok(Mailer::Files {
-            transport: AsyncFileTransport::<Tokio1Executor>::new(&dir),
             dir,
             from: parse_from(from)?,
         })
@@ -119,13 +116,33 @@ impl Mailer {
                     other => other.map(|()| Taken::default()).map_err(|e| e.failure),
                 }
             }
-            Mailer::Files { transport, dir, .. } => transport
-                .send_raw(&envelope, &raw)
+            Mailer::Files { dir, .. } => write_eml(dir, &entry.idempotency_key, &raw)
                 .await
-                .map(|_| Taken::default())
+                .map(|()| Taken::default())
                 .map_err(|e| NotifyError::Transient(format!("writing to {}: {e}", dir.display()))),
         }
     }
+}
+
+/// Writes `raw` as `<key>.eml` in `dir`, whole or not at all (a temporary file renamed into
+/// place). Named by the delivery's idempotency key, a message sent again (its sender killed
+/// after writing it, before recording so) replaces its file: files named at random left two
+/// copies, and a reader could see one half written.
+async fn write_eml(dir: &std::path::Path, key: &str, raw: &[u8]) -> std::io::Result<()> {
+    let name: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let file = dir.join(format!("{name}.eml"));
+    let partial = dir.join(format!(".{name}.eml.partial"));
+    tokio::fs::write(&partial, raw).await?;
+    tokio::fs::rename(&partial, &file).await
 }
 
 /// Who has a message the relay took.

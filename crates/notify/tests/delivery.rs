@@ -580,12 +580,34 @@ async fn dev_mode_writes_one_eml_per_message() {
         lease: Duration::from_secs(60),
     };
     assert_eq!(d.drain(10, 10).await.unwrap().sent, 2);
-    let files: Vec<_> = std::fs::read_dir(dir.path().join("mail"))
-        .unwrap()
-        .collect();
-    assert_eq!(files.len(), 2);
-    let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("mail"))
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    // named by the delivery's key, whole (no partial file left)
+    assert_eq!(
+        names(),
+        ["escalate_0_1_1_email.eml", "escalate_1_1_1_email.eml"]
+    );
+    let text = std::fs::read_to_string(dir.path().join("mail/escalate_0_1_1_email.eml")).unwrap();
     assert!(text.contains("To: boss@example.com"), "{text}");
+    // a message sent again (its sender killed after writing it, before recording so)
+    // replaces its file: random names left two copies
+    let escalator_store::Store::Sqlite(p) = &db.store else {
+        unreachable!()
+    };
+    sqlx::query(
+        "UPDATE outbox SET status = 'pending', next_attempt_at = '2000-01-01T00:00:00.000000Z'",
+    )
+    .execute(p.pool())
+    .await
+    .unwrap();
+    assert_eq!(d.drain(10, 10).await.unwrap().sent, 2);
+    assert_eq!(names().len(), 2, "{:?}", names());
 }
 
 #[tokio::test]
