@@ -29,11 +29,23 @@ fn failure<T, E: std::error::Error + 'static>(
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "the process answers", body = Object)))]
-/// `GET /healthz`: 200 while the process answers. The api has no background loop whose
-/// progress could stall, so answering is the liveness signal.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+    responses(
+        (status = 200, description = "the process answers (and, in escalator dev, its worker and beat make progress)", body = Object),
+        (status = 503, description = "escalator dev only: its worker and beat made no progress for too long", body = Object),
+    ))]
+/// `GET /healthz`: 200 while the process answers. The api alone has no background loop whose
+/// progress could stall, so answering is the liveness signal; in `escalator dev` it also
+/// reports the progress of the worker and beat running beside it.
+pub async fn healthz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
+    let Some(health) = &s.engine_health else {
+        return (StatusCode::OK, Json(json!({ "status": "ok" })));
+    };
+    let (status, text) = escalator_runtime::serve::report(health);
+    let word = text.split(':').next().unwrap_or("ok").to_owned();
+    (
+        status,
+        Json(json!({ "status": word, "engine": text.trim_end() })),
+    )
 }
 
 /// The query of `GET /readyz`.

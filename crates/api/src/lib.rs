@@ -66,6 +66,9 @@ pub struct AppState {
     /// Without tokens, the only hosts requests may name besides localhost (DNS rebinding);
     /// None: any.
     pub(crate) local_only: Option<Arc<Vec<String>>>,
+    /// The progress of a worker and beat running in this process (`escalator dev`), which
+    /// `/healthz` then reports; None for the api alone.
+    pub(crate) engine_health: Option<escalator_runtime::serve::Health>,
 }
 
 impl AppState {
@@ -84,7 +87,16 @@ impl AppState {
             fleet: Arc::new(metrics::FleetCache::default()),
             request_timeout: REQUEST_TIMEOUT,
             local_only: None,
+            engine_health: None,
         }
+    }
+
+    /// The same state reporting, on `/healthz`, the progress of the worker and beat that run
+    /// in this process (`escalator dev`): a stalled one answered "ok" for as long as the api
+    /// did.
+    pub fn with_engine_health(mut self, health: escalator_runtime::serve::Health) -> Self {
+        self.engine_health = Some(health);
+        self
     }
 
     /// The same state answering only to `localhost`, `127.0.0.1`, `[::1]` and `also` (host

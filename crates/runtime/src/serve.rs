@@ -78,7 +78,7 @@ async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
 /// What `/healthz` answers. A process stopping is alive: it finishes its jobs for up to its
 /// grace period (75 s for the shipped workers) and polls nothing meanwhile, so its progress
 /// stops; it read "stalled" after a minute, and a liveness probe would kill it mid-drain.
-fn report(health: &Health) -> (StatusCode, String) {
+pub fn report(health: &Health) -> (StatusCode, String) {
     let (silent, ok) = health.check();
     if crate::shutdown::stopping() {
         (

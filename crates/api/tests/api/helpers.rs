@@ -90,6 +90,11 @@ pub async fn spawn_local_api() -> TestApi {
     .await
 }
 
+/// An api without tokens whose state `adjust` changes first.
+pub async fn spawn_api_adjusted(adjust: impl FnOnce(AppState) -> AppState) -> TestApi {
+    spawn_api_state(&redis_url(), Tokens::none(), adjust).await
+}
+
 async fn spawn_api_state(
     url: &str,
     tokens: Tokens,

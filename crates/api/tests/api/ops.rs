@@ -155,6 +155,29 @@ async fn requests_are_counted_by_route_template_method_and_status() {
     assert!(!text.contains(id), "a raw path became a label:\n{text}");
 }
 
+/// In `escalator dev` the api shares its process with a worker and a beat: its `/healthz`
+/// said "ok" while they had stalled. It reports their progress.
+#[tokio::test]
+async fn healthz_reports_the_engine_running_beside_the_api() {
+    let engine = escalator_runtime::serve::Health::new(std::time::Duration::from_secs(1));
+    let api = spawn_api_adjusted(|s| s.with_engine_health(engine.clone())).await;
+    let res = api.get("/healthz").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["status"], "ok");
+    // no progress for over a second: stalled
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let res = api.get("/healthz").await;
+    assert_eq!(
+        res.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        res.text()
+    );
+    assert_eq!(res.json()["status"], "stalled", "{}", res.text());
+    engine.touch();
+    assert_eq!(api.get("/healthz").await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn metrics_include_the_fleet_wide_gauges() {
     let api = spawn_api().await;

@@ -165,7 +165,8 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         escalator_api::Tokens::none(),
         Some(metrics),
     )
-    .answering_only_to_localhost(crate::config::allowed_hosts(&env)?);
+    .answering_only_to_localhost(crate::config::allowed_hosts(&env)?)
+    .with_engine_health(health.clone());
     {
         let stop = stopped();
         parts.spawn(async move {
