@@ -756,16 +756,12 @@ async fn late_outcomes_are_fenced_off_on_sqlite() {
     late_outcomes_are_fenced_off(TestDb::sqlite().await).await;
 }
 
-/// A reminder still waiting when its workflow is completed (a relay was down) is not sent at
-/// all; the open workflow's reminder goes out as usual (I4 at delivery).
-#[tokio::test]
-async fn a_reminder_of_a_workflow_completed_meanwhile_is_never_sent() {
-    use escalator_store::{AuditReason, Transition, TransitionContext};
-    let db = TestDb::postgres().await;
-    let s = &db.store;
+/// Workflows named `names`, each with a reminder email waiting in the outbox, as a batch
+/// writes one.
+async fn reminded_workflows(s: &Store, names: &[&str]) -> Vec<uuid::Uuid> {
     let now = Utc::now();
     let mut ids = Vec::new();
-    for name in ["DONE", "OPEN"] {
+    for name in names {
         let new = escalator_testkit::new_workflow(name, now);
         ids.push(s.create_workflow(&new, now).await.unwrap().workflow.id);
     }
@@ -788,6 +784,12 @@ async fn a_reminder_of_a_workflow_completed_meanwhile_is_never_sent() {
     let mut tx = s.begin_batch().await.unwrap();
     tx.apply(&effects, now).await.unwrap();
     tx.commit().await.unwrap();
+    ids
+}
+
+/// Completes workflow `id` through the store, as the api does.
+async fn complete(s: &Store, id: uuid::Uuid) {
+    use escalator_store::{AuditReason, Transition, TransitionContext};
     let ctx = TransitionContext {
         actor: "alice".into(),
         reason: AuditReason::Api,
@@ -795,9 +797,17 @@ async fn a_reminder_of_a_workflow_completed_meanwhile_is_never_sent() {
         comment: None,
         now: Utc::now(),
     };
-    s.transition(ids[0], &Transition::Complete, &ctx)
-        .await
-        .unwrap();
+    s.transition(id, &Transition::Complete, &ctx).await.unwrap();
+}
+
+/// A reminder still waiting when its workflow is completed (a relay was down) is not sent at
+/// all; the open workflow's reminder goes out as usual (I4 at delivery).
+#[tokio::test]
+async fn a_reminder_of_a_workflow_completed_meanwhile_is_never_sent() {
+    let db = TestDb::postgres().await;
+    let s = &db.store;
+    let ids = reminded_workflows(s, &["DONE", "OPEN"]).await;
+    complete(s, ids[0]).await;
 
     let (port, received) = smtp_sink(None).await;
     let report = deliverer(s, port).drain(10, 10).await.unwrap();
@@ -827,35 +837,12 @@ async fn a_reminder_of_a_workflow_completed_meanwhile_is_never_sent() {
 /// looks again.
 #[tokio::test]
 async fn a_send_starting_late_in_its_round_looks_again_whether_its_workflow_closed() {
-    use escalator_store::{AuditReason, Transition, TransitionContext};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let db = TestDb::postgres().await;
     let s = &db.store;
-    let now = Utc::now();
-    let mut ids = Vec::new();
-    for i in 0..16 {
-        let new = escalator_testkit::new_workflow(&format!("LATE-{i}"), now);
-        ids.push(s.create_workflow(&new, now).await.unwrap().workflow.id);
-    }
-    let effects = BatchEffects {
-        outbox: ids
-            .iter()
-            .map(|id| NewOutbox {
-                channel: "email",
-                recipient: "alice@example.com".into(),
-                workflow_id: Some(*id),
-                payload: serde_json::json!({
-                    "kind": "reminder", "level": 0, "to": ["alice@example.com"], "cc": [],
-                    "subject": format!("Reminder {id}"), "body": "It will be escalated."
-                }),
-                idempotency_key: format!("remind:{id}:1:0:email"),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let mut tx = s.begin_batch().await.unwrap();
-    tx.apply(&effects, now).await.unwrap();
-    tx.commit().await.unwrap();
+    let names: Vec<String> = (0..16).map(|i| format!("LATE-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ids = reminded_workflows(s, &names).await;
     // a relay that greets each connection after 5 s, in front of the sink
     let (sink, received) = smtp_sink(None).await;
     let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -886,16 +873,7 @@ async fn a_send_starting_late_in_its_round_looks_again_whether_its_workflow_clos
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for id in &ids {
-        let ctx = TransitionContext {
-            actor: "alice".into(),
-            reason: AuditReason::Api,
-            expected_version: None,
-            comment: None,
-            now: Utc::now(),
-        };
-        s.transition(*id, &Transition::Complete, &ctx)
-            .await
-            .unwrap();
+        complete(s, *id).await;
     }
     let report = drain.await.unwrap().unwrap();
     assert_eq!((report.sent, report.obsolete), (8, 8), "{report:?}");
