@@ -270,7 +270,14 @@ async fn one_by_one(
     for rcpt in order.iter().skip(limit) {
         deferred.push((rcpt, format!("not tried (more than {limit} recipients)")));
     }
-    for rcpt in order.iter().take(limit) {
+    for (i, rcpt) in order.iter().take(limit).enumerate() {
+        // a sender told to stop starts no more of these (each may take the whole deadline,
+        // and four of them outlast the grace period): those not tried get the message later,
+        // alone, from whoever sends next, instead of all of it again after a cut-off
+        if i > 0 && escalator_runtime::shutdown::stopping() {
+            deferred.push((rcpt, "not tried (the sender was stopping)".to_owned()));
+            continue;
+        }
         let single = Envelope::new(envelope.from().cloned(), vec![(*rcpt).clone()])
             .map_err(|e| NotifyError::Permanent(format!("envelope for {rcpt}: {e}")))?;
         match send_raw(transport, deadline, &single, raw)
