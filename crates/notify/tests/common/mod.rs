@@ -25,6 +25,7 @@ pub fn deliverer(store: &Store, port: u16) -> Deliverer {
 }
 
 /// Writes `n` email outbox rows to `to` (copied to cc@example.com) the way a batch does.
+#[allow(dead_code)] // not every test binary writes these rows
 pub async fn outbox(store: &Store, n: usize, to: &str) {
     let effects = BatchEffects {
         outbox: (0..n)
