@@ -37,15 +37,28 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// progress could stall, so answering is the liveness signal; in `escalator dev` it also
 /// reports the progress of the worker and beat running beside it.
 pub async fn healthz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
-    let Some(health) = &s.engine_health else {
-        return (StatusCode::OK, Json(json!({ "status": "ok" })));
-    };
-    let (status, text) = escalator_runtime::serve::report(health);
-    let word = text.split(':').next().unwrap_or("ok").to_owned();
-    (
-        status,
-        Json(json!({ "status": word, "engine": text.trim_end() })),
-    )
+    let mut status = StatusCode::OK;
+    let mut word = "ok";
+    let mut parts = serde_json::Map::new();
+    for (part, health) in &s.engine_health {
+        let (code, text) = escalator_runtime::serve::report(health);
+        let this = text.split(':').next().unwrap_or("ok");
+        // the worst part speaks for the process: stalled over stopping over ok
+        if code != StatusCode::OK {
+            (status, word) = (code, "stalled");
+        } else if this == "stopping" && word == "ok" {
+            word = "stopping";
+        }
+        parts.insert(
+            (*part).to_owned(),
+            Value::String(text.trim_end().to_owned()),
+        );
+    }
+    let mut body = json!({ "status": word });
+    if !parts.is_empty() {
+        body["parts"] = Value::Object(parts);
+    }
+    (status, Json(body))
 }
 
 /// The query of `GET /readyz`.

@@ -66,9 +66,9 @@ pub struct AppState {
     /// Without tokens, the only hosts requests may name besides localhost (DNS rebinding);
     /// None: any.
     pub(crate) local_only: Option<Arc<Vec<String>>>,
-    /// The progress of a worker and beat running in this process (`escalator dev`), which
-    /// `/healthz` then reports; None for the api alone.
-    pub(crate) engine_health: Option<escalator_runtime::serve::Health>,
+    /// The progress of each part running beside the api in this process (`escalator dev`: the
+    /// worker, the beat), which `/healthz` then reports; none for the api alone.
+    pub(crate) engine_health: Vec<(&'static str, escalator_runtime::serve::Health)>,
 }
 
 impl AppState {
@@ -87,15 +87,19 @@ impl AppState {
             fleet: Arc::new(metrics::FleetCache::default()),
             request_timeout: REQUEST_TIMEOUT,
             local_only: None,
-            engine_health: None,
+            engine_health: Vec::new(),
         }
     }
 
-    /// The same state reporting, on `/healthz`, the progress of the worker and beat that run
-    /// in this process (`escalator dev`): a stalled one answered "ok" for as long as the api
-    /// did.
-    pub fn with_engine_health(mut self, health: escalator_runtime::serve::Health) -> Self {
-        self.engine_health = Some(health);
+    /// The same state reporting, on `/healthz`, the progress of `part` running in this
+    /// process (`escalator dev`'s worker and beat): a stalled one answered "ok" for as long as
+    /// the api did.
+    pub fn with_engine_health(
+        mut self,
+        part: &'static str,
+        health: escalator_runtime::serve::Health,
+    ) -> Self {
+        self.engine_health.push((part, health));
         self
     }
 
@@ -175,7 +179,6 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             state.clone(),
             auth::guard_unauthenticated,
         ))
-        .layer(axum::middleware::from_fn(http_metrics::tag_route))
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(

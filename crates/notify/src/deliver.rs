@@ -29,6 +29,9 @@ pub const PARALLEL_SENDS: usize = 8;
 /// completed meanwhile still got its reminder.
 const LOOK_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long that second look may take before the send goes ahead on the claim's look.
+const LOOK_AGAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What became of one claimed row in a round.
 enum Started {
     /// Tried: its outcome, and the recipients a relay deferred.
@@ -201,6 +204,7 @@ impl Deliverer {
                     !stale
                 });
             }
+            let looked_at = std::time::Instant::now();
             // sends of one round run side by side (each row is its own claim); outcomes are
             // recorded as they come. Once the process is stopping no send starts (a send is
             // started when its future is first polled): the second wave would outlast the
@@ -213,12 +217,19 @@ impl Deliverer {
                     if escalator_runtime::shutdown::stopping() {
                         return Started::Not(entry);
                     }
-                    if claimed_at.elapsed() >= LOOK_AGAIN_AFTER {
-                        match this.store.obsolete_deliveries(&[entry.id]).await {
-                            Ok(gone) if !gone.is_empty() => return Started::Obsolete(entry),
-                            Ok(_) => {}
-                            // the claim's look stands: sent as it would have been
-                            Err(e) => tracing::warn!(id = entry.id, error = %e, "cannot look again whether the delivery is obsolete; sending"),
+                    // only what can go obsolete: a message to a person about a workflow
+                    let can_go = entry.workflow_id.is_some()
+                        && matches!(entry.channel.as_str(), "email" | "sms" | "slack");
+                    if can_go && looked_at.elapsed() >= LOOK_AGAIN_AFTER {
+                        let ids = [entry.id];
+                        let look = this.store.obsolete_deliveries(&ids);
+                        match tokio::time::timeout(LOOK_AGAIN_PATIENCE, look).await {
+                            Ok(Ok(gone)) if !gone.is_empty() => return Started::Obsolete(entry),
+                            Ok(Ok(_)) => {}
+                            // the claim's look stands: sent as it would have been, not later
+                            // still (the lease runs)
+                            Ok(Err(e)) => tracing::warn!(id = entry.id, error = %e, "cannot look again whether the delivery is obsolete; sending"),
+                            Err(_) => tracing::warn!(id = entry.id, "looking again whether the delivery is obsolete took too long; sending"),
                         }
                     }
                     let (outcome, deferrals) = this.attempt(&entry).await;

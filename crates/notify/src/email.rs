@@ -140,9 +140,20 @@ async fn write_eml(dir: &std::path::Path, key: &str, raw: &[u8]) -> std::io::Res
         })
         .collect();
     let file = dir.join(format!("{name}.eml"));
-    let partial = dir.join(format!(".{name}.eml.partial"));
-    tokio::fs::write(&partial, raw).await?;
-    tokio::fs::rename(&partial, &file).await
+    // a name of its own: two senders of one message must not write into one partial file
+    let partial = dir.join(format!(
+        ".{name}.{}.{:016x}.partial",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = match tokio::fs::write(&partial, raw).await {
+        Ok(()) => tokio::fs::rename(&partial, &file).await,
+        Err(e) => Err(e),
+    };
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    written
 }
 
 /// Who has a message the relay took.

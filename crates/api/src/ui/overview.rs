@@ -37,7 +37,8 @@ pub fn runs_table(runs: &[CheckRun]) -> Markup {
         div.scroll { table {
             thead { tr {
                 th { "run" } th { "status" } th { "by" } th.hide-sm { "scope" } th { "as of" }
-                th { "checked" } th { "reminded" } th { "escalated" } th { "failed" } th { "took" }
+                th { "checked" } th { "reminded" } th { "escalated" }
+                th.hide-sm { "exhausted" } th.hide-sm { "renotified" } th { "failed" } th { "took" }
             } }
             tbody {
                 @for r in runs {
@@ -47,7 +48,8 @@ pub fn runs_table(runs: &[CheckRun]) -> Markup {
                         td { (r.requested_by) }
                         td.hide-sm { (r.scope) }
                         td { (at(r.as_of)) }
-                        td { (r.checked) } td { (r.reminded) } td { (r.escalated) } td { (r.failed) }
+                        td { (r.checked) } td { (r.reminded) } td { (r.escalated) }
+                        td.hide-sm { (r.exhausted) } td.hide-sm { (r.renotified) } td { (r.failed) }
                         td { (run_duration(r).unwrap_or_else(|| "—".into())) }
                     }
                 }

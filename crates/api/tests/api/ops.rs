@@ -142,15 +142,27 @@ async fn requests_are_counted_by_route_template_method_and_status() {
         StatusCode::OK
     );
     api.get("/nowhere").await.error(StatusCode::NOT_FOUND);
+    let res = api
+        .send(axum::http::Method::DELETE, "/api/v1/workflows", None, &[])
+        .await;
+    assert_eq!(res.status, StatusCode::METHOD_NOT_ALLOWED);
     let text = api.get("/metrics").await.text();
     for series in [
         "escalator_http_requests_total{method=\"GET\",route=\"/api/v1/workflows/{id}\",status=\"200\"} 1",
         "escalator_http_requests_total{method=\"POST\",route=\"/api/v1/workflows\",status=\"201\"} 1",
         "escalator_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1",
+        "escalator_http_requests_total{method=\"DELETE\",route=\"/api/v1/workflows\",status=\"405\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series:?} missing from:\n{text}"
+        );
+    }
+    for start in [
         "escalator_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/workflows/{id}\",le=\"0.005\"}",
         "# HELP escalator_http_requests_total ",
     ] {
-        assert!(text.contains(series), "{series:?} missing from:\n{text}");
+        assert!(text.contains(start), "{start:?} missing from:\n{text}");
     }
     assert!(!text.contains(id), "a raw path became a label:\n{text}");
 }
@@ -159,13 +171,26 @@ async fn requests_are_counted_by_route_template_method_and_status() {
 /// said "ok" while they had stalled. It reports their progress.
 #[tokio::test]
 async fn healthz_reports_the_engine_running_beside_the_api() {
-    let engine = escalator_runtime::serve::Health::new(std::time::Duration::from_secs(1));
-    let api = spawn_api_adjusted(|s| s.with_engine_health(engine.clone())).await;
+    let limit = std::time::Duration::from_secs(1);
+    let (worker, beat) = (
+        escalator_runtime::serve::Health::new(limit),
+        escalator_runtime::serve::Health::new(limit),
+    );
+    let api = spawn_api_adjusted(|s| {
+        s.with_engine_health("worker", worker.clone())
+            .with_engine_health("beat", beat.clone())
+    })
+    .await;
+    // (the clocks started before the test database was made)
+    worker.touch();
+    beat.touch();
     let res = api.get("/healthz").await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     assert_eq!(res.json()["status"], "ok");
-    // no progress for over a second: stalled
+    // the worker makes no progress for over its second while the beat does: stalled, and the
+    // answer says which part (sharing one clock, the beat kept a wedged worker "ok")
     tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    beat.touch();
     let res = api.get("/healthz").await;
     assert_eq!(
         res.status,
@@ -173,8 +198,20 @@ async fn healthz_reports_the_engine_running_beside_the_api() {
         "{}",
         res.text()
     );
-    assert_eq!(res.json()["status"], "stalled", "{}", res.text());
-    engine.touch();
+    let body = res.json();
+    assert_eq!(body["status"], "stalled", "{body}");
+    assert!(
+        body["parts"]["worker"]
+            .as_str()
+            .unwrap()
+            .starts_with("stalled"),
+        "{body}"
+    );
+    assert!(
+        body["parts"]["beat"].as_str().unwrap().starts_with("ok"),
+        "{body}"
+    );
+    worker.touch();
     assert_eq!(api.get("/healthz").await.status, StatusCode::OK);
 }
 

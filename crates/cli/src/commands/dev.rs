@@ -112,7 +112,9 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     ] {
         escalator_runtime::metrics::start_at_zero(emitter);
     }
-    let health = Health::new(Duration::from_secs(300));
+    // one each: sharing one, a beat stepping every few seconds kept a wedged worker "ok"
+    let worker_health = Health::new(Duration::from_secs(300));
+    let beat_health = Health::new(Duration::from_secs(300));
     let engine = Engine {
         store: store.clone(),
         queues: queues.clone(),
@@ -147,14 +149,19 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     // every part runs until the stop signal; one that ends before it is a failure of `dev`
     let mut parts = tokio::task::JoinSet::new();
     {
-        let (engine, health, stop) = (engine, health.clone(), stopped());
+        let (engine, health, stop) = (engine, worker_health.clone(), stopped());
         parts.spawn(async move {
             let r = escalator_worker::run(engine, worker_config, deliverer, health, stop).await;
             ("worker", r.map(|_| ()).map_err(|e| e.to_string()))
         });
     }
     {
-        let beat = Beat::new(store.clone(), queues.clone(), beat_config, health.clone());
+        let beat = Beat::new(
+            store.clone(),
+            queues.clone(),
+            beat_config,
+            beat_health.clone(),
+        );
         let stop = stopped();
         parts.spawn(async move { ("beat", beat.run(stop).await.map_err(|e| e.to_string())) });
     }
@@ -166,7 +173,8 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         Some(metrics),
     )
     .answering_only_to_localhost(crate::config::allowed_hosts(&env)?)
-    .with_engine_health(health.clone());
+    .with_engine_health("worker", worker_health)
+    .with_engine_health("beat", beat_health);
     {
         let stop = stopped();
         parts.spawn(async move {
