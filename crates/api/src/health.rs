@@ -37,24 +37,16 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// progress could stall, so answering is the liveness signal; in `escalator dev` it also
 /// reports the progress of the worker and beat running beside it.
 pub async fn healthz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
-    let mut status = StatusCode::OK;
-    let mut word = "ok";
+    let mut worst = escalator_runtime::serve::Liveness::Ok;
     let mut parts = serde_json::Map::new();
     for (part, health) in &s.engine_health {
-        let (code, text) = escalator_runtime::serve::report(health);
-        let this = text.split(':').next().unwrap_or("ok");
+        let (liveness, silent) = health.liveness();
         // the worst part speaks for the process: stalled over stopping over ok
-        if code != StatusCode::OK {
-            (status, word) = (code, "stalled");
-        } else if this == "stopping" && word == "ok" {
-            word = "stopping";
-        }
-        parts.insert(
-            (*part).to_owned(),
-            Value::String(text.trim_end().to_owned()),
-        );
+        worst = worst.max(liveness);
+        parts.insert((*part).to_owned(), Value::String(liveness.describe(silent)));
     }
-    let mut body = json!({ "status": word });
+    let status = worst.status();
+    let mut body = json!({ "status": worst.as_str() });
     if !parts.is_empty() {
         body["parts"] = Value::Object(parts);
     }

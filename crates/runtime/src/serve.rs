@@ -79,19 +79,66 @@ async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
 /// grace period (75 s for the shipped workers) and polls nothing meanwhile, so its progress
 /// stops; it read "stalled" after a minute, and a liveness probe would kill it mid-drain.
 pub fn report(health: &Health) -> (StatusCode, String) {
-    let (silent, ok) = health.check();
-    if crate::shutdown::stopping() {
-        (
-            StatusCode::OK,
-            format!("stopping: finishing in-flight jobs; last progress {silent}s ago\n"),
-        )
-    } else if ok {
-        (StatusCode::OK, format!("ok: last progress {silent}s ago\n"))
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("stalled: no progress for {silent}s\n"),
-        )
+    let (liveness, silent) = health.liveness();
+    (
+        liveness.status(),
+        format!("{}\n", liveness.describe(silent)),
+    )
+}
+
+/// What a [`Health`] says of its process, worst last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Liveness {
+    /// Progress within bounds.
+    Ok,
+    /// Stopping: alive, finishing its jobs.
+    Stopping,
+    /// No progress for too long.
+    Stalled,
+}
+
+impl Liveness {
+    /// The word `/healthz` reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Ok => "ok",
+            Liveness::Stopping => "stopping",
+            Liveness::Stalled => "stalled",
+        }
+    }
+
+    /// What it means, `silent` seconds after the last progress.
+    pub fn describe(self, silent: i64) -> String {
+        match self {
+            Liveness::Stopping => {
+                format!("stopping: finishing in-flight jobs; last progress {silent}s ago")
+            }
+            Liveness::Ok => format!("ok: last progress {silent}s ago"),
+            Liveness::Stalled => format!("stalled: no progress for {silent}s"),
+        }
+    }
+
+    /// Its HTTP status: only a stalled process fails the probe.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Liveness::Stalled => StatusCode::SERVICE_UNAVAILABLE,
+            Liveness::Ok | Liveness::Stopping => StatusCode::OK,
+        }
+    }
+}
+
+impl Health {
+    /// The process's liveness and the seconds since its last progress.
+    pub fn liveness(&self) -> (Liveness, i64) {
+        let (silent, ok) = self.check();
+        let liveness = if crate::shutdown::stopping() {
+            Liveness::Stopping
+        } else if ok {
+            Liveness::Ok
+        } else {
+            Liveness::Stalled
+        };
+        (liveness, silent)
     }
 }
 
