@@ -69,7 +69,13 @@ fn sqlite_queue_beside(database_url: &str) -> Option<String> {
     }
     std::path::Path::new(file)
         .is_file()
-        .then(|| format!("sqlite://{file}.queue"))
+        .then(|| format!("sqlite://{}", queue_file_beside(file)))
+}
+
+/// The queue file kept beside an SQLite database file, as `escalator dev` keeps it and the
+/// other commands find it.
+pub fn queue_file_beside(database_file: &str) -> String {
+    format!("{database_file}.queue")
 }
 
 /// Settings of the worker role.

@@ -97,7 +97,7 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         .migrate()
         .await
         .context("migrating the dev database")?;
-    let queue_file = format!("{}.queue", args.db.display());
+    let queue_file = crate::config::queue_file_beside(&args.db.display().to_string());
     let queues = Queues::connect(&sqlite_url(&queue_file), QueueNames::default())
         .await
         .with_context(|| format!("opening the queue database {queue_file}"))?;
