@@ -49,14 +49,17 @@ fn record(queue: &'static str, started: Instant, outcome: &Result<(), BoxDynErro
     };
     metrics::counter!(m::JOBS, "queue" => queue, "outcome" => label).increment(1);
     metrics::histogram!(m::JOB_DURATION, "queue" => queue).record(started.elapsed().as_secs_f64());
-    if label != "ok" {
+    if label == "dead" {
         escalation_failure(queue);
     }
 }
 
-/// Counts a failed escalation job: the planner's or a batch's. Deliveries and no-op jobs have
-/// their own outcomes in `escalator_jobs_total` and `escalator_notifications_total`; counted
-/// here they paged EscalationJobFailing for a mail relay's hiccup.
+/// Counts an escalation job that failed for good (dead or malformed): the planner's or a
+/// batch's. A retry is not a failure yet: it is `escalator_jobs_total{outcome="retry"}`, and
+/// counted here it paged EscalationJobFailing through a database failover whose retries all
+/// succeeded (EscalationJobsRetrying warns when retries go on). Deliveries and no-op jobs
+/// have their own outcomes in `escalator_jobs_total` and `escalator_notifications_total`;
+/// counted here they paged EscalationJobFailing for a mail relay's hiccup.
 fn escalation_failure(queue: &'static str) {
     if matches!(queue, "checks" | "batches") {
         metrics::counter!(m::FAILURES, "queue" => queue).increment(1);
@@ -230,4 +233,43 @@ pub async fn deliver_notifications(
     };
     record("deliveries", started, &outcome, last);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `record` leaves in a fresh registry for one attempt's outcome.
+    fn rendered(queue: &'static str, outcome: Result<(), BoxDynError>, last: bool) -> String {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || record(queue, Instant::now(), &outcome, last));
+        handle.render()
+    }
+
+    #[test]
+    fn a_retried_escalation_job_is_not_an_escalation_failure() {
+        let text = rendered("batches", Err("database unreachable".into()), false);
+        assert!(
+            text.contains("escalator_jobs_total{queue=\"batches\",outcome=\"retry\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains(m::FAILURES), "{text}");
+    }
+
+    #[test]
+    fn an_escalation_job_that_dies_is_an_escalation_failure() {
+        for queue in ["checks", "batches"] {
+            let text = rendered(queue, Err("database unreachable".into()), true);
+            let dead = format!("escalator_jobs_total{{queue=\"{queue}\",outcome=\"dead\"}} 1");
+            assert!(text.contains(&dead), "{text}");
+            let failed = format!("{}{{queue=\"{queue}\"}} 1", m::FAILURES);
+            assert!(text.contains(&failed), "{text}");
+        }
+        // a delivery's death is the notifications' business, not the escalations'
+        let text = rendered("deliveries", Err("relay refused".into()), true);
+        assert!(!text.contains(m::FAILURES), "{text}");
+        let ok = rendered("batches", Ok(()), false);
+        assert!(!ok.contains(m::FAILURES), "{ok}");
+    }
 }
