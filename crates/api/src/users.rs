@@ -220,12 +220,15 @@ pub async fn put(
         active: body.active.unwrap_or(true),
         channels: body.channels.clone().flatten(),
     };
-    s.store.upsert_users(std::slice::from_ref(&user)).await?;
     // null: the choice is dropped (an omitted list keeps it; null used to keep it too, and the
-    // default could never be had back)
-    if body.channels == Some(None) {
-        s.store.clear_user_channels(&user.id).await?;
-    }
+    // default could never be had back), in the write itself
+    let no_channels = match body.channels {
+        Some(None) => escalator_store::NoChannels::Clear,
+        _ => escalator_store::NoChannels::Keep,
+    };
+    s.store
+        .upsert_users_with(std::slice::from_ref(&user), no_channels)
+        .await?;
     // the stored row: an omitted channel list keeps the one already there
     Ok(Json(s.store.get_user(&user.id).await?.into()))
 }

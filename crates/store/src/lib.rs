@@ -47,6 +47,15 @@ pub enum Backend {
     Sqlite,
 }
 
+/// What a user written without `channels` means ([`Store::upsert_users_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoChannels {
+    /// Keep the list already stored (an HR sync that does not know about channels).
+    Keep,
+    /// Drop it: the user is reached on the policy's channels, else by email.
+    Clear,
+}
+
 /// Connection settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -244,7 +253,15 @@ impl Store {
     /// Inserts or updates users (by id), in one statement. A write whose managers would make
     /// the chain circular is refused whole ([`StoreError::Invalid`] naming `manager_id`); one
     /// that gives users a manager makes their workflows exhausted for want of one due again.
+    /// A user without `channels` keeps the list already stored.
     pub async fn upsert_users(&self, users: &[User]) -> Result<()> {
+        self.upsert_users_with(users, NoChannels::Keep).await
+    }
+
+    /// [`Store::upsert_users`], saying what a user without `channels` means: keep the stored
+    /// list, or drop it (reached on the policy's channels again). Dropping it in the same
+    /// statement, not a second one: a concurrent write's list is never lost between the two.
+    pub async fn upsert_users_with(&self, users: &[User], no_channels: NoChannels) -> Result<()> {
         for u in users {
             if u.manager_id.as_deref() == Some(u.id.as_str()) {
                 return Err(logic::manager_cycle(&u.id));
@@ -260,7 +277,7 @@ impl Store {
         // exhausted for want of a manager or of a `user:` target (logic::REARM_EXHAUSTED_PG,
         // logic::REARM_TARGETS_PG)
         let now = time::micros(Utc::now());
-        let rearmed = dispatch!(self, s => s.upsert_users(users, now).await)?;
+        let rearmed = dispatch!(self, s => s.upsert_users(users, no_channels, now).await)?;
         if rearmed > 0 {
             tracing::info!(
                 rearmed,
@@ -273,25 +290,6 @@ impl Store {
     /// One user.
     pub async fn get_user(&self, id: &str) -> Result<User> {
         dispatch!(self, s => s.get_user(id).await)
-    }
-
-    /// Drops a user's choice of channels: they are reached on the policy's, else by email.
-    pub async fn clear_user_channels(&self, id: &str) -> Result<()> {
-        match self {
-            Store::Postgres(s) => {
-                sqlx::query("UPDATE users SET channels = NULL WHERE id = $1")
-                    .bind(id)
-                    .execute(s.pool())
-                    .await?;
-            }
-            Store::Sqlite(s) => {
-                sqlx::query("UPDATE users SET channels = NULL WHERE id = ?1")
-                    .bind(id)
-                    .execute(s.pool())
-                    .await?;
-            }
-        }
-        Ok(())
     }
 
     /// The users with these ids (in any order; unknown ids are left out), in one query.

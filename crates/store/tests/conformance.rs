@@ -1020,6 +1020,15 @@ async fn users_and_calendars_round_trip(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(s.get_user("emp").await.unwrap(), renamed);
+    // asked to, the same write drops it (the api's `channels: null`); a given list is written
+    s.upsert_users_with(std::slice::from_ref(&without), NoChannels::Clear)
+        .await
+        .unwrap();
+    assert_eq!(s.get_user("emp").await.unwrap(), without);
+    s.upsert_users_with(std::slice::from_ref(&renamed), NoChannels::Clear)
+        .await
+        .unwrap();
+    assert_eq!(s.get_user("emp").await.unwrap(), renamed);
     without.channels = Some(vec!["email".into(), "pager".into()]);
     let e = s.upsert_users(&[without]).await.unwrap_err();
     assert!(

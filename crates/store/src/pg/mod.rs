@@ -127,6 +127,7 @@ impl PgStore {
     pub(crate) async fn upsert_users(
         &self,
         users: &[User],
+        no_channels: crate::NoChannels,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<u64> {
         if users.is_empty() {
@@ -163,9 +164,12 @@ impl PgStore {
              ON CONFLICT (id) DO UPDATE SET display_name = EXCLUDED.display_name,
                  email = EXCLUDED.email, phone = EXCLUDED.phone, slack = EXCLUDED.slack,
                  manager_id = EXCLUDED.manager_id, active = EXCLUDED.active,
-                 channels = COALESCE(EXCLUDED.channels, users.channels), updated_at = now()",
+                 channels = CASE WHEN $2 THEN COALESCE(EXCLUDED.channels, users.channels)
+                                 ELSE EXCLUDED.channels END,
+                 updated_at = now()",
         )
         .bind(json)
+        .bind(no_channels == crate::NoChannels::Keep)
         .execute(&mut *tx)
         .await?;
         let circular: Option<String> = sqlx::query_scalar(crate::logic::MANAGER_CYCLE_PG)

@@ -111,6 +111,7 @@ impl SqliteStore {
     pub(crate) async fn upsert_users(
         &self,
         users: &[User],
+        no_channels: crate::NoChannels,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<u64> {
         if users.is_empty() {
@@ -147,11 +148,13 @@ impl SqliteStore {
              ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
                  email = excluded.email, phone = excluded.phone, slack = excluded.slack,
                  manager_id = excluded.manager_id, active = excluded.active,
-                 channels = COALESCE(excluded.channels, users.channels),
+                 channels = CASE WHEN ?3 THEN COALESCE(excluded.channels, users.channels)
+                                 ELSE excluded.channels END,
                  updated_at = excluded.updated_at",
         )
         .bind(json)
         .bind(&now)
+        .bind(no_channels == crate::NoChannels::Keep)
         .execute(&mut *tx)
         .await?;
         // the write lock taken at BEGIN keeps concurrent writes from closing a cycle together
