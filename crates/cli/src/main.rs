@@ -100,7 +100,11 @@ fn main() -> ExitCode {
     let database_url_given = matches
         .value_source("database_url")
         .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
-    telemetry::init(&cli.log_format);
+    let service = matches!(
+        cli.command,
+        Command::Worker | Command::Api | Command::Beat | Command::Dev(_)
+    );
+    telemetry::init(&cli.log_format, service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -657,3 +657,46 @@ fn an_unreachable_or_missing_database_is_reported_with_its_cause_once() {
         "{err}"
     );
 }
+
+/// A one-shot command keeps sqlx's slow-statement warnings (whole SQL statements) off its
+/// stderr: `verify` here waits 1.5 s on a lock, past sqlx's 1 s threshold. Its own output and
+/// errors still print.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_statement_is_not_printed_by_a_one_shot_command() {
+    let db = TestDb::postgres().await;
+    let escalator_store::Store::Postgres(pg) = &db.store else {
+        unreachable!()
+    };
+    let mut tx = pg.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE workflows IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    let verify = tokio::task::spawn_blocking(move || escalator(&url, &["verify"]));
+    // released only once verify has waited on it for longer than the threshold
+    let mut waited = false;
+    for _ in 0..300 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(waited, "verify never waited on the lock");
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    tx.rollback().await.unwrap();
+    let out = verify.await.unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
+    assert!(!stderr.contains("slow statement"), "{stderr}");
+    assert!(!stderr.contains("SELECT"), "{stderr}");
+}
