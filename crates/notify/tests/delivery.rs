@@ -831,6 +831,87 @@ async fn a_reminder_of_a_workflow_completed_meanwhile_is_never_sent() {
     assert_eq!(rows[1].status, "sent");
 }
 
+/// An email none of whose recipients is active any more when it is sent is not sent; one with
+/// someone still active among them goes out (the SQL of both backends).
+async fn an_email_to_people_deactivated_since_is_not_sent(db: TestDb) {
+    let s = &db.store;
+    let user = |id: &str, active: bool| escalator_store::User {
+        id: id.into(),
+        display_name: id.into(),
+        email: Some(format!("{id}@example.com")),
+        phone: None,
+        slack: None,
+        manager_id: None,
+        active,
+        channels: None,
+    };
+    s.upsert_users(&[user("carol", true), user("erin", true), user("bob", true)])
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let mut ids = Vec::new();
+    for name in ["GONE", "COPY-STAYS"] {
+        let new = escalator_testkit::new_workflow(name, now);
+        ids.push(s.create_workflow(&new, now).await.unwrap().workflow.id);
+    }
+    let effects = BatchEffects {
+        outbox: [(ids[0], ["carol", "erin"]), (ids[1], ["carol", "bob"])]
+            .iter()
+            .map(|(id, people)| NewOutbox {
+                channel: "email",
+                recipient: "carol@example.com".into(),
+                workflow_id: Some(*id),
+                payload: serde_json::json!({
+                    "kind": "escalation", "level": 1, "to": ["carol@example.com"],
+                    "cc": [format!("{}@example.com", people[1])],
+                    "subject": format!("Escalated {id}"), "body": "Yours now.",
+                    "user_ids": people,
+                }),
+                idempotency_key: format!("escalate:{id}:1:1:email"),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(&effects, now).await.unwrap();
+    tx.commit().await.unwrap();
+    // carol and erin leave; bob stays
+    s.upsert_users(&[user("carol", false), user("erin", false)])
+        .await
+        .unwrap();
+
+    let (port, received) = smtp_sink(None).await;
+    let report = deliverer(s, port).drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.obsolete, report.dead), (1, 1, 0));
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].contains(&format!("Escalated {}", ids[1])),
+        "{}",
+        got[0]
+    );
+    let mut rows = s.list_outbox(&[], 10).await.unwrap();
+    rows.sort_by_key(|r| r.workflow_id != Some(ids[0]));
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].last_error.as_deref()),
+        (
+            "obsolete",
+            Some("not sent: its recipients were deactivated since")
+        )
+    );
+    assert_eq!(rows[1].status, "sent");
+}
+
+#[tokio::test]
+async fn an_email_to_people_deactivated_since_is_not_sent_on_postgres() {
+    an_email_to_people_deactivated_since_is_not_sent(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn an_email_to_people_deactivated_since_is_not_sent_on_sqlite() {
+    an_email_to_people_deactivated_since_is_not_sent(TestDb::sqlite().await).await;
+}
+
 /// A round claims 16 rows and looks once whether their workflows moved on; its second wave of
 /// sends starts when the first frees a slot, seconds later against a slow relay. Workflows
 /// completed meanwhile still got their reminders. A send starting a while after its claim

@@ -104,7 +104,10 @@ impl Store {
     /// for a reminder, escalated (its level is not the reminder's), moved to another stage (its
     /// cycle is not the reminder's) or reassigned (its assignee is not the one reminded) since.
     /// A reminder that "will be escalated" must not reach anyone after the workflow was closed
-    /// or moved on because a relay was down or a sender died mid-lease (I4). Reminders written
+    /// or moved on because a relay was down or a sender died mid-lease (I4). Nor does any
+    /// message whose every recipient has been deactivated since (one who left the company
+    /// while a relay was down); an email with someone still active among its recipients goes
+    /// out whole. Reminders written
     /// before they carried `cycle` and `assignee_id` are judged by their level alone. Events and
     /// webhooks are facts and always go out; digests (no workflow) too. Returns the ids marked. Bounded by the claim:
     /// checking the whole due backlog before each claim of 16 would read it again and again.
@@ -123,18 +126,29 @@ impl Store {
             "w.cycle <> COALESCE(json_extract(o.payload, '$.cycle'), w.cycle)",
             "w.assignee <> COALESCE(json_extract(o.payload, '$.assignee_id'), w.assignee)",
         ];
-        let why = |[escalated, staged, _]: [&str; 3]| {
+        // every person the message reaches (`user_ids`, written since messages carry it) has
+        // been deactivated since: someone who left gets nothing more
+        let pg_gone = "(jsonb_typeof(o.payload->'user_ids') = 'array'
+              AND jsonb_array_length(o.payload->'user_ids') > 0
+              AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(o.payload->'user_ids') AS r(id)
+                              JOIN users u ON u.id = r.id WHERE u.active))";
+        let sqlite_gone = "(json_type(o.payload, '$.user_ids') = 'array'
+              AND json_array_length(o.payload, '$.user_ids') > 0
+              AND NOT EXISTS (SELECT 1 FROM json_each(o.payload, '$.user_ids') AS r
+                              JOIN users u ON u.id = r.value WHERE u.active))";
+        let why = |[escalated, staged, _]: [&str; 3], gone: &str| {
             format!(
                 "CASE WHEN w.status IN ('completed', 'cancelled')
                       THEN 'not sent: the workflow is ' || w.status || ' since'
+                      WHEN {gone} THEN 'not sent: its recipients were deactivated since'
                       WHEN {escalated} THEN 'not sent: the workflow was escalated since'
                       WHEN {staged} THEN 'not sent: the workflow moved to another stage since'
                       ELSE 'not sent: the workflow was reassigned since' END"
             )
         };
-        let stale = |moved: [&str; 3], kind: &str| {
+        let stale = |moved: [&str; 3], gone: &str, kind: &str| {
             format!(
-                "(w.status IN ('completed', 'cancelled')
+                "(w.status IN ('completed', 'cancelled') OR {gone}
                   OR ({kind} = 'reminder' AND ({} OR {} OR {})))",
                 moved[0], moved[1], moved[2]
             )
@@ -151,8 +165,8 @@ impl Store {
                            FOR UPDATE OF o) AS stale
                      WHERE outbox.id = stale.id
                      RETURNING outbox.id",
-                    why = why(pg_moved),
-                    stale = stale(pg_moved, "o.payload->>'kind'"),
+                    why = why(pg_moved, pg_gone),
+                    stale = stale(pg_moved, pg_gone, "o.payload->>'kind'"),
                 );
                 sqlx::query_scalar::<_, i64>(trusted(sql))
                     .bind(ids)
@@ -171,8 +185,12 @@ impl Store {
                                     AND o.channel IN ('email', 'sms', 'slack')
                                     AND {stale})
                      RETURNING id",
-                    why = why(sqlite_moved),
-                    stale = stale(sqlite_moved, "json_extract(o.payload, '$.kind')"),
+                    why = why(sqlite_moved, sqlite_gone),
+                    stale = stale(
+                        sqlite_moved,
+                        sqlite_gone,
+                        "json_extract(o.payload, '$.kind')"
+                    ),
                 );
                 let ids = format!(
                     "[{}]",

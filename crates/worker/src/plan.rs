@@ -415,6 +415,9 @@ impl<'w> Effect<'w> {
         let mut to = Vec::new();
         let mut cc = Vec::new();
         let mut email: Option<(serde_json::Value, &str, Role)> = None;
+        // who the email reaches: a message none of them is active for any more when it is
+        // sent is not sent (obsolete_deliveries)
+        let mut emailed: Vec<&str> = Vec::new();
         let mut skipped = Vec::new();
         for (user_id, role) in recipients {
             let user = users.get(*user_id);
@@ -435,6 +438,7 @@ impl<'w> Effect<'w> {
                     Role::To => to.push(address.to_owned()),
                     Role::Cc => cc.push(address.to_owned()),
                 }
+                emailed.push(user_id);
                 if *role == Role::To || email.is_none() {
                     email = Some((r.fields(), *user_id, *role));
                 }
@@ -442,11 +446,14 @@ impl<'w> Effect<'w> {
             // one message per person on each other channel they take and have an address for
             let mut personal =
                 |channel: &'static str, recipient: &str, extra: serde_json::Value| {
+                    let mut payload = with(extra);
+                    // whom it reaches, looked at again when it is sent
+                    payload["user_ids"] = serde_json::json!([user_id]);
                     let o = NewOutbox {
                         channel,
                         recipient: recipient.to_owned(),
                         workflow_id: Some(w.id),
-                        payload: with(extra),
+                        payload,
                         idempotency_key: format!("{base}:{user_id}:{channel}{suffix}"),
                     };
                     self.outbox.push(hold(o, user_id, *role));
@@ -514,6 +521,7 @@ impl<'w> Effect<'w> {
         // the subject, text and HTML are rendered when the message is sent, from these fields
         fields["to"] = serde_json::json!(to);
         fields["cc"] = serde_json::json!(cc);
+        fields["user_ids"] = serde_json::json!(emailed);
         let o = NewOutbox {
             channel: "email",
             recipient: to[0].clone(),
@@ -861,6 +869,11 @@ mod tests {
             email.payload["cc"],
             serde_json::json!(["mgr@example.com", "emp@example.com"])
         );
+        // whom it reaches: not sent if none of them is active any more when it is sent
+        assert_eq!(
+            email.payload["user_ids"],
+            serde_json::json!(["head", "mgr", "emp"])
+        );
         assert!(email.payload.get("hold").is_none(), "digests are off");
         // the message is written when it is sent: the payload carries the template set and
         // every value the templates use, and no rendered part
@@ -971,6 +984,21 @@ mod tests {
                 .unwrap()
                 .contains("Buy <desks>"),
             "{sms:?}"
+        );
+        // each person's own messages name them, the email only those who take email
+        let reaches = |channel: &str, recipient: &str| {
+            let o = p
+                .effects
+                .outbox
+                .iter()
+                .find(|o| o.channel == channel && o.recipient == recipient);
+            o.unwrap().payload["user_ids"].clone()
+        };
+        assert_eq!(reaches("sms", "+15554"), serde_json::json!(["head"]));
+        assert_eq!(reaches("slack", "U-emp"), serde_json::json!(["emp"]));
+        assert_eq!(
+            reaches("email", "emp@example.com"),
+            serde_json::json!(["emp"])
         );
         // in-app is always written
         assert_eq!(p.effects.notifications.len(), 3);

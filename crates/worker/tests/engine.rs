@@ -670,3 +670,101 @@ async fn a_run_counts_the_workflows_it_exhausted_and_renotified() {
     }
     assert_eq!(counts, [(1, 0, 1, 0), (1, 0, 0, 1)]);
 }
+
+/// A message still in the outbox when everyone it reaches has been deactivated since (they
+/// left while the relay was down) is not sent; the others go out. Both backends' delivery
+/// query is the store's (conformance of the SQL); this runs the real check and send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_someone_deactivated_since_is_not_sent() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("engine");
+    let engine = engine(&db, &ns).await;
+    let user = |id: &str, active: bool| escalator_store::User {
+        id: id.into(),
+        display_name: id.into(),
+        email: Some(format!("{id}@example.com")),
+        phone: None,
+        slack: None,
+        manager_id: None,
+        active,
+        channels: None,
+    };
+    db.store
+        .upsert_users(&[user("alice", true), user("dave", true), user("bob", true)])
+        .await
+        .unwrap();
+    // two workflows in their warning window: reminders to alice and to dave
+    let started = utc("2026-11-25T09:00:00Z");
+    let mut ids = Vec::new();
+    for (name, assignee) in [("LEFT", "alice"), ("STAYED", "dave")] {
+        let mut new = escalator_testkit::new_workflow(name, started);
+        new.assignee = assignee.into();
+        ids.push(
+            db.store
+                .create_workflow(&new, started)
+                .await
+                .unwrap()
+                .workflow
+                .id,
+        );
+    }
+    let as_of = utc("2026-11-26T08:00:00Z");
+    let (run, plan) = one_batch_run(&engine, &db, as_of, 2).await;
+    for (i, slice) in plan.iter().enumerate() {
+        engine
+            .escalate_batch(&EscalateBatch {
+                check_run_id: run.id,
+                as_of,
+                batch_index: i32::try_from(i).unwrap(),
+                slice: *slice,
+            })
+            .await
+            .unwrap();
+    }
+    let rows = db.store.list_outbox(&[], 10).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row.payload["kind"], "reminder", "{row:?}");
+        let to = if row.workflow_id == Some(ids[0]) {
+            "alice"
+        } else {
+            "dave"
+        };
+        assert_eq!(row.payload["user_ids"], serde_json::json!([to]), "{row:?}");
+    }
+    // alice leaves before the relay takes anything
+    db.store
+        .upsert_users(&[user("alice", false)])
+        .await
+        .unwrap();
+    let (port, received) = escalator_testkit::smtp::smtp_sink(None).await;
+    let deliverer = escalator_notify::Deliverer {
+        store: db.store.clone(),
+        mailer: Some(
+            escalator_notify::Mailer::smtp(
+                &format!("smtp://127.0.0.1:{port}"),
+                "escalator <e@example.com>",
+            )
+            .unwrap(),
+        ),
+        http: None,
+        templates: Default::default(),
+        max_attempts: 3,
+        lease: Duration::from_secs(60),
+    };
+    let report = deliverer.drain(10, 10).await.unwrap();
+    assert_eq!((report.sent, report.obsolete, report.dead), (1, 1, 0));
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].contains("To: dave@example.com"), "{}", got[0]);
+    let rows = db.store.list_outbox(&[], 10).await.unwrap();
+    let left = rows.iter().find(|r| r.workflow_id == Some(ids[0])).unwrap();
+    assert_eq!(
+        (left.status.as_str(), left.last_error.as_deref()),
+        (
+            "obsolete",
+            Some("not sent: its recipients were deactivated since")
+        )
+    );
+    assert_eq!(db.store.verify().await.unwrap(), vec![]);
+}
