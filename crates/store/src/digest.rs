@@ -24,6 +24,8 @@ pub struct HeldRow {
     pub threshold: i32,
     /// `{channel, recipient, workflow_id, payload, idempotency_key}`.
     pub item: Value,
+    /// Its workflow was completed or cancelled before the run's digests were decided.
+    pub closed: bool,
 }
 
 /// The stored form of a held delivery's outbox row (`outbox_held.item`), serialized straight
@@ -93,7 +95,9 @@ fn outbox_from(item: &Value) -> Result<NewOutbox> {
 }
 
 /// What the held rows of run `run` become. Groups keep the order their first item was held
-/// in. A digest's key names the run, the group and its first held id: retried or repeated
+/// in. Items of workflows closed meanwhile are left out of their group's count and of its
+/// digest: each goes out as its own row, which the sender marks obsolete, saying why (a digest
+/// has no workflow of its own to be looked at again, and listed them as still yours). A digest's key names the run, the group and its first held id: retried or repeated
 /// coalescing of the same rows yields the same key (the outbox's UNIQUE key then drops the
 /// repeat), while items held after a group was already decided (a stuck run released early)
 /// form a new digest instead of being lost.
@@ -112,6 +116,11 @@ pub fn coalesce(run: i64, rows: &[HeldRow], now: DateTime<Utc>) -> Result<Vec<Ne
     }
     let mut out = Vec::new();
     for (head, (group, threshold, items)) in groups {
+        let (closed, items): (Vec<&HeldRow>, Vec<&HeldRow>) =
+            items.into_iter().partition(|r| r.closed);
+        for r in closed {
+            out.push(outbox_from(&r.item)?);
+        }
         let outboxes = items
             .iter()
             .map(|r| outbox_from(&r.item))
@@ -229,6 +238,7 @@ mod tests {
             group_key: format!("{user}:{channel}"),
             threshold,
             item: serde_json::to_value(item(&o)).unwrap(),
+            closed: false,
         }
     }
 
@@ -338,6 +348,44 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(keys(&out), keys(&again));
+    }
+
+    /// A digest listed escalations of workflows completed before the run ended as still the
+    /// recipient's, and nothing looked at them again before it went out.
+    #[test]
+    fn items_of_workflows_closed_meanwhile_are_neither_digested_nor_counted() {
+        // six held, two of them closed since: four left, under the threshold of 5
+        let mut rows: Vec<HeldRow> = (1..=6).map(|i| held(i, "head", "email", 5)).collect();
+        rows[1].closed = true;
+        rows[4].closed = true;
+        let out = coalesce(9, &rows, Utc::now()).unwrap();
+        assert_eq!(out.len(), 6);
+        assert!(out.iter().all(|o| o.payload["kind"] == "escalation"));
+        // eight held, two closed: a digest of the six still open, the two alone
+        let mut rows: Vec<HeldRow> = (1..=8).map(|i| held(i, "head", "email", 5)).collect();
+        rows[0].closed = true;
+        rows[7].closed = true;
+        let out = coalesce(9, &rows, Utc::now()).unwrap();
+        let digest = out.iter().find(|o| o.payload["kind"] == "digest").unwrap();
+        assert_eq!(digest.payload["count"], 6);
+        let listed: Vec<&str> = digest.payload["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["title"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, ["W2", "W3", "W4", "W5", "W6", "W7"]);
+        let alone: Vec<&str> = out
+            .iter()
+            .filter(|o| o.payload["kind"] == "escalation")
+            .map(|o| o.idempotency_key.as_str())
+            .filter(|k| !k.ends_with(":cc"))
+            .collect();
+        // the people copied on the six digested ones get their copies, as always
+        assert_eq!(alone, ["escalate:1:1:1:email", "escalate:8:1:1:email"]);
+        assert_eq!(out.len(), 1 + 2 + 6);
+        // the key is the group's first held row's, closed or not: the same rows, the same key
+        assert_eq!(digest.idempotency_key, "digest:9:head:email:1");
     }
 
     #[test]

@@ -34,7 +34,81 @@ on_both!(
     held_rows_of_a_run_that_never_finishes_are_released_once_they_are_stale,
     a_run_with_more_groups_than_one_release_takes_is_released_whole,
     a_threshold_beyond_what_is_stored_is_released_like_any_other,
+    a_digest_leaves_out_the_workflows_closed_before_its_run_ended,
 );
+
+/// A digest listed escalations of workflows completed before its run ended; nothing looked at
+/// them again (a digest has no workflow of its own). They are left out of it and go out alone,
+/// where the sender finds them closed and marks them obsolete.
+async fn a_digest_leaves_out_the_workflows_closed_before_its_run_ended(db: &TestDb) {
+    let s = &db.store;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let new = escalator_testkit::new_workflow(&format!("D-{i}"), now());
+        ids.push(s.create_workflow(&new, now()).await.unwrap().workflow.id);
+    }
+    let id = run(s, 1).await;
+    let rows: Vec<NewOutbox> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let mut o = email(&format!("d{i}"), "head@example.com");
+            o.workflow_id = Some(*w);
+            o.held_for_digest("head", 4)
+        })
+        .collect();
+    // the run's batch holds them; two workflows are completed before the digests are decided
+    let effects = BatchEffects {
+        check_run_id: Some(id),
+        batch_index: Some(0),
+        outbox: rows,
+        ..Default::default()
+    };
+    let ctx = TransitionContext {
+        actor: "alice".into(),
+        reason: AuditReason::Api,
+        expected_version: None,
+        comment: None,
+        now: now(),
+    };
+    let mut tx = s.begin_batch().await.unwrap();
+    let applied = tx.apply(&effects, now()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((applied.held, applied.run_completed), (7, true));
+    for w in [ids[1], ids[5]] {
+        s.transition(w, &Transition::Complete, &ctx).await.unwrap();
+    }
+    // five still open (> 4): one digest listing them; the two closed alone
+    assert_eq!(s.release_run_held(id, now()).await.unwrap(), 3);
+    let rows = s.list_outbox(&[], 100).await.unwrap();
+    let digest = rows.iter().find(|o| o.payload["kind"] == "digest").unwrap();
+    assert_eq!(digest.payload["count"], 5);
+    let listed: Vec<&str> = digest.payload["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["d0", "d2", "d3", "d4", "d6"]);
+    let mut alone: Vec<_> = rows
+        .iter()
+        .filter(|o| o.payload["kind"] == "escalation")
+        .map(|o| o.workflow_id.unwrap())
+        .collect();
+    alone.sort();
+    let mut closed = vec![ids[1], ids[5]];
+    closed.sort();
+    assert_eq!(alone, closed);
+    // and they are not sent: their workflows are closed
+    let claimed: Vec<i64> = rows
+        .iter()
+        .filter(|o| o.payload["kind"] == "escalation")
+        .map(|o| o.id)
+        .collect();
+    let mut obsolete = s.obsolete_deliveries(&claimed).await.unwrap();
+    obsolete.sort();
+    assert_eq!(obsolete, claimed);
+}
 
 /// SQLite stored a threshold above i32::MAX as it was and could not read it back: the release
 /// of its run failed, every group held beside it included, on every sweep. PostgreSQL

@@ -526,8 +526,11 @@ impl PgBatch {
         now: DateTime<Utc>,
     ) -> Result<u64> {
         let rows = sqlx::query(
-            "DELETE FROM outbox_held WHERE check_run_id = $1 AND group_key = ANY($2)
-             RETURNING id, group_key, threshold, item",
+            "DELETE FROM outbox_held h WHERE check_run_id = $1 AND group_key = ANY($2)
+             RETURNING id, group_key, threshold, item,
+                 EXISTS (SELECT 1 FROM workflows w
+                         WHERE w.id = (h.item->>'workflow_id')::uuid
+                           AND w.status IN ('completed', 'cancelled')) AS closed",
         )
         .bind(run)
         .bind(groups)
@@ -544,6 +547,7 @@ impl PgBatch {
                     group_key: r.try_get("group_key")?,
                     threshold: r.try_get("threshold")?,
                     item: r.try_get("item")?,
+                    closed: r.try_get("closed")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

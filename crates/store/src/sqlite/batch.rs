@@ -458,7 +458,10 @@ impl SqliteBatch {
         let rows = sqlx::query(
             "DELETE FROM outbox_held WHERE check_run_id = ?1
                AND group_key IN (SELECT value FROM json_each(?2))
-             RETURNING id, group_key, threshold, item",
+             RETURNING id, group_key, threshold, item,
+                 EXISTS (SELECT 1 FROM workflows w
+                         WHERE w.id = json_extract(outbox_held.item, '$.workflow_id')
+                           AND w.status IN ('completed', 'cancelled')) AS closed",
         )
         .bind(run)
         .bind(groups)
@@ -479,6 +482,7 @@ impl SqliteBatch {
                         context: "outbox_held.item",
                         source,
                     })?,
+                    closed: r.try_get("closed")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
