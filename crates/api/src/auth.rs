@@ -95,6 +95,12 @@ impl Tokens {
                     "the token of {name:?} is shorter than {MIN_SECRET_LEN} characters"
                 ));
             }
+            // the deployment's placeholder Secret: long enough, and published
+            if secret.to_ascii_uppercase().contains("REPLACE-ME") {
+                return Err(format!(
+                    "the token of {name:?} is a placeholder (REPLACE-ME…): set a secret of your own"
+                ));
+            }
             if tokens.iter().any(|t| t.name == name || t.secret == secret) {
                 return Err(format!("{name:?} is configured twice (name or token)"));
             }
@@ -366,6 +372,12 @@ mod tests {
             Tokens::parse("a:0123456789abcdef:read,a:fedcba9876543210:admin")
                 .unwrap_err()
                 .contains("twice")
+        );
+        // the placeholder Secret's token is long enough, and published in the repository
+        assert!(
+            Tokens::parse("ops:REPLACE-ME-admin-token-0000:admin")
+                .unwrap_err()
+                .contains("placeholder")
         );
     }
 

@@ -72,6 +72,37 @@ fn sqlite_queue_beside(database_url: &str) -> Option<String> {
         .then(|| format!("sqlite://{}", queue_file_beside(file)))
 }
 
+/// Variables that carry credentials; the deployment's placeholder Secret
+/// (deploy/k8s/base/secret.yaml) fills several with `REPLACE-ME-…` values.
+const SECRET_VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "REDIS_URL",
+    "ESCALATOR_QUEUE_URL",
+    "ESCALATOR_SMTP_URL",
+    "ESCALATOR_API_TOKENS",
+    "ESCALATOR_SENDGRID_KEY",
+    "ESCALATOR_TWILIO_TOKEN",
+    "ESCALATOR_WEBHOOK_SECRET",
+    "ESCALATOR_SLACK_WEBHOOK_URL",
+    "ESCALATOR_SLACK_USER_WEBHOOKS",
+];
+
+/// The first credential variable that still holds a placeholder (`REPLACE-ME`, any case), the
+/// database URL as the command got it (flag or variable) included. Placeholders worked: the
+/// base's admin token is long enough to be accepted, and its Redis password is the one its
+/// Redis was given, so an install rendered without the production overlay served an admin
+/// token published in the repository.
+pub fn placeholder_variable(src: &dyn Source, database_url: &str) -> Option<&'static str> {
+    let placeholder = |v: &str| v.to_ascii_uppercase().contains("REPLACE-ME");
+    if placeholder(database_url) {
+        return Some("DATABASE_URL");
+    }
+    SECRET_VARIABLES
+        .iter()
+        .copied()
+        .find(|name| src.get(name).is_some_and(|v| placeholder(&v)))
+}
+
 /// The queue file kept beside an SQLite database file, as `escalator dev` keeps it and the
 /// other commands find it.
 pub fn queue_file_beside(database_file: &str) -> String {
@@ -547,6 +578,35 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// The placeholder Secret's values (deploy/k8s/base/secret.yaml) are refused by name.
+    #[test]
+    fn placeholder_credentials_are_named() {
+        let real = "postgres://escalator:s3cret@db:5432/escalator";
+        let base = [
+            (
+                "ESCALATOR_API_TOKENS",
+                "ops:REPLACE-ME-admin-token-0000:admin",
+            ),
+            ("REDIS_URL", "redis://:REPLACE-ME-redis-password@redis:6379"),
+        ];
+        assert_eq!(placeholder_variable(&env(&base), real), Some("REDIS_URL"));
+        assert_eq!(
+            placeholder_variable(&env(&base[..1]), real),
+            Some("ESCALATOR_API_TOKENS")
+        );
+        let db = "postgres://escalator:replace-me-db-password@db:5432/escalator";
+        assert_eq!(placeholder_variable(&env(&[]), db), Some("DATABASE_URL"));
+        let fine = [
+            (
+                "ESCALATOR_API_TOKENS",
+                "ops:a-real-secret-of-32-chars-0000:admin",
+            ),
+            ("REDIS_URL", "redis://:pw@redis:6379"),
+            ("ESCALATOR_EMAIL_FROM", "REPLACE-ME <me@example.com>"),
+        ];
+        assert_eq!(placeholder_variable(&env(&fine), real), None);
     }
 
     /// The dev database's URL alone reaches the dev queues: the queue defaulted to a local

@@ -105,6 +105,15 @@ fn main() -> ExitCode {
         Command::Worker | Command::Api | Command::Beat | Command::Dev(_)
     );
     telemetry::init(&cli.log_format, service);
+    if let Some(name) =
+        config::placeholder_variable(&escalator_runtime::config::ProcessEnv, &cli.database_url)
+    {
+        stderr_line!(
+            "error: {name} holds a placeholder (REPLACE-ME…, as in deploy/k8s/base/secret.yaml): \
+             set the real secret"
+        );
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -700,3 +700,48 @@ async fn a_slow_statement_is_not_printed_by_a_one_shot_command() {
     assert!(!stderr.contains("slow statement"), "{stderr}");
     assert!(!stderr.contains("SELECT"), "{stderr}");
 }
+
+/// The placeholder Secret's values (deploy/k8s/base/secret.yaml) started an api whose admin
+/// token is published in the repository. Every command refuses them, naming the variable.
+#[test]
+fn a_placeholder_credential_is_refused_naming_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("p.db").display());
+    for (name, value) in [
+        (
+            "ESCALATOR_API_TOKENS",
+            "ops:REPLACE-ME-admin-token-0000:admin",
+        ),
+        (
+            "REDIS_URL",
+            "redis://:REPLACE-ME-redis-password@127.0.0.1:6379",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+            .arg("api")
+            .env("DATABASE_URL", &db)
+            .env("ESCALATOR_API_ADDR", "127.0.0.1:0")
+            .env(name, value)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name} holds a placeholder")),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("admin-token-0000"),
+            "the value is not echoed: {stderr}"
+        );
+    }
+    let placeholder_db = "postgres://escalator:REPLACE-ME-db-password@127.0.0.1:5432/escalator";
+    let out = escalator(placeholder_db, &["migrate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("DATABASE_URL holds a placeholder"),
+        "{}",
+        text(&out.stderr)
+    );
+}
