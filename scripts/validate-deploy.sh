@@ -480,6 +480,16 @@ redis_ha() {
     return 1
   fi
   echo "   ok: configure.sh makes redis-0 the master and redis-1 its replica, sentinels quorum 2"
+  # the redis container's own start rewrites redis.conf only: the running sentinel's file stays
+  rm "$dir/1/redis.conf" "$dir/1/sentinel.conf"
+  HOSTNAME=redis-1 POD_NAMESPACE=escalator REDIS_PASSWORD=placeholder \
+    timeout 30 sh "$dir/1/configure.sh" redis >/dev/null || return 1
+  if [ -e "$dir/1/sentinel.conf" ] || ! grep -q '^replicaof redis-0\.' "$dir/1/redis.conf" ||
+    ! grep -q '^min-replicas-to-write 1$' "$dir/1/redis.conf"; then
+    echo "   configure.sh redis: wrote sentinel.conf, or redis.conf without its master" >&2
+    return 1
+  fi
+  echo "   ok: configure.sh redis (each redis container start) rewrites redis.conf alone"
 }
 check "Redis Sentinel: HAProxy config and the configure script" redis_ha
 
