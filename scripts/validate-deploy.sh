@@ -414,6 +414,15 @@ k8s_invariants() {
   "$PY" "$CHECKS" k8s-invariants "$out"
 }
 check "production manifests: escalator invariants" k8s_invariants
+k8s_second_install() {
+  local out=$WORK/staging.yaml
+  k8s_render deploy/k8s/overlays/staging "$out" || return 1
+  "$PY" "$CHECKS" namespace-follows "$out" escalator-staging || return 1
+  k8s_render deploy/k8s/overlays/production "$WORK/prod-namespace.yaml" || return 1
+  "$PY" "$CHECKS" namespace-follows "$WORK/prod-namespace.yaml" escalator
+}
+check "a second install (overlays/staging) keeps to its namespace, alerts and KEDA included" \
+  k8s_second_install
 k8s_rules_sync() {
   local out=$WORK/base-rules.yaml
   k8s_render deploy/k8s/base "$out" || return 1

@@ -802,7 +802,37 @@ def dns_log(port, log_path, seconds):
             s.sendto(bytes(reply), addr)
 
 
+def namespace_follows(rendered_path, namespace):
+    """Every namespaced object of an overlay is in `namespace`, and so is what names it inside
+    a field: the alerts' routing label and the KEDA query (kustomize's `namespace:` rewrites
+    neither; a second install's alerts reached production's receivers)."""
+    objs = load_all(rendered_path)
+    cluster_wide = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    elsewhere = sorted(
+        f"{o['kind']}/{o['metadata']['name']}: {o['metadata'].get('namespace')}"
+        for o in objs
+        if o["kind"] not in cluster_wide and o["metadata"].get("namespace") != namespace
+    )
+    if elsewhere:
+        fail(f"objects outside {namespace}: {elsewhere}")
+    for o in objs:
+        if o["kind"] == "PrometheusRule":
+            for g in o["spec"]["groups"]:
+                for r in g["rules"]:
+                    got = r.get("labels", {}).get("namespace")
+                    if "alert" in r and got != namespace:
+                        fail(f"alert {r['alert']} is labelled namespace={got}, not {namespace}")
+        if o["kind"] == "ScaledObject":
+            for t in o["spec"]["triggers"]:
+                query = t["metadata"].get("query", "")
+                if f'namespace="{namespace}"' not in query:
+                    fail(f"the KEDA query does not select namespace {namespace}: {query}")
+    if not ERRORS:
+        ok(f"{len(objs)} objects, the alerts' namespace label and the KEDA query: {namespace}")
+
+
 COMMANDS = {
+    "namespace-follows": namespace_follows,
     "dns-log": dns_log,
     "alert-labels": alert_labels,
     "amconfig-to-alertmanager": amconfig_to_alertmanager,
