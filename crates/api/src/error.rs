@@ -123,12 +123,13 @@ impl From<StoreError> for ApiError {
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match e {
-            QueueError::Redis(_) | QueueError::Sqlite(_) | QueueError::Backlogged { .. } => {
-                ApiError::Unavailable {
-                    what: "queue",
-                    source: Box::new(e),
-                }
-            }
+            QueueError::Redis(_)
+            | QueueError::Sqlite(_)
+            | QueueError::Backlogged { .. }
+            | QueueError::TimedOut(_) => ApiError::Unavailable {
+                what: "queue",
+                source: Box::new(e),
+            },
             QueueError::Unretryable { .. } => {
                 ApiError::client(StatusCode::CONFLICT, "unretryable", e.to_string())
                     .with_field("id")

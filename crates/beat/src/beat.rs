@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use escalator_jobs::{CheckWorkflows, DeliverNotifications, Queues, Scope, UNQUEUED};
+use escalator_jobs::{CheckWorkflows, DeliverNotifications, QueueError, Queues, Scope, UNQUEUED};
 use escalator_runtime::metrics as m;
 use escalator_runtime::serve::Health;
 use escalator_store::{Fenced, Lease, NewCheckRun, Store};
@@ -40,10 +40,10 @@ pub struct BeatConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum BeatError {
     /// The database failed.
-    #[error("store")]
+    #[error("the database (DATABASE_URL) failed")]
     Store(#[from] escalator_store::StoreError),
     /// The queue failed.
-    #[error("queue")]
+    #[error("the queue (REDIS_URL or ESCALATOR_QUEUE_URL) failed")]
     Queue(#[from] escalator_jobs::QueueError),
 }
 
@@ -175,7 +175,8 @@ impl Beat {
             let pause = match self.step(Utc::now()).await {
                 Ok(pause) => pause,
                 Err(e) => {
-                    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "beat step failed; retrying");
+                    let error = escalator_runtime::error::with_causes(&e);
+                    tracing::warn!(%error, "beat step failed; retrying");
                     Duration::from_secs(1)
                 }
             };
@@ -278,12 +279,24 @@ impl Beat {
                 .map(|id| InFlight::queued(id, now));
         }
         if self.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+            // the pushes above may have taken their patience: renewed (if due) before the
+            // sweep's own calls, so that a slow step never outlasts the lease
+            if !self.lead().await? {
+                return Ok(idle);
+            }
             self.swept = Some(std::time::Instant::now());
             self.fail_stale_runs(now).await;
-            let swept = self.sweep_outbox(now).await;
+            let swept = tokio::time::timeout(self.patience(), self.sweep_outbox(now))
+                .await
+                .unwrap_or(Err(BeatError::Queue(QueueError::TimedOut(self.patience()))));
             self.sweep_failing = swept.is_err();
             swept?;
-            self.prune_done_jobs().await;
+            if tokio::time::timeout(self.patience(), self.prune_done_jobs())
+                .await
+                .is_err()
+            {
+                tracing::warn!("pruning finished jobs timed out; the next sweep tries again");
+            }
             self.prune_sent_deliveries(now).await;
         }
         // sleep until the next slot, the next deadline or the next re-read, whichever first
@@ -465,7 +478,11 @@ impl Beat {
                 // be a duplicate), so the next steps push that run again
                 // A deadline check's run is pushed again too: recorded anew at each step, a Redis
                 // that refused pushes for an hour left a failed run per second
-                if let Err(e) = self.queues.push_check_or_fail_run(&self.store, &job).await {
+                if let Err(e) = self
+                    .queues
+                    .push_check_or_fail_run_within(&self.store, &job, self.patience())
+                    .await
+                {
                     if slot.is_some() {
                         self.last_slot = slot;
                     }
@@ -556,7 +573,7 @@ impl Beat {
             scope: Scope::All,
         };
         self.queues
-            .push_check_or_fail_run(&self.store, &job)
+            .push_check_or_fail_run_within(&self.store, &job, self.patience())
             .await?;
         self.unpushed = None;
         metrics::gauge!(m::BEAT_LAST_ENQUEUE).set(now.timestamp() as f64);
@@ -566,6 +583,14 @@ impl Beat {
             self.deadline_run = Some(InFlight::queued(u.id, now));
         }
         Ok(())
+    }
+
+    /// How long one push (or the outbox sweep's queue calls) may take: a third of the lease,
+    /// so that a step whose queue hangs still renews its lease in time (a Redis that accepted
+    /// and never answered held a step for about 30 s against a 15 s lease: two beats took
+    /// turns leading, and a slot's run was left failed and never pushed again).
+    fn patience(&self) -> Duration {
+        self.config.lease_ttl / 3
     }
 
     /// Stops leading: no lease, and the gauges only a leader keeps up to date are cleared (a

@@ -770,3 +770,81 @@ async fn the_sweep_fails_runs_that_stopped_moving_for_hours() {
     assert_eq!(status(lost.id).await, "failed");
     assert_eq!(status(young.id).await, "queued");
 }
+
+/// A Redis that accepts and never answers (frozen, partitioned) held a step for about 30 s
+/// against a 15 s lease: two beats took turns leading, and a slot's run was left failed and
+/// never pushed again. A push is now bounded by a third of the lease: the step ends within
+/// the lease, marks the run unpushed, keeps leading, and pushes that run once Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_cannot_make_a_step_outlast_its_lease() {
+    let db = TestDb::postgres().await;
+    let redis = escalator_testkit::services::PrivateRedis::start();
+    let q = Queues::connect(&redis.url(), QueueNames::new("beat-frozen"))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(6);
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q,
+        config("a", Duration::from_secs(600), lease),
+        Health::new(Duration::from_secs(60)),
+    );
+    let slot = utc("2026-11-25T12:00:00Z");
+    redis.freeze();
+    let step = tokio::time::timeout(lease, beat.step(slot + chrono::Duration::milliseconds(500)))
+        .await
+        .expect("a step outlasted the lease while Redis was frozen");
+    assert!(
+        matches!(step, Err(escalator_beat::BeatError::Queue(_))),
+        "{step:?}"
+    );
+    let runs = db.store.recent_check_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(
+        (runs[0].slot, runs[0].status.as_str()),
+        (Some(slot), "failed")
+    );
+    let error = runs[0].error.clone().unwrap_or_default();
+    assert!(error.contains("did not answer"), "{error}");
+    // a standby finds the lease held: the frozen queue did not cost the leader its lease
+    let standby_q = Queues::connect(&redis_url(), QueueNames::new("beat-frozen-standby"))
+        .await
+        .unwrap();
+    let mut standby = Beat::new(
+        db.store.clone(),
+        standby_q,
+        config("b", Duration::from_secs(600), lease),
+        Health::new(Duration::from_secs(60)),
+    );
+    standby
+        .step(slot + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    // Redis answers again: the same run is pushed, by the same leader
+    redis.thaw();
+    let mut pushed = false;
+    for s in 2..60 {
+        if beat.step(slot + chrono::Duration::seconds(s)).await.is_ok() {
+            pushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pushed, "the beat never got through to the thawed Redis");
+    let runs = db.store.recent_check_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1, "only the leader recorded, once: {runs:?}");
+    assert_eq!(
+        (runs[0].status.as_str(), runs[0].error.as_deref()),
+        ("queued", None),
+        "{runs:?}"
+    );
+    let Store::Postgres(pg) = &db.store else {
+        unreachable!()
+    };
+    let (holder, epoch): (String, i64) =
+        sqlx::query_as("SELECT holder, epoch FROM beat_leases WHERE name = 'beat'")
+            .fetch_one(pg.pool())
+            .await
+            .unwrap();
+    assert_eq!((holder.as_str(), epoch), ("a", 1));
+}

@@ -32,6 +32,10 @@ pub enum QueueError {
         /// The job's id as stored.
         id: String,
     },
+    /// The queue did not answer in time (a frozen or partitioned Redis): whether the push
+    /// landed is unknown, so it is pushed again under the same key.
+    #[error("the queue did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// The queue stayed too full to push more without wedging apalis-redis's fetch.
     #[error("queue {queue} still has {due} jobs due after waiting; workers are not keeping up")]
     Backlogged {

@@ -227,7 +227,15 @@ impl Queues {
         job: &CheckWorkflows,
         patience: Duration,
     ) -> Result<(), QueueError> {
-        let Err(e) = self.push_check_within(job, patience).await else {
+        // bounded as a whole: each Redis call has its response timeout, but a Redis that
+        // accepts and never answers cost several of them and their reconnections (about 30 s
+        // a push), and a beat's step outlasted its lease; a push that did land unseen is
+        // pushed again under the same key
+        let bound = patience + Duration::from_secs(1);
+        let pushed = tokio::time::timeout(bound, self.push_check_within(job, patience))
+            .await
+            .unwrap_or(Err(QueueError::TimedOut(bound)));
+        let Err(e) = pushed else {
             return Ok(());
         };
         // with its causes: the error alone reads "redis", not what Redis said (out of memory,

@@ -81,6 +81,27 @@ impl PrivateRedis {
         }
     }
 
+    /// Stops the server without closing anything (SIGSTOP): connections stay open and new ones
+    /// are accepted by the kernel, but nothing answers — a frozen or partitioned Redis.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &c.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} redis-server failed");
+        }
+    }
+
     /// Kills the server if it runs, and starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();

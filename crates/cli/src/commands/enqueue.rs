@@ -130,7 +130,13 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         .await
     {
         let why = escalator_runtime::error::with_causes(&e);
-        if args.wait && matches!(e, escalator_jobs::QueueError::Backlogged { .. }) {
+        if args.wait
+            && matches!(
+                e,
+                escalator_jobs::QueueError::Backlogged { .. }
+                    | escalator_jobs::QueueError::TimedOut(_)
+            )
+        {
             stderr_line!(
                 "error: check run {} not enqueued within --timeout {}s (marked failed): {why}",
                 run.id,
