@@ -103,9 +103,10 @@ pub const OUTBOX_RETENTION: Duration = Duration::from_secs(30 * 24 * 3_600);
 /// the busiest deployment sends, in short transactions.
 const PRUNE_SENT: u32 = 5_000;
 
-/// A deadline check that has shown no progress (status, batches done) for this long is taken
-/// as lost (its job gone with a flushed Redis, say) and no longer waited for: the next due
-/// deadline enqueues another. A second check beside a slow one is harmless (I1, I2).
+/// A deadline check that has shown no progress (status, batches done) for this long, while
+/// no check or batch job waits in the queues, is taken as lost (its job gone with a flushed
+/// Redis, say) and no longer waited for: the next due deadline enqueues another. A second
+/// check beside a slow one is harmless (I1, I2). With jobs waiting it is waited for again.
 pub const DEADLINE_RUN_PATIENCE: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
 
 /// A check run queued or running this long without progress is marked failed by the sweep
@@ -254,9 +255,31 @@ impl Beat {
                 flight.moved_at = now;
             }
             let finished = matches!(run.status.as_str(), "succeeded" | "failed");
+            let stuck = !finished && now - flight.moved_at > DEADLINE_RUN_PATIENCE;
+            // jobs still waiting in the queues are not lost: no worker has taken them yet
+            // (none runs, or all are busy). Another check beside them only queued up too: with
+            // no worker, one every two minutes, each to be planned once workers came back.
+            let waiting = if stuck {
+                tokio::time::timeout(self.patience(), self.queues.checks_and_batches_waiting())
+                    .await
+                    .unwrap_or(Err(QueueError::TimedOut(self.patience())))?
+            } else {
+                0
+            };
             if finished {
                 // done: the next due deadline gets a new check
-            } else if now - flight.moved_at > DEADLINE_RUN_PATIENCE {
+            } else if stuck && waiting > 0 {
+                tracing::warn!(
+                    check_run_id = flight.id,
+                    status = %run.status,
+                    waiting,
+                    "the deadline check has not moved for {} s, but check and batch jobs wait \
+                     for a worker: waiting on (are workers running?)",
+                    DEADLINE_RUN_PATIENCE.num_seconds()
+                );
+                flight.moved_at = now;
+                self.deadline_run = Some(flight);
+            } else if stuck {
                 tracing::warn!(
                     check_run_id = flight.id,
                     status = %run.status,

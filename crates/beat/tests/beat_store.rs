@@ -379,7 +379,7 @@ async fn a_deadline_check_that_never_moves_is_given_up_and_enqueued_again() {
         config("a", Duration::from_secs(1), Duration::from_secs(600)),
         Health::new(Duration::from_secs(60)),
     );
-    // no worker runs here, so the check stays queued: its job is as good as lost
+    // no worker runs here, so the check stays queued
     beat.step(now).await.unwrap();
     assert_eq!(deadline_runs(&db.store).await.len(), 1);
     let patience = escalator_beat::DEADLINE_RUN_PATIENCE;
@@ -389,7 +389,20 @@ async fn a_deadline_check_that_never_moves_is_given_up_and_enqueued_again() {
         1,
         "waited for within its patience"
     );
-    let later = now + patience + chrono::Duration::seconds(1);
+    // past it, its job still waits in the queue for a worker: not lost, waited for again (a
+    // check every two minutes queued up while no worker ran)
+    let mut later = now + patience + chrono::Duration::seconds(1);
+    for _ in 0..3 {
+        beat.step(later).await.unwrap();
+        assert_eq!(
+            deadline_runs(&db.store).await.len(),
+            1,
+            "a check whose job waits for a worker is not enqueued again"
+        );
+        later += patience + chrono::Duration::seconds(1);
+    }
+    // its job is gone (a flushed Redis), and its patience has run out again: enqueued again
+    ns.flush();
     beat.step(later).await.unwrap();
     assert_eq!(
         deadline_runs(&db.store).await.len(),

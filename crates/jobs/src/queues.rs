@@ -303,6 +303,20 @@ impl Queues {
         }
     }
 
+    /// Check and batch jobs waiting to run, scheduled retries included: while there are
+    /// some, a check run that has not moved waits for a worker; it is not lost.
+    pub async fn checks_and_batches_waiting(&self) -> Result<u64, QueueError> {
+        let names = self.names();
+        let mut waiting = 0;
+        for queue in [&names.checks, &names.batches] {
+            waiting += match self {
+                Queues::Redis { conn, .. } => redis_stats(&mut conn.clone(), queue).await?.pending,
+                Queues::Sqlite { pool, .. } => sqlite_stats(pool, queue).await?.pending,
+            };
+        }
+        Ok(waiting)
+    }
+
     /// Enqueues `n` no-op jobs (the queue-overhead benchmark), in bounded chunks.
     pub async fn push_noops(&self, n: u64) -> Result<(), QueueError> {
         let queue = self.names().noop.clone();

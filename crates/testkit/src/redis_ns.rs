@@ -30,8 +30,10 @@ impl fmt::Display for RedisNamespace {
     }
 }
 
-impl Drop for RedisNamespace {
-    fn drop(&mut self) {
+impl RedisNamespace {
+    /// Deletes the namespace's keys (every job in its queues): a flushed Redis, as far as
+    /// this test's queues can tell.
+    pub fn flush(&self) {
         let Ok(client) = redis::Client::open(redis_url()) else {
             return;
         };
@@ -45,5 +47,11 @@ impl Drop for RedisNamespace {
         if !keys.is_empty() {
             let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut c);
         }
+    }
+}
+
+impl Drop for RedisNamespace {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
