@@ -745,3 +745,84 @@ fn a_placeholder_credential_is_refused_naming_its_variable() {
         text(&out.stderr)
     );
 }
+
+/// In a database outage `status` still reports the queues (depths and dead jobs: what an
+/// operator reads first), says the database could not be read, and exits non-zero. It printed
+/// nothing but the connection error.
+#[test]
+fn status_reports_the_queues_when_the_database_is_unreachable() {
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("status")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/test"),
+        )
+        .env("REDIS_URL", escalator_testkit::redis_url())
+        .env("ESCALATOR_QUEUE_NAMESPACE", "cli-status-db-down")
+        .env_remove("ESCALATOR_QUEUE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("cli-status-db-down:checks"), "{stdout}");
+    assert!(
+        stderr.contains("the database could not be read (the queues are above)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}
+
+/// `status` says why a run failed (the runbooks' first step reads it there; only the api
+/// showed it) and who leads the beat.
+#[tokio::test]
+async fn status_names_a_failed_runs_error_and_the_beats_leader() {
+    let db = TestDb::postgres().await;
+    let now = chrono::Utc::now();
+    let run = escalator_testkit::queued_run(&db.store, "beat", "all", now).await;
+    db.store
+        .fail_check_run(
+            run.id,
+            "the check could not be enqueued: redis: connection refused",
+            now,
+        )
+        .await
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("status")
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", escalator_testkit::redis_url())
+        .env("ESCALATOR_QUEUE_NAMESPACE", "cli-status-runs")
+        .env_remove("ESCALATOR_QUEUE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("beat: no beat has led yet"), "{stdout}");
+    assert!(
+        stdout.contains("error: the check could not be enqueued: redis: connection refused"),
+        "{stdout}"
+    );
+    db.store
+        .acquire_lease("beat", "beat-7f", std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("status")
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", escalator_testkit::redis_url())
+        .env("ESCALATOR_QUEUE_NAMESPACE", "cli-status-runs")
+        .env_remove("ESCALATOR_QUEUE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("beat: beat epoch=1 holder=beat-7f (leading, lease for"),
+        "{stdout}"
+    );
+}

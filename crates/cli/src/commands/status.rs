@@ -5,11 +5,12 @@ use escalator_runtime::config::ProcessEnv;
 
 use crate::config::QueueConfig;
 
-/// Prints the status report. The database part is printed even when the queues cannot be
-/// reached (the report is what an operator reads first in an incident); the command then
-/// exits non-zero naming what failed.
+/// Prints the status report. Each part is printed even when the other's service cannot be
+/// reached (the report is what an operator reads first in an incident: queue depths and dead
+/// jobs in a database outage, the runs in a Redis one); the command then exits non-zero
+/// naming what failed.
 pub async fn run(database_url: &str) -> anyhow::Result<()> {
-    let store = super::connect_existing(database_url).await?;
+    // the queues first: they need nothing of the database, and are reported mid-upgrade too
     let queues_failed = match queue_report(database_url).await {
         Ok(()) => None,
         Err(e) => {
@@ -17,12 +18,21 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
             Some(e)
         }
     };
-    // the queues are reported even mid-upgrade; the database part needs this build's schema
-    let store = super::require_schema(store, database_url).await?;
-    database_report(&store).await?;
-    match queues_failed {
-        Some(e) => Err(e.context("the queues could not be read (the database part is above)")),
-        None => Ok(()),
+    let database = async {
+        let store = super::connect_existing(database_url).await?;
+        let store = super::require_schema(store, database_url).await?;
+        database_report(&store).await
+    }
+    .await;
+    match (database, queues_failed) {
+        (Ok(()), None) => Ok(()),
+        (Ok(()), Some(e)) => {
+            Err(e.context("the queues could not be read (the database part is above)"))
+        }
+        (Err(e), None) => Err(e.context("the database could not be read (the queues are above)")),
+        (Err(e), Some(queues)) => Err(e.context(format!(
+            "neither the database nor the queues could be read (queues: {queues:#})"
+        ))),
     }
 }
 
@@ -71,10 +81,38 @@ async fn database_report(store: &escalator_store::Store) -> anyhow::Result<()> {
             .map(|t| t.to_rfc3339())
             .unwrap_or_else(|| "-".into())
     );
+    // "is a beat leading?" comes first when no runs appear
+    let leases = store.beat_leases().await?;
+    if leases.is_empty() {
+        out!("beat: no beat has led yet");
+    }
+    for l in leases {
+        let left = (l.expires_at - now).num_seconds();
+        let state = if left >= 0 {
+            format!("leading, lease for {left} s more")
+        } else {
+            format!("NO LEADER: the lease expired {} s ago", -left)
+        };
+        out!(
+            "beat: {} epoch={} holder={} ({state})",
+            l.name,
+            l.epoch,
+            l.holder
+        );
+    }
     out!("recent check runs:");
     for r in store.recent_check_runs(10).await? {
+        let slot = r
+            .slot
+            .map(|s| format!(" slot={}", s.to_rfc3339()))
+            .unwrap_or_default();
+        let coalesced = if r.coalesced > 1 {
+            format!(" coalesced={}", r.coalesced)
+        } else {
+            String::new()
+        };
         out!(
-            "  #{:<6} {:<9} {:<8} as_of={} batches={}/{} checked={} reminded={} escalated={} exhausted={} renotified={} failed={}",
+            "  #{:<6} {:<9} {:<8} as_of={}{slot}{coalesced} batches={}/{} checked={} reminded={} escalated={} exhausted={} renotified={} failed={}",
             r.id,
             r.status,
             r.requested_by,
@@ -88,6 +126,11 @@ async fn database_report(store: &escalator_store::Store) -> anyhow::Result<()> {
             r.renotified,
             r.failed
         );
+        // why it failed: the runbooks start here (NoCheckRunSucceeded)
+        if let Some(error) = r.error.as_deref().filter(|_| r.status == "failed") {
+            let error: String = error.chars().take(300).collect();
+            out!("          error: {error}");
+        }
     }
     Ok(())
 }
