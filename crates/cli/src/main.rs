@@ -29,7 +29,16 @@ use clap::{Parser, Subcommand};
 
 /// escalator — workflow SLA reminders and escalations, exactly once.
 #[derive(Debug, Parser)]
-#[command(name = "escalator", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "escalator",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Exit status: 0 done; 1 failed (a check run failed, violations found, input \
+                  refused); 2 a usage error; 3 the database or the queue could not be reached; \
+                  4 `enqueue --wait` ran out of --timeout (the run may still finish)."
+)]
 struct Cli {
     /// Database: postgres://user@host/db or sqlite://path/to/file.db (only `migrate` creates a
     /// missing SQLite file; `dev` uses --db instead).
@@ -150,11 +159,16 @@ fn main() -> ExitCode {
         // the reader went away (`escalator status | head -1`): nothing more to say
         Err(e) if e.downcast_ref::<commands::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
+            let code = if e.downcast_ref::<commands::Unreachable>().is_some() {
+                ExitCode::from(commands::EXIT_UNREACHABLE)
+            } else {
+                ExitCode::FAILURE
+            };
             // each cause once: sqlx's errors print their source themselves, and `{e:#}` said
             // `database "x" does not exist at line 948` twice
             let e: &(dyn std::error::Error + 'static) = e.as_ref();
             stderr_line!("error: {}", escalator_runtime::error::with_causes(e));
-            ExitCode::FAILURE
+            code
         }
     }
 }

@@ -564,7 +564,8 @@ async fn status_reports_the_database_when_the_queues_are_unreachable() {
         .output()
         .unwrap();
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    // 3: a service could not be reached (not a failed run, not a usage error)
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(stdout.contains("queues: UNREACHABLE"), "{stdout}");
     assert!(stdout.contains("workflows: ok="), "{stdout}");
     assert!(stdout.contains("recent check runs:"), "{stdout}");
@@ -766,7 +767,7 @@ fn status_reports_the_queues_when_the_database_is_unreachable() {
         .unwrap();
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
     assert!(stdout.contains("cli-status-db-down:checks"), "{stdout}");
     assert!(
         stderr.contains("the database could not be read (the queues are above)"),
@@ -825,4 +826,78 @@ async fn status_names_a_failed_runs_error_and_the_beats_leader() {
         stdout.contains("beat: beat epoch=1 holder=beat-7f (leading, lease for"),
         "{stdout}"
     );
+}
+
+/// Scripts tell outcomes apart by the exit status: 3 when the database cannot be reached (it
+/// was 1, like violations found, and a cron job paged "invariant violated" for a database
+/// blip), 2 for usage (`--timeout` without `--wait` did nothing and said nothing).
+#[test]
+fn an_unreachable_database_and_a_usage_slip_have_exit_statuses_of_their_own() {
+    let port = free_port();
+    let unreachable = format!("postgres://postgres@127.0.0.1:{port}/test");
+    for args in [
+        &["verify"][..],
+        &["check", "--dry-run"],
+        &["outbox", "list"],
+    ] {
+        let out = escalator(&unreachable, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot connect to DATABASE_URL"),
+            "{stderr}"
+        );
+    }
+    let out = escalator(&unreachable, &["enqueue", "check", "--timeout", "3"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--wait"), "{stderr}");
+    // the exit statuses are in --help
+    let out = escalator(&unreachable, &["--help"]);
+    assert!(
+        text(&out.stdout).contains("Exit status: 0 done"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// `enqueue check --wait | true`: the reader gone before the result line turned a failed run
+/// into exit 0. The verdict is the exit status, whoever reads the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_is_exit_1_whoever_reads_its_line() {
+    let db = TestDb::postgres().await;
+    let ns = escalator_testkit::RedisNamespace::new("cli-wait-closed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args(["enqueue", "check", "--wait", "--timeout", "60"])
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", escalator_testkit::redis_url())
+        .env("ESCALATOR_QUEUE_NAMESPACE", &ns.name)
+        .env_remove("ESCALATOR_QUEUE_URL")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    // no worker runs: the run waits, queued, until the test fails it
+    let mut run = None;
+    for _ in 0..200 {
+        run = db.store.recent_check_runs(1).await.unwrap().pop();
+        if run.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let run = run.expect("enqueue recorded no run");
+    db.store
+        .fail_check_run(run.id, "the planner failed", chrono::Utc::now())
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the planner failed"), "{stderr}");
 }

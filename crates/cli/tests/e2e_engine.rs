@@ -789,7 +789,7 @@ async fn a_waiting_enqueue_rides_out_a_database_that_goes_away() {
 }
 
 /// With `--wait`, `enqueue check` waited the queue's own five minutes for room in a backlogged
-/// checks queue, whatever `--timeout` said. It gives up at `--timeout` with exit 2, its run
+/// checks queue, whatever `--timeout` said. It gives up at `--timeout` with exit 4, its run
 /// marked failed naming the backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_enqueue_gives_up_on_a_backlogged_queue_at_its_timeout() {
@@ -814,7 +814,7 @@ async fn a_waiting_enqueue_gives_up_on_a_backlogged_queue_at_its_timeout() {
     .unwrap()
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
         stderr.contains("not enqueued within --timeout 2s"),
         "{stderr}"

@@ -35,8 +35,8 @@ struct NoopArgs {
     /// Wait until the workers have processed them all, and print the time taken.
     #[arg(long)]
     wait: bool,
-    /// With --wait: give up after this many seconds (exit 2).
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    /// With --wait: give up after this many seconds (exit 4; the run may still finish).
+    #[arg(long, default_value_t = 300, requires = "wait", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
 }
 
@@ -52,8 +52,8 @@ struct CheckArgs {
     /// goes away meanwhile is waited for).
     #[arg(long)]
     wait: bool,
-    /// With --wait: give up after this many seconds (exit 2).
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    /// With --wait: give up after this many seconds (exit 4; the run may still finish).
+    #[arg(long, default_value_t = 300, requires = "wait", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
 }
 
@@ -119,7 +119,7 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         scope,
     };
     // with --wait, a backlogged checks queue is waited for no longer than --timeout (it was
-    // the queue's own five minutes): exit 2, as for a run still running
+    // the queue's own five minutes): exit 4, as for a run still running
     let patience = if args.wait {
         Duration::from_secs(args.timeout)
     } else {
@@ -142,7 +142,7 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
                 run.id,
                 args.timeout
             );
-            std::process::exit(2);
+            std::process::exit(super::EXIT_TIMED_OUT);
         }
         bail!("enqueueing check run {} (marked failed): {why}", run.id);
     }
@@ -176,7 +176,7 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
                         run.id,
                         args.timeout
                     );
-                    std::process::exit(2);
+                    std::process::exit(super::EXIT_TIMED_OUT);
                 }
                 if unread.is_none() {
                     stderr_line!(
@@ -196,7 +196,7 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
                 .finished_at
                 .map(|f| (f - r.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6)
                 .unwrap_or(0.0);
-            out!(
+            let line = format!(
                 "check_run_id={} status={} checked={} reminded={} escalated={} exhausted={} renotified={} failed={} seconds={seconds:.3} waited={:.3}",
                 r.id,
                 r.status,
@@ -209,8 +209,13 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
             if r.status == "failed" {
+                // the verdict is the exit status: a reader gone before the line (`| true`)
+                // must not turn a failed run into success, as it did
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout(), "{line}");
                 bail!("check run {} failed: {}", r.id, r.error.unwrap_or_default());
             }
+            out!("{line}");
             return Ok(());
         }
         if started.elapsed() > deadline {
@@ -227,7 +232,7 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
                 r.batches_done,
                 r.batches
             );
-            std::process::exit(2);
+            std::process::exit(super::EXIT_TIMED_OUT);
         }
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = Instant::now();
@@ -240,12 +245,13 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
                 r.batches
             );
         }
-        // Poll fast at first (short runs), then back off to spare the database.
+        // Poll often at first (short runs), then back off to spare the database (2 ms made
+        // up to a thousand queries in a run's first two seconds)
         let waited = started.elapsed();
         let pause = if waited < Duration::from_secs(2) {
-            2
+            20
         } else {
-            50
+            100
         };
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
@@ -288,7 +294,7 @@ async fn noops(database_url: &str, args: NoopArgs) -> anyhow::Result<()> {
                 args.count,
                 args.timeout
             );
-            std::process::exit(2);
+            std::process::exit(super::EXIT_TIMED_OUT);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -142,9 +142,49 @@ pub async fn refuse_a_queue_file(store: &Store, url: &str) -> anyhow::Result<()>
 
 async fn connect_with(config: StoreConfig) -> anyhow::Result<Store> {
     config.backend().context("DATABASE_URL")?;
-    Store::connect(&config)
-        .await
-        .with_context(|| format!("cannot connect to DATABASE_URL={}", redact(&config.url)))
+    Store::connect(&config).await.map_err(|e| {
+        let what = format!("cannot connect to DATABASE_URL={}", redact(&config.url));
+        // refused, unreachable, timed out: exit 3; a wrong password or a missing file stay 1
+        if e.is_transient() {
+            anyhow::Error::new(e).context(Unreachable(what))
+        } else {
+            anyhow::Error::new(e).context(what)
+        }
+    })
+}
+
+/// The exit status of a command that could not reach its database or queue (refused,
+/// unreachable, timed out): scripts tell it from a failed run or violations (1), a usage error
+/// (2) and a `--wait` that ran out of time (4).
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// The exit status of `enqueue --wait` whose `--timeout` ran out (the run may still finish).
+pub const EXIT_TIMED_OUT: i32 = 4;
+
+/// An error's context meaning "could not reach a service": `main` exits
+/// [`EXIT_UNREACHABLE`]. Its text is the context's.
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a queue error means the queue could not be reached (rather than refused the job).
+fn queue_unreachable(e: &escalator_jobs::QueueError) -> bool {
+    use escalator_jobs::QueueError;
+    match e {
+        QueueError::Connect(_) | QueueError::TimedOut(_) => true,
+        QueueError::Redis(r) => {
+            r.is_io_error()
+                || r.is_timeout()
+                || r.is_connection_refusal()
+                || r.is_connection_dropped()
+        }
+        _ => false,
+    }
 }
 
 /// Connects a service (api, worker, beat) to the queue backend, retrying an unreachable Redis
@@ -173,7 +213,14 @@ async fn queues(
     } else {
         Queues::connect(&config.url, names).await
     };
-    connected.with_context(|| format!("cannot connect to the queue at {}", redact(&config.url)))
+    connected.map_err(|e| {
+        let what = format!("cannot connect to the queue at {}", redact(&config.url));
+        if queue_unreachable(&e) {
+            anyhow::Error::new(e).context(Unreachable(what))
+        } else {
+            anyhow::Error::new(e).context(what)
+        }
+    })
 }
 
 /// Parses an RFC 3339 instant for `--as-of`/`--now`.
