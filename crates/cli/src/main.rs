@@ -135,7 +135,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Migrate => commands::migrate::run(&cli.database_url).await,
+            Command::Migrate => commands::migrate::run(&cli.database_url, database_url_given).await,
             Command::Seed(args) => commands::seed::run(&cli.database_url, args).await,
             Command::Worker => commands::worker::run(&cli.database_url).await,
             Command::Beat => commands::beat::run(&cli.database_url).await,

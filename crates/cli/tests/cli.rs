@@ -196,6 +196,9 @@ fn only_migrate_creates_a_missing_sqlite_database() {
     let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{log}");
     assert!(log.contains("migrations applied"), "{log}");
+    // naming the database it migrated
+    assert!(log.contains(&file.display().to_string()), "{log}");
+    assert!(!log.contains("DATABASE_URL is not set"), "{log}");
     assert!(file.exists());
     let out = escalator(&url, &["migrate"]);
     let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
@@ -900,4 +903,27 @@ async fn a_failed_run_is_exit_1_whoever_reads_its_line() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the planner failed"), "{stderr}");
+}
+
+/// `escalator migrate` with neither DATABASE_URL nor --database-url migrated a new
+/// `./escalator.db` without a word: a deploy step that lost the variable went green.
+#[test]
+fn migrate_without_a_database_url_says_which_database_it_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: DATABASE_URL is not set: migrating the default, sqlite://escalator.db"
+        ),
+        "{stderr}"
+    );
+    assert!(dir.path().join("escalator.db").exists());
 }

@@ -2,8 +2,17 @@
 
 use anyhow::Context as _;
 
-/// Runs the migrations and reports the backend.
-pub async fn run(database_url: &str) -> anyhow::Result<()> {
+/// Runs the migrations and says which database they went to. `given` is false when neither
+/// `--database-url` nor `DATABASE_URL` was set: a deploy step that lost the variable migrated
+/// a new `./escalator.db`, exited 0, and the services failed one step later on the real one.
+pub async fn run(database_url: &str, given: bool) -> anyhow::Result<()> {
+    let database = escalator_runtime::config::redact(database_url);
+    if !given {
+        stderr_line!(
+            "warning: DATABASE_URL is not set: migrating the default, {database} (set \
+             DATABASE_URL or --database-url to migrate another)"
+        );
+    }
     let store = super::connect_any_schema(database_url).await?;
     super::refuse_a_queue_file(&store, database_url).await?;
     // what this run brings, so that it says so (a fresh database read "up to date" as if
@@ -15,14 +24,14 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     store.migrate().await.context("migration failed")?;
     match (missing.first(), missing.last()) {
         (Some(first), Some(last)) => tracing::info!(
-            backend = ?store.backend(),
+            %database,
             applied = missing.len(),
             from = first,
             to = last,
             "migrations applied; the database schema is up to date"
         ),
         _ => {
-            tracing::info!(backend = ?store.backend(), "database schema already up to date; nothing to apply")
+            tracing::info!(%database, "database schema already up to date; nothing to apply")
         }
     }
     store.close().await;
