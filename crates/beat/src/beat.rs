@@ -213,6 +213,18 @@ impl Beat {
             self.config.catchup
         };
         self.running = true;
+        // a slot later than now (past a lease's worth of clock difference) was recorded by a
+        // beat whose clock ran ahead, or by hand: scheduling after it scheduled nothing at
+        // all, on every beat, until that time came, and said nothing
+        let skew = chrono::Duration::from_std(self.config.lease_ttl).unwrap_or_default();
+        if let Some(last) = self.last_slot.filter(|last| *last > now + skew) {
+            tracing::warn!(
+                slot = %last,
+                "a check run is recorded for a slot in the future by this beat's clock (a beat \
+                 whose clock runs ahead?): scheduling from now; keep the beats' clocks in sync"
+            );
+            self.last_slot = None;
+        }
         if let Some(u) = self.unpushed {
             self.push_again(u, window, now).await?;
         }

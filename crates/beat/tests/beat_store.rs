@@ -861,3 +861,43 @@ async fn a_frozen_redis_cannot_make_a_step_outlast_its_lease() {
             .unwrap();
     assert_eq!((holder.as_str(), epoch), ("a", 1));
 }
+
+/// One check run recorded for a slot a day ahead (a beat whose clock ran fast) stopped the
+/// schedule of every beat until that day, silently: scheduling after it found no slot due.
+#[tokio::test]
+async fn a_slot_recorded_in_the_future_does_not_stop_the_schedule() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let now = utc("2026-11-25T12:00:00.500Z");
+    let future = utc("2026-11-26T12:00:00Z");
+    db.store
+        .create_check_run(&escalator_store::NewCheckRun {
+            slot: Some(future),
+            requested_by: "beat",
+            scope: "all".into(),
+            as_of: future,
+            dry_run: false,
+            coalesced: 1,
+            now: future,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q,
+        config("a", Duration::from_secs(600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    beat.step(now).await.unwrap();
+    let slots: Vec<_> = scheduled(&db.store)
+        .await
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    assert!(
+        slots.contains(&utc("2026-11-25T12:00:00Z")),
+        "the 12:00 slot was not run: {slots:?}"
+    );
+}
