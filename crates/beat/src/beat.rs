@@ -176,6 +176,11 @@ impl Beat {
             let pause = match self.step(Utc::now()).await {
                 Ok(pause) => pause,
                 Err(e) => {
+                    let cause = match e {
+                        BeatError::Store(_) => "database",
+                        BeatError::Queue(_) => "queue",
+                    };
+                    metrics::counter!(m::BEAT_STEP_FAILURES, "cause" => cause).increment(1);
                     let error = escalator_runtime::error::with_causes(&e);
                     tracing::warn!(%error, "beat step failed; retrying");
                     Duration::from_secs(1)

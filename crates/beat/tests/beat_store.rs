@@ -901,3 +901,50 @@ async fn a_slot_recorded_in_the_future_does_not_stop_the_schedule() {
         "the 12:00 slot was not run: {slots:?}"
     );
 }
+
+/// A beat whose every step failed said so only in its log: it kept `escalator_beat_leader 1`
+/// and its health for two slot periods. Failed steps are counted by what failed
+/// (BeatStepsFailing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_steps_are_counted_by_what_failed() {
+    let metrics = recorder();
+    escalator_runtime::metrics::start_at_zero(escalator_runtime::metrics::Emitter::Beat);
+    let db = TestDb::postgres().await;
+    let mut redis = escalator_testkit::services::PrivateRedis::start();
+    let q = Queues::connect(&redis.url(), QueueNames::new("beat-failing"))
+        .await
+        .unwrap();
+    // the latest slot is within the hour: each step tries to push its run
+    let beat = Beat::new(
+        db.store.clone(),
+        q,
+        config("a", Duration::from_secs(3_600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    let count = |cause: &str| -> f64 {
+        let prefix = format!("escalator_beat_step_failures_total{{cause=\"{cause}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(-1.0)
+    };
+    assert_eq!((count("queue"), count("database")), (0.0, 0.0));
+    redis.kill();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(beat.run(async {
+        let _ = stopped.await;
+    }));
+    let mut counted = false;
+    for _ in 0..300 {
+        if count("queue") >= 2.0 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    assert!(counted, "{}", metrics.render());
+    assert_eq!(count("database"), 0.0);
+}

@@ -50,6 +50,8 @@ pub const LAST_CHECK: &str = "escalator_last_check_timestamp_seconds";
 pub const BEAT_LEADER: &str = "escalator_beat_leader";
 /// When this beat last enqueued a check.
 pub const BEAT_LAST_ENQUEUE: &str = "escalator_beat_last_enqueue_timestamp_seconds";
+/// Beat steps that failed, by what failed (`database`, `queue`).
+pub const BEAT_STEP_FAILURES: &str = "escalator_beat_step_failures_total";
 /// Jobs processed by queue and outcome.
 pub const JOBS: &str = "escalator_jobs_total";
 /// Time a job spent in its handler.
@@ -121,6 +123,9 @@ pub fn start_at_zero(emitter: Emitter) {
         Emitter::Beat => {
             metrics::counter!(MISSED_TICKS).increment(0);
             metrics::counter!(DUPLICATE_TICKS).increment(0);
+            for cause in ["database", "queue"] {
+                metrics::counter!(BEAT_STEP_FAILURES, "cause" => cause).increment(0);
+            }
             metrics::gauge!(BEAT_LEADER).set(0.0);
         }
     }
@@ -149,6 +154,10 @@ pub fn describe() {
         BEAT_LAST_ENQUEUE,
         "Unix time at which this beat last enqueued a check."
     );
+    describe_counter!(
+        BEAT_STEP_FAILURES,
+        "Beat steps that failed (retried a second later), by what failed: database or queue."
+    );
     describe_counter!(CHECKED, "Workflows evaluated by check runs.");
     describe_counter!(
         ESCALATED,
@@ -162,7 +171,7 @@ pub fn describe() {
     );
     describe_counter!(
         FAILURES,
-        "Escalation jobs that failed, and workflows that could not be evaluated."
+        "Check and batch jobs that died (out of attempts, refused for good, malformed), and workflows that could not be evaluated."
     );
     describe_histogram!(
         DURATION,
@@ -193,7 +202,7 @@ pub fn describe() {
     );
     describe_counter!(
         NOTIFICATIONS,
-        "Notification delivery attempts by channel and outcome (sent, retry, dead; obsolete: not sent, its workflow was closed or escalated first; deferred: recipients the relay deferred, sent again on their own)."
+        "Notification delivery attempts by channel and outcome (sent, retry, dead; obsolete: not sent, its workflow was closed or escalated first, or its recipients were deactivated; deferred: recipients the relay deferred, sent again on their own)."
     );
     describe_counter!(
         MISSED_TICKS,
