@@ -219,7 +219,7 @@ impl Deliverer {
                     }
                     // only what can go obsolete: a message to a person about a workflow
                     let can_go = entry.workflow_id.is_some()
-                        && matches!(entry.channel.as_str(), "email" | "sms" | "slack");
+                        && escalator_store::delivery::looked_at_again(&entry.channel);
                     if can_go && looked_at.elapsed() >= LOOK_AGAIN_AFTER {
                         let ids = [entry.id];
                         let look = this.store.obsolete_deliveries(&ids);

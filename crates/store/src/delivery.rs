@@ -88,6 +88,16 @@ fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60))
 }
 
+/// The channels whose messages are looked at again before they are sent
+/// ([`Store::obsolete_deliveries`]): messages to a person about a workflow's present state.
+/// Events and webhooks are facts about what happened and always go out.
+pub const LOOKED_AT_AGAIN: [&str; 3] = ["email", "sms", "slack"];
+
+/// Whether a message on `channel` is looked at again before it is sent ([`LOOKED_AT_AGAIN`]).
+pub fn looked_at_again(channel: &str) -> bool {
+    LOOKED_AT_AGAIN.contains(&channel)
+}
+
 /// How long a delivery waits for its run's digest decision before a sender (or the beat's
 /// sweep) makes it anyway: a run whose last batch was lost finishes only when the batch is
 /// re-derived.
@@ -153,6 +163,11 @@ impl Store {
                 moved[0], moved[1], moved[2]
             )
         };
+        let channels = LOOKED_AT_AGAIN
+            .iter()
+            .map(|c| format!("'{c}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let rows = match self {
             Store::Postgres(s) => {
                 let sql = format!(
@@ -160,12 +175,13 @@ impl Store {
                      FROM (SELECT o.id, {why} AS why
                            FROM outbox o JOIN workflows w ON w.id = o.workflow_id
                            WHERE o.id = ANY($1) AND o.status IN ('pending', 'failed')
-                             AND o.channel IN ('email', 'sms', 'slack')
+                             AND o.channel IN ({channels})
                              AND {stale}
                            FOR UPDATE OF o) AS stale
                      WHERE outbox.id = stale.id
                      RETURNING outbox.id",
                     why = why(pg_moved, pg_gone),
+                    channels = channels,
                     stale = stale(pg_moved, pg_gone, "o.payload->>'kind'"),
                 );
                 sqlx::query_scalar::<_, i64>(trusted(sql))
@@ -182,10 +198,11 @@ impl Store {
                                   FROM outbox o JOIN workflows w ON w.id = o.workflow_id
                                   WHERE o.id IN (SELECT value FROM json_each(?1))
                                     AND o.status IN ('pending', 'failed')
-                                    AND o.channel IN ('email', 'sms', 'slack')
+                                    AND o.channel IN ({channels})
                                     AND {stale})
                      RETURNING id",
                     why = why(sqlite_moved, sqlite_gone),
+                    channels = channels,
                     stale = stale(
                         sqlite_moved,
                         sqlite_gone,

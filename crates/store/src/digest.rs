@@ -116,8 +116,14 @@ pub fn coalesce(run: i64, rows: &[HeldRow], now: DateTime<Utc>) -> Result<Vec<Ne
     }
     let mut out = Vec::new();
     for (head, (group, threshold, items)) in groups {
-        let (closed, items): (Vec<&HeldRow>, Vec<&HeldRow>) =
-            items.into_iter().partition(|r| r.closed);
+        // only where the sender looks again: on the other channels (webhooks) a closed item
+        // sent alone would go out, where the digest would at least have listed it once
+        let (closed, items): (Vec<&HeldRow>, Vec<&HeldRow>) = items.into_iter().partition(|r| {
+            r.closed
+                && r.item["channel"]
+                    .as_str()
+                    .is_some_and(crate::delivery::looked_at_again)
+        });
         for r in closed {
             out.push(outbox_from(&r.item)?);
         }
@@ -143,6 +149,12 @@ pub fn coalesce(run: i64, rows: &[HeldRow], now: DateTime<Utc>) -> Result<Vec<Ne
             let mut payload = o.payload.clone();
             payload["to"] = cc.clone();
             payload["cc"] = json!([]);
+            // the copy reaches the people copied, not the digest's recipient (the group's
+            // user): deactivated all, they get no copy (obsolete_deliveries)
+            let user = group.split(':').next().unwrap_or_default();
+            if let Some(ids) = payload["user_ids"].as_array_mut() {
+                ids.retain(|id| id.as_str() != Some(user));
+            }
             // the copied message was written for its direct recipient ("escalated to you"):
             // addressed to the people copied, it says what they are told on a copy
             if let Some(cc_template) = payload["template"]
@@ -386,6 +398,35 @@ mod tests {
         assert_eq!(out.len(), 1 + 2 + 6);
         // the key is the group's first held row's, closed or not: the same rows, the same key
         assert_eq!(digest.idempotency_key, "digest:9:head:email:1");
+        // webhooks are not looked at again before they are sent: a closed item sent alone
+        // would go out, so it stays listed in the digest
+        let mut rows: Vec<HeldRow> = (1..=6).map(|i| held(i, "head", "webhook", 5)).collect();
+        rows[2].closed = true;
+        let out = coalesce(9, &rows, Utc::now()).unwrap();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].payload["count"], 6);
+    }
+
+    /// The copies of a digested email named the digest's recipient among the people they
+    /// reach: with everyone copied deactivated, the copy still went out.
+    #[test]
+    fn a_digested_emails_copy_names_only_the_people_copied() {
+        let rows: Vec<HeldRow> = (1..=6)
+            .map(|i| {
+                let mut r = held(i, "head", "email", 5);
+                r.item["payload"]["user_ids"] = json!(["head", "prev"]);
+                r
+            })
+            .collect();
+        let out = coalesce(9, &rows, Utc::now()).unwrap();
+        let copies: Vec<_> = out
+            .iter()
+            .filter(|o| o.idempotency_key.ends_with(":cc"))
+            .collect();
+        assert_eq!(copies.len(), 6);
+        for c in copies {
+            assert_eq!(c.payload["user_ids"], json!(["prev"]), "{}", c.payload);
+        }
     }
 
     #[test]
