@@ -229,6 +229,13 @@ impl Beat {
                  whose clock runs ahead?): scheduling from now; keep the beats' clocks in sync"
             );
             self.last_slot = None;
+            // nor is such a slot's unpushed run pushed: its check would be as of that time
+            if self
+                .unpushed
+                .is_some_and(|u| u.slot.is_some_and(|s| s > now + skew))
+            {
+                self.unpushed = None;
+            }
         }
         if let Some(u) = self.unpushed {
             self.push_again(u, window, now).await?;
@@ -277,9 +284,19 @@ impl Beat {
             // (none runs, or all are busy). Another check beside them only queued up too: with
             // no worker, one every two minutes, each to be planned once workers came back.
             let waiting = if stuck {
-                tokio::time::timeout(self.patience(), self.queues.checks_and_batches_waiting())
-                    .await
-                    .unwrap_or(Err(QueueError::TimedOut(self.patience())))?
+                let looked =
+                    tokio::time::timeout(self.patience(), self.queues.checks_and_batches_waiting())
+                        .await
+                        .unwrap_or(Err(QueueError::TimedOut(self.patience())));
+                match looked {
+                    Ok(waiting) => waiting,
+                    // the queue cannot say: kept, and asked again at the next step (dropped, it
+                    // was enqueued again beside itself, the duplicate this look is to avoid)
+                    Err(e) => {
+                        self.deadline_run = Some(flight);
+                        return Err(e.into());
+                    }
+                }
             } else {
                 0
             };
@@ -326,9 +343,7 @@ impl Beat {
             }
             self.swept = Some(std::time::Instant::now());
             self.fail_stale_runs(now).await;
-            let swept = tokio::time::timeout(self.patience(), self.sweep_outbox(now))
-                .await
-                .unwrap_or(Err(BeatError::Queue(QueueError::TimedOut(self.patience()))));
+            let swept = self.sweep_outbox(now).await;
             self.sweep_failing = swept.is_err();
             swept?;
             if tokio::time::timeout(self.patience(), self.prune_done_jobs())
@@ -384,12 +399,20 @@ impl Beat {
         if due == 0 {
             return Ok(());
         }
-        if self.queues.deliveries_waiting().await? == 0 {
-            self.queues
-                .push_delivery(&DeliverNotifications::default())
-                .await?;
-            tracing::debug!(due, "outbox sweep enqueued a delivery job");
-        }
+        // the queue's calls bounded, as a push of a check is (the database's are by its pool)
+        let patience = self.patience();
+        let bounded = tokio::time::timeout(patience, async {
+            if self.queues.deliveries_waiting().await? == 0 {
+                self.queues
+                    .push_delivery(&DeliverNotifications::default())
+                    .await?;
+                tracing::debug!(due, "outbox sweep enqueued a delivery job");
+            }
+            Ok::<(), QueueError>(())
+        });
+        bounded
+            .await
+            .unwrap_or(Err(QueueError::TimedOut(patience)))?;
         Ok(())
     }
 

@@ -159,7 +159,7 @@ fn main() -> ExitCode {
         // the reader went away (`escalator status | head -1`): nothing more to say
         Err(e) if e.downcast_ref::<commands::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
-            let code = if e.downcast_ref::<commands::Unreachable>().is_some() {
+            let code = if commands::unreachable(&e) {
                 ExitCode::from(commands::EXIT_UNREACHABLE)
             } else {
                 ExitCode::FAILURE

@@ -50,6 +50,21 @@ impl QueueError {
     pub(crate) fn apalis(e: impl std::fmt::Display) -> Self {
         QueueError::Apalis(e.to_string())
     }
+
+    /// Whether the queue could not be reached (refused, dropped, timed out), rather than
+    /// refusing the job itself.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            QueueError::Connect(_) | QueueError::TimedOut(_) => true,
+            QueueError::Redis(r) => {
+                r.is_io_error()
+                    || r.is_timeout()
+                    || r.is_connection_refusal()
+                    || r.is_connection_dropped()
+            }
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]

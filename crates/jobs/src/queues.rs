@@ -242,7 +242,7 @@ impl Queues {
         // a read-only replica after a failover)
         let why = format!("{UNQUEUED}: {}", escalator_runtime::error::with_causes(&e));
         if let Err(f) = store
-            .fail_check_run(job.check_run_id, &why, chrono::Utc::now())
+            .fail_unstarted_check_run(job.check_run_id, &why, chrono::Utc::now())
             .await
         {
             tracing::error!(check_run_id = job.check_run_id, error = %f, "cannot mark the unqueued run failed");
@@ -303,15 +303,23 @@ impl Queues {
         }
     }
 
-    /// Check and batch jobs waiting to run, scheduled retries included: while there are
-    /// some, a check run that has not moved waits for a worker; it is not lost.
+    /// Check and batch jobs waiting for a worker to take them, scheduled retries included
+    /// (not those a worker is running): while there are some, a check run that has not moved
+    /// waits for a worker; it is not lost.
     pub async fn checks_and_batches_waiting(&self) -> Result<u64, QueueError> {
         let names = self.names();
         let mut waiting = 0;
         for queue in [&names.checks, &names.batches] {
             waiting += match self {
+                // the scheduled set and the list fetched from: running jobs are elsewhere
                 Queues::Redis { conn, .. } => redis_stats(&mut conn.clone(), queue).await?.pending,
-                Queues::Sqlite { pool, .. } => sqlite_stats(pool, queue).await?.pending,
+                Queues::Sqlite { pool, .. } => {
+                    let n: i64 = sqlx::query_scalar(SQLITE_WAITING)
+                        .bind(queue)
+                        .fetch_one(pool)
+                        .await?;
+                    u64::try_from(n).unwrap_or(0)
+                }
             };
         }
         Ok(waiting)
@@ -832,6 +840,10 @@ const SQLITE_STATS: &str = "SELECT
       OR (status = 'Running' AND done_at IS NOT NULL) THEN 1 ELSE 0 END), 0),
   COALESCE(SUM(CASE WHEN status = 'Done' THEN 1 ELSE 0 END), 0)
 FROM Jobs WHERE job_type = ?1";
+
+/// [`SQLITE_STATS`]'s pending without the running jobs: those waiting for a worker.
+const SQLITE_WAITING: &str = "SELECT count(*) FROM Jobs WHERE job_type = ?1
+  AND (status IN ('Pending', 'Queued') OR (status = 'Failed' AND attempts < max_attempts))";
 
 async fn sqlite_stats(pool: &SqlitePool, queue: &str) -> Result<QueueStats, QueueError> {
     let (pending, dead, done): (i64, i64, i64) = sqlx::query_as(SQLITE_STATS)

@@ -104,6 +104,27 @@ impl StoreError {
         }
     }
 
+    /// Whether the database could not be reached or used at all: the connection refused,
+    /// dropped or timed out, no connection free in time, the server shutting down or not
+    /// accepting connections (PostgreSQL classes 08 and 57P01–57P03). Not a statement the
+    /// database refused (a conflict, a deadlock, bad input).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(db) => db.code().as_deref().is_some_and(|code| {
+                    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Whether a unique constraint refused the statement: a row with the same key exists.
     pub fn is_duplicate_key(&self) -> bool {
         matches!(self, StoreError::Database(sqlx::Error::Database(db)) if db.is_unique_violation())

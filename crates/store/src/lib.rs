@@ -442,6 +442,43 @@ impl Store {
         dispatch!(self, s => s.fail_check_run(id, error, now).await)
     }
 
+    /// Marks run `id` failed with `error` if no worker has started it: for a run whose job
+    /// could not be pushed. A push that timed out may have landed unseen, and a worker may have
+    /// started the run meanwhile: failing that one left it `running` with nothing to move it
+    /// once its job, pushed again under the same key, was dropped as a duplicate.
+    pub async fn fail_unstarted_check_run(
+        &self,
+        id: i64,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        match self {
+            Store::Postgres(s) => {
+                sqlx::query(
+                    "UPDATE check_runs SET status = 'failed', error = $2, finished_at = $3
+                     WHERE id = $1 AND status = 'queued' AND started_at IS NULL",
+                )
+                .bind(id)
+                .bind(error)
+                .bind(now)
+                .execute(s.pool())
+                .await?;
+            }
+            Store::Sqlite(s) => {
+                sqlx::query(
+                    "UPDATE check_runs SET status = 'failed', error = ?2, finished_at = ?3
+                     WHERE id = ?1 AND status = 'queued' AND started_at IS NULL",
+                )
+                .bind(id)
+                .bind(error)
+                .bind(time::sqlite_ts(now))
+                .execute(s.pool())
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Puts a failed run back in progress (its planner job retried after it died): `queued`
     /// when it never started, `running` otherwise, its error cleared. False when it was not
     /// failed.

@@ -172,19 +172,18 @@ impl std::fmt::Display for Unreachable {
     }
 }
 
-/// Whether a queue error means the queue could not be reached (rather than refused the job).
-fn queue_unreachable(e: &escalator_jobs::QueueError) -> bool {
-    use escalator_jobs::QueueError;
-    match e {
-        QueueError::Connect(_) | QueueError::TimedOut(_) => true,
-        QueueError::Redis(r) => {
-            r.is_io_error()
-                || r.is_timeout()
-                || r.is_connection_refusal()
-                || r.is_connection_dropped()
-        }
-        _ => false,
-    }
+/// Whether `e` says a service could not be reached, at connection or later (a failover
+/// while `verify` reads, Redis gone before a push): `main` exits [`EXIT_UNREACHABLE`].
+pub fn unreachable(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Unreachable>().is_some()
+        || e.chain().any(|cause| {
+            cause
+                .downcast_ref::<escalator_store::StoreError>()
+                .is_some_and(escalator_store::StoreError::is_unreachable)
+                || cause
+                    .downcast_ref::<escalator_jobs::QueueError>()
+                    .is_some_and(escalator_jobs::QueueError::is_unreachable)
+        })
 }
 
 /// Connects a service (api, worker, beat) to the queue backend, retrying an unreachable Redis
@@ -215,7 +214,7 @@ async fn queues(
     };
     connected.map_err(|e| {
         let what = format!("cannot connect to the queue at {}", redact(&config.url));
-        if queue_unreachable(&e) {
+        if e.is_unreachable() {
             anyhow::Error::new(e).context(Unreachable(what))
         } else {
             anyhow::Error::new(e).context(what)
@@ -235,4 +234,36 @@ pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
             escalator_store::time::LATEST
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exit 3 is for a service out of reach wherever the command meets it (a failover while
+    /// `verify` reads exited 1, as violations found do), not for a statement refused.
+    #[test]
+    fn a_service_out_of_reach_is_told_from_a_refusal_anywhere_in_the_chain() {
+        use escalator_jobs::QueueError;
+        use escalator_store::StoreError;
+        let timed_out = anyhow::Error::new(StoreError::Database(sqlx::Error::PoolTimedOut))
+            .context("reading the runs");
+        assert!(unreachable(&timed_out));
+        let refused = anyhow::Error::new(StoreError::NotFound {
+            entity: "workflow",
+            id: "w-1".into(),
+        })
+        .context("enqueueing");
+        assert!(!unreachable(&refused));
+        let queue = anyhow::Error::new(QueueError::TimedOut(std::time::Duration::from_secs(5)))
+            .context("enqueueing check run 7");
+        assert!(unreachable(&queue));
+        let backlog = anyhow::Error::new(QueueError::Backlogged {
+            queue: "escalator:checks".into(),
+            due: 9_000,
+        });
+        assert!(!unreachable(&backlog));
+        let at_connect = anyhow::anyhow!("refused").context(Unreachable("cannot connect".into()));
+        assert!(unreachable(&at_connect));
+    }
 }
