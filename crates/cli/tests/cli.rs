@@ -274,6 +274,7 @@ fn an_error_written_to_a_closed_stderr_is_still_exit_1() {
 fn zero_limits_and_timeouts_are_usage_errors() {
     for (args, flag) in [
         (&["jobs", "dead", "--limit", "0"][..], "--limit"),
+        (&["outbox", "list", "--limit", "0"], "--limit"),
         (
             &["enqueue", "check", "--wait", "--timeout", "0"],
             "--timeout",

@@ -17,8 +17,8 @@ enum What {
         /// Only dead deliveries (attempts exhausted or refused for good).
         #[arg(long)]
         dead: bool,
-        /// Most rows to show.
-        #[arg(long, default_value_t = 50)]
+        /// Most rows to show (1 or more).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
     /// Put a dead delivery (or all of them) back in line, attempts reset.
