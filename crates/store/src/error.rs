@@ -90,18 +90,7 @@ impl StoreError {
     /// Whether retrying the same call later may succeed (connection trouble, serialisation
     /// failures, timeouts), as opposed to a permanent refusal.
     pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Database(e) => match e {
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
-                | sqlx::Error::Tls(_) => true,
-                sqlx::Error::Database(db) => db.code().as_deref().is_some_and(transient_code),
-                _ => false,
-            },
-            _ => false,
-        }
+        self.database_failure(transient_code)
     }
 
     /// Whether the database could not be reached or used at all: the connection refused,
@@ -109,6 +98,14 @@ impl StoreError {
     /// accepting connections (PostgreSQL classes 08 and 57P01–57P03). Not a statement the
     /// database refused (a conflict, a deadlock, bad input).
     pub fn is_unreachable(&self) -> bool {
+        self.database_failure(|code| {
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        })
+    }
+
+    /// A connection-level failure (I/O, pool, TLS), or a database error whose code `coded`
+    /// accepts.
+    fn database_failure(&self, coded: impl Fn(&str) -> bool) -> bool {
         match self {
             StoreError::Database(e) => match e {
                 sqlx::Error::Io(_)
@@ -116,9 +113,7 @@ impl StoreError {
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Tls(_) => true,
-                sqlx::Error::Database(db) => db.code().as_deref().is_some_and(|code| {
-                    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
-                }),
+                sqlx::Error::Database(db) => db.code().as_deref().is_some_and(coded),
                 _ => false,
             },
             _ => false,
