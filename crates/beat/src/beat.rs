@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use escalator_jobs::{CheckWorkflows, DeliverNotifications, QueueError, Queues, Scope, UNQUEUED};
+use escalator_jobs::{CheckWorkflows, DeliverNotifications, Queues, Scope, UNQUEUED, within};
 use escalator_runtime::metrics as m;
 use escalator_runtime::serve::Health;
 use escalator_store::{Fenced, Lease, NewCheckRun, Store};
@@ -285,9 +285,7 @@ impl Beat {
             // no worker, one every two minutes, each to be planned once workers came back.
             let waiting = if stuck {
                 let looked =
-                    tokio::time::timeout(self.patience(), self.queues.checks_and_batches_waiting())
-                        .await
-                        .unwrap_or(Err(QueueError::TimedOut(self.patience())));
+                    within(self.patience(), self.queues.checks_and_batches_waiting()).await;
                 match looked {
                     Ok(waiting) => waiting,
                     // the queue cannot say: kept, and asked again at the next step (dropped, it
@@ -400,19 +398,16 @@ impl Beat {
             return Ok(());
         }
         // the queue's calls bounded, as a push of a check is (the database's are by its pool)
-        let patience = self.patience();
-        let bounded = tokio::time::timeout(patience, async {
+        within(self.patience(), async {
             if self.queues.deliveries_waiting().await? == 0 {
                 self.queues
                     .push_delivery(&DeliverNotifications::default())
                     .await?;
                 tracing::debug!(due, "outbox sweep enqueued a delivery job");
             }
-            Ok::<(), QueueError>(())
-        });
-        bounded
-            .await
-            .unwrap_or(Err(QueueError::TimedOut(patience)))?;
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 

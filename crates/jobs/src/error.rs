@@ -46,6 +46,17 @@ pub enum QueueError {
     },
 }
 
+/// `call` (queue work), given up after `bound` as [`QueueError::TimedOut`]: a Redis that
+/// accepts and never answers costs each call its response timeout and reconnections.
+pub async fn within<T>(
+    bound: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(bound, call)
+        .await
+        .unwrap_or(Err(QueueError::TimedOut(bound)))
+}
+
 impl QueueError {
     pub(crate) fn apalis(e: impl std::fmt::Display) -> Self {
         QueueError::Apalis(e.to_string())

@@ -12,7 +12,7 @@ pub mod settings;
 pub mod worker;
 
 pub use codec::{Incoming, LenientJson};
-pub use error::QueueError;
+pub use error::{QueueError, within};
 pub use payload::{CheckWorkflows, DeliverNotifications, EscalateBatch, Noop, Scope};
 pub use poll::{PollObserver, ReliableInterval};
 pub use queues::{

@@ -232,9 +232,7 @@ impl Queues {
         // a push), and a beat's step outlasted its lease; a push that did land unseen is
         // pushed again under the same key
         let bound = patience + Duration::from_secs(1);
-        let pushed = tokio::time::timeout(bound, self.push_check_within(job, patience))
-            .await
-            .unwrap_or(Err(QueueError::TimedOut(bound)));
+        let pushed = crate::error::within(bound, self.push_check_within(job, patience)).await;
         let Err(e) = pushed else {
             return Ok(());
         };
