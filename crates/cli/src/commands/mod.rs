@@ -142,15 +142,9 @@ pub async fn refuse_a_queue_file(store: &Store, url: &str) -> anyhow::Result<()>
 
 async fn connect_with(config: StoreConfig) -> anyhow::Result<Store> {
     config.backend().context("DATABASE_URL")?;
-    Store::connect(&config).await.map_err(|e| {
-        let what = format!("cannot connect to DATABASE_URL={}", redact(&config.url));
-        // refused, unreachable, timed out: exit 3; a wrong password or a missing file stay 1
-        if e.is_transient() {
-            anyhow::Error::new(e).context(Unreachable(what))
-        } else {
-            anyhow::Error::new(e).context(what)
-        }
-    })
+    Store::connect(&config)
+        .await
+        .with_context(|| format!("cannot connect to DATABASE_URL={}", redact(&config.url)))
 }
 
 /// The exit status of a command that could not reach its database or queue (refused,
@@ -161,29 +155,19 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 /// The exit status of `enqueue --wait` whose `--timeout` ran out (the run may still finish).
 pub const EXIT_TIMED_OUT: i32 = 4;
 
-/// An error's context meaning "could not reach a service": `main` exits
-/// [`EXIT_UNREACHABLE`]. Its text is the context's.
-#[derive(Debug)]
-pub struct Unreachable(pub String);
-
-impl std::fmt::Display for Unreachable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Whether `e` says a service could not be reached, at connection or later (a failover
-/// while `verify` reads, Redis gone before a push): `main` exits [`EXIT_UNREACHABLE`].
+/// while `verify` reads, Redis gone before a push): `main` exits [`EXIT_UNREACHABLE`]. Read
+/// off the causes themselves, wherever the command met them (a wrong password or a missing
+/// SQLite file is no outage: exit 1).
 pub fn unreachable(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Unreachable>().is_some()
-        || e.chain().any(|cause| {
-            cause
-                .downcast_ref::<escalator_store::StoreError>()
-                .is_some_and(escalator_store::StoreError::is_unreachable)
-                || cause
-                    .downcast_ref::<escalator_jobs::QueueError>()
-                    .is_some_and(escalator_jobs::QueueError::is_unreachable)
-        })
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<escalator_store::StoreError>()
+            .is_some_and(escalator_store::StoreError::is_unreachable)
+            || cause
+                .downcast_ref::<escalator_jobs::QueueError>()
+                .is_some_and(escalator_jobs::QueueError::is_unreachable)
+    })
 }
 
 /// Connects a service (api, worker, beat) to the queue backend, retrying an unreachable Redis
@@ -212,14 +196,7 @@ async fn queues(
     } else {
         Queues::connect(&config.url, names).await
     };
-    connected.map_err(|e| {
-        let what = format!("cannot connect to the queue at {}", redact(&config.url));
-        if e.is_unreachable() {
-            anyhow::Error::new(e).context(Unreachable(what))
-        } else {
-            anyhow::Error::new(e).context(what)
-        }
-    })
+    connected.with_context(|| format!("cannot connect to the queue at {}", redact(&config.url)))
 }
 
 /// Parses an RFC 3339 instant for `--as-of`/`--now`.
@@ -263,7 +240,8 @@ mod tests {
             due: 9_000,
         });
         assert!(!unreachable(&backlog));
-        let at_connect = anyhow::anyhow!("refused").context(Unreachable("cannot connect".into()));
+        let at_connect = anyhow::Error::new(QueueError::Connect("connection refused".into()))
+            .context("cannot connect to the queue at redis://127.0.0.1:1");
         assert!(unreachable(&at_connect));
     }
 }
