@@ -29,6 +29,54 @@ async fn readyz_is_503_naming_the_database_when_it_is_gone() {
     assert_eq!(res.json()["checks"]["queue"], "ok");
 }
 
+/// A burst of requests holding every pooled connection is load, not an outage: readiness
+/// asked through the pool waited its 2 s and said 503 on every replica at once, emptying the
+/// Service. The probe has a connection of its own.
+#[tokio::test]
+async fn readyz_answers_while_every_pooled_connection_is_busy() {
+    let api = spawn_api().await;
+    let escalator_store::Store::Postgres(pg) = &api.db.store else {
+        unreachable!()
+    };
+    let mut held = Vec::new();
+    for _ in 0..pg.pool().options().get_max_connections() {
+        held.push(pg.pool().acquire().await.unwrap());
+    }
+    assert_eq!(pg.pool().num_idle(), 0);
+    for _ in 0..2 {
+        let res = api.get("/readyz").await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+        assert_eq!(res.json()["checks"]["database"], "ok");
+    }
+    // and a probe connection the database has since closed is replaced, not reported
+    let mut pooled = Vec::new();
+    for c in &mut held {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap();
+        pooled.push(pid);
+    }
+    // (the filter in a CTE of its own: beside it in one WHERE, PostgreSQL may call the
+    // cheaper pg_terminate_backend first, on every connection)
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "WITH others AS MATERIALIZED (SELECT pid FROM pg_stat_activity
+           WHERE datname = current_database() AND pid <> ALL($1))
+         SELECT pg_terminate_backend(pid) FROM others",
+    )
+    .bind(&pooled)
+    .fetch_all(&mut *held[0])
+    .await
+    .unwrap();
+    assert_eq!(
+        killed,
+        [true],
+        "the probe's own connection, outside the pool"
+    );
+    let res = api.get("/readyz").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+}
+
 /// Every api replica shares the one Redis: a failover must not take them all out of the
 /// Service, so Kubernetes asks with `optional=queue` and gets 200 "degraded", while the
 /// api's other work goes on and only enqueueing a check is refused.

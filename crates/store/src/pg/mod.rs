@@ -39,6 +39,8 @@ use crate::{PG_MIGRATOR, StoreConfig};
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The readiness probe's own connection ([`PgStore::ping`]), opened on first use.
+    probe: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::PgConnection>>>,
     /// Batch transactions running at once ([`crate::batch_slots`]).
     batch_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -80,6 +82,7 @@ impl PgStore {
     pub fn from_pool(pool: PgPool) -> Self {
         PgStore {
             batch_slots: crate::batch_slots(pool.options().get_max_connections()),
+            probe: Default::default(),
             pool,
         }
     }
@@ -115,10 +118,32 @@ impl PgStore {
 
     pub(crate) async fn close(&self) {
         self.pool.close().await;
+        if let Some(probe) = self.probe.lock().await.take() {
+            let _ = sqlx::Connection::close(probe).await;
+        }
     }
 
+    /// A round trip on a connection of its own, outside the pool: a pool whose every
+    /// connection is busy (a burst of requests) must not make each api replica look unready at
+    /// once and empty the Service, which would turn slow answers into none. The connection is
+    /// kept between probes; one that fails, or whose probe was cancelled mid-way, is replaced.
     pub(crate) async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        use sqlx::ConnectOptions as _;
+        if self.pool.is_closed() {
+            return Err(sqlx::Error::PoolClosed.into());
+        }
+        let mut slot = self.probe.lock().await;
+        // taken out while in use: a probe cancelled by its timeout drops it mid-protocol
+        if let Some(mut kept) = slot.take()
+            && sqlx::query("SELECT 1").execute(&mut kept).await.is_ok()
+        {
+            *slot = Some(kept);
+            return Ok(());
+        }
+        // none yet, or the kept one broke (a database restart): one fresh attempt
+        let mut fresh = self.pool.connect_options().connect().await?;
+        sqlx::query("SELECT 1").execute(&mut fresh).await?;
+        *slot = Some(fresh);
         Ok(())
     }
 
