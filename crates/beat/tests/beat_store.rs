@@ -402,7 +402,11 @@ async fn a_deadline_check_that_never_moves_is_given_up_and_enqueued_again() {
         later += patience + chrono::Duration::seconds(1);
     }
     // its job is gone (a flushed Redis), and its patience has run out again: enqueued again
-    ns.flush();
+    assert!(
+        ns.flush() > 0,
+        "the queued check's keys were there to delete"
+    );
+    assert_eq!(q.checks_and_batches_waiting().await.unwrap(), 0);
     beat.step(later).await.unwrap();
     assert_eq!(
         deadline_runs(&db.store).await.len(),

@@ -32,26 +32,31 @@ impl fmt::Display for RedisNamespace {
 
 impl RedisNamespace {
     /// Deletes the namespace's keys (every job in its queues): a flushed Redis, as far as
-    /// this test's queues can tell.
-    pub fn flush(&self) {
-        let Ok(client) = redis::Client::open(redis_url()) else {
-            return;
-        };
-        let Ok(mut c) = client.get_connection() else {
-            return;
-        };
+    /// this test's queues can tell. Returns how many keys it deleted; panics, naming why, when
+    /// Redis cannot be asked (a test that flushes relies on it having happened).
+    pub fn flush(&self) -> usize {
+        match self.try_flush() {
+            Ok(deleted) => deleted,
+            Err(e) => panic!("flushing the Redis namespace {}: {e}", self.name),
+        }
+    }
+
+    fn try_flush(&self) -> redis::RedisResult<usize> {
+        let client = redis::Client::open(redis_url())?;
+        let mut c = client.get_connection_with_timeout(std::time::Duration::from_secs(10))?;
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}:*", self.name))
-            .query(&mut c)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut c);
+            .query(&mut c)?;
+        if keys.is_empty() {
+            return Ok(0);
         }
+        redis::cmd("DEL").arg(&keys).query(&mut c)
     }
 }
 
 impl Drop for RedisNamespace {
     fn drop(&mut self) {
-        self.flush();
+        // best effort: a test that already failed must not panic again while unwinding
+        let _ = self.try_flush();
     }
 }
