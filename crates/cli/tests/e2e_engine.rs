@@ -790,7 +790,7 @@ async fn a_waiting_enqueue_rides_out_a_database_that_goes_away() {
 
 /// With `--wait`, `enqueue check` waited the queue's own five minutes for room in a backlogged
 /// checks queue, whatever `--timeout` said. It gives up at `--timeout` with exit 4, its run
-/// marked failed naming the backlog.
+/// marked failed naming the backlog. While it waits it says why it sits there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_enqueue_gives_up_on_a_backlogged_queue_at_its_timeout() {
     let w = World::new().await;
@@ -805,7 +805,7 @@ async fn a_waiting_enqueue_gives_up_on_a_backlogged_queue_at_its_timeout() {
         .await
         .unwrap();
     queues.push_noops(escalator_jobs::MAX_DUE).await.unwrap();
-    let command = w.command(&["enqueue", "check", "--wait", "--timeout", "2"]);
+    let command = w.command(&["enqueue", "check", "--wait", "--timeout", "3"]);
     let out = tokio::task::spawn_blocking(move || {
         let mut command = command;
         command.output()
@@ -816,7 +816,12 @@ async fn a_waiting_enqueue_gives_up_on_a_backlogged_queue_at_its_timeout() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
-        stderr.contains("not enqueued within --timeout 2s"),
+        stderr.contains("not enqueued within --timeout 3s"),
+        "{stderr}"
+    );
+    // said while it waited, not only when it gave up (without --wait, that is five minutes)
+    assert!(
+        stderr.contains("waiting for room in the checks queue (up to 3s"),
         "{stderr}"
     );
     assert!(stderr.contains("jobs due after waiting"), "{stderr}");

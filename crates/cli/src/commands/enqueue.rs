@@ -125,10 +125,23 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     } else {
         escalator_jobs::BACKLOG_PATIENCE
     };
-    if let Err(e) = queues
-        .push_check_or_fail_run_within(&store, &job, patience)
-        .await
-    {
+    let push = queues.push_check_or_fail_run_within(&store, &job, patience);
+    tokio::pin!(push);
+    // a push waits for a backlogged checks queue (no worker running, or all busy) for up to
+    // its patience: said once, so that a script's log shows why the command sits there
+    let pushed = tokio::select! {
+        pushed = &mut push => pushed,
+        () = tokio::time::sleep(PUSH_QUIET) => {
+            stderr_line!(
+                "check run {}: waiting for room in the checks queue (up to {}s; are workers \
+                 running? `escalator status` shows the queues)",
+                run.id,
+                patience.as_secs()
+            );
+            push.await
+        }
+    };
+    if let Err(e) = pushed {
         let why = escalator_runtime::error::with_causes(&e);
         if args.wait
             && matches!(
@@ -259,6 +272,9 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
 
 /// How often `--wait` says how a long run is going (on stderr; stdout keeps the one result line).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a push may wait for room in a backlogged queue before the command says so.
+const PUSH_QUIET: Duration = Duration::from_secs(2);
 
 /// Pushes no-op jobs; with --wait, follows the queue until all are done.
 async fn noops(database_url: &str, args: NoopArgs) -> anyhow::Result<()> {
