@@ -373,10 +373,17 @@ async fn a_deadline_check_that_never_moves_is_given_up_and_enqueued_again() {
     let q = queues(&ns).await;
     let now = Utc::now();
     workflow_started(&db.store, now - chrono::Duration::hours(23), now).await;
+    // a schedule with no slot in the 8 minutes stepped through: a slot's check pushed among
+    // them is a job waiting for a worker, rightly waited on instead of a new deadline check
+    // (the test failed whenever they crossed a quarter hour)
+    let yearly = BeatConfig {
+        schedule: Schedule::parse("0 0 0 1 1 *", "UTC").unwrap(),
+        ..config("a", Duration::from_secs(1), Duration::from_secs(600))
+    };
     let mut beat = Beat::new(
         db.store.clone(),
         q.clone(),
-        config("a", Duration::from_secs(1), Duration::from_secs(600)),
+        yearly,
         Health::new(Duration::from_secs(60)),
     );
     // no worker runs here, so the check stays queued
