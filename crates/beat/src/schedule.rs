@@ -64,7 +64,22 @@ impl Schedule {
     pub fn parse(expr: &str, tz: &str) -> Result<Self, ScheduleError> {
         // the cron crate numbers weekdays as Quartz does (1 = Sunday, 0 refused), so the Unix
         // `1-5` meant Sunday to Thursday, silently: days of the week must be named
-        if let Some(days) = fields(expr).into_iter().nth(5)
+        let days = fields(expr).into_iter().nth(5);
+        // Quartz's `#` (the nth weekday of the month) and `L` (the last) are not understood by
+        // the parser, which named the part's digit as a numbered day ("SUN#2 is numeric")
+        if let Some(days) = &days
+            && days.contains(['#', 'L'])
+        {
+            return Err(ScheduleError::Cron {
+                expr: expr.to_owned(),
+                reason: format!(
+                    "day of week {days:?}: the nth (`#`) or last (`L`) weekday of a month is not \
+                     supported; name whole days (e.g. MON-FRI) and pick the dates with the day \
+                     of month field (e.g. `0 0 9 8-14 * SUN` for the second Sunday)"
+                ),
+            });
+        }
+        if let Some(days) = days
             && days.split(',').any(|part| {
                 // a step (`MON-FRI/2`, `*/2`) counts days, it names none
                 part.split('/')
@@ -192,6 +207,25 @@ mod tests {
             s.slots_between(utc("2026-11-25T12:00:00Z"), utc("2026-11-25T13:00:00Z"), 10);
         assert_eq!(total, 4);
         assert_eq!(slots.last(), Some(&utc("2026-11-25T13:00:00Z")));
+    }
+
+    #[test]
+    fn an_nth_weekday_is_refused_for_what_it_is_and_the_suggested_form_works() {
+        for expr in ["0 0 9 * * SUN#2", "0 0 9 * * FRIL", "0 0 9 * * MON,SUN#1"] {
+            let e = Schedule::parse(expr, "UTC").unwrap_err().to_string();
+            assert!(e.contains("nth (`#`) or last (`L`) weekday"), "{expr}: {e}");
+            assert!(!e.contains("numeric"), "{expr}: {e}");
+        }
+        // what the error suggests: the day of month and the day of week must both match
+        let s = Schedule::parse("0 0 9 8-14 * SUN", "UTC").unwrap();
+        assert_eq!(
+            s.next_after(utc("2026-12-01T00:00:00Z")),
+            Some(utc("2026-12-13T09:00:00Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-12-13T09:00:00Z")),
+            Some(utc("2027-01-10T09:00:00Z"))
+        );
     }
 
     #[test]
