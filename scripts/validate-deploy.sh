@@ -457,18 +457,39 @@ redis_ha() {
   echo "   ok: haproxy -c accepts haproxy.cfg"
   # HAProxy's own resolver ignores resolv.conf's search list: what it asks the cluster DNS for
   # must be fully qualified (a short name is NXDOMAIN, and no Redis is ever reachable)
-  local dns_port hap_port
+  local dns_port hap_port metrics_port
   dns_port=$("$PY" -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  hap_port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # two free TCP ports at once (asked one after the other, the kernel may hand out one twice)
+  read -r hap_port metrics_port < <("$PY" -c 'import socket; a, b = socket.socket(), socket.socket(); a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0)); print(a.getsockname()[1], b.getsockname()[1])')
   sed -e "s/parse-resolv-conf/nameserver cluster 127.0.0.1:$dns_port/" \
-      -e "s/bind :6379/bind 127.0.0.1:$hap_port/" "$dir/haproxy.cfg" >"$dir/haproxy-dns.cfg"
+      -e "s/bind :6379/bind 127.0.0.1:$hap_port/" \
+      -e "s/bind :8405/bind 127.0.0.1:$metrics_port/" "$dir/haproxy.cfg" >"$dir/haproxy-dns.cfg"
   : >"$dir/dns.log"
   "$PY" "$CHECKS" dns-log "$dns_port" "$dir/dns.log" 4 &
   local dns_pid=$!
   sleep 0.5
   REDIS_PASSWORD=placeholder POD_NAMESPACE=escalator timeout 3 haproxy -f "$dir/haproxy-dns.cfg" \
-    >"$dir/haproxy-dns.out" 2>&1 || true
+    >"$dir/haproxy-dns.out" 2>&1 &
+  local hap_pid=$!
+  # meanwhile its Prometheus exporter must answer with the gauge RedisNoMaster reads (an
+  # image built without USE_PROMEX fails `haproxy -c` above: no such service)
+  "$PY" - "$metrics_port" >"$dir/haproxy-metrics.txt" <<'FETCH' || true
+import sys, time, urllib.request
+for _ in range(25):
+    try:
+        print(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=1).read().decode())
+        break
+    except OSError:
+        time.sleep(0.1)
+FETCH
+  wait "$hap_pid" || true
   wait "$dns_pid" || true
+  if ! grep -q '^haproxy_backend_active_servers{proxy="redis-master"} ' "$dir/haproxy-metrics.txt"; then
+    echo "   haproxy served no haproxy_backend_active_servers{proxy=\"redis-master\"} on its metrics port"
+    cat "$dir/haproxy-dns.out"
+    return 1
+  fi
+  echo "   ok: haproxy's Prometheus exporter serves haproxy_backend_active_servers{proxy=\"redis-master\"}"
   [ -s "$dir/dns.log" ] || { echo "   haproxy asked no DNS question"; cat "$dir/haproxy-dns.out"; return 1; }
   if grep -v '\.redis-headless\.escalator\.svc\.cluster\.local$' "$dir/dns.log"; then
     echo "   haproxy asked the cluster DNS for names that are not fully qualified (above)"

@@ -436,6 +436,51 @@ def k8s_invariants(rendered_path):
     if not by.get("NetworkPolicy"):
         fail("no NetworkPolicy")
 
+    # scraping: every PodMonitor endpoint is a named port of the pods it selects, and a
+    # NetworkPolicy admits the monitoring namespace to it (default deny: a port left out is a
+    # target that is down, and an alert reading it never fires)
+    def labelled(sel, labels):
+        return all(labels.get(k) == v for k, v in (sel or {}).items())
+
+    def monitoring_reaches(pod_labels, port_name, port_number):
+        for pol in by.get("NetworkPolicy", {}).values():
+            if not labelled(pol["spec"].get("podSelector", {}).get("matchLabels"), pod_labels):
+                continue
+            for rule in pol["spec"].get("ingress") or []:
+                ports = [p.get("port") for p in rule.get("ports") or []]
+                if ports and port_name not in ports and port_number not in ports:
+                    continue
+                sources = rule.get("from")
+                if sources is None:
+                    return True
+                for src in sources:
+                    ns = (src.get("namespaceSelector") or {}).get("matchLabels") or {}
+                    if ns.get("kubernetes.io/metadata.name") == "monitoring" and "podSelector" not in src:
+                        return True
+        return False
+
+    for pm in by.get("PodMonitor", {}).values():
+        pid = f"PodMonitor/{pm['metadata']['name']}"
+        sel = pm["spec"].get("selector", {}).get("matchLabels")
+        pods = [(w["metadata"]["name"], w["spec"]["template"]) for w in workloads
+                if sel and labelled(sel, w["spec"]["template"]["metadata"].get("labels", {}))]
+        if not pods:
+            fail(f"{pid}: selector matches no pod template")
+        for ep in pm["spec"].get("podMetricsEndpoints", []):
+            for name, tpl in pods:
+                ports = {p.get("name"): p["containerPort"]
+                         for c in tpl["spec"]["containers"] for p in c.get("ports", [])}
+                if ep.get("port") not in ports:
+                    fail(f"{pid}: {name} has no container port named {ep.get('port')!r}")
+                elif not monitoring_reaches(tpl["metadata"].get("labels", {}), ep["port"],
+                                            ports[ep["port"]]):
+                    fail(f"{pid}: no NetworkPolicy lets the monitoring namespace reach {name}'s "
+                         f"port {ep['port']} ({ports[ep['port']]})")
+    # the Redis alerts (alerts.yml, group escalator-redis) select these jobs by name
+    for name in ("escalator-redis", "escalator-redis-sentinel", "escalator-redis-haproxy"):
+        if name not in by.get("PodMonitor", {}):
+            fail(f"PodMonitor/{name} missing: the Redis alerts read its job")
+
     if not ERRORS:
         ok(f"{len(objs)} objects satisfy escalator's invariants")
 
