@@ -535,6 +535,12 @@ def compose_invariants(json_path):
     if shutdown < 2 * smtp or not grace > shutdown:
         fail(f"worker: stop_grace_period {grace:g} s > ESCALATOR_SHUTDOWN_TIMEOUT {shutdown:g} s "
              f">= 2 x ESCALATOR_SMTP_TIMEOUT ({smtp:g} s) does not hold")
+    # real receiver secrets live outside the tracked placeholders (ALERTMANAGER_SECRETS_DIR):
+    # the whole directory mounted made operators overwrite files git tracks
+    am_targets = {str(v.get("target", "")) for v in svcs.get("alertmanager", {}).get("volumes", [])}
+    if "/etc/alertmanager/secrets" not in am_targets or "/etc/alertmanager" in am_targets:
+        fail("alertmanager: mount alertmanager.yml and the secrets directory "
+             "(ALERTMANAGER_SECRETS_DIR) separately, not deploy/alertmanager whole")
     prom = svcs.get("prometheus", {})
     if not any(str(v.get("source", "")).endswith("deploy/prometheus") for v in prom.get("volumes", [])):
         fail("prometheus: deploy/prometheus is not mounted")
