@@ -523,6 +523,67 @@ FETCH
 }
 check "Redis Sentinel: HAProxy config and the configure script" redis_ha
 
+# HAProxy's check against real redis-servers: of two that say role:master (an old master
+# restarted before the sentinels demote it), clients reach only the one with a replica, and
+# they follow a failover. Round-robin between both split the queues' writes between them.
+redis_ha_routing() {
+  local dir=$WORK/redis-routing cfg=$WORK/redis-ha/haproxy.cfg ports p hap_pid i seen
+  command -v redis-server >/dev/null || { echo "   redis-server is not installed"; return 1; }
+  [ -s "$cfg" ] || { echo "   no haproxy.cfg (the previous check failed)"; return 1; }
+  mkdir -p "$dir"
+  # five free TCP ports at once: the old master, the real one, its replica, HAProxy, its stats
+  read -r -a ports < <("$PY" -c 'import socket
+ss = [socket.socket() for _ in range(5)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+  for p in "${ports[@]:0:3}"; do
+    redis-server --port "$p" --bind 127.0.0.1 --requirepass placeholder --masterauth placeholder \
+      --save '' --appendonly no --dir "$dir" --daemonize yes --pidfile "$dir/$p.pid" \
+      --logfile "$dir/$p.log" || return 1
+  done
+  # stopped whatever happens below
+  stop_redis() { for p in "${ports[@]:0:3}"; do [ -s "$dir/$p.pid" ] && kill "$(cat "$dir/$p.pid")" 2>/dev/null; done; true; }
+  rcli() { redis-cli -p "$1" -a placeholder --no-auth-warning "${@:2}"; }
+  for i in $(seq 50); do rcli "${ports[2]}" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  rcli "${ports[2]}" replicaof 127.0.0.1 "${ports[1]}" >/dev/null
+  for i in $(seq 50); do
+    rcli "${ports[1]}" info replication | grep -q '^connected_slaves:1' && break; sleep 0.1
+  done
+  sed -e "s/parse-resolv-conf/nameserver none 127.0.0.1:9/" \
+      -e "s/bind :6379/bind 127.0.0.1:${ports[3]}/" -e "s/bind :8405/bind 127.0.0.1:${ports[4]}/" \
+      -e "s#\"redis-0[^\"]*\"#127.0.0.1:${ports[0]}#" -e "s#\"redis-1[^\"]*\"#127.0.0.1:${ports[1]}#" \
+      -e "s#\"redis-2[^\"]*\"#127.0.0.1:${ports[2]}#" "$cfg" >"$dir/haproxy.cfg"
+  REDIS_PASSWORD=placeholder POD_NAMESPACE=escalator timeout 40 haproxy -f "$dir/haproxy.cfg" \
+    >"$dir/haproxy.out" 2>&1 &
+  hap_pid=$!
+  # the port of the server each of a few new client connections reached, once the checks
+  # have settled (a failed check waits out its 2 s timeout, three times before "down")
+  reached() {
+    local want=$1 n
+    for n in $(seq 150); do
+      seen=$(for i in 1 2 3 4; do rcli "${ports[3]}" info server 2>/dev/null | sed -n 's/^tcp_port:\([0-9]*\).*/\1/p'; done | sort -u | tr '\n' ' ')
+      [ "$seen" = "$want " ] && return 0
+      sleep 0.1
+    done
+    return 1
+  }
+  if ! reached "${ports[1]}"; then
+    echo "   with two servers saying role:master, clients reached ports $seen, not only ${ports[1]} (the one with a replica)"
+    cat "$dir/haproxy.out"; kill "$hap_pid" 2>/dev/null; stop_redis; return 1
+  fi
+  echo "   ok: of two servers saying role:master, clients reach only the one with a replica"
+  # a failover: the replica is promoted and the old master follows it
+  rcli "${ports[2]}" replicaof no one >/dev/null
+  rcli "${ports[1]}" replicaof 127.0.0.1 "${ports[2]}" >/dev/null
+  if ! reached "${ports[2]}"; then
+    echo "   after a failover clients reached ports $seen, not ${ports[2]} (the new master)"
+    cat "$dir/haproxy.out"; kill "$hap_pid" 2>/dev/null; stop_redis; return 1
+  fi
+  echo "   ok: after a failover, clients reach the new master"
+  kill "$hap_pid" 2>/dev/null; wait "$hap_pid" 2>/dev/null; stop_redis
+}
+check "Redis Sentinel: HAProxy routes to the one master with a replica (real redis-servers)" redis_ha_routing
+
 # --- docker ------------------------------------------------------------------------------------
 check "hadolint deploy/docker/Dockerfile" "$HADOLINT" deploy/docker/Dockerfile
 compose_config() {
