@@ -57,7 +57,7 @@ pub struct TrailQuery {
     pub limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/workflows/{id}/audit", tag = "audit",
+#[utoipa::path(get, path = "/api/v1/workflows/{id}/audit", operation_id = "list_workflow_audit", tag = "audit",
     params(("id" = Uuid, Path, description = "workflow id"), TrailQuery),
     responses(
         (status = 200, description = "the trail, oldest first, a page at a time", body = AuditPage),
@@ -107,7 +107,7 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+#[utoipa::path(get, path = "/api/v1/audit", operation_id = "list_audit", tag = "audit",
     params(AuditQuery),
     responses(
         (status = 200, description = "a page of the global log, oldest first", body = AuditPage),

@@ -102,7 +102,7 @@ pub struct CheckQueued {
     pub as_of: DateTime<Utc>,
 }
 
-#[utoipa::path(post, path = "/api/v1/checks", tag = "checks",
+#[utoipa::path(post, path = "/api/v1/checks", operation_id = "create_check", tag = "checks",
     request_body(content = Option<CreateCheck>, description = "optional: empty checks every due workflow now"),
     responses(
         (status = 202, description = "recorded and queued", body = CheckQueued),
@@ -276,7 +276,7 @@ pub async fn enqueue(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/checks/{id}", tag = "checks",
+#[utoipa::path(get, path = "/api/v1/checks/{id}", operation_id = "get_check", tag = "checks",
     params(("id" = i64, Path, description = "check run id", minimum = 1)),
     responses(
         (status = 200, description = "the run with its status and counts", body = CheckRun),

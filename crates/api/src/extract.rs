@@ -94,7 +94,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         };
     parsed.map_err(|(path, inner)| match inner.classify() {
         serde_json::error::Category::Data => {
-            let message = time_hint(json_terms(&inner.to_string()));
+            let message = time_hint(json_terms(&inner.to_string()), &path);
             ApiError::Client {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: "invalid",
@@ -134,8 +134,9 @@ fn json_terms(message: &str) -> String {
 }
 
 /// A time that does not parse fails with chrono's words alone ("premature end of input": a
-/// time without its UTC offset reads as a body cut short): say what a time looks like.
-fn time_hint(message: String) -> String {
+/// time without its UTC offset reads as a body cut short): say what a time looks like, or a
+/// date where the field (at `path`) holds dates (a calendar's `holidays`).
+fn time_hint(message: String, path: &str) -> String {
     const CHRONO: [&str; 5] = [
         "premature end of input",
         "input contains invalid characters",
@@ -143,12 +144,14 @@ fn time_hint(message: String) -> String {
         "trailing input",
         "input is not enough for unique date and time",
     ];
-    if CHRONO.iter().any(|c| message.starts_with(c)) {
+    if !CHRONO.iter().any(|c| message.starts_with(c)) {
+        message
+    } else if path.starts_with("holidays[") {
+        format!("{message}: expected a date, such as 2026-12-25")
+    } else {
         format!(
             "{message}: expected an RFC 3339 time with its UTC offset, such as 2026-11-25T12:00:00Z"
         )
-    } else {
-        message
     }
 }
 
@@ -237,7 +240,7 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> ApiResult<T> {
     let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let message = time_hint(e.inner().to_string());
+        let message = time_hint(e.inner().to_string(), &path);
         let err = ApiError::client(StatusCode::BAD_REQUEST, "bad_query", message.clone());
         match field_of(&path, &message) {
             Some(f) => err.with_field(f),
@@ -328,9 +331,18 @@ mod tests {
             "expected a JSON object, or expected a JSON object"
         );
         assert_eq!(json_terms("missing field `title`"), "missing field `title`");
-        assert!(time_hint("premature end of input at line 1 column 9".into()).contains("RFC 3339"));
+        assert!(
+            time_hint("premature end of input at line 1 column 9".into(), "as_of")
+                .contains("RFC 3339")
+        );
+        // a calendar's holidays are dates: the time's hint sent users to what is refused too
+        let holiday = time_hint("trailing input at line 1 column 9".into(), "holidays[0]");
+        assert!(
+            holiday.ends_with("expected a date, such as 2026-12-25"),
+            "{holiday}"
+        );
         assert_eq!(
-            time_hint("missing field `as_of`".into()),
+            time_hint("missing field `as_of`".into(), "as_of"),
             "missing field `as_of`"
         );
         assert!(object_body(b"  {}").is_ok());

@@ -28,7 +28,7 @@ fn failure<T, E: std::error::Error + 'static>(
 /// How long a readiness probe waits for each dependency.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations",
     responses(
         (status = 200, description = "the process answers (and, in escalator dev, its worker and beat make progress)", body = Object),
         (status = 503, description = "escalator dev only: its worker and beat made no progress for too long", body = Object),
@@ -65,7 +65,7 @@ pub struct ReadyQuery {
     pub optional: Option<String>,
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
     params(ReadyQuery),
     responses(
         (status = 200, description = "database and queue reachable, or only an optional one failed (status degraded)", body = Object),

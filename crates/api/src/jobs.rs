@@ -65,7 +65,7 @@ pub struct DeadJobs {
     pub items: Vec<DeadJobView>,
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
+#[utoipa::path(get, path = "/api/v1/jobs", operation_id = "list_jobs", tag = "jobs",
     params(JobsQuery),
     responses(
         (status = 200, description = "dead jobs of every queue", body = DeadJobs),
@@ -94,7 +94,7 @@ pub struct Retried {
     pub id: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{queue}/{id}/retry", tag = "jobs",
+#[utoipa::path(post, path = "/api/v1/jobs/{queue}/{id}/retry", operation_id = "retry_job", tag = "jobs",
     params(
         ("queue" = String, Path, description = "the queue, as listed (escalator:batches) or by its short name (batches)"),
         ("id" = String, Path, description = "the task id"),

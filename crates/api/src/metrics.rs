@@ -117,7 +117,7 @@ async fn refresh_fleet(s: &AppState) {
     *last = Some(Instant::now());
 }
 
-#[utoipa::path(get, path = "/api/v1/metrics/prometheus", tag = "operations",
+#[utoipa::path(get, path = "/api/v1/metrics/prometheus", operation_id = "prometheus_metrics", tag = "operations",
     responses(
         (status = 200, description = "Prometheus text exposition (also at /metrics)", content_type = "text/plain", body = String),
         (status = 503, description = "no metrics recorder in this process", body = ErrorBody),

@@ -40,7 +40,7 @@ pub struct Inbox {
     pub next_before: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/notifications", tag = "inbox",
+#[utoipa::path(get, path = "/api/v1/notifications", operation_id = "list_notifications", tag = "inbox",
     params(InboxQuery),
     responses(
         (status = 200, description = "newest first", body = Inbox),
@@ -78,7 +78,7 @@ pub struct MarkedRead {
     pub newly_read: bool,
 }
 
-#[utoipa::path(post, path = "/api/v1/notifications/{id}/read", tag = "inbox",
+#[utoipa::path(post, path = "/api/v1/notifications/{id}/read", operation_id = "mark_notification_read", tag = "inbox",
     params(("id" = i64, Path, description = "notification id", minimum = 1)),
     responses(
         (status = 200, description = "read (idempotent)", body = MarkedRead),

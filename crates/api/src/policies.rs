@@ -95,7 +95,7 @@ pub struct Policies {
     pub items: Vec<PolicyView>,
 }
 
-#[utoipa::path(get, path = "/api/v1/policies", tag = "policies",
+#[utoipa::path(get, path = "/api/v1/policies", operation_id = "list_policies", tag = "policies",
     responses((status = 200, description = "the newest version of every policy", body = Policies)))]
 /// `GET /api/v1/policies`.
 pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Policies>> {
@@ -115,7 +115,7 @@ pub struct VersionQuery {
     pub version: Option<i32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/policies/{id}", tag = "policies",
+#[utoipa::path(get, path = "/api/v1/policies/{id}", operation_id = "get_policy", tag = "policies",
     params(("id" = String, Path, description = "policy id"), VersionQuery),
     responses(
         (status = 200, description = "the policy version", body = PolicyView),
@@ -147,7 +147,7 @@ pub struct NewPolicyVersion {
     pub spec: PolicySpec,
 }
 
-#[utoipa::path(post, path = "/api/v1/policies", tag = "policies",
+#[utoipa::path(post, path = "/api/v1/policies", operation_id = "create_policy", tag = "policies",
     request_body = NewPolicyVersion,
     responses(
         (status = 201, description = "the new version (running workflows keep theirs)", body = PolicyView),
@@ -192,7 +192,7 @@ pub struct CalendarView {
     pub spec: CalendarSpec,
 }
 
-#[utoipa::path(get, path = "/api/v1/calendars/{id}", tag = "calendars",
+#[utoipa::path(get, path = "/api/v1/calendars/{id}", operation_id = "get_calendar", tag = "calendars",
     params(("id" = String, Path, description = "calendar id")),
     responses(
         (status = 200, description = "the calendar", body = CalendarView),
@@ -210,7 +210,7 @@ pub async fn get_calendar(
     }))
 }
 
-#[utoipa::path(put, path = "/api/v1/calendars/{id}", tag = "calendars",
+#[utoipa::path(put, path = "/api/v1/calendars/{id}", operation_id = "put_calendar", tag = "calendars",
     params(("id" = String, Path, description = "calendar id")),
     request_body(content = Object, description = "`timezone` (IANA), `windows` [{day, start, end}], `holidays` [date]"),
     responses(

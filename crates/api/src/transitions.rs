@@ -184,7 +184,7 @@ async fn expected_version(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/workflows/{id}/{action}", tag = "workflows",
+#[utoipa::path(post, path = "/api/v1/workflows/{id}/{action}", operation_id = "transition_workflow", tag = "workflows",
     params(
         ("id" = Uuid, Path, description = "workflow id"),
         ("action" = Action, Path, description = "the transition"),

@@ -71,7 +71,7 @@ pub struct Users {
     pub next_after: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+#[utoipa::path(get, path = "/api/v1/users", operation_id = "list_users", tag = "users",
     params(UsersQuery),
     responses(
         (status = 200, description = "a page of users by id", body = Users),
@@ -93,7 +93,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
+#[utoipa::path(get, path = "/api/v1/users/{id}", operation_id = "get_user", tag = "users",
     params(("id" = String, Path, description = "user id")),
     responses(
         (status = 200, description = "the user", body = UserView),
@@ -174,14 +174,15 @@ async fn check_manager(s: &AppState, id: &str, manager: &str) -> ApiResult<()> {
     ))
 }
 
-#[utoipa::path(put, path = "/api/v1/users/{id}", tag = "users",
+#[utoipa::path(put, path = "/api/v1/users/{id}", operation_id = "put_user", tag = "users",
     params(("id" = String, Path, description = "user id")),
     request_body = PutUser,
     responses(
         (status = 200, description = "created or replaced", body = UserView),
         (status = 422, description = "invalid field, unknown or circular manager", body = ErrorBody),
     ))]
-/// `PUT /api/v1/users/{id}`: creates or replaces a user.
+/// `PUT /api/v1/users/{id}`: creates or replaces a user. Omitted `email`, `phone`, `slack` and
+/// `manager_id` are removed, as in any replacement; omitted `channels` are kept.
 pub async fn put(
     State(s): State<AppState>,
     PathParams(id): PathParams<String>,

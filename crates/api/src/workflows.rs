@@ -86,7 +86,7 @@ pub(crate) fn workflow_response(status: StatusCode, w: Workflow) -> Response {
     res
 }
 
-#[utoipa::path(post, path = "/api/v1/workflows", tag = "workflows",
+#[utoipa::path(post, path = "/api/v1/workflows", operation_id = "create_workflow", tag = "workflows",
     request_body = CreateWorkflow,
     responses(
         (status = 201, description = "created", body = WorkflowView),
@@ -133,7 +133,7 @@ pub async fn create(
     Ok(workflow_response(status, created.workflow))
 }
 
-#[utoipa::path(get, path = "/api/v1/workflows/{id}", tag = "workflows",
+#[utoipa::path(get, path = "/api/v1/workflows/{id}", operation_id = "get_workflow", tag = "workflows",
     params(("id" = Uuid, Path, description = "workflow id")),
     responses(
         (status = 200, description = "the workflow; ETag is its version", body = WorkflowView),
@@ -229,7 +229,7 @@ pub fn page_limit(limit: Option<u32>, max: u32) -> ApiResult<u32> {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/workflows", tag = "workflows",
+#[utoipa::path(get, path = "/api/v1/workflows", operation_id = "list_workflows", tag = "workflows",
     params(ListQuery),
     responses(
         (status = 200, description = "a page, oldest first", body = WorkflowPage),

@@ -269,10 +269,25 @@ fn an_error_written_to_a_closed_stderr_is_still_exit_1() {
 }
 
 /// A limit or timeout of 0 answered nonsense: "0 dead job(s)" with dead jobs there, "is a
-/// worker running?" with one running. Both are refused as usage errors (exit 2).
+/// worker running?" with one running. Both are refused as usage errors (exit 2), as is a
+/// timeout past a week (the largest values panicked on an overflow, after the run was written).
 #[test]
 fn zero_limits_and_timeouts_are_usage_errors() {
     for (args, flag) in [
+        (
+            &[
+                "enqueue",
+                "check",
+                "--wait",
+                "--timeout",
+                "18446744073709551615",
+            ][..],
+            "--timeout",
+        ),
+        (
+            &["enqueue", "noop", "--wait", "--timeout", "604801"],
+            "--timeout",
+        ),
         (&["jobs", "dead", "--limit", "0"][..], "--limit"),
         (&["outbox", "list", "--limit", "0"], "--limit"),
         (
@@ -288,7 +303,26 @@ fn zero_limits_and_timeouts_are_usage_errors() {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(
-            stderr.contains("invalid value '0'") && stderr.contains(flag),
+            stderr.contains("invalid value '") && stderr.contains(flag),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// A retry that names nothing to retry is called wrong (2), not refused (1): a script could not
+/// tell the two apart.
+#[test]
+fn a_retry_without_what_to_retry_is_a_usage_error() {
+    for args in [
+        &["jobs", "retry"][..],
+        &["jobs", "retry", "escalator:batches"],
+        &["outbox", "retry"],
+    ] {
+        let out = escalator("sqlite://unused.db", args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("required arguments were not provided"),
             "{args:?}: {stderr}"
         );
     }

@@ -231,7 +231,7 @@ impl Queues {
         // accepts and never answers cost several of them and their reconnections (about 30 s
         // a push), and a beat's step outlasted its lease; a push that did land unseen is
         // pushed again under the same key
-        let bound = patience + Duration::from_secs(1);
+        let bound = patience.saturating_add(Duration::from_secs(1));
         let pushed = crate::error::within(bound, self.push_check_within(job, patience)).await;
         let Err(e) = pushed else {
             return Ok(());

@@ -27,6 +27,10 @@ enum What {
     Noop(NoopArgs),
 }
 
+/// The longest `--timeout` (a week): longer is a mistake, and the largest values overflowed the
+/// clock arithmetic into a panic.
+const MAX_TIMEOUT: u64 = 7 * 24 * 3600;
+
 #[derive(Debug, clap::Args)]
 struct NoopArgs {
     /// How many.
@@ -36,7 +40,7 @@ struct NoopArgs {
     #[arg(long)]
     wait: bool,
     /// With --wait: give up after this many seconds (exit 4; the run may still finish).
-    #[arg(long, default_value_t = 300, requires = "wait", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 300, requires = "wait", value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT))]
     timeout: u64,
 }
 
@@ -53,7 +57,7 @@ struct CheckArgs {
     #[arg(long)]
     wait: bool,
     /// With --wait: give up after this many seconds (exit 4; the run may still finish).
-    #[arg(long, default_value_t = 300, requires = "wait", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 300, requires = "wait", value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT))]
     timeout: u64,
 }
 

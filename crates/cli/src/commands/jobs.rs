@@ -23,8 +23,10 @@ enum What {
     /// Put a dead job (or every dead job) back in its queue with its attempts reset.
     Retry {
         /// Queue name, e.g. escalator:batches.
+        #[arg(required_unless_present = "all_dead")]
         queue: Option<String>,
         /// Task id.
+        #[arg(required_unless_present = "all_dead")]
         id: Option<String>,
         /// Every dead job of every queue.
         #[arg(long, conflicts_with_all = ["queue", "id"])]

@@ -24,6 +24,7 @@ enum What {
     /// Put a dead delivery (or all of them) back in line, attempts reset.
     Retry {
         /// The outbox row id.
+        #[arg(required_unless_present = "all_dead")]
         id: Option<i64>,
         /// Every dead delivery.
         #[arg(long, conflicts_with = "id")]
