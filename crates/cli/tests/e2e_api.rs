@@ -74,6 +74,64 @@ async fn the_api_serves_workflows_and_metrics_and_stops_on_sigterm() {
     assert!(stop(child).success());
 }
 
+/// Everything but enqueueing works without Redis, and Kubernetes keeps a replica whose queue is
+/// gone in the Service (`/readyz?optional=queue`). One (re)started during a Redis outage exited
+/// 3 instead and crash-looped until Redis was back: it now serves, and enqueues once Redis
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_started_while_redis_is_down_serves_and_enqueues_once_it_is_back() {
+    let world = World::new().await;
+    world.run(&["migrate"]);
+    let mut redis = escalator_testkit::services::PrivateRedis::start();
+    redis.kill();
+    let port = free_port();
+    let child = world
+        .command(&["api"])
+        .env("REDIS_URL", redis.url())
+        .env("ESCALATOR_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("ESCALATOR_API_TOKENS", format!("e2e:{TOKEN}:admin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the api did not listen without its queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, res) = http(port, "GET", "/readyz?optional=queue", None).await;
+    assert_eq!(code, 200, "{res}");
+    assert!(res.contains(r#""status":"degraded""#), "{res}");
+    let body = r#"{"external_id":"E2E-R","title":"t","kind":"k","stage":"s","assignee":"alice","initiator":"bob"}"#;
+    let (code, res) = http(port, "POST", "/api/v1/workflows", Some(body)).await;
+    assert_eq!(code, 201, "{res}");
+    let (code, res) = http(port, "POST", "/api/v1/checks", Some("{}")).await;
+    assert_eq!(code, 503, "{res}");
+
+    redis.restart();
+    let back = Instant::now();
+    loop {
+        let (code, res) = http(port, "POST", "/api/v1/checks", Some("{}")).await;
+        if code == 202 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "no enqueue once Redis was back: {res}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, res) = http(port, "GET", "/readyz", None).await;
+    assert_eq!(code, 200, "{res}");
+    assert!(stop(child).success());
+}
+
 /// Without tokens on loopback the api answers only to local names: a web page reaching it by
 /// DNS rebinding (its own name resolving to 127.0.0.1) read it, and wrote to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,28 @@ pub enum Queues {
     },
 }
 
+fn is_redis(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
+}
+
+/// The client for the Redis at `url`, and the settings of its connection manager, which
+/// retries a lost connection `retries` times (100 ms, doubling).
+fn redis_client(
+    url: &str,
+    retries: usize,
+) -> Result<(redis::Client, redis::aio::ConnectionManagerConfig), QueueError> {
+    // Nagle's algorithm off (redis-rs leaves it on): a push or a fetch must not wait for the
+    // server's delayed ACK
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| QueueError::Config(format!("REDIS_URL: {e}")))?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_number_of_retries(retries)
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    Ok((redis::Client::open(info)?, config))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -116,17 +138,9 @@ impl Queues {
         names: QueueNames,
         retries: usize,
     ) -> Result<Queues, QueueError> {
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
-            // Nagle's algorithm off (redis-rs leaves it on): a push or a fetch must not wait
-            // for the server's delayed ACK
-            let info = redis::IntoConnectionInfo::into_connection_info(url)
-                .map_err(|e| QueueError::Config(format!("REDIS_URL: {e}")))?
-                .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_number_of_retries(retries)
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT));
-            let mut conn = redis::Client::open(info)?
+        if is_redis(url) {
+            let (client, config) = redis_client(url, retries)?;
+            let mut conn = client
                 .get_connection_manager_with_config(config)
                 .await
                 .map_err(|e| QueueError::Connect(e.to_string()))?;
@@ -173,6 +187,21 @@ impl Queues {
         } else {
             Err(QueueError::UnsupportedUrl(url.to_owned()))
         }
+    }
+
+    /// [`Queues::connect`] for a Redis that is unreachable now: connects on first use, and
+    /// again after each failure, as a connected one reconnects. For the api, which serves
+    /// everything but enqueueing without a queue: a replica (re)started during a Redis outage
+    /// exited instead, and crash-looped until Redis was back. (The check that Redis does not
+    /// evict keys is left to the workers and the beat, which refuse to start on one.)
+    pub fn connect_lazily(url: &str, names: QueueNames) -> Result<Queues, QueueError> {
+        if !is_redis(url) {
+            return Err(QueueError::UnsupportedUrl(url.to_owned()));
+        }
+        let (client, config) = redis_client(url, SERVICE_RETRIES)?;
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| QueueError::Connect(e.to_string()))?;
+        Ok(Queues::Redis { conn, names })
     }
 
     /// The queue names.

@@ -15,7 +15,24 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let metrics =
         escalator_runtime::metrics::install().context("installing the metrics recorder")?;
     let store = super::connect_service(database_url).await?;
-    let queues = super::connect_queues(&queue_config).await?;
+    let queues = match super::connect_queues(&queue_config).await {
+        Ok(queues) => queues,
+        // everything but enqueueing a check works without the queue (`/readyz?optional=queue`
+        // answers "degraded"): a replica (re)started during a Redis outage serves, and
+        // connects once Redis answers
+        Err(e) if super::unreachable(&e) && !queue_config.url.starts_with("sqlite:") => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "the queue is unreachable: serving without it; enqueueing a check answers 503, \
+                 and /readyz reports the queue failed, until Redis answers"
+            );
+            escalator_jobs::Queues::connect_lazily(
+                &queue_config.url,
+                escalator_jobs::QueueNames::new(&queue_config.namespace),
+            )?
+        }
+        Err(e) => return Err(e),
+    };
     let authenticated = !settings.tokens.is_empty();
     let mut state = AppState::new(store.clone(), queues, settings.tokens, Some(metrics))
         .with_request_timeout(settings.timeout);
