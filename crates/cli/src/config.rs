@@ -517,20 +517,30 @@ pub fn allowed_hosts(src: &dyn Source) -> Result<Vec<String>, ConfigError> {
     Ok(hosts)
 }
 
+/// `ESCALATOR_API_TOKENS`, for `api` and `dev`: none when unset.
+pub fn api_tokens(src: &dyn Source) -> Result<Tokens, ConfigError> {
+    match src.get("ESCALATOR_API_TOKENS") {
+        None => Ok(Tokens::none()),
+        Some(value) => Tokens::parse(&value).map_err(|reason| ConfigError {
+            name: "ESCALATOR_API_TOKENS",
+            // the value holds secrets: never echo it
+            value: "***".into(),
+            reason,
+        }),
+    }
+}
+
+/// `ESCALATOR_API_TIMEOUT`, for `api` and `dev`.
+pub fn api_timeout(src: &dyn Source) -> Result<Duration, ConfigError> {
+    seconds(src, "ESCALATOR_API_TIMEOUT", escalator_api::REQUEST_TIMEOUT)
+}
+
 impl ApiSettings {
     /// From the environment. Refuses an api without tokens on a non-loopback address unless
     /// `ESCALATOR_API_INSECURE=1`: an open api on the network lets anyone close workflows.
     pub fn from_env(src: &dyn Source) -> Result<Self, ConfigError> {
         let addr = addr(src, "ESCALATOR_API_ADDR", "0.0.0.0:5000")?;
-        let tokens = match src.get("ESCALATOR_API_TOKENS") {
-            None => Tokens::none(),
-            Some(value) => Tokens::parse(&value).map_err(|reason| ConfigError {
-                name: "ESCALATOR_API_TOKENS",
-                // the value holds secrets: never echo it
-                value: "***".into(),
-                reason,
-            })?,
-        };
+        let tokens = api_tokens(src)?;
         let insecure = flag(src, "ESCALATOR_API_INSECURE", false)?;
         if tokens.is_empty() && !insecure && !addr.ip().is_loopback() {
             return Err(ConfigError {
@@ -542,7 +552,7 @@ impl ApiSettings {
                     .into(),
             });
         }
-        let timeout = seconds(src, "ESCALATOR_API_TIMEOUT", escalator_api::REQUEST_TIMEOUT)?;
+        let timeout = api_timeout(src)?;
         Ok(ApiSettings {
             addr,
             tokens,

@@ -168,12 +168,26 @@ fn dev_honours_the_settings_and_says_what_it_does_not_use() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
     assert!(stderr.contains("ESCALATOR_WORKER_CONCURRENCY"), "{stderr}");
+    // the api's variables too: they were ignored, even a bad value
+    let refused = escalator()
+        .args(dev_args)
+        .env("ESCALATOR_API_TOKENS", "not-a-token")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("ESCALATOR_API_TOKENS"), "{stderr}");
 
     let mail = dir.path().join("letters");
     let mut child = escalator()
         .args(["--database-url", "sqlite://elsewhere.db"])
         .args(dev_args)
         .env("ESCALATOR_EMAIL_DIR", &mail)
+        .env(
+            "ESCALATOR_API_TOKENS",
+            "me:dev-secret-0123456789abcdef:admin",
+        )
+        .env("ESCALATOR_API_ADDR", "0.0.0.0:5000")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -192,7 +206,7 @@ fn dev_honours_the_settings_and_says_what_it_does_not_use() {
         }
     });
     let mut banner = String::new();
-    while !banner.contains("note ") {
+    while !banner.contains("ESCALATOR_API_ADDR is for `escalator api`") {
         match lines_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => {
                 banner.push_str(&line);
@@ -201,6 +215,26 @@ fn dev_honours_the_settings_and_says_what_it_does_not_use() {
             Err(e) => panic!("{e}: no note in the banner:\n{banner}"),
         }
     }
+    // with tokens set, the api asks for one (it was open, whatever they said)
+    assert!(
+        banner.contains("ask for one of ESCALATOR_API_TOKENS"),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("no workflows yet: `escalator dev --demo`"),
+        "{banner}"
+    );
+    let port_number: u16 = port.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = runtime.block_on(http_get(port_number, "/api/v1/workflows"));
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = runtime.block_on(http_request(
+        port_number,
+        "GET",
+        "/api/v1/workflows",
+        &[("Authorization", "Bearer dev-secret-0123456789abcdef")],
+    ));
+    assert_eq!(status, 200, "{body}");
     assert!(
         banner.contains(&format!("one .eml per message in {}/", mail.display())),
         "{banner}"

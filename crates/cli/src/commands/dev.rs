@@ -78,6 +78,14 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         settings.worker.poll_interval = Duration::from_millis(100);
     }
     let mut beat_config = crate::config::BeatSettings::from_env(&env)?.beat;
+    // the api's own variables, as `escalator api` reads them: tokens set and then silently
+    // ignored left an api open that its user believed protected
+    let tokens = crate::config::api_tokens(&env)?;
+    let api_timeout = crate::config::api_timeout(&env)?;
+    let ignored_api: Vec<&str> = ["ESCALATOR_API_ADDR", "ESCALATOR_API_INSECURE"]
+        .into_iter()
+        .filter(|name| escalator_runtime::config::Source::get(&env, name).is_some())
+        .collect();
     if escalator_runtime::config::Source::get(&env, "ESCALATOR_DEADLINE_RECHECK").is_none() {
         beat_config.deadline_recheck = beat_config.deadline_recheck.min(Duration::from_secs(2));
     }
@@ -165,16 +173,17 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         let stop = stopped();
         parts.spawn(async move { ("beat", beat.run(stop).await.map_err(|e| e.to_string())) });
     }
-    // the api on loopback only, without tokens: the embedded mode is for one person's machine
-    let state = escalator_api::AppState::new(
-        store.clone(),
-        queues.clone(),
-        escalator_api::Tokens::none(),
-        Some(metrics),
-    )
-    .answering_only_to_localhost(crate::config::allowed_hosts(&env)?)
-    .with_engine_health("worker", worker_health)
-    .with_engine_health("beat", beat_health);
+    // the api on loopback only, the embedded mode being for one person's machine; with tokens
+    // if ESCALATOR_API_TOKENS names some, else answering only to local host names
+    let authenticated = !tokens.is_empty();
+    let mut state =
+        escalator_api::AppState::new(store.clone(), queues.clone(), tokens, Some(metrics))
+            .with_request_timeout(api_timeout)
+            .with_engine_health("worker", worker_health)
+            .with_engine_health("beat", beat_health);
+    if !authenticated {
+        state = state.answering_only_to_localhost(crate::config::allowed_hosts(&env)?);
+    }
     {
         let stop = stopped();
         parts.spawn(async move {
@@ -184,7 +193,7 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
             ("api", r.map_err(|e| e.to_string()))
         });
     }
-    banner(&store, args.port, args.demo).await;
+    banner(&store, args.port, args.demo, authenticated).await;
     if let crate::config::EmailConfig::Files { dir, .. } = &delivery.email {
         stdout_line!("  email       one .eml per message in {}/", dir.display());
         stdout_line!();
@@ -195,6 +204,15 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
             "  note        --database-url / DATABASE_URL ({shown}) is for the other commands: \
              dev keeps its data in {} (--db)",
             args.db.display()
+        );
+        stdout_line!();
+    }
+    if !ignored_api.is_empty() {
+        stdout_line!(
+            "  note        {} {} for `escalator api`: dev listens on 127.0.0.1:{} (--port)",
+            ignored_api.join(" and "),
+            if ignored_api.len() == 1 { "is" } else { "are" },
+            args.port
         );
         stdout_line!();
     }
@@ -325,7 +343,7 @@ async fn demo(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn banner(store: &Store, port: u16, demo: bool) {
+async fn banner(store: &Store, port: u16, demo: bool, authenticated: bool) {
     let base = format!("http://127.0.0.1:{port}");
     stdout_line!();
     stdout_line!("escalator dev is running (Ctrl-C to stop)");
@@ -333,6 +351,25 @@ async fn banner(store: &Store, port: u16, demo: bool) {
     stdout_line!("  api         {base}/api/v1/workflows  (explore it: {base}/docs)");
     stdout_line!("  metrics     {base}/metrics");
     stdout_line!("  health      {base}/healthz");
+    if authenticated {
+        stdout_line!(
+            "  tokens      the api and the console ask for one of ESCALATOR_API_TOKENS \
+             (Authorization: Bearer <token>)"
+        );
+    }
+    let empty = store
+        .list_workflows(&escalator_store::WorkflowFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .is_ok_and(|list| list.is_empty());
+    if !demo && empty {
+        stdout_line!(
+            "  no workflows yet: `escalator dev --demo` adds three that remind and escalate \
+             within minutes, or POST them to {base}/api/v1/workflows"
+        );
+    }
     if demo {
         let filter = escalator_store::WorkflowFilter {
             status: Some(escalator_policy::Status::Pending),
