@@ -536,7 +536,18 @@ impl Queues {
             Queues::Redis { conn, .. } => redis_retry(&mut conn.clone(), queue, id).await,
             Queues::Sqlite { pool, .. } => {
                 if !sqlite_readable_id(id) {
-                    return Err(QueueError::Unretryable { id: id.to_owned() });
+                    // only a dead job that exists is refused for its id: a mistyped one is
+                    // not found (it was refused, sending the operator to delete its row)
+                    let exists: Option<i64> =
+                        sqlx::query_scalar("SELECT 1 FROM Jobs WHERE id = ?1 AND job_type = ?2")
+                            .bind(id)
+                            .bind(queue)
+                            .fetch_optional(pool)
+                            .await?;
+                    return match exists {
+                        Some(_) => Err(QueueError::Unretryable { id: id.to_owned() }),
+                        None => Ok(false),
+                    };
                 }
                 let done = sqlx::query(
                     "UPDATE Jobs SET status = 'Pending', attempts = 0, run_at = strftime('%s','now'),

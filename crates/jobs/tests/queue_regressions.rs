@@ -556,6 +556,8 @@ async fn an_unreadable_sqlite_queue_row_is_made_dead_when_the_queue_opens() {
         panic!("{refused:?}")
     };
     assert!(e.to_string().contains("not a ULID"), "{e}");
+    // a mistyped id that is no job at all is not found, not refused for its form
+    assert!(!queues.retry_dead(&dead[0].queue, "123").await.unwrap());
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
