@@ -217,17 +217,19 @@ const CLEAR_COOKIE: &str = "escalator_console=; Path=/ui; HttpOnly; SameSite=Str
 
 /// Only console paths are followed after login (no open redirect), made of what a Location
 /// header can carry: a control character in `next` (a crafted link's `%0A`) answered the
-/// login with a bare 500 that still set the cookie.
+/// login with a bare 500 that still set the cookie. Dot segments are refused, encoded or not:
+/// the browser resolves `/ui/../api/v1/…` out of the console before following it.
 fn safe_next(next: Option<&str>) -> String {
+    let console = |n: &str| {
+        let path = n.split(['?', '#']).next().unwrap_or_default();
+        (path == "/ui" || path.starts_with("/ui/"))
+            && !path.contains("/.")
+            && !path.to_ascii_lowercase().contains("%2e")
+            && !n.contains('\\')
+            && n.bytes().all(|b| b.is_ascii_graphic())
+    };
     match next {
-        Some(n)
-            if n.starts_with("/ui")
-                && !n.starts_with("//")
-                && !n.contains('\\')
-                && n.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            n.into()
-        }
+        Some(n) if console(n) => n.into(),
         _ => "/ui".into(),
     }
 }
@@ -350,5 +352,19 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example")), "/ui");
         assert_eq!(safe_next(Some("//evil.example")), "/ui");
         assert_eq!(safe_next(None), "/ui");
+        assert_eq!(safe_next(Some("/ui?page=2")), "/ui?page=2");
+        for out_of_the_console in [
+            "/ui/../api/v1/workflows",
+            "/ui/./../metrics",
+            "/ui/%2e%2e/api/v1/workflows",
+            "/ui/%2E./metrics",
+            "/uiother",
+        ] {
+            assert_eq!(
+                safe_next(Some(out_of_the_console)),
+                "/ui",
+                "{out_of_the_console}"
+            );
+        }
     }
 }
