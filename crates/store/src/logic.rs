@@ -456,9 +456,45 @@ pub fn plan_create(
         policy_version: policy.version,
         elapsed_seconds: None,
         check_run_id: None,
-        details: serde_json::json!({ "stage": workflow.stage, "due_at": workflow.due_at }),
+        // what an idempotent create is compared with once the workflow has moved on
+        details: serde_json::json!({
+            "stage": workflow.stage,
+            "due_at": workflow.due_at,
+            "stage_started_at": workflow.stage_started_at,
+        }),
     };
     Ok((workflow, audit))
+}
+
+/// What a workflow was created with, read from its `create` audit row: comparable with a
+/// repeated create after a reassignment, an escalation or an advance changed the workflow
+/// itself. Rows written before a field was recorded leave it `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreatedWith {
+    /// The first assignee (the row's `to_assignee`).
+    pub assignee: Option<String>,
+    /// The first stage (`details.stage`).
+    pub stage: Option<String>,
+    /// When the first stage started (`details.stage_started_at`).
+    pub stage_started_at: Option<DateTime<Utc>>,
+}
+
+impl CreatedWith {
+    /// From the `create` row's `to_assignee` and `details` (JSON text), if there is one.
+    pub fn from_audit(row: Option<(Option<String>, String)>) -> Self {
+        let Some((assignee, details)) = row else {
+            return CreatedWith::default();
+        };
+        let details: serde_json::Value = serde_json::from_str(&details).unwrap_or_default();
+        CreatedWith {
+            assignee,
+            stage: details["stage"].as_str().map(str::to_owned),
+            stage_started_at: details["stage_started_at"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+        }
+    }
 }
 
 /// For an idempotent create of a workflow that exists already: the stored one when `new` is
@@ -466,9 +502,9 @@ pub fn plan_create(
 pub fn same_or_conflict(
     new: &NewWorkflow,
     existing: Workflow,
-    created_assignee: Option<&str>,
+    created: &CreatedWith,
 ) -> Result<Created> {
-    match first_difference(new, &existing, created_assignee) {
+    match first_difference(new, &existing, created) {
         None => Ok(Created {
             workflow: existing,
             created: false,
@@ -481,13 +517,22 @@ pub fn same_or_conflict(
 }
 
 /// For an idempotent create: the first field of `new` that differs from the stored workflow.
-/// `created_assignee` is the assignee it was created with (its `create` audit row), which
-/// stays comparable after a reassignment or an escalation changed the current one.
+/// The stage, assignee and start it was created with come from its `create` audit row
+/// (`created`), which stay comparable after a reassignment, an escalation or an advance
+/// changed the current ones; without them only a first-cycle workflow can be compared.
 pub fn first_difference(
     new: &NewWorkflow,
     existing: &Workflow,
-    created_assignee: Option<&str>,
+    created: &CreatedWith,
 ) -> Option<&'static str> {
+    let first_cycle = existing.cycle == 1;
+    let stage_then = created
+        .stage
+        .as_deref()
+        .or(first_cycle.then_some(existing.stage.as_str()));
+    let started_then = created
+        .stage_started_at
+        .or(first_cycle.then_some(existing.stage_started_at));
     let policy_id = new.policy_id.as_deref().unwrap_or("default");
     if new.title != existing.title {
         Some("title")
@@ -501,20 +546,17 @@ pub fn first_difference(
         Some("policy_id")
     } else if new.metadata != existing.metadata {
         Some("metadata")
-    } else if existing.cycle == 1 && new.stage != existing.stage {
-        // After the workflow moved on (advance, reassign) the original stage and assignee are
-        // history; only a first-cycle workflow can be compared field by field.
+    } else if stage_then.is_some_and(|stage| new.stage != stage) {
         Some("stage")
-    } else if existing.cycle == 1
-        && match created_assignee {
-            Some(first) => new.assignee != first,
-            None => existing.escalation_level == 0 && new.assignee != existing.assignee,
-        }
-    {
+    } else if match created.assignee.as_deref() {
+        Some(first) => new.assignee != first,
+        None => first_cycle && existing.escalation_level == 0 && new.assignee != existing.assignee,
+    } {
         Some("assignee")
     } else if new
         .stage_started_at
-        .is_some_and(|t| existing.cycle == 1 && crate::time::micros(t) != existing.stage_started_at)
+        .zip(started_then)
+        .is_some_and(|(t, then)| crate::time::micros(t) != then)
     {
         Some("stage_started_at")
     } else {

@@ -231,6 +231,37 @@ async fn create_is_idempotent_on_external_id(db: &TestDb) {
         Err(StoreError::ExternalIdConflict { field, .. }) => assert_eq!(field, "assignee"),
         r => panic!("expected a conflict on the assignee, got {r:?}"),
     }
+
+    // after an advance too (a new cycle): the stage, assignee and start it was created with are
+    // read from its create row, and a different one is a conflict (any was answered 200)
+    s.transition(
+        first.workflow.id,
+        &Transition::Advance {
+            stage: "Finance".into(),
+            assignee: Some("frank".into()),
+        },
+        &ctx(t0() + Duration::minutes(2)),
+    )
+    .await
+    .unwrap();
+    let again = s
+        .create_workflow(&new_workflow("PO-1"), t0())
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.workflow.stage, "Finance");
+    for field in ["stage", "assignee", "stage_started_at"] {
+        let mut other = new_workflow("PO-1");
+        match field {
+            "stage" => other.stage = "Finance".into(),
+            "assignee" => other.assignee = "frank".into(),
+            _ => other.stage_started_at = Some(t0() - Duration::hours(1)),
+        }
+        match s.create_workflow(&other, t0()).await {
+            Err(StoreError::ExternalIdConflict { field: f, .. }) => assert_eq!(f, field),
+            r => panic!("expected a conflict on {field} after an advance, got {r:?}"),
+        }
+    }
 }
 
 async fn create_rejects_bad_input_naming_the_field(db: &TestDb) {

@@ -246,15 +246,14 @@ async fn same_or_conflict(
     new: &NewWorkflow,
     existing: Workflow,
 ) -> Result<Created> {
-    let created_assignee: Option<String> = sqlx::query_scalar(
-        "SELECT to_assignee FROM audit_logs WHERE workflow_id = $1 AND action = 'create'
+    let created: Option<(Option<String>, String)> = sqlx::query_as(
+        "SELECT to_assignee, details::text FROM audit_logs WHERE workflow_id = $1 AND action = 'create'
          ORDER BY id LIMIT 1",
     )
     .bind(existing.id)
     .fetch_optional(conn)
-    .await?
-    .flatten();
-    logic::same_or_conflict(new, existing, created_assignee.as_deref())
+    .await?;
+    logic::same_or_conflict(new, existing, &logic::CreatedWith::from_audit(created))
 }
 
 async fn find_by_external_id(
