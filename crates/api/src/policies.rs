@@ -151,10 +151,12 @@ pub struct NewPolicyVersion {
     request_body = NewPolicyVersion,
     responses(
         (status = 201, description = "the new version (running workflows keep theirs)", body = PolicyView),
+        (status = 200, description = "the latest version already has this name and spec: that version (a retried or repeated post makes no new one)", body = PolicyView),
         (status = 422, description = "invalid spec, unknown calendar, an SLA the calendar cannot reach within 1,000 years, or a level's user unknown or inactive; field names the value", body = ErrorBody),
     ))]
 /// `POST /api/v1/policies`: stores the next version of a policy. Versions are immutable;
-/// workflows stay on the version they were created with.
+/// workflows stay on the version they were created with. Posting what the latest version
+/// already holds answers it with 200 and stores nothing.
 pub async fn create_version(
     State(s): State<AppState>,
     JsonBody(body): JsonBody<NewPolicyVersion>,
@@ -175,11 +177,16 @@ pub async fn create_version(
             .check_reachable_on(calendar, Utc::now())
             .map_err(|e| invalid_spec("spec", e))?;
     }
-    let record = s
+    let (record, created) = s
         .store
-        .create_policy_version(&body.id, &body.name, &policy)
+        .create_policy_version_unless_same(&body.id, &body.name, &policy)
         .await?;
-    Ok((StatusCode::CREATED, Json(record.into())))
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(record.into())))
 }
 
 /// A calendar.

@@ -319,7 +319,22 @@ impl Store {
         name: &str,
         policy: &Policy,
     ) -> Result<PolicyRecord> {
-        dispatch!(self, s => s.create_policy_version(id, name, policy).await)
+        let (record, _) =
+            dispatch!(self, s => s.create_policy_version(id, name, policy, false).await)?;
+        Ok(record)
+    }
+
+    /// [`Store::create_policy_version`], unless the latest version already has this name and
+    /// spec: then that version, and `false`. A client retrying a post, or a sync job posting
+    /// its policies every few minutes, made a new identical version each time. Decided inside
+    /// the write, so two identical posts at once make one version.
+    pub async fn create_policy_version_unless_same(
+        &self,
+        id: &str,
+        name: &str,
+        policy: &Policy,
+    ) -> Result<(PolicyRecord, bool)> {
+        dispatch!(self, s => s.create_policy_version(id, name, policy, true).await)
     }
 
     /// One policy version.

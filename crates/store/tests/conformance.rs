@@ -615,6 +615,36 @@ async fn policies_are_versioned_and_immutable(db: &TestDb) {
     }
     versions.sort_unstable();
     assert_eq!(versions, (1..=8).collect::<Vec<_>>());
+
+    // posted again unchanged (a retry, a sync job), the latest version answers; identical posts
+    // racing make one version between them
+    let (same, created) = s
+        .create_policy_version_unless_same("default", "Faster", &v2.policy)
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(same, v2);
+    let racing = (0..6).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.create_policy_version_unless_same("twin", "Twin", &Policy::default_policy())
+                .await
+        })
+    });
+    let mut made = Vec::new();
+    for r in futures_util::future::join_all(racing).await {
+        let (record, created) = r.unwrap().unwrap();
+        assert_eq!(record.version, 1);
+        made.push(created);
+    }
+    assert_eq!(made.iter().filter(|c| **c).count(), 1, "{made:?}");
+    // a new name is a new version
+    let (renamed, created) = s
+        .create_policy_version_unless_same("twin", "Twin, renamed", &Policy::default_policy())
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(renamed.version, 2);
 }
 
 fn reporting_to(id: &str, manager: Option<&str>) -> User {

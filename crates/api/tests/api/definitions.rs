@@ -364,7 +364,14 @@ async fn policies_get_new_versions_and_bad_specs_name_the_field() {
     let res = api.post("/api/v1/policies", body.clone()).await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
     assert_eq!(res.json()["version"], 1);
-    let res = api.post("/api/v1/policies", body).await;
+    // the same again (a retried post, a sync job) is that version, not a new identical one
+    let res = api.post("/api/v1/policies", body.clone()).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["version"], 1);
+    let mut renamed = body;
+    renamed["name"] = json!("Fast lane, renamed");
+    let res = api.post("/api/v1/policies", renamed).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
     assert_eq!(res.json()["version"], 2);
     let v1 = api.get("/api/v1/policies/fast?version=1").await;
     assert_eq!(v1.status, StatusCode::OK);

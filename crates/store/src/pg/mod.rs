@@ -287,30 +287,36 @@ impl PgStore {
         id: &str,
         name: &str,
         policy: &Policy,
-    ) -> Result<PolicyRecord> {
+        unless_same: bool,
+    ) -> Result<(PolicyRecord, bool)> {
         let spec = serde_json::to_value(policy.spec()).map_err(|source| StoreError::Json {
             context: "policy",
             source,
         })?;
         // Two concurrent creators race for the same version; the primary key makes one fail
-        // instead of both succeeding, and the loser tries again with the next version.
+        // instead of both succeeding, and the loser tries again with the next version (or,
+        // `unless_same`, finds the winner's identical one).
         let mut attempt = 0;
         loop {
             let inserted = sqlx::query(
-                "INSERT INTO escalation_policies (id, version, name, calendar_id, spec)
-                 SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4
-                 FROM escalation_policies WHERE id = $1
+                "WITH latest AS (SELECT version, name, spec FROM escalation_policies
+                                 WHERE id = $1 ORDER BY version DESC LIMIT 1)
+                 INSERT INTO escalation_policies (id, version, name, calendar_id, spec)
+                 SELECT $1, COALESCE((SELECT version FROM latest), 0) + 1, $2, $3, $4
+                 WHERE NOT ($5 AND EXISTS (SELECT 1 FROM latest WHERE name = $2 AND spec = $4))
                  RETURNING id, version, name, spec, created_at",
             )
             .bind(id)
             .bind(name)
             .bind(policy.spec().calendar_id.as_deref())
             .bind(&spec)
-            .fetch_one(&self.pool)
+            .bind(unless_same)
+            .fetch_optional(&self.pool)
             .await
             .map_err(StoreError::from);
             match inserted {
-                Ok(row) => return rows::policy(&row),
+                Ok(Some(row)) => return Ok((rows::policy(&row)?, true)),
+                Ok(None) => return Ok((self.get_policy(id, None).await?, false)),
                 Err(e) if attempt < 10 && e.is_duplicate_key() => attempt += 1,
                 Err(e) => return Err(e),
             }

@@ -254,12 +254,29 @@ impl SqliteStore {
         id: &str,
         name: &str,
         policy: &Policy,
-    ) -> Result<PolicyRecord> {
+        unless_same: bool,
+    ) -> Result<(PolicyRecord, bool)> {
         let spec = serde_json::to_string(policy.spec()).map_err(|source| StoreError::Json {
             context: "policy",
             source,
         })?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        if unless_same {
+            // inside the write transaction: one writer at a time decides
+            let latest = sqlx::query(
+                "SELECT id, version, name, spec, created_at FROM escalation_policies
+                 WHERE id = ?1 ORDER BY version DESC LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = latest {
+                let record = rows::policy(&row)?;
+                if record.name == name && record.policy.spec() == policy.spec() {
+                    return Ok((record, false));
+                }
+            }
+        }
         let row = sqlx::query(
             "INSERT INTO escalation_policies (id, version, name, calendar_id, spec, created_at)
              SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4, ?5
@@ -275,7 +292,7 @@ impl SqliteStore {
         .await?;
         let record = rows::policy(&row)?;
         tx.commit().await?;
-        Ok(record)
+        Ok((record, true))
     }
 
     pub(crate) async fn get_policy(&self, id: &str, version: Option<i32>) -> Result<PolicyRecord> {
