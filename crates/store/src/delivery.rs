@@ -110,11 +110,12 @@ pub const RELEASE_ITEMS: i64 = 500;
 
 impl Store {
     /// Of the claimed deliveries `ids`, marks `obsolete` (never to be sent) those to people
-    /// whose workflow has moved on since they were written: it is completed or cancelled, or,
-    /// for a reminder, escalated (its level is not the reminder's), moved to another stage (its
-    /// cycle is not the reminder's) or reassigned (its assignee is not the one reminded) since.
-    /// A reminder that "will be escalated" must not reach anyone after the workflow was closed
-    /// or moved on because a relay was down or a sender died mid-lease (I4). Nor does any
+    /// whose workflow has moved on since they were written: it is completed or cancelled, or
+    /// escalated (its level is not the message's), moved to another stage (its cycle is not the
+    /// message's) or reassigned (its assignee is not the message's holder) since. A reminder
+    /// that "will be escalated", an "escalated to you" or a "still overdue" must not reach
+    /// anyone after the workflow was closed or moved on because a relay was down or a sender
+    /// died mid-lease (I4). Nor does any
     /// message whose every recipient has been deactivated since (one who left the company
     /// while a relay was down); an email with someone still active among its recipients goes
     /// out whole. Reminders written
@@ -125,16 +126,20 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // (escalated, moved to another stage, reassigned) since the reminder `o` was written
+        // (escalated, moved to another stage, reassigned) since the message `o` was written:
+        // its level, cycle and holder (`holder_id`: the assignee once its change was made, the
+        // target for an escalation). Reminders written before messages named their holder
+        // name it `assignee_id`; other messages written before that are not judged by these.
         let pg_moved = [
             "w.escalation_level::text <> o.payload->>'level'",
             "w.cycle::text <> COALESCE(o.payload->>'cycle', w.cycle::text)",
-            "w.assignee <> COALESCE(o.payload->>'assignee_id', w.assignee)",
+            "w.assignee <> COALESCE(o.payload->>'holder_id', o.payload->>'assignee_id', w.assignee)",
         ];
         let sqlite_moved = [
             "w.escalation_level <> json_extract(o.payload, '$.level')",
             "w.cycle <> COALESCE(json_extract(o.payload, '$.cycle'), w.cycle)",
-            "w.assignee <> COALESCE(json_extract(o.payload, '$.assignee_id'), w.assignee)",
+            "w.assignee <> COALESCE(json_extract(o.payload, '$.holder_id'),
+                                    json_extract(o.payload, '$.assignee_id'), w.assignee)",
         ];
         // every person the message reaches (`user_ids`, written since messages carry it) has
         // been deactivated since: someone who left gets nothing more
@@ -156,10 +161,10 @@ impl Store {
                       ELSE 'not sent: the workflow was reassigned since' END"
             )
         };
-        let stale = |moved: [&str; 3], gone: &str, kind: &str| {
+        let stale = |moved: [&str; 3], gone: &str, kind: &str, holder: &str| {
             format!(
                 "(w.status IN ('completed', 'cancelled') OR {gone}
-                  OR ({kind} = 'reminder' AND ({} OR {} OR {})))",
+                  OR (({kind} = 'reminder' OR {holder} IS NOT NULL) AND ({} OR {} OR {})))",
                 moved[0], moved[1], moved[2]
             )
         };
@@ -182,7 +187,12 @@ impl Store {
                      RETURNING outbox.id",
                     why = why(pg_moved, pg_gone),
                     channels = channels,
-                    stale = stale(pg_moved, pg_gone, "o.payload->>'kind'"),
+                    stale = stale(
+                        pg_moved,
+                        pg_gone,
+                        "o.payload->>'kind'",
+                        "o.payload->>'holder_id'"
+                    ),
                 );
                 sqlx::query_scalar::<_, i64>(trusted(sql))
                     .bind(ids)
@@ -206,7 +216,8 @@ impl Store {
                     stale = stale(
                         sqlite_moved,
                         sqlite_gone,
-                        "json_extract(o.payload, '$.kind')"
+                        "json_extract(o.payload, '$.kind')",
+                        "json_extract(o.payload, '$.holder_id')"
                     ),
                 );
                 let ids = format!(

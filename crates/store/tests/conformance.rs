@@ -2273,6 +2273,18 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
             payload: serde_json::json!({ "kind": "escalation", "level": 1 }),
             idempotency_key: format!("event:escalate:{}", w.id),
         });
+        // a message naming its holder (the escalation emails above, written before messages
+        // did, are judged by the workflow's status alone): judged as a reminder is
+        e.outbox.push(NewOutbox {
+            channel: "email",
+            recipient: "still-overdue@example.com".into(),
+            workflow_id: Some(w.id),
+            payload: serde_json::json!({
+                "kind": "exhausted", "level": 0, "cycle": w.cycle,
+                "assignee_id": w.assignee, "holder_id": w.assignee,
+            }),
+            idempotency_key: format!("exhausted:{}:email", w.id),
+        });
         tx.apply(&e, now).await.unwrap();
     }
     tx.commit().await.unwrap();
@@ -2300,7 +2312,7 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
         .claim_deliveries(later, std::time::Duration::from_secs(60), 100)
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 21);
+    assert_eq!(claimed.len(), 28);
     let channel_of = |id: &i64| {
         claimed
             .iter()
@@ -2310,11 +2322,12 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
     };
     let ids: Vec<i64> = claimed.iter().map(|r| r.id).collect();
     let gone = s.obsolete_deliveries(&ids).await.unwrap();
-    // the reminders and escalation emails of the closed two, and the reminders of the left
-    // level, the left stage and the former assignee
+    // the reminders and escalation emails of the closed two, the reminders of the left
+    // level, the left stage and the former assignee, and the "still overdue" emails of all
+    // but the two still where they were
     assert_eq!(
         gone.iter().map(channel_of).collect::<Vec<_>>(),
-        ["email"; 7]
+        ["email"; 12]
     );
     let obsolete = s.list_outbox(&["obsolete"], 100).await.unwrap();
     let mut why: Vec<(Uuid, String, String)> = obsolete
@@ -2364,6 +2377,31 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
             "reminder".to_owned(),
             "not sent: the workflow was reassigned since".to_owned(),
         ),
+        (
+            completed.id,
+            "exhausted".to_owned(),
+            "not sent: the workflow is completed since".to_owned(),
+        ),
+        (
+            cancelled.id,
+            "exhausted".to_owned(),
+            "not sent: the workflow is cancelled since".to_owned(),
+        ),
+        (
+            advanced.id,
+            "exhausted".to_owned(),
+            "not sent: the workflow moved to another stage since".to_owned(),
+        ),
+        (
+            reassigned.id,
+            "exhausted".to_owned(),
+            "not sent: the workflow was reassigned since".to_owned(),
+        ),
+        (
+            old.id,
+            "exhausted".to_owned(),
+            "not sent: the workflow was reassigned since".to_owned(),
+        ),
     ];
     want.sort();
     assert_eq!(why, want);
@@ -2379,7 +2417,9 @@ async fn deliveries_of_workflows_that_moved_on_are_never_sent(db: &TestDb) {
         (completed.id, "event".to_owned()),
         (cancelled.id, "event".to_owned()),
         (escalated.id, "email".to_owned()),
+        (escalated.id, "email".to_owned()),
         (escalated.id, "event".to_owned()),
+        (open.id, "email".to_owned()),
         (open.id, "email".to_owned()),
         (open.id, "email".to_owned()),
         (open.id, "event".to_owned()),

@@ -399,11 +399,18 @@ impl<'w> Effect<'w> {
             Some(t) if role == Role::To => o.held_for_digest(user, t),
             _ => o,
         };
+        // who holds the workflow once this message's change is made: the target of an
+        // escalation, else the assignee
+        let holder = match kind {
+            Kind::Escalation { target } => target,
+            Kind::Reminder | Kind::Exhausted => w.assignee.as_str(),
+        };
         let common = serde_json::json!({
             "kind": kind.notification_kind(), "workflow_id": w.id, "title": w.title,
             "due_at": w.due_at, "level": level, "check_run_id": self.check_run_id,
-            // what a reminder is about, checked again before it is sent (obsolete_deliveries)
-            "cycle": w.cycle, "assignee_id": w.assignee,
+            // the state the message is about, checked again before it is sent
+            // (obsolete_deliveries): its level, stage (cycle) and holder
+            "cycle": w.cycle, "assignee_id": w.assignee, "holder_id": holder,
         });
         let with = |extra: serde_json::Value| {
             let mut p = common.clone();
@@ -873,6 +880,12 @@ mod tests {
         assert_eq!(
             email.payload["user_ids"],
             serde_json::json!(["head", "mgr", "emp"])
+        );
+        // the state it is about, checked again before it is sent: the new level, held by the
+        // target (reassigned since, it goes nowhere)
+        assert_eq!(
+            (&email.payload["holder_id"], &email.payload["level"]),
+            (&serde_json::json!("head"), &serde_json::json!(1))
         );
         assert!(email.payload.get("hold").is_none(), "digests are off");
         // the message is written when it is sent: the payload carries the template set and
