@@ -114,6 +114,13 @@ pub const DEADLINE_RUN_PATIENCE: chrono::TimeDelta = chrono::TimeDelta::minutes(
 /// moves again afterwards (its jobs ran after all) is reopened or completed.
 pub const STALE_RUN: chrono::TimeDelta = chrono::TimeDelta::hours(6);
 
+/// A check run that has not moved for this long while no check or batch job waits in the
+/// queues has lost its jobs, and is marked failed by the sweep sooner than [`STALE_RUN`]: its
+/// held digest messages were otherwise kept an hour (`HOLD_LIMIT`), although losing Redis may
+/// delay work by one sweep only (DESIGN §1). Longer than any attempt and its commit (twice the
+/// 120 s job timeout by default); a run that moves again is reopened or completed.
+pub const LOST_RUN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 /// Logs what one of the sweep's prunings did; a failure only waits for the next sweep.
 fn log_pruned<E: std::fmt::Display>(what: &'static str, pruned: Result<u64, E>) {
     match pruned {
@@ -411,9 +418,10 @@ impl Beat {
         Ok(())
     }
 
-    /// Marks failed the runs that stopped moving six hours ago ([`STALE_RUN`]), so that they
-    /// stop reading `running` (and waiters, dashboards and the run's held digests stop
-    /// waiting for them). Their digests are released by the outbox sweep right after.
+    /// Marks failed the runs that stopped moving six hours ago ([`STALE_RUN`]), or ten minutes
+    /// ago when no check or batch job waits in the queues ([`LOST_RUN`]), so that they stop
+    /// reading `running` (and waiters, dashboards and the run's held digests stop waiting for
+    /// them). Their digests are released by the outbox sweep right after.
     async fn fail_stale_runs(&self, now: DateTime<Utc>) {
         match self.store.fail_stale_check_runs(now, STALE_RUN).await {
             Ok(ids) if ids.is_empty() => {}
@@ -423,6 +431,21 @@ impl Beat {
                  or died unrecorded; their workflows stay due for the next check"
             ),
             Err(e) => tracing::warn!(error = %e, "cannot look for stale check runs"),
+        }
+        // nothing waiting for a worker: a run that has not moved for a while has lost its jobs
+        match within(self.patience(), self.queues.checks_and_batches_waiting()).await {
+            Ok(0) => match self.store.fail_lost_check_runs(now, LOST_RUN).await {
+                Ok(ids) if ids.is_empty() => {}
+                Ok(ids) => tracing::warn!(
+                    runs = ?ids,
+                    "check runs without progress for ten minutes, with no check or batch job \
+                     waiting in the queues, marked failed: their jobs were lost; their held \
+                     messages are released, their workflows stay due for the next check"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot look for lost check runs"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot look at the queues for lost check runs"),
         }
     }
 

@@ -6,7 +6,7 @@ pub mod plan;
 pub mod schedule;
 
 pub use beat::{
-    Beat, BeatConfig, BeatError, DEADLINE_RUN_PATIENCE, DONE_JOB_RETENTION, LEASE,
+    Beat, BeatConfig, BeatError, DEADLINE_RUN_PATIENCE, DONE_JOB_RETENTION, LEASE, LOST_RUN,
     OUTBOX_RETENTION, STALE_RUN,
 };
 pub use plan::{SlotPlan, plan_slots};

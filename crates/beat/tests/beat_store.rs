@@ -488,6 +488,80 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
     assert_eq!(deliveries.pending, 1);
 }
 
+/// A run whose jobs were lost (a Redis flushed mid-run) read `running` for six hours, and
+/// what it held for its digests waited an hour. With no check or batch job waiting in the
+/// queues it is failed ten minutes after it last moved, and its held messages go out.
+#[tokio::test]
+async fn a_run_whose_jobs_are_lost_is_failed_after_ten_minutes_and_its_held_messages_go() {
+    use escalator_store::{BatchEffects, NewOutbox};
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let s = &db.store;
+    // no slot of the schedule among the steps (one would be a job waiting)
+    let now = utc("2026-11-25T12:01:00Z");
+    let run = escalator_testkit::started_run(s, "cli", 2, now).await;
+    let held = NewOutbox {
+        channel: "email",
+        recipient: "head@example.com".into(),
+        workflow_id: None,
+        payload: serde_json::json!({
+            "to": ["head@example.com"], "cc": [], "subject": "Escalated", "title": "t",
+            "kind": "escalation",
+        }),
+        idempotency_key: "escalate:lost:email".into(),
+    }
+    .held_for_digest("head", 5);
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(
+        &BatchEffects {
+            check_run_id: Some(run),
+            batch_index: Some(0),
+            outbox: vec![held],
+            ..Default::default()
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let status = async || s.get_check_run(run).await.unwrap().status;
+    let mut beat = Beat::new(
+        s.clone(),
+        q.clone(),
+        config("a", Duration::from_secs(1), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    // a job of some run waits for a worker: the run may be behind it, and is waited for
+    let waiting = escalator_jobs::CheckWorkflows {
+        check_run_id: run + 1000,
+        as_of: now,
+        scope: escalator_jobs::Scope::All,
+    };
+    q.push_check(&waiting).await.unwrap();
+    let later = now + escalator_beat::LOST_RUN + chrono::Duration::seconds(1);
+    beat.step(later).await.unwrap();
+    assert_eq!(status().await, "running");
+    assert_eq!(s.outbox_backlog(later).await.unwrap().0, 0, "still held");
+    // nothing waits (a flushed Redis): at the next sweep (every 10 s) it is failed, naming
+    // why, and its held message released
+    assert!(ns.flush() > 0);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    beat.step(later).await.unwrap();
+    assert_eq!(status().await, "failed");
+    let error = s
+        .get_check_run(run)
+        .await
+        .unwrap()
+        .error
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("lost: no progress for 10 minutes"),
+        "{error}"
+    );
+    assert_eq!(s.outbox_backlog(later).await.unwrap().0, 1);
+}
+
 /// The process-wide metrics recorder, installed once for the tests of this binary (a second
 /// install fails in one process; nextest gives each test its own, `cargo test` does not).
 fn recorder() -> &'static escalator_runtime::metrics::Handle {

@@ -521,6 +521,25 @@ impl Store {
         dispatch!(self, s => s.fail_stale_check_runs(now, now - patience, &error).await)
     }
 
+    /// [`Store::fail_stale_check_runs`] for a caller that has seen no check or batch job waiting
+    /// in the queues: the runs that have not moved for `patience` have lost their jobs (a
+    /// Redis flushed or failed over), and are failed saying so. What they held for their
+    /// digests is then released by the outbox sweep, instead of an hour later.
+    pub async fn fail_lost_check_runs(
+        &self,
+        now: DateTime<Utc>,
+        patience: chrono::Duration,
+    ) -> Result<Vec<i64>> {
+        let now = time::micros(now);
+        let error = format!(
+            "lost: no progress for {} minutes, and no check or batch job waits in the queues \
+             (a Redis flushed or failed over?); the workflows it had not handled stay due for \
+             the next check",
+            patience.num_minutes()
+        );
+        dispatch!(self, s => s.fail_stale_check_runs(now, now - patience, &error).await)
+    }
+
     /// Up to `limit` open workflows due at `as_of`, oldest deadline first — what a claim would
     /// take — read without locking or claiming them (dry runs): a concurrent batch's claim still
     /// sees every one of them.
