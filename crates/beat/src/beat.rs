@@ -65,6 +65,9 @@ pub struct Beat {
     counted_slot: Option<DateTime<Utc>>,
     /// The deadline check in flight, so that one is not enqueued per wake-up.
     deadline_run: Option<InFlight>,
+    /// After deadline checks that failed: no new one before this instant, and the pause the
+    /// next failure doubles ([`DEADLINE_BACKOFF`]). Cleared by one that succeeds.
+    deadline_backoff: Option<(DateTime<Utc>, chrono::TimeDelta)>,
     /// When the outbox was last swept for deliveries whose job was lost.
     swept: Option<std::time::Instant>,
     /// The last sweep failed (the database or Redis unreachable): the leader is not healthy
@@ -88,6 +91,13 @@ struct Unpushed {
     slot: Option<DateTime<Utc>>,
     as_of: DateTime<Utc>,
 }
+
+/// The pause after a failed deadline check before the next, doubled at each failure in a row up
+/// to [`DEADLINE_BACKOFF_MAX`]: a planner failing at once (a bad deploy, a database refusing
+/// it) was enqueued again at every step, several a second, each a failed run and a dead job.
+pub const DEADLINE_BACKOFF: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+/// The longest pause between failing deadline checks (the schedule's slots run regardless).
+pub const DEADLINE_BACKOFF_MAX: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// How often the leader looks for due deliveries that no job is coming for.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -162,6 +172,7 @@ impl Beat {
             last_slot: None,
             counted_slot: None,
             deadline_run: None,
+            deadline_backoff: None,
             swept: None,
             sweep_failing: false,
             running: false,
@@ -306,7 +317,22 @@ impl Beat {
                 0
             };
             if finished {
-                // done: the next due deadline gets a new check
+                // done: the next due deadline gets a new check, after a pause if this one
+                // failed (doubling while they keep failing)
+                self.deadline_backoff = if run.status == "failed" {
+                    let pause = self
+                        .deadline_backoff
+                        .map_or(DEADLINE_BACKOFF, |(_, p)| (p * 2).min(DEADLINE_BACKOFF_MAX));
+                    tracing::warn!(
+                        check_run_id = flight.id,
+                        error = run.error.as_deref().unwrap_or(""),
+                        pause_seconds = pause.num_seconds(),
+                        "the deadline check failed; the next one waits"
+                    );
+                    Some((now + pause, pause))
+                } else {
+                    None
+                };
             } else if stuck && waiting > 0 {
                 tracing::warn!(
                     check_run_id = flight.id,
@@ -331,8 +357,13 @@ impl Beat {
             }
         }
         let earliest = self.store.earliest_next_check().await?;
+        let paused_until = self
+            .deadline_backoff
+            .map(|(until, _)| until)
+            .filter(|until| *until > now);
         if self.deadline_run.is_none()
             && self.unpushed.is_none()
+            && paused_until.is_none()
             && earliest.is_some_and(|t| t <= now)
         {
             self.deadline_run = self
@@ -373,6 +404,9 @@ impl Beat {
             wake = wake.min(now + chrono::Duration::milliseconds(100));
         } else if let Some(t) = earliest.filter(|t| *t > now) {
             wake = wake.min(t);
+        } else if let (Some(_), Some(until)) = (earliest, paused_until) {
+            // due, and waiting out the pause after a failed deadline check
+            wake = wake.min(until);
         }
         let until_wake = (wake - now).to_std().unwrap_or_default();
         // a leader's step that completes is progress, whether or not a slot was due: touched

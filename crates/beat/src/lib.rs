@@ -6,8 +6,8 @@ pub mod plan;
 pub mod schedule;
 
 pub use beat::{
-    Beat, BeatConfig, BeatError, DEADLINE_RUN_PATIENCE, DONE_JOB_RETENTION, LEASE, LOST_RUN,
-    OUTBOX_RETENTION, STALE_RUN,
+    Beat, BeatConfig, BeatError, DEADLINE_BACKOFF, DEADLINE_BACKOFF_MAX, DEADLINE_RUN_PATIENCE,
+    DONE_JOB_RETENTION, LEASE, LOST_RUN, OUTBOX_RETENTION, STALE_RUN,
 };
 pub use plan::{SlotPlan, plan_slots};
 pub use schedule::{Schedule, ScheduleError};

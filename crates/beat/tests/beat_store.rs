@@ -430,6 +430,58 @@ async fn a_deadline_check_that_never_moves_is_given_up_and_enqueued_again() {
     );
 }
 
+/// A deadline check that failed was followed by another at the next step, several a second
+/// while the planner failed at once (a bad deploy): a stream of failed runs and dead jobs.
+/// The next one waits 10 s, then twice as long after each failure in a row.
+#[tokio::test]
+async fn failed_deadline_checks_are_followed_by_the_next_after_a_growing_pause() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let now = Utc::now();
+    workflow_started(&db.store, now - chrono::Duration::hours(23), now).await;
+    let yearly = BeatConfig {
+        schedule: Schedule::parse("0 0 0 1 1 *", "UTC").unwrap(),
+        ..config("a", Duration::from_secs(1), Duration::from_secs(600))
+    };
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        yearly,
+        Health::new(Duration::from_secs(60)),
+    );
+    let at = |seconds: f64| now + chrono::Duration::milliseconds((seconds * 1000.0) as i64);
+    let fail_latest = async || {
+        let runs = deadline_runs(&db.store).await;
+        db.store
+            .fail_check_run(runs[0].id, "its planner died", Utc::now())
+            .await
+            .unwrap();
+    };
+    beat.step(at(0.0)).await.unwrap();
+    assert_eq!(deadline_runs(&db.store).await.len(), 1);
+    fail_latest().await;
+    beat.step(at(0.2)).await.unwrap();
+    beat.step(at(9.0)).await.unwrap();
+    assert_eq!(
+        deadline_runs(&db.store).await.len(),
+        1,
+        "within the 10 s pause"
+    );
+    beat.step(at(10.5)).await.unwrap();
+    assert_eq!(deadline_runs(&db.store).await.len(), 2);
+    fail_latest().await;
+    beat.step(at(10.7)).await.unwrap();
+    beat.step(at(25.0)).await.unwrap();
+    assert_eq!(
+        deadline_runs(&db.store).await.len(),
+        2,
+        "within the 20 s pause after a second failure"
+    );
+    beat.step(at(31.0)).await.unwrap();
+    assert_eq!(deadline_runs(&db.store).await.len(), 3);
+}
+
 #[tokio::test]
 async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
     use escalator_store::{BatchEffects, NewOutbox};

@@ -236,11 +236,9 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         if started.elapsed() > deadline {
-            let waiting = escalator_jobs::within(
-                Duration::from_secs(2),
-                queues.checks_and_batches_waiting(),
-            )
-            .await;
+            let waiting =
+                escalator_jobs::within(Duration::from_secs(2), queues.checks_and_batches_waiting())
+                    .await;
             let hint = if r.status == "queued" {
                 "no worker has started it: is a worker running on this queue namespace?"
             } else if matches!(waiting, Ok(0)) {
