@@ -131,6 +131,13 @@ pub const STALE_RUN: chrono::TimeDelta = chrono::TimeDelta::hours(6);
 /// 120 s job timeout by default); a run that moves again is reopened or completed.
 pub const LOST_RUN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
+/// How long a check run that did nothing (no effect, no slot) is kept before the sweep deletes
+/// it: a week of `escalator status` and console history. Runs with effects are kept for ever.
+pub const EMPTY_RUN_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(7);
+/// Empty check runs deleted per sweep (every 10 s): up to 100 a second, beyond the rate at
+/// which deadline checks are made.
+const PRUNE_RUNS: u32 = 1_000;
+
 /// Logs what one of the sweep's prunings did; a failure only waits for the next sweep.
 fn log_pruned<E: std::fmt::Display>(what: &'static str, pruned: Result<u64, E>) {
     match pruned {
@@ -389,6 +396,11 @@ impl Beat {
                 tracing::warn!("pruning finished jobs timed out; the next sweep tries again");
             }
             self.prune_sent_deliveries(now).await;
+            let pruned = self
+                .store
+                .prune_empty_check_runs(now - EMPTY_RUN_RETENTION, PRUNE_RUNS)
+                .await;
+            log_pruned("deleting check runs that did nothing, a week old", pruned);
         }
         // sleep until the next slot, the next deadline or the next re-read, whichever first
         let mut wake =

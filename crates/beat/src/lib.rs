@@ -7,7 +7,7 @@ pub mod schedule;
 
 pub use beat::{
     Beat, BeatConfig, BeatError, DEADLINE_BACKOFF, DEADLINE_BACKOFF_MAX, DEADLINE_RUN_PATIENCE,
-    DONE_JOB_RETENTION, LEASE, LOST_RUN, OUTBOX_RETENTION, STALE_RUN,
+    DONE_JOB_RETENTION, EMPTY_RUN_RETENTION, LEASE, LOST_RUN, OUTBOX_RETENTION, STALE_RUN,
 };
 pub use plan::{SlotPlan, plan_slots};
 pub use schedule::{Schedule, ScheduleError};

@@ -521,6 +521,83 @@ impl Store {
         dispatch!(self, s => s.fail_stale_check_runs(now, now - patience, &error).await)
     }
 
+    /// Deletes up to `limit` check runs that finished before `before` having done nothing (a
+    /// succeeded run without a slot, every counter zero, named by no audit row), with their
+    /// batch rows; returns how many. Deadline checks run whenever a deadline passes, most of
+    /// them finding nothing left to do: kept for ever they were ~200,000 rows a day with a
+    /// large fleet. Runs with effects stay (the audit trail names them), as do slots' (I3).
+    pub async fn prune_empty_check_runs(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        const CANDIDATES: &str = "SELECT id FROM check_runs r
+             WHERE status = 'succeeded' AND slot IS NULL AND reminded = 0 AND escalated = 0
+               AND exhausted = 0 AND renotified = 0 AND failed = 0 AND finished_at < {before}
+               AND NOT EXISTS (SELECT 1 FROM audit_logs a WHERE a.check_run_id = r.id)
+               {more}
+             ORDER BY id LIMIT {limit}";
+        let limit = i64::from(limit);
+        match self {
+            Store::Postgres(s) => {
+                let candidates = CANDIDATES
+                    .replace("{before}", "$1")
+                    .replace("{more}", "")
+                    .replace("{limit}", "$2");
+                let mut tx = s.pool().begin().await?;
+                let ids: Vec<i64> = sqlx::query_scalar(rows::trusted(candidates))
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM check_run_batches WHERE check_run_id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?;
+                let deleted = sqlx::query("DELETE FROM check_runs WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(deleted)
+            }
+            Store::Sqlite(s) => {
+                // SQLite keeps its foreign keys: a run any row names would fail the delete
+                let candidates = CANDIDATES
+                    .replace("{before}", "?1")
+                    .replace(
+                        "{more}",
+                        "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.check_run_id = r.id)
+                         AND NOT EXISTS (SELECT 1 FROM outbox_held h WHERE h.check_run_id = r.id)",
+                    )
+                    .replace("{limit}", "?2");
+                let mut tx = s.pool().begin_with(sqlite::BEGIN_WRITE).await?;
+                let ids: Vec<i64> = sqlx::query_scalar(rows::trusted(candidates))
+                    .bind(time::sqlite_ts(before))
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let ids = serde_json::to_string(&ids).map_err(|source| StoreError::Json {
+                    context: "check run ids",
+                    source,
+                })?;
+                sqlx::query(
+                    "DELETE FROM check_run_batches
+                     WHERE check_run_id IN (SELECT value FROM json_each(?1))",
+                )
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+                let deleted = sqlx::query(
+                    "DELETE FROM check_runs WHERE id IN (SELECT value FROM json_each(?1))",
+                )
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(deleted)
+            }
+        }
+    }
+
     /// [`Store::fail_stale_check_runs`] for a caller that has seen no check or batch job waiting
     /// in the queues: the runs that have not moved for `patience` have lost their jobs (a
     /// Redis flushed or failed over), and are failed saying so. What they held for their

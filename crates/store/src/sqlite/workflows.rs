@@ -131,6 +131,7 @@ impl SqliteStore {
                     entity: "workflow",
                     id: id.to_string(),
                 })?;
+        let ctx = &ctx.no_earlier_than(current.updated_at);
         let policy = get_policy(&mut *tx, &current.policy_id, Some(current.policy_version)).await?;
         let calendar = match &policy.policy.spec().calendar_id {
             Some(c) => Some(get_calendar(&mut *tx, c).await?),
