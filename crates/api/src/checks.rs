@@ -24,6 +24,10 @@ use crate::extract::{OptionalJsonBody, PathParams, numeric_id};
 pub struct CreateCheck {
     /// Check only this workflow.
     pub workflow_id: Option<Uuid>,
+    /// Check only the workflow with this external id (instead of `workflow_id`), as
+    /// `escalator enqueue check --workflow` takes either: scripts that know only their own ids
+    /// looked the uuid up first.
+    pub external_id: Option<String>,
     /// Evaluate the SLA clock at this instant (default: now). A real check may not be dated
     /// more than a minute ahead; a dry run may.
     pub as_of: Option<DateTime<Utc>>,
@@ -107,7 +111,7 @@ pub struct CheckQueued {
     responses(
         (status = 202, description = "recorded and queued", body = CheckQueued),
         (status = 200, description = "dry_run: what the check would do; nothing was written", body = DryRunReport),
-        (status = 422, description = "unknown workflow_id, limit out of range, or limit without dry_run", body = ErrorBody),
+        (status = 422, description = "unknown workflow_id or external_id (or both given), limit out of range, or limit without dry_run", body = ErrorBody),
         (status = 503, description = "the queue is unavailable", body = ErrorBody),
     ))]
 /// `POST /api/v1/checks`: records a run and enqueues its planner job → 202; with `dry_run`,
@@ -116,7 +120,7 @@ pub async fn create(
     State(s): State<AppState>,
     OptionalJsonBody(body): OptionalJsonBody<CreateCheck>,
 ) -> ApiResult<Response> {
-    let scope = resolve_scope(&s, body.workflow_id).await?;
+    let scope = resolve_scope(&s, body.workflow_id, body.external_id.as_deref()).await?;
     let now = Utc::now();
     let as_of = match body.as_of {
         Some(t) => escalator_store::time::check_instant("as_of", t)?,
@@ -142,17 +146,37 @@ pub async fn create(
 }
 
 /// The scope of a check; an unknown workflow is the caller's error.
-async fn resolve_scope(s: &AppState, workflow_id: Option<Uuid>) -> ApiResult<Scope> {
-    match workflow_id {
-        None => Ok(Scope::All),
-        Some(id) => match s.store.get_workflow(id).await {
-            Ok(w) => Ok(Scope::Workflow(w.id)),
-            Err(StoreError::NotFound { .. }) => Err(ApiError::invalid(
-                "workflow_id",
-                format!("workflow {id} not found"),
-            )),
-            Err(e) => Err(e.into()),
-        },
+async fn resolve_scope(
+    s: &AppState,
+    workflow_id: Option<Uuid>,
+    external_id: Option<&str>,
+) -> ApiResult<Scope> {
+    let (found, field, named) = match (workflow_id, external_id) {
+        (None, None) => return Ok(Scope::All),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "external_id",
+                "name the workflow by workflow_id or by external_id, not both",
+            ));
+        }
+        (Some(id), None) => (
+            s.store.get_workflow(id).await,
+            "workflow_id",
+            id.to_string(),
+        ),
+        (None, Some(external)) => {
+            escalator_store::logic::check_id("external_id", external)?;
+            let found = s.store.get_workflow_by_external_id(external).await;
+            (found, "external_id", format!("{external:?}"))
+        }
+    };
+    match found {
+        Ok(w) => Ok(Scope::Workflow(w.id)),
+        Err(StoreError::NotFound { .. }) => Err(ApiError::invalid(
+            field,
+            format!("workflow {named} not found"),
+        )),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -49,6 +49,28 @@ async fn a_check_of_one_workflow_is_scoped_to_it() {
         format!("workflow:{}", w["id"].as_str().unwrap())
     );
     assert_eq!(body["as_of"], "2026-11-25T12:00:00Z");
+    // by its external id too, as the command line takes it
+    let res = api
+        .post("/api/v1/checks", json!({ "external_id": "C-1" }))
+        .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.text());
+    assert_eq!(
+        res.json()["scope"],
+        format!("workflow:{}", w["id"].as_str().unwrap())
+    );
+    let (_, field) = api
+        .post("/api/v1/checks", json!({ "external_id": "C-404" }))
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("external_id"));
+    let (_, field) = api
+        .post(
+            "/api/v1/checks",
+            json!({ "external_id": "C-1", "workflow_id": w["id"] }),
+        )
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("external_id"));
 }
 
 #[tokio::test]
