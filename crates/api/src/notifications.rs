@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{PathParams, QueryParams, numeric_id};
+use crate::extract::{OptionalJsonBody, PathParams, QueryParams, numeric_id};
 use crate::workflows::{MAX_LIMIT, page_limit};
 
 /// The query of `GET /api/v1/notifications`.
@@ -78,17 +78,25 @@ pub struct MarkedRead {
     pub newly_read: bool,
 }
 
+/// An empty request body: `{}`, or none at all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoBody {}
+
 #[utoipa::path(post, path = "/api/v1/notifications/{id}/read", operation_id = "mark_notification_read", tag = "inbox",
     params(("id" = i64, Path, description = "notification id", minimum = 1)),
     responses(
         (status = 200, description = "read (idempotent)", body = MarkedRead),
         (status = 400, description = "not a positive integer", body = ErrorBody),
         (status = 404, description = "unknown id", body = ErrorBody),
+        (status = 422, description = "a body with fields (it takes none)", body = ErrorBody),
     ))]
-/// `POST /api/v1/notifications/{id}/read`: idempotent; 404 for an unknown id.
+/// `POST /api/v1/notifications/{id}/read`: idempotent; 404 for an unknown id. It takes no
+/// body; one with fields is refused (422), as unknown fields are everywhere (it was ignored).
 pub async fn mark_read(
     State(s): State<AppState>,
     PathParams(id): PathParams<String>,
+    OptionalJsonBody(_): OptionalJsonBody<NoBody>,
 ) -> ApiResult<Json<MarkedRead>> {
     let id = numeric_id(&id)?;
     let newly_read = s.store.mark_notification_read(id, Utc::now()).await?;

@@ -347,6 +347,13 @@ async fn the_inbox_lists_a_recipients_notifications_and_marks_them_read() {
         )
         .await;
     assert_eq!(again.json()["newly_read"], false);
+    // it takes no body: fields in one are refused, as everywhere (they were ignored)
+    api.post(
+        &format!("/api/v1/notifications/{nid}/read"),
+        serde_json::json!({ "unread": true }),
+    )
+    .await
+    .error(StatusCode::UNPROCESSABLE_ENTITY);
     let unread = api
         .get("/api/v1/notifications?recipient=alice&unread=true")
         .await
