@@ -581,7 +581,11 @@ pub fn plan_transition(
             actual: current.version,
         });
     }
-    let now = ctx.now;
+    // no earlier than the workflow's last change: the instant is taken before the row lock, and
+    // a transition that waited on a batch holding the workflow (escalating it) was dated
+    // before the batch's change — its audit row sorted before the escalation it followed, and
+    // a hold counted the wait as paused time of the new level
+    let now = ctx.now.max(current.updated_at);
     let refuse = || StoreError::InvalidTransition {
         action: transition.action(),
         status: current.status.as_str().to_owned(),

@@ -222,20 +222,6 @@ pub struct TransitionContext {
     pub now: DateTime<Utc>,
 }
 
-impl TransitionContext {
-    /// The context of a transition applied to a workflow last changed at `changed`: dated no
-    /// earlier than that. The instant is taken before the row lock, and a transition that
-    /// waited on a batch holding the workflow (escalating it) was dated before the batch's
-    /// change: its audit row sorted before the escalation it followed, and a hold counted
-    /// the wait as paused time of the new level.
-    pub fn no_earlier_than(&self, changed: DateTime<Utc>) -> TransitionContext {
-        TransitionContext {
-            now: self.now.max(changed),
-            ..self.clone()
-        }
-    }
-}
-
 /// Why an audit row was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

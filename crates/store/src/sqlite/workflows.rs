@@ -131,7 +131,6 @@ impl SqliteStore {
                     entity: "workflow",
                     id: id.to_string(),
                 })?;
-        let ctx = &ctx.no_earlier_than(current.updated_at);
         let policy = get_policy(&mut *tx, &current.policy_id, Some(current.policy_version)).await?;
         let calendar = match &policy.policy.spec().calendar_id {
             Some(c) => Some(get_calendar(&mut *tx, c).await?),
@@ -166,7 +165,8 @@ impl SqliteStore {
         .bind(next.version)
         .execute(&mut *tx)
         .await?;
-        insert_audits(&mut tx, &[audit], ctx.now).await?;
+        // the planned instant (no earlier than the workflow's last change), not the caller's
+        insert_audits(&mut tx, &[audit], next.updated_at).await?;
         tx.commit().await?;
         Ok(next)
     }
