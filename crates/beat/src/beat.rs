@@ -469,29 +469,34 @@ impl Beat {
     /// reading `running` (and waiters, dashboards and the run's held digests stop waiting for
     /// them). Their digests are released by the outbox sweep right after.
     async fn fail_stale_runs(&self, now: DateTime<Utc>) {
-        match self.store.fail_stale_check_runs(now, STALE_RUN).await {
+        // nothing waiting for a worker: a run that has not moved for ten minutes has lost its
+        // jobs (and the six-hour runs are among those); else only the six-hour ones. A queue
+        // that cannot say is taken as one with jobs waiting.
+        let waiting = within(self.patience(), self.queues.checks_and_batches_waiting()).await;
+        if let Err(e) = &waiting {
+            tracing::warn!(error = %e, "cannot look at the queues for lost check runs");
+        }
+        let (failed, patience) = if matches!(waiting, Ok(0)) {
+            (
+                self.store.fail_lost_check_runs(now, LOST_RUN).await,
+                LOST_RUN,
+            )
+        } else {
+            (
+                self.store.fail_stale_check_runs(now, STALE_RUN).await,
+                STALE_RUN,
+            )
+        };
+        match failed {
             Ok(ids) if ids.is_empty() => {}
             Ok(ids) => tracing::warn!(
                 runs = ?ids,
-                "check runs without progress for six hours marked failed: their jobs were lost \
-                 or died unrecorded; their workflows stay due for the next check"
+                minutes = patience.num_minutes(),
+                "check runs without progress marked failed: their jobs were lost or died \
+                 unrecorded; their held messages are released, their workflows stay due for \
+                 the next check"
             ),
             Err(e) => tracing::warn!(error = %e, "cannot look for stale check runs"),
-        }
-        // nothing waiting for a worker: a run that has not moved for a while has lost its jobs
-        match within(self.patience(), self.queues.checks_and_batches_waiting()).await {
-            Ok(0) => match self.store.fail_lost_check_runs(now, LOST_RUN).await {
-                Ok(ids) if ids.is_empty() => {}
-                Ok(ids) => tracing::warn!(
-                    runs = ?ids,
-                    "check runs without progress for ten minutes, with no check or batch job \
-                     waiting in the queues, marked failed: their jobs were lost; their held \
-                     messages are released, their workflows stay due for the next check"
-                ),
-                Err(e) => tracing::warn!(error = %e, "cannot look for lost check runs"),
-            },
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot look at the queues for lost check runs"),
         }
     }
 

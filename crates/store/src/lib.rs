@@ -512,13 +512,23 @@ impl Store {
         now: DateTime<Utc>,
         patience: chrono::Duration,
     ) -> Result<Vec<i64>> {
-        let now = time::micros(now);
         let error = format!(
             "no progress for {} minutes: its jobs were lost or died without recording it; the \
              workflows it had not handled stay due for the next check",
             patience.num_minutes()
         );
-        dispatch!(self, s => s.fail_stale_check_runs(now, now - patience, &error).await)
+        self.fail_unmoved_check_runs(now, patience, &error).await
+    }
+
+    /// The runs of [`Store::fail_stale_check_runs`], failed with `error`.
+    async fn fail_unmoved_check_runs(
+        &self,
+        now: DateTime<Utc>,
+        patience: chrono::Duration,
+        error: &str,
+    ) -> Result<Vec<i64>> {
+        let now = time::micros(now);
+        dispatch!(self, s => s.fail_stale_check_runs(now, now - patience, error).await)
     }
 
     /// Deletes up to `limit` check runs that finished before `before` having done nothing (a
@@ -607,14 +617,13 @@ impl Store {
         now: DateTime<Utc>,
         patience: chrono::Duration,
     ) -> Result<Vec<i64>> {
-        let now = time::micros(now);
         let error = format!(
             "lost: no progress for {} minutes, and no check or batch job waits in the queues \
              (a Redis flushed or failed over?); the workflows it had not handled stay due for \
              the next check",
             patience.num_minutes()
         );
-        dispatch!(self, s => s.fail_stale_check_runs(now, now - patience, &error).await)
+        self.fail_unmoved_check_runs(now, patience, &error).await
     }
 
     /// Up to `limit` open workflows due at `as_of`, oldest deadline first — what a claim would
