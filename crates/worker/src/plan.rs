@@ -409,8 +409,9 @@ impl<'w> Effect<'w> {
             "kind": kind.notification_kind(), "workflow_id": w.id, "title": w.title,
             "due_at": w.due_at, "level": level, "check_run_id": self.check_run_id,
             // the state the message is about, checked again before it is sent
-            // (obsolete_deliveries): its level, stage (cycle) and holder
-            "cycle": w.cycle, "assignee_id": w.assignee, "holder_id": holder,
+            // (obsolete_deliveries): its level, stage (cycle) and holder (messages written
+            // before this named the assignee `assignee_id`, the same for all but escalations)
+            "cycle": w.cycle, "holder_id": holder,
         });
         let with = |extra: serde_json::Value| {
             let mut p = common.clone();
@@ -1079,11 +1080,7 @@ mod tests {
         // what the deliverer checks again before sending (the template's `assignee` is a
         // display name, hence a key of its own)
         assert_eq!(
-            (
-                &payload["assignee_id"],
-                &payload["cycle"],
-                &payload["level"]
-            ),
+            (&payload["holder_id"], &payload["cycle"], &payload["level"]),
             (
                 &serde_json::json!("mgr"),
                 &serde_json::json!(1),

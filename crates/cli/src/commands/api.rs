@@ -20,7 +20,8 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         // everything but enqueueing a check works without the queue (`/readyz?optional=queue`
         // answers "degraded"): a replica (re)started during a Redis outage serves, and
         // connects once Redis answers
-        Err(e) if super::unreachable(&e) && !queue_config.url.starts_with("sqlite:") => {
+        // (only Redis is ever unreachable: an SQLite queue file fails otherwise)
+        Err(e) if super::unreachable(&e) => {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "the queue is unreachable: serving without it; enqueueing a check answers 503, \

@@ -236,12 +236,13 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         if started.elapsed() > deadline {
-            let waiting =
-                escalator_jobs::within(Duration::from_secs(2), queues.checks_and_batches_waiting())
-                    .await;
             let hint = if r.status == "queued" {
                 "no worker has started it: is a worker running on this queue namespace?"
-            } else if matches!(waiting, Ok(0)) {
+            } else if matches!(
+                escalator_jobs::within(Duration::from_secs(2), queues.checks_and_batches_waiting())
+                    .await,
+                Ok(0)
+            ) {
                 "no check or batch job waits in the queues, so its jobs are running or were lost \
                  (a Redis flushed or failed over): see `escalator status`; a run with no progress \
                  for 10 minutes and nothing waiting is marked failed by the beat, and the next \
