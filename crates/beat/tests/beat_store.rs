@@ -482,16 +482,11 @@ async fn failed_deadline_checks_are_followed_by_the_next_after_a_growing_pause()
     assert_eq!(deadline_runs(&db.store).await.len(), 3);
 }
 
-#[tokio::test]
-async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
+/// A check run of 2 batches started at `now`, whose batch 0 holds an escalation email for the
+/// run's digest decision (batch 1 never comes). Returns its id.
+async fn run_holding_an_escalation(s: &Store, now: DateTime<Utc>) -> i64 {
     use escalator_store::{BatchEffects, NewOutbox};
-    let db = TestDb::postgres().await;
-    let ns = RedisNamespace::new("beat");
-    let q = queues(&ns).await;
-    let s = &db.store;
-    let now = utc("2026-11-25T12:05:00Z");
     let run = escalator_testkit::started_run(s, "cli", 2, now).await;
-    // batch 0 of 2 holds an escalation for the run's digest decision; batch 1 never comes
     let held = NewOutbox {
         channel: "email",
         recipient: "head@example.com".into(),
@@ -500,7 +495,7 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
             "to": ["head@example.com"], "cc": [], "subject": "Escalated", "title": "t",
             "kind": "escalation",
         }),
-        idempotency_key: "escalate:held:email".into(),
+        idempotency_key: format!("escalate:held:{run}:email"),
     }
     .held_for_digest("head", 5);
     let mut tx = s.begin_batch().await.unwrap();
@@ -516,6 +511,18 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
     .await
     .unwrap();
     tx.commit().await.unwrap();
+    run
+}
+
+#[tokio::test]
+async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat");
+    let q = queues(&ns).await;
+    let s = &db.store;
+    let now = utc("2026-11-25T12:05:00Z");
+    // batch 0 of 2 holds an escalation for the run's digest decision; batch 1 never comes
+    let run = run_holding_an_escalation(s, now).await;
     assert_eq!(s.outbox_backlog(now).await.unwrap(), (0, 0));
     s.fail_check_run(run, "its last batch died", now)
         .await
@@ -545,38 +552,13 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
 /// queues it is failed ten minutes after it last moved, and its held messages go out.
 #[tokio::test]
 async fn a_run_whose_jobs_are_lost_is_failed_after_ten_minutes_and_its_held_messages_go() {
-    use escalator_store::{BatchEffects, NewOutbox};
     let db = TestDb::postgres().await;
     let ns = RedisNamespace::new("beat");
     let q = queues(&ns).await;
     let s = &db.store;
     // no slot of the schedule among the steps (one would be a job waiting)
     let now = utc("2026-11-25T12:01:00Z");
-    let run = escalator_testkit::started_run(s, "cli", 2, now).await;
-    let held = NewOutbox {
-        channel: "email",
-        recipient: "head@example.com".into(),
-        workflow_id: None,
-        payload: serde_json::json!({
-            "to": ["head@example.com"], "cc": [], "subject": "Escalated", "title": "t",
-            "kind": "escalation",
-        }),
-        idempotency_key: "escalate:lost:email".into(),
-    }
-    .held_for_digest("head", 5);
-    let mut tx = s.begin_batch().await.unwrap();
-    tx.apply(
-        &BatchEffects {
-            check_run_id: Some(run),
-            batch_index: Some(0),
-            outbox: vec![held],
-            ..Default::default()
-        },
-        now,
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let run = run_holding_an_escalation(s, now).await;
     let status = async || s.get_check_run(run).await.unwrap().status;
     let mut beat = Beat::new(
         s.clone(),

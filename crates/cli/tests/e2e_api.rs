@@ -35,6 +35,21 @@ async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, 
     (code, response)
 }
 
+/// Waits (30 s at most) until something listens on `port`.
+async fn listening(port: u16) {
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the api did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_serves_workflows_and_metrics_and_stops_on_sigterm() {
     let world = World::new().await;
@@ -48,20 +63,7 @@ async fn the_api_serves_workflows_and_metrics_and_stops_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the api did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    listening(port).await;
     let (code, res) = http(port, "GET", "/readyz", None).await;
     assert_eq!(code, 200, "{res}");
     let body = r#"{"external_id":"E2E-1","title":"t","kind":"k","stage":"s","assignee":"alice","initiator":"bob"}"#;
@@ -94,17 +96,7 @@ async fn an_api_started_while_redis_is_down_serves_and_enqueues_once_it_is_back(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the api did not listen without its queue"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    listening(port).await;
     let (code, res) = http(port, "GET", "/readyz?optional=queue", None).await;
     assert_eq!(code, 200, "{res}");
     assert!(res.contains(r#""status":"degraded""#), "{res}");
