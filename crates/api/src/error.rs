@@ -53,10 +53,24 @@ impl ApiError {
         ApiError::client(StatusCode::BAD_REQUEST, "bad_request", message).with_field(field)
     }
 
-    /// A 400 for an invalid value in the path or the query (a bad address, not a bad body).
+    /// A 400 about one query parameter: `bad_query`, whatever found it (the parser, a range
+    /// or a length check), so a client can tell its query from its path or headers.
+    pub fn bad_query(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::client(StatusCode::BAD_REQUEST, "bad_query", message).with_field(field)
+    }
+
+    /// A 400 for an invalid value in the path (a bad address, not a bad body).
     pub fn bad_request_from(e: StoreError) -> Self {
         match e {
             StoreError::Invalid { field, message } => ApiError::bad_request(field, message),
+            other => other.into(),
+        }
+    }
+
+    /// A 400 for an invalid value in the query.
+    pub fn bad_query_from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid { field, message } => ApiError::bad_query(field, message),
             other => other.into(),
         }
     }

@@ -57,10 +57,10 @@ fn quoted_name(message: &str) -> Option<&str> {
 }
 
 /// The field a serde error is about: its path (which ends with the key of an unknown field),
-/// plus the key of a missing field (reported at its parent's path).
+/// plus the key of a missing or repeated field (both reported at their parent's path).
 fn field_of(path: &str, message: &str) -> Option<String> {
     let path = if path == "." { "" } else { path };
-    let key = if message.starts_with("missing field") {
+    let key = if message.starts_with("missing field") || message.starts_with("duplicate field") {
         quoted_name(message)
     } else {
         None
@@ -232,7 +232,7 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> ApiResult<T> {
     if let Some((name, _)) =
         form_urlencoded::parse(query.as_bytes()).find(|(_, value)| value.contains('\0'))
     {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::bad_query(
             name.into_owned(),
             "must not contain a NUL character",
         ));
@@ -241,10 +241,11 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> ApiResult<T> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let message = time_hint(e.inner().to_string(), &path);
-        let err = ApiError::client(StatusCode::BAD_REQUEST, "bad_query", message.clone());
-        match field_of(&path, &message) {
-            Some(f) => err.with_field(f),
-            None => err,
+        ApiError::Client {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_query",
+            field: field_of(&path, &message),
+            message,
         }
     })
 }
@@ -368,6 +369,12 @@ mod tests {
         assert_eq!(
             field(e),
             (StatusCode::UNPROCESSABLE_ENTITY, Some("n".into()))
+        );
+        // a key given twice: which one was meant is unknowable, so it is named and refused
+        let e = parse_json::<Body>(br#"{"title":"x","n":1,"title":"y"}"#).unwrap_err();
+        assert_eq!(
+            field(e),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("title".into()))
         );
         let e = parse_json::<Body>(br#"{"title":"#).unwrap_err();
         assert_eq!(field(e).0, StatusCode::BAD_REQUEST);

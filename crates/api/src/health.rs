@@ -83,7 +83,7 @@ pub async fn readyz(
         None => false,
         Some("queue") => true,
         Some(other) => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::bad_query(
                 "optional",
                 format!(
                     "optional must be \"queue\" (the only dependency the api can serve without), not {other:?}"

@@ -54,10 +54,11 @@ pub async fn list(
     let recipient = q
         .recipient
         .filter(|r| !r.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_request("recipient", "recipient is required"))?;
+        .ok_or_else(|| ApiError::bad_query("recipient", "recipient is required"))?;
+    escalator_store::logic::check_id("recipient", &recipient).map_err(ApiError::bad_query_from)?;
     let limit = page_limit(q.limit, MAX_LIMIT)?;
     if q.before.is_some_and(|b| b < 1) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::bad_query(
             "before",
             "before must be a notification id (1 or more)",
         ));

@@ -191,7 +191,7 @@ pub fn encode_cursor_parts(
 
 /// The 400 for a cursor this api did not hand out.
 pub fn bad_cursor() -> ApiError {
-    ApiError::bad_request("cursor", "not a cursor returned by this api")
+    ApiError::bad_query("cursor", "not a cursor returned by this api")
 }
 
 /// The two parts of a cursor made by [`encode_cursor_parts`]; [`bad_cursor`] otherwise.
@@ -222,7 +222,7 @@ pub fn page_limit(limit: Option<u32>, max: u32) -> ApiResult<u32> {
     match limit {
         None => Ok(DEFAULT_LIMIT.min(max)),
         Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::bad_request(
+        Some(n) => Err(ApiError::bad_query(
             "limit",
             format!("limit {n} is not between 1 and {max}"),
         )),
@@ -241,6 +241,9 @@ pub async fn list(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult<Json<WorkflowPage>> {
     let limit = page_limit(q.limit, MAX_LIMIT)?;
+    if let Some(assignee) = &q.assignee {
+        escalator_store::logic::check_id("assignee", assignee).map_err(ApiError::bad_query_from)?;
+    }
     let now = Utc::now();
     // One row more than asked tells whether another page exists (the store caps at 1000,
     // where a full page is taken to mean "maybe more").
@@ -253,7 +256,7 @@ pub async fn list(
             .due_before
             .map(|t| escalator_store::time::check_instant("due_before", t))
             .transpose()
-            .map_err(ApiError::bad_request_from)?,
+            .map_err(ApiError::bad_query_from)?,
         after: q.cursor.as_deref().map(decode_cursor).transpose()?,
         limit: fetch,
     };

@@ -116,8 +116,11 @@ async fn readyz_names_a_lost_queue_and_answers_degraded_when_it_is_optional() {
 
     // the database is never optional
     let res = api.get("/readyz?optional=database").await;
-    let (_, field) = res.error(StatusCode::BAD_REQUEST);
-    assert_eq!(field.as_deref(), Some("optional"));
+    let (code, field) = res.error(StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (code.as_str(), field.as_deref()),
+        ("bad_query", Some("optional"))
+    );
     api.db.store.close().await;
     let res = api.get("/readyz?optional=queue").await;
     let (_, field) = res.error(StatusCode::SERVICE_UNAVAILABLE);
@@ -414,11 +417,27 @@ async fn the_inbox_pages_through_everything_with_next_before() {
         seen.windows(2).all(|w| w[0] > w[1]),
         "newest first: {seen:?}"
     );
-    let (_, field) = api
-        .get("/api/v1/notifications?recipient=alice&before=0")
-        .await
-        .error(StatusCode::BAD_REQUEST);
-    assert_eq!(field.as_deref(), Some("before"));
+    // every query parameter at fault is a `bad_query`, whether the parser, a range or a length
+    // refused it (a range was `bad_request`, a type `bad_query`)
+    let long = "a".repeat(escalator_store::logic::MAX_ID_CHARS + 1);
+    for (query, at) in [
+        ("recipient=alice&before=0", "before"),
+        ("recipient=alice&before=abc", "before"),
+        ("recipient=alice&limit=0", "limit"),
+        ("recipient=alice&limit=abc", "limit"),
+        ("recipient=%20", "recipient"),
+        (&format!("recipient={long}"), "recipient"),
+    ] {
+        let (code, field) = api
+            .get(&format!("/api/v1/notifications?{query}"))
+            .await
+            .error(StatusCode::BAD_REQUEST);
+        assert_eq!(
+            (code.as_str(), field.as_deref()),
+            ("bad_query", Some(at)),
+            "{query}"
+        );
+    }
 }
 
 #[tokio::test]

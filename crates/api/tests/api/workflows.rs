@@ -446,10 +446,11 @@ async fn transitions_check_versions_and_status_and_are_audited() {
         .collect();
     assert_eq!(rest, ["advance", "complete"]);
     for bad in ["limit=0", "limit=1001", "cursor=nope!"] {
-        let (_, field) = api
+        let (code, field) = api
             .get(&format!("/api/v1/workflows/{id}/audit?{bad}"))
             .await
             .error(StatusCode::BAD_REQUEST);
+        assert_eq!(code, "bad_query", "{bad}");
         assert!(field.is_some(), "{bad}");
     }
 
@@ -548,16 +549,26 @@ async fn lists_filter_by_status_and_page_with_a_cursor() {
         .json();
     assert!(due["items"].as_array().unwrap().is_empty());
 
+    let long = "a".repeat(escalator_store::logic::MAX_ID_CHARS + 1);
     for (query, field) in [
         ("status=lost", "status"),
         ("limit=0", "limit"),
+        ("limit=abc", "limit"),
         ("limit=1001", "limit"),
         ("cursor=garbage", "cursor"),
         ("colour=red", "colour"),
         ("due_before=yesterday", "due_before"),
+        ("due_before=1000-01-01T00:00:00Z", "due_before"),
+        ("assignee=", "assignee"),
+        (&format!("assignee={long}"), "assignee"),
+        ("assignee=a%00b", "assignee"),
     ] {
         let res = api.get(&format!("/api/v1/workflows?{query}")).await;
-        let (_, f) = res.error(StatusCode::BAD_REQUEST);
-        assert_eq!(f.as_deref(), Some(field), "{query}");
+        let (code, f) = res.error(StatusCode::BAD_REQUEST);
+        assert_eq!(
+            (code.as_str(), f.as_deref()),
+            ("bad_query", Some(field)),
+            "{query}"
+        );
     }
 }
