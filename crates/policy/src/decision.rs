@@ -7,7 +7,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{AfterLast, Calendar, Deadlines, Policy, PolicyError, Target, schedule};
+use crate::{Calendar, Deadlines, Policy, PolicyError, Target, schedule};
 
 /// Lifecycle state of a workflow (`workflows.status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -174,7 +174,7 @@ pub enum Decision {
         deadlines: Deadlines,
     },
     /// The chain is over (or no target could be resolved): record once. `next_check_at` is
-    /// `Some(now + every)` for [`AfterLast::Repeat`], `None` for [`AfterLast::Stop`].
+    /// `Some(now + every)` for [`AfterLast::Repeat`](crate::AfterLast::Repeat), `None` for [`AfterLast::Stop`](crate::AfterLast::Stop).
     Exhausted {
         /// The level the workflow stays at.
         level: u32,
@@ -183,7 +183,7 @@ pub enum Decision {
         /// When to renotify, if the policy repeats.
         next_check_at: Option<DateTime<Utc>>,
     },
-    /// [`AfterLast::Repeat`] after exhaustion was recorded: notify again, next check at
+    /// [`AfterLast::Repeat`](crate::AfterLast::Repeat) after exhaustion was recorded: notify again, next check at
     /// `now + every`.
     Renotify {
         /// The level the workflow stays at.
@@ -286,11 +286,9 @@ fn breached(
             }
         }
     }
-    let every = match policy.spec().after_last {
-        AfterLast::Stop => None,
-        AfterLast::Repeat { every_seconds } => Some(every_seconds),
-    };
-    let next_check_at = every.map(|seconds| crate::clock::seconds_after(now, seconds));
+    let next_check_at = policy
+        .repeat_every_seconds()
+        .map(|seconds| crate::clock::seconds_after(now, seconds));
     match (snapshot.exhausted, next_check_at) {
         (false, _) => Decision::Exhausted {
             level: snapshot.level,
@@ -358,7 +356,7 @@ fn present(id: &Option<String>) -> Option<&str> {
 }
 
 /// When the workflow must next be looked at: `None` if not open or exhausted (the caller
-/// schedules [`AfterLast::Repeat`] renotifications itself); else `warn_at` until the reminder
+/// schedules [`AfterLast::Repeat`](crate::AfterLast::Repeat) renotifications itself); else `warn_at` until the reminder
 /// is recorded, then `due_at`.
 pub fn next_check_at(snapshot: &Snapshot) -> Option<DateTime<Utc>> {
     if !snapshot.status.is_open() || snapshot.exhausted {

@@ -170,18 +170,10 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Validates `spec`; the error names the first invalid field.
+    /// Validates `spec` being written; the error names the first invalid field.
     pub fn new(spec: PolicySpec) -> Result<Policy, PolicyError> {
-        check_duration("sla_seconds", spec.sla_seconds)?;
-        if spec.levels.is_empty() {
-            return Err(PolicyError::new(
-                "levels",
-                "at least one escalation level is required",
-            ));
-        }
-        for (i, level) in spec.levels.iter().enumerate() {
-            check_duration(&format!("levels[{i}].sla_seconds"), level.sla_seconds)?;
-        }
+        let policy = Policy::stored(spec)?;
+        let spec = policy.spec;
         let shortest = spec
             .levels
             .iter()
@@ -210,8 +202,22 @@ impl Policy {
             }
             Warning::Before { .. } | Warning::Percent { .. } => {}
         }
+        if let Warning::Percent { percent } = spec.warning {
+            // the warning rounds down to whole seconds: under 1 s it is due as the level
+            // starts, and the "reminder" went out with the escalation, at night too
+            let shortest_warning = shortest * i64::from(percent) / 100;
+            if shortest_warning < 1 {
+                return Err(PolicyError::new(
+                    "warning.percent",
+                    format!(
+                        "{percent}% of the shortest level SLA ({shortest} s) is under a second: \
+                         its reminder would go out as the level starts; use a larger percent or \
+                         longer SLAs"
+                    ),
+                ));
+            }
+        }
         if let AfterLast::Repeat { every_seconds } = spec.after_last {
-            check_duration("after_last.every_seconds", every_seconds)?;
             // every exhausted workflow is renotified (audit, in-app rows, an email) each time,
             // and the beat wakes for it: seconds meant as minutes flooded the outbox
             if every_seconds < MIN_REPEAT_SECONDS {
@@ -229,6 +235,37 @@ impl Policy {
             check_channels("channels", channels)?;
         }
         Ok(Policy { spec })
+    }
+
+    /// Reads a spec accepted earlier, checking only what the clock needs to compute with it:
+    /// durations within range and a chain to walk. Rules added for writes since (the shortest
+    /// repeat, a warning of at least a second, the chain's and channels' rules) do not apply: a
+    /// version stored before a rule existed made its policy, its workflows and the list of all
+    /// policies answer 500, and set those workflows aside at every check, for ever.
+    pub fn stored(spec: PolicySpec) -> Result<Policy, PolicyError> {
+        check_duration("sla_seconds", spec.sla_seconds)?;
+        if spec.levels.is_empty() {
+            return Err(PolicyError::new(
+                "levels",
+                "at least one escalation level is required",
+            ));
+        }
+        for (i, level) in spec.levels.iter().enumerate() {
+            check_duration(&format!("levels[{i}].sla_seconds"), level.sla_seconds)?;
+        }
+        if let AfterLast::Repeat { every_seconds } = spec.after_last {
+            check_duration("after_last.every_seconds", every_seconds)?;
+        }
+        Ok(Policy { spec })
+    }
+
+    /// Seconds between renotifications after the chain, `None` when it stops there. A version
+    /// stored before [`MIN_REPEAT_SECONDS`] was enforced renotifies at that pace, no faster.
+    pub fn repeat_every_seconds(&self) -> Option<i64> {
+        match self.spec.after_last {
+            AfterLast::Stop => None,
+            AfterLast::Repeat { every_seconds } => Some(every_seconds.max(MIN_REPEAT_SECONDS)),
+        }
     }
 
     /// The seed's policy: SLA 24h, warning 2h before the deadline (at 22h), one level to the
@@ -667,6 +704,13 @@ mod tests {
             };
             assert_eq!(field_of(spec), "warning.percent");
         }
+        // 50% of a 1 s level rounds down to a warning as the level starts
+        let mut instant = spec();
+        instant.warning = Warning::Percent { percent: 50 };
+        instant.levels[0].sla_seconds = 1;
+        assert_eq!(field_of(instant.clone()), "warning.percent");
+        instant.levels[0].sla_seconds = 2;
+        assert!(Policy::new(instant).is_ok());
     }
 
     #[test]
@@ -682,6 +726,13 @@ mod tests {
         };
         assert_eq!(field_of(every(59)), "after_last.every_seconds");
         assert!(Policy::new(every(60)).is_ok());
+        // a version stored before the rule is read, and renotifies no faster than it allows
+        let stored = Policy::stored(every(1)).unwrap();
+        assert_eq!(stored.repeat_every_seconds(), Some(MIN_REPEAT_SECONDS));
+        assert_eq!(
+            Policy::new(every(90)).unwrap().repeat_every_seconds(),
+            Some(90)
+        );
     }
 
     #[test]

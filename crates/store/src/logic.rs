@@ -740,8 +740,8 @@ pub fn exhausted_next_check(
     if !w.status.is_open() || w.exhausted_at.is_none() {
         return None;
     }
-    match policy.spec().after_last {
-        escalator_policy::AfterLast::Repeat { every_seconds } if !levels_left(w, policy) => {
+    match policy.repeat_every_seconds() {
+        Some(every_seconds) if !levels_left(w, policy) => {
             Some(escalator_policy::seconds_after(now, every_seconds))
         }
         _ => Some(now),
@@ -769,13 +769,14 @@ fn deadlines_for(
     })
 }
 
-/// Decodes and re-validates a stored policy spec.
+/// Decodes a stored policy spec, checking what the clock needs ([`Policy::stored`]), not the
+/// rules for writing one.
 pub fn policy_from_json(id: &str, value: serde_json::Value) -> Result<Policy> {
     let spec: PolicySpec = serde_json::from_value(value).map_err(|source| StoreError::Json {
         context: "escalation_policies.spec",
         source,
     })?;
-    Policy::new(spec).map_err(|source| StoreError::CorruptDefinition {
+    Policy::stored(spec).map_err(|source| StoreError::CorruptDefinition {
         entity: "policy",
         id: id.to_owned(),
         source,

@@ -47,6 +47,7 @@ conformance!(
     advance_starts_a_new_cycle,
     audit_logs_refuse_update_and_delete,
     policies_are_versioned_and_immutable,
+    a_policy_stored_before_a_write_rule_is_read_as_it_was_accepted,
     users_and_calendars_round_trip,
     user_writes_never_make_the_manager_chain_circular,
     a_manager_given_moves_exhausted_workflows_on_at_once,
@@ -666,6 +667,38 @@ async fn runs_that_stopped_moving_are_failed_and_reopen_when_they_move(db: &Test
         (started.status.as_str(), started.error.as_deref()),
         ("running", None)
     );
+}
+
+/// A version written before a rule for writes existed (here: renotifying every 30 s, and a
+/// warning of half a second, both refused since) is read as it was accepted. Reading it again
+/// through `Policy::new` made the policy, the list of all policies and every workflow pinned
+/// to it answer 500, and set those workflows aside at every check.
+async fn a_policy_stored_before_a_write_rule_is_read_as_it_was_accepted(db: &TestDb) {
+    let s = &db.store;
+    let mut spec = Policy::default_policy().spec().clone();
+    spec.sla_seconds = 50;
+    spec.warning = escalator_policy::Warning::Percent { percent: 1 };
+    spec.after_last = escalator_policy::AfterLast::Repeat { every_seconds: 30 };
+    let field = Policy::new(spec.clone()).unwrap_err().field;
+    assert_eq!(field, "warning.percent");
+    let old = Policy::stored(spec).unwrap();
+    s.create_policy_version("old", "Old", &old).await.unwrap();
+
+    assert_eq!(s.get_policy("old", 1).await.unwrap().policy, old);
+    assert_eq!(s.latest_policy("old").await.unwrap().policy, old);
+    let listed = s.list_policies().await.unwrap();
+    assert!(listed.iter().any(|p| p.id == "old"), "{listed:?}");
+    // it renotifies no faster than the rule allows now
+    assert_eq!(old.repeat_every_seconds(), Some(60));
+    let mut new = new_workflow("PO-OLD");
+    new.policy_id = Some("old".into());
+    let w = s.create_workflow(&new, t0()).await.unwrap().workflow;
+    assert_eq!(w.due_at, t0() + Duration::seconds(50));
+    let held = s
+        .transition(w.id, &Transition::Hold, &ctx(t0() + Duration::seconds(10)))
+        .await
+        .unwrap();
+    assert_eq!(held.status, Status::OnHold);
 }
 
 async fn policies_are_versioned_and_immutable(db: &TestDb) {
