@@ -86,7 +86,15 @@ impl Tokens {
             let shape = || "expected name:token:scope entries, e.g. ci:s3cr3t-of-16+chars:admin";
             let (name, rest) = entry.split_once(':').ok_or_else(shape)?;
             let (secret, scope) = rest.rsplit_once(':').ok_or_else(shape)?;
-            let scope: Scope = scope.parse()?;
+            // the word after the last `:` is named only when it is short enough to be a
+            // mistyped scope: a token without its scope would have its secret's tail printed
+            let scope: Scope = scope.parse().map_err(|e: String| {
+                if scope.chars().count() <= 8 {
+                    format!("the token of {name:?}: {e}")
+                } else {
+                    format!("the token of {name:?} does not end in :read or :admin")
+                }
+            })?;
             if name.is_empty() {
                 return Err("a token has an empty name".into());
             }
@@ -366,8 +374,12 @@ mod tests {
         assert!(
             Tokens::parse("ci:0123456789abcdef:root")
                 .unwrap_err()
-                .contains("scope")
+                .contains("scope \"root\"")
         );
+        // a secret with a `:` and no scope: its tail is not printed as the scope
+        let e = Tokens::parse("ci:Zx81:kP0-9mQwLrT5vY2n").unwrap_err();
+        assert!(!e.contains("kP0"), "{e}");
+        assert!(e.contains(":read or :admin"), "{e}");
         assert!(
             Tokens::parse("a:0123456789abcdef:read,a:fedcba9876543210:admin")
                 .unwrap_err()

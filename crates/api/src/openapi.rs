@@ -140,13 +140,27 @@ impl Modify for CommonResponses {
 }
 
 /// Swagger UI at `/docs`, reading `/api/v1/openapi.json`. Its assets are compiled into the
-/// binary, so the explorer works on a machine without internet access.
+/// binary, so the explorer works on a machine without internet access. A token typed into
+/// it lasts as long as the tab (it was kept in the browser's storage for good), and no other
+/// site may frame it.
 pub fn explorer<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
-    utoipa_swagger_ui::SwaggerUi::new("/docs")
-        .config(
-            utoipa_swagger_ui::Config::new(["/api/v1/openapi.json"]).persist_authorization(true),
-        )
-        .into()
+    let ui: axum::Router<S> = utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .config(utoipa_swagger_ui::Config::new(["/api/v1/openapi.json"]))
+        .into();
+    ui.layer(axum::middleware::map_response(
+        |mut res: axum::response::Response| async move {
+            let headers = res.headers_mut();
+            headers.insert(
+                axum::http::header::X_FRAME_OPTIONS,
+                axum::http::HeaderValue::from_static("DENY"),
+            );
+            headers.insert(
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                axum::http::HeaderValue::from_static("frame-ancestors 'none'"),
+            );
+            res
+        },
+    ))
 }
 
 /// `GET /api/v1/openapi.json`.

@@ -391,6 +391,39 @@ async fn a_provider_that_does_not_answer_in_time_is_retried() {
     assert_eq!(body["text"], "<@U42> Escalated to you");
 }
 
+/// A provider that cannot be reached fails with the host it was sent to, never the whole URL:
+/// a Slack webhook's path and a webhook's token parameter are credentials, and the error is
+/// stored, logged and shown in the console to read tokens.
+#[tokio::test]
+async fn a_provider_that_cannot_be_reached_is_named_without_the_secret_in_its_url() {
+    let db = TestDb::postgres().await;
+    // a port nothing listens on
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut cfg = config(&uri);
+    cfg.slack_webhook_url = Some(format!("{uri}/services/T0/B0/SLACKSECRET"));
+    cfg.webhook.as_mut().unwrap().url = format!("{uri}/hook?access_token=HOOKSECRET");
+    cfg.slack_user_webhooks = format!("{uri}/");
+    let mut sent = slack_rows(&["U42", &format!("{uri}/services/T1/B1/OWNSECRET")]);
+    sent.push(row(
+        "webhook",
+        40,
+        serde_json::json!({
+            "to": "boss", "kind": "escalation", "subject": "Escalated",
+            "workflow_id": "0b6f1f0e-0000-4000-8000-000000000000",
+        }),
+    ));
+    outbox(&db.store, sent).await;
+    let r = deliverer(&db.store, cfg).drain(10, 10).await.unwrap();
+    assert_eq!((r.sent, r.retried, r.dead), (0, 3, 0));
+    for row in rows(&db.store).await {
+        let error = row.last_error.as_deref().unwrap();
+        assert!(error.contains(&format!("{uri}/…")), "{error}");
+        assert!(!error.contains("SECRET"), "{error}");
+    }
+}
+
 #[tokio::test]
 async fn too_many_requests_is_retried_no_sooner_than_retry_after() {
     let db = TestDb::postgres().await;
@@ -580,6 +613,11 @@ async fn a_users_slack_field_can_neither_ping_a_channel_nor_send_elsewhere() {
         assert!(
             error.contains("Slack member id") || error.contains("ESCALATOR_SLACK_USER_WEBHOOKS"),
             "{row:?}"
+        );
+        // the refused URL is named by its host alone: its path may be a credential
+        assert!(
+            !error.contains("internal-admin") && !error.contains("/slack/own"),
+            "{error}"
         );
     }
 

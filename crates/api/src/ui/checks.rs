@@ -105,8 +105,9 @@ fn report(r: &DryRunReport) -> Markup {
     }
 }
 
-/// `GET /ui/checks[?preview=1&workflow_id=&as_of=]`: the forms, the preview when asked for,
-/// and the recent runs.
+/// `GET /ui/checks[?preview=1&workflow_id=&as_of=]`: the forms, the preview when asked for
+/// (admins only, as `POST /api/v1/checks` with `dry_run` is: it evaluates up to a thousand
+/// workflows), and the recent runs.
 pub async fn show(
     State(s): State<AppState>,
     Extension(session): Extension<Session>,
@@ -114,6 +115,15 @@ pub async fn show(
 ) -> UiResult {
     let query = FormData::parse_str(uri.query().unwrap_or_default());
     let preview = if query.filled("preview").is_some() {
+        if session.scope < Scope::Admin {
+            return Err(UiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {:?} has read scope; a dry run needs an admin token, as in the api",
+                    session.actor
+                ),
+            ));
+        }
         let (scope, as_of) = target(&s, &query).await?;
         Some(dry_run(&s, scope, as_of, PREVIEW_LIMIT).await?)
     } else {
@@ -123,13 +133,13 @@ pub async fn show(
     let value = |name: &str| query.filled(name).unwrap_or_default().to_owned();
     let body = html! {
         h1 { "Checks" }
-        form.bar method="get" action="/ui/checks" {
-            input type="hidden" name="preview" value="1";
-            label { "workflow id (empty: all due)" input type="text" name="workflow_id" value=(value("workflow_id")); }
-            label { "as of (empty: now)" input type="text" name="as_of" value=(value("as_of")) placeholder="2026-11-25T12:00:00Z"; }
-            button type="submit" { "Preview (dry run)" }
-        }
         @if session.scope == Scope::Admin {
+            form.bar method="get" action="/ui/checks" {
+                input type="hidden" name="preview" value="1";
+                label { "workflow id (empty: all due)" input type="text" name="workflow_id" value=(value("workflow_id")); }
+                label { "as of (empty: now)" input type="text" name="as_of" value=(value("as_of")) placeholder="2026-11-25T12:00:00Z"; }
+                button type="submit" { "Preview (dry run)" }
+            }
             form.bar method="post" action="/ui/checks" {
                 (csrf_field(&session))
                 label { "workflow id (empty: all due)" input type="text" name="workflow_id" value=(value("workflow_id")); }

@@ -560,6 +560,18 @@ async fn the_interactive_docs_are_served_from_the_binary_without_a_token() {
         "{}",
         init.text()
     );
+    // a token typed into it is not kept in the browser once the tab is closed, and no other
+    // site may frame the page that holds it
+    assert!(
+        !init.text().contains("\"persistAuthorization\": true"),
+        "{}",
+        init.text()
+    );
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    assert_eq!(
+        page.headers["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
     assert_eq!(api.get("/docs/nope.js").await.status, StatusCode::NOT_FOUND);
 }
 

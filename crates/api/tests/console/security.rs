@@ -148,6 +148,16 @@ async fn a_read_token_sees_pages_but_cannot_post_actions() {
         .post("/ui/checks", Some(&reader), &[("csrf", &csrf)])
         .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
+    // nor may it run a dry run, which the api keeps to admins too
+    let checks = c.get("/ui/checks", Some(&reader)).await;
+    checks.assert_ok();
+    assert!(!checks.html.contains("Preview"), "{}", checks.html);
+    let res = c.get("/ui/checks?preview=1", Some(&reader)).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN, "{}", res.html);
+    assert!(res.html.contains("read scope"), "{}", res.html);
+    c.get("/ui/checks?preview=1", Some(&cookie_of(ADMIN)))
+        .await
+        .assert_ok();
 }
 
 #[tokio::test]
