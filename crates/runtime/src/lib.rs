@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod failpoint;
+pub mod http;
 pub mod metrics;
 pub mod serve;
 pub mod shutdown;

@@ -161,9 +161,7 @@ pub async fn serve(
             upkeep.run_upkeep();
         }
     });
-    let result = axum::serve(listener, router(metrics, health))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = crate::http::serve(listener, router(metrics, health), shutdown).await;
     upkeep_task.abort();
     result
 }

@@ -51,10 +51,10 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         );
     }
     tracing::info!(addr = %settings.addr, authenticated, "api listening on http://{}", settings.addr);
-    let served = axum::serve(listener, escalator_api::router(state))
-        .with_graceful_shutdown(signals.stopped())
-        .await
-        .context("serving the api");
+    let served =
+        escalator_runtime::http::serve(listener, escalator_api::router(state), signals.stopped())
+            .await
+            .context("serving the api");
     store.close().await;
     served?;
     tracing::info!("api stopped");

@@ -187,9 +187,8 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     {
         let stop = stopped();
         parts.spawn(async move {
-            let r = axum::serve(listener, escalator_api::router(state))
-                .with_graceful_shutdown(stop)
-                .await;
+            let r =
+                escalator_runtime::http::serve(listener, escalator_api::router(state), stop).await;
             ("api", r.map_err(|e| e.to_string()))
         });
     }

@@ -1,0 +1,211 @@
+//! The HTTP server every process listens with (the api, `dev`, and the metrics of worker and
+//! beat), in place of `axum::serve`, which sets no timer: hyper's header read timeout never
+//! ran, so a client that opened connections and sent half a request head, or nothing, held
+//! them for ever, and enough of them used up the process's file descriptors, health probes
+//! included. Here a request head, and the wait for the next one on a kept-alive connection,
+//! must come within [`HEADER_READ_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served at
+//! once (the rest wait in the listen backlog). A request's own time limit (its body and its
+//! handling) is the router's business (`ESCALATOR_API_TIMEOUT` in the api).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// How long a client has to send a whole request head, and how long a kept-alive connection
+/// may wait idle for its next one.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once by one process.
+pub const MAX_CONNECTIONS: usize = 2_048;
+
+/// The limits of [`serve_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// See [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Serves `app` on `listener` with the default [`Limits`] until `shutdown` completes, then
+/// lets the requests in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    serve_with(listener, app, shutdown, Limits::default()).await
+}
+
+/// [`serve`] with other limits (tests use short ones).
+pub async fn serve_with(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        // a free slot before accepting: beyond the limit, clients wait in the backlog
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.map_err(std::io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // out of file descriptors, or a connection reset before it was taken:
+                    // wait a moment rather than spin, and go on serving the others
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // a client gone mid-request or too slow with its head: theirs, not ours
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn started(limits: Limits) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", get(|| async { "hello" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve_with(
+            listener,
+            app,
+            async move {
+                let _ = stopped.await;
+            },
+            limits,
+        ));
+        (addr, stop)
+    }
+
+    async fn get_root(addr: std::net::SocketAddr) -> String {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    /// Reads until the server closes the connection, or 20 s pass (a hang fails the test).
+    async fn closed_by_server(mut c: TcpStream) -> String {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut answer))
+            .await
+            .expect("the server kept a half-sent request head open")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_request_head_sent_too_slowly_or_not_at_all_is_cut_off() {
+        let (addr, _stop) = started(Limits {
+            header_read_timeout: Duration::from_millis(500),
+            max_connections: 8,
+        })
+        .await;
+        assert!(get_root(addr).await.ends_with("hello"));
+        // half a head, then silence
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // nothing at all
+        let silent = TcpStream::connect(addr).await.unwrap();
+        closed_by_server(half).await;
+        closed_by_server(silent).await;
+        // an idle kept-alive connection goes the same way after its answer
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(closed_by_server(kept).await.contains("hello"));
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_for_a_free_one() {
+        let (addr, _stop) = started(Limits {
+            header_read_timeout: Duration::from_secs(2),
+            max_connections: 1,
+        })
+        .await;
+        // the one slot, held by a client sending nothing until the timeout frees it
+        let holder = TcpStream::connect(addr).await.unwrap();
+        let waiting = tokio::spawn(get_root(addr));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "served beside the held slot");
+        closed_by_server(holder).await;
+        let answer = tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("never served once the slot was free")
+            .unwrap();
+        assert!(answer.ends_with("hello"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting_and_returns() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", get(|| async { "hello" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        assert!(get_root(addr).await.ends_with("hello"));
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .expect("serve did not return after shutdown")
+            .unwrap()
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+    }
+}
