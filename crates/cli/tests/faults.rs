@@ -413,8 +413,8 @@ async fn f5b_redis_restarted_mid_run_the_next_sweep_completes_the_work() {
 }
 
 /// F6: a private PostgreSQL cluster stopped (`pg_ctl stop -m fast`) mid-run and started again
-/// 3 s later: jobs are
-/// retried with backoff, no batch is half-visible, a final sweep leaves exact totals.
+/// 3 s later: the attempts that found it down wait for it, no job dies, no batch is
+/// half-visible, a final sweep leaves exact totals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f6_postgres_restarted_mid_run_jobs_retry_and_nothing_is_partial() {
     let pg = PrivatePostgres::start();
@@ -458,6 +458,54 @@ async fn f6_postgres_restarted_mid_run_jobs_retry_and_nothing_is_partial() {
             .all(|l| l.ends_with(" 0")),
         "{jobs:?}"
     );
+    assert_exact(&w, 20_000).await;
+    assert!(worker.stop().success());
+    drop(w);
+    drop(pg);
+}
+
+/// F6b: PostgreSQL down for longer than a job's attempts used to last (a managed failover of
+/// minutes; here 25 s against two attempts, which failed within seconds of each other as every
+/// connection was refused): each attempt waits for the database within its deadline, so no job
+/// dies, and the interrupted run itself does all the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f6b_a_postgres_outage_longer_than_the_attempts_kills_no_job() {
+    let pg = PrivatePostgres::start();
+    let mut w = World {
+        db: TestDb::postgres_at(&pg.admin_url()).await,
+        namespace: RedisNamespace::new("faults"),
+        extra_env: Vec::new(),
+    };
+    small_batches(&mut w);
+    w.extra_env
+        .push(("ESCALATOR_MAX_ATTEMPTS".into(), "2".into()));
+    w.seed(20_000);
+    let mut worker = Supervised::start(&w);
+    let id = enqueue_check(&w).await;
+    until_quarter_done(&w.db.store, id).await;
+    let down = Instant::now();
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    pg.start_again();
+    eprintln!("F6b: PostgreSQL was down {:.1}s", seconds(down));
+    let first = await_run(&w, &mut worker, id, Duration::from_secs(120)).await;
+    eprintln!(
+        "F6b: the interrupted run finished {:.1}s after the outage began (worker restarts {})",
+        seconds(down),
+        worker.restarts
+    );
+    assert_eq!(first, (3_000, 3_000), "the interrupted run's own counts");
+    let metrics = reqwest_metrics(worker.metrics_port).await;
+    let dead: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            (l.starts_with("escalator_jobs_total") && l.contains("outcome=\"dead\""))
+                || l.starts_with("workflow_escalation_failures_total")
+        })
+        .collect();
+    eprintln!("F6b: {}", dead.join(" | "));
+    assert!(dead.iter().all(|l| l.ends_with(" 0")), "{dead:?}");
+    assert_eq!(sweep(&w, &mut worker).await, (0, 0));
     assert_exact(&w, 20_000).await;
     assert!(worker.stop().success());
     drop(w);

@@ -54,6 +54,46 @@ fn record(queue: &'static str, started: Instant, outcome: &Result<(), BoxDynErro
     }
 }
 
+/// Runs `step` (a planner or a batch: safe to run again) until the database answers it:
+/// while it cannot be reached at all, the attempt waits for it, asking every few seconds, and
+/// runs `step` again, until [`attempt::guarded`]'s deadline (`ESCALATOR_JOB_TIMEOUT`) ends the
+/// attempt. An attempt used to fail as soon as its connection did (the pool's 10 s), so five
+/// of them lasted about a minute: a managed database's failover of two or three minutes killed
+/// every check and batch job, and paged EscalationJobFailing, though retrying later would have
+/// done it. Now each attempt rides out up to its deadline of outage, five of them about ten
+/// minutes. A statement the database refused (a conflict, bad data) ends the attempt at once.
+async fn through_outages<T, F, Fut>(
+    ctx: &HandlerContext,
+    what: &'static str,
+    mut step: F,
+) -> Result<T, EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, EngineError>>,
+{
+    loop {
+        match step().await {
+            Err(EngineError::Store(e)) if e.is_unreachable() => {
+                tracing::warn!(
+                    error = %escalator_runtime::error::with_causes(&e),
+                    "{what}: the database cannot be reached; this attempt waits for it"
+                );
+                let mut pause = OUTAGE_PAUSE_MIN;
+                while ctx.engine.store.ping().await.is_err() {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(OUTAGE_PAUSE_MAX);
+                }
+                tracing::info!("{what}: the database answers again; running the attempt again");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The first and the longest pause between asking an unreachable database whether it is back.
+const OUTAGE_PAUSE_MIN: Duration = Duration::from_millis(500);
+const OUTAGE_PAUSE_MAX: Duration = Duration::from_secs(4);
+
 /// Counts an escalation job that failed for good (dead or malformed): the planner's or a
 /// batch's. A retry is not a failure yet: it is `escalator_jobs_total{outcome="retry"}`, and
 /// counted here it paged EscalationJobFailing through a database failover whose retries all
@@ -98,7 +138,9 @@ pub async fn check_workflows(
     };
     let started = Instant::now();
     let result = attempt::guarded(ctx.attempt_timeout, async {
-        ctx.engine.check_workflows(&job).await.map_err(classify)
+        through_outages(&ctx, "check job", || ctx.engine.check_workflows(&job))
+            .await
+            .map_err(classify)
     })
     .await;
     let last = attempt::is_last(&at, ctx.max_attempts);
@@ -135,7 +177,9 @@ pub async fn escalate_batch(
     };
     let started = Instant::now();
     let result = attempt::guarded(ctx.attempt_timeout, async {
-        ctx.engine.escalate_batch(&job).await.map_err(classify)
+        through_outages(&ctx, "batch", || ctx.engine.escalate_batch(&job))
+            .await
+            .map_err(classify)
     })
     .await;
     let last = attempt::is_last(&at, ctx.max_attempts);
