@@ -51,6 +51,7 @@ conformance!(
     users_and_calendars_round_trip,
     user_writes_never_make_the_manager_chain_circular,
     a_manager_given_moves_exhausted_workflows_on_at_once,
+    a_resume_whose_new_deadline_lies_ahead_forgets_the_exhaustion,
     a_target_back_moves_exhausted_workflows_on_at_once,
     a_manager_given_beside_a_round_still_moves_its_exhaustion_on,
     a_round_reads_its_rules_while_the_writers_it_holds_up_fill_the_pool,
@@ -1020,6 +1021,89 @@ async fn exhaust_at(s: &Store, w: &Workflow, level: i32, next: Option<DateTime<U
     .await
     .unwrap();
     tx.commit().await.unwrap();
+}
+
+/// An exhausted workflow resumed after its calendar gained a holiday has its deadline ahead
+/// again: the exhaustion is forgotten and the level checked at the new deadline. Kept, the
+/// workflow was looked at once, found not due and unscheduled for good, even once its assignee
+/// had a manager to escalate to.
+async fn a_resume_whose_new_deadline_lies_ahead_forgets_the_exhaustion(db: &TestDb) {
+    let s = &db.store;
+    let every_day: Vec<_> = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+        .iter()
+        .map(|d| serde_json::json!({ "day": d, "start": "00:00", "end": "24:00" }))
+        .collect();
+    let calendar = |holidays: &[&str]| {
+        let spec: escalator_policy::CalendarSpec = serde_json::from_value(serde_json::json!({
+            "timezone": "UTC", "windows": every_day, "holidays": holidays,
+        }))
+        .unwrap();
+        escalator_policy::Calendar::new(spec).unwrap()
+    };
+    s.put_calendar("always", &calendar(&[])).await.unwrap();
+    let mut spec = Policy::default_policy().spec().clone();
+    spec.calendar_id = Some("always".into());
+    s.create_policy_version("on-always", "On always", &Policy::new(spec).unwrap())
+        .await
+        .unwrap();
+    let new = NewWorkflow {
+        policy_id: Some("on-always".into()),
+        ..new_workflow("RESUMED")
+    };
+    // created Tue 24 Nov 09:00, due Wed 09:00; exhausted (no manager) after the breach
+    let w = s.create_workflow(&new, t0()).await.unwrap().workflow;
+    assert_eq!(w.due_at, t0() + Duration::days(1));
+    exhaust_at(s, &w, 0, None).await;
+    let held_at = t0() + Duration::hours(25);
+    s.transition(w.id, &Transition::Hold, &ctx(held_at))
+        .await
+        .unwrap();
+    // the creation day becomes a holiday: 24 working hours from Wed 00:00, and the hour on hold
+    s.put_calendar("always", &calendar(&["2026-11-24"]))
+        .await
+        .unwrap();
+    let resumed_at = held_at + Duration::hours(1);
+    let r = s
+        .transition(w.id, &Transition::Resume, &ctx(resumed_at))
+        .await
+        .unwrap();
+    let due = Utc.with_ymd_and_hms(2026, 11, 26, 1, 0, 0).unwrap();
+    assert_eq!(r.due_at, due);
+    assert_eq!(r.exhausted_at, None);
+    assert_eq!(r.next_check_at, Some(due), "checked at its new deadline");
+    let trail = s.workflow_audit(w.id).await.unwrap();
+    let resume = trail.last().unwrap();
+    assert_eq!(resume.action, "resume");
+    assert_eq!(resume.details["exhaustion_cleared"], true, "{resume:?}");
+
+    // resumed with its deadline still past, it stays exhausted and is looked at again now
+    let again = s
+        .create_workflow(
+            &NewWorkflow {
+                policy_id: Some("on-always".into()),
+                ..new_workflow("RESUMED-LATE")
+            },
+            t0(),
+        )
+        .await
+        .unwrap()
+        .workflow;
+    exhaust_at(s, &again, 0, None).await;
+    let late = t0() + Duration::days(4);
+    s.transition(again.id, &Transition::Hold, &ctx(late))
+        .await
+        .unwrap();
+    let r = s
+        .transition(
+            again.id,
+            &Transition::Resume,
+            &ctx(late + Duration::hours(1)),
+        )
+        .await
+        .unwrap();
+    assert!(r.due_at < late, "{}", r.due_at);
+    assert!(r.exhausted_at.is_some());
+    assert_eq!(r.next_check_at, Some(late + Duration::hours(1)));
 }
 
 /// A workflow exhausted because its `user:` target (a policy level, or its own
