@@ -280,9 +280,11 @@ fn breached(
                     reason = Exhaustion::NoTarget;
                 }
             }
+            // a `manager` level whose holder has no active manager is passed over too: the
+            // chain's later levels (a director, an on-call) are its safety net, and stopping
+            // here left them untold for good
             Resolved::Nobody => {
                 reason = Exhaustion::NoTarget;
-                break;
             }
         }
     }

@@ -458,6 +458,48 @@ fn a_level_naming_the_holder_is_passed_over() {
     escalates(evaluate(&alice, &default, None, breached), 1, "erin");
 }
 
+/// A `manager` level whose holder has no manager (none recorded, one who left, or no user
+/// record at all) is passed over to the chain's next level, as a level whose user has left is:
+/// it stopped the chain, and the director or on-call named after it never heard of the breach.
+#[test]
+fn a_manager_level_without_a_manager_is_passed_over_to_the_next_level() {
+    let breached = at(24, 0, 0);
+    let ladder = chain(&[Target::Manager, Target::User("director".into())]);
+    let orphan = Snapshot {
+        assignee_manager: None,
+        escalation_target: None,
+        ..snapshot(&ladder)
+    };
+    match evaluate(&orphan, &ladder, None, breached) {
+        Decision::Escalate { level, target, .. } => {
+            assert_eq!((level, target.as_str()), (2, "director"))
+        }
+        other => panic!("want escalate to the director at 2, got {other:?}"),
+    }
+    // with a manager, level 1 is theirs as before
+    let managed = Snapshot {
+        assignee_manager: Some("bob".into()),
+        ..orphan.clone()
+    };
+    assert!(matches!(
+        evaluate(&managed, &ladder, None, breached),
+        Decision::Escalate { level: 1, ref target, .. } if target == "bob"
+    ));
+    // and with the director gone too, it waits for someone (no_target), not at the chain's end
+    let deserted = Snapshot {
+        passed_over: ["director".to_string()].into_iter().collect(),
+        ..orphan
+    };
+    assert!(matches!(
+        evaluate(&deserted, &ladder, None, breached),
+        Decision::Exhausted {
+            level: 0,
+            reason: Exhaustion::NoTarget,
+            ..
+        }
+    ));
+}
+
 #[test]
 fn a_level_naming_someone_who_has_left_is_passed_over() {
     let breached = at(24, 0, 0);
