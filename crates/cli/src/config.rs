@@ -85,9 +85,13 @@ const SECRET_VARIABLES: &[&str] = &[
     "ESCALATOR_WEBHOOK_SECRET",
     "ESCALATOR_SLACK_WEBHOOK_URL",
     "ESCALATOR_SLACK_USER_WEBHOOKS",
+    // not a credential, but a placeholder all the same: the production overlay's sender,
+    // which passed every check and had every message refused by the relay
+    "ESCALATOR_EMAIL_FROM",
 ];
 
-/// The first credential variable that still holds a placeholder (`REPLACE-ME`, any case), the
+/// The first credential variable (or the sender) that still holds a placeholder (`REPLACE-ME`,
+/// any case), the
 /// database URL as the command got it (flag or variable) included. Placeholders worked: the
 /// base's admin token is long enough to be accepted, and its Redis password is the one its
 /// Redis was given, so an install rendered without the production overlay served an admin
@@ -614,9 +618,14 @@ mod tests {
                 "ops:a-real-secret-of-32-chars-0000:admin",
             ),
             ("REDIS_URL", "redis://:pw@redis:6379"),
-            ("ESCALATOR_EMAIL_FROM", "REPLACE-ME <me@example.com>"),
+            ("ESCALATOR_EMAIL_FROM", "escalator <escalator@example.com>"),
         ];
         assert_eq!(placeholder_variable(&env(&fine), real), None);
+        let sender = [("ESCALATOR_EMAIL_FROM", "escalator <REPLACE-ME@example.com>")];
+        assert_eq!(
+            placeholder_variable(&env(&sender), real),
+            Some("ESCALATOR_EMAIL_FROM")
+        );
     }
 
     /// The dev database's URL alone reaches the dev queues: the queue defaulted to a local

@@ -118,8 +118,8 @@ fn main() -> ExitCode {
         config::placeholder_variable(&escalator_runtime::config::ProcessEnv, &cli.database_url)
     {
         stderr_line!(
-            "error: {name} holds a placeholder (REPLACE-ME…, as in deploy/k8s/base/secret.yaml): \
-             set the real secret"
+            "error: {name} holds a placeholder (REPLACE-ME…, as in deploy/k8s/base/secret.yaml \
+             and the production overlay): set the real value"
         );
         return ExitCode::FAILURE;
     }

@@ -756,6 +756,8 @@ fn a_placeholder_credential_is_refused_naming_its_variable() {
             "REDIS_URL",
             "redis://:REPLACE-ME-redis-password@127.0.0.1:6379",
         ),
+        // the production overlay's sender
+        ("ESCALATOR_EMAIL_FROM", "escalator <REPLACE-ME@example.com>"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
             .arg("api")
