@@ -163,6 +163,7 @@ pub async fn require_token(
 ) -> Response {
     if state.tokens.is_empty() {
         req.extensions_mut().insert(Actor("api".into()));
+        req.extensions_mut().insert(Scope::Admin);
         return next.run(req).await;
     }
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
@@ -196,7 +197,20 @@ pub async fn require_token(
         .into_response();
     }
     req.extensions_mut().insert(Actor(token.name.clone()));
+    req.extensions_mut().insert(token.scope);
     next.run(req).await
+}
+
+/// An address as shown to those who may not use it: a URL (a user's own Slack webhook, whose
+/// path is its credential) as its scheme and host alone, `https://hooks.slack.com/…`; anything
+/// else (a member id, an email address) as it is.
+pub fn shown_address(address: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = address.split_once("://") else {
+        return address.into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}/…").into()
 }
 
 /// Whether the request comes from a page of another origin: its `Origin` does not name the

@@ -1,12 +1,13 @@
 //! `/api/v1/users`: the org chart escalations walk (`manager_id`), listed, read and upserted
 //! one at a time with the manager chain kept acyclic.
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use escalator_store::{StoreError, User};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
+use crate::auth::Scope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::workflows::{MAX_LIMIT, page_limit};
@@ -33,6 +34,21 @@ pub struct UserView {
     pub active: bool,
     /// The channels besides in-app this user is reached on; null: the policy's, else email.
     pub channels: Option<Vec<String>>,
+}
+
+impl UserView {
+    /// The view a token of `scope` gets: a read token sees a user's own Slack webhook as its
+    /// host alone (its path is the credential that posts to their channel; dashboards and
+    /// exporters hold read tokens). An admin sees it whole: `PUT` replaces the record, so what
+    /// an admin reads is what it writes back.
+    fn seen_by(mut self, scope: Scope) -> Self {
+        if scope < Scope::Admin {
+            self.slack = self
+                .slack
+                .map(|s| crate::auth::shown_address(&s).into_owned());
+        }
+        self
+    }
 }
 
 impl From<User> for UserView {
@@ -80,6 +96,7 @@ pub struct Users {
 /// `GET /api/v1/users?after=&limit=`.
 pub async fn list(
     State(s): State<AppState>,
+    Extension(scope): Extension<Scope>,
     QueryParams(q): QueryParams<UsersQuery>,
 ) -> ApiResult<Json<Users>> {
     let limit = page_limit(q.limit, MAX_LIMIT)?;
@@ -88,7 +105,10 @@ pub async fn list(
         .then(|| users.last().map(|u| u.id.clone()))
         .flatten();
     Ok(Json(Users {
-        items: users.into_iter().map(UserView::from).collect(),
+        items: users
+            .into_iter()
+            .map(|u| UserView::from(u).seen_by(scope))
+            .collect(),
         next_after,
     }))
 }
@@ -102,9 +122,12 @@ pub async fn list(
 /// `GET /api/v1/users/{id}`.
 pub async fn get(
     State(s): State<AppState>,
+    Extension(scope): Extension<Scope>,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<UserView>> {
-    Ok(Json(s.store.get_user(&id).await?.into()))
+    Ok(Json(
+        UserView::from(s.store.get_user(&id).await?).seen_by(scope),
+    ))
 }
 
 /// The body of `PUT /api/v1/users/{id}`.

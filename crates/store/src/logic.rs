@@ -640,11 +640,16 @@ pub fn plan_transition(
             next.warn_at = d.warn_at;
             next.due_at = d.due_at;
             // deadlines measured again (a calendar edited meanwhile: a holiday added) may lie
-            // ahead: the breach the exhaustion recorded no longer holds, and is forgotten, so
-            // that the level is checked at its new deadline. Kept, it was looked at once and
-            // unscheduled for good: nothing found due, and an exhausted workflow has no next
-            // deadline of its own (a manager given later re-armed it to the same end).
-            if current.exhausted_at.is_some() && next.due_at > now {
+            // ahead, past the instant the exhaustion was recorded for: the breach it recorded
+            // no longer holds, and is forgotten, so that the level is checked at its new
+            // deadline. Kept, it was looked at once and unscheduled for good: nothing found
+            // due, and an exhausted workflow has no next deadline of its own (a manager given
+            // later re-armed it to the same end). (A pause alone never does this: it moves the
+            // deadline by the time on hold, which began after the breach.)
+            if current
+                .exhausted_at
+                .is_some_and(|exhausted| next.due_at > now.max(exhausted))
+            {
                 next.exhausted_at = None;
                 details.insert("exhaustion_cleared".into(), true.into());
             }

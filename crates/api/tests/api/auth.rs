@@ -77,6 +77,49 @@ async fn a_read_token_reads_but_cannot_write() {
     .error(StatusCode::FORBIDDEN);
 }
 
+/// A user's own Slack webhook is the credential that posts to their channel: a read token
+/// (a dashboard, an exporter) sees its host alone; an admin, who writes users back whole, sees
+/// it all. A member id is no secret and shows as it is.
+#[tokio::test]
+async fn a_read_token_sees_a_users_own_webhook_as_its_host_alone() {
+    let api = spawn_secured().await;
+    let secret = "https://hooks.slack.com/services/T0001/B0001/ErinPersonalSecret";
+    for (id, slack) in [("erin", secret), ("finn", "U024BE7LH")] {
+        let body = serde_json::json!({ "display_name": id, "slack": slack });
+        let res = api
+            .send(
+                Method::PUT,
+                &format!("/api/v1/users/{id}"),
+                Some(body.to_string().into_bytes()),
+                &[
+                    ("authorization", ADMIN),
+                    ("content-type", "application/json"),
+                ],
+            )
+            .await;
+        assert!(res.status.is_success(), "{}", res.text());
+    }
+    let read = |uri: &'static str, token: &'static str| {
+        let api = &api;
+        async move {
+            let res = api
+                .send(Method::GET, uri, None, &[("authorization", token)])
+                .await;
+            assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+            res.json()
+        }
+    };
+    let erin = read("/api/v1/users/erin", READ).await;
+    assert_eq!(erin["slack"], "https://hooks.slack.com/…");
+    let listed = read("/api/v1/users", READ).await;
+    assert!(
+        !listed.to_string().contains("ErinPersonalSecret"),
+        "{listed}"
+    );
+    assert!(listed.to_string().contains("U024BE7LH"), "{listed}");
+    assert_eq!(read("/api/v1/users/erin", ADMIN).await["slack"], secret);
+}
+
 #[tokio::test]
 async fn an_admin_token_writes_and_is_recorded_as_the_actor() {
     let api = spawn_secured().await;
