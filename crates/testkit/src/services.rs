@@ -29,7 +29,8 @@ pub struct PrivateRedis {
 /// The test Redis's certificate (self-signed, `localhost` and 127.0.0.1, valid until 2126):
 /// what a client must trust to reach [`PrivateRedis::start_tls`].
 pub const TEST_TLS_CERT: &str = include_str!("../tls/redis-cert.pem");
-const TEST_TLS_KEY: &str = include_str!("../tls/redis-key.pem");
+/// The key of [`TEST_TLS_CERT`], for test servers of TLS (`localhost`, `127.0.0.1`).
+pub const TEST_TLS_KEY: &str = include_str!("../tls/redis-key.pem");
 
 impl PrivateRedis {
     /// Starts one and waits until it answers.
