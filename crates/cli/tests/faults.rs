@@ -444,7 +444,9 @@ async fn f6_postgres_restarted_mid_run_jobs_retry_and_nothing_is_partial() {
     // retries absorbed the outage: the interrupted run itself did all the work, counted once
     assert_eq!(first, (3_000, 3_000), "the interrupted run's own counts");
     assert_eq!((reminded, escalated), (0, 0), "left for the sweep");
-    // the outage was absorbed by retries: no job died
+    // the outage was absorbed by retries: no job died (counted by this very process: a
+    // restarted worker's counters would start at 0)
+    assert_eq!(worker.restarts, 0, "the worker was restarted");
     let metrics = reqwest_metrics(worker.metrics_port).await;
     let jobs: Vec<&str> = metrics
         .lines()
@@ -495,6 +497,8 @@ async fn f6b_a_postgres_outage_longer_than_the_attempts_kills_no_job() {
         worker.restarts
     );
     assert_eq!(first, (3_000, 3_000), "the interrupted run's own counts");
+    // the counters read below are this process's: a restarted worker's would start at 0
+    assert_eq!(worker.restarts, 0, "the worker was restarted");
     let metrics = reqwest_metrics(worker.metrics_port).await;
     let dead: Vec<&str> = metrics
         .lines()

@@ -380,6 +380,18 @@ async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> 
     body
 }
 
+/// `text` without the path and the query of `url` (unless they are trivially short), each
+/// replaced by `…`.
+fn without_url_parts(text: &str, url: &reqwest::Url) -> String {
+    let mut out = text.to_owned();
+    for part in [url.query().unwrap_or_default(), url.path()] {
+        if part.len() > 1 {
+            out = out.replace(part, "…");
+        }
+    }
+    out
+}
+
 /// A URL as errors may show it: scheme, host and port, with the path and query (a webhook's
 /// credential) and any user info left out; "a URL" when it is not one.
 fn where_only(url: &str) -> String {
@@ -449,10 +461,11 @@ async fn classify(
     // the body says why; a provider's error text is short. Only its first kilobytes are read:
     // a webhook URL is user input, and a broken or hostile endpoint may answer with an endless
     // body, which must not fill the worker's memory
-    let detail: String = String::from_utf8_lossy(&read_at_most(response, 4_096).await)
-        .chars()
-        .take(300)
-        .collect();
+    // a webhook's path and query are its credential, and frameworks echo them in their error
+    // pages ("Cannot POST /services/T0/B0/…"): they are cut out before the text is kept
+    let url = response.url().clone();
+    let body = String::from_utf8_lossy(&read_at_most(response, 4_096).await).into_owned();
+    let detail: String = without_url_parts(&body, &url).chars().take(300).collect();
     let mut error = format!("{provider}: HTTP {status}: {detail}");
     if status.is_redirection() {
         // not followed: the request would go where no check looked

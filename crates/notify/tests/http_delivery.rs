@@ -424,6 +424,32 @@ async fn a_provider_that_cannot_be_reached_is_named_without_the_secret_in_its_ur
     }
 }
 
+/// A provider's error page that echoes the request's path (a framework's "Cannot POST
+/// /services/…") is kept without it: the path of a webhook is its credential.
+#[tokio::test]
+async fn an_error_page_echoing_the_webhooks_path_is_kept_without_it() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(404)
+                .set_body_string("Cannot POST /services/T0/B0/SLACKSECRET?token=QUERYSECRET"),
+        )
+        .mount(&server)
+        .await;
+    let uri = server.uri();
+    let mut cfg = config(&uri);
+    cfg.slack_webhook_url = Some(format!(
+        "{uri}/services/T0/B0/SLACKSECRET?token=QUERYSECRET"
+    ));
+    outbox(&db.store, slack_rows(&["U42"])).await;
+    let r = deliverer(&db.store, cfg).drain(10, 10).await.unwrap();
+    assert_eq!((r.sent, r.retried, r.dead), (0, 0, 1));
+    let error = rows(&db.store).await[0].last_error.clone().unwrap();
+    assert!(error.contains("HTTP 404"), "{error}");
+    assert!(!error.contains("SECRET"), "{error}");
+}
+
 #[tokio::test]
 async fn too_many_requests_is_retried_no_sooner_than_retry_after() {
     let db = TestDb::postgres().await;

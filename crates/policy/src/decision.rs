@@ -315,7 +315,8 @@ enum Resolved {
         /// The level's target has left: if no later level resolves, no one could be reached.
         gone: bool,
     },
-    /// No one (`manager` with no manager): exhausted until the org chart names one.
+    /// No one (`manager` with no active manager): passed over to the chain's next level; with
+    /// none resolving, exhausted until the org chart names someone.
     Nobody,
 }
 

@@ -17,10 +17,11 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// What an error may print of a value: nothing of a secret (tokens, keys, passwords), and a
-/// URL without the password of its user part.
+/// What an error may print of a value: nothing of a secret (tokens, keys, passwords, and
+/// webhook URLs, whose path is their credential), and a URL without the password of its user
+/// part.
 fn shown(name: &str, value: &str) -> String {
-    if ["TOKEN", "SECRET", "KEY", "PASSWORD"]
+    if ["TOKEN", "SECRET", "KEY", "PASSWORD", "WEBHOOK"]
         .iter()
         .any(|s| name.contains(s))
     {
@@ -284,5 +285,12 @@ mod tests {
         };
         assert!(!token.to_string().contains("s3cret"), "{token}");
         assert!(token.to_string().starts_with("ESCALATOR_API_TOKENS="));
+        // a webhook's path is its credential, with or without its scheme
+        let hook = ConfigError {
+            name: "ESCALATOR_SLACK_WEBHOOK_URL",
+            value: "hooks.slack.com/services/T0/B0/HOOKSECRET".into(),
+            reason: "expected https://".into(),
+        };
+        assert!(!hook.to_string().contains("HOOKSECRET"), "{hook}");
     }
 }

@@ -5,7 +5,9 @@
 //! included. Here a request head, and the wait for the next one on a kept-alive connection,
 //! must come within [`HEADER_READ_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served at
 //! once (the rest wait in the listen backlog). A request's own time limit (its body and its
-//! handling) is the router's business (`ESCALATOR_API_TIMEOUT` in the api).
+//! handling) is the router's business (`ESCALATOR_API_TIMEOUT` in the api). Fairness between
+//! clients (one client holding every slot) is a reverse proxy's job: put one in front of an
+//! api reachable from untrusted networks.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,8 +20,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 /// How long a client has to send a whole request head, and how long a kept-alive connection
-/// may wait idle for its next one.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// may wait idle for its next one (hyper has one timer for both): longer than the upstream
+/// keep-alive of the proxies put in front (ingress-nginx and cloud load balancers keep idle
+/// connections 60 s), or one would send a request on a connection just closed here and answer
+/// its client 502; as nginx's own keep-alive, 75 s.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Connections served at once by one process.
 pub const MAX_CONNECTIONS: usize = 2_048;
@@ -188,6 +193,36 @@ mod tests {
             .expect("never served once the slot was free")
             .unwrap();
         assert!(answer.ends_with("hello"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_at_shutdown_is_answered_before_serve_returns() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "done"
+            }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        let answer = closed_by_server(c).await;
+        assert!(answer.ends_with("done"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .expect("serve did not return after the drain")
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

@@ -103,6 +103,15 @@ impl StoreError {
         })
     }
 
+    /// Whether the database is away rather than refusing this statement: unreachable
+    /// ([`StoreError::is_unreachable`]), out of connections (class 53: `too many connections`
+    /// and other insufficient resources), or read-only (25006: a failover left the address on
+    /// a standby until DNS moves). Worth waiting for, not worth retrying at once.
+    pub fn is_outage(&self) -> bool {
+        self.is_unreachable()
+            || self.database_failure(|code| code.starts_with("53") || code == "25006")
+    }
+
     /// A connection-level failure (I/O, pool, TLS), or a database error whose code `coded`
     /// accepts.
     fn database_failure(&self, coded: impl Fn(&str) -> bool) -> bool {

@@ -639,20 +639,6 @@ pub fn plan_transition(
             )?;
             next.warn_at = d.warn_at;
             next.due_at = d.due_at;
-            // deadlines measured again (a calendar edited meanwhile: a holiday added) may lie
-            // ahead, past the instant the exhaustion was recorded for: the breach it recorded
-            // no longer holds, and is forgotten, so that the level is checked at its new
-            // deadline. Kept, it was looked at once and unscheduled for good: nothing found
-            // due, and an exhausted workflow has no next deadline of its own (a manager given
-            // later re-armed it to the same end). (A pause alone never does this: it moves the
-            // deadline by the time on hold, which began after the breach.)
-            if current
-                .exhausted_at
-                .is_some_and(|exhausted| next.due_at > now.max(exhausted))
-            {
-                next.exhausted_at = None;
-                details.insert("exhaustion_cleared".into(), true.into());
-            }
             next.next_check_at =
                 open_next_check(&next).or(exhausted_next_check(&next, policy, now));
             details.insert("paused_seconds".into(), paused.into());
@@ -746,13 +732,20 @@ pub fn open_next_check(w: &Workflow) -> Option<DateTime<Utc>> {
 /// A workflow exhausted below its last level (a target that did not resolve: `no_target`) is
 /// looked at `now` under a repeating policy too: its next renotification may be a day away,
 /// and the target the transition may have given it would wait for it.
+///
+/// One whose deadline lies ahead, past the instant its exhaustion was recorded for (a resume
+/// measured it again on a calendar that gained a holiday meanwhile), is looked at when it
+/// passes: looked at now, it was found not due and unscheduled for good (nothing escalates an
+/// exhausted workflow before its deadline). A pause alone never moves it there: it moves the
+/// deadline by the time on hold, which began after the breach.
 pub fn exhausted_next_check(
     w: &Workflow,
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    if !w.status.is_open() || w.exhausted_at.is_none() {
-        return None;
+    let exhausted = w.exhausted_at.filter(|_| w.status.is_open())?;
+    if w.due_at > now.max(exhausted) {
+        return Some(w.due_at);
     }
     match policy.repeat_every_seconds() {
         Some(every_seconds) if !levels_left(w, policy) => {

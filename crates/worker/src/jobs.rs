@@ -55,12 +55,15 @@ fn record(queue: &'static str, started: Instant, outcome: &Result<(), BoxDynErro
 }
 
 /// Runs `step` (a planner or a batch: safe to run again) until the database answers it:
-/// while it cannot be reached at all, the attempt waits for it, asking every few seconds, and
-/// runs `step` again, until [`attempt::guarded`]'s deadline (`ESCALATOR_JOB_TIMEOUT`) ends the
-/// attempt. An attempt used to fail as soon as its connection did (the pool's 10 s), so five
-/// of them lasted about a minute: a managed database's failover of two or three minutes killed
-/// every check and batch job, and paged EscalationJobFailing, though retrying later would have
-/// done it. Now each attempt rides out up to its deadline of outage, five of them about ten
+/// while the database is away (unreachable, out of connections, or read-only after a
+/// failover: [`StoreError::is_outage`](escalator_store::StoreError::is_outage)), the attempt
+/// pauses, asks until the database answers, and runs `step` again. It gives up, with the
+/// database's last error, shortly before the attempt's deadline (`ESCALATOR_JOB_TIMEOUT`) or
+/// as soon as the worker is stopping (the job is then retried, here or by another worker). An
+/// attempt used to fail as soon as its connection did (the pool's 10 s), so five of them
+/// lasted about a minute: a managed database's failover of two or three minutes killed every
+/// check and batch job and paged EscalationJobFailing, though retrying later would have done
+/// it. Now each attempt rides out most of its deadline of outage, five of them about ten
 /// minutes. A statement the database refused (a conflict, bad data) ends the attempt at once.
 async fn through_outages<T, F, Fut>(
     ctx: &HandlerContext,
@@ -71,28 +74,40 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, EngineError>>,
 {
+    let give_up = Instant::now() + ctx.attempt_timeout.saturating_sub(OUTAGE_MARGIN);
+    let mut pause = OUTAGE_PAUSE_MIN;
     loop {
-        match step().await {
-            Err(EngineError::Store(e)) if e.is_unreachable() => {
-                tracing::warn!(
-                    error = %escalator_runtime::error::with_causes(&e),
-                    "{what}: the database cannot be reached; this attempt waits for it"
-                );
-                let mut pause = OUTAGE_PAUSE_MIN;
-                while ctx.engine.store.ping().await.is_err() {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(OUTAGE_PAUSE_MAX);
-                }
-                tracing::info!("{what}: the database answers again; running the attempt again");
-            }
+        let e = match step().await {
+            Err(EngineError::Store(e)) if e.is_outage() => e,
             other => return other,
+        };
+        tracing::warn!(
+            error = %escalator_runtime::error::with_causes(&e),
+            "{what}: the database is away; this attempt waits for it"
+        );
+        // a pause before every new try, also when the database answers a ping at once (a
+        // standby answers, read-only; a busy pool): never a tight loop
+        loop {
+            let resume_at = Instant::now() + pause;
+            if resume_at >= give_up || escalator_runtime::shutdown::stopping() {
+                return Err(EngineError::Store(e));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(OUTAGE_PAUSE_MAX);
+            if ctx.engine.store.ping().await.is_ok() {
+                break;
+            }
         }
+        tracing::info!("{what}: the database answers; running the attempt again");
     }
 }
 
-/// The first and the longest pause between asking an unreachable database whether it is back.
+/// The first and the longest pause between tries while the database is away.
 const OUTAGE_PAUSE_MIN: Duration = Duration::from_millis(500);
 const OUTAGE_PAUSE_MAX: Duration = Duration::from_secs(4);
+/// How long before the attempt's deadline the wait gives up, so that the attempt fails naming
+/// the database (not "attempt timed out", which the runbooks read as a hung statement).
+const OUTAGE_MARGIN: Duration = Duration::from_secs(15);
 
 /// Counts an escalation job that failed for good (dead or malformed): the planner's or a
 /// batch's. A retry is not a failure yet: it is `escalator_jobs_total{outcome="retry"}`, and

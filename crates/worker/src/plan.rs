@@ -140,7 +140,13 @@ pub fn build(
             .map(Vec::as_slice);
         match decision {
             Decision::Nothing => {
-                let next = escalator_store::logic::open_next_check(w);
+                // an exhausted workflow not due yet (its deadline measured again on resume,
+                // or a check dated before it) is looked at when its deadline passes, not
+                // unscheduled for good
+                let next = escalator_store::logic::open_next_check(w).or_else(|| {
+                    (w.status.is_open() && w.exhausted_at.is_some() && w.due_at > at)
+                        .then_some(w.due_at)
+                });
                 out.effects.changes.push(reschedule(w, next));
                 continue;
             }
@@ -796,6 +802,32 @@ mod tests {
         assert_eq!(set_aside.next_check_at, Some(t0() + SET_ASIDE));
         assert_eq!(set_aside.level, due[0].workflow.escalation_level);
         assert_eq!(set_aside.assignee, due[0].workflow.assignee);
+        assert!(p.effects.audits.is_empty() && p.effects.outbox.is_empty());
+    }
+
+    /// An exhausted workflow found not due (its deadline measured again on resume lies ahead)
+    /// is looked at when its deadline passes; it was unscheduled for good. One past its
+    /// deadline, at the end of a chain that stops, is unscheduled as before.
+    #[test]
+    fn an_exhausted_workflow_not_due_yet_is_looked_at_when_its_deadline_passes() {
+        let mut ahead = workflow(1, "emp", "boss", "Buy chairs");
+        ahead.workflow.exhausted_at = Some(t0() - Duration::hours(2));
+        ahead.workflow.due_at = t0() + Duration::hours(13);
+        let mut done = workflow(2, "emp", "boss", "Buy desks");
+        done.workflow.exhausted_at = Some(t0() - Duration::hours(1));
+        let users: HashMap<String, User> = [user("emp", None), user("boss", None)]
+            .into_iter()
+            .collect();
+        let p = build_with(
+            &[ahead.clone(), done],
+            &[Some(Decision::Nothing), Some(Decision::Nothing)],
+            &users,
+            run(),
+            t0(),
+            &settings(0),
+        );
+        let next: Vec<_> = p.effects.changes.iter().map(|c| c.next_check_at).collect();
+        assert_eq!(next, [Some(ahead.workflow.due_at), None]);
         assert!(p.effects.audits.is_empty() && p.effects.outbox.is_empty());
     }
 

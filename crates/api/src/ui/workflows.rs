@@ -181,7 +181,7 @@ pub async fn show(
         (Some(t), _) => t.clone(),
         (None, Ok(p)) => match p.policy.spec().levels.first().map(|l| &l.target) {
             Some(escalator_policy::Target::User(u)) => format!("{u} (the policy's first level)"),
-            _ => "the assignee's manager".to_owned(),
+            _ => "the assignee's manager (else the policy's next level)".to_owned(),
         },
         (None, Err(_)) => "as the policy says (it cannot be read)".to_owned(),
     };
