@@ -77,6 +77,11 @@ impl Calendar {
     /// Errors name the field: `timezone` (unknown IANA zone), `windows` (empty),
     /// `windows[i].start` / `windows[i].end` (unparsable, or start not before end) and
     /// `windows[i]` (overlaps an earlier window on the same day).
+    ///
+    /// Stored calendars are read through this too, so it checks only what the arithmetic
+    /// needs (a zone, well-formed windows that do not overlap). A rule for writes alone (as
+    /// [`Policy::stored`](crate::Policy::stored) leaves out the policy's) belongs with the api's
+    /// write, or every policy on a calendar stored before the rule would fail to read.
     pub fn new(spec: CalendarSpec) -> Result<Calendar, PolicyError> {
         let tz: Tz = spec.timezone.parse().map_err(|_| {
             PolicyError::new(
