@@ -412,22 +412,37 @@ async fn f5b_redis_restarted_mid_run_the_next_sweep_completes_the_work() {
     assert!(worker.stop().success());
 }
 
-/// F6: a private PostgreSQL cluster stopped (`pg_ctl stop -m fast`) mid-run and started again
-/// 3 s later: the attempts that found it down wait for it, no job dies, no batch is
-/// half-visible, a final sweep leaves exact totals.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f6_postgres_restarted_mid_run_jobs_retry_and_nothing_is_partial() {
-    let pg = PrivatePostgres::start();
+/// On the private cluster `pg`, with small batches and `settings`: 20,000 workflows seeded, a
+/// worker started and a check under way with a quarter of its batches done.
+async fn a_quarter_into_a_run_on(
+    pg: &PrivatePostgres,
+    settings: &[(&str, &str)],
+) -> (World, Supervised, i64) {
     let mut w = World {
         db: TestDb::postgres_at(&pg.admin_url()).await,
         namespace: RedisNamespace::new("faults"),
         extra_env: Vec::new(),
     };
     small_batches(&mut w);
+    w.extra_env.extend(
+        settings
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string())),
+    );
     w.seed(20_000);
-    let mut worker = Supervised::start(&w);
+    let worker = Supervised::start(&w);
     let id = enqueue_check(&w).await;
     until_quarter_done(&w.db.store, id).await;
+    (w, worker, id)
+}
+
+/// F6: a private PostgreSQL cluster stopped (`pg_ctl stop -m fast`) mid-run and started again
+/// 3 s later: the attempts that found it down wait for it, no job dies, no batch is
+/// half-visible, a final sweep leaves exact totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f6_postgres_restarted_mid_run_jobs_retry_and_nothing_is_partial() {
+    let pg = PrivatePostgres::start();
+    let (w, mut worker, id) = a_quarter_into_a_run_on(&pg, &[]).await;
     let down = Instant::now();
     pg.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -473,18 +488,8 @@ async fn f6_postgres_restarted_mid_run_jobs_retry_and_nothing_is_partial() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f6b_a_postgres_outage_longer_than_the_attempts_kills_no_job() {
     let pg = PrivatePostgres::start();
-    let mut w = World {
-        db: TestDb::postgres_at(&pg.admin_url()).await,
-        namespace: RedisNamespace::new("faults"),
-        extra_env: Vec::new(),
-    };
-    small_batches(&mut w);
-    w.extra_env
-        .push(("ESCALATOR_MAX_ATTEMPTS".into(), "2".into()));
-    w.seed(20_000);
-    let mut worker = Supervised::start(&w);
-    let id = enqueue_check(&w).await;
-    until_quarter_done(&w.db.store, id).await;
+    let (w, mut worker, id) =
+        a_quarter_into_a_run_on(&pg, &[("ESCALATOR_MAX_ATTEMPTS", "2")]).await;
     let down = Instant::now();
     pg.stop();
     tokio::time::sleep(Duration::from_secs(25)).await;
