@@ -776,6 +776,41 @@ fn deadlines_for(
     })
 }
 
+/// Refuses `policy` when `calendar`, its `calendar_id`, cannot reach its longest SLA (a
+/// deadline that never comes: its workflows would never be reminded or escalated). Run inside
+/// the write, under the calendar's lock, so that a calendar edited at the same moment cannot
+/// pass its own check against the policies it saw before this one was written; the api checks
+/// first for a precise field.
+pub fn check_reachable(policy: &Policy, calendar: &Calendar, now: DateTime<Utc>) -> Result<()> {
+    policy
+        .check_reachable_on(calendar, now)
+        .map_err(|e| StoreError::Invalid {
+            field: "spec",
+            message: format!("{}: {}", e.field, e.message),
+        })
+}
+
+/// Refuses `calendar` when one of the policy versions measured on it could no longer reach
+/// its longest SLA: the counterpart of [`check_reachable`], inside the calendar's write.
+pub fn check_calendar_keeps(
+    calendar: &Calendar,
+    policies: &[PolicyRecord],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for record in policies {
+        if let Err(e) = record.policy.check_reachable_on(calendar, now) {
+            return Err(StoreError::Invalid {
+                field: "windows",
+                message: format!(
+                    "policy {:?} version {} is measured on this calendar, and its {}: {}",
+                    record.id, record.version, e.field, e.message
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Decodes a stored policy spec, checking what the clock needs ([`Policy::stored`]), not the
 /// rules for writing one.
 pub fn policy_from_json(id: &str, value: serde_json::Value) -> Result<Policy> {

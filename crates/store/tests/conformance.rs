@@ -57,6 +57,7 @@ conformance!(
     a_round_reads_its_rules_while_the_writers_it_holds_up_fill_the_pool,
     claim_returns_only_due_open_workflows_oldest_first,
     a_deadline_that_is_never_is_never_due,
+    a_policy_and_its_calendar_are_checked_for_reach_inside_their_writes,
     peeking_sees_what_a_claim_holds_and_takes_nothing_from_the_next_claim,
     effects_apply_set_wise_and_only_once,
     fresh_inserts_refuse_an_existing_key_and_idempotent_ones_skip_it,
@@ -1347,24 +1348,96 @@ async fn users_and_calendars_round_trip(db: &TestDb) {
 }
 
 /// A deadline past the calendar's horizon is never (`DateTime::<Utc>::MAX_UTC`, year 262143).
+/// A policy whose longest SLA its calendar can never reach, and a calendar edit that would
+/// leave a policy so, are refused by the writes themselves, under the calendar's lock: the
+/// api checked each against what it read before writing, so a policy posted while its calendar
+/// was being thinned passed both checks (a deadline that never comes).
+async fn a_policy_and_its_calendar_are_checked_for_reach_inside_their_writes(db: &TestDb) {
+    let s = &db.store;
+    let calendar = |start: &str, end: &str| {
+        let spec: escalator_policy::CalendarSpec = serde_json::from_value(serde_json::json!({
+            "timezone": "UTC",
+            "windows": [{ "day": "Mon", "start": start, "end": end }],
+        }))
+        .unwrap();
+        escalator_policy::Calendar::new(spec).unwrap()
+    };
+    let (roomy, thin) = (calendar("00:00", "24:00"), calendar("09:00", "09:00:01"));
+    let mut spec = Policy::default_policy().spec().clone();
+    spec.sla_seconds = escalator_policy::MAX_DURATION_SECONDS;
+    spec.calendar_id = Some("cal".into());
+    let glacial = Policy::new(spec).unwrap();
+
+    s.put_calendar("cal", &thin).await.unwrap();
+    let refused = s
+        .create_policy_version("glacial", "Glacial", &glacial)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid { field: "spec", ref message }) if message.contains("1,000 years")),
+        "{refused:?}"
+    );
+    assert!(
+        s.list_policies()
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| p.id != "glacial")
+    );
+
+    s.put_calendar("cal", &roomy).await.unwrap();
+    s.create_policy_version("glacial", "Glacial", &glacial)
+        .await
+        .unwrap();
+    let refused = s.put_calendar("cal", &thin).await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid { field: "windows", ref message }) if message.contains("\"glacial\" version 1")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        s.get_calendar("cal").await.unwrap(),
+        roomy,
+        "left as it was"
+    );
+}
+
 /// SQLite stored it as `+262143-…`, which sorts before every four-digit year: the workflow
 /// was due at every check and the earliest deadline the beat waits for.
 async fn a_deadline_that_is_never_is_never_due(db: &TestDb) {
     let s = &db.store;
-    let spec: escalator_policy::CalendarSpec = serde_json::from_value(serde_json::json!({
-        "timezone": "Europe/London",
-        "windows": [{ "day": "Mon", "start": "09:00", "end": "09:00:01" }],
-    }))
-    .unwrap();
-    s.put_calendar("thin", &escalator_policy::Calendar::new(spec).unwrap())
-        .await
+    // a pair both writes now refuse (a calendar one second a week, a policy of a century on
+    // it), as one written before they checked: the calendar thinned by hand afterwards
+    let calendar = |start: &str, end: &str| {
+        let spec: escalator_policy::CalendarSpec = serde_json::from_value(serde_json::json!({
+            "timezone": "Europe/London",
+            "windows": [{ "day": "Mon", "start": start, "end": end }],
+        }))
         .unwrap();
+        escalator_policy::Calendar::new(spec).unwrap()
+    };
+    let whole_monday = calendar("00:00", "24:00");
+    s.put_calendar("thin", &whole_monday).await.unwrap();
     let mut spec = Policy::default_policy().spec().clone();
     spec.sla_seconds = escalator_policy::MAX_DURATION_SECONDS;
     spec.calendar_id = Some("thin".into());
     s.create_policy_version("glacial", "Glacial", &Policy::new(spec).unwrap())
         .await
         .unwrap();
+    let thin = serde_json::to_value(calendar("09:00", "09:00:01").spec()).unwrap();
+    let updated = match &db.store {
+        Store::Postgres(p) => sqlx::query("UPDATE calendars SET spec = $1 WHERE id = 'thin'")
+            .bind(&thin)
+            .execute(p.pool())
+            .await
+            .unwrap()
+            .rows_affected(),
+        Store::Sqlite(p) => sqlx::query("UPDATE calendars SET spec = ?1 WHERE id = 'thin'")
+            .bind(thin.to_string())
+            .execute(p.pool())
+            .await
+            .unwrap()
+            .rows_affected(),
+    };
+    assert_eq!(updated, 1);
     let w = s
         .create_workflow(
             &NewWorkflow {

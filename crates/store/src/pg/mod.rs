@@ -265,6 +265,15 @@ impl PgStore {
             context: "calendar",
             source,
         })?;
+        // under the calendar's lock, which a policy version written on it takes too: the
+        // policies measured on it are read and checked inside the write
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(CALENDAR_LOCK)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let policies = policies_on_calendar(&mut *tx, id).await?;
+        crate::logic::check_calendar_keeps(calendar, &policies, chrono::Utc::now())?;
         sqlx::query(
             "INSERT INTO calendars (id, timezone, spec) VALUES ($1, $2, $3)
              ON CONFLICT (id) DO UPDATE SET timezone = EXCLUDED.timezone, spec = EXCLUDED.spec,
@@ -273,8 +282,9 @@ impl PgStore {
         .bind(id)
         .bind(&calendar.spec().timezone)
         .bind(spec)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -298,6 +308,17 @@ impl PgStore {
         // `unless_same`, finds the winner's identical one).
         let mut attempt = 0;
         loop {
+            let mut tx = self.pool.begin().await?;
+            if let Some(calendar_id) = policy.spec().calendar_id.as_deref() {
+                // under the calendar's lock, which the calendar's writes take too: each sees
+                // the other's result, and neither leaves a deadline that never comes
+                sqlx::query(CALENDAR_LOCK)
+                    .bind(calendar_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let calendar = get_calendar(&mut *tx, calendar_id).await?;
+                crate::logic::check_reachable(policy, &calendar, chrono::Utc::now())?;
+            }
             let inserted = sqlx::query(
                 "WITH latest AS (SELECT version, name, spec FROM escalation_policies
                                  WHERE id = $1 ORDER BY version DESC LIMIT 1)
@@ -311,12 +332,20 @@ impl PgStore {
             .bind(policy.spec().calendar_id.as_deref())
             .bind(&spec)
             .bind(unless_same)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(StoreError::from);
             match inserted {
-                Ok(Some(row)) => return Ok((rows::policy(&row)?, true)),
-                Ok(None) => return Ok((self.get_policy(id, None).await?, false)),
+                Ok(Some(row)) => {
+                    let record = rows::policy(&row)?;
+                    tx.commit().await?;
+                    return Ok((record, true));
+                }
+                Ok(None) => {
+                    tx.commit().await?;
+                    return Ok((self.get_policy(id, None).await?, false));
+                }
+                // the transaction is rolled back as it is dropped
                 Err(e) if attempt < 10 && e.is_duplicate_key() => attempt += 1,
                 Err(e) => return Err(e),
             }
@@ -341,16 +370,29 @@ impl PgStore {
         &self,
         calendar_id: &str,
     ) -> Result<Vec<PolicyRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, version, name, spec, created_at FROM escalation_policies
-             WHERE calendar_id = $1 ORDER BY id, version",
-        )
-        .bind(calendar_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::policy).collect()
+        policies_on_calendar(&self.pool, calendar_id).await
     }
 }
+
+/// Every policy version measured on calendar `calendar_id`, on any executor.
+async fn policies_on_calendar<'e, E>(exec: E, calendar_id: &str) -> Result<Vec<PolicyRecord>>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let rows = sqlx::query(
+        "SELECT id, version, name, spec, created_at FROM escalation_policies
+         WHERE calendar_id = $1 ORDER BY id, version",
+    )
+    .bind(calendar_id)
+    .fetch_all(exec)
+    .await?;
+    rows.iter().map(rows::policy).collect()
+}
+
+/// The lock of one calendar's id, for its transaction: taken by the calendar's writes and by
+/// the policy versions written on it, so that each checks reachability against the other's
+/// result.
+const CALENDAR_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('escalator:calendar:' || $1))";
 
 /// How long a user write waits for a lock (see `upsert_users`).
 const USER_WRITES_PATIENCE: &str = "SET LOCAL lock_timeout = '10s'";

@@ -230,6 +230,11 @@ impl SqliteStore {
             context: "calendar",
             source,
         })?;
+        // one writer at a time: the policies measured on it are read and checked inside the
+        // write, so a policy version written at the same moment is seen or waits
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let policies = policies_on_calendar(&mut *tx, id).await?;
+        crate::logic::check_calendar_keeps(calendar, &policies, chrono::Utc::now())?;
         let now = sqlite_ts(chrono::Utc::now());
         sqlx::query(
             "INSERT INTO calendars (id, timezone, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
@@ -240,8 +245,9 @@ impl SqliteStore {
         .bind(&calendar.spec().timezone)
         .bind(spec)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -261,6 +267,11 @@ impl SqliteStore {
             source,
         })?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        if let Some(calendar_id) = policy.spec().calendar_id.as_deref() {
+            // inside the write: a calendar edited at the same moment is seen or waits
+            let calendar = get_calendar(&mut *tx, calendar_id).await?;
+            crate::logic::check_reachable(policy, &calendar, chrono::Utc::now())?;
+        }
         if unless_same {
             // inside the write transaction: one writer at a time decides
             let latest = sqlx::query(
@@ -314,15 +325,23 @@ impl SqliteStore {
         &self,
         calendar_id: &str,
     ) -> Result<Vec<PolicyRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, version, name, spec, created_at FROM escalation_policies
-             WHERE calendar_id = ?1 ORDER BY id, version",
-        )
-        .bind(calendar_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::policy).collect()
+        policies_on_calendar(&self.pool, calendar_id).await
     }
+}
+
+/// Every policy version measured on calendar `calendar_id`, on any executor.
+async fn policies_on_calendar<'e, E>(exec: E, calendar_id: &str) -> Result<Vec<PolicyRecord>>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    let rows = sqlx::query(
+        "SELECT id, version, name, spec, created_at FROM escalation_policies
+         WHERE calendar_id = ?1 ORDER BY id, version",
+    )
+    .bind(calendar_id)
+    .fetch_all(exec)
+    .await?;
+    rows.iter().map(rows::policy).collect()
 }
 
 /// One policy version (`None` = newest), on any executor.
