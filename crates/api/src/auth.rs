@@ -202,18 +202,6 @@ pub async fn require_token(
     next.run(req).await
 }
 
-/// An address as shown to those who may not use it: a URL (a user's own Slack webhook, whose
-/// path is its credential) as its scheme and host alone, `https://hooks.slack.com/…`; anything
-/// else (a member id, an email address) as it is.
-pub fn shown_address(address: &str) -> std::borrow::Cow<'_, str> {
-    let Some((scheme, rest)) = address.split_once("://") else {
-        return address.into();
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    format!("{scheme}://{host}/…").into()
-}
-
 /// Whether the request comes from a page of another origin: its `Origin` does not name the
 /// host the request was sent to (`Host`, or `X-Forwarded-Host` when a reverse proxy rewrote
 /// it). No `Origin` (scripts, old browsers) is not foreign.

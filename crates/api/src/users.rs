@@ -45,7 +45,7 @@ impl UserView {
         if scope < Scope::Admin {
             self.slack = self
                 .slack
-                .map(|s| crate::auth::shown_address(&s).into_owned());
+                .map(|s| escalator_runtime::config::host_only(&s).into_owned());
         }
         self
     }

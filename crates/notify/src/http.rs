@@ -261,7 +261,7 @@ impl HttpChannels {
                 return Err(NotifyError::Permanent(format!(
                     "a user's own Slack webhook must lie under {prefix} \
                      (ESCALATOR_SLACK_USER_WEBHOOKS: same scheme, host and port); got {}",
-                    where_only(to)
+                    escalator_runtime::config::host_only(to)
                 )));
             }
             (to.to_owned(), Endpoint::Users)
@@ -392,19 +392,6 @@ fn without_url_parts(text: &str, url: &reqwest::Url) -> String {
     out
 }
 
-/// A URL as errors may show it: scheme, host and port, with the path and query (a webhook's
-/// credential) and any user info left out; "a URL" when it is not one.
-fn where_only(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => match (u.host_str(), u.port()) {
-            (Some(host), Some(port)) => format!("{}://{host}:{port}/…", u.scheme()),
-            (Some(host), None) => format!("{}://{host}/…", u.scheme()),
-            (None, _) => format!("a {} URL", u.scheme()),
-        },
-        Err(_) => "a URL that does not parse".to_owned(),
-    }
-}
-
 /// Whose credentials a request carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
@@ -433,14 +420,20 @@ async fn classify(
         // reqwest names the whole URL in its errors, and a webhook's path or query is its
         // credential (Slack's, a token parameter): only its scheme, host and port are said
         Err(e) if e.is_builder() => {
-            let at = e.url().map(|u| where_only(u.as_str())).unwrap_or_default();
+            let at = e
+                .url()
+                .map(|u| escalator_runtime::config::host_only(u.as_str()).into_owned())
+                .unwrap_or_default();
             return Err(NotifyError::Permanent(format!(
                 "{provider}: cannot build the request to {at}: {}",
                 e.without_url()
             )));
         }
         Err(e) => {
-            let at = e.url().map(|u| where_only(u.as_str())).unwrap_or_default();
+            let at = e
+                .url()
+                .map(|u| escalator_runtime::config::host_only(u.as_str()).into_owned())
+                .unwrap_or_default();
             return Err(NotifyError::Transient(format!(
                 "{provider} at {at}: {}",
                 escalator_runtime::error::with_causes(&e.without_url())

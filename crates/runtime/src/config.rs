@@ -31,6 +31,18 @@ fn shown(name: &str, value: &str) -> String {
     }
 }
 
+/// An address as shown to those who may not use it: a URL (a webhook, whose path and query
+/// are its credential) as its scheme, host and port alone, `https://hooks.slack.com/…`, user
+/// info left out; anything else (a member id, an email address) as it is.
+pub fn host_only(address: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = address.split_once("://") else {
+        return address.into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}/…").into()
+}
+
 /// The URL with any password replaced, safe for messages and logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -292,5 +304,15 @@ mod tests {
             reason: "expected https://".into(),
         };
         assert!(!hook.to_string().contains("HOOKSECRET"), "{hook}");
+    }
+
+    #[test]
+    fn a_url_is_shown_by_its_host_and_anything_else_as_it_is() {
+        assert_eq!(
+            host_only("https://me:pw@hooks.slack.com:443/services/T0/B0/SECRET?t=1#x"),
+            "https://hooks.slack.com:443/…"
+        );
+        assert_eq!(host_only("http://127.0.0.1:9"), "http://127.0.0.1:9/…");
+        assert_eq!(host_only("U024BE7LH"), "U024BE7LH");
     }
 }

@@ -63,7 +63,7 @@ pub async fn show(
             tbody {
                 @for o in &outbox {
                     tr {
-                        td { (o.id) } td { (o.channel) } td { (crate::auth::shown_address(&o.recipient)) } td { (o.attempts) }
+                        td { (o.id) } td { (o.channel) } td { (escalator_runtime::config::host_only(&o.recipient)) } td { (o.attempts) }
                         td.dead { (o.last_error.as_deref().unwrap_or("")) br; span.muted { (at(o.next_attempt_at)) } }
                         td { @if let Some(w) = o.workflow_id { a href={ "/ui/workflows/" (w) } { "open" } } }
                         td { @if admin { (action_button(&session, &format!("/ui/outbox/{}/retry", o.id), "Retry", html! {})) } }

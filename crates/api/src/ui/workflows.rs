@@ -259,7 +259,7 @@ pub async fn show(
             tbody {
                 @for o in &outbox {
                     tr {
-                        td { (o.id) } td { (o.channel) } td { (crate::auth::shown_address(&o.recipient)) }
+                        td { (o.id) } td { (o.channel) } td { (escalator_runtime::config::host_only(&o.recipient)) }
                         td { span class={ "pill " (o.status) } { (o.status) } }
                         td { (o.attempts) }
                         td { @if let Some(t) = o.sent_at { (at(t)) } @else { (at(o.next_attempt_at)) } }
