@@ -122,6 +122,7 @@ impl From<StoreError> for ApiError {
                     .with_field(field)
             }
             StoreError::Invalid { field, ref message } => ApiError::invalid(field, message.clone()),
+            StoreError::InvalidSpec(e) => ApiError::invalid(format!("spec.{}", e.field), e.message),
             StoreError::InvalidTransition { .. } => {
                 ApiError::client(StatusCode::CONFLICT, "invalid_transition", e.to_string())
             }

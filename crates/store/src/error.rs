@@ -56,6 +56,10 @@ pub enum StoreError {
         /// Why it is refused.
         message: String,
     },
+    /// A policy spec refused inside its write (its calendar cannot reach an SLA of it);
+    /// `source.field` is the path within the spec.
+    #[error("spec.{}: {}", .0.field, .0.message)]
+    InvalidSpec(escalator_policy::PolicyError),
     /// A stored policy or calendar no longer validates.
     #[error("stored {entity} {id} is invalid")]
     CorruptDefinition {

@@ -779,15 +779,11 @@ fn deadlines_for(
 /// Refuses `policy` when `calendar`, its `calendar_id`, cannot reach its longest SLA (a
 /// deadline that never comes: its workflows would never be reminded or escalated). Run inside
 /// the write, under the calendar's lock, so that a calendar edited at the same moment cannot
-/// pass its own check against the policies it saw before this one was written; the api checks
-/// first for a precise field.
+/// pass its own check against the policies it saw before this one was written.
 pub fn check_reachable(policy: &Policy, calendar: &Calendar, now: DateTime<Utc>) -> Result<()> {
     policy
         .check_reachable_on(calendar, now)
-        .map_err(|e| StoreError::Invalid {
-            field: "spec",
-            message: format!("{}: {}", e.field, e.message),
-        })
+        .map_err(StoreError::InvalidSpec)
 }
 
 /// Refuses `calendar` when one of the policy versions measured on it could no longer reach

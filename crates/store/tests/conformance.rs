@@ -1373,7 +1373,7 @@ async fn a_policy_and_its_calendar_are_checked_for_reach_inside_their_writes(db:
         .create_policy_version("glacial", "Glacial", &glacial)
         .await;
     assert!(
-        matches!(refused, Err(StoreError::Invalid { field: "spec", ref message }) if message.contains("1,000 years")),
+        matches!(refused, Err(StoreError::InvalidSpec(ref e)) if e.field == "sla_seconds" && e.message.contains("1,000 years")),
         "{refused:?}"
     );
     assert!(
