@@ -487,13 +487,13 @@ impl Engine {
         let (policies, calendars) = self.rules_for(&due, &mut People::Batch(&mut tx)).await;
         // a late check (a backlog, an outage) escalates what was due at its as_of, and starts
         // the new levels' clocks now
-        let at = plan::applied_at(job.as_of, Utc::now());
+        let when = plan::Dated::new(job.as_of, Utc::now());
         let rules = RulesFound {
             policies: &policies,
             calendars: &calendars,
         };
         let (decisions, users) = rules
-            .decide(&due, job.as_of, at, People::Batch(&mut tx))
+            .decide(&due, job.as_of, when.at, People::Batch(&mut tx))
             .await?;
         let channels: plan::PolicyChannels = policies
             .iter()
@@ -507,7 +507,7 @@ impl Engine {
                 check_run_id: Some(job.check_run_id),
                 batch_index: finishes,
             },
-            at,
+            when,
             &crate::message::settings(),
             &channels,
         );

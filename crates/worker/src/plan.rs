@@ -101,12 +101,32 @@ pub fn applied_at(as_of: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
     now.trunc_subsecs(6).max(as_of)
 }
 
+/// When a batch decides: the instant its check asks about (`as_of`) and the moment it carries
+/// the decisions out (`at`, [`applied_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dated {
+    /// The check's instant: what is due is due at it.
+    pub as_of: DateTime<Utc>,
+    /// The moment the rows date from.
+    pub at: DateTime<Utc>,
+}
+
+impl Dated {
+    /// A check at `as_of` applied when the clock reads `now`.
+    pub fn new(as_of: DateTime<Utc>, now: DateTime<Utc>) -> Self {
+        Self {
+            as_of,
+            at: applied_at(as_of, now),
+        }
+    }
+}
+
 /// The channels each policy version sends on to people who have not chosen their own (only
 /// policies that say so).
 pub type PolicyChannels = HashMap<(String, i32), Vec<String>>;
 
-/// Builds the batch's rows from its decisions, dated `at` (the moment they are applied:
-/// [`applied_at`]). `users` holds (at least) the recipients;
+/// Builds the batch's rows from its decisions, taken at `when.as_of` and dated `when.at` (the
+/// moment they are applied: [`applied_at`]). `users` holds (at least) the recipients;
 /// messages follow `settings` ([`crate::message::settings`] in a running process), and `channels`
 /// holds the defaults of the policies that set them.
 pub fn build(
@@ -114,10 +134,11 @@ pub fn build(
     decisions: &[Option<Decision>],
     users: &HashMap<String, User>,
     batch: BatchRef,
-    at: DateTime<Utc>,
+    when: Dated,
     settings: &MessageSettings,
     channels: &PolicyChannels,
 ) -> Planned {
+    let at = when.at;
     let mut out = Planned::default();
     out.effects.check_run_id = batch.check_run_id;
     out.effects.batch_index = batch.batch_index;
@@ -140,11 +161,12 @@ pub fn build(
             .map(Vec::as_slice);
         match decision {
             Decision::Nothing => {
-                // an exhausted workflow not due yet (its deadline measured again on resume,
-                // or a check dated before it) is looked at when its deadline passes, not
-                // unscheduled for good
+                // an exhausted workflow not due at the check's instant (its deadline measured
+                // again on resume, or a check dated before it) is looked at when its deadline
+                // passes, not unscheduled for good; that deadline may have passed by now, when
+                // a check dated before it runs late, and the next check then takes it
                 let next = escalator_store::logic::open_next_check(w).or_else(|| {
-                    (w.status.is_open() && w.exhausted_at.is_some() && w.due_at > at)
+                    (w.status.is_open() && w.exhausted_at.is_some() && w.due_at > when.as_of)
                         .then_some(w.due_at)
                 });
                 out.effects.changes.push(reschedule(w, next));
@@ -607,7 +629,7 @@ mod tests {
             &[escalate("head")],
             &users,
             run(),
-            t0(),
+            Dated::new(t0(), t0()),
             &settings(0),
             &channels,
         );
@@ -635,7 +657,7 @@ mod tests {
             &[escalate("head")],
             &users,
             run(),
-            t0(),
+            Dated::new(t0(), t0()),
             &settings(0),
             &[(("default".to_owned(), 2), vec!["sms".to_owned()])].into(),
         );
@@ -682,7 +704,7 @@ mod tests {
         decisions: &[Option<Decision>],
         users: &HashMap<String, User>,
         batch: BatchRef,
-        as_of: DateTime<Utc>,
+        at: DateTime<Utc>,
         settings: &MessageSettings,
     ) -> Planned {
         build(
@@ -690,7 +712,7 @@ mod tests {
             decisions,
             users,
             batch,
-            as_of,
+            Dated { as_of: at, at },
             settings,
             &PolicyChannels::new(),
         )
@@ -828,6 +850,31 @@ mod tests {
         );
         let next: Vec<_> = p.effects.changes.iter().map(|c| c.next_check_at).collect();
         assert_eq!(next, [Some(ahead.workflow.due_at), None]);
+        assert!(p.effects.audits.is_empty() && p.effects.outbox.is_empty());
+    }
+
+    /// A check dated before an exhausted workflow's deadline that runs after it (a backlog)
+    /// leaves the workflow to the next check, which is dated after the deadline; it was
+    /// unscheduled for good, since the deadline was behind the moment the rows were written.
+    #[test]
+    fn a_late_check_dated_before_an_exhausted_workflows_deadline_leaves_it_scheduled() {
+        let mut late = workflow(1, "emp", "boss", "Buy chairs");
+        late.workflow.exhausted_at = Some(t0() - Duration::hours(2));
+        late.workflow.due_at = t0() + Duration::hours(1);
+        let users: HashMap<String, User> = [user("emp", None), user("boss", None)]
+            .into_iter()
+            .collect();
+        let p = build(
+            std::slice::from_ref(&late),
+            &[Some(Decision::Nothing)],
+            &users,
+            run(),
+            Dated::new(t0(), t0() + Duration::hours(3)),
+            &settings(0),
+            &PolicyChannels::new(),
+        );
+        let next: Vec<_> = p.effects.changes.iter().map(|c| c.next_check_at).collect();
+        assert_eq!(next, [Some(late.workflow.due_at)]);
         assert!(p.effects.audits.is_empty() && p.effects.outbox.is_empty());
     }
 
