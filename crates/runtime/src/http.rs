@@ -29,6 +29,11 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 /// Connections served at once by one process.
 pub const MAX_CONNECTIONS: usize = 2_048;
 
+/// How long [`serve`] waits, once told to stop, for its connections to finish: the requests in
+/// flight, and heads still arriving (which [`HEADER_READ_TIMEOUT`] alone would let hold the
+/// process 75 s, past the grace a pod is given). Connections still open then are closed.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The limits of [`serve_with`].
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -36,6 +41,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// See [`MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// See [`DRAIN_TIMEOUT`].
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -43,6 +50,7 @@ impl Default for Limits {
         Limits {
             header_read_timeout: HEADER_READ_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
+            drain_timeout: DRAIN_TIMEOUT,
         }
     }
 }
@@ -101,7 +109,15 @@ pub async fn serve_with(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_seconds = limits.drain_timeout.as_secs_f64(),
+            "connections still open when the drain time ran out: closed"
+        );
+    }
     Ok(())
 }
 
@@ -155,6 +171,7 @@ mod tests {
         let (addr, _stop) = started(Limits {
             header_read_timeout: Duration::from_millis(500),
             max_connections: 8,
+            ..Limits::default()
         })
         .await;
         assert!(get_root(addr).await.ends_with("hello"));
@@ -180,6 +197,7 @@ mod tests {
         let (addr, _stop) = started(Limits {
             header_read_timeout: Duration::from_secs(2),
             max_connections: 1,
+            ..Limits::default()
         })
         .await;
         // the one slot, held by a client sending nothing until the timeout frees it
@@ -221,6 +239,40 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(20), server)
             .await
             .expect("serve did not return after the drain")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A head still arriving at shutdown held the drain until its read timed out (75 s, past
+    /// a pod's grace); the drain now ends at its own deadline.
+    #[tokio::test]
+    async fn a_head_still_arriving_at_shutdown_holds_the_drain_no_longer_than_its_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", get(|| async { "hello" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let server = tokio::spawn(serve_with(
+            listener,
+            app,
+            async move {
+                let _ = stopped.await;
+            },
+            limits,
+        ));
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .expect("serve waited on a half-sent head past its drain deadline")
             .unwrap()
             .unwrap();
     }

@@ -142,6 +142,9 @@ impl Health {
     }
 }
 
+/// How long the metrics server drains its connections once the process stops.
+pub const METRICS_DRAIN: Duration = Duration::from_secs(5);
+
 /// Serves the router on `listener` (bound at start-up, so that a taken port stops the process
 /// before it does any work) until `shutdown` resolves; also runs the recorder's upkeep.
 pub async fn serve(
@@ -161,7 +164,13 @@ pub async fn serve(
             upkeep.run_upkeep();
         }
     });
-    let result = crate::http::serve(listener, router(metrics, health), shutdown).await;
+    // a scrape takes milliseconds: a connection still open after METRICS_DRAIN once the
+    // process stops (a head still arriving) is closed, not waited for
+    let limits = crate::http::Limits {
+        drain_timeout: METRICS_DRAIN,
+        ..Default::default()
+    };
+    let result = crate::http::serve_with(listener, router(metrics, health), shutdown, limits).await;
     upkeep_task.abort();
     result
 }

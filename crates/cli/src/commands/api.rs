@@ -51,10 +51,20 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         );
     }
     tracing::info!(addr = %settings.addr, authenticated, "api listening on http://{}", settings.addr);
-    let served =
-        escalator_runtime::http::serve(listener, escalator_api::router(state), signals.stopped())
-            .await
-            .context("serving the api");
+    // every request in flight ends within its timeout; a connection still open after that
+    // (a head still arriving) is closed rather than held past the pod's grace
+    let limits = escalator_runtime::http::Limits {
+        drain_timeout: settings.timeout + std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let served = escalator_runtime::http::serve_with(
+        listener,
+        escalator_api::router(state),
+        signals.stopped(),
+        limits,
+    )
+    .await
+    .context("serving the api");
     store.close().await;
     served?;
     tracing::info!("api stopped");
