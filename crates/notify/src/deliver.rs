@@ -34,8 +34,9 @@ const LOOK_AGAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(
 
 /// What became of one claimed row in a round.
 enum Started {
-    /// Tried: its outcome, and the recipients a relay deferred.
-    Tried(OutboxEntry, DeliveryOutcome, Option<Deferrals>),
+    /// Tried: its outcome (with the rows of recipients a relay deferred), and how writing it
+    /// went.
+    Tried(Recorded, Result<bool, StoreError>),
     /// Not started: the process is stopping.
     Not(OutboxEntry),
     /// Not sent: its workflow moved on since the claim (marked obsolete).
@@ -233,7 +234,27 @@ impl Deliverer {
                         }
                     }
                     let (outcome, deferrals) = this.attempt(&entry).await;
-                    Started::Tried(entry, outcome, deferrals)
+                    let follow_ups = deferrals.map(|d| {
+                        let due = Utc::now()
+                            + chrono::Duration::from_std(retry_delay(
+                                1,
+                                0.5 + rand::random::<f64>(),
+                            ))
+                            .unwrap_or(chrono::Duration::seconds(30));
+                        let (note, rows) = follow_up_rows(&entry, d);
+                        (note, rows, due)
+                    });
+                    let done = Recorded {
+                        entry,
+                        outcome,
+                        follow_ups,
+                    };
+                    // written here, while the other sends go on: written by the loop below,
+                    // a slow write (a busy pool, a restarting database) left every other send
+                    // of the round unpolled, and an answer that had come in time was then
+                    // read past its timeout, retried, and sent twice
+                    let recorded = this.record(&done).await;
+                    Started::Tried(done, recorded)
                 }
             }))
             .buffer_unordered(PARALLEL_SENDS);
@@ -242,8 +263,8 @@ impl Deliverer {
             let mut unrecorded = Vec::new();
             let mut not_started = Vec::new();
             while let Some(sent) = sends.next().await {
-                let (entry, outcome, deferrals) = match sent {
-                    Started::Tried(entry, outcome, deferrals) => (entry, outcome, deferrals),
+                let (done, recorded) = match sent {
+                    Started::Tried(done, recorded) => (done, recorded),
                     Started::Not(entry) => {
                         not_started.push((entry.id, entry.attempts));
                         continue;
@@ -259,7 +280,8 @@ impl Deliverer {
                         continue;
                     }
                 };
-                let label = match &outcome {
+                let entry = &done.entry;
+                let label = match &done.outcome {
                     DeliveryOutcome::Sent => {
                         report.sent += 1;
                         "sent"
@@ -287,26 +309,16 @@ impl Deliverer {
                 };
                 metrics::counter!(m::NOTIFICATIONS, "channel" => entry.channel.clone(), "outcome" => label)
                     .increment(1);
-                let follow_ups = deferrals.map(|d| {
-                    let n = d.recipients.len();
+                if let Some((_, rows, _)) = &done.follow_ups {
+                    let n = rows.len();
                     report.deferred += u32::try_from(n).unwrap_or(u32::MAX);
                     metrics::counter!(m::NOTIFICATIONS, "channel" => entry.channel.clone(), "outcome" => "deferred")
                         .increment(n as u64);
-                    let due = Utc::now()
-                        + chrono::Duration::from_std(retry_delay(1, 0.5 + rand::random::<f64>()))
-                            .unwrap_or(chrono::Duration::seconds(30));
-                    let (note, rows) = follow_up_rows(&entry, d);
-                    (note, rows, due)
-                });
-                let done = Recorded {
-                    entry,
-                    outcome,
-                    follow_ups,
-                };
+                }
                 // a failed write does not stop the round: the sends still in flight finish
                 // and are recorded if they can be, instead of being cut off mid-conversation
                 // (a provider may have taken them already) and sent again after the lease
-                match self.record(&done).await {
+                match recorded {
                     Ok(recorded) => not_recorded(&done, recorded),
                     Err(e) => {
                         tracing::warn!(id = done.entry.id, error = %e, "cannot record a delivery's outcome yet; trying again after the round");

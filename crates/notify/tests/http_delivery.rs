@@ -1032,3 +1032,61 @@ async fn a_second_sender_never_resends_what_a_slow_first_one_holds() {
     assert_eq!(received.len(), 40, "none sent twice: {a:?} {b:?}");
     assert_eq!(a.sent + b.sent, 40);
 }
+
+/// An outcome slow to write holds up no other send of its round. The round wrote outcomes as
+/// the sends finished, one at a time, and polled no other send meanwhile: answers that came
+/// within their timeout were read after it, taken for "no answer in time", retried, and the
+/// messages sent twice. Here the first outcome takes 3 s to write, and the other four answers
+/// come after 1 s against a 2 s timeout.
+#[tokio::test]
+async fn an_outcome_slow_to_write_holds_up_no_other_send() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/fast"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(1)))
+        .mount(&server)
+        .await;
+    let fast = format!("{}/fast", server.uri());
+    let slow = format!("{}/slow", server.uri());
+    let mut new = vec![row(
+        "slack",
+        0,
+        serde_json::json!({ "to": fast, "text": "a" }),
+    )];
+    for i in 1..5 {
+        new.push(row(
+            "slack",
+            i,
+            serde_json::json!({ "to": slow, "text": format!("b{i}") }),
+        ));
+    }
+    outbox(&db.store, new).await;
+    let Store::Postgres(pg) = &db.store else {
+        unreachable!()
+    };
+    for sql in [
+        "CREATE FUNCTION slow_outcome() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$",
+        "CREATE TRIGGER slow_outcome BEFORE UPDATE OF status ON outbox FOR EACH ROW
+         WHEN (NEW.recipient LIKE '%/fast' AND NEW.status <> OLD.status)
+         EXECUTE FUNCTION slow_outcome()",
+    ] {
+        sqlx::query(sql).execute(pg.pool()).await.unwrap();
+    }
+    let mut cfg = config(&server.uri());
+    cfg.timeout = Duration::from_secs(2);
+    let r = deliverer(&db.store, cfg).drain(10, 10).await.unwrap();
+    assert_eq!((r.sent, r.retried, r.dead), (5, 0, 0), "{r:?}");
+    let rows = rows(&db.store).await;
+    assert!(
+        rows.iter().all(|r| r.status == "sent" && r.attempts == 1),
+        "{rows:?}"
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 5);
+}
