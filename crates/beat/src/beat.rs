@@ -641,6 +641,13 @@ impl Beat {
             Fenced::DuplicateSlot => {
                 metrics::counter!(m::DUPLICATE_TICKS).increment(1);
                 tracing::info!(?slot, "slot already has a run; not enqueued again");
+                // this beat's own insert, committed but its answer lost, is such a run: it is
+                // pushed at the next step if it waits for a push
+                if let Some(slot) = slot
+                    && self.unpushed.is_none()
+                {
+                    self.unpushed = self.unpushed_run_of(slot).await?;
+                }
                 Ok(None)
             }
             Fenced::NotLeader => {
@@ -651,27 +658,33 @@ impl Beat {
         }
     }
 
-    /// The latest slot's run, if its job was never pushed (its error says so, and it never
-    /// started): a beat that failed to push it lost the lease or was restarted (its liveness
-    /// probe fails while every step does) before it could push it again.
+    /// The latest slot's run, if its job may never have been pushed ([`Beat::unpushed_run_of`]).
     async fn unpushed_slot_run(&self) -> Result<Option<Unpushed>, BeatError> {
-        let Some(slot) = self.last_slot else {
+        match self.last_slot {
+            Some(slot) => self.unpushed_run_of(slot).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Slot `slot`'s run, if its job may never have been pushed: it never started, and it is
+    /// failed for want of a push (a beat whose push failed lost the lease, or was restarted,
+    /// before it could push it again), or still queued (a beat killed between recording the run
+    /// and pushing it, or whose insert committed but whose answer was lost). Such a run was
+    /// taken for done, and its slot never checked. Pushing a run that was pushed after all
+    /// changes nothing: its job's key (`check:{id}:{as_of}`) makes the second push a duplicate.
+    async fn unpushed_run_of(&self, slot: DateTime<Utc>) -> Result<Option<Unpushed>, BeatError> {
+        let Some(r) = self.store.slot_check_run(slot).await? else {
             return Ok(None);
         };
-        let runs = self.store.recent_check_runs(20).await?;
-        Ok(runs
-            .iter()
-            .find(|r| r.slot == Some(slot))
-            .filter(|r| {
-                r.status == "failed"
-                    && r.started_at.is_none()
-                    && r.error.as_deref().is_some_and(|e| e.starts_with(UNQUEUED))
-            })
-            .map(|r| Unpushed {
+        let unqueued =
+            r.status == "failed" && r.error.as_deref().is_some_and(|e| e.starts_with(UNQUEUED));
+        Ok(
+            (r.started_at.is_none() && (r.status == "queued" || unqueued)).then_some(Unpushed {
                 id: r.id,
                 slot: Some(slot),
                 as_of: r.as_of,
-            }))
+            }),
+        )
     }
 
     /// Pushes again the job of a slot's run whose push failed, the run back to `queued`; still
@@ -694,8 +707,11 @@ impl Beat {
             tracing::warn!(check_run_id = u.id, %slot, "a slot whose check could not be enqueued is past the catch-up window: missed");
             return Ok(());
         }
-        if !self.store.reopen_check_run(u.id, now).await? {
-            // no longer failed: pushed and started meanwhile (another leader, a retry by hand)
+        // a failed run back to queued; then pushed only if it still waits for a start: one
+        // started meanwhile (pushed by another leader, retried by hand) is left alone
+        self.store.reopen_check_run(u.id, now).await?;
+        let run = self.store.get_check_run(u.id).await?;
+        if run.status != "queued" || run.started_at.is_some() {
             self.unpushed = None;
             return Ok(());
         }

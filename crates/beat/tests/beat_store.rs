@@ -677,6 +677,44 @@ async fn a_slot_that_cannot_be_enqueued_is_a_failed_run_not_a_queued_one() {
     assert_eq!(checks.pending, 1, "{checks:?}");
 }
 
+/// A slot's run recorded but never pushed (its beat killed between the two, or its insert's
+/// answer lost) was taken by the next leader for a slot done: it stayed queued, and the slot's
+/// check never ran. The next leader pushes it, once.
+#[tokio::test]
+async fn a_slot_recorded_but_never_pushed_is_pushed_by_the_next_leader() {
+    let db = TestDb::postgres().await;
+    let ns = RedisNamespace::new("beat-unpushed");
+    let slot = utc("2026-11-25T12:00:00Z");
+    let run = db
+        .store
+        .create_check_run(&escalator_store::NewCheckRun {
+            slot: Some(slot),
+            requested_by: "beat",
+            scope: escalator_jobs::Scope::All.to_string(),
+            as_of: slot,
+            dry_run: false,
+            coalesced: 0,
+            now: slot,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let q = queues(&ns).await;
+    let mut beat = Beat::new(
+        db.store.clone(),
+        q.clone(),
+        config("next", Duration::from_secs(600), Duration::from_secs(30)),
+        Health::new(Duration::from_secs(60)),
+    );
+    beat.step(utc("2026-11-25T12:00:40Z")).await.unwrap();
+    beat.step(utc("2026-11-25T12:01:00Z")).await.unwrap();
+    let checks = q.stats().await.unwrap()[0].clone();
+    assert_eq!(checks.pending, 1, "{checks:?}");
+    let runs = db.store.recent_check_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!((runs[0].id, runs[0].status.as_str()), (run.id, "queued"));
+}
+
 /// A deadline check whose push failed was recorded anew at every step: a Redis down for an
 /// hour left a failed run a second. The beat now pushes that run again, as it does a slot's.
 #[tokio::test]

@@ -435,6 +435,12 @@ impl Store {
         dispatch!(self, s => s.get_check_run(id).await)
     }
 
+    /// The check run of scheduled slot `slot`, if it has one.
+    pub async fn slot_check_run(&self, slot: DateTime<Utc>) -> Result<Option<CheckRun>> {
+        let slot = time::micros(slot);
+        dispatch!(self, s => s.slot_check_run(slot).await)
+    }
+
     /// The newest check runs.
     pub async fn recent_check_runs(&self, limit: u32) -> Result<Vec<CheckRun>> {
         dispatch!(self, s => s.recent_check_runs(limit).await)

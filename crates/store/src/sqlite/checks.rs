@@ -47,6 +47,15 @@ impl SqliteStore {
             })
     }
 
+    pub(crate) async fn slot_check_run(&self, slot: DateTime<Utc>) -> Result<Option<CheckRun>> {
+        let sql = format!("SELECT {CHECK_RUN_COLUMNS} FROM check_runs WHERE slot = ?1");
+        let row = sqlx::query(crate::rows::trusted(sql))
+            .bind(sqlite_ts(slot))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::check_run).transpose()
+    }
+
     pub(crate) async fn recent_check_runs(&self, limit: u32) -> Result<Vec<CheckRun>> {
         let sql = format!("SELECT {CHECK_RUN_COLUMNS} FROM check_runs ORDER BY id DESC LIMIT ?1");
         let rows = sqlx::query(crate::rows::trusted(sql))
