@@ -1831,6 +1831,17 @@ async fn check_runs_have_one_per_slot_and_count_batches(db: &TestDb) {
         s.create_check_run(&new).await.unwrap().is_none(),
         "a slot ran twice"
     );
+    // a slot's run is found by its slot (a beat taking the lease pushes it if it never went)
+    assert_eq!(
+        s.slot_check_run(slot).await.unwrap().map(|r| r.id),
+        Some(run.id)
+    );
+    assert!(
+        s.slot_check_run(slot + Duration::minutes(15))
+            .await
+            .unwrap()
+            .is_none()
+    );
     let adhoc = NewCheckRun {
         slot: None,
         requested_by: "api",
