@@ -965,3 +965,114 @@ fn migrate_without_a_database_url_says_which_database_it_migrates() {
     );
     assert!(dir.path().join("escalator.db").exists());
 }
+
+/// A `--as-of` in the future is refused (exit 1, naming it) before any service is reached: it
+/// was checked after connecting, so with Redis or the database down a script saw exit 3,
+/// "unreachable", and retried bad input as an outage.
+#[test]
+fn a_future_as_of_is_refused_before_the_services_are_reached() {
+    let unreachable = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args(["enqueue", "check", "--as-of", "2099-01-01T00:00:00Z"])
+        .env("DATABASE_URL", &unreachable)
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}", free_port()))
+        .env_remove("ESCALATOR_QUEUE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--as-of 2099-01-01"), "{stderr}");
+}
+
+/// A Redis that stops answering between the connection and the push is an outage (exit 3),
+/// as one unreachable at the connection is; the error was kept only as text, and a script
+/// read exit 1, "failed". Here Redis holds every write (`CLIENT PAUSE … WRITE`) after the
+/// command has connected and read its settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_at_the_push_is_exit_3() {
+    let db = TestDb::postgres().await;
+    let redis = escalator_testkit::services::PrivateRedis::start();
+    let paused = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "CLIENT",
+            "PAUSE",
+            "30000",
+            "WRITE",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(paused.status.success(), "{}", text(&paused.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args(["enqueue", "check"])
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", redis.url())
+        .env_remove("ESCALATOR_QUEUE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("enqueueing check run"), "{stderr}");
+    assert!(stderr.contains("may have gone in"), "{stderr}");
+    let run = db.store.recent_check_runs(1).await.unwrap().pop().unwrap();
+    assert_eq!(run.status, "failed", "{run:?}");
+}
+
+/// `enqueue check --wait` on a run that finished with workflows it could not evaluate (set
+/// aside: their policy unreadable) exits 1 after its line: it exited 0, and `&& echo ok` said
+/// all was well while they went unescalated. No worker runs here; the run's outcome is
+/// written as a worker writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_workflows_it_could_not_evaluate_is_exit_1() {
+    let db = TestDb::postgres().await;
+    let ns = escalator_testkit::RedisNamespace::new("cli-wait-set-aside");
+    let child = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .args(["enqueue", "check", "--wait", "--timeout", "60"])
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", escalator_testkit::redis_url())
+        .env("ESCALATOR_QUEUE_NAMESPACE", &ns.name)
+        .env_remove("ESCALATOR_QUEUE_URL")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = None;
+    for _ in 0..200 {
+        run = db.store.recent_check_runs(1).await.unwrap().pop();
+        if run.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let run = run.expect("enqueue recorded no run");
+    let escalator_store::Store::Postgres(pg) = &db.store else {
+        unreachable!()
+    };
+    sqlx::query(
+        "UPDATE check_runs SET status = 'succeeded', batches = 1, batches_done = 1,
+             checked = 5, escalated = 3, failed = 2, started_at = now(), finished_at = now()
+         WHERE id = $1",
+    )
+    .bind(run.id)
+    .execute(pg.pool())
+    .await
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("status=succeeded") && stdout.contains("failed=2"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("2 workflow(s) could not be evaluated"),
+        "{stderr}"
+    );
+}

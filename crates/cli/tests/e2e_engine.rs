@@ -821,7 +821,8 @@ async fn a_waiting_enqueue_gives_up_on_a_backlogged_queue_at_its_timeout() {
     );
     // said while it waited, not only when it gave up (without --wait, that is five minutes)
     assert!(
-        stderr.contains("waiting for room in the checks queue (up to 3s"),
+        stderr.contains("not enqueued yet: the checks queue is full")
+            && stderr.contains("trying for up to 3s"),
         "{stderr}"
     );
     assert!(stderr.contains("jobs due after waiting"), "{stderr}");

@@ -52,8 +52,8 @@ struct CheckArgs {
     /// Evaluate the SLA clock at this instant (RFC 3339); default: now.
     #[arg(long, value_parser = super::parse_time)]
     as_of: Option<DateTime<Utc>>,
-    /// Wait for the run to finish and print its counts; exit 1 if it failed (a database that
-    /// goes away meanwhile is waited for).
+    /// Wait for the run to finish and print its counts; exit 1 if it failed or left workflows
+    /// it could not evaluate (`failed=N`; a database that goes away meanwhile is waited for).
     #[arg(long)]
     wait: bool,
     /// With --wait: give up after this many seconds (exit 4; the run may still finish).
@@ -84,6 +84,16 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         What::Noop(a) => return noops(database_url, a).await,
     };
     let queue_config = QueueConfig::from_env(&ProcessEnv, database_url)?;
+    // input first: a refused --as-of is exit 1 whether or not the services answer (it was
+    // checked after connecting, so a script saw exit 3, "unreachable", and retried it)
+    let now = Utc::now();
+    let as_of = args.as_of.unwrap_or(now);
+    escalator_store::logic::check_real_as_of(as_of, now).map_err(|e| match e {
+        escalator_store::StoreError::Invalid { message, .. } => {
+            anyhow::anyhow!("--as-of {} {message}", as_of.to_rfc3339())
+        }
+        other => other.into(),
+    })?;
     let store = super::connect(database_url).await?;
     let scope = match &args.workflow {
         None => Scope::All,
@@ -99,12 +109,6 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let now = Utc::now();
     let as_of = args.as_of.unwrap_or(now);
-    escalator_store::logic::check_real_as_of(as_of, now).map_err(|e| match e {
-        escalator_store::StoreError::Invalid { message, .. } => {
-            anyhow::anyhow!("--as-of {} {message}", as_of.to_rfc3339())
-        }
-        other => other.into(),
-    })?;
     let run = store
         .create_check_run(&NewCheckRun {
             slot: None,
@@ -136,9 +140,11 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     let pushed = tokio::select! {
         pushed = &mut push => pushed,
         () = tokio::time::sleep(PUSH_QUIET) => {
+            // a full queue or a Redis slow to answer: this side cannot tell them apart
             stderr_line!(
-                "check run {}: waiting for room in the checks queue (up to {}s; are workers \
-                 running? `escalator status` shows the queues)",
+                "check run {}: not enqueued yet: the checks queue is full (are workers running? \
+                 `escalator status` shows the queues) or Redis is slow to answer; trying for up \
+                 to {}s",
                 run.id,
                 patience.as_secs()
             );
@@ -161,7 +167,23 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
             );
             std::process::exit(super::EXIT_TIMED_OUT);
         }
-        bail!("enqueueing check run {} (marked failed): {why}", run.id);
+        // the error itself kept as the cause: `main` reads an unreachable Redis off it (exit
+        // 3); as text it was exit 1, "failed", for a Redis blip
+        let timed_out = match &e {
+            escalator_jobs::QueueError::TimedOut(_) => true,
+            escalator_jobs::QueueError::Redis(r) => r.is_timeout(),
+            _ => false,
+        };
+        let landed = if timed_out {
+            "; Redis did not answer in time, so the job may have gone in and the run may still \
+             start: `escalator status` shows it"
+        } else {
+            ""
+        };
+        return Err(anyhow::Error::new(e).context(format!(
+            "enqueueing check run {} (marked failed){landed}",
+            run.id
+        )));
     }
     if !args.wait {
         out!(
@@ -233,6 +255,17 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
                 bail!("check run {} failed: {}", r.id, r.error.unwrap_or_default());
             }
             out!("{line}");
+            if r.failed > 0 {
+                // a run that finished with workflows it could not evaluate is no success for a
+                // script: they were set aside, unescalated
+                bail!(
+                    "check run {}: {} workflow(s) could not be evaluated (their policy or \
+                     calendar could not be read, or the database refused their effects); they \
+                     are set aside and checked again later; the worker's log names them",
+                    r.id,
+                    r.failed
+                );
+            }
             return Ok(());
         }
         if started.elapsed() > deadline {
