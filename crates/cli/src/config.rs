@@ -310,7 +310,12 @@ impl DeliverySettings {
             },
             (None, None) => EmailConfig::None,
         };
-        let max_attempts = bounded(src, "ESCALATOR_DELIVERY_MAX_ATTEMPTS", 8, 1..=50)?;
+        let max_attempts = bounded(
+            src,
+            "ESCALATOR_DELIVERY_MAX_ATTEMPTS",
+            escalator_notify::deliver::DEFAULT_MAX_ATTEMPTS,
+            1..=50,
+        )?;
         let http = Self::http_from_env(src, &from)?;
         if let (EmailConfig::Smtp { .. }, Some(_)) = (&email, &http.sendgrid) {
             return Err(ConfigError {

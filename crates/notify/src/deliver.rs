@@ -21,6 +21,13 @@ pub fn retry_delay(attempts: i32, jitter: f64) -> Duration {
 
 pub use escalator_store::HOLD_LIMIT;
 
+/// Attempts before a delivery that keeps failing transiently is dead, unless
+/// `ESCALATOR_DELIVERY_MAX_ATTEMPTS` says otherwise: at the backoff of [`retry_delay`], about a
+/// day of a relay or provider down (at the least, every wait at its shortest jitter, 11 h).
+/// At 8, an outage past about an hour (a relay down over lunch, credentials refused over a
+/// weekend) killed every message queued in it, and they waited for `outbox retry --all-dead`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 30;
+
 /// Messages in flight at once within one drain.
 pub const PARALLEL_SENDS: usize = 8;
 
@@ -647,8 +654,23 @@ fn follow_up_rows(parent: &OutboxEntry, deferrals: Deferrals) -> (String, Vec<Fo
 
 #[cfg(test)]
 mod tests {
-    use super::{MIN_LEASE, lease_for, retry_delay};
+    use super::{DEFAULT_MAX_ATTEMPTS, MIN_LEASE, lease_for, retry_delay};
     use std::time::Duration;
+
+    /// The time a row failing at every attempt has before it is dead: the waits between its
+    /// attempts, each at the jitter given.
+    fn window(attempts: i32, jitter: f64) -> Duration {
+        (1..attempts).map(|a| retry_delay(a, jitter)).sum()
+    }
+
+    #[test]
+    fn by_default_a_delivery_outlasts_an_outage_of_half_a_day() {
+        let shortest = window(i32::try_from(DEFAULT_MAX_ATTEMPTS).unwrap(), 0.5);
+        assert!(shortest >= Duration::from_secs(11 * 3600), "{shortest:?}");
+        let typical = window(i32::try_from(DEFAULT_MAX_ATTEMPTS).unwrap(), 1.0);
+        assert!(typical >= Duration::from_secs(22 * 3600), "{typical:?}");
+        assert!(typical <= Duration::from_secs(26 * 3600), "{typical:?}");
+    }
 
     /// The lease covers both waves of a claim at their longest, whatever the timeouts: with a
     /// fixed 120 s, `ESCALATOR_SMTP_TIMEOUT=90` left the second wave's rows claimable by a
