@@ -118,7 +118,8 @@ impl Store {
     /// died mid-lease (I4). Nor does any
     /// message whose every recipient has been deactivated since (one who left the company
     /// while a relay was down); an email with someone still active among its recipients goes
-    /// out whole. Reminders written
+    /// out whole; nor a "still overdue" message with a newer one to the same recipient and
+    /// channel waiting or sent. Reminders written
     /// before they carried `cycle` and `assignee_id` are judged by their level alone. Events and
     /// webhooks are facts and always go out; digests (no workflow) too. Returns the ids marked. Bounded by the claim:
     /// checking the whole due backlog before each claim of 16 would read it again and again.
@@ -151,19 +152,38 @@ impl Store {
               AND json_array_length(o.payload, '$.user_ids') > 0
               AND NOT EXISTS (SELECT 1 FROM json_each(o.payload, '$.user_ids') AS r
                               JOIN users u ON u.id = r.value WHERE u.active))";
-        let why = |[escalated, staged, _]: [&str; 3], gone: &str| {
+        // a "still overdue" notice with a newer one to the same recipient on the same channel
+        // waiting or sent (a repeating chain whose relay was down): the newer says it, once;
+        // each waited, and a 60 s repeat through a 50-minute outage sent fifty at once
+        let superseded = |kind_of: &dyn Fn(&str) -> String| {
+            format!(
+                "({o_kind} = 'exhausted' AND EXISTS (
+                    SELECT 1 FROM outbox n
+                    WHERE n.workflow_id = o.workflow_id AND n.channel = o.channel
+                      AND n.recipient = o.recipient AND n.id > o.id
+                      AND n.status IN ('pending', 'failed', 'sent')
+                      AND {n_kind} = 'exhausted'))",
+                o_kind = kind_of("o"),
+                n_kind = kind_of("n"),
+            )
+        };
+        let pg_superseded = superseded(&|t| format!("{t}.payload->>'kind'"));
+        let sqlite_superseded = superseded(&|t| format!("json_extract({t}.payload, '$.kind')"));
+        let why = |[escalated, staged, _]: [&str; 3], gone: &str, superseded: &str| {
             format!(
                 "CASE WHEN w.status IN ('completed', 'cancelled')
                       THEN 'not sent: the workflow is ' || w.status || ' since'
                       WHEN {gone} THEN 'not sent: its recipients were deactivated since'
+                      WHEN {superseded}
+                      THEN 'not sent: a newer still-overdue notice to the same recipient replaces it'
                       WHEN {escalated} THEN 'not sent: the workflow was escalated since'
                       WHEN {staged} THEN 'not sent: the workflow moved to another stage since'
                       ELSE 'not sent: the workflow was reassigned since' END"
             )
         };
-        let stale = |moved: [&str; 3], gone: &str, kind: &str, holder: &str| {
+        let stale = |moved: [&str; 3], gone: &str, superseded: &str, kind: &str, holder: &str| {
             format!(
-                "(w.status IN ('completed', 'cancelled') OR {gone}
+                "(w.status IN ('completed', 'cancelled') OR {gone} OR {superseded}
                   OR (({kind} = 'reminder' OR {holder} IS NOT NULL) AND ({} OR {} OR {})))",
                 moved[0], moved[1], moved[2]
             )
@@ -185,11 +205,12 @@ impl Store {
                            FOR UPDATE OF o) AS stale
                      WHERE outbox.id = stale.id
                      RETURNING outbox.id",
-                    why = why(pg_moved, pg_gone),
+                    why = why(pg_moved, pg_gone, &pg_superseded),
                     channels = channels,
                     stale = stale(
                         pg_moved,
                         pg_gone,
+                        &pg_superseded,
                         "o.payload->>'kind'",
                         "o.payload->>'holder_id'"
                     ),
@@ -211,11 +232,12 @@ impl Store {
                                     AND o.channel IN ({channels})
                                     AND {stale})
                      RETURNING id",
-                    why = why(sqlite_moved, sqlite_gone),
+                    why = why(sqlite_moved, sqlite_gone, &sqlite_superseded),
                     channels = channels,
                     stale = stale(
                         sqlite_moved,
                         sqlite_gone,
+                        &sqlite_superseded,
                         "json_extract(o.payload, '$.kind')",
                         "json_extract(o.payload, '$.holder_id')"
                     ),

@@ -77,6 +77,7 @@ conformance!(
     outbox_backlog_counts_undelivered_rows,
     sent_deliveries_are_pruned_after_their_retention_and_others_kept,
     deliveries_of_workflows_that_moved_on_are_never_sent,
+    still_overdue_notices_waiting_together_go_out_once_per_recipient,
     claimed_deliveries_handed_back_are_due_again,
 );
 
@@ -2522,6 +2523,71 @@ async fn sent_deliveries_are_pruned_after_their_retention_and_others_kept(db: &T
         statuses(s.list_outbox(&[], 100).await.unwrap()),
         ["dead", "failed"]
     );
+}
+
+/// "Still overdue" notices of a repeating chain that waited together (a relay down through
+/// several repeats) go out once per recipient and channel, the newest: each went out, fifty
+/// at once after a 50-minute outage at a 60 s repeat. A newer one that died does not stand in.
+async fn still_overdue_notices_waiting_together_go_out_once_per_recipient(db: &TestDb) {
+    let s = &db.store;
+    let now = t0() + Duration::hours(30);
+    let w = create(s, "SO-1").await;
+    let notice = |channel: &'static str, to: &str, repeat: usize| NewOutbox {
+        channel,
+        recipient: to.into(),
+        workflow_id: Some(w.id),
+        payload: serde_json::json!({
+            "kind": "exhausted", "level": 0, "cycle": w.cycle, "holder_id": w.assignee,
+        }),
+        idempotency_key: format!("exhausted:{}:{repeat}:{channel}:{to}", w.id),
+    };
+    let rows = vec![
+        notice("email", "boss@example.com", 1),
+        notice("email", "boss@example.com", 2),
+        notice("email", "emp@example.com", 2),
+        notice("sms", "+15550001", 2),
+        notice("email", "boss@example.com", 3),
+        notice("email", "left@example.com", 1),
+        notice("email", "left@example.com", 2),
+    ];
+    let mut tx = s.begin_batch().await.unwrap();
+    tx.apply(
+        &BatchEffects {
+            outbox: rows,
+            ..Default::default()
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut claimed = s
+        .claim_deliveries(now, std::time::Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    claimed.sort_by_key(|r| r.id);
+    assert_eq!(claimed.len(), 7);
+    let id = |i: usize| claimed[i].id;
+    // the newest to left@ died (its address refused for good): it replaces nothing
+    let dead = DeliveryOutcome::Dead {
+        error: "550 no such user".into(),
+    };
+    assert!(
+        s.record_delivery(id(6), claimed[6].attempts, &dead, now)
+            .await
+            .unwrap()
+    );
+    let waiting: Vec<i64> = (0..6).map(id).collect();
+    let mut gone = s.obsolete_deliveries(&waiting).await.unwrap();
+    gone.sort();
+    assert_eq!(gone, [id(0), id(1)]);
+    let obsolete = s.list_outbox(&["obsolete"], 10).await.unwrap();
+    assert!(
+        obsolete.iter().all(|r| r.last_error.as_deref()
+            == Some("not sent: a newer still-overdue notice to the same recipient replaces it")),
+        "{obsolete:?}"
+    );
+    assert!(s.obsolete_deliveries(&waiting).await.unwrap().is_empty());
 }
 
 /// I4 at delivery: a reminder or escalation message still waiting (a relay down, a sender
