@@ -17,7 +17,8 @@ use crate::NotifyError;
 pub enum Mailer {
     /// An SMTP relay.
     Smtp {
-        /// The transport (pooled connections).
+        /// The transport: a connection of its own per message (lettre's pool is off: a send
+        /// cut off by its deadline would hand a pooled connection back mid-conversation).
         transport: AsyncSmtpTransport<Tokio1Executor>,
         /// The From address.
         from: Mailbox,

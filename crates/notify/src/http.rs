@@ -470,6 +470,15 @@ async fn classify(
             "{error} (escalator's credentials for {provider} were refused: check its settings)"
         )));
     }
+    // an endpoint of escalator's own settings that is not there (a Slack webhook revoked,
+    // its channel archived; a wrong URL): every message to it fails alike, and a fixed
+    // setting sends them; dead at once, every Slack message was lost to one revoked webhook
+    let missing = matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE);
+    if missing && endpoint == Endpoint::Configured {
+        return Err(NotifyError::Transient(format!(
+            "{error} (escalator's endpoint for {provider} is not there: check its settings)"
+        )));
+    }
     if status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
         || status.is_server_error()

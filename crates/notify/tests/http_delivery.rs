@@ -256,6 +256,62 @@ async fn refused_credentials_are_retried_and_unusable_copies_left_out() {
     );
 }
 
+/// The shared Slack webhook answering 404 or 410 (revoked, its channel archived) is a setting
+/// to fix, retried as refused credentials are: dead at once, every Slack message was lost to
+/// one revoked webhook. A user's own webhook that is gone is still that user's dead end.
+#[tokio::test]
+async fn a_configured_endpoint_that_is_gone_is_retried_a_users_own_is_dead() {
+    let db = TestDb::postgres().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/slack/shared"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("no_service"))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/hooks/escalator"))
+        .respond_with(ResponseTemplate::new(410).set_body_string("gone"))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/slack/own"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("no_service"))
+        .mount(&server)
+        .await;
+    let own = format!("{}/slack/own", server.uri());
+    outbox(
+        &db.store,
+        vec![
+            row("slack", 1, serde_json::json!({ "to": "U42", "text": "hi" })),
+            row("slack", 2, serde_json::json!({ "to": own, "text": "hi" })),
+            row(
+                "webhook",
+                3,
+                serde_json::json!({
+                    "to": "boss", "kind": "escalation", "subject": "Escalated",
+                    "workflow_id": "0b6f1f0e-0000-4000-8000-000000000000",
+                }),
+            ),
+        ],
+    )
+    .await;
+    let r = deliverer(&db.store, config(&server.uri()))
+        .drain(10, 10)
+        .await
+        .unwrap();
+    assert_eq!((r.sent, r.retried, r.dead), (0, 2, 1), "{r:?}");
+    let rows = rows(&db.store).await;
+    let states: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(states, ["failed", "dead", "failed"], "{rows:?}");
+    for r in [&rows[0], &rows[2]] {
+        let error = r.last_error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("is not there: check its settings"),
+            "{error}"
+        );
+    }
+}
+
 /// SendGrid refuses, with a 400 (for good), a message naming one address twice across `to`
 /// and `cc`, letters in any case: two users sharing a mailbox cost everyone the escalation.
 /// Each address is named once; a non-ASCII domain goes in its ASCII form; with no usable
