@@ -168,9 +168,13 @@ impl Deliverer {
         let max_rounds = total.div_ceil(per_round);
         let mut report = DeliveryReport::default();
         // digests of runs that will not decide them themselves (failed, or stuck)
-        let released = self.store.release_stale_held(as_of, HOLD_LIMIT).await?;
-        if released > 0 {
-            tracing::info!(released, "released held deliveries of unfinished runs");
+        // the deliveries due are sent whatever becomes of this (the beat's sweep tries again)
+        match self.store.release_stale_held(as_of, HOLD_LIMIT).await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::info!(released, "released held deliveries of unfinished runs")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot release held deliveries now"),
         }
         for round in 0..max_rounds {
             // no new claim once the process is stopping: the round under way finishes and is

@@ -555,9 +555,20 @@ impl Store {
                 .await?
             }
         };
+        // one run that cannot be released (a held row that no longer decodes, say) holds up
+        // neither the others nor the caller: a drain returned its error before claiming, and
+        // no delivery of any kind went out while it stayed
         let mut written = 0;
         for run in runs {
-            written += self.release_run_held(run, now).await?;
+            match self.release_run_held(run, now).await {
+                Ok(n) => written += n,
+                Err(e) if e.is_outage() => return Err(e),
+                Err(e) => tracing::error!(
+                    check_run_id = run,
+                    error = %e,
+                    "the held deliveries of a run cannot be released; the other runs' are"
+                ),
+            }
         }
         Ok(written)
     }

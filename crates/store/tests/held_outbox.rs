@@ -35,6 +35,7 @@ on_both!(
     a_run_with_more_groups_than_one_release_takes_is_released_whole,
     a_threshold_beyond_what_is_stored_is_released_like_any_other,
     a_digest_leaves_out_the_workflows_closed_before_its_run_ended,
+    a_run_whose_held_rows_cannot_be_released_holds_up_no_other,
 );
 
 /// A digest listed escalations of workflows completed before its run ended; nothing looked at
@@ -238,6 +239,47 @@ async fn held_rows_become_one_digest_when_their_run_finishes(db: &TestDb) {
         0
     );
     assert_eq!(keys(s).await.len(), 3);
+}
+
+/// A run whose held rows cannot be released (one no longer decodes) holds up neither the other
+/// runs' nor the caller: the stale release returned its error, and a drain, which releases
+/// before it claims, sent nothing at all while the row stayed.
+async fn a_run_whose_held_rows_cannot_be_released_holds_up_no_other(db: &TestDb) {
+    let s = &db.store;
+    let broken = run(s, 2).await;
+    let sound = run(s, 2).await;
+    for (id, key) in [(broken, "b"), (sound, "s")] {
+        let rows: Vec<NewOutbox> = (0..2)
+            .map(|i| email(&format!("{key}{i}"), "head@example.com").held_for_digest("head", 5))
+            .collect();
+        apply(s, id, 0, rows).await;
+    }
+    match s {
+        Store::Postgres(p) => sqlx::query(
+            "UPDATE outbox_held SET item = jsonb_set(item, '{channel}', '\"pigeon\"')
+             WHERE check_run_id = $1",
+        )
+        .bind(broken)
+        .execute(p.pool())
+        .await
+        .map(|_| ())
+        .unwrap(),
+        Store::Sqlite(q) => sqlx::query(
+            "UPDATE outbox_held SET item = json_set(item, '$.channel', 'pigeon')
+             WHERE check_run_id = ?1",
+        )
+        .bind(broken)
+        .execute(q.pool())
+        .await
+        .map(|_| ())
+        .unwrap(),
+    }
+    let later = now() + Duration::minutes(61);
+    let hour = std::time::Duration::from_secs(3_600);
+    assert_eq!(s.release_stale_held(later, hour).await.unwrap(), 2);
+    assert_eq!(keys(s).await, ["escalate:s0:email", "escalate:s1:email"]);
+    // the broken run's rows stay held, for someone to look at; nothing of them went out
+    assert!(s.release_run_held(broken, later).await.is_err());
 }
 
 async fn held_rows_of_a_run_that_never_finishes_are_released_once_they_are_stale(db: &TestDb) {
