@@ -604,8 +604,33 @@ async fn a_workflow_the_database_refuses_holds_back_no_other() {
     .unwrap();
     let worker = w.worker(free_port());
     let checked_from = chrono::Utc::now();
-    assert_eq!(w.check(), (150, 149));
+    let out = w
+        .command(&[
+            "enqueue",
+            "check",
+            "--as-of",
+            SEED_TIME,
+            "--wait",
+            "--timeout",
+            "120",
+        ])
+        .output()
+        .unwrap();
     let checked_until = chrono::Utc::now();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // the run set one workflow aside: no success for a script, though the rest was done
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("1 workflow(s) could not be evaluated"),
+        "{stderr}"
+    );
+    assert_eq!(
+        (field(&stdout, "reminded"), field(&stdout, "escalated")),
+        (150, 149)
+    );
     let s = &w.db.store;
     assert_eq!(
         rows(
