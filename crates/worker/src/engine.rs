@@ -548,6 +548,32 @@ impl Engine {
                 tracing::warn!(workflow_id = %id, reason = %why, "workflow set aside");
             }
         }
+        // exhausted for want of anyone to escalate to (the assignee has no manager among the
+        // users, a level's user is missing or has left): the chain stops until one appears,
+        // which only the audit trail said; workflows whose people were no users went quiet
+        let stranded: Vec<_> = due
+            .iter()
+            .zip(&decisions)
+            .filter(|(d, decision)| {
+                matches!(
+                    decision,
+                    Some(Decision::Exhausted {
+                        reason: escalator_policy::Exhaustion::NoTarget,
+                        ..
+                    })
+                ) && changed.contains(&d.workflow.id)
+            })
+            .map(|(d, _)| d.workflow.id)
+            .collect();
+        if let Some(example) = stranded.first() {
+            tracing::warn!(
+                count = stranded.len(),
+                %example,
+                "workflows have no one to escalate to (the assignee has no manager among the \
+                 users, or a level's user is missing or inactive): their chains stop until \
+                 someone is there (PUT /api/v1/users); their audit trails say `no_target`"
+            );
+        }
         for (id, late) in &planned.escalations {
             if changed.contains(id) {
                 metrics::histogram!(m::LATENCY)
