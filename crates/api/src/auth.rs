@@ -258,7 +258,7 @@ fn refused_without_tokens(
                 "this api has no tokens and answers only to localhost, not to Host {host:?} \
                  (a page of another site reaching it by DNS rebinding); behind a proxy or \
                  tunnel that keeps this name, add it to ESCALATOR_API_ALLOWED_HOSTS, or set \
-                 ESCALATOR_API_TOKENS (not in `escalator dev`)"
+                 ESCALATOR_API_TOKENS"
             ));
         }
     }

@@ -240,7 +240,14 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> ApiResult<T> {
     let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let message = time_hint(e.inner().to_string(), &path);
+        let mut message = time_hint(e.inner().to_string(), &path);
+        // a `+` in a query string reads as a space: `due_before=…T00:00:00+01:00` arrived as
+        // "…T00:00:00 01:00" and was refused with no word of why
+        let spaced = form_urlencoded::parse(query.as_bytes())
+            .any(|(name, value)| name == path.as_str() && value.contains(' '));
+        if spaced && message.contains("RFC 3339") {
+            message.push_str(" (a + in a query string reads as a space: write it %2B)");
+        }
         ApiError::Client {
             status: StatusCode::BAD_REQUEST,
             code: "bad_query",

@@ -142,8 +142,21 @@ pub struct NewPolicyVersion {
     pub id: String,
     /// Human-readable name.
     pub name: String,
-    /// The escalation policy: `sla_seconds`, `warning`, `levels`, `after_last`, `calendar_id`.
-    #[schema(value_type = Object)]
+    /// The escalation policy: `sla_seconds` (level 0, the assignee); `warning`: `{"kind":
+    /// "before", "seconds": N}` or `{"kind": "percent", "percent": 1-99}`, per level; `levels`,
+    /// the chain: `{"target": "manager" | "user:<id>", "sla_seconds": N}` each; `after_last`:
+    /// `{"kind": "stop"}` or `{"kind": "repeat", "every_seconds": N ≥ 60}`; optional
+    /// `calendar_id` (business hours) and `channels` (`email`, `sms`, `slack`, `webhook`).
+    #[schema(value_type = Object, example = json!({
+        "sla_seconds": 86400,
+        "warning": {"kind": "before", "seconds": 7200},
+        "levels": [
+            {"target": "manager", "sla_seconds": 28800},
+            {"target": "user:carol", "sla_seconds": 28800}
+        ],
+        "after_last": {"kind": "repeat", "every_seconds": 3600},
+        "calendar_id": null
+    }))]
     pub spec: PolicySpec,
 }
 

@@ -25,6 +25,17 @@ pub const DEFAULT_LIMIT: u32 = 50;
 /// The body of `POST /api/v1/workflows`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "external_id": "PO-1042",
+    "title": "Laptop purchase",
+    "kind": "purchase",
+    "stage": "Manager Approval",
+    "assignee": "alice",
+    "initiator": "dave",
+    "policy_id": "default",
+    "stage_started_at": "2026-11-25T09:00:00Z",
+    "metadata": {"amount": 1200}
+}))]
 pub struct CreateWorkflow {
     /// The caller's id; creating twice with the same body is a no-op.
     pub external_id: String,

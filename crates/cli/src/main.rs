@@ -36,7 +36,7 @@ use clap::{Parser, Subcommand};
     long_about = None,
     propagate_version = true,
     after_help = "Exit status: 0 done; 1 failed (a check run failed, violations found, input \
-                  refused); 2 a usage error; 3 the database or the queue could not be reached; \
+                  refused, an SQLite file missing); 2 a usage error; 3 the database or the queue could not be reached; \
                   4 `enqueue --wait` ran out of --timeout (the run may still finish)."
 )]
 struct Cli {
@@ -69,7 +69,7 @@ enum Command {
     Worker,
     /// The whole system in one process on SQLite: the newcomer's first command.
     Dev(commands::dev::DevArgs),
-    /// Serve the HTTP api (DESIGN §8) on ESCALATOR_API_ADDR (default 0.0.0.0:5000).
+    /// Serve the HTTP api on ESCALATOR_API_ADDR (default 0.0.0.0:5000).
     Api,
     /// Run the beat role: enqueue checks on the cron schedule and at deadlines (a second beat
     /// stands by and takes over when the leader stops).
@@ -93,6 +93,9 @@ enum Command {
 /// the value mostly comes from the variable.
 fn log_format(value: &str) -> Result<String, String> {
     match value {
+        // empty counts as unset, as for every other variable (compose and env files leave
+        // values empty): it stopped every command
+        "" => Ok("text".to_owned()),
         "text" | "json" => Ok(value.to_owned()),
         _ => Err("expected text or json (set by --log-format or ESCALATOR_LOG_FORMAT)".into()),
     }

@@ -247,6 +247,16 @@ fn a_bad_log_format_names_its_variable() {
         stderr.contains("'xml'") && stderr.contains("ESCALATOR_LOG_FORMAT"),
         "{stderr}"
     );
+    // empty counts as unset, as for every other variable: it stopped every command
+    // (exit 3: it got as far as the database, which is not there)
+    let unreachable = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_escalator"))
+        .arg("verify")
+        .env("ESCALATOR_LOG_FORMAT", "")
+        .env("DATABASE_URL", &unreachable)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
 
 /// `escalator status 2>&1 | head -1`: the command's error written to a reader already gone

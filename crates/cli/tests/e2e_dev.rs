@@ -188,6 +188,7 @@ fn dev_honours_the_settings_and_says_what_it_does_not_use() {
             "me:dev-secret-0123456789abcdef:admin",
         )
         .env("ESCALATOR_API_ADDR", "0.0.0.0:5000")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -215,6 +216,11 @@ fn dev_honours_the_settings_and_says_what_it_does_not_use() {
             Err(e) => panic!("{e}: no note in the banner:\n{banner}"),
         }
     }
+    // the queue variables the other commands obey are named too
+    assert!(
+        banner.contains("REDIS_URL is for the other commands: dev keeps its queues in"),
+        "{banner}"
+    );
     // with tokens set, the api asks for one (it was open, whatever they said)
     assert!(
         banner.contains("ask for one of ESCALATOR_API_TOKENS"),

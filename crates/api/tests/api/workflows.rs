@@ -571,4 +571,11 @@ async fn lists_filter_by_status_and_page_with_a_cursor() {
             "{query}"
         );
     }
+    // an offset's `+` unencoded reads as a space: the message says so
+    let res = api
+        .get("/api/v1/workflows?due_before=2026-12-09T00:00:00+01:00")
+        .await;
+    res.error(StatusCode::BAD_REQUEST);
+    let message = res.json()["error"]["message"].to_string();
+    assert!(message.contains("write it %2B"), "{message}");
 }

@@ -86,6 +86,10 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         .into_iter()
         .filter(|name| escalator_runtime::config::Source::get(&env, name).is_some())
         .collect();
+    let ignored_queue: Vec<&str> = ["REDIS_URL", "ESCALATOR_QUEUE_URL"]
+        .into_iter()
+        .filter(|name| escalator_runtime::config::Source::get(&env, name).is_some())
+        .collect();
     if escalator_runtime::config::Source::get(&env, "ESCALATOR_DEADLINE_RECHECK").is_none() {
         beat_config.deadline_recheck = beat_config.deadline_recheck.min(Duration::from_secs(2));
     }
@@ -203,6 +207,27 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
             "  note        --database-url / DATABASE_URL ({shown}) is for the other commands: \
              dev keeps its data in {} (--db)",
             args.db.display()
+        );
+        stdout_line!();
+    }
+    if !ignored_queue.is_empty() {
+        // the other commands obey them: pointed at dev's database with REDIS_URL set, they
+        // looked at (or enqueued on) a queue no dev worker takes
+        stdout_line!(
+            "  note        {} {} for the other commands: dev keeps its queues in {}; unset {} \
+             when pointing other commands at dev's database",
+            ignored_queue.join(" and "),
+            if ignored_queue.len() == 1 {
+                "is"
+            } else {
+                "are"
+            },
+            queue_file,
+            if ignored_queue.len() == 1 {
+                "it"
+            } else {
+                "them"
+            },
         );
         stdout_line!();
     }
