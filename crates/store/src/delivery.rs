@@ -104,7 +104,8 @@ pub fn looked_at_again(channel: &str) -> bool {
 pub const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(3_600);
 
 /// Held deliveries decided per transaction (about: whole groups are packed up to this many
-/// items; a larger group goes alone) when a run's held deliveries are released. Bounds the
+/// items; a larger group goes in even slices of at most this many, each its own digest) when a
+/// run's held deliveries are released. Bounds the
 /// rows one transaction reads and writes, and the worker's memory.
 pub const RELEASE_ITEMS: i64 = 500;
 
@@ -574,8 +575,8 @@ impl Store {
     }
 
     /// Decides the digests of run `run`: its held deliveries become outbox rows or digests,
-    /// about [`RELEASE_ITEMS`] per transaction (a group is always decided whole, in one
-    /// transaction, so exactly once). Called by the worker right after the transaction that
+    /// about [`RELEASE_ITEMS`] per transaction (a group is decided whole, in one transaction,
+    /// so exactly once; a larger one in even slices, each decided whole). Called by the worker right after the transaction that
     /// finishes the run; the delivery drains and the beat's outbox sweep call it for any run
     /// left with held rows. Returns the outbox rows written.
     pub async fn release_run_held(&self, run: i64, now: DateTime<Utc>) -> Result<u64> {
@@ -599,11 +600,26 @@ impl Store {
                 .await?
             }
         };
+        let sizes: std::collections::HashMap<&str, i64> =
+            groups.iter().map(|(g, n)| (g.as_str(), *n)).collect();
         let mut written = 0;
         for chunk in pack(&groups, RELEASE_ITEMS) {
-            let mut tx = self.begin_batch().await?;
-            written += tx.release_held(run, &chunk, now).await?;
-            tx.commit().await?;
+            // one group larger than a transaction should hold (thousands of escalations to
+            // one person in a run: a bulk import, a fixed `user:` level) goes in even slices,
+            // each its own digest; whole, it was read, coalesced and written at once, and the
+            // worker's memory grew with it (209 MB at 15,000 rows)
+            let size: i64 = chunk.iter().filter_map(|g| sizes.get(g.as_str())).sum();
+            let slices = if size > RELEASE_ITEMS {
+                (size + RELEASE_ITEMS - 1) / RELEASE_ITEMS
+            } else {
+                1
+            };
+            let limit = (slices > 1).then(|| (size + slices - 1) / slices);
+            for _ in 0..slices {
+                let mut tx = self.begin_batch().await?;
+                written += tx.release_held(run, &chunk, limit, now).await?;
+                tx.commit().await?;
+            }
         }
         Ok(written)
     }

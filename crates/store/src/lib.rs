@@ -899,15 +899,18 @@ impl BatchTx {
     }
 
     /// Decides the digests of `groups` (`"{user}:{channel}"`) of run `run` now: their held
-    /// deliveries become outbox rows (or digests). Returns the outbox rows written.
+    /// deliveries become outbox rows (or digests); with `limit`, only that many of them, the
+    /// oldest (a slice of one group too large for a transaction). Returns the outbox rows
+    /// written.
     pub async fn release_held(
         &mut self,
         run: i64,
         groups: &[String],
+        limit: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<u64> {
         let now = time::micros(now);
-        dispatch_tx!(self, t => t.release_held(run, groups, now).await)
+        dispatch_tx!(self, t => t.release_held(run, groups, limit, now).await)
     }
 
     /// Commits.

@@ -36,6 +36,7 @@ on_both!(
     a_threshold_beyond_what_is_stored_is_released_like_any_other,
     a_digest_leaves_out_the_workflows_closed_before_its_run_ended,
     a_run_whose_held_rows_cannot_be_released_holds_up_no_other,
+    a_group_larger_than_one_release_takes_goes_in_even_slices,
 );
 
 /// A digest listed escalations of workflows completed before its run ended; nothing looked at
@@ -280,6 +281,46 @@ async fn a_run_whose_held_rows_cannot_be_released_holds_up_no_other(db: &TestDb)
     assert_eq!(keys(s).await, ["escalate:s0:email", "escalate:s1:email"]);
     // the broken run's rows stay held, for someone to look at; nothing of them went out
     assert!(s.release_run_held(broken, later).await.is_err());
+}
+
+/// Thousands of escalations to one person in one run (a bulk import, a fixed `user:` level)
+/// were one group released in one transaction: read, coalesced and written at once, the
+/// worker's memory growing with them. They go in even slices of at most `RELEASE_ITEMS`, each
+/// its own digest, every item in exactly one.
+async fn a_group_larger_than_one_release_takes_goes_in_even_slices(db: &TestDb) {
+    let s = &db.store;
+    let id = run(s, 1).await;
+    let many = usize::try_from(escalator_store::RELEASE_ITEMS).unwrap() * 2 + 100;
+    let rows: Vec<NewOutbox> = (0..many)
+        .map(|i| email(&format!("m{i:04}"), "head@example.com").held_for_digest("head", 5))
+        .collect();
+    assert!(apply(s, id, 0, rows).await.run_completed);
+    assert_eq!(
+        s.release_run_held(id, now()).await.unwrap(),
+        3,
+        "three digests"
+    );
+    assert_eq!(s.release_run_held(id, now()).await.unwrap(), 0);
+    let digests: Vec<OutboxEntry> = s
+        .list_outbox(&[], 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.idempotency_key.starts_with("digest:"))
+        .collect();
+    let counts: Vec<u64> = digests
+        .iter()
+        .map(|d| d.payload["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [367, 367, 366]);
+    let mut titles: Vec<String> = digests
+        .iter()
+        .flat_map(|d| d.payload["items"].as_array().unwrap().clone())
+        .map(|i| i["title"].as_str().unwrap().to_owned())
+        .collect();
+    titles.sort();
+    titles.dedup();
+    assert_eq!(titles.len(), many, "every item listed once");
 }
 
 async fn held_rows_of_a_run_that_never_finishes_are_released_once_they_are_stale(db: &TestDb) {

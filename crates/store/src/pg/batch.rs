@@ -523,10 +523,14 @@ impl PgBatch {
         &mut self,
         run: i64,
         groups: &[String],
+        limit: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<u64> {
         let rows = sqlx::query(
             "DELETE FROM outbox_held h WHERE check_run_id = $1 AND group_key = ANY($2)
+               AND ($3::bigint IS NULL OR id IN (
+                   SELECT id FROM outbox_held WHERE check_run_id = $1 AND group_key = ANY($2)
+                   ORDER BY id LIMIT $3))
              RETURNING id, group_key, threshold, item,
                  EXISTS (SELECT 1 FROM workflows w
                          WHERE w.id = (h.item->>'workflow_id')::uuid
@@ -534,6 +538,7 @@ impl PgBatch {
         )
         .bind(run)
         .bind(groups)
+        .bind(limit)
         .fetch_all(&mut *self.tx)
         .await?;
         if rows.is_empty() {

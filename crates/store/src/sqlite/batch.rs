@@ -449,6 +449,7 @@ impl SqliteBatch {
         &mut self,
         run: i64,
         groups: &[String],
+        limit: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<u64> {
         let groups = serde_json::to_string(groups).map_err(|source| StoreError::Json {
@@ -458,6 +459,10 @@ impl SqliteBatch {
         let rows = sqlx::query(
             "DELETE FROM outbox_held WHERE check_run_id = ?1
                AND group_key IN (SELECT value FROM json_each(?2))
+               AND (?3 IS NULL OR id IN (
+                   SELECT id FROM outbox_held WHERE check_run_id = ?1
+                     AND group_key IN (SELECT value FROM json_each(?2))
+                   ORDER BY id LIMIT ?3))
              RETURNING id, group_key, threshold, item,
                  EXISTS (SELECT 1 FROM workflows w
                          WHERE w.id = json_extract(outbox_held.item, '$.workflow_id')
@@ -465,6 +470,7 @@ impl SqliteBatch {
         )
         .bind(run)
         .bind(groups)
+        .bind(limit)
         .fetch_all(&mut *self.tx)
         .await?;
         if rows.is_empty() {
