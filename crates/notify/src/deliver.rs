@@ -436,7 +436,16 @@ impl Deliverer {
         // database). Such a row was claimed again after its lease for ever. A claim cut off
         // before its send still gets its attempt (UNRECORDED_GRACE more); beyond them the row
         // is dead, unsent, since the relay may have taken it.
-        if entry.attempts > self.max_attempts.saturating_add(UNRECORDED_GRACE) {
+        // A row no outcome was ever written for (`pending`: a message its sender crashes on,
+        // each time) is held to NEVER_RECORDED_LIMIT claims whatever the attempt limit: at
+        // 30 attempts, such a message crash-looped its workers, and went out again after
+        // each crash the relay had taken it before, thirty-two times.
+        let limit = if entry.status == "pending" {
+            self.max_attempts.min(NEVER_RECORDED_LIMIT)
+        } else {
+            self.max_attempts
+        };
+        if entry.attempts > limit.saturating_add(UNRECORDED_GRACE) {
             return (
                 DeliveryOutcome::Dead {
                     error: format!(
@@ -445,7 +454,7 @@ impl Deliverer {
                          or may not have gone out): not sent again (`escalator outbox retry` \
                          sends it)",
                         entry.attempts,
-                        entry.attempts - self.max_attempts
+                        entry.attempts - limit
                     ),
                 },
                 None,
@@ -620,6 +629,11 @@ fn not_recorded(done: &Recorded, recorded: bool) {
 /// Claims beyond the attempt limit a row may get when the outcomes of the last ones were never
 /// written: a sender killed mid-round leaves claimed rows it never sent.
 const UNRECORDED_GRACE: i32 = 2;
+
+/// Claims (besides [`UNRECORDED_GRACE`]) a row may get while no outcome has ever been written
+/// for it, when the attempt limit is higher: the limit was 8 when this bound was set, and an
+/// outcome that is never written is a crash or a database away, not a relay to wait for.
+const NEVER_RECORDED_LIMIT: i32 = 8;
 
 /// The `sent` note of a row some of whose recipients a relay deferred, and a row of its own
 /// for each: the message as sent (its text rendered, so everyone reads the same), to that

@@ -153,6 +153,47 @@ async fn a_row_claimed_past_its_attempt_limit_without_an_outcome_is_dead_unsent(
     assert_eq!(received.lock().unwrap().len(), 1);
 }
 
+/// With the default attempt limit of 30, a row no outcome was ever written for (a message its
+/// sender crashes on, every time) was claimed 32 times, each crash-looping a worker, each
+/// perhaps sent again. Such a row is dead, unsent, after 8 claims and the 2 spare ones, as at
+/// the old limit; a row that failed with its outcome written keeps the whole limit.
+#[tokio::test]
+async fn a_row_never_recorded_is_dead_after_ten_claims_whatever_the_attempt_limit() {
+    let db = TestDb::postgres().await;
+    outbox(&db.store, 1, "boss@example.com").await;
+    let (port, received) = smtp_sink(None).await;
+    let mut d = deliverer(&db.store, port);
+    d.max_attempts = 30;
+    let mut now = Utc::now();
+    for _ in 0..10 {
+        db.store.claim_deliveries(now, d.lease, 10).await.unwrap();
+        now += chrono::Duration::from_std(d.lease).unwrap() + chrono::Duration::seconds(1);
+    }
+    let report = d.drain_as_of(now, 10, 10).await.unwrap();
+    assert_eq!((report.sent, report.dead), (0, 1), "{report:?}");
+    assert!(received.lock().unwrap().is_empty());
+    let row = &db.store.list_outbox(&[], 10).await.unwrap()[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("dead", 11));
+
+    // one that failed (its outcome written) and was then claimed as often still gets its try
+    let db = TestDb::postgres().await;
+    outbox(&db.store, 1, "boss@example.com").await;
+    let (refusing, _) = smtp_sink(Some("451 4.3.0 try again later\r\n")).await;
+    let mut first = deliverer(&db.store, refusing);
+    first.max_attempts = 30;
+    assert_eq!(first.drain(10, 10).await.unwrap().retried, 1);
+    let (port, received) = smtp_sink(None).await;
+    let mut d = deliverer(&db.store, port);
+    d.max_attempts = 30;
+    let mut now = Utc::now() + chrono::Duration::hours(2);
+    for _ in 0..10 {
+        db.store.claim_deliveries(now, d.lease, 10).await.unwrap();
+        now += chrono::Duration::from_std(d.lease).unwrap() + chrono::Duration::seconds(1);
+    }
+    assert_eq!(d.drain_as_of(now, 10, 10).await.unwrap().sent, 1);
+    assert_eq!(received.lock().unwrap().len(), 1);
+}
+
 /// One email row as an escalation writes it: to the new assignee, cc the others.
 async fn escalation_email(store: &Store, to: &str, cc: &[&str]) {
     let effects = BatchEffects {
