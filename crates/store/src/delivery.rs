@@ -153,12 +153,15 @@ impl Store {
               AND json_array_length(o.payload, '$.user_ids') > 0
               AND NOT EXISTS (SELECT 1 FROM json_each(o.payload, '$.user_ids') AS r
                               JOIN users u ON u.id = r.value WHERE u.active))";
-        // a "still overdue" notice with a newer one to the same recipient on the same channel
-        // waiting or sent (a repeating chain whose relay was down): the newer says it, once;
-        // each waited, and a 60 s repeat through a 50-minute outage sent fifty at once
+        // a "still overdue" notice that failed before (a repeating chain whose relay was down)
+        // with a newer one to the same recipient on the same channel waiting or sent: the
+        // newer says it, once; each waited, and a 60 s repeat through a 50-minute outage sent
+        // fifty at once. Only one that failed before: on a first try, a sender running behind
+        // by more than the repeat would find a newer one every time and send none; and the
+        // look at the workflow's other rows is then made only in an outage
         let superseded = |kind_of: &dyn Fn(&str) -> String| {
             format!(
-                "({o_kind} = 'exhausted' AND EXISTS (
+                "({o_kind} = 'exhausted' AND o.attempts > 1 AND EXISTS (
                     SELECT 1 FROM outbox n
                     WHERE n.workflow_id = o.workflow_id AND n.channel = o.channel
                       AND n.recipient = o.recipient AND n.id > o.id

@@ -2561,10 +2561,27 @@ async fn still_overdue_notices_waiting_together_go_out_once_per_recipient(db: &T
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    let mut claimed = s
-        .claim_deliveries(now, std::time::Duration::from_secs(60), 100)
-        .await
-        .unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    let first = s.claim_deliveries(now, lease, 100).await.unwrap();
+    assert_eq!(first.len(), 7);
+    // on their first try none is replaced: a sender running behind the repeat would find a
+    // newer one every time and send none
+    let ids: Vec<i64> = first.iter().map(|r| r.id).collect();
+    assert!(s.obsolete_deliveries(&ids).await.unwrap().is_empty());
+    // the relay is down: every try fails, and they are tried again later
+    for r in &first {
+        let retry = DeliveryOutcome::Retry {
+            error: "421 try later".into(),
+            retry_at: now + Duration::minutes(1),
+        };
+        assert!(
+            s.record_delivery(r.id, r.attempts, &retry, now)
+                .await
+                .unwrap()
+        );
+    }
+    let later = now + Duration::minutes(2);
+    let mut claimed = s.claim_deliveries(later, lease, 100).await.unwrap();
     claimed.sort_by_key(|r| r.id);
     assert_eq!(claimed.len(), 7);
     let id = |i: usize| claimed[i].id;
