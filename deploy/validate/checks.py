@@ -307,9 +307,11 @@ def k8s_invariants(rendered_path):
             timeout = float(env_value(objs, "ESCALATOR_API_TIMEOUT") or 30)
             grace = deps["escalator-api"]["spec"]["template"]["spec"].get(
                 "terminationGracePeriodSeconds", 30)
-            if not grace > pause + timeout:
+            # the api drains for ESCALATOR_API_TIMEOUT + 1 s once the pause is over
+            if not grace > pause + timeout + 1:
                 fail(f"Deployment/escalator-api: terminationGracePeriodSeconds {grace} must "
-                     f"exceed the preStop pause {pause:g} + ESCALATOR_API_TIMEOUT {timeout:g}")
+                     f"exceed the preStop pause {pause:g} + ESCALATOR_API_TIMEOUT {timeout:g} "
+                     f"+ 1 s of drain")
 
     # no placeholder Secret is rendered: applying it would overwrite the real one
     for s in by.get("Secret", {}).values():

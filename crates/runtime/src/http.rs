@@ -74,6 +74,8 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    // the connections' tasks, aborted when the drain's time runs out
+    let mut connections = tokio::task::JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
@@ -100,7 +102,9 @@ pub async fn serve_with(
         let connection =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        // the finished ones' results, so that the set holds only live connections
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             if let Err(e) = connection.await {
                 // a client gone mid-request or too slow with its head: theirs, not ours
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -115,8 +119,10 @@ pub async fn serve_with(
     {
         tracing::warn!(
             drain_seconds = limits.drain_timeout.as_secs_f64(),
+            open = connections.len(),
             "connections still open when the drain time ran out: closed"
         );
+        connections.abort_all();
     }
     Ok(())
 }
@@ -275,6 +281,8 @@ mod tests {
             .expect("serve waited on a half-sent head past its drain deadline")
             .unwrap()
             .unwrap();
+        // and the connection is closed, not left served beside a process shutting down
+        closed_by_server(half).await;
     }
 
     #[tokio::test]

@@ -190,9 +190,19 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     }
     {
         let stop = stopped();
+        // as `escalator api`: the requests in flight end within their timeout
+        let limits = escalator_runtime::http::Limits {
+            drain_timeout: api_timeout + Duration::from_secs(1),
+            ..Default::default()
+        };
         parts.spawn(async move {
-            let r =
-                escalator_runtime::http::serve(listener, escalator_api::router(state), stop).await;
+            let r = escalator_runtime::http::serve_with(
+                listener,
+                escalator_api::router(state),
+                stop,
+                limits,
+            )
+            .await;
             ("api", r.map_err(|e| e.to_string()))
         });
     }
