@@ -699,20 +699,25 @@ impl Beat {
     ) -> Result<(), BeatError> {
         // kept until it is pushed or given up: a database that fails here is tried again
         let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(1));
+        // pushed only while it waits for a start: one started meanwhile (pushed by another
+        // leader, retried by hand) is left alone
+        let run = self.store.get_check_run(u.id).await?;
+        let failed = run.status == "failed";
+        if run.started_at.is_some() || !(failed || run.status == "queued") {
+            self.unpushed = None;
+            return Ok(());
+        }
         if let Some(slot) = u.slot
             && now - slot > window
         {
             self.unpushed = None;
-            metrics::counter!(m::MISSED_TICKS).increment(1);
-            tracing::warn!(check_run_id = u.id, %slot, "a slot whose check could not be enqueued is past the catch-up window: missed");
-            return Ok(());
-        }
-        // a failed run back to queued; then pushed only if it still waits for a start: one
-        // started meanwhile (pushed by another leader, retried by hand) is left alone
-        self.store.reopen_check_run(u.id, now).await?;
-        let run = self.store.get_check_run(u.id).await?;
-        if run.status != "queued" || run.started_at.is_some() {
-            self.unpushed = None;
+            if failed {
+                metrics::counter!(m::MISSED_TICKS).increment(1);
+                tracing::warn!(check_run_id = u.id, %slot, "a slot whose check could not be enqueued is past the catch-up window: missed");
+            } else {
+                // queued: its job may be waiting in a backlog, and runs when a worker takes it
+                tracing::info!(check_run_id = u.id, %slot, "a slot's queued run is past the catch-up window: not pushed again");
+            }
             return Ok(());
         }
         let job = CheckWorkflows {
@@ -720,9 +725,18 @@ impl Beat {
             as_of: u.as_of,
             scope: Scope::All,
         };
-        self.queues
-            .push_check_or_fail_run_within(&self.store, &job, self.patience())
-            .await?;
+        if failed {
+            // back to queued, then pushed; a push that fails marks it failed again
+            self.store.reopen_check_run(u.id, now).await?;
+            self.queues
+                .push_check_or_fail_run_within(&self.store, &job, self.patience())
+                .await?;
+        } else {
+            // queued, perhaps pushed before and waiting in a backlog: a push that fails leaves
+            // it queued (marked failed, it read as failed while its job waited to run)
+            let bound = self.patience().saturating_add(Duration::from_secs(1));
+            within(bound, self.queues.push_check_within(&job, self.patience())).await?;
+        }
         self.unpushed = None;
         metrics::gauge!(m::BEAT_LAST_ENQUEUE).set(now.timestamp() as f64);
         self.health.touch();
