@@ -68,7 +68,7 @@ migrate: ## Migrate $(DATABASE_URL)
 seed: ## Seed $(DATABASE_URL) with 10,000 workflows (WORKLOAD.md distribution)
 	$(CARGO) run --release --locked -p escalator -- seed --workflows 10000 --seed 7
 
-bench: ## WORKLOAD.md measurements 1-3 at BENCH_SIZES (default "10000 100000"), median of 3
+bench: ## The benchmark (docs/benchmarks.md): tick, idle sweep, no-op jobs, latency at BENCH_SIZES (default "10000 100000"), median of 3
 	@scripts/bench.sh
 
 bench-floor: ## What PostgreSQL alone needs for a 100k tick's writes, with no application (docs/benchmarks.md)

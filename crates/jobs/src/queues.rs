@@ -401,9 +401,14 @@ impl Queues {
                     // held from here to the end of the push (a cancelled push releases it
                     // when dropped)
                     let lock = wait_for_room(&mut conn, queue, chunk.len(), patience).await?;
+                    // Redis's own error kept: a connection dropped or timed out mid-push is an
+                    // outage to its callers (`enqueue` exits 3), not a refused job
                     let pushed = apalis_redis::queries::push_tasks(&mut conn, &config, &tasks)
                         .await
-                        .map_err(QueueError::apalis);
+                        .map_err(|e| match e {
+                            apalis_redis::Error::Database(r) => QueueError::Redis(r),
+                            other => QueueError::apalis(other),
+                        });
                     lock.release(&mut conn).await;
                     pushed?;
                 }

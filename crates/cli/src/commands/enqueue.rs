@@ -175,8 +175,8 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
             _ => false,
         };
         let landed = if timed_out {
-            "; Redis did not answer in time, so the job may have gone in and the run may still \
-             start: `escalator status` shows it"
+            "; Redis did not answer in time: if the job went in after all, the run may still \
+             start (`escalator status` shows it)"
         } else {
             ""
         };
