@@ -56,19 +56,36 @@ async fn target(s: &AppState, form: &FormData) -> Result<(CheckScope, DateTime<U
         .unwrap_or_else(Utc::now);
     let scope = match form.filled("workflow_id") {
         None => CheckScope::All,
+        // a workflow's id or its external id, as `enqueue check --workflow` and the api's
+        // checks take: the console shows external ids, and only the uuid was taken
         Some(raw) => {
-            let id = Uuid::parse_str(raw)
-                .map_err(|_| UiError::bad_request(format!("{raw:?} is not a workflow id")))?;
-            match s.store.get_workflow(id).await {
-                Ok(w) => CheckScope::Workflow(w.id),
-                Err(StoreError::NotFound { .. }) => {
-                    return Err(UiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("workflow {id} not found"),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
+            if raw.contains('\0') || raw.chars().count() > escalator_store::logic::MAX_ID_CHARS {
+                return Err(UiError::bad_request(format!(
+                    "workflow {raw:?} is neither a workflow's id nor an external id"
+                )));
             }
+            let by_id = match Uuid::parse_str(raw) {
+                Ok(id) => match s.store.get_workflow(id).await {
+                    Ok(w) => Some(w),
+                    Err(StoreError::NotFound { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                },
+                Err(_) => None,
+            };
+            let w = match by_id {
+                Some(w) => w,
+                None => match s.store.get_workflow_by_external_id(raw).await {
+                    Ok(w) => w,
+                    Err(StoreError::NotFound { .. }) => {
+                        return Err(UiError::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            format!("no workflow has the id or external id {raw:?}"),
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            CheckScope::Workflow(w.id)
         }
     };
     Ok((scope, as_of))
@@ -136,13 +153,13 @@ pub async fn show(
         @if session.scope == Scope::Admin {
             form.bar method="get" action="/ui/checks" {
                 input type="hidden" name="preview" value="1";
-                label { "workflow id (empty: all due)" input type="text" name="workflow_id" value=(value("workflow_id")); }
+                label { "workflow: id or external id (empty: all due)" input type="text" name="workflow_id" value=(value("workflow_id")); }
                 label { "as of (empty: now)" input type="text" name="as_of" value=(value("as_of")) placeholder="2026-11-25T12:00:00Z"; }
                 button type="submit" { "Preview (dry run)" }
             }
             form.bar method="post" action="/ui/checks" {
                 (csrf_field(&session))
-                label { "workflow id (empty: all due)" input type="text" name="workflow_id" value=(value("workflow_id")); }
+                label { "workflow: id or external id (empty: all due)" input type="text" name="workflow_id" value=(value("workflow_id")); }
                 label { "as of (empty: now)" input type="text" name="as_of" value=(value("as_of")) placeholder="2026-11-25T12:00:00Z"; }
                 button type="submit" { "Run check" }
             }

@@ -380,6 +380,10 @@ async fn checks_are_previewed_without_writing_and_run_for_real() {
         .await;
     one.assert_ok();
     assert!(one.html.contains(&format!("workflow:{}", w.id)));
+    // by the external id the console shows, too
+    let theirs = c.get("/ui/checks?preview=1&workflow_id=PO-1", None).await;
+    theirs.assert_ok();
+    assert!(theirs.html.contains(&format!("workflow:{}", w.id)));
 
     let csrf = preview.csrf();
     let res = c
@@ -464,7 +468,7 @@ async fn bad_input_gets_an_error_page_never_a_panic() {
         ),
         (
             "/ui/checks?preview=1&workflow_id=nope",
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
             "/ui/checks?preview=1&workflow_id=5f1c7e9a-9d7e-4b8e-8f43-6f1d2a3b4c5d",
