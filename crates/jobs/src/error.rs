@@ -62,6 +62,16 @@ impl QueueError {
         QueueError::Apalis(e.to_string())
     }
 
+    /// Whether the queue did not answer in time (a call's response timeout, or the bound
+    /// around a push): whether what was asked of it was done is unknown.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            QueueError::TimedOut(_) => true,
+            QueueError::Redis(r) => r.is_timeout(),
+            _ => false,
+        }
+    }
+
     /// Whether the queue could not be reached (refused, dropped, timed out), rather than
     /// refusing the job itself.
     pub fn is_unreachable(&self) -> bool {

@@ -376,6 +376,20 @@ impl Store {
         dispatch!(self, s => s.get_workflow_by_external_id(external_id).await)
     }
 
+    /// The workflow `w` names: its uuid, or else its external id (`enqueue check --workflow`,
+    /// the console's check forms). Callers often use uuids (or hex digests, which parse as
+    /// uuids) as their own ids, so a uuid that is no workflow's id is looked up as an external
+    /// id before "not found".
+    pub async fn find_workflow(&self, w: &str) -> Result<Workflow> {
+        if let Ok(id) = Uuid::parse_str(w) {
+            match self.get_workflow(id).await {
+                Err(StoreError::NotFound { .. }) => {}
+                found => return found,
+            }
+        }
+        self.get_workflow_by_external_id(w).await
+    }
+
     /// A page of workflows, oldest first, with cursor pagination on (created_at, id).
     pub async fn list_workflows(&self, filter: &WorkflowFilter) -> Result<Vec<Workflow>> {
         dispatch!(self, s => s.list_workflows(filter).await)

@@ -9,7 +9,6 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use escalator_jobs::Scope as CheckScope;
 use escalator_store::StoreError;
 use maud::{Markup, html};
-use uuid::Uuid;
 
 use super::layout::{Nav, at, csrf_field, opt_at, page};
 use super::overview::{run_duration, runs_table};
@@ -64,28 +63,16 @@ async fn target(s: &AppState, form: &FormData) -> Result<(CheckScope, DateTime<U
                     "workflow {raw:?} is neither a workflow's id nor an external id"
                 )));
             }
-            let by_id = match Uuid::parse_str(raw) {
-                Ok(id) => match s.store.get_workflow(id).await {
-                    Ok(w) => Some(w),
-                    Err(StoreError::NotFound { .. }) => None,
-                    Err(e) => return Err(e.into()),
-                },
-                Err(_) => None,
-            };
-            let w = match by_id {
-                Some(w) => w,
-                None => match s.store.get_workflow_by_external_id(raw).await {
-                    Ok(w) => w,
-                    Err(StoreError::NotFound { .. }) => {
-                        return Err(UiError::new(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            format!("no workflow has the id or external id {raw:?}"),
-                        ));
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-            };
-            CheckScope::Workflow(w.id)
+            match s.store.find_workflow(raw).await {
+                Ok(w) => CheckScope::Workflow(w.id),
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(UiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("no workflow has the id or external id {raw:?}"),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     Ok((scope, as_of))

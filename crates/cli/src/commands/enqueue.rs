@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use escalator_jobs::{CheckWorkflows, Scope};
 use escalator_runtime::config::ProcessEnv;
 use escalator_store::NewCheckRun;
-use uuid::Uuid;
 
 use crate::config::QueueConfig;
 
@@ -61,22 +60,6 @@ struct CheckArgs {
     timeout: u64,
 }
 
-/// The workflow `w` names: its uuid, or else its external id. Callers often use uuids (or
-/// hex digests, which parse as uuids) as their own ids, so a uuid that is no workflow's id is
-/// looked up as an external id before "not found".
-async fn find_workflow(
-    store: &escalator_store::Store,
-    w: &str,
-) -> escalator_store::Result<escalator_store::Workflow> {
-    if let Ok(id) = Uuid::parse_str(w) {
-        match store.get_workflow(id).await {
-            Err(escalator_store::StoreError::NotFound { .. }) => {}
-            found => return found,
-        }
-    }
-    store.get_workflow_by_external_id(w).await
-}
-
 /// Runs the subcommand.
 pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     let args = match args.what {
@@ -98,7 +81,8 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
     let scope = match &args.workflow {
         None => Scope::All,
         Some(w) => Scope::Workflow(
-            find_workflow(&store, w)
+            store
+                .find_workflow(w)
                 .await
                 .with_context(|| format!("--workflow {w}"))?
                 .id,
@@ -169,12 +153,7 @@ pub async fn run(database_url: &str, args: EnqueueArgs) -> anyhow::Result<()> {
         }
         // the error itself kept as the cause: `main` reads an unreachable Redis off it (exit
         // 3); as text it was exit 1, "failed", for a Redis blip
-        let timed_out = match &e {
-            escalator_jobs::QueueError::TimedOut(_) => true,
-            escalator_jobs::QueueError::Redis(r) => r.is_timeout(),
-            _ => false,
-        };
-        let landed = if timed_out {
+        let landed = if e.is_timeout() {
             "; Redis did not answer in time: if the job went in after all, the run may still \
              start (`escalator status` shows it)"
         } else {
