@@ -65,20 +65,17 @@ pub enum ParentOutcome {
 }
 
 /// Packs (group, items) into consecutive chunks of whole groups holding at most `limit` items
-/// each, except that a group larger than `limit` is a chunk of its own.
-fn pack(groups: &[(String, i64)], limit: i64) -> Vec<Vec<String>> {
-    let mut chunks: Vec<Vec<String>> = Vec::new();
-    let mut size = 0;
+/// each, except that a group larger than `limit` is a chunk of its own; each chunk with the
+/// items it holds.
+fn pack(groups: &[(String, i64)], limit: i64) -> Vec<(Vec<String>, i64)> {
+    let mut chunks: Vec<(Vec<String>, i64)> = Vec::new();
     for (group, n) in groups {
         match chunks.last_mut() {
-            Some(chunk) if size + n <= limit => {
+            Some((chunk, size)) if *size + n <= limit => {
                 chunk.push(group.clone());
-                size += n;
+                *size += n;
             }
-            _ => {
-                chunks.push(vec![group.clone()]);
-                size = *n;
-            }
+            _ => chunks.push((vec![group.clone()], *n)),
         }
     }
     chunks
@@ -159,20 +156,21 @@ impl Store {
         // fifty at once. Only one that failed before: on a first try, a sender running behind
         // by more than the repeat would find a newer one every time and send none; and the
         // look at the workflow's other rows is then made only in an outage
-        let superseded = |kind_of: &dyn Fn(&str) -> String| {
+        let superseded = |o_kind: &str, n_kind: &str| {
             format!(
                 "({o_kind} = 'exhausted' AND o.attempts > 1 AND EXISTS (
                     SELECT 1 FROM outbox n
                     WHERE n.workflow_id = o.workflow_id AND n.channel = o.channel
                       AND n.recipient = o.recipient AND n.id > o.id
                       AND n.status IN ('pending', 'failed', 'sent')
-                      AND {n_kind} = 'exhausted'))",
-                o_kind = kind_of("o"),
-                n_kind = kind_of("n"),
+                      AND {n_kind} = 'exhausted'))"
             )
         };
-        let pg_superseded = superseded(&|t| format!("{t}.payload->>'kind'"));
-        let sqlite_superseded = superseded(&|t| format!("json_extract({t}.payload, '$.kind')"));
+        let pg_superseded = superseded("o.payload->>'kind'", "n.payload->>'kind'");
+        let sqlite_superseded = superseded(
+            "json_extract(o.payload, '$.kind')",
+            "json_extract(n.payload, '$.kind')",
+        );
         let why = |[escalated, staged, _]: [&str; 3], gone: &str, superseded: &str| {
             format!(
                 "CASE WHEN w.status IN ('completed', 'cancelled')
@@ -603,15 +601,12 @@ impl Store {
                 .await?
             }
         };
-        let sizes: std::collections::HashMap<&str, i64> =
-            groups.iter().map(|(g, n)| (g.as_str(), *n)).collect();
         let mut written = 0;
-        for chunk in pack(&groups, RELEASE_ITEMS) {
+        for (chunk, size) in pack(&groups, RELEASE_ITEMS) {
             // one group larger than a transaction should hold (thousands of escalations to
             // one person in a run: a bulk import, a fixed `user:` level) goes in even slices,
             // each its own digest; whole, it was read, coalesced and written at once, and the
             // worker's memory grew with it (209 MB at 15,000 rows)
-            let size: i64 = chunk.iter().filter_map(|g| sizes.get(g.as_str())).sum();
             let slices = if size > RELEASE_ITEMS {
                 (size + RELEASE_ITEMS - 1) / RELEASE_ITEMS
             } else {
@@ -724,10 +719,18 @@ mod tests {
     #[test]
     fn groups_are_packed_whole_up_to_the_limit_and_a_big_one_goes_alone() {
         let chunks = pack(&groups(&[3, 4, 2, 9, 1, 1]), 8);
+        let names: Vec<&Vec<String>> = chunks.iter().map(|(c, _)| c).collect();
         assert_eq!(
-            chunks,
-            [vec!["g0", "g1"], vec!["g2"], vec!["g3"], vec!["g4", "g5"]]
+            names,
+            [
+                &vec!["g0", "g1"],
+                &vec!["g2"],
+                &vec!["g3"],
+                &vec!["g4", "g5"]
+            ]
         );
+        let sizes: Vec<i64> = chunks.iter().map(|(_, n)| *n).collect();
+        assert_eq!(sizes, [7, 2, 9, 2]);
         assert!(pack(&[], 8).is_empty());
     }
 }
