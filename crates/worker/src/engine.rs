@@ -492,9 +492,7 @@ impl Engine {
             policies: &policies,
             calendars: &calendars,
         };
-        let (decisions, users) = rules
-            .decide(&due, job.as_of, when.at, People::Batch(&mut tx))
-            .await?;
+        let (decisions, users) = rules.decide(&due, when, People::Batch(&mut tx)).await?;
         let channels: plan::PolicyChannels = policies
             .iter()
             .filter_map(|(k, p)| p.spec().channels.clone().map(|c| (k.clone(), c)))
@@ -695,13 +693,16 @@ impl Engine {
             }
         };
         let (policies, calendars) = self.rules_for(&due, &mut People::Store(&self.store)).await;
-        let at = plan::applied_at(as_of, Utc::now());
         let rules = RulesFound {
             policies: &policies,
             calendars: &calendars,
         };
         let (decisions, _) = rules
-            .decide(&due, as_of, at, People::Store(&self.store))
+            .decide(
+                &due,
+                plan::Dated::new(as_of, Utc::now()),
+                People::Store(&self.store),
+            )
             .await?;
         let items = due
             .into_iter()
@@ -754,16 +755,15 @@ struct RulesFound<'a> {
 }
 
 impl RulesFound<'_> {
-    /// Evaluates every claimed workflow with its pinned policy and calendar: due at `as_of`,
-    /// applied at `at`; with the users the effects need, read from `people`. An escalation to a user who has left (`active: false`: they would
+    /// Evaluates every claimed workflow with its pinned policy and calendar: due at `when.as_of`,
+    /// applied at `when.at`; with the users the effects need, read from `people`. An escalation to a user who has left (`active: false`: they would
     /// hold the workflow and be told nothing) is decided again with that user passed over, so
     /// the next level, or no one (`no_target`), takes their place. Each round passes over at
     /// least one more user, so this ends; a batch whose targets are all active decides once.
     async fn decide(
         &self,
         due: &[DueWorkflow],
-        as_of: DateTime<Utc>,
-        at: DateTime<Utc>,
+        when: plan::Dated,
         mut people: People<'_>,
     ) -> Result<(Vec<Option<Decision>>, HashMap<String, User>), StoreError> {
         let mut gone = BTreeSet::new();
@@ -782,8 +782,8 @@ impl RulesFound<'_> {
                     Some(Rules { policy, calendar })
                 },
                 &gone,
-                as_of,
-                at,
+                when.as_of,
+                when.at,
             );
             let missing: Vec<String> = plan::recipients_needed(due, &decisions)
                 .into_iter()
