@@ -82,14 +82,8 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     // ignored left an api open that its user believed protected
     let tokens = crate::config::api_tokens(&env)?;
     let api_timeout = crate::config::api_timeout(&env)?;
-    let ignored_api: Vec<&str> = ["ESCALATOR_API_ADDR", "ESCALATOR_API_INSECURE"]
-        .into_iter()
-        .filter(|name| escalator_runtime::config::Source::get(&env, name).is_some())
-        .collect();
-    let ignored_queue: Vec<&str> = ["REDIS_URL", "ESCALATOR_QUEUE_URL"]
-        .into_iter()
-        .filter(|name| escalator_runtime::config::Source::get(&env, name).is_some())
-        .collect();
+    let ignored_api = set_among(&env, &["ESCALATOR_API_ADDR", "ESCALATOR_API_INSECURE"]);
+    let ignored_queue = set_among(&env, &["REDIS_URL", "ESCALATOR_QUEUE_URL"]);
     if escalator_runtime::config::Source::get(&env, "ESCALATOR_DEADLINE_RECHECK").is_none() {
         beat_config.deadline_recheck = beat_config.deadline_recheck.min(Duration::from_secs(2));
     }
@@ -220,32 +214,18 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
         );
         stdout_line!();
     }
-    if !ignored_queue.is_empty() {
+    if let Some(vars) = ignored_queue {
         // the other commands obey them: pointed at dev's database with REDIS_URL set, they
         // looked at (or enqueued on) a queue no dev worker takes
         stdout_line!(
-            "  note        {} {} for the other commands: dev keeps its queues in {}; unset {} \
-             when pointing other commands at dev's database",
-            ignored_queue.join(" and "),
-            if ignored_queue.len() == 1 {
-                "is"
-            } else {
-                "are"
-            },
-            queue_file,
-            if ignored_queue.len() == 1 {
-                "it"
-            } else {
-                "them"
-            },
+            "  note        {vars} for the other commands: dev keeps its queues in {queue_file} \
+             (unset when pointing other commands at dev's database)"
         );
         stdout_line!();
     }
-    if !ignored_api.is_empty() {
+    if let Some(vars) = ignored_api {
         stdout_line!(
-            "  note        {} {} for `escalator api`: dev listens on 127.0.0.1:{} (--port)",
-            ignored_api.join(" and "),
-            if ignored_api.len() == 1 { "is" } else { "are" },
+            "  note        {vars} for `escalator api`: dev listens on 127.0.0.1:{} (--port)",
             args.port
         );
         stdout_line!();
@@ -293,6 +273,20 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     match failure {
         Some(f) => anyhow::bail!(f),
         None => Ok(()),
+    }
+}
+
+/// Which of `names` are set, as a sentence's subject ("A is", "A and B are"); None if none is.
+fn set_among(env: &dyn escalator_runtime::config::Source, names: &[&str]) -> Option<String> {
+    let set: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| env.get(name).is_some())
+        .collect();
+    match set.as_slice() {
+        [] => None,
+        [one] => Some(format!("{one} is")),
+        many => Some(format!("{} are", many.join(" and "))),
     }
 }
 
