@@ -912,12 +912,12 @@ fn an_unreachable_database_and_a_usage_slip_have_exit_statuses_of_their_own() {
     );
 }
 
-/// `enqueue check --wait | true`: the reader gone before the result line turned a failed run
-/// into exit 0. The verdict is the exit status, whoever reads the line.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_run_is_exit_1_whoever_reads_its_line() {
-    let db = TestDb::postgres().await;
-    let ns = escalator_testkit::RedisNamespace::new("cli-wait-closed");
+/// `enqueue check --wait` started with no worker running, and the run it recorded (queued
+/// until the test finishes it as a worker would).
+async fn waiting_enqueue(
+    db: &TestDb,
+    ns: &escalator_testkit::RedisNamespace,
+) -> (std::process::Child, escalator_store::CheckRun) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_escalator"))
         .args(["enqueue", "check", "--wait", "--timeout", "60"])
         .env("DATABASE_URL", &db.url)
@@ -929,17 +929,25 @@ async fn a_failed_run_is_exit_1_whoever_reads_its_line() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
-    // no worker runs: the run waits, queued, until the test fails it
-    let mut run = None;
     for _ in 0..200 {
-        run = db.store.recent_check_runs(1).await.unwrap().pop();
-        if run.is_some() {
-            break;
+        if let Some(run) = db.store.recent_check_runs(1).await.unwrap().pop() {
+            return (child, run);
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let run = run.expect("enqueue recorded no run");
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("enqueue recorded no run");
+}
+
+/// `enqueue check --wait | true`: the reader gone before the result line turned a failed run
+/// into exit 0. The verdict is the exit status, whoever reads the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_is_exit_1_whoever_reads_its_line() {
+    let db = TestDb::postgres().await;
+    let ns = escalator_testkit::RedisNamespace::new("cli-wait-closed");
+    let (mut child, run) = waiting_enqueue(&db, &ns).await;
+    drop(child.stdout.take());
     db.store
         .fail_check_run(run.id, "the planner failed", chrono::Utc::now())
         .await
@@ -1039,26 +1047,7 @@ async fn a_redis_that_stops_answering_at_the_push_is_exit_3() {
 async fn a_run_with_workflows_it_could_not_evaluate_is_exit_1() {
     let db = TestDb::postgres().await;
     let ns = escalator_testkit::RedisNamespace::new("cli-wait-set-aside");
-    let child = Command::new(env!("CARGO_BIN_EXE_escalator"))
-        .args(["enqueue", "check", "--wait", "--timeout", "60"])
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", escalator_testkit::redis_url())
-        .env("ESCALATOR_QUEUE_NAMESPACE", &ns.name)
-        .env_remove("ESCALATOR_QUEUE_URL")
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut run = None;
-    for _ in 0..200 {
-        run = db.store.recent_check_runs(1).await.unwrap().pop();
-        if run.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let run = run.expect("enqueue recorded no run");
+    let (child, run) = waiting_enqueue(&db, &ns).await;
     let escalator_store::Store::Postgres(pg) = &db.store else {
         unreachable!()
     };

@@ -604,18 +604,7 @@ async fn a_workflow_the_database_refuses_holds_back_no_other() {
     .unwrap();
     let worker = w.worker(free_port());
     let checked_from = chrono::Utc::now();
-    let out = w
-        .command(&[
-            "enqueue",
-            "check",
-            "--as-of",
-            SEED_TIME,
-            "--wait",
-            "--timeout",
-            "120",
-        ])
-        .output()
-        .unwrap();
+    let out = w.command(&CHECK_AT_SEED_TIME).output().unwrap();
     let checked_until = chrono::Utc::now();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -768,15 +757,7 @@ async fn a_waiting_enqueue_rides_out_a_database_that_goes_away() {
     w.seed(1_000);
     let (relay, through) = Relay::to_server_of(&w.db.url).await;
     let waiting = w
-        .command(&[
-            "enqueue",
-            "check",
-            "--as-of",
-            SEED_TIME,
-            "--wait",
-            "--timeout",
-            "120",
-        ])
+        .command(&CHECK_AT_SEED_TIME)
         .env("DATABASE_URL", &through)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

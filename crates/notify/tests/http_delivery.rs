@@ -989,12 +989,9 @@ async fn an_endless_error_body_is_read_only_in_part() {
     assert!(error.len() < 400, "{}", error.len());
 }
 
-/// The outcome of one send cannot be recorded (here a trigger refuses it): the sends of the
-/// round still in flight finish and are recorded, and the drain then reports the error. They
-/// used to be dropped mid-request, their rows left claimed, to be sent again after the lease.
-#[tokio::test]
-async fn a_failed_record_cuts_off_no_send_in_flight() {
-    let db = TestDb::sqlite().await;
+/// A provider answering at once at `/fast` and after `delay` at `/slow`, and one Slack row to
+/// its own webhook at `/fast` followed by `slow` rows to `/slow`.
+async fn fast_and_slow(store: &Store, delay: Duration, slow: usize) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/fast"))
@@ -1003,24 +1000,33 @@ async fn a_failed_record_cuts_off_no_send_in_flight() {
         .await;
     Mock::given(method("POST"))
         .and(path("/slow"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(500)))
+        .respond_with(ResponseTemplate::new(200).set_delay(delay))
         .mount(&server)
         .await;
-    let fast = format!("{}/fast", server.uri());
-    let slow = format!("{}/slow", server.uri());
+    let to = |p: &str| format!("{}/{p}", server.uri());
     let mut new = vec![row(
         "slack",
         0,
-        serde_json::json!({ "to": fast, "text": "a" }),
+        serde_json::json!({ "to": to("fast"), "text": "a" }),
     )];
-    for i in 1..4 {
-        new.push(row(
+    new.extend((1..=slow).map(|i| {
+        row(
             "slack",
             i,
-            serde_json::json!({ "to": slow, "text": "b" }),
-        ));
-    }
-    outbox(&db.store, new).await;
+            serde_json::json!({ "to": to("slow"), "text": format!("b{i}") }),
+        )
+    }));
+    outbox(store, new).await;
+    server
+}
+
+/// The outcome of one send cannot be recorded (here a trigger refuses it): the sends of the
+/// round still in flight finish and are recorded, and the drain then reports the error. They
+/// used to be dropped mid-request, their rows left claimed, to be sent again after the lease.
+#[tokio::test]
+async fn a_failed_record_cuts_off_no_send_in_flight() {
+    let db = TestDb::sqlite().await;
+    let server = fast_and_slow(&db.store, Duration::from_millis(500), 3).await;
     let Store::Sqlite(s) = &db.store else {
         unreachable!()
     };
@@ -1097,32 +1103,7 @@ async fn a_second_sender_never_resends_what_a_slow_first_one_holds() {
 #[tokio::test]
 async fn an_outcome_slow_to_write_holds_up_no_other_send() {
     let db = TestDb::postgres().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/fast"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/slow"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(1)))
-        .mount(&server)
-        .await;
-    let fast = format!("{}/fast", server.uri());
-    let slow = format!("{}/slow", server.uri());
-    let mut new = vec![row(
-        "slack",
-        0,
-        serde_json::json!({ "to": fast, "text": "a" }),
-    )];
-    for i in 1..5 {
-        new.push(row(
-            "slack",
-            i,
-            serde_json::json!({ "to": slow, "text": format!("b{i}") }),
-        ));
-    }
-    outbox(&db.store, new).await;
+    let server = fast_and_slow(&db.store, Duration::from_secs(1), 4).await;
     let Store::Postgres(pg) = &db.store else {
         unreachable!()
     };

@@ -108,15 +108,7 @@ impl World {
 
     /// Runs `enqueue check --wait` and returns (reminded, escalated) from its output.
     pub fn check(&self) -> (i64, i64) {
-        let out = self.run(&[
-            "enqueue",
-            "check",
-            "--as-of",
-            SEED_TIME,
-            "--wait",
-            "--timeout",
-            "120",
-        ]);
+        let out = self.run(&CHECK_AT_SEED_TIME);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (field(&text, "reminded"), field(&text, "escalated"))
     }
@@ -126,6 +118,17 @@ impl World {
         assert!(String::from_utf8_lossy(&out.stdout).contains("verify: ok"));
     }
 }
+
+/// `enqueue check` as of the seed time, waited for.
+pub const CHECK_AT_SEED_TIME: [&str; 7] = [
+    "enqueue",
+    "check",
+    "--as-of",
+    SEED_TIME,
+    "--wait",
+    "--timeout",
+    "120",
+];
 
 pub fn field(text: &str, name: &str) -> i64 {
     text.split_whitespace()
