@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{PathParams, QueryParams, workflow_id};
+use crate::extract::{PathParams, QueryParams, workflow_named};
 use crate::workflows::{
     MAX_LIMIT, bad_cursor, decode_cursor_parts, encode_cursor_parts, page_limit,
 };
@@ -58,7 +58,7 @@ pub struct TrailQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/workflows/{id}/audit", operation_id = "list_workflow_audit", tag = "audit",
-    params(("id" = Uuid, Path, description = "workflow id"), TrailQuery),
+    params(("id" = String, Path, description = "the workflow's id, or its external_id (percent-encoded)"), TrailQuery),
     responses(
         (status = 200, description = "the trail, oldest first, a page at a time", body = AuditPage),
         (status = 400, description = "bad query parameter", body = ErrorBody),
@@ -72,7 +72,8 @@ pub async fn workflow_trail(
     PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<TrailQuery>,
 ) -> ApiResult<Json<AuditPage>> {
-    let id = workflow_id(&id)?;
+    // 404 for an unknown workflow rather than an empty trail.
+    let id = workflow_named(&s.store, &id).await?.id;
     let limit = match q.limit {
         None => MAX_LIMIT,
         given => page_limit(given, MAX_LIMIT)?,
@@ -81,8 +82,6 @@ pub async fn workflow_trail(
         Some(c) => decode_cursor(c)?.id,
         None => 0,
     };
-    // 404 for an unknown workflow rather than an empty trail.
-    s.store.get_workflow(id).await?;
     let items = s
         .store
         .workflow_audit_page(id, TrailPage::After(after), limit)

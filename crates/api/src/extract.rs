@@ -289,10 +289,16 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
     }
 }
 
-/// Parses a workflow id from the path: 400 naming `id` when it is not a UUID.
-pub fn workflow_id(raw: &str) -> ApiResult<uuid::Uuid> {
-    uuid::Uuid::parse_str(raw)
-        .map_err(|_| ApiError::bad_request("id", format!("{raw:?} is not a workflow id (a UUID)")))
+/// The workflow a path names: its id, or else its `external_id` (a caller keeps its own ids,
+/// and had to store ours as well to act on a workflow it created; a uuid that is no workflow's
+/// id is looked up as an external id, since callers often use uuids as their own ids). 400
+/// naming `id` when it is empty or longer than an identifier can be, 404 when nothing has it.
+pub async fn workflow_named(
+    store: &escalator_store::Store,
+    raw: &str,
+) -> ApiResult<escalator_store::Workflow> {
+    escalator_store::logic::check_id("id", raw).map_err(ApiError::bad_request_from)?;
+    Ok(store.find_workflow(raw).await?)
 }
 
 /// Parses a numeric id (check runs, notifications) from the path: 400 naming `id` otherwise.

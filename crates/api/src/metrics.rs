@@ -9,7 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use escalator_runtime::metrics::{
-    COMPLIANCE, DEAD_JOBS, FLEET_READ, LAST_CHECK, OPEN, OUTBOX_PENDING, QUEUE_DEPTH,
+    COMPLIANCE, DEAD_JOBS, FLEET_READ, LAST_CHECK, OPEN, OUTBOX_OVERDUE, OUTBOX_PENDING,
+    QUEUE_DEPTH,
 };
 
 use crate::AppState;
@@ -101,8 +102,9 @@ async fn refresh_fleet(s: &AppState) {
         }
         metrics::gauge!(DEAD_JOBS).set(dead as f64);
     }
-    if let Some((waiting, _due)) = outbox {
-        metrics::gauge!(OUTBOX_PENDING).set(waiting as f64);
+    if let Some(backlog) = outbox {
+        metrics::gauge!(OUTBOX_PENDING).set(backlog.waiting as f64);
+        metrics::gauge!(OUTBOX_OVERDUE).set(backlog.overdue_seconds(now));
     }
     // as the workers set it: sweeps that succeeded. A failed run has a finish time too (a beat
     // that cannot push to Redis fails every slot's run at once), and counting it kept

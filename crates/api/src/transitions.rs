@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Actor;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{OptionalJsonBody, PathParams, workflow_id};
+use crate::extract::{OptionalJsonBody, PathParams, workflow_named};
 use crate::workflows::{WorkflowView, workflow_response};
 
 /// The body of `POST /api/v1/workflows/{id}/{action}`; every field is optional, and the
@@ -186,7 +186,7 @@ async fn expected_version(
 
 #[utoipa::path(post, path = "/api/v1/workflows/{id}/{action}", operation_id = "transition_workflow", tag = "workflows",
     params(
-        ("id" = Uuid, Path, description = "workflow id"),
+        ("id" = String, Path, description = "the workflow's id, or its external_id (percent-encoded)"),
         ("action" = Action, Path, description = "the transition"),
         ("If-Match" = Option<String>, Header, description = "the version the change applies to, e.g. \"3\", or a list of them (any); * or none: any"),
     ),
@@ -206,7 +206,7 @@ pub async fn transition(
     headers: HeaderMap,
     OptionalJsonBody(body): OptionalJsonBody<TransitionBody>,
 ) -> ApiResult<Response> {
-    let id = workflow_id(&id)?;
+    let id = workflow_named(&s.store, &id).await?.id;
     let transition = transition_of(Action::parse(&action)?, &body)?;
     let from_header = if_match(&headers)?;
     let header_named = from_header.is_some();

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{JsonBody, PathParams, QueryParams, workflow_id};
+use crate::extract::{JsonBody, PathParams, QueryParams, workflow_named};
 
 /// Largest page of a list.
 pub const MAX_LIMIT: u32 = 1000;
@@ -145,10 +145,10 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/api/v1/workflows/{id}", operation_id = "get_workflow", tag = "workflows",
-    params(("id" = Uuid, Path, description = "workflow id")),
+    params(("id" = String, Path, description = "the workflow's id, or its external_id (percent-encoded)")),
     responses(
         (status = 200, description = "the workflow; ETag is its version", body = WorkflowView),
-        (status = 400, description = "not a UUID", body = ErrorBody),
+        (status = 400, description = "an empty id, or one longer than 200 characters", body = ErrorBody),
         (status = 404, description = "unknown id", body = ErrorBody),
     ))]
 /// `GET /api/v1/workflows/{id}`.
@@ -156,10 +156,9 @@ pub async fn get(
     State(s): State<AppState>,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Response> {
-    let id = workflow_id(&id)?;
     Ok(workflow_response(
         StatusCode::OK,
-        s.store.get_workflow(id).await?,
+        workflow_named(&s.store, &id).await?,
     ))
 }
 

@@ -445,8 +445,10 @@ impl Beat {
         if released > 0 {
             tracing::info!(released, "released held deliveries of unfinished runs");
         }
-        let (waiting, due) = self.store.outbox_backlog(now).await?;
-        metrics::gauge!(m::OUTBOX_PENDING).set(waiting as f64);
+        let backlog = self.store.outbox_backlog(now).await?;
+        metrics::gauge!(m::OUTBOX_PENDING).set(backlog.waiting as f64);
+        metrics::gauge!(m::OUTBOX_OVERDUE).set(backlog.overdue_seconds(now));
+        let due = backlog.due;
         if due == 0 {
             return Ok(());
         }
@@ -762,5 +764,6 @@ impl Beat {
         self.lease = None;
         metrics::gauge!(m::BEAT_LEADER).set(0.0);
         metrics::gauge!(m::OUTBOX_PENDING).set(0.0);
+        metrics::gauge!(m::OUTBOX_OVERDUE).set(0.0);
     }
 }

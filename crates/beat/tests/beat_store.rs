@@ -261,6 +261,10 @@ async fn a_leader_cut_off_from_the_database_past_its_lease_stands_down() {
     let text = metrics.render();
     assert!(text.contains("escalator_beat_leader 0\n"), "{text}");
     assert!(text.contains("escalator_outbox_pending 0\n"), "{text}");
+    assert!(
+        text.contains("escalator_outbox_overdue_seconds 0\n"),
+        "{text}"
+    );
 }
 
 /// A slot's check covers the deadlines that are due at it: a deadline check was enqueued
@@ -523,7 +527,7 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
     let now = utc("2026-11-25T12:05:00Z");
     // batch 0 of 2 holds an escalation for the run's digest decision; batch 1 never comes
     let run = run_holding_an_escalation(s, now).await;
-    assert_eq!(s.outbox_backlog(now).await.unwrap(), (0, 0));
+    assert_eq!(s.outbox_backlog(now).await.unwrap().waiting, 0);
     s.fail_check_run(run, "its last batch died", now)
         .await
         .unwrap();
@@ -536,7 +540,8 @@ async fn the_outbox_sweep_releases_the_held_digest_rows_of_a_failed_run() {
     );
     beat.step(now).await.unwrap();
     // the failed run's held row is now an ordinary delivery, and a delivery job is queued
-    assert_eq!(s.outbox_backlog(now).await.unwrap(), (1, 1));
+    let backlog = s.outbox_backlog(now).await.unwrap();
+    assert_eq!((backlog.waiting, backlog.due), (1, 1));
     let deliveries = q
         .stats()
         .await
@@ -576,7 +581,11 @@ async fn a_run_whose_jobs_are_lost_is_failed_after_ten_minutes_and_its_held_mess
     let later = now + escalator_beat::LOST_RUN + chrono::Duration::seconds(1);
     beat.step(later).await.unwrap();
     assert_eq!(status().await, "running");
-    assert_eq!(s.outbox_backlog(later).await.unwrap().0, 0, "still held");
+    assert_eq!(
+        s.outbox_backlog(later).await.unwrap().waiting,
+        0,
+        "still held"
+    );
     // nothing waits (a flushed Redis): at the next sweep (every 10 s) it is failed, naming
     // why, and its held message released
     assert!(ns.flush() > 0);
@@ -593,7 +602,7 @@ async fn a_run_whose_jobs_are_lost_is_failed_after_ten_minutes_and_its_held_mess
         error.starts_with("lost: no progress for 10 minutes"),
         "{error}"
     );
-    assert_eq!(s.outbox_backlog(later).await.unwrap().0, 1);
+    assert_eq!(s.outbox_backlog(later).await.unwrap().waiting, 1);
 }
 
 /// The process-wide metrics recorder, installed once for the tests of this binary (a second

@@ -1075,3 +1075,44 @@ async fn a_run_with_workflows_it_could_not_evaluate_is_exit_1() {
         "{stderr}"
     );
 }
+
+/// `outbox list` says how long the longest-waiting due delivery has waited, as the
+/// DeliveriesOverdue alert's runbook has the operator read it; a delivery due only now is no
+/// news and is not mentioned.
+#[tokio::test]
+async fn outbox_list_names_the_longest_wait_of_a_due_delivery() {
+    let db = TestDb::sqlite().await;
+    let delivery = |key: &str| escalator_store::NewOutbox {
+        channel: "email",
+        recipient: "alice@example.com".into(),
+        workflow_id: None,
+        payload: serde_json::json!({"to": ["alice@example.com"], "cc": [], "subject": key}),
+        idempotency_key: key.into(),
+    };
+    let write = async |key: &str, at: chrono::DateTime<chrono::Utc>| {
+        let effects = escalator_store::BatchEffects {
+            outbox: vec![delivery(key)],
+            ..Default::default()
+        };
+        let mut tx = db.store.begin_batch().await.unwrap();
+        tx.apply(&effects, at).await.unwrap();
+        tx.commit().await.unwrap();
+    };
+    write("fresh", chrono::Utc::now()).await;
+    let out = escalator(&db.url, &["outbox", "list"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("1 waiting to be sent, 1 due now\n"),
+        "{stdout}"
+    );
+    let since = "2026-11-25T12:00:00Z".parse().unwrap();
+    write("stuck", since).await;
+    let stdout = text(&escalator(&db.url, &["outbox", "list"]).stdout);
+    assert!(
+        stdout.contains(
+            "2 waiting to be sent, 2 due now (the longest-waiting since 2026-11-25T12:00:00Z, "
+        ),
+        "{stdout}"
+    );
+}

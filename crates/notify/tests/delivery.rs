@@ -51,7 +51,10 @@ async fn every_message_is_sent_once(db: TestDb) {
         first.contains("Message-ID: <escalate.0.1.1.email@example.com>"),
         "{first}"
     );
-    assert_eq!(db.store.outbox_backlog(Utc::now()).await.unwrap(), (0, 0));
+    assert_eq!(
+        db.store.outbox_backlog(Utc::now()).await.unwrap(),
+        escalator_store::OutboxBacklog::default()
+    );
 }
 
 #[tokio::test]
@@ -589,7 +592,10 @@ async fn a_drain_out_of_time_finishes_its_claim_and_leaves_the_rest_for_the_next
         .await
         .unwrap();
     assert_eq!((report.sent, report.more), (24, false));
-    assert_eq!(db.store.outbox_backlog(Utc::now()).await.unwrap(), (0, 0));
+    assert_eq!(
+        db.store.outbox_backlog(Utc::now()).await.unwrap(),
+        escalator_store::OutboxBacklog::default()
+    );
 }
 
 #[tokio::test]

@@ -32,6 +32,8 @@ pub const QUEUE_DEPTH: &str = "escalator_queue_depth";
 pub const DEAD_JOBS: &str = "escalator_dead_jobs";
 /// Outbox rows not yet delivered.
 pub const OUTBOX_PENDING: &str = "escalator_outbox_pending";
+/// How long the longest-waiting delivery has been due and not sent.
+pub const OUTBOX_OVERDUE: &str = "escalator_outbox_overdue_seconds";
 /// Delivery attempts by channel and outcome.
 pub const NOTIFICATIONS: &str = "escalator_notifications_total";
 /// Cron slots that produced no check run in time.
@@ -199,6 +201,10 @@ pub fn describe() {
     describe_gauge!(
         OUTBOX_PENDING,
         "Notifications in the outbox not yet delivered."
+    );
+    describe_gauge!(
+        OUTBOX_OVERDUE,
+        "Seconds the longest-waiting notification has been due and not sent (0: none is due); it grows when no worker drains the outbox, when they send slower than messages come, or when a held escalation message is never released."
     );
     describe_counter!(
         NOTIFICATIONS,

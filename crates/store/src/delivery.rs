@@ -100,6 +100,31 @@ pub fn looked_at_again(channel: &str) -> bool {
 /// re-derived.
 pub const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(3_600);
 
+/// What waits in the outbox at an instant ([`Store::outbox_backlog`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxBacklog {
+    /// Deliveries not yet sent: pending, or failed and to be retried (a held message is not
+    /// one yet).
+    pub waiting: i64,
+    /// Of those, the ones due: never claimed, or their claim has run out.
+    pub due: i64,
+    /// Since when the longest-waiting delivery has been due and not sent: the oldest due
+    /// row's time, or the end of a held message's hold ([`HOLD_LIMIT`]) when that came first
+    /// (every drain releases such a row, so one still held cannot be released). `None` when
+    /// nothing is due.
+    pub due_since: Option<DateTime<Utc>>,
+}
+
+impl OutboxBacklog {
+    /// Seconds since [`OutboxBacklog::due_since`] at `now` (0 when nothing is due): what the
+    /// `escalator_outbox_overdue_seconds` gauge reports.
+    pub fn overdue_seconds(&self, now: DateTime<Utc>) -> f64 {
+        self.due_since
+            .map(|t| ((now - t).num_milliseconds().max(0) as f64) / 1000.0)
+            .unwrap_or(0.0)
+    }
+}
+
 /// Held deliveries decided per transaction (about: whole groups are packed up to this many
 /// items; a larger group goes in even slices of at most this many, each its own digest) when a
 /// run's held deliveries are released. Bounds the
@@ -676,30 +701,54 @@ impl Store {
         Ok(done)
     }
 
-    /// Deliveries not yet sent (pending or failed-and-retrying), and how many are due at `now`.
-    pub async fn outbox_backlog(&self, now: DateTime<Utc>) -> Result<(i64, i64)> {
-        Ok(match self {
+    /// What waits in the outbox at `now`: deliveries not yet sent, those due, and since when
+    /// the longest-waiting one has been due ([`OutboxBacklog`]).
+    pub async fn outbox_backlog(&self, now: DateTime<Utc>) -> Result<OutboxBacklog> {
+        let (waiting, due, oldest_due, held_since): (i64, i64, Option<_>, Option<_>) = match self {
             Store::Postgres(s) => {
                 let row = sqlx::query(
                     "SELECT count(*) AS waiting,
-                            count(*) FILTER (WHERE next_attempt_at <= $1) AS due
+                            count(*) FILTER (WHERE next_attempt_at <= $1) AS due,
+                            min(next_attempt_at) FILTER (WHERE next_attempt_at <= $1) AS oldest_due,
+                            (SELECT min(created_at) FROM outbox_held) AS held_since
                      FROM outbox WHERE status IN ('pending', 'failed')",
                 )
                 .bind(now)
                 .fetch_one(s.pool())
                 .await?;
-                (row.try_get("waiting")?, row.try_get("due")?)
+                (
+                    row.try_get("waiting")?,
+                    row.try_get("due")?,
+                    row.try_get("oldest_due")?,
+                    row.try_get("held_since")?,
+                )
             }
             Store::Sqlite(s) => {
                 let row = sqlx::query(
-                    "SELECT count(*) AS waiting, coalesce(sum(next_attempt_at <= ?1), 0) AS due
+                    "SELECT count(*) AS waiting, coalesce(sum(next_attempt_at <= ?1), 0) AS due,
+                            min(CASE WHEN next_attempt_at <= ?1 THEN next_attempt_at END) AS oldest_due,
+                            (SELECT min(created_at) FROM outbox_held) AS held_since
                      FROM outbox WHERE status IN ('pending', 'failed')",
                 )
                 .bind(sqlite_ts(now))
                 .fetch_one(s.pool())
                 .await?;
-                (row.try_get("waiting")?, row.try_get("due")?)
+                (
+                    row.try_get("waiting")?,
+                    row.try_get("due")?,
+                    row.try_get("oldest_due")?,
+                    row.try_get("held_since")?,
+                )
             }
+        };
+        // a held message is due when its hold ends, should its run never release it
+        let held_due = held_since
+            .and_then(|t: DateTime<Utc>| chrono::Duration::from_std(HOLD_LIMIT).ok().map(|h| t + h))
+            .filter(|t| *t <= now);
+        Ok(OutboxBacklog {
+            waiting,
+            due,
+            due_since: [oldest_due, held_due].into_iter().flatten().min(),
         })
     }
 }

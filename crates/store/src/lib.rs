@@ -22,7 +22,9 @@ use escalator_policy::{Calendar, Policy};
 use uuid::Uuid;
 
 pub use console::{BeatLeaseState, MAX_SEARCH_CHARS, TITLE_SEARCH_WINDOW, WorkflowSearch};
-pub use delivery::{DeliveryOutcome, FollowUp, HOLD_LIMIT, ParentOutcome, RELEASE_ITEMS};
+pub use delivery::{
+    DeliveryOutcome, FollowUp, HOLD_LIMIT, OutboxBacklog, ParentOutcome, RELEASE_ITEMS,
+};
 pub use effects::{
     Applied, BatchEffects, EffectInserts, HeldOutbox, NewAudit, NewNotification, NewOutbox,
     WorkflowChange,

@@ -2392,7 +2392,10 @@ async fn due_ranges_cut_workflows_that_share_one_instant(db: &TestDb) {
 
 async fn outbox_backlog_counts_undelivered_rows(db: &TestDb) {
     let s = &db.store;
-    assert_eq!(s.outbox_backlog(t0()).await.unwrap(), (0, 0));
+    assert_eq!(
+        s.outbox_backlog(t0()).await.unwrap(),
+        OutboxBacklog::default()
+    );
     let a = create(s, "OP-1").await;
     let b = create(s, "OP-2").await;
     let now = t0() + Duration::hours(23);
@@ -2401,11 +2404,20 @@ async fn outbox_backlog_counts_undelivered_rows(db: &TestDb) {
     tx.apply(&remind(&b, now, None), now).await.unwrap();
     tx.commit().await.unwrap();
     // both waiting; due from the instant they were written
+    let before = s.outbox_backlog(now - Duration::seconds(1)).await.unwrap();
+    assert_eq!((before.waiting, before.due, before.due_since), (2, 0, None));
+    assert_eq!(before.overdue_seconds(now), 0.0);
+    let at = s.outbox_backlog(now).await.unwrap();
+    assert_eq!((at.waiting, at.due, at.due_since), (2, 2, Some(now)));
+    // unsent ten minutes on, they have been overdue that long
+    let later = now + Duration::minutes(10);
     assert_eq!(
-        s.outbox_backlog(now - Duration::seconds(1)).await.unwrap(),
-        (2, 0)
+        s.outbox_backlog(later)
+            .await
+            .unwrap()
+            .overdue_seconds(later),
+        600.0
     );
-    assert_eq!(s.outbox_backlog(now).await.unwrap(), (2, 2));
 }
 
 /// A sender that stops mid-round hands back the rows it claimed and never tried: due at once,

@@ -281,6 +281,12 @@ async fn a_run_whose_held_rows_cannot_be_released_holds_up_no_other(db: &TestDb)
     assert_eq!(keys(s).await, ["escalate:s0:email", "escalate:s1:email"]);
     // the broken run's rows stay held, for someone to look at; nothing of them went out
     assert!(s.release_run_held(broken, later).await.is_err());
+    // and the backlog says so: overdue since their hold ended, an hour after they were
+    // written, although the two released rows became due only now
+    let backlog = s.outbox_backlog(later).await.unwrap();
+    assert_eq!((backlog.waiting, backlog.due), (2, 2));
+    assert_eq!(backlog.due_since, Some(now() + Duration::hours(1)));
+    assert_eq!(backlog.overdue_seconds(later), 60.0);
 }
 
 /// Thousands of escalations to one person in one run (a bulk import, a fixed `user:` level)

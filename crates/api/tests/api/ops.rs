@@ -302,7 +302,9 @@ async fn metrics_include_the_fleet_wide_gauges() {
         "escalator_queue_depth{queue=",
         "escalator_dead_jobs 0",
         "escalator_outbox_pending 0",
+        "escalator_outbox_overdue_seconds 0",
         "# HELP workflow_open ",
+        "# HELP escalator_outbox_overdue_seconds ",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }

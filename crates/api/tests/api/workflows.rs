@@ -236,7 +236,7 @@ async fn long_ids_and_far_instants_are_refused_naming_the_field() {
 }
 
 #[tokio::test]
-async fn get_is_404_for_an_unknown_id_and_400_for_a_malformed_one() {
+async fn a_workflow_is_named_by_its_id_or_its_external_id_404_when_neither_matches() {
     let api = spawn_api().await;
     let w = api.create("PR-3").await;
     let res = api
@@ -251,11 +251,50 @@ async fn get_is_404_for_an_unknown_id_and_400_for_a_malformed_one() {
         .await
         .error(StatusCode::NOT_FOUND);
     assert_eq!(code, "not_found");
+    let (code, _) = api
+        .get("/api/v1/workflows/not-a-workflow")
+        .await
+        .error(StatusCode::NOT_FOUND);
+    assert_eq!(code, "not_found");
+    let too_long = "x".repeat(201);
     let (_, field) = api
-        .get("/api/v1/workflows/not-a-uuid")
+        .get(&format!("/api/v1/workflows/{too_long}"))
         .await
         .error(StatusCode::BAD_REQUEST);
     assert_eq!(field.as_deref(), Some("id"));
+
+    // the caller's own id names the workflow too: reading it, its trail, and acting on it
+    let by_external = api.get("/api/v1/workflows/PR-3").await;
+    assert_eq!(by_external.status, StatusCode::OK, "{}", by_external.text());
+    assert_eq!(by_external.json()["id"], w["id"]);
+    let held = api
+        .post(
+            "/api/v1/workflows/PR-3/hold",
+            json!({"expected_version": 1}),
+        )
+        .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.text());
+    assert_eq!(held.json()["status"], "on_hold");
+    let trail = api.get("/api/v1/workflows/PR-3/audit").await;
+    assert_eq!(trail.status, StatusCode::OK, "{}", trail.text());
+    let actions: Vec<_> = trail.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["create", "hold"]);
+    // percent-encoded when it holds a slash; and a caller's uuid that is no workflow's id
+    // is looked up as an external id
+    let slashed = api.create("PO/77").await;
+    let res = api.get("/api/v1/workflows/PO%2F77").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["id"], slashed["id"]);
+    let theirs = uuid::Uuid::new_v4().to_string();
+    let uuid_named = api.create(&theirs).await;
+    let res = api.get(&format!("/api/v1/workflows/{theirs}")).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["id"], uuid_named["id"]);
     let (_, field) = api
         .get("/api/v1/workflows/%FF%FE")
         .await

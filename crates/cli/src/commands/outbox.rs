@@ -57,10 +57,21 @@ pub async fn run(database_url: &str, args: OutboxArgs) -> anyhow::Result<()> {
                     r.last_error.as_deref().unwrap_or("")
                 );
             }
-            let (waiting, due) = store.outbox_backlog(Utc::now()).await?;
+            let now = Utc::now();
+            let backlog = store.outbox_backlog(now).await?;
+            let overdue = match backlog.due_since {
+                Some(t) if now - t >= chrono::Duration::seconds(60) => format!(
+                    " (the longest-waiting since {}, {:.0} s ago)",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    backlog.overdue_seconds(now)
+                ),
+                _ => String::new(),
+            };
             out!(
-                "{} {status} shown; {waiting} waiting to be sent, {due} due now",
-                rows.len()
+                "{} {status} shown; {} waiting to be sent, {} due now{overdue}",
+                rows.len(),
+                backlog.waiting,
+                backlog.due
             );
         }
         What::Retry { id, all_dead } => {
