@@ -178,12 +178,22 @@ pub async fn create_version(
     if body.name.trim().is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));
     }
-    if let Some(id) = &body.spec.calendar_id {
+    escalator_policy::check_targets(&body.spec).map_err(|e| invalid_spec("spec", e))?;
+    let policy = Policy::new(body.spec).map_err(|e| invalid_spec("spec", e))?;
+    // what the latest version already holds is answered before the checks against other
+    // records: a sync job re-posting its unchanged policies got 422 once a `user:` target had
+    // been deactivated, while the very version it posted stayed in force
+    match s.store.latest_policy(&body.id).await {
+        Ok(latest) if latest.name == body.name && latest.policy.spec() == policy.spec() => {
+            return Ok((StatusCode::OK, Json(latest.into())));
+        }
+        Ok(_) | Err(StoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(id) = &policy.spec().calendar_id {
         require_calendar(&s, id, "spec.calendar_id").await?;
     }
-    escalator_policy::check_targets(&body.spec).map_err(|e| invalid_spec("spec", e))?;
-    require_target_users(&s, &body.spec).await?;
-    let policy = Policy::new(body.spec).map_err(|e| invalid_spec("spec", e))?;
+    require_target_users(&s, policy.spec()).await?;
     // whether its calendar reaches every SLA of it is checked inside the write, under the
     // calendar's lock (422 naming the level's `spec.….sla_seconds`)
     let (record, created) = s

@@ -184,11 +184,29 @@ async fn expected_version(
     }
 }
 
+/// The `Idempotency-Key` header: the caller's name for this request, 1 to 200 visible
+/// characters; 400 naming the header otherwise.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    const NAME: &str = "Idempotency-Key";
+    let Some(raw) = headers.get(NAME) else {
+        return Ok(None);
+    };
+    let key = raw
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request(NAME, "must be 1 to 200 visible ASCII characters, no spaces")
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
 #[utoipa::path(post, path = "/api/v1/workflows/{id}/{action}", operation_id = "transition_workflow", tag = "workflows",
     params(
         ("id" = String, Path, description = "the workflow's id, or its external_id (percent-encoded)"),
         ("action" = Action, Path, description = "the transition"),
         ("If-Match" = Option<String>, Header, description = "the version the change applies to, e.g. \"3\", or a list of them (any); * or none: any"),
+        ("Idempotency-Key" = Option<String>, Header, description = "your name for this request (1 to 200 visible ASCII characters): sent again with the same request on the same workflow — a retry whose answer was lost — it is answered with the workflow as it is, and nothing is applied twice; 422 naming it on a different request"),
     ),
     request_body(content = Option<TransitionBody>, description = "optional"),
     responses(
@@ -196,7 +214,8 @@ async fn expected_version(
         (status = 404, description = "unknown workflow or action", body = ErrorBody),
         (status = 409, description = "not allowed from the current status", body = ErrorBody),
         (status = 412, description = "the workflow is not at the expected version", body = ErrorBody),
-        (status = 422, description = "a field missing or not applicable to the action", body = ErrorBody),
+        (status = 400, description = "a malformed If-Match or Idempotency-Key", body = ErrorBody),
+        (status = 422, description = "a field missing or not applicable to the action, or an Idempotency-Key used for another request", body = ErrorBody),
     ))]
 /// `POST /api/v1/workflows/{id}/{complete|cancel|hold|resume|reassign|advance}`.
 pub async fn transition(
@@ -217,6 +236,7 @@ pub async fn transition(
         expected_version,
         comment: body.comment,
         now: Utc::now(),
+        idempotency_key: idempotency_key(&headers)?,
     };
     let w = match s.store.transition(id, &transition, &ctx).await {
         // a stale version named by the header is the header's fault, not a body field's

@@ -173,7 +173,8 @@ pub struct ListQuery {
     pub assignee: Option<String>,
     /// Only open workflows in this SLA state now.
     pub sla_status: Option<SlaStatus>,
-    /// Only workflows due before this instant (RFC 3339).
+    /// Only open workflows (pending or escalated; not on hold, whose clock is paused) due
+    /// before this instant (RFC 3339).
     pub due_before: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

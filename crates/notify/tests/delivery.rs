@@ -843,6 +843,7 @@ async fn complete(s: &Store, id: uuid::Uuid) {
         expected_version: None,
         comment: None,
         now: Utc::now(),
+        idempotency_key: None,
     };
     s.transition(id, &Transition::Complete, &ctx).await.unwrap();
 }

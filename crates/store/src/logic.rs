@@ -564,6 +564,42 @@ pub fn first_difference(
     }
 }
 
+/// A transition whose idempotency key the workflow's trail already holds (`done`): the same
+/// request again — a retry whose answer was lost — is answered with the workflow as it is now
+/// and applies nothing (a second `advance` started yet another cycle, a second `hold` was a
+/// 409); the key on a different request is refused naming it. Checked before the version, which
+/// the first attempt moved on.
+pub fn replay(
+    current: Workflow,
+    transition: &Transition,
+    done: &crate::model::DoneUnderKey,
+) -> Result<Workflow> {
+    let same = done.action == transition.action()
+        && match transition {
+            Transition::Reassign { to } => done.to_assignee.as_deref() == Some(to.as_str()),
+            Transition::Advance { stage, assignee } => {
+                done.stage.as_deref() == Some(stage.as_str())
+                    && assignee
+                        .as_deref()
+                        .is_none_or(|a| done.to_assignee.as_deref() == Some(a))
+            }
+            _ => true,
+        };
+    if same {
+        return Ok(current);
+    }
+    Err(StoreError::Invalid {
+        field: "Idempotency-Key",
+        message: format!(
+            "was used for another request on this workflow (a {} to {}, stage {:?}); \
+             give each request a key of its own",
+            done.action,
+            done.to_assignee.as_deref().unwrap_or("-"),
+            done.stage.as_deref().unwrap_or("-")
+        ),
+    })
+}
+
 /// Applies a transition to `current`, returning the new row (version + 1) and its audit entry.
 pub fn plan_transition(
     current: &Workflow,
@@ -664,7 +700,10 @@ pub fn plan_transition(
             }
         }
         Transition::Advance { stage, assignee } => {
-            if !current.status.is_open() {
+            // also from a hold, as complete, cancel and reassign are: the next stage starts a
+            // clock of its own, and a resume before it let a check remind or escalate the
+            // stage being left
+            if !(current.status.is_open() || current.status == Status::OnHold) {
                 return Err(refuse());
             }
             if stage.trim().is_empty() {
@@ -682,6 +721,7 @@ pub fn plan_transition(
                 next.assignee = a.clone();
             }
             next.status = Status::Pending;
+            next.paused_at = None;
             next.cycle += 1;
             next.escalation_level = 0;
             next.stage_started_at = now;
@@ -697,6 +737,9 @@ pub fn plan_transition(
     }
     if let Some(c) = &ctx.comment {
         details.insert("comment".into(), c.clone().into());
+    }
+    if let Some(k) = &ctx.idempotency_key {
+        details.insert("idempotency_key".into(), k.clone().into());
     }
     details.insert("stage".into(), next.stage.clone().into());
     let audit = NewAudit {

@@ -220,6 +220,20 @@ pub struct TransitionContext {
     pub comment: Option<String>,
     /// The instant of the change.
     pub now: DateTime<Utc>,
+    /// The caller's name for this request (`Idempotency-Key`), kept in the audit details: the
+    /// same request again on the workflow is answered without being applied twice.
+    pub idempotency_key: Option<String>,
+}
+
+/// The audit row a transition left under an idempotency key: what a retry is compared with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoneUnderKey {
+    /// Its action (`advance`, …).
+    pub action: String,
+    /// The assignee after it.
+    pub to_assignee: Option<String>,
+    /// The stage after it.
+    pub stage: Option<String>,
 }
 
 /// Why an audit row was written.
@@ -490,7 +504,7 @@ pub struct WorkflowFilter {
     pub assignee: Option<String>,
     /// Only open workflows in this SLA state as of `as_of`.
     pub sla_status: Option<(escalator_policy::SlaStatus, DateTime<Utc>)>,
-    /// Only workflows due before this instant.
+    /// Only open workflows (pending, escalated) due before this instant.
     pub due_before: Option<DateTime<Utc>>,
     /// Cursor: only workflows after this (created_at, id).
     pub after: Option<(DateTime<Utc>, Uuid)>,

@@ -35,6 +35,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_transition_sent_again_under_its_key_is_applied_once,
     check_runs_that_did_nothing_are_pruned_and_the_others_kept,
     a_transition_that_waited_on_a_batch_is_dated_after_it,
     migrations_install_the_default_policy,
@@ -107,6 +108,7 @@ fn ctx(now: DateTime<Utc>) -> TransitionContext {
         expected_version: None,
         comment: None,
         now,
+        idempotency_key: None,
     }
 }
 
@@ -460,6 +462,115 @@ async fn transitions_write_audit_rows_and_reschedule(db: &TestDb) {
             .iter()
             .all(|a| a.actor == "dave" && a.reason == "api")
     );
+
+    // a held workflow advances to its next stage without a resume first (which let a check
+    // remind or escalate the stage being left): pending, unpaused, on the new stage's clock
+    let w = create(s, "PO-4b").await;
+    s.transition(w.id, &Transition::Hold, &ctx(t0() + Duration::hours(1)))
+        .await
+        .unwrap();
+    let at = t0() + Duration::hours(2);
+    let advanced = s
+        .transition(
+            w.id,
+            &Transition::Advance {
+                stage: "Finance".into(),
+                assignee: Some("fran".into()),
+            },
+            &ctx(at),
+        )
+        .await
+        .unwrap();
+    assert_eq!(advanced.status, Status::Pending);
+    assert_eq!(advanced.paused_at, None);
+    assert_eq!((advanced.stage.as_str(), advanced.cycle), ("Finance", 2));
+    assert_eq!(advanced.stage_started_at, at);
+    assert_eq!(advanced.due_at, at + Duration::hours(24));
+    assert_eq!(advanced.next_check_at, Some(at + Duration::hours(22)));
+}
+
+/// A client retrying a transition whose answer it lost (a timeout, a dropped connection) sends
+/// it again with the same `Idempotency-Key`: answered with the workflow as it is, applied
+/// once. A second `advance` started yet another cycle and restarted the clock; a second
+/// `hold` was a 409.
+async fn a_transition_sent_again_under_its_key_is_applied_once(db: &TestDb) {
+    let s = &db.store;
+    let w = create(s, "PO-IK").await;
+    let keyed = |key: &str, at, version| TransitionContext {
+        idempotency_key: Some(key.into()),
+        expected_version: version,
+        ..ctx(at)
+    };
+    let to_finance = Transition::Advance {
+        stage: "Finance".into(),
+        assignee: None,
+    };
+    let t1 = t0() + Duration::hours(1);
+    let first = s
+        .transition(w.id, &to_finance, &keyed("k-1", t1, Some(1)))
+        .await
+        .unwrap();
+    assert_eq!((first.cycle, first.version), (2, 2));
+    // again, an hour later, with the version it was sent with: the same workflow, untouched
+    let again = s
+        .transition(
+            w.id,
+            &to_finance,
+            &keyed("k-1", t1 + Duration::hours(1), Some(1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    let held = s
+        .transition(w.id, &Transition::Hold, &keyed("k-2", t1, None))
+        .await
+        .unwrap();
+    let held_again = s
+        .transition(w.id, &Transition::Hold, &keyed("k-2", t1, None))
+        .await
+        .unwrap();
+    assert_eq!(held_again, held);
+    // a key names one request: on another one it is refused, naming the header
+    for (transition, key) in [
+        (Transition::Resume, "k-2"),
+        (
+            Transition::Advance {
+                stage: "Legal".into(),
+                assignee: None,
+            },
+            "k-1",
+        ),
+    ] {
+        match s.transition(w.id, &transition, &keyed(key, t1, None)).await {
+            Err(StoreError::Invalid { field, message }) => {
+                assert_eq!(field, "Idempotency-Key");
+                assert!(message.contains("another request"), "{message}");
+            }
+            other => panic!("{transition:?} under {key}: {other:?}"),
+        }
+    }
+    // keys are per workflow, and a new key is a new request
+    let other = create(s, "PO-IK2").await;
+    let held_other = s
+        .transition(other.id, &Transition::Hold, &keyed("k-2", t1, None))
+        .await
+        .unwrap();
+    assert_eq!(held_other.status, Status::OnHold);
+    let resumed = s
+        .transition(w.id, &Transition::Resume, &keyed("k-3", t1, None))
+        .await
+        .unwrap();
+    assert_eq!(resumed.status, Status::Pending);
+    let actions: Vec<String> = s
+        .workflow_audit(w.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert_eq!(actions, ["create", "advance", "hold", "resume"]);
+    let trail = s.workflow_audit(w.id).await.unwrap();
+    assert_eq!(trail[1].details["idempotency_key"], "k-1");
 }
 
 async fn transitions_refuse_stale_versions_and_closed_workflows(db: &TestDb) {
@@ -2053,14 +2164,20 @@ async fn listing_filters_and_paginates(db: &TestDb) {
     assert_eq!(s.sla_counts(t0()).await.unwrap(), counts);
     assert_eq!(counts.compliance_ratio(), 0.5);
     // the escalated one has its new level's deadline: only the 30-hour one is due
-    assert_eq!(
-        by(WorkflowFilter {
-            due_before: Some(t0()),
-            ..Default::default()
-        })
-        .await,
-        1
-    );
+    let due_before = |t| WorkflowFilter {
+        due_before: Some(t),
+        ..Default::default()
+    };
+    assert_eq!(by(due_before(t0())).await, 1);
+    // open ones only: the held one's deadline is stale while its clock is paused, and a
+    // closed one is due no more (both were listed as due)
+    let two_days = t0() + Duration::hours(48);
+    assert_eq!(by(due_before(two_days)).await, 4, "not the held one");
+    s.transition(ids[3], &Transition::Complete, &ctx(t0()))
+        .await
+        .unwrap();
+    assert_eq!(by(due_before(t0())).await, 0);
+    assert_eq!(by(due_before(two_days)).await, 3);
 }
 
 async fn bulk_load_yields_the_workload_distribution(db: &TestDb) {

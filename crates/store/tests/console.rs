@@ -71,6 +71,7 @@ fn ctx(now: DateTime<Utc>) -> TransitionContext {
         expected_version: None,
         comment: None,
         now,
+        idempotency_key: None,
     }
 }
 

@@ -72,6 +72,7 @@ async fn a_digest_leaves_out_the_workflows_closed_before_its_run_ended(db: &Test
         expected_version: None,
         comment: None,
         now: now(),
+        idempotency_key: None,
     };
     let mut tx = s.begin_batch().await.unwrap();
     let applied = tx.apply(&effects, now()).await.unwrap();

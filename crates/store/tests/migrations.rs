@@ -13,6 +13,7 @@ fn ctx(now: chrono::DateTime<Utc>) -> TransitionContext {
         expected_version: None,
         comment: None,
         now,
+        idempotency_key: None,
     }
 }
 

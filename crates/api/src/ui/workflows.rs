@@ -346,6 +346,7 @@ pub async fn act(
         expected_version,
         comment: form.filled("comment").map(str::to_owned),
         now: Utc::now(),
+        idempotency_key: None,
     };
     s.store.transition(id, &transition, &ctx).await?;
     Ok(done(

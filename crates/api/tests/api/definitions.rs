@@ -443,13 +443,27 @@ async fn policies_get_new_versions_and_bad_specs_name_the_field() {
     .await;
     let mut named = spec.clone();
     named["levels"] = json!([{ "target": "user:nobody", "sla_seconds": 86_400 }]);
-    let res = api
-        .post(
-            "/api/v1/policies",
-            json!({ "id": "named", "name": "To nobody", "spec": named }),
-        )
-        .await;
+    let named = json!({ "id": "named", "name": "To nobody", "spec": named });
+    let res = api.post("/api/v1/policies", named.clone()).await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    // once that user has left, a sync job re-posting the policy unchanged is still answered
+    // the version in force (it was refused, 422); a changed one is checked again
+    put(
+        &api,
+        "/api/v1/users/nobody",
+        json!({ "display_name": "Nobody", "active": false }),
+    )
+    .await;
+    let res = api.post("/api/v1/policies", named.clone()).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["version"], 1);
+    let mut renamed = named;
+    renamed["name"] = json!("To nobody, renamed");
+    let (_, field) = api
+        .post("/api/v1/policies", renamed)
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("spec.levels[0].target"));
     let mut bad = spec.clone();
     bad["calendar_id"] = json!("nowhere");
     let (_, field) = api

@@ -618,3 +618,63 @@ async fn lists_filter_by_status_and_page_with_a_cursor() {
     let message = res.json()["error"]["message"].to_string();
     assert!(message.contains("write it %2B"), "{message}");
 }
+
+/// A client that lost the answer to a transition sends it again under the same
+/// `Idempotency-Key`: the same answer, nothing applied twice (a second advance started yet
+/// another cycle).
+#[tokio::test]
+async fn a_transition_retried_under_its_idempotency_key_is_applied_once() {
+    let api = spawn_api().await;
+    api.create("PR-IK").await;
+    let advance = |key: &'static str| {
+        let api = &api;
+        async move {
+            api.send(
+                Method::POST,
+                "/api/v1/workflows/PR-IK/advance",
+                Some(json!({"stage": "Finance"}).to_string().into_bytes()),
+                &[("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    let first = advance("retry-me-1").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(first.json()["cycle"], 2);
+    let again = advance("retry-me-1").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    assert_eq!(again.json(), first.json());
+    // the key on another request is refused naming it; a malformed one too
+    let hold = api
+        .send(
+            Method::POST,
+            "/api/v1/workflows/PR-IK/hold",
+            None,
+            &[("idempotency-key", "retry-me-1")],
+        )
+        .await;
+    let (code, field) = hold.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code, "invalid");
+    assert_eq!(field.as_deref(), Some("Idempotency-Key"));
+    let long = "k".repeat(201);
+    for bad in ["two words", long.as_str()] {
+        let res = api
+            .send(
+                Method::POST,
+                "/api/v1/workflows/PR-IK/hold",
+                None,
+                &[("idempotency-key", bad)],
+            )
+            .await;
+        let (_, field) = res.error(StatusCode::BAD_REQUEST);
+        assert_eq!(field.as_deref(), Some("Idempotency-Key"), "{bad}");
+    }
+    let trail = api.get("/api/v1/workflows/PR-IK/audit").await.json();
+    let actions: Vec<&str> = trail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["create", "advance"]);
+}

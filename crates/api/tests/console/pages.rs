@@ -243,6 +243,7 @@ async fn a_workflow_page_shows_its_newest_rows_and_who_it_escalates_to() {
                 expected_version: None,
                 comment: None,
                 now: chrono::Utc::now(),
+                idempotency_key: None,
             };
             s.transition(w.id, &t, &ctx).await.unwrap();
         }

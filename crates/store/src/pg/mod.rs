@@ -342,8 +342,21 @@ impl PgStore {
                     return Ok((record, true));
                 }
                 Ok(None) => {
+                    // the version compared, read in this transaction: the latest one read
+                    // after it could be another post's, committed meanwhile
+                    let row = sqlx::query(
+                        "SELECT id, version, name, spec, created_at FROM escalation_policies
+                         WHERE id = $1 AND name = $2 AND spec = $3
+                         ORDER BY version DESC LIMIT 1",
+                    )
+                    .bind(id)
+                    .bind(name)
+                    .bind(&spec)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let record = rows::policy(&row)?;
                     tx.commit().await?;
-                    return Ok((self.get_policy(id, None).await?, false));
+                    return Ok((record, false));
                 }
                 // the transaction is rolled back as it is dropped
                 Err(e) if attempt < 10 && e.is_duplicate_key() => attempt += 1,

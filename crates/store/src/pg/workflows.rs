@@ -11,8 +11,8 @@ use crate::effects::NewAudit;
 use crate::error::{Result, StoreError};
 use crate::logic;
 use crate::model::{
-    AuditEntry, AuditPosition, Created, NewWorkflow, Transition, TransitionContext, Workflow,
-    WorkflowFilter,
+    AuditEntry, AuditPosition, Created, DoneUnderKey, NewWorkflow, Transition, TransitionContext,
+    Workflow, WorkflowFilter,
 };
 use crate::rows::{AUDIT_COLUMNS, WORKFLOW_COLUMNS};
 
@@ -100,7 +100,9 @@ impl PgStore {
             };
         }
         if let Some(t) = f.due_before {
-            q.push(" AND w.due_at < ").push_bind(t);
+            // a closed workflow is due no more, and a held one's due_at is stale while paused
+            q.push(" AND w.status IN ('pending', 'escalated') AND w.due_at < ")
+                .push_bind(t);
         }
         if let Some((created, id)) = f.after {
             q.push(" AND (w.created_at, w.id) > (")
@@ -135,6 +137,25 @@ impl PgStore {
                     entity: "workflow",
                     id: id.to_string(),
                 })?;
+        if let Some(key) = &ctx.idempotency_key {
+            let done = sqlx::query(
+                "SELECT action, to_assignee, details->>'stage' AS stage FROM audit_logs
+                 WHERE workflow_id = $1 AND details->>'idempotency_key' = $2
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = done {
+                let done = DoneUnderKey {
+                    action: row.try_get("action")?,
+                    to_assignee: row.try_get("to_assignee")?,
+                    stage: row.try_get("stage")?,
+                };
+                return logic::replay(current, transition, &done);
+            }
+        }
         let policy = get_policy(&mut *tx, &current.policy_id, Some(current.policy_version)).await?;
         let calendar = match &policy.policy.spec().calendar_id {
             Some(c) => Some(get_calendar(&mut *tx, c).await?),

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use escalator_policy::SlaStatus;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{BEGIN_WRITE, SqliteStore, get_calendar, get_policy, rows};
@@ -11,8 +11,8 @@ use crate::effects::NewAudit;
 use crate::error::{Result, StoreError};
 use crate::logic;
 use crate::model::{
-    AuditEntry, AuditPosition, Created, NewWorkflow, Transition, TransitionContext, Workflow,
-    WorkflowFilter,
+    AuditEntry, AuditPosition, Created, DoneUnderKey, NewWorkflow, Transition, TransitionContext,
+    Workflow, WorkflowFilter,
 };
 use crate::rows::{AUDIT_COLUMNS, WORKFLOW_COLUMNS};
 use crate::time::{sqlite_opt, sqlite_ts};
@@ -96,7 +96,9 @@ impl SqliteStore {
             };
         }
         if let Some(t) = f.due_before {
-            q.push(" AND w.due_at < ").push_bind(sqlite_ts(t));
+            // a closed workflow is due no more, and a held one's due_at is stale while paused
+            q.push(" AND w.status IN ('pending', 'escalated') AND w.due_at < ")
+                .push_bind(sqlite_ts(t));
         }
         if let Some((created, id)) = f.after {
             q.push(" AND (w.created_at, w.id) > (")
@@ -131,6 +133,25 @@ impl SqliteStore {
                     entity: "workflow",
                     id: id.to_string(),
                 })?;
+        if let Some(key) = &ctx.idempotency_key {
+            let done = sqlx::query(
+                "SELECT action, to_assignee, json_extract(details, '$.stage') AS stage FROM audit_logs
+                 WHERE workflow_id = ?1 AND json_extract(details, '$.idempotency_key') = ?2
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(id.to_string())
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = done {
+                let done = DoneUnderKey {
+                    action: row.try_get("action")?,
+                    to_assignee: row.try_get("to_assignee")?,
+                    stage: row.try_get("stage")?,
+                };
+                return logic::replay(current, transition, &done);
+            }
+        }
         let policy = get_policy(&mut *tx, &current.policy_id, Some(current.policy_version)).await?;
         let calendar = match &policy.policy.spec().calendar_id {
             Some(c) => Some(get_calendar(&mut *tx, c).await?),
