@@ -297,8 +297,14 @@ pub async fn workflow_named(
     store: &escalator_store::Store,
     raw: &str,
 ) -> ApiResult<escalator_store::Workflow> {
-    escalator_store::logic::check_id("id", raw).map_err(ApiError::bad_request_from)?;
+    path_id(raw)?;
     Ok(store.find_workflow(raw).await?)
+}
+
+/// An id in the path: 400 naming `id` when no identifier could be it (empty, or longer than
+/// any that is stored), as a write says, rather than a 404 for what cannot exist.
+pub fn path_id(id: &str) -> ApiResult<()> {
+    escalator_store::logic::check_id("id", id).map_err(ApiError::bad_request_from)
 }
 
 /// Parses a numeric id (check runs, notifications) from the path: 400 naming `id` otherwise.

@@ -90,6 +90,8 @@ pub struct NoBody {}
         (status = 200, description = "read (idempotent)", body = MarkedRead),
         (status = 400, description = "not a positive integer", body = ErrorBody),
         (status = 404, description = "unknown id", body = ErrorBody),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "a body that is not application/json", body = ErrorBody),
         (status = 422, description = "a body with fields (it takes none)", body = ErrorBody),
     ))]
 /// `POST /api/v1/notifications/{id}/read`: idempotent; 404 for an unknown id. It takes no

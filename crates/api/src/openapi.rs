@@ -117,6 +117,11 @@ impl Modify for CommonResponses {
                     "the request ran longer than ESCALATOR_API_TIMEOUT and was abandoned",
                 );
                 if !open {
+                    add(
+                        "503",
+                        "the database or the queue cannot be reached (or a lock wait gave up): \
+                         retry later",
+                    );
                     add("401", "no bearer token, or an unknown one");
                     if !reads {
                         add(

@@ -127,6 +127,13 @@ pub async fn get(
     PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<VersionQuery>,
 ) -> ApiResult<Json<PolicyView>> {
+    crate::extract::path_id(&id)?;
+    if let Some(v) = q.version.filter(|v| *v < 1) {
+        return Err(ApiError::bad_query(
+            "version",
+            format!("{v} is no version: versions start at 1"),
+        ));
+    }
     let record = match q.version {
         Some(v) => s.store.get_policy(&id, v).await?,
         None => s.store.latest_policy(&id).await?,
@@ -229,6 +236,7 @@ pub async fn get_calendar(
     State(s): State<AppState>,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<CalendarView>> {
+    crate::extract::path_id(&id)?;
     let calendar = s.store.get_calendar(&id).await?;
     Ok(Json(CalendarView {
         spec: calendar.spec().clone(),
@@ -249,7 +257,7 @@ pub async fn put_calendar(
     PathParams(id): PathParams<String>,
     JsonBody(spec): JsonBody<CalendarSpec>,
 ) -> ApiResult<Json<CalendarView>> {
-    escalator_store::logic::check_id("id", &id).map_err(ApiError::bad_request_from)?;
+    crate::extract::path_id(&id)?;
     let calendar = Calendar::new(spec).map_err(|e| ApiError::invalid(e.field, e.message))?;
     // a calendar with less working time must still reach every SLA measured on it, or the
     // workflows that start a level on it would wait for ever: the write checks it against the

@@ -210,7 +210,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     ),
     request_body(content = Option<TransitionBody>, description = "optional"),
     responses(
-        (status = 200, description = "the workflow after the change", body = WorkflowView),
+        (status = 200, description = "the workflow after the change", body = WorkflowView, headers(("ETag" = String, description = "the workflow\'s version, quoted: send it back as If-Match"))),
         (status = 404, description = "unknown workflow or action", body = ErrorBody),
         (status = 409, description = "not allowed from the current status", body = ErrorBody),
         (status = 412, description = "the workflow is not at the expected version", body = ErrorBody),

@@ -125,6 +125,7 @@ pub async fn get(
     Extension(scope): Extension<Scope>,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<UserView>> {
+    crate::extract::path_id(&id)?;
     Ok(Json(
         UserView::from(s.store.get_user(&id).await?).seen_by(scope),
     ))
@@ -211,7 +212,7 @@ pub async fn put(
     PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<PutUser>,
 ) -> ApiResult<Json<UserView>> {
-    escalator_store::logic::check_id("id", &id).map_err(ApiError::bad_request_from)?;
+    crate::extract::path_id(&id)?;
     if let Some(manager) = &body.manager_id {
         escalator_store::logic::check_id("manager_id", manager)?;
     }

@@ -100,8 +100,8 @@ pub(crate) fn workflow_response(status: StatusCode, w: Workflow) -> Response {
 #[utoipa::path(post, path = "/api/v1/workflows", operation_id = "create_workflow", tag = "workflows",
     request_body = CreateWorkflow,
     responses(
-        (status = 201, description = "created", body = WorkflowView),
-        (status = 200, description = "the same body was created before: the existing workflow", body = WorkflowView),
+        (status = 201, description = "created", body = WorkflowView, headers(("ETag" = String, description = "the workflow\'s version, quoted: send it back as If-Match"))),
+        (status = 200, description = "the same body was created before: the existing workflow", body = WorkflowView, headers(("ETag" = String, description = "the workflow\'s version, quoted: send it back as If-Match"))),
         (status = 409, description = "external_id exists with a different body", body = ErrorBody),
         (status = 422, description = "invalid field, unknown policy_id, or stage_started_at in the future", body = ErrorBody),
     ))]
@@ -147,7 +147,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/workflows/{id}", operation_id = "get_workflow", tag = "workflows",
     params(("id" = String, Path, description = "the workflow's id, or its external_id (percent-encoded)")),
     responses(
-        (status = 200, description = "the workflow; ETag is its version", body = WorkflowView),
+        (status = 200, description = "the workflow; ETag is its version", body = WorkflowView, headers(("ETag" = String, description = "the workflow\'s version, quoted: send it back as If-Match"))),
         (status = 400, description = "an empty id, or one longer than 200 characters", body = ErrorBody),
         (status = 404, description = "unknown id", body = ErrorBody),
     ))]

@@ -45,10 +45,14 @@ pub fn validate_channels(channels: &[String]) -> std::result::Result<(), String>
 /// check that escalates its workflow. The same limit holds for policies' user targets.
 pub const MAX_ID_CHARS: usize = escalator_policy::MAX_ID_CHARS;
 
-/// Checks an identifier: not blank, at most [`MAX_ID_CHARS`] characters.
+/// Checks an identifier: not blank, no surrounding whitespace (`" bob"` was a user of its own
+/// beside `bob`, and nobody could tell them apart in a list), at most [`MAX_ID_CHARS`]
+/// characters.
 pub fn check_id(field: &'static str, value: &str) -> Result<()> {
     let message = if value.trim().is_empty() {
         "must not be empty".to_owned()
+    } else if value.trim() != value {
+        format!("{value:?} starts or ends with whitespace")
     } else if value.chars().count() > MAX_ID_CHARS {
         format!(
             "must be at most {MAX_ID_CHARS} characters (got {})",

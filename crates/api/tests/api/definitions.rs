@@ -888,3 +888,50 @@ async fn reassigning_or_resuming_an_exhausted_workflow_schedules_it_again() {
         "{next} for a resume at {resumed}"
     );
 }
+
+/// Ids are checked alike in every path and body: a read of an id that cannot exist is a 400
+/// naming it (it was a 404), version 0 is no version, and an id with surrounding spaces is
+/// refused (`PUT /users/%20bob` made a user of its own beside `bob`).
+#[tokio::test]
+async fn ids_that_cannot_exist_are_refused_naming_them_in_reads_and_writes() {
+    let api = spawn_api().await;
+    let long = "x".repeat(201);
+    for path in [
+        format!("/api/v1/users/{long}"),
+        format!("/api/v1/policies/{long}"),
+        format!("/api/v1/calendars/{long}"),
+    ] {
+        let (_, field) = api.get(&path).await.error(StatusCode::BAD_REQUEST);
+        assert_eq!(field.as_deref(), Some("id"), "{path}");
+    }
+    for version in ["0", "-3"] {
+        let (code, field) = api
+            .get(&format!("/api/v1/policies/default?version={version}"))
+            .await
+            .error(StatusCode::BAD_REQUEST);
+        assert_eq!(
+            (code.as_str(), field.as_deref()),
+            ("bad_query", Some("version"))
+        );
+    }
+    let res = put(
+        &api,
+        "/api/v1/users/%20bob",
+        json!({ "display_name": "Bob" }),
+    )
+    .await;
+    let (_, field) = res.error(StatusCode::BAD_REQUEST);
+    assert_eq!(field.as_deref(), Some("id"));
+    let (_, field) = api
+        .post("/api/v1/workflows", workflow_body("PO-7 "))
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field.as_deref(), Some("external_id"));
+    assert!(
+        api.get("/api/v1/users?limit=10").await.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["id"] != " bob")
+    );
+}

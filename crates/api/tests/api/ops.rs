@@ -524,6 +524,35 @@ async fn the_openapi_document_describes_every_route() {
         let id = param(path, method, "id");
         assert_eq!(id["schema"]["minimum"], 1, "{method} {path}: {id}");
     }
+    // and what it answers: the workflow's ETag; 503 when the database is away; 415 for a body
+    // that is not JSON, also where the body is optional
+    for (path, method, status) in [
+        ("/api/v1/workflows/{id}", "get", "200"),
+        ("/api/v1/workflows", "post", "201"),
+        ("/api/v1/workflows/{id}/{action}", "post", "200"),
+    ] {
+        let answer = &paths[path][method]["responses"][status];
+        assert!(
+            answer["headers"]["ETag"].is_object(),
+            "{method} {path}: {answer}"
+        );
+    }
+    for (path, method, status) in [
+        ("/api/v1/users/{id}", "put", "503"),
+        ("/api/v1/workflows", "get", "503"),
+        ("/api/v1/notifications/{id}/read", "post", "415"),
+        ("/api/v1/workflows/{id}/{action}", "post", "415"),
+    ] {
+        assert!(
+            paths[path][method]["responses"][status].is_object(),
+            "{method} {path}: no {status}"
+        );
+    }
+    assert!(
+        paths["/healthz"]["get"]["responses"]["503"]["description"]
+            .as_str()
+            .is_some_and(|d| !d.contains("retry later"))
+    );
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "WorkflowView",
