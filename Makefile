@@ -30,7 +30,7 @@ test-faults: services ## The fault-injection suite (docs/reliability.md): restar
 # one at a time, as ALONE in `make test`, not beside scenarios seeding 20,000 workflows
 FAULTS_ALONE = test(f4_a_beat_down_across_several_slots_runs_them_once_coalesced)
 
-# F1-F11: the faults binary plus the scenarios that live with their own suites (docs/reliability.md)
+# F1-F12: the faults binary plus the scenarios that live with their own suites (docs/reliability.md)
 FAULTS = (binary(faults) & not test(/^soak_/)) | test(a_worker_killed_mid_run_loses_nothing_and_doubles_nothing) \
 	| test(two_beats_on_a_one_second_schedule_fire_every_slot_exactly_once) \
 	| test(a_leader_frozen_past_its_lease_is_replaced_and_never_doubles_a_slot) \

@@ -497,12 +497,20 @@ FETCH
   fi
   echo "   ok: haproxy resolves the Redis pods by fully qualified name ($(sort -u "$dir/dns.log" | tr '\n' ' '))"
   sh -n "$dir/configure.sh" || return 1
-  # first boot, no sentinel reachable: pod 0 is the master, pods 1 and 2 replicate it
+  # first boot, no sentinel reachable: pod 0 is the master, pods 1 and 2 replicate it. Pods
+  # start in parallel, so pod 1's init waits (here 3 s) for pod 0's name, which does not
+  # resolve here, before writing a sentinel.conf that names it
   for ord in 0 1; do
     mkdir -p "$dir/$ord"
     sed "s#/conf/#$dir/$ord/#g" "$dir/configure.sh" >"$dir/$ord/configure.sh"
-    HOSTNAME=redis-$ord POD_NAMESPACE=escalator REDIS_PASSWORD=placeholder \
+    start=$(date +%s)
+    HOSTNAME=redis-$ord POD_NAMESPACE=escalator REDIS_PASSWORD=placeholder MASTER_WAIT_SECONDS=3 \
       timeout 30 sh "$dir/$ord/configure.sh" >/dev/null || return 1
+    took=$(($(date +%s) - start))
+    if { [ "$ord" = 0 ] && [ "$took" -ge 3 ]; } || { [ "$ord" = 1 ] && [ "$took" -lt 3 ]; }; then
+      echo "   configure.sh redis-$ord took ${took}s: pod 0 must not wait, pod 1 must wait for pod 0's name" >&2
+      return 1
+    fi
   done
   if grep -q '^replicaof' "$dir/0/redis.conf" || ! grep -q '^replicaof redis-0\.' "$dir/1/redis.conf" ||
     ! grep -q '^sentinel monitor escalator redis-0\..* 6379 2$' "$dir/1/sentinel.conf"; then
