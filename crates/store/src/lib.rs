@@ -202,9 +202,9 @@ impl Store {
         }
     }
 
-    /// The migrations of this build that the database has not applied, oldest first: empty
-    /// when its schema is up to date (a newer schema, applied by a newer build, is fine).
-    pub async fn missing_migrations(&self) -> Result<Vec<i64>> {
+    /// The migration versions the database records as applied, and this build's migrator for
+    /// its backend.
+    async fn applied_migrations(&self) -> Result<(Vec<i64>, &'static sqlx::migrate::Migrator)> {
         // the versions recorded as applied, none when the bookkeeping table does not exist
         macro_rules! applied {
             ($pool:expr, $table_exists:literal) => {{
@@ -218,7 +218,7 @@ impl Store {
                 }
             }};
         }
-        let (applied, migrator) = match self {
+        Ok(match self {
             Store::Postgres(s) => (
                 applied!(
                     s.pool(),
@@ -234,12 +234,27 @@ impl Store {
                 ),
                 &SQLITE_MIGRATOR,
             ),
-        };
+        })
+    }
+
+    /// The migrations of this build that the database has not applied, oldest first: empty
+    /// when its schema is up to date (a newer schema, applied by a newer build, is fine).
+    pub async fn missing_migrations(&self) -> Result<Vec<i64>> {
+        let (applied, migrator) = self.applied_migrations().await?;
         Ok(migrator
             .iter()
             .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
             .map(|m| m.version)
             .collect())
+    }
+
+    /// The migrations the database has applied that this build does not know, oldest first:
+    /// a newer build's, when this one is a rollback.
+    pub async fn newer_migrations(&self) -> Result<Vec<i64>> {
+        let (mut applied, migrator) = self.applied_migrations().await?;
+        applied.retain(|v| !migrator.iter().any(|m| m.version == *v));
+        applied.sort_unstable();
+        Ok(applied)
     }
 
     /// Closes the pool, waiting for connections to be returned.

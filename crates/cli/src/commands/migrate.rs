@@ -21,6 +21,25 @@ pub async fn run(database_url: &str, given: bool) -> anyhow::Result<()> {
         .missing_migrations()
         .await
         .context("reading the schema version")?;
+    let newer = store
+        .newer_migrations()
+        .await
+        .context("reading the schema version")?;
+    if let (true, Some(newest)) = (missing.is_empty(), newer.last()) {
+        // a rollback: the previous release's migrate Job refused a schema its successor had
+        // upgraded (sqlx: "migration was previously applied but is missing"), and the
+        // documented deploy waits for the Job before it rolls out the roles. Migrations are
+        // additive, and the roles accept a newer schema, so there is nothing to do.
+        tracing::warn!(
+            %database,
+            newer = newer.len(),
+            newest,
+            "the database schema is newer than this build (a rollback?): every migration of \
+             this build is applied; nothing to apply"
+        );
+        store.close().await;
+        return Ok(());
+    }
     store.migrate().await.context("migration failed")?;
     match (missing.first(), missing.last()) {
         (Some(first), Some(last)) => tracing::info!(
