@@ -72,6 +72,11 @@ pub struct WorkflowView {
     pub workflow: Workflow,
     /// ok, warning or breached, for open workflows.
     pub sla_status: Option<SlaStatus>,
+    /// On a create only, what will not work as the caller may expect: an escalation with no
+    /// one to reach (an assignee who is no user, or has no manager, under a policy escalating
+    /// to the manager; an override target who has left). The workflow is created all the same.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl WorkflowView {
@@ -83,14 +88,24 @@ impl WorkflowView {
         WorkflowView {
             workflow,
             sla_status,
+            warnings: Vec::new(),
         }
     }
 }
 
 /// The workflow as JSON with its version as the ETag (for `If-Match`).
 pub(crate) fn workflow_response(status: StatusCode, w: Workflow) -> Response {
+    warned_response(status, w, Vec::new())
+}
+
+/// [`workflow_response`] with the create's warnings.
+fn warned_response(status: StatusCode, w: Workflow, warnings: Vec<String>) -> Response {
     let etag = HeaderValue::from_str(&format!("\"{}\"", w.version)).ok();
-    let mut res = (status, Json(WorkflowView::new(w, Utc::now()))).into_response();
+    let view = WorkflowView {
+        warnings,
+        ..WorkflowView::new(w, Utc::now())
+    };
+    let mut res = (status, Json(view)).into_response();
     if let Some(etag) = etag {
         res.headers_mut().insert(header::ETAG, etag);
     }
@@ -141,7 +156,49 @@ pub async fn create(
     } else {
         StatusCode::OK
     };
-    Ok(workflow_response(status, created.workflow))
+    let warnings = first_escalation_warnings(&s, &created.workflow).await;
+    Ok(warned_response(status, created.workflow, warnings))
+}
+
+/// Whether the workflow's first escalation can reach anyone, as far as the records say now:
+/// a workflow's own people need no user record, but one escalating to "the manager" of an
+/// assignee who is no user (a mistyped id, or one the HR sync has not brought yet) stops
+/// there, exhausted for want of a target, and its create answered 201 as if all were well.
+/// Read failures leave the warnings out; they never fail the create.
+async fn first_escalation_warnings(s: &AppState, w: &Workflow) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(target) = &w.escalation_target {
+        if let Ok(u) = s.store.get_user(target).await
+            && !u.active
+        {
+            warnings.push(format!(
+                "escalation_target {target:?} is inactive: the first escalation passes them over \
+                 to the policy's own target"
+            ));
+        }
+        return warnings;
+    }
+    let Ok(policy) = s.store.get_policy(&w.policy_id, w.policy_version).await else {
+        return warnings;
+    };
+    let Some(first) = policy.policy.spec().levels.first() else {
+        return warnings;
+    };
+    if first.target != escalator_policy::Target::Manager {
+        return warnings;
+    }
+    let why = match s.store.get_user(&w.assignee).await {
+        Err(StoreError::NotFound { .. }) => "is no user",
+        Ok(u) if u.manager_id.is_none() => "has no manager_id",
+        _ => return warnings,
+    };
+    warnings.push(format!(
+        "assignee {:?} {why}: policy {:?} escalates to the assignee's manager, so the workflow \
+         will stop at its deadline (exhausted, no_target) unless the user gets a manager first \
+         (PUT /api/v1/users/{})",
+        w.assignee, w.policy_id, w.assignee
+    ));
+    warnings
 }
 
 #[utoipa::path(get, path = "/api/v1/workflows/{id}", operation_id = "get_workflow", tag = "workflows",

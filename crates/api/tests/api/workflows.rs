@@ -678,3 +678,78 @@ async fn a_transition_retried_under_its_idempotency_key_is_applied_once() {
         .collect();
     assert_eq!(actions, ["create", "advance"]);
 }
+
+/// A workflow's own people need no user record, but one whose policy escalates to the
+/// assignee's manager, with an assignee who is no user or has no manager, stops at its
+/// deadline. The create says so (it answered 201 as if all were well) and still creates.
+#[tokio::test]
+async fn a_create_warns_of_an_escalation_that_would_reach_no_one() {
+    let api = spawn_api().await;
+    let default = api.get("/api/v1/policies/default").await.json();
+    assert_eq!(
+        default["spec"]["levels"][0]["target"], "manager",
+        "{default}"
+    );
+    let put = |id: &'static str, body: serde_json::Value| {
+        let api = &api;
+        async move {
+            let res = api
+                .send(
+                    Method::PUT,
+                    &format!("/api/v1/users/{id}"),
+                    Some(body.to_string().into_bytes()),
+                    &[],
+                )
+                .await;
+            assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+        }
+    };
+    let warnings = |res: &Resp| res.json()["warnings"].clone();
+    // alice is no user
+    let res = api.post("/api/v1/workflows", workflow_body("W-1")).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    let w = warnings(&res);
+    assert_eq!(w.as_array().map(Vec::len), Some(1), "{w}");
+    assert!(
+        w[0].as_str().unwrap().contains("\"alice\" is no user"),
+        "{w}"
+    );
+    // a user with no manager
+    put("alice", json!({"display_name": "Alice"})).await;
+    let res = api.post("/api/v1/workflows", workflow_body("W-2")).await;
+    assert!(
+        warnings(&res)[0]
+            .as_str()
+            .unwrap()
+            .contains("has no manager_id"),
+        "{}",
+        res.text()
+    );
+    // with a manager, nothing to say
+    put("boss", json!({"display_name": "Boss"})).await;
+    put(
+        "alice",
+        json!({"display_name": "Alice", "manager_id": "boss"}),
+    )
+    .await;
+    let res = api.post("/api/v1/workflows", workflow_body("W-3")).await;
+    assert_eq!(res.status, StatusCode::CREATED);
+    assert!(res.json().get("warnings").is_none(), "{}", res.text());
+    // an override target who has left is passed over
+    put("gone", json!({"display_name": "Gone", "active": false})).await;
+    let mut body = workflow_body("W-4");
+    body["escalation_target"] = json!("gone");
+    let res = api.post("/api/v1/workflows", body).await;
+    assert_eq!(res.status, StatusCode::CREATED);
+    assert!(
+        warnings(&res)[0]
+            .as_str()
+            .unwrap()
+            .contains("\"gone\" is inactive"),
+        "{}",
+        res.text()
+    );
+    // a read shows none (they are about the create)
+    let res = api.get("/api/v1/workflows/W-1").await;
+    assert!(res.json().get("warnings").is_none(), "{}", res.text());
+}
