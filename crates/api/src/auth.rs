@@ -230,12 +230,30 @@ pub(crate) fn foreign_origin(headers: &HeaderMap) -> bool {
 /// no tokens, writes from another site's page are refused (`Sec-Fetch-Site`, `Origin`) and, on
 /// loopback ([`AppState::answering_only_to_localhost`]), any request naming another host.
 /// Scripts (curl, the CLI) send neither header and are not affected.
+///
+/// With tokens, an api given `ESCALATOR_API_ALLOWED_HOSTS` answers its data and console routes
+/// only to those hosts and local ones: a page reaching it by DNS rebinding could otherwise use
+/// a token it knows (docker-compose's published default one). Probes and metrics answer to
+/// any Host (the kubelet names the pod's address).
 pub async fn guard_unauthenticated(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
     if !state.tokens.is_empty() {
+        let path = req.uri().path();
+        let guarded = path.starts_with("/ui")
+            || (path.starts_with("/api/v1/") && path != "/api/v1/metrics/prometheus");
+        if let Some(allowed) = state.local_only.as_deref().filter(|_| guarded)
+            && let Some(host) = foreign_host(req.headers(), allowed)
+        {
+            let why = format!(
+                "this api answers only to localhost and ESCALATOR_API_ALLOWED_HOSTS, not to \
+                 Host {host:?} (a page of another site reaching it by DNS rebinding could use a \
+                 token it knows); add the name to ESCALATOR_API_ALLOWED_HOSTS if it is yours"
+            );
+            return ApiError::client(StatusCode::FORBIDDEN, "forbidden", why).into_response();
+        }
         return next.run(req).await;
     }
     match refused_without_tokens(req.method(), req.headers(), state.local_only.as_deref()) {
@@ -250,17 +268,14 @@ fn refused_without_tokens(
     local_only: Option<&Vec<String>>,
 ) -> Option<String> {
     if let Some(also) = local_only
-        && let Some(host) = headers.get(header::HOST)
+        && let Some(host) = foreign_host(headers, also)
     {
-        let host = String::from_utf8_lossy(host.as_bytes());
-        if !is_local_host(&host) && !also.contains(&host_name(&host)) {
-            return Some(format!(
-                "this api has no tokens and answers only to localhost, not to Host {host:?} \
-                 (a page of another site reaching it by DNS rebinding); behind a proxy or \
-                 tunnel that keeps this name, add it to ESCALATOR_API_ALLOWED_HOSTS, or set \
-                 ESCALATOR_API_TOKENS"
-            ));
-        }
+        return Some(format!(
+            "this api has no tokens and answers only to localhost, not to Host {host:?} \
+             (a page of another site reaching it by DNS rebinding); behind a proxy or \
+             tunnel that keeps this name, add it to ESCALATOR_API_ALLOWED_HOSTS, or set \
+             ESCALATOR_API_TOKENS"
+        ));
     }
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return None;
@@ -286,6 +301,12 @@ fn refused_without_tokens(
         ));
     }
     None
+}
+
+/// The request's Host when it is neither local nor one of `also`.
+fn foreign_host(headers: &HeaderMap, also: &[String]) -> Option<String> {
+    let host = String::from_utf8_lossy(headers.get(header::HOST)?.as_bytes()).into_owned();
+    (!is_local_host(&host) && !also.contains(&host_name(&host))).then_some(host)
 }
 
 /// `localhost`, a `*.localhost` name, a 127.0.0.0/8 address or `[::1]` (or its IPv4-mapped

@@ -63,8 +63,8 @@ pub struct AppState {
     fleet: Arc<metrics::FleetCache>,
     /// Requests running longer are answered 408 and abandoned.
     pub request_timeout: Duration,
-    /// Without tokens, the only hosts requests may name besides localhost (DNS rebinding);
-    /// None: any.
+    /// The only hosts requests may name besides localhost (DNS rebinding): without tokens,
+    /// all requests; with tokens, those of the data and console routes. None: any.
     pub(crate) local_only: Option<Arc<Vec<String>>>,
     /// The progress of each part running beside the api in this process (`escalator dev`: the
     /// worker, the beat), which `/healthz` then reports; none for the api alone.
@@ -107,6 +107,8 @@ impl AppState {
     /// names, lower case: a proxy or tunnel in front that keeps the public Host) while it has
     /// no tokens: for an api listening on loopback, which a web page could otherwise reach
     /// through DNS rebinding ([`auth::guard_unauthenticated`]).
+    /// With tokens, the same holds for the data and console routes (`ESCALATOR_API_ALLOWED_HOSTS`
+    /// given: a page reaching the api by DNS rebinding could use a token it knows).
     pub fn answering_only_to_localhost(mut self, also: Vec<String>) -> Self {
         self.local_only = Some(Arc::new(also));
         self

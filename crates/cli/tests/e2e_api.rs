@@ -169,6 +169,53 @@ async fn a_loopback_api_without_tokens_answers_only_to_localhost() {
     assert!(stop(child).success());
 }
 
+/// With tokens, an api given `ESCALATOR_API_ALLOWED_HOSTS` (as docker-compose gives it, whose
+/// default token is published) refuses data requests naming another Host, token or not, and
+/// answers probes whatever they name.
+#[tokio::test]
+async fn an_api_with_tokens_and_allowed_hosts_refuses_other_hosts() {
+    let world = World::new().await;
+    world.run(&["migrate"]);
+    let port = free_port();
+    let child = world
+        .command(&["api"])
+        .env("ESCALATOR_API_ADDR", format!("0.0.0.0:{port}"))
+        .env("ESCALATOR_API_TOKENS", "dev:dev-only-token-change-me:admin")
+        .env("ESCALATOR_API_ALLOWED_HOSTS", "localhost")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while http_get(port, "/healthz").await.0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the api did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = ("Authorization", "Bearer dev-only-token-change-me");
+    let (code, body) = http_request(
+        port,
+        "GET",
+        "/api/v1/workflows",
+        &[("Host", "rebound.example:5000"), token],
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = http_request(
+        port,
+        "GET",
+        "/api/v1/workflows",
+        &[("Host", "localhost"), token],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_request(port, "GET", "/healthz", &[("Host", "10.0.0.7:5000")]).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(stop(child).success());
+}
+
 #[test]
 fn an_unauthenticated_api_beyond_loopback_is_refused_naming_both_variables() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_escalator"))

@@ -269,3 +269,61 @@ async fn without_tokens_pages_of_other_sites_can_neither_write_nor_rebind() {
         .await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
 }
+
+/// A token a web page can know (docker-compose's published default) is no defence against a
+/// page of another site that reaches the api by DNS rebinding: with hosts named, the data and
+/// console routes answer only to them and the local names; probes and metrics to any Host
+/// (the kubelet names the pod's address). Without hosts named, any Host, as before.
+#[tokio::test]
+async fn with_tokens_the_named_hosts_alone_reach_the_data() {
+    let published = || Tokens::parse("dev:dev-only-token-change-me:admin").unwrap();
+    let api = spawn_api_tokens_adjusted(published(), |s| {
+        s.answering_only_to_localhost(vec!["escalator.example".into()])
+    })
+    .await;
+    let token = ("authorization", "Bearer dev-only-token-change-me");
+    for path in ["/api/v1/workflows", "/api/v1/users", "/ui/workflows"] {
+        let res = api
+            .send(
+                Method::GET,
+                path,
+                None,
+                &[("host", "evil.example:5000"), token],
+            )
+            .await;
+        let (code, _) = res.error(StatusCode::FORBIDDEN);
+        assert_eq!(code, "forbidden", "{path}");
+        assert!(
+            res.text().contains("ESCALATOR_API_ALLOWED_HOSTS"),
+            "{path}: {}",
+            res.text()
+        );
+    }
+    for host in ["localhost:5000", "127.0.0.1", "escalator.example:443"] {
+        let res = api
+            .send(
+                Method::GET,
+                "/api/v1/workflows",
+                None,
+                &[("host", host), token],
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::OK, "{host}: {}", res.text());
+    }
+    for path in ["/healthz", "/metrics", "/api/v1/metrics/prometheus"] {
+        let res = api
+            .send(Method::GET, path, None, &[("host", "10.1.2.3:5000")])
+            .await;
+        assert_ne!(res.status, StatusCode::FORBIDDEN, "{path}: {}", res.text());
+    }
+    let open = spawn_api_with(published()).await;
+    let res = open
+        .send(
+            Method::GET,
+            "/api/v1/workflows",
+            None,
+            &[("host", "anything.example"), token],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+}

@@ -95,6 +95,14 @@ pub async fn spawn_api_adjusted(adjust: impl FnOnce(AppState) -> AppState) -> Te
     spawn_api_state(&redis_url(), Tokens::none(), adjust).await
 }
 
+/// An api with these tokens whose state `adjust` changes first.
+pub async fn spawn_api_tokens_adjusted(
+    tokens: Tokens,
+    adjust: impl FnOnce(AppState) -> AppState,
+) -> TestApi {
+    spawn_api_state(&redis_url(), tokens, adjust).await
+}
+
 async fn spawn_api_state(
     url: &str,
     tokens: Tokens,

@@ -37,7 +37,9 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
     let authenticated = !settings.tokens.is_empty();
     let mut state = AppState::new(store.clone(), queues, settings.tokens, Some(metrics))
         .with_request_timeout(settings.timeout);
-    if !authenticated && settings.addr.ip().is_loopback() {
+    // without tokens on loopback always; with tokens, or listening beyond loopback, when
+    // hosts are named
+    if (!authenticated && settings.addr.ip().is_loopback()) || !settings.allowed_hosts.is_empty() {
         state = state.answering_only_to_localhost(settings.allowed_hosts.clone());
     }
     let listener = tokio::net::TcpListener::bind(settings.addr)
