@@ -43,18 +43,54 @@ pub fn host_only(address: &str) -> std::borrow::Cow<'_, str> {
     format!("{scheme}://{host}/…").into()
 }
 
-/// The URL with any password replaced, safe for messages and logs.
+/// The URL with any password replaced, safe for messages and logs: the one in its user info
+/// (`user:***@host`), and the values of query parameters that name a password, secret or
+/// token (`?password=…`, which PostgreSQL and Redis URLs accept as well, was shown whole).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match base.find("://") {
+        Some(s) => {
+            let rest = &base[s + 3..];
+            let authority = rest.split('/').next().unwrap_or_default();
+            match authority.rsplit_once('@') {
+                Some((creds, host)) => match creds.split_once(':') {
+                    Some((user, _)) => format!(
+                        "{}{user}:***@{host}{}",
+                        &base[..s + 3],
+                        &rest[authority.len()..]
+                    ),
+                    None => base.to_owned(),
+                },
+                None => base.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if secret_name(key) => format!("{key}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
+}
+
+/// Whether a query parameter of that name carries a secret.
+fn secret_name(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "passwd", "secret", "token", "key"]
+        .iter()
+        .any(|s| key.contains(s))
+        && !key.ends_with("cert")
+        && key != "sslrootcert"
 }
 
 /// Where variables come from: the process environment, or a map in tests.
@@ -210,6 +246,32 @@ mod tests {
         assert_eq!((e.name, e.value.as_str()), ("ESCALATOR_EVENTS", "maybe"));
     }
     use std::collections::HashMap;
+
+    #[test]
+    fn a_url_is_shown_without_its_passwords_wherever_they_are() {
+        for (url, shown) in [
+            (
+                "postgres://app:s3cret@db:5432/escalator",
+                "postgres://app:***@db:5432/escalator",
+            ),
+            // as a parameter, which PostgreSQL URLs take too: it was shown whole
+            (
+                "postgres://app@db/escalator?password=s3cret&sslmode=require",
+                "postgres://app@db/escalator?password=***&sslmode=require",
+            ),
+            (
+                "postgres://db/e?sslmode=verify-full&sslrootcert=/ca.pem&sslpassword=k3y",
+                "postgres://db/e?sslmode=verify-full&sslrootcert=/ca.pem&sslpassword=***",
+            ),
+            ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+            // an @ after the host is no user info
+            ("sqlite://data/a@b.db", "sqlite://data/a@b.db"),
+            ("sqlite://escalator.db", "sqlite://escalator.db"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+            assert!(!redact(url).contains("s3cret") && !redact(url).contains("k3y"));
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
