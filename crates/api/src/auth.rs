@@ -241,10 +241,7 @@ pub async fn guard_unauthenticated(
     next: Next,
 ) -> Response {
     if !state.tokens.is_empty() {
-        let path = req.uri().path();
-        let guarded = path.starts_with("/ui")
-            || (path.starts_with("/api/v1/") && path != "/api/v1/metrics/prometheus");
-        if let Some(allowed) = state.local_only.as_deref().filter(|_| guarded)
+        if let Some(allowed) = state.local_only.as_deref().filter(|_| host_guarded(&req))
             && let Some(host) = foreign_host(req.headers(), allowed)
         {
             let why = format!(
@@ -256,7 +253,8 @@ pub async fn guard_unauthenticated(
         }
         return next.run(req).await;
     }
-    match refused_without_tokens(req.method(), req.headers(), state.local_only.as_deref()) {
+    let local_only = state.local_only.as_deref().filter(|_| host_guarded(&req));
+    match refused_without_tokens(req.method(), req.headers(), local_only) {
         Some(why) => ApiError::client(StatusCode::FORBIDDEN, "forbidden", why).into_response(),
         None => next.run(req).await,
     }
@@ -301,6 +299,17 @@ fn refused_without_tokens(
         ));
     }
     None
+}
+
+/// Whether the Host of this request is checked: the data and console routes. Probes and
+/// metrics answer to any (the kubelet names the pod's address, and they hold nothing a page
+/// could use).
+fn host_guarded(req: &Request) -> bool {
+    let path = req.uri().path();
+    !matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/api/v1/metrics/prometheus"
+    )
 }
 
 /// The request's Host when it is neither local nor one of `also`.

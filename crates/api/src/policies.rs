@@ -181,7 +181,7 @@ pub async fn create_version(
     State(s): State<AppState>,
     JsonBody(body): JsonBody<NewPolicyVersion>,
 ) -> ApiResult<(StatusCode, Json<PolicyView>)> {
-    escalator_store::logic::check_id("id", &body.id)?;
+    escalator_store::logic::check_new_id("id", &body.id)?;
     if body.name.trim().is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));
     }

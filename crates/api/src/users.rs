@@ -213,6 +213,19 @@ pub async fn put(
     JsonBody(body): JsonBody<PutUser>,
 ) -> ApiResult<Json<UserView>> {
     crate::extract::path_id(&id)?;
+    // a new user takes an id without surrounding whitespace; one stored before the rule can
+    // still be changed and deactivated
+    if escalator_store::logic::check_new_id("id", &id).is_err() {
+        match s.store.get_user(&id).await {
+            Err(StoreError::NotFound { .. }) => {
+                escalator_store::logic::check_new_id("id", &id)
+                    .map_err(ApiError::bad_request_from)?;
+            }
+            found => {
+                found?;
+            }
+        }
+    }
     if let Some(manager) = &body.manager_id {
         escalator_store::logic::check_id("manager_id", manager)?;
     }

@@ -167,16 +167,20 @@ pub async fn create(
 /// Read failures leave the warnings out; they never fail the create.
 async fn first_escalation_warnings(s: &AppState, w: &Workflow) -> Vec<String> {
     let mut warnings = Vec::new();
+    let user = async |id: &str| match s.store.get_user(id).await {
+        Ok(u) => Some(Some(u)),
+        Err(StoreError::NotFound { .. }) => Some(None),
+        Err(_) => None,
+    };
     if let Some(target) = &w.escalation_target {
-        if let Ok(u) = s.store.get_user(target).await
-            && !u.active
-        {
-            warnings.push(format!(
+        match user(target).await {
+            Some(Some(u)) if !u.active => warnings.push(format!(
                 "escalation_target {target:?} is inactive: the first escalation passes them over \
-                 to the policy's own target"
-            ));
+                 to the policy's own first target"
+            )),
+            // someone who can be reached (a workflow's own people need no user record)
+            _ => return warnings,
         }
-        return warnings;
     }
     let Ok(policy) = s.store.get_policy(&w.policy_id, w.policy_version).await else {
         return warnings;
@@ -184,20 +188,39 @@ async fn first_escalation_warnings(s: &AppState, w: &Workflow) -> Vec<String> {
     let Some(first) = policy.policy.spec().levels.first() else {
         return warnings;
     };
-    if first.target != escalator_policy::Target::Manager {
-        return warnings;
-    }
-    let why = match s.store.get_user(&w.assignee).await {
-        Err(StoreError::NotFound { .. }) => "is no user",
-        Ok(u) if u.manager_id.is_none() => "has no manager_id",
-        _ => return warnings,
+    let why = match &first.target {
+        escalator_policy::Target::User(id) => match user(id).await {
+            Some(Some(u)) if !u.active => format!(
+                "policy {:?} escalates first to {id:?}, who is inactive: the escalation passes \
+                 them over to the next level, if any",
+                w.policy_id
+            ),
+            _ => return warnings,
+        },
+        escalator_policy::Target::Manager => {
+            let lacks = match user(&w.assignee).await {
+                Some(None) => "is no user".to_owned(),
+                Some(Some(u)) => match &u.manager_id {
+                    None => "has no manager_id".to_owned(),
+                    Some(m) => match user(m).await {
+                        Some(None) => format!("has manager_id {m:?}, who is no user"),
+                        Some(Some(boss)) if !boss.active => {
+                            format!("has manager_id {m:?}, who is inactive")
+                        }
+                        _ => return warnings,
+                    },
+                },
+                None => return warnings,
+            };
+            format!(
+                "assignee {:?} {lacks}: policy {:?} escalates to the assignee's manager, so the \
+                 workflow will stop at its deadline (exhausted, no_target) unless the user gets \
+                 an active manager first (PUT /api/v1/users/{})",
+                w.assignee, w.policy_id, w.assignee
+            )
+        }
     };
-    warnings.push(format!(
-        "assignee {:?} {why}: policy {:?} escalates to the assignee's manager, so the workflow \
-         will stop at its deadline (exhausted, no_target) unless the user gets a manager first \
-         (PUT /api/v1/users/{})",
-        w.assignee, w.policy_id, w.assignee
-    ));
+    warnings.push(why);
     warnings
 }
 

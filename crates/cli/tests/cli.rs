@@ -1119,9 +1119,8 @@ async fn outbox_list_names_the_longest_wait_of_a_due_delivery() {
 
 /// Rolling back to the previous release runs its `escalator migrate` (the Kubernetes Job the
 /// deploy waits for) on a schema the newer release upgraded: it failed on the migration it
-/// does not know, and the rollback stopped there. It now says so and succeeds; the roles of
-/// the older build start on that schema. A database that also lacks one of this build's
-/// migrations is still migrated as before.
+/// does not know, and the rollback stopped there. It now says so and succeeds, and `verify`
+/// runs on that schema.
 #[tokio::test]
 async fn migrate_succeeds_on_a_schema_a_newer_release_upgraded() {
     for db in [TestDb::postgres().await, TestDb::sqlite().await] {

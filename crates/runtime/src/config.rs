@@ -47,28 +47,23 @@ pub fn host_only(address: &str) -> std::borrow::Cow<'_, str> {
 /// (`user:***@host`), and the values of query parameters that name a password, secret or
 /// token (`?password=…`, which PostgreSQL and Redis URLs accept as well, was shown whole).
 pub fn redact(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let mut out = match base.find("://") {
-        Some(s) => {
-            let rest = &base[s + 3..];
-            let authority = rest.split('/').next().unwrap_or_default();
-            match authority.rsplit_once('@') {
-                Some((creds, host)) => match creds.split_once(':') {
-                    Some((user, _)) => format!(
-                        "{}{user}:***@{host}{}",
-                        &base[..s + 3],
-                        &rest[authority.len()..]
-                    ),
-                    None => base.to_owned(),
-                },
-                None => base.to_owned(),
+    // the user info runs to the last `@`: a password left unencoded may hold `/`, `?` or `@`
+    // (a generated one often does), and cutting the authority at the first of them showed it
+    let masked = match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
             }
         }
-        None => base.to_owned(),
+        _ => url.to_owned(),
     };
+    let (base, query) = match masked.split_once('?') {
+        Some((base, query)) => (base.to_owned(), Some(query.to_owned())),
+        None => (masked, None),
+    };
+    let mut out = base;
     if let Some(query) = query {
         let params: Vec<String> = query
             .split('&')
@@ -264,6 +259,16 @@ mod tests {
                 "postgres://db/e?sslmode=verify-full&sslrootcert=/ca.pem&sslpassword=***",
             ),
             ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+            // unencoded characters a generated password holds
+            (
+                "postgres://app:s3cret/k3y+x@db/escalator",
+                "postgres://app:***@db/escalator",
+            ),
+            ("postgres://app:s3cret?k3y@db/x", "postgres://app:***@db/x"),
+            (
+                "redis://:s3cret@k3y/9@redis:6379/0",
+                "redis://:***@redis:6379/0",
+            ),
             // an @ after the host is no user info
             ("sqlite://data/a@b.db", "sqlite://data/a@b.db"),
             ("sqlite://escalator.db", "sqlite://escalator.db"),

@@ -45,14 +45,25 @@ pub fn validate_channels(channels: &[String]) -> std::result::Result<(), String>
 /// check that escalates its workflow. The same limit holds for policies' user targets.
 pub const MAX_ID_CHARS: usize = escalator_policy::MAX_ID_CHARS;
 
-/// Checks an identifier: not blank, no surrounding whitespace (`" bob"` was a user of its own
-/// beside `bob`, and nobody could tell them apart in a list), at most [`MAX_ID_CHARS`]
-/// characters.
+/// Checks an identifier a new record takes or a change names: [`check_id`], and no
+/// surrounding whitespace (`" bob"` was a user of its own beside `bob`, and nobody could tell
+/// them apart in a list). Reads and lookups take [`check_id`] alone, so that ids stored before
+/// this rule can still be read, changed and deactivated.
+pub fn check_new_id(field: &'static str, value: &str) -> Result<()> {
+    check_id(field, value)?;
+    if value.trim() != value {
+        return Err(StoreError::Invalid {
+            field,
+            message: format!("{value:?} starts or ends with whitespace"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks an identifier: not blank, at most [`MAX_ID_CHARS`] characters.
 pub fn check_id(field: &'static str, value: &str) -> Result<()> {
     let message = if value.trim().is_empty() {
         "must not be empty".to_owned()
-    } else if value.trim() != value {
-        format!("{value:?} starts or ends with whitespace")
     } else if value.chars().count() > MAX_ID_CHARS {
         format!(
             "must be at most {MAX_ID_CHARS} characters (got {})",
@@ -386,11 +397,11 @@ pub fn validate_new(new: &NewWorkflow) -> Result<()> {
             });
         }
     }
-    check_id("external_id", &new.external_id)?;
-    check_id("assignee", &new.assignee)?;
-    check_id("initiator", &new.initiator)?;
+    check_new_id("external_id", &new.external_id)?;
+    check_new_id("assignee", &new.assignee)?;
+    check_new_id("initiator", &new.initiator)?;
     if let Some(target) = &new.escalation_target {
-        check_id("escalation_target", target)?;
+        check_new_id("escalation_target", target)?;
     }
     if new.escalation_target.as_deref() == Some(new.assignee.as_str()) {
         return Err(StoreError::Invalid {
@@ -687,7 +698,7 @@ pub fn plan_transition(
             if !(current.status.is_open() || current.status == Status::OnHold) {
                 return Err(refuse());
             }
-            check_id("to", to)?;
+            check_new_id("to", to)?;
             if *to == current.assignee {
                 return Err(StoreError::Invalid {
                     field: "to",
@@ -717,7 +728,7 @@ pub fn plan_transition(
                 });
             }
             if let Some(a) = assignee {
-                check_id("assignee", a)?;
+                check_new_id("assignee", a)?;
             }
             details.insert("from_stage".into(), current.stage.clone().into());
             next.stage = stage.clone();

@@ -163,8 +163,12 @@ pub async fn show(
     Path(id): Path<String>,
     uri: Uri,
 ) -> UiResult {
-    let id = parse_id(&id)?;
-    let w = s.store.get_workflow(id).await?;
+    // the workflow's id, or its external id, as in the api's paths
+    if escalator_store::logic::check_id("id", &id).is_err() {
+        return Err(UiError::bad_request(format!("{id:?} is not a workflow id")));
+    }
+    let w = s.store.find_workflow(&id).await?;
+    let id = w.id;
     // the newest rows only: a repeating policy adds some every minute to a workflow nobody acts
     // on, and the page rendered them all (100,000 table rows after a month)
     let (audit, notifications, outbox, policy) = tokio::join!(

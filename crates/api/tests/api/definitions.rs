@@ -927,11 +927,29 @@ async fn ids_that_cannot_exist_are_refused_naming_them_in_reads_and_writes() {
         .await
         .error(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(field.as_deref(), Some("external_id"));
-    assert!(
-        api.get("/api/v1/users?limit=10").await.json()["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|u| u["id"] != " bob")
-    );
+    // a user stored with such an id before the rule can still be read, changed and deactivated
+    api.db
+        .store
+        .upsert_users(&[escalator_store::User {
+            id: " carol".into(),
+            display_name: "Carol".into(),
+            email: None,
+            phone: None,
+            slack: None,
+            manager_id: None,
+            active: true,
+            channels: None,
+        }])
+        .await
+        .unwrap();
+    let res = api.get("/api/v1/users/%20carol").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let res = put(
+        &api,
+        "/api/v1/users/%20carol",
+        json!({ "display_name": "Carol", "active": false }),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.json()["active"], false);
 }

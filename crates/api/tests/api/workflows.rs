@@ -749,6 +749,20 @@ async fn a_create_warns_of_an_escalation_that_would_reach_no_one() {
         "{}",
         res.text()
     );
+    assert_eq!(warnings(&res).as_array().map(Vec::len), Some(1));
+    // a manager who has left is no one to escalate to either; nor, behind an override who
+    // has left, is the policy's own target
+    put("boss", json!({"display_name": "Boss", "active": false})).await;
+    let res = api.post("/api/v1/workflows", workflow_body("W-5")).await;
+    let w = warnings(&res);
+    assert!(
+        w[0].as_str().unwrap().contains("\"boss\", who is inactive"),
+        "{w}"
+    );
+    let mut body = workflow_body("W-6");
+    body["escalation_target"] = json!("gone");
+    let w = warnings(&api.post("/api/v1/workflows", body).await);
+    assert_eq!(w.as_array().map(Vec::len), Some(2), "{w}");
     // a read shows none (they are about the create)
     let res = api.get("/api/v1/workflows/W-1").await;
     assert!(res.json().get("warnings").is_none(), "{}", res.text());

@@ -231,6 +231,14 @@ async fn a_workflow_page_shows_its_newest_rows_and_who_it_escalates_to() {
     page.assert_ok();
     assert!(page.html.contains("cfo (the policy"), "{}", page.html);
     assert!(!page.html.contains("The newest"), "{}", page.html);
+    // the caller's own id finds the same page, as in the api's paths
+    let by_external = c.get("/ui/workflows/NAMED-1", None).await;
+    by_external.assert_ok();
+    assert!(
+        by_external.html.contains(&w.id.to_string()),
+        "{}",
+        by_external.html
+    );
 
     for i in 0..101 {
         for t in [
@@ -452,7 +460,11 @@ async fn bad_input_gets_an_error_page_never_a_panic() {
     let c = console(Tokens::none()).await;
     let csrf = c.get("/ui/checks", None).await.csrf();
     for (path, status) in [
-        ("/ui/workflows/not-a-uuid", StatusCode::BAD_REQUEST),
+        ("/ui/workflows/not-a-workflow", StatusCode::NOT_FOUND),
+        (
+            &format!("/ui/workflows/{}", "x".repeat(201)),
+            StatusCode::BAD_REQUEST,
+        ),
         (
             "/ui/workflows/5f1c7e9a-9d7e-4b8e-8f43-6f1d2a3b4c5d",
             StatusCode::NOT_FOUND,

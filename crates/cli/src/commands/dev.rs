@@ -179,8 +179,10 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
             .with_request_timeout(api_timeout)
             .with_engine_health("worker", worker_health)
             .with_engine_health("beat", beat_health);
-    if !authenticated {
-        state = state.answering_only_to_localhost(crate::config::allowed_hosts(&env)?);
+    // as `escalator api`: always without tokens, and with tokens when hosts are named
+    let allowed = crate::config::allowed_hosts(&env)?;
+    if !authenticated || !allowed.is_empty() {
+        state = state.answering_only_to_localhost(allowed);
     }
     {
         let stop = stopped();
