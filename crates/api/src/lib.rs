@@ -61,6 +61,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The last time the fleet-wide gauges were read, shared by all scrapes.
     fleet: Arc<metrics::FleetCache>,
+    /// The console overview's counts, as last read ([`ui::overview`]).
+    pub(crate) overview: Arc<tokio::sync::Mutex<Option<ui::overview::CachedCounts>>>,
     /// Requests running longer are answered 408 and abandoned.
     pub request_timeout: Duration,
     /// The only hosts requests may name besides localhost (DNS rebinding): without tokens,
@@ -85,6 +87,7 @@ impl AppState {
             tokens,
             metrics,
             fleet: Arc::new(metrics::FleetCache::default()),
+            overview: Arc::default(),
             request_timeout: REQUEST_TIMEOUT,
             local_only: None,
             engine_health: Vec::new(),

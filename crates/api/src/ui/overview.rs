@@ -19,6 +19,44 @@ const SOON: u32 = 25;
 /// How many check runs are listed.
 const RUNS: u32 = 10;
 
+/// How long the overview's two aggregate counts are kept ([`counts`]).
+const COUNTS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The overview's counts that read every open workflow and the day's audit rows, as last read.
+#[derive(Debug, Clone)]
+pub struct CachedCounts {
+    read_at: std::time::Instant,
+    sla: escalator_store::SlaCounts,
+    activity: Vec<(String, i64)>,
+}
+
+/// The open workflows by SLA state and the day's escalations and reminders, read at most
+/// every [`COUNTS_TTL`] per replica (as `/metrics` reads its fleet gauges): each `GET /ui`
+/// scanned them, and a read token looping on the page (dashboards and exporters hold such
+/// tokens) kept PostgreSQL busy at a million open workflows. Concurrent requests wait for
+/// one read.
+async fn counts(
+    s: &AppState,
+    now: chrono::DateTime<Utc>,
+) -> Result<(escalator_store::SlaCounts, Vec<(String, i64)>), escalator_store::StoreError> {
+    let mut cached = s.overview.lock().await;
+    if let Some(c) = cached.as_ref().filter(|c| c.read_at.elapsed() < COUNTS_TTL) {
+        return Ok((c.sla, c.activity.clone()));
+    }
+    let (sla, activity) = tokio::join!(
+        s.store.sla_counts(now),
+        s.store
+            .audit_actions_since(now - Duration::hours(24), &["escalate", "remind"]),
+    );
+    let (sla, activity) = (sla?, activity?);
+    *cached = Some(CachedCounts {
+        read_at: std::time::Instant::now(),
+        sla,
+        activity: activity.clone(),
+    });
+    Ok((sla, activity))
+}
+
 /// How long a run took, when it has finished.
 pub fn run_duration(r: &CheckRun) -> Option<String> {
     let end = r.finished_at?;
@@ -66,18 +104,16 @@ pub async fn show(
     uri: axum::http::Uri,
 ) -> UiResult<Response> {
     let now = Utc::now();
-    let (counts, soon, activity, runs, leases, queues) = tokio::join!(
-        s.store.sla_counts(now),
+    let (counted, soon, runs, leases, queues) = tokio::join!(
+        counts(&s, now),
         s.store.breaching_soon(now, now + Duration::hours(1), SOON),
-        s.store
-            .audit_actions_since(now - Duration::hours(24), &["escalate", "remind"]),
         s.store.recent_check_runs(RUNS),
         s.store.beat_leases(),
         s.queues.stats(),
     );
-    let counts = counts?;
+    let (counts, activity) = counted?;
     let (ok, warning, breached) = (counts.ok, counts.warning, counts.breached);
-    let (soon, activity, runs, leases) = (soon?, activity?, runs?, leases?);
+    let (soon, runs, leases) = (soon?, runs?, leases?);
     if let Err(e) = &queues {
         tracing::warn!(error = %e, "console: cannot read queue depths");
     }

@@ -41,6 +41,23 @@ async fn the_overview_shows_sla_states_what_breaches_soon_and_the_last_day() {
         html.contains("escalator:") || html.contains("ui-"),
         "queue depths"
     );
+    // the counts that scan every open workflow are read at most every 5 s (a read token
+    // looping on the page made each request scan them); the rest is read every time
+    c.workflow("w-late-2", "Late too", -Duration::hours(2))
+        .await;
+    let again = c.get("/ui", None).await;
+    assert!(
+        again.html.contains("<b class=\"breached\">1</b>"),
+        "{}",
+        again.html
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let later = c.get("/ui", None).await;
+    assert!(
+        later.html.contains("<b class=\"breached\">2</b>"),
+        "{}",
+        later.html
+    );
 }
 
 #[tokio::test]
