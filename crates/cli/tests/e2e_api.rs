@@ -124,22 +124,22 @@ async fn an_api_started_while_redis_is_down_serves_and_enqueues_once_it_is_back(
     assert!(stop(child).success());
 }
 
-/// Without tokens on loopback the api answers only to local names: a web page reaching it by
-/// DNS rebinding (its own name resolving to 127.0.0.1) read it, and wrote to it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_loopback_api_without_tokens_answers_only_to_localhost() {
-    let world = World::new().await;
+/// `escalator api` on `ip` and a free port, over the migrated database of `world`, with the
+/// environment `env` sets, once it answers `/healthz`.
+async fn answering_api(
+    world: &World,
+    ip: &str,
+    env: impl FnOnce(&mut std::process::Command),
+) -> (std::process::Child, u16) {
     world.run(&["migrate"]);
     let port = free_port();
-    let child = world
-        .command(&["api"])
-        .env("ESCALATOR_API_ADDR", format!("127.0.0.1:{port}"))
-        .env_remove("ESCALATOR_API_TOKENS")
-        .env_remove("ESCALATOR_API_INSECURE")
+    let mut command = world.command(&["api"]);
+    command
+        .env("ESCALATOR_API_ADDR", format!("{ip}:{port}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    env(&mut command);
+    let child = command.spawn().unwrap();
     let started = Instant::now();
     while http_get(port, "/healthz").await.0 != 200 {
         assert!(
@@ -148,6 +148,19 @@ async fn a_loopback_api_without_tokens_answers_only_to_localhost() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (child, port)
+}
+
+/// Without tokens on loopback the api answers only to local names: a web page reaching it by
+/// DNS rebinding (its own name resolving to 127.0.0.1) read it, and wrote to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_api_without_tokens_answers_only_to_localhost() {
+    let world = World::new().await;
+    let (child, port) = answering_api(&world, "127.0.0.1", |c| {
+        c.env_remove("ESCALATOR_API_TOKENS")
+            .env_remove("ESCALATOR_API_INSECURE");
+    })
+    .await;
     let (code, body) = http_get(port, "/api/v1/workflows").await;
     assert_eq!(code, 200, "{body}");
     let (code, body) = http_request(
@@ -175,25 +188,11 @@ async fn a_loopback_api_without_tokens_answers_only_to_localhost() {
 #[tokio::test]
 async fn an_api_with_tokens_and_allowed_hosts_refuses_other_hosts() {
     let world = World::new().await;
-    world.run(&["migrate"]);
-    let port = free_port();
-    let child = world
-        .command(&["api"])
-        .env("ESCALATOR_API_ADDR", format!("0.0.0.0:{port}"))
-        .env("ESCALATOR_API_TOKENS", "dev:dev-only-token-change-me:admin")
-        .env("ESCALATOR_API_ALLOWED_HOSTS", "localhost")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while http_get(port, "/healthz").await.0 != 200 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the api did not answer"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (child, port) = answering_api(&world, "0.0.0.0", |c| {
+        c.env("ESCALATOR_API_TOKENS", "dev:dev-only-token-change-me:admin")
+            .env("ESCALATOR_API_ALLOWED_HOSTS", "localhost");
+    })
+    .await;
     let token = ("Authorization", "Bearer dev-only-token-change-me");
     let (code, body) = http_request(
         port,
