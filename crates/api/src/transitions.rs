@@ -149,12 +149,15 @@ pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<Vec<i32>>> {
 
 /// The one version a transition is to find: the body's `expected_version`, or the header's
 /// (of a list, the one the workflow is at now: the store's conditional write still refuses
-/// it if it moves on meanwhile). None: any version.
+/// it if it moves on meanwhile). None: any version. Under an idempotency key (`keyed`) a list
+/// the workflow has moved past is left to the store, which answers a replay of the request
+/// before it compares versions (and refuses the listed one otherwise, as here).
 async fn expected_version(
     s: &AppState,
     id: Uuid,
     header: Option<Vec<i32>>,
     body: Option<i32>,
+    keyed: bool,
 ) -> ApiResult<Option<i32>> {
     let Some(listed) = header else {
         return Ok(body);
@@ -174,6 +177,8 @@ async fn expected_version(
     let now = s.store.get_workflow(id).await?.version;
     if listed.contains(&now) {
         Ok(Some(now))
+    } else if keyed {
+        Ok(listed.first().copied())
     } else {
         Err(ApiError::client(
             StatusCode::PRECONDITION_FAILED,
@@ -229,14 +234,16 @@ pub async fn transition(
     let transition = transition_of(Action::parse(&action)?, &body)?;
     let from_header = if_match(&headers)?;
     let header_named = from_header.is_some();
-    let expected_version = expected_version(&s, id, from_header, body.expected_version).await?;
+    let key = idempotency_key(&headers)?;
+    let expected_version =
+        expected_version(&s, id, from_header, body.expected_version, key.is_some()).await?;
     let ctx = TransitionContext {
         actor: actor.0,
         reason: AuditReason::Api,
         expected_version,
         comment: body.comment,
         now: Utc::now(),
-        idempotency_key: idempotency_key(&headers)?,
+        idempotency_key: key,
     };
     let w = match s.store.transition(id, &transition, &ctx).await {
         // a stale version named by the header is the header's fault, not a body field's

@@ -644,6 +644,30 @@ async fn a_transition_retried_under_its_idempotency_key_is_applied_once() {
     let again = advance("retry-me-1").await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.text());
     assert_eq!(again.json(), first.json());
+    // also when it names the versions it may apply to, which the first attempt moved past
+    let listed = |key: &'static str| {
+        let api = &api;
+        async move {
+            api.send(
+                Method::POST,
+                "/api/v1/workflows/PR-IK/hold",
+                None,
+                &[("idempotency-key", key), ("if-match", "\"2\", \"7\"")],
+            )
+            .await
+        }
+    };
+    let held = listed("hold-once").await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.text());
+    let held_again = listed("hold-once").await;
+    assert_eq!(held_again.status, StatusCode::OK, "{}", held_again.text());
+    assert_eq!(held_again.json(), held.json());
+    // a new key with versions the workflow has moved past is still refused
+    let (code, field) = listed("hold-twice")
+        .await
+        .error(StatusCode::PRECONDITION_FAILED);
+    assert_eq!(code, "version_conflict");
+    assert_eq!(field.as_deref(), Some("If-Match"));
     // the key on another request is refused naming it; a malformed one too
     let hold = api
         .send(
@@ -676,7 +700,7 @@ async fn a_transition_retried_under_its_idempotency_key_is_applied_once() {
         .iter()
         .map(|a| a["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["create", "advance"]);
+    assert_eq!(actions, ["create", "advance", "hold"]);
 }
 
 /// A workflow's own people need no user record, but one whose policy escalates to the
