@@ -34,6 +34,10 @@ pub struct UserView {
     pub active: bool,
     /// The channels besides in-app this user is reached on; null: the policy's, else email.
     pub channels: Option<Vec<String>>,
+    /// On a `PUT` only: a chosen channel the user has no address for, on which nothing will
+    /// reach them. The user is stored all the same.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl UserView {
@@ -62,8 +66,35 @@ impl From<User> for UserView {
             manager_id: u.manager_id,
             active: u.active,
             channels: u.channels,
+            warnings: Vec::new(),
         }
     }
+}
+
+/// The channels a user chose but has no address for: SMS needs a `phone`, Slack a `slack`,
+/// email an `email` (webhooks need none). Such a user got nothing on them, and the `PUT`
+/// that set them up answered 200 as if all were well.
+fn unreachable_channels(u: &User) -> Vec<String> {
+    let Some(channels) = &u.channels else {
+        return Vec::new();
+    };
+    channels
+        .iter()
+        .filter_map(|c| {
+            let (has, field) = match c.as_str() {
+                "email" => (u.email.is_some(), "email"),
+                "sms" => (u.phone.is_some(), "phone"),
+                "slack" => (u.slack.is_some(), "slack"),
+                _ => return None,
+            };
+            (!has).then(|| {
+                format!(
+                    "channels names {c:?} but the user has no {field}: nothing reaches them on \
+                     {c} (in-app notifications still do)"
+                )
+            })
+        })
+        .collect()
 }
 
 /// The query of `GET /api/v1/users`.
@@ -268,5 +299,10 @@ pub async fn put(
         .upsert_users_with(std::slice::from_ref(&user), no_channels)
         .await?;
     // the stored row: an omitted channel list keeps the one already there
-    Ok(Json(s.store.get_user(&user.id).await?.into()))
+    let stored = s.store.get_user(&user.id).await?;
+    let warnings = unreachable_channels(&stored);
+    Ok(Json(UserView {
+        warnings,
+        ..stored.into()
+    }))
 }

@@ -953,3 +953,47 @@ async fn ids_that_cannot_exist_are_refused_naming_them_in_reads_and_writes() {
     assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     assert_eq!(res.json()["active"], false);
 }
+
+/// A user who chose SMS with no phone (or Slack with no `slack`, email with no `email`) got
+/// nothing on it, and the `PUT` answered as if all were well: it now says so, and stores the
+/// user all the same.
+#[tokio::test]
+async fn a_channel_chosen_without_its_address_is_warned_of() {
+    let api = spawn_api().await;
+    let res = put(
+        &api,
+        "/api/v1/users/dana",
+        json!({ "display_name": "Dana", "email": "dana@example.com",
+                "channels": ["email", "sms", "slack", "webhook"] }),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let warnings = res.json()["warnings"].clone();
+    let text = warnings.to_string();
+    assert_eq!(warnings.as_array().map(Vec::len), Some(2), "{text}");
+    assert!(
+        text.contains("no phone") && text.contains("no slack"),
+        "{text}"
+    );
+    assert_eq!(
+        res.json()["channels"],
+        json!(["email", "sms", "slack", "webhook"])
+    );
+    // with the addresses given, nothing to say; nor when the channels are the default
+    let res = put(
+        &api,
+        "/api/v1/users/dana",
+        json!({ "display_name": "Dana", "email": "dana@example.com", "phone": "+1 555 0100",
+                "slack": "U024BE7LH" }),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert!(res.json().get("warnings").is_none(), "{}", res.text());
+    let res = put(
+        &api,
+        "/api/v1/users/erin",
+        json!({ "display_name": "Erin" }),
+    )
+    .await;
+    assert!(res.json().get("warnings").is_none(), "{}", res.text());
+}
