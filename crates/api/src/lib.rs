@@ -117,6 +117,17 @@ impl AppState {
         self
     }
 
+    /// The same state with the Host check it needs ([`AppState::answering_only_to_localhost`]):
+    /// without tokens on loopback always, and with any listener whenever `allowed`
+    /// (`ESCALATOR_API_ALLOWED_HOSTS`) names hosts. `escalator api` and `escalator dev` alike.
+    pub fn guarding_hosts(self, loopback: bool, allowed: Vec<String>) -> Self {
+        if (self.tokens.is_empty() && loopback) || !allowed.is_empty() {
+            self.answering_only_to_localhost(allowed)
+        } else {
+            self
+        }
+    }
+
     /// The same state with another request timeout.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;

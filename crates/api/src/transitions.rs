@@ -8,7 +8,6 @@ use axum::response::Response;
 use chrono::Utc;
 use escalator_store::{AuditReason, Transition, TransitionContext};
 use serde::Deserialize;
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Actor;
@@ -148,13 +147,13 @@ pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<Vec<i32>>> {
 }
 
 /// The one version a transition is to find: the body's `expected_version`, or the header's
-/// (of a list, the one the workflow is at now: the store's conditional write still refuses
-/// it if it moves on meanwhile). None: any version. Under an idempotency key (`keyed`) a list
-/// the workflow has moved past is left to the store, which answers a replay of the request
-/// before it compares versions (and refuses the listed one otherwise, as here).
-async fn expected_version(
-    s: &AppState,
-    id: Uuid,
+/// (of a list, the one `found` — the workflow as the path's lookup read it — is at: the
+/// store's conditional write still refuses it if it moves on meanwhile). None: any version.
+/// Under an idempotency key (`keyed`) a list the workflow has moved past is left to the
+/// store, which answers a replay of the request before it compares versions (and refuses the
+/// listed one otherwise, as here).
+fn expected_version(
+    found: &escalator_store::Workflow,
     header: Option<Vec<i32>>,
     body: Option<i32>,
     keyed: bool,
@@ -174,7 +173,7 @@ async fn expected_version(
     if let [one] = listed[..] {
         return Ok(Some(one));
     }
-    let now = s.store.get_workflow(id).await?.version;
+    let (id, now) = (found.id, found.version);
     if listed.contains(&now) {
         Ok(Some(now))
     } else if keyed {
@@ -230,13 +229,14 @@ pub async fn transition(
     headers: HeaderMap,
     OptionalJsonBody(body): OptionalJsonBody<TransitionBody>,
 ) -> ApiResult<Response> {
-    let id = workflow_named(&s.store, &id).await?.id;
+    let found = workflow_named(&s.store, &id).await?;
+    let id = found.id;
     let transition = transition_of(Action::parse(&action)?, &body)?;
     let from_header = if_match(&headers)?;
     let header_named = from_header.is_some();
     let key = idempotency_key(&headers)?;
     let expected_version =
-        expected_version(&s, id, from_header, body.expected_version, key.is_some()).await?;
+        expected_version(&found, from_header, body.expected_version, key.is_some())?;
     let ctx = TransitionContext {
         actor: actor.0,
         reason: AuditReason::Api,

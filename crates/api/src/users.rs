@@ -246,15 +246,10 @@ pub async fn put(
     crate::extract::path_id(&id)?;
     // a new user takes an id without surrounding whitespace; one stored before the rule can
     // still be changed and deactivated
-    if escalator_store::logic::check_new_id("id", &id).is_err() {
+    if let Err(e) = escalator_store::logic::check_new_id("id", &id) {
         match s.store.get_user(&id).await {
-            Err(StoreError::NotFound { .. }) => {
-                escalator_store::logic::check_new_id("id", &id)
-                    .map_err(ApiError::bad_request_from)?;
-            }
-            found => {
-                found?;
-            }
+            Err(StoreError::NotFound { .. }) => return Err(ApiError::bad_request_from(e)),
+            found => drop(found?),
         }
     }
     if let Some(manager) = &body.manager_id {

@@ -35,13 +35,12 @@ pub async fn run(database_url: &str) -> anyhow::Result<()> {
         Err(e) => return Err(e),
     };
     let authenticated = !settings.tokens.is_empty();
-    let mut state = AppState::new(store.clone(), queues, settings.tokens, Some(metrics))
-        .with_request_timeout(settings.timeout);
-    // without tokens on loopback always; with tokens, or listening beyond loopback, when
-    // hosts are named
-    if (!authenticated && settings.addr.ip().is_loopback()) || !settings.allowed_hosts.is_empty() {
-        state = state.answering_only_to_localhost(settings.allowed_hosts.clone());
-    }
+    let state = AppState::new(store.clone(), queues, settings.tokens, Some(metrics))
+        .with_request_timeout(settings.timeout)
+        .guarding_hosts(
+            settings.addr.ip().is_loopback(),
+            settings.allowed_hosts.clone(),
+        );
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("cannot listen on ESCALATOR_API_ADDR={}", settings.addr))?;

@@ -174,16 +174,11 @@ pub async fn run(args: DevArgs, ignored_database_url: Option<&str>) -> anyhow::R
     // the api on loopback only, the embedded mode being for one person's machine; with tokens
     // if ESCALATOR_API_TOKENS names some, else answering only to local host names
     let authenticated = !tokens.is_empty();
-    let mut state =
-        escalator_api::AppState::new(store.clone(), queues.clone(), tokens, Some(metrics))
-            .with_request_timeout(api_timeout)
-            .with_engine_health("worker", worker_health)
-            .with_engine_health("beat", beat_health);
-    // as `escalator api`: always without tokens, and with tokens when hosts are named
-    let allowed = crate::config::allowed_hosts(&env)?;
-    if !authenticated || !allowed.is_empty() {
-        state = state.answering_only_to_localhost(allowed);
-    }
+    let state = escalator_api::AppState::new(store.clone(), queues.clone(), tokens, Some(metrics))
+        .with_request_timeout(api_timeout)
+        .with_engine_health("worker", worker_health)
+        .with_engine_health("beat", beat_health)
+        .guarding_hosts(true, crate::config::allowed_hosts(&env)?);
     {
         let stop = stopped();
         // as `escalator api`: the requests in flight end within their timeout
